@@ -1,0 +1,436 @@
+// Package bolt is the default KEZ chat backend: one bbolt file, durable
+// appends through a single group-committing writer.
+package bolt
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
+
+	"github.com/kezchat/kez/storage"
+)
+
+var (
+	bucketHandles   = []byte("handles")   // handle → Record JSON
+	bucketPrimaries = []byte("primaries") // primary → handle
+	bucketInboxes   = []byte("inboxes")   // handle → bucket of seq (8 bytes BE) → received_at (8 bytes BE) + envelope
+	bucketCounts    = []byte("counts")    // handle → number of stored messages (8 bytes BE)
+)
+
+// maxBatch bounds how many appends share one commit, so one fsync never
+// carries an unbounded amount of data.
+const maxBatch = 512
+
+// expireChunk bounds the deletions per retention transaction, so retention
+// never holds the write lock long enough to stall sends.
+const expireChunk = 1000
+
+// Options configure Open.
+type Options struct {
+	// Timeout bounds the wait for the file lock held by another process.
+	Timeout time.Duration
+	// Notify is called after each durable append, in commit order.
+	Notify storage.Notify
+	// OneCommitPerMessage disables group commit: every append gets its own
+	// transaction and fsync. Only for measuring the naive baseline.
+	OneCommitPerMessage bool
+}
+
+// Store is a bbolt-backed storage.Store.
+type Store struct {
+	db     *bolt.DB
+	notify storage.Notify
+	batch  int
+
+	mu     sync.RWMutex // guards closed and sending on queue
+	closed bool
+	queue  chan *appendReq
+	done   chan struct{} // closed when the writer has finished
+}
+
+type appendReq struct {
+	handle   string
+	envelope []byte
+	maxInbox int
+	msg      storage.Message
+	err      error
+	ready    chan struct{}
+}
+
+// Open opens (creating if needed) the database at path.
+func Open(path string, opts Options) (*Store, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, err
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{
+		Timeout: opts.Timeout,
+		// The freelist is rebuilt on open instead of written on every commit:
+		// cheaper commits for an append-heavy workload.
+		NoFreelistSync: true,
+		FreelistType:   bolt.FreelistMapType,
+	})
+	if err != nil {
+		if errors.Is(err, bolterrors.ErrTimeout) {
+			return nil, fmt.Errorf("open %s: locked by another process (waited %s): %w", path, opts.Timeout, err)
+		}
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, name := range [][]byte{bucketHandles, bucketPrimaries, bucketInboxes, bucketCounts} {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("initialize %s: %w", path, err)
+	}
+	s := &Store{db: db, notify: opts.Notify, batch: maxBatch,
+		queue: make(chan *appendReq, maxBatch), done: make(chan struct{})}
+	if opts.OneCommitPerMessage {
+		s.batch = 1
+	}
+	go s.writer()
+	return s, nil
+}
+
+// Path is the database file's path.
+func (s *Store) Path() string { return s.db.Path() }
+
+// Close lets the writer commit what is queued, then closes the file.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	close(s.queue)
+	s.mu.Unlock()
+	<-s.done
+	return s.db.Close()
+}
+
+func seqKey(seq uint64) []byte {
+	var k [8]byte
+	binary.BigEndian.PutUint64(k[:], seq)
+	return k[:]
+}
+
+func u64(b []byte) uint64 {
+	if len(b) != 8 {
+		return 0
+	}
+	return binary.BigEndian.Uint64(b)
+}
+
+// mapErr turns bbolt's "database not open" into storage.ErrClosed.
+func mapErr(err error) error {
+	if errors.Is(err, bolterrors.ErrDatabaseNotOpen) {
+		return storage.ErrClosed
+	}
+	return err
+}
+
+// Register binds a handle and a primary in one transaction.
+func (s *Store) Register(_ context.Context, rec storage.Record) (storage.Record, bool, error) {
+	var stored storage.Record
+	created := false
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		handles, primaries := tx.Bucket(bucketHandles), tx.Bucket(bucketPrimaries)
+		if existing := handles.Get([]byte(rec.Handle)); existing != nil {
+			if err := json.Unmarshal(existing, &stored); err != nil {
+				return fmt.Errorf("decode record %q: %w", rec.Handle, err)
+			}
+			if stored.Primary == rec.Primary {
+				return nil // an idempotent retry
+			}
+			return storage.ErrHandleTaken
+		}
+		if primaries.Get([]byte(rec.Primary)) != nil {
+			return storage.ErrPrimaryTaken
+		}
+		raw, err := json.Marshal(rec)
+		if err != nil {
+			return err
+		}
+		if err := handles.Put([]byte(rec.Handle), raw); err != nil {
+			return err
+		}
+		if err := primaries.Put([]byte(rec.Primary), []byte(rec.Handle)); err != nil {
+			return err
+		}
+		// Seqs come from the inbox bucket's own sequence, which survives
+		// deletions, so the bucket is created once and never removed.
+		if _, err := tx.Bucket(bucketInboxes).CreateBucketIfNotExists([]byte(rec.Handle)); err != nil {
+			return err
+		}
+		stored, created = rec, true
+		return nil
+	})
+	if err != nil {
+		return storage.Record{}, false, mapErr(err)
+	}
+	return stored, created, nil
+}
+
+// Lookup returns a handle's record.
+func (s *Store) Lookup(_ context.Context, handle string) (storage.Record, error) {
+	var rec storage.Record
+	err := s.db.View(func(tx *bolt.Tx) error {
+		raw := tx.Bucket(bucketHandles).Get([]byte(handle))
+		if raw == nil {
+			return storage.ErrNotFound
+		}
+		return json.Unmarshal(raw, &rec)
+	})
+	return rec, mapErr(err)
+}
+
+// LookupPrimary returns the record bound to a primary.
+func (s *Store) LookupPrimary(ctx context.Context, primary string) (storage.Record, error) {
+	var handle string
+	err := s.db.View(func(tx *bolt.Tx) error {
+		h := tx.Bucket(bucketPrimaries).Get([]byte(primary))
+		if h == nil {
+			return storage.ErrNotFound
+		}
+		handle = string(h)
+		return nil
+	})
+	if err != nil {
+		return storage.Record{}, mapErr(err)
+	}
+	return s.Lookup(ctx, handle)
+}
+
+// Append queues the envelope for the writer and waits until it is durable.
+func (s *Store) Append(_ context.Context, handle string, envelope []byte, maxInbox int) (storage.Message, error) {
+	req := &appendReq{handle: handle, envelope: envelope, maxInbox: maxInbox, ready: make(chan struct{})}
+	s.mu.RLock()
+	if s.closed {
+		s.mu.RUnlock()
+		return storage.Message{}, storage.ErrClosed
+	}
+	s.queue <- req
+	s.mu.RUnlock()
+	<-req.ready
+	return req.msg, req.err
+}
+
+// writer is the only goroutine that appends. It commits whatever queued up
+// while the previous fsync ran in one transaction: one fsync for many sends,
+// and no added delay when the queue is empty.
+func (s *Store) writer() {
+	defer close(s.done)
+	batch := make([]*appendReq, 0, s.batch)
+	for req := range s.queue {
+		batch = append(batch[:0], req)
+	fill:
+		for len(batch) < s.batch {
+			select {
+			case more, ok := <-s.queue:
+				if !ok {
+					break fill
+				}
+				batch = append(batch, more)
+			default:
+				break fill
+			}
+		}
+		s.commit(batch)
+	}
+}
+
+func (s *Store) commit(batch []*appendReq) {
+	now := time.Now().UnixMilli()
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		inboxes, counts := tx.Bucket(bucketInboxes), tx.Bucket(bucketCounts)
+		for _, r := range batch {
+			r.err = nil
+			b := inboxes.Bucket([]byte(r.handle))
+			if b == nil {
+				r.err = storage.ErrNotFound
+				continue
+			}
+			n := u64(counts.Get([]byte(r.handle)))
+			if r.maxInbox > 0 && n >= uint64(r.maxInbox) {
+				r.err = storage.ErrInboxFull
+				continue
+			}
+			seq, err := b.NextSequence()
+			if err != nil {
+				return err
+			}
+			val := make([]byte, 8+len(r.envelope))
+			binary.BigEndian.PutUint64(val, uint64(now))
+			copy(val[8:], r.envelope)
+			if err := b.Put(seqKey(seq), val); err != nil {
+				return err
+			}
+			if err := counts.Put([]byte(r.handle), seqKey(n+1)); err != nil {
+				return err
+			}
+			r.msg = storage.Message{Seq: seq, ReceivedAt: now, Envelope: r.envelope}
+		}
+		return nil
+	})
+	for _, r := range batch {
+		if err != nil {
+			r.msg, r.err = storage.Message{}, mapErr(err)
+		}
+		close(r.ready)
+	}
+	if err != nil || s.notify == nil {
+		return
+	}
+	for _, r := range batch {
+		if r.err == nil {
+			s.notify(r.handle, r.msg)
+		}
+	}
+}
+
+// Read returns messages with seq > since, ascending: a seek, never a scan.
+func (s *Store) Read(_ context.Context, handle string, since uint64, limit int) ([]storage.Message, bool, error) {
+	var msgs []storage.Message
+	more := false
+	err := s.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketInboxes).Bucket([]byte(handle))
+		if b == nil {
+			return storage.ErrNotFound
+		}
+		c := b.Cursor()
+		k, v := c.Seek(seqKey(since + 1))
+		for ; k != nil && len(msgs) < limit; k, v = c.Next() {
+			if len(v) < 8 {
+				return fmt.Errorf("corrupt message %x in inbox %q", k, handle)
+			}
+			msgs = append(msgs, storage.Message{
+				Seq:        u64(k),
+				ReceivedAt: int64(binary.BigEndian.Uint64(v)),
+				Envelope:   append([]byte(nil), v[8:]...), // bolt's bytes die with the tx
+			})
+		}
+		more = k != nil
+		return nil
+	})
+	if err != nil {
+		return nil, false, mapErr(err)
+	}
+	return msgs, more, nil
+}
+
+// Ack deletes every message with seq <= upto.
+func (s *Store) Ack(_ context.Context, handle string, upto uint64) (int, error) {
+	deleted := 0
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketInboxes).Bucket([]byte(handle))
+		if b == nil {
+			return storage.ErrNotFound
+		}
+		n, err := deleteFront(b, func(k, _ []byte) bool { return u64(k) <= upto }, -1)
+		if err != nil {
+			return err
+		}
+		deleted = n
+		return adjustCount(tx, handle, n)
+	})
+	return deleted, mapErr(err)
+}
+
+// deleteFront deletes messages from the oldest while del says so, at most
+// max of them (max < 0: no bound).
+func deleteFront(b *bolt.Bucket, del func(k, v []byte) bool, max int) (int, error) {
+	var keys [][]byte
+	c := b.Cursor()
+	for k, v := c.First(); k != nil && (max < 0 || len(keys) < max) && del(k, v); k, v = c.Next() {
+		keys = append(keys, append([]byte(nil), k...))
+	}
+	for _, k := range keys {
+		if err := b.Delete(k); err != nil {
+			return 0, err
+		}
+	}
+	return len(keys), nil
+}
+
+func adjustCount(tx *bolt.Tx, handle string, deleted int) error {
+	if deleted == 0 {
+		return nil
+	}
+	counts := tx.Bucket(bucketCounts)
+	n := u64(counts.Get([]byte(handle)))
+	if uint64(deleted) > n {
+		n = uint64(deleted) // the count can only be behind after a bug; never wrap
+	}
+	return counts.Put([]byte(handle), seqKey(n-uint64(deleted)))
+}
+
+// Expire deletes messages received before cutoff, in transactions of at most
+// expireChunk deletions so that sends wait for at most one small commit.
+func (s *Store) Expire(ctx context.Context, cutoff time.Time) (int, error) {
+	limit := uint64(cutoff.UnixMilli())
+	old := func(_, v []byte) bool { return len(v) >= 8 && binary.BigEndian.Uint64(v) < limit }
+	var stale []string
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketInboxes).ForEachBucket(func(name []byte) error {
+			k, v := tx.Bucket(bucketInboxes).Bucket(name).Cursor().First()
+			if k != nil && old(k, v) {
+				stale = append(stale, string(name))
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return 0, mapErr(err)
+	}
+	total := 0
+	for _, handle := range stale {
+		for {
+			if err := ctx.Err(); err != nil {
+				return total, err
+			}
+			n := 0
+			err := s.db.Update(func(tx *bolt.Tx) error {
+				b := tx.Bucket(bucketInboxes).Bucket([]byte(handle))
+				var err error
+				if n, err = deleteFront(b, old, expireChunk); err != nil {
+					return err
+				}
+				return adjustCount(tx, handle, n)
+			})
+			if err != nil {
+				return total, mapErr(err)
+			}
+			total += n
+			if n < expireChunk {
+				break
+			}
+		}
+	}
+	return total, nil
+}
+
+// Ping reads the database.
+func (s *Store) Ping(context.Context) error {
+	return mapErr(s.db.View(func(tx *bolt.Tx) error {
+		if tx.Bucket(bucketHandles) == nil {
+			return errors.New("handles bucket missing")
+		}
+		return nil
+	}))
+}
+
+var _ storage.Store = (*Store)(nil)
