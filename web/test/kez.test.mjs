@@ -1,0 +1,191 @@
+// Unit tests of the protocol code against the cross-language vectors
+// (testdata/kez-v1.json). Run: node --test web/test/
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+
+import { edwardsToMontgomery, InvalidKeyError } from '../js/curve.js';
+import { fromB64url, fromHex, jcs, toB64url, toHex, utf8 } from '../js/encoding.js';
+import * as kez from '../js/kez.js';
+
+const V = JSON.parse(readFileSync(fileURLToPath(new URL('../../testdata/kez-v1.json', import.meta.url)), 'utf8'));
+const subtle = globalThis.crypto.subtle;
+
+test('x25519 secret is the clamped half of SHA-512(seed)', async () => {
+  for (const who of [V.alice, V.bob]) {
+    assert.equal(toHex(await kez.x25519Secret(fromHex(who.Seed))), who.X25519Secret);
+  }
+});
+
+test('public key and primary from seed', async () => {
+  for (const who of [V.alice, V.bob]) {
+    const id = await kez.identityFromSeed(fromHex(who.Seed));
+    assert.equal(toHex(id.publicKey), who.Public);
+    assert.equal(id.primary, who.Primary);
+    assert.equal(id.signKey.extractable, false);
+    assert.equal(id.dhKey.extractable, false);
+    assert.equal(id.dhKey.algorithm.name, 'X25519');
+  }
+});
+
+test('ed25519 → x25519 public conversion matches the vectors', () => {
+  for (const who of [V.alice, V.bob]) {
+    assert.equal(toHex(edwardsToMontgomery(fromHex(who.Public))), who.X25519Public);
+  }
+  for (const c of V.x25519_conversion_extra) {
+    assert.equal(toHex(edwardsToMontgomery(fromHex(c.ed25519_public))), c.x25519_public);
+  }
+});
+
+test('conversion agrees with WebCrypto X25519 public keys', async () => {
+  // The public key WebCrypto derives from our clamped secret must equal our conversion.
+  for (const who of [V.alice, V.bob]) {
+    const xs = await kez.x25519Secret(fromHex(who.Seed));
+    const pk8 = new Uint8Array([...fromHex('302e020100300506032b656e04220420'), ...xs]);
+    const k = await subtle.importKey('pkcs8', pk8, { name: 'X25519' }, true, ['deriveBits']);
+    const jwk = await subtle.exportKey('jwk', k);
+    assert.equal(toHex(fromB64url(jwk.x)), who.X25519Public);
+  }
+});
+
+test('conversion rejects bad keys', () => {
+  const bad = [
+    ...V.x25519_conversion_must_fail,
+    // y = p (non-canonical encoding of 0)
+    'edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f',
+    // y = p+1 (non-canonical 1)
+    'eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f',
+    // y = 2 is not on the curve
+    '0200000000000000000000000000000000000000000000000000000000000000',
+    // identity with the sign bit set (x = 0 has no negative)
+    '0100000000000000000000000000000000000000000000000000000000000080',
+    // order-2 point (0, −1)
+    'ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f',
+    // order-8 point
+    'c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a',
+    // order-4 point (x, 0) — y = 0 gives u = 1
+    '0000000000000000000000000000000000000000000000000000000000000080',
+  ];
+  for (const hex of bad) {
+    assert.throws(() => edwardsToMontgomery(fromHex(hex)), InvalidKeyError, hex);
+  }
+  assert.throws(() => edwardsToMontgomery(new Uint8Array(31)), InvalidKeyError);
+});
+
+test('JCS of the registration payload and of the envelope', () => {
+  const p = V.registration.body.payload;
+  // Reorder the members to prove that the output does not depend on input order.
+  const shuffled = { v: p.v, ts: p.ts, type: p.type, server: p.server, primary: p.primary, handle: p.handle };
+  assert.equal(jcs(shuffled), V.registration.signed_bytes_jcs);
+  const e = V.envelope.envelope;
+  assert.equal(jcs({ v: e.v, from: e.from, to: e.to, nonce: e.nonce, ct: e.ct }), V.envelope.signed_bytes_jcs);
+});
+
+test('JCS details (RFC 8785)', () => {
+  assert.equal(jcs({ b: [1, 'x', null, true], a: { d: 1, c: -0 } }), '{"a":{"c":0,"d":1},"b":[1,"x",null,true]}');
+  assert.equal(jcs('\u0007\n"\\\u2028€'), '"\\u0007\\n\\"\\\\\u2028€"');
+  // UTF-16 code unit order, not code point order: U+1F600 (surrogates D83D DE00)
+  // sorts before U+E000.
+  assert.equal(jcs({ '\uE000': 2, '\u{1F600}': 1, a: 3 }), '{"a":3,"\u{1F600}":1,"\uE000":2}');
+  assert.equal(jcs({ n: 1e21, m: 1.5, k: 1764115200 }), '{"k":1764115200,"m":1.5,"n":1e+21}');
+  assert.equal(jcs({ u: undefined, a: 1 }), '{"a":1}');
+  assert.throws(() => jcs(NaN));
+  assert.throws(() => jcs('\uD800'));
+  assert.throws(() => jcs(10n));
+});
+
+test('registration body signs the vector bytes', async () => {
+  const id = await kez.identityFromSeed(fromHex(V.alice.Seed));
+  const body = await kez.signRegistration(id, 'alice', V.registration.server, V.registration.now);
+  assert.deepEqual(body, V.registration.body);
+  assert.equal(jcs(body.payload), V.registration.signed_bytes_jcs);
+});
+
+test('handle records are verified', async () => {
+  const rec = {
+    handle: 'alice', server: 'kez.example', address: 'alice@kez.example',
+    primary: V.alice.Primary, registered_at: 1764115200, registration: V.registration.body,
+  };
+  await kez.verifyRecord(rec, { handle: 'alice' });
+  await assert.rejects(kez.verifyRecord({ ...rec, primary: V.bob.Primary }), kez.ProtocolError);
+  const forged = structuredClone(rec);
+  forged.registration.payload.ts += 1;
+  await assert.rejects(kez.verifyRecord(forged), /does not verify/);
+});
+
+test('auth strings and signatures', async () => {
+  const id = await kez.identityFromSeed(fromHex(V.alice.Seed));
+  const ts = 1764115200;
+  const cases = [
+    [kez.inboxAuthMessage('alice', 0, ts), V.auth.inbox_since_0],
+    [kez.inboxAuthMessage('alice', 7, ts), V.auth.inbox_since_7],
+    [kez.streamAuthMessage('alice', ts), V.auth.stream],
+    [kez.ackAuthMessage('alice', 5, ts), V.auth.ack_upto_5],
+  ];
+  for (const [msg, want] of cases) {
+    assert.equal(msg, want.message);
+    assert.equal(await kez.authValue(id, msg, ts), want.header);
+  }
+  assert.throws(() => kez.inboxAuthMessage('alice', -1, ts));
+});
+
+test('envelope: seal reproduces the vector, open recovers the plaintext', async () => {
+  const alice = await kez.identityFromSeed(fromHex(V.alice.Seed));
+  const bob = await kez.identityFromSeed(fromHex(V.bob.Seed));
+  const E = V.envelope;
+  const env = await kez.sealEnvelope(alice, bob.primary, E.plaintext, fromHex(E.nonce_hex));
+  assert.deepEqual(env, E.envelope);
+  assert.equal(toHex(fromB64url(env.ct)), E.ciphertext_hex);
+  const opened = await kez.openEnvelope(bob, E.envelope);
+  assert.equal(opened.from, alice.primary);
+  assert.deepEqual(opened.plaintext, JSON.parse(E.plaintext));
+});
+
+test('envelope intermediate values (shared secret, HKDF key)', async () => {
+  const E = V.envelope;
+  const pk8 = (s) => new Uint8Array([...fromHex('302e020100300506032b656e04220420'), ...s]);
+  const xs = await kez.x25519Secret(fromHex(V.alice.Seed));
+  const priv = await subtle.importKey('pkcs8', pk8(xs), { name: 'X25519' }, false, ['deriveBits']);
+  const pub = await subtle.importKey('raw', fromHex(V.bob.X25519Public), { name: 'X25519' }, false, []);
+  const shared = new Uint8Array(await subtle.deriveBits({ name: 'X25519', public: pub }, priv, 256));
+  assert.equal(toHex(shared), E.shared_secret);
+  const ikm = await subtle.importKey('raw', shared, 'HKDF', false, ['deriveBits']);
+  const key = await subtle.deriveBits({ name: 'HKDF', hash: 'SHA-256', salt: fromHex(E.nonce_hex), info: utf8(E.hkdf_info) }, ikm, 256);
+  assert.equal(toHex(new Uint8Array(key)), E.aes_key);
+});
+
+test('envelope failures are reported, never returned as text', async () => {
+  const alice = await kez.identityFromSeed(fromHex(V.alice.Seed));
+  const bob = await kez.identityFromSeed(fromHex(V.bob.Seed));
+  const good = V.envelope.envelope;
+  const flip = (s) => (s[5] === 'A' ? s.slice(0, 5) + 'B' + s.slice(6) : s.slice(0, 5) + 'A' + s.slice(6));
+  await assert.rejects(kez.openEnvelope(alice, good), /someone else/);
+  await assert.rejects(kez.openEnvelope(bob, { ...good, ct: flip(good.ct) }), /signature/);
+  await assert.rejects(kez.openEnvelope(bob, { ...good, sig: '00'.repeat(64) }), /signature/);
+  await assert.rejects(kez.openEnvelope(bob, { ...good, v: 2 }), /version/);
+  await assert.rejects(kez.openEnvelope(bob, { ...good, nonce: 'AAEC' }), /nonce/);
+  await assert.rejects(kez.openEnvelope(bob, null), kez.ProtocolError);
+  // Correctly signed by alice but encrypted with a wrong key: decryption fails.
+  const bad = await kez.sealEnvelope(alice, bob.primary, { id: 'x', type: 'text', text: 'hi' });
+  const ct = fromB64url(bad.ct);
+  ct[0] ^= 1;
+  const unsigned = { v: 1, from: bad.from, to: bad.to, nonce: bad.nonce, ct: toB64url(ct) };
+  const resigned = { ...unsigned, sig: toHex(await kez.sign(alice.signKey, jcs(unsigned))) };
+  await assert.rejects(kez.openEnvelope(bob, resigned), /decryption failed/);
+});
+
+test('round trip with fresh identities', async () => {
+  const a = await kez.identityFromSeed(kez.newSeed());
+  const b = await kez.identityFromSeed(kez.newSeed());
+  const pt = { type: 'text', text: 'héllo 👋\nline two', id: 'abc', sent_at: Date.now(), from_addr: 'a@x' };
+  const env = await kez.sealEnvelope(a, b.primary, pt);
+  assert.deepEqual((await kez.openEnvelope(b, env)).plaintext, pt);
+  const env2 = await kez.sealEnvelope(a, b.primary, pt);
+  assert.notEqual(env.nonce, env2.nonce);
+});
+
+test('handle syntax', () => {
+  for (const ok of ['al', 'alice', 'a_b-c', '0x', 'a'.repeat(32)]) assert.ok(kez.validHandle(ok), ok);
+  for (const bad of ['a', '_al', '-al', 'Alice', 'a'.repeat(33), 'al ice', 'alíce', '']) assert.ok(!kez.validHandle(bad), bad);
+});
