@@ -1,0 +1,134 @@
+package hub
+
+import (
+	"sync"
+	"testing"
+	"time"
+)
+
+func recv(t *testing.T, s *Subscription) Event {
+	t.Helper()
+	select {
+	case ev := <-s.C:
+		return ev
+	case <-time.After(2 * time.Second):
+		t.Fatal("no event")
+	}
+	return Event{}
+}
+
+func TestFanOutToEverySubscriberOfTheHandle(t *testing.T) {
+	h := New()
+	a1, a2, b := h.Subscribe("alice"), h.Subscribe("alice"), h.Subscribe("bob")
+	h.Publish("alice", Event{Seq: 1, Data: []byte("x")})
+	if ev := recv(t, a1); ev.Seq != 1 || string(ev.Data) != "x" {
+		t.Fatalf("a1 got %+v", ev)
+	}
+	if ev := recv(t, a2); ev.Seq != 1 {
+		t.Fatalf("a2 got %+v", ev)
+	}
+	select {
+	case ev := <-b.C:
+		t.Fatalf("bob got alice's event %+v", ev)
+	default:
+	}
+	if n := h.Subscribers("alice"); n != 2 {
+		t.Fatalf("alice has %d subscribers", n)
+	}
+	h.Unsubscribe(a1)
+	<-a1.Done()
+	if n := h.Subscribers(""); n != 2 {
+		t.Fatalf("%d subscribers after unsubscribe", n)
+	}
+	h.Publish("nobody", Event{Seq: 9}) // no subscribers: a no-op
+}
+
+func TestOverflowDisconnectsOnlyTheSlowSubscriber(t *testing.T) {
+	h := New()
+	slow, fast := h.Subscribe("alice"), h.Subscribe("alice")
+	for i := 1; i <= BufferSize+1; i++ {
+		h.Publish("alice", Event{Seq: uint64(i)})
+		if i <= BufferSize {
+			if ev := recv(t, fast); ev.Seq != uint64(i) {
+				t.Fatalf("fast got %d, want %d", ev.Seq, i)
+			}
+		}
+	}
+	select {
+	case <-slow.Done():
+	default:
+		t.Fatal("slow subscriber not disconnected after overflow")
+	}
+	if !slow.Overflowed() {
+		t.Fatal("Overflowed() = false")
+	}
+	// What it did receive is intact and in order: no silent skip.
+	for i := 1; i <= BufferSize; i++ {
+		if ev := recv(t, slow); ev.Seq != uint64(i) {
+			t.Fatalf("slow got %d, want %d", ev.Seq, i)
+		}
+	}
+	if fast.Overflowed() {
+		t.Fatal("fast subscriber overflowed")
+	}
+	if ev := recv(t, fast); ev.Seq != BufferSize+1 {
+		t.Fatalf("fast got %d", ev.Seq)
+	}
+	if n := h.Subscribers("alice"); n != 1 {
+		t.Fatalf("%d subscribers left, want 1", n)
+	}
+}
+
+func TestCloseEndsEverything(t *testing.T) {
+	h := New()
+	s := h.Subscribe("alice")
+	h.Close()
+	<-s.Done()
+	if s.Overflowed() {
+		t.Fatal("closed subscription reports overflow")
+	}
+	late := h.Subscribe("alice")
+	<-late.Done()
+	h.Publish("alice", Event{Seq: 1}) // must not panic or block
+}
+
+func TestConcurrentPublishSubscribe(t *testing.T) {
+	h := New()
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			for i := range 200 {
+				h.Publish("alice", Event{Seq: uint64(i)})
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			for range 50 {
+				s := h.Subscribe("alice")
+				h.Unsubscribe(s)
+			}
+		}()
+	}
+	wg.Wait()
+	if n := h.Subscribers(""); n != 0 {
+		t.Fatalf("%d subscribers left", n)
+	}
+}
+
+func BenchmarkPublish1000Subscribers(b *testing.B) {
+	h := New()
+	var subs []*Subscription
+	for range 1000 {
+		subs = append(subs, h.Subscribe("alice"))
+	}
+	ev := Event{Seq: 1, Data: make([]byte, 1024)}
+	b.ResetTimer()
+	for range b.N {
+		h.Publish("alice", ev)
+		for _, s := range subs {
+			<-s.C
+		}
+	}
+}

@@ -1,0 +1,175 @@
+package bolt
+
+import (
+	"context"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/kezchat/kez/storage"
+	"github.com/kezchat/kez/storage/storagetest"
+)
+
+func openTemp(t *testing.T, notify storage.Notify) storage.Store {
+	s, err := Open(filepath.Join(t.TempDir(), "chat.db"), Options{Timeout: time.Second, Notify: notify})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+func TestConformance(t *testing.T) { storagetest.Run(t, openTemp) }
+
+func TestConformanceOneCommitPerMessage(t *testing.T) {
+	storagetest.Run(t, func(t *testing.T, notify storage.Notify) storage.Store {
+		s, err := Open(filepath.Join(t.TempDir(), "chat.db"), Options{Timeout: time.Second, Notify: notify, OneCommitPerMessage: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = s.Close() })
+		return s
+	})
+}
+
+func TestReopenKeepsDataAndSeqs(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "sub", "chat.db")
+	s, err := Open(path, Options{Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	storagetest.Register(t, s, "alice", 1)
+	var last uint64
+	for range 3 {
+		m, err := s.Append(ctx, "alice", []byte(`{}`), 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = m.Seq
+	}
+	if _, err := s.Ack(ctx, "alice", last); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s, err = Open(path, Options{Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if rec, err := s.Lookup(ctx, "alice"); err != nil || rec.Primary != storagetest.Primary(1) {
+		t.Fatalf("after reopen: %+v %v", rec, err)
+	}
+	m, err := s.Append(ctx, "alice", []byte(`{}`), 0)
+	if err != nil || m.Seq <= last {
+		t.Fatalf("after reopen and ack, seq %d (last %d): %v", m.Seq, last, err)
+	}
+}
+
+func TestLockedFileTimesOut(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "chat.db")
+	s, err := Open(path, Options{Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	start := time.Now()
+	if _, err := Open(path, Options{Timeout: 100 * time.Millisecond}); err == nil {
+		t.Fatal("second open of a locked file succeeded")
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("lock wait took %s", d)
+	}
+}
+
+// Appends queued while Close runs are committed, not lost; later ones get ErrClosed.
+func TestCloseCommitsQueuedAppends(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "chat.db")
+	s, err := Open(path, Options{Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	storagetest.Register(t, s, "alice", 1)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	acked := map[uint64]bool{}
+	for range 32 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 20 {
+				m, err := s.Append(ctx, "alice", []byte(`{}`), 0)
+				if err != nil {
+					return
+				}
+				mu.Lock()
+				acked[m.Seq] = true
+				mu.Unlock()
+			}
+		}()
+	}
+	time.Sleep(5 * time.Millisecond)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	s2, err := Open(path, Options{Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	msgs, _, err := s2.Read(ctx, "alice", 0, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored := map[uint64]bool{}
+	for _, m := range msgs {
+		stored[m.Seq] = true
+	}
+	for seq := range acked {
+		if !stored[seq] {
+			t.Errorf("acknowledged seq %d was lost", seq)
+		}
+	}
+	if len(stored) != len(acked) {
+		t.Errorf("stored %d messages, acknowledged %d", len(stored), len(acked))
+	}
+}
+
+func BenchmarkAppendConcurrent(b *testing.B) {
+	for _, naive := range []bool{false, true} {
+		name := "group"
+		if naive {
+			name = "naive"
+		}
+		b.Run(name, func(b *testing.B) {
+			s, err := Open(filepath.Join(b.TempDir(), "chat.db"), Options{Timeout: time.Second, OneCommitPerMessage: naive})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer s.Close()
+			storagetest.Register(b, s, "alice", 1)
+			env := make([]byte, 1024)
+			copy(env, `{"x":"`)
+			for i := 6; i < len(env)-2; i++ {
+				env[i] = 'a'
+			}
+			copy(env[len(env)-2:], `"}`)
+			b.SetParallelism(32)
+			b.SetBytes(int64(len(env)))
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if _, err := s.Append(context.Background(), "alice", env, 0); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		})
+	}
+}

@@ -1,0 +1,373 @@
+// Package storagetest is the conformance suite every storage.Store backend
+// must pass: what SPEC §2 requires of the registry and the inboxes.
+package storagetest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/kezchat/kez/storage"
+)
+
+// Opener opens a fresh, empty store whose appends are reported to notify.
+type Opener func(t *testing.T, notify storage.Notify) storage.Store
+
+// Run runs every conformance test against stores from open.
+func Run(t *testing.T, open Opener) {
+	tests := map[string]func(*testing.T, Opener){
+		"RegisterAndLookup":          testRegisterAndLookup,
+		"ConcurrentRegistration":     testConcurrentRegistration,
+		"AppendReadPaging":           testAppendReadPaging,
+		"SeqNeverReused":             testSeqNeverReused,
+		"InboxCap":                   testInboxCap,
+		"AckAndExpire":               testAckAndExpire,
+		"NotifyInCommitOrder":        testNotifyInCommitOrder,
+		"UnknownInbox":               testUnknownInbox,
+		"ClosedStoreRefusesRequests": testClosed,
+	}
+	for name, fn := range tests {
+		t.Run(name, func(t *testing.T) { fn(t, open) })
+	}
+}
+
+// Primary builds a distinct, well-formed primary for test records (the store
+// does not check curves; the kez package does that before storing).
+func Primary(i int) string { return fmt.Sprintf("ed25519:%064x", i+1) }
+
+// Register stores a record for handle with Primary(i), failing the test on error.
+func Register(t testing.TB, s storage.Store, handle string, i int) storage.Record {
+	t.Helper()
+	rec := storage.Record{Handle: handle, Primary: Primary(i), RegisteredAt: 1764115200,
+		Registration: []byte(`{"payload":{"handle":"` + handle + `"},"signature":{"alg":"ed25519","sig":"00"}}`)}
+	got, created, err := s.Register(context.Background(), rec)
+	if err != nil || !created {
+		t.Fatalf("register %s: created=%v err=%v", handle, created, err)
+	}
+	return got
+}
+
+func testRegisterAndLookup(t *testing.T, open Opener) {
+	ctx := context.Background()
+	s := open(t, nil)
+	alice := Register(t, s, "alice", 1)
+	got, err := s.Lookup(ctx, "alice")
+	if err != nil || got.Primary != alice.Primary || string(got.Registration) != string(alice.Registration) || got.RegisteredAt != alice.RegisteredAt {
+		t.Fatalf("Lookup = %+v, %v", got, err)
+	}
+	if got, err := s.LookupPrimary(ctx, Primary(1)); err != nil || got.Handle != "alice" {
+		t.Fatalf("LookupPrimary = %+v, %v", got, err)
+	}
+	// Same handle, same primary: an idempotent retry returning the first record.
+	again, created, err := s.Register(ctx, storage.Record{Handle: "alice", Primary: Primary(1), RegisteredAt: 99})
+	if err != nil || created || again.RegisteredAt != alice.RegisteredAt {
+		t.Fatalf("retry = %+v created=%v err=%v", again, created, err)
+	}
+	if _, _, err := s.Register(ctx, storage.Record{Handle: "alice", Primary: Primary(2)}); !errors.Is(err, storage.ErrHandleTaken) {
+		t.Fatalf("other primary for alice: %v", err)
+	}
+	if _, _, err := s.Register(ctx, storage.Record{Handle: "alice2", Primary: Primary(1)}); !errors.Is(err, storage.ErrPrimaryTaken) {
+		t.Fatalf("alice's primary for alice2: %v", err)
+	}
+	if _, err := s.Lookup(ctx, "alice2"); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("failed registration left a record: %v", err)
+	}
+	if _, err := s.Lookup(ctx, "nobody"); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("Lookup(nobody) = %v", err)
+	}
+	if _, err := s.LookupPrimary(ctx, Primary(7)); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("LookupPrimary(unbound) = %v", err)
+	}
+}
+
+func testConcurrentRegistration(t *testing.T, open Opener) {
+	ctx := context.Background()
+	s := open(t, nil)
+	const n = 16
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	wins, taken := 0, 0
+	// n different primaries race for one handle; then n handles race for one primary.
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, created, err := s.Register(ctx, storage.Record{Handle: "contested", Primary: Primary(100 + i)})
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err == nil && created:
+				wins++
+			case errors.Is(err, storage.ErrHandleTaken):
+				taken++
+			default:
+				t.Errorf("register: created=%v err=%v", created, err)
+			}
+		}()
+	}
+	wg.Wait()
+	if wins != 1 || taken != n-1 {
+		t.Fatalf("handle race: %d wins, %d taken", wins, taken)
+	}
+	wins, taken = 0, 0
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, created, err := s.Register(ctx, storage.Record{Handle: fmt.Sprintf("h%02d", i), Primary: Primary(500)})
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err == nil && created:
+				wins++
+			case errors.Is(err, storage.ErrPrimaryTaken):
+				taken++
+			default:
+				t.Errorf("register: created=%v err=%v", created, err)
+			}
+		}()
+	}
+	wg.Wait()
+	if wins != 1 || taken != n-1 {
+		t.Fatalf("primary race: %d wins, %d taken", wins, taken)
+	}
+}
+
+func testAppendReadPaging(t *testing.T, open Opener) {
+	ctx := context.Background()
+	s := open(t, nil)
+	Register(t, s, "alice", 1)
+	Register(t, s, "bob", 2)
+	const n = 25
+	var seqs []uint64
+	before := time.Now().UnixMilli()
+	for i := range n {
+		m, err := s.Append(ctx, "alice", []byte(fmt.Sprintf(`{"i":%d}`, i)), 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.Seq == 0 || (len(seqs) > 0 && m.Seq <= seqs[len(seqs)-1]) {
+			t.Fatalf("seq %d after %v", m.Seq, seqs)
+		}
+		if m.ReceivedAt < before-1000 || m.ReceivedAt > time.Now().UnixMilli()+1000 {
+			t.Fatalf("received_at %d not now", m.ReceivedAt)
+		}
+		seqs = append(seqs, m.Seq)
+	}
+	if _, err := s.Append(ctx, "bob", []byte(`{"for":"bob"}`), 0); err != nil {
+		t.Fatal(err)
+	}
+	var got []storage.Message
+	since := uint64(0)
+	for pages := 0; ; pages++ {
+		page, more, err := s.Read(ctx, "alice", since, 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(page) > 10 || pages > 3 {
+			t.Fatalf("page of %d, page %d", len(page), pages)
+		}
+		got = append(got, page...)
+		if len(page) > 0 {
+			since = page[len(page)-1].Seq
+		}
+		if !more {
+			break
+		}
+	}
+	if len(got) != n {
+		t.Fatalf("read %d messages, want %d", len(got), n)
+	}
+	for i, m := range got {
+		if m.Seq != seqs[i] || string(m.Envelope) != fmt.Sprintf(`{"i":%d}`, i) {
+			t.Fatalf("message %d = %d %s", i, m.Seq, m.Envelope)
+		}
+	}
+	// since in the middle, and past the end.
+	if page, more, _ := s.Read(ctx, "alice", seqs[19], 100); len(page) != 5 || more || page[0].Seq != seqs[20] {
+		t.Fatalf("since %d: %d messages more=%v", seqs[19], len(page), more)
+	}
+	if page, more, _ := s.Read(ctx, "alice", seqs[n-1]+100, 100); len(page) != 0 || more {
+		t.Fatalf("past the end: %d messages more=%v", len(page), more)
+	}
+	if page, _, _ := s.Read(ctx, "bob", 0, 100); len(page) != 1 || string(page[0].Envelope) != `{"for":"bob"}` {
+		t.Fatalf("bob's inbox = %+v", page)
+	}
+}
+
+func testSeqNeverReused(t *testing.T, open Opener) {
+	ctx := context.Background()
+	s := open(t, nil)
+	Register(t, s, "alice", 1)
+	var last uint64
+	for range 3 {
+		m, err := s.Append(ctx, "alice", []byte(`{}`), 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = m.Seq
+	}
+	if n, err := s.Ack(ctx, "alice", last); err != nil || n != 3 {
+		t.Fatalf("ack = %d, %v", n, err)
+	}
+	m, err := s.Append(ctx, "alice", []byte(`{}`), 0)
+	if err != nil || m.Seq <= last {
+		t.Fatalf("after ack, seq %d (last was %d), %v", m.Seq, last, err)
+	}
+}
+
+func testInboxCap(t *testing.T, open Opener) {
+	ctx := context.Background()
+	s := open(t, nil)
+	Register(t, s, "alice", 1)
+	var last uint64
+	for range 3 {
+		m, err := s.Append(ctx, "alice", []byte(`{}`), 3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = m.Seq
+	}
+	if _, err := s.Append(ctx, "alice", []byte(`{"dropped":true}`), 3); !errors.Is(err, storage.ErrInboxFull) {
+		t.Fatalf("4th append into a cap of 3: %v", err)
+	}
+	if page, _, _ := s.Read(ctx, "alice", 0, 10); len(page) != 3 {
+		t.Fatalf("full inbox holds %d", len(page))
+	}
+	if _, err := s.Ack(ctx, "alice", last-2); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Append(ctx, "alice", []byte(`{}`), 3); err != nil {
+		t.Fatalf("after ack, append: %v", err)
+	}
+}
+
+func testAckAndExpire(t *testing.T, open Opener) {
+	ctx := context.Background()
+	s := open(t, nil)
+	Register(t, s, "alice", 1)
+	Register(t, s, "bob", 2)
+	var seqs []uint64
+	for range 5 {
+		m, err := s.Append(ctx, "alice", []byte(`{}`), 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seqs = append(seqs, m.Seq)
+	}
+	if n, err := s.Ack(ctx, "alice", seqs[1]); err != nil || n != 2 {
+		t.Fatalf("ack upto %d = %d, %v", seqs[1], n, err)
+	}
+	if n, err := s.Ack(ctx, "alice", seqs[1]); err != nil || n != 0 {
+		t.Fatalf("repeated ack = %d, %v", n, err)
+	}
+	if page, _, _ := s.Read(ctx, "alice", 0, 10); len(page) != 3 || page[0].Seq != seqs[2] {
+		t.Fatalf("after ack: %+v", page)
+	}
+	if _, err := s.Append(ctx, "bob", []byte(`{}`), 0); err != nil {
+		t.Fatal(err)
+	}
+	// Nothing is older than an hour ago; everything is older than a second from now.
+	if n, err := s.Expire(ctx, time.Now().Add(-time.Hour)); err != nil || n != 0 {
+		t.Fatalf("expire(-1h) = %d, %v", n, err)
+	}
+	if n, err := s.Expire(ctx, time.Now().Add(time.Second)); err != nil || n != 4 {
+		t.Fatalf("expire(+1s) = %d, %v", n, err)
+	}
+	if page, _, _ := s.Read(ctx, "alice", 0, 10); len(page) != 0 {
+		t.Fatalf("after expire: %d messages", len(page))
+	}
+	m, err := s.Append(ctx, "alice", []byte(`{}`), 1)
+	if err != nil || m.Seq <= seqs[4] {
+		t.Fatalf("append after expire: seq %d, %v (cap 1 must count only what is stored)", m.Seq, err)
+	}
+}
+
+func testNotifyInCommitOrder(t *testing.T, open Opener) {
+	ctx := context.Background()
+	var mu sync.Mutex
+	seen := map[string][]uint64{}
+	s := open(t, func(handle string, m storage.Message) {
+		mu.Lock()
+		seen[handle] = append(seen[handle], m.Seq)
+		mu.Unlock()
+	})
+	Register(t, s, "alice", 1)
+	Register(t, s, "bob", 2)
+	var wg sync.WaitGroup
+	const senders, each = 8, 25
+	for i := range senders {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			to := []string{"alice", "bob"}[i%2]
+			for range each {
+				if _, err := s.Append(ctx, to, []byte(`{}`), 0); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		mu.Lock()
+		total := len(seen["alice"]) + len(seen["bob"])
+		mu.Unlock()
+		if total == senders*each || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for handle, seqs := range seen {
+		if len(seqs) != senders/2*each {
+			t.Errorf("%s notified %d times, want %d", handle, len(seqs), senders/2*each)
+		}
+		for i := 1; i < len(seqs); i++ {
+			if seqs[i] <= seqs[i-1] {
+				t.Fatalf("%s notified out of order: %d after %d", handle, seqs[i], seqs[i-1])
+			}
+		}
+	}
+}
+
+func testUnknownInbox(t *testing.T, open Opener) {
+	ctx := context.Background()
+	s := open(t, nil)
+	if _, err := s.Append(ctx, "ghost", []byte(`{}`), 0); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("Append(ghost) = %v", err)
+	}
+	if _, _, err := s.Read(ctx, "ghost", 0, 10); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("Read(ghost) = %v", err)
+	}
+	if _, err := s.Ack(ctx, "ghost", 10); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("Ack(ghost) = %v", err)
+	}
+}
+
+func testClosed(t *testing.T, open Opener) {
+	ctx := context.Background()
+	s := open(t, nil)
+	Register(t, s, "alice", 1)
+	if err := s.Ping(ctx); err != nil {
+		t.Fatalf("Ping on open store: %v", err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Ping(ctx); !errors.Is(err, storage.ErrClosed) {
+		t.Errorf("Ping after close = %v", err)
+	}
+	if _, err := s.Append(ctx, "alice", []byte(`{}`), 0); !errors.Is(err, storage.ErrClosed) {
+		t.Errorf("Append after close = %v", err)
+	}
+	if _, err := s.Lookup(ctx, "alice"); !errors.Is(err, storage.ErrClosed) {
+		t.Errorf("Lookup after close = %v", err)
+	}
+}
