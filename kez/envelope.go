@@ -223,13 +223,18 @@ func (k *Keys) Open(env *Envelope) ([]byte, error) {
 	return plaintext, nil
 }
 
-// OpenJSON parses an envelope as relayed by the server and opens it.
-func (k *Keys) OpenJSON(raw []byte) ([]byte, error) {
+// OpenJSON parses an envelope as relayed by the server and opens it. The
+// envelope is returned too: its From is the proven sender.
+func (k *Keys) OpenJSON(raw []byte) (*Envelope, []byte, error) {
 	var env Envelope
 	if err := json.Unmarshal(raw, &env); err != nil {
-		return nil, fmt.Errorf("%w: not an envelope object: %v", ErrUndecryptable, err)
+		return nil, nil, fmt.Errorf("%w: not an envelope object: %v", ErrUndecryptable, err)
 	}
-	return k.Open(&env)
+	plaintext, err := k.Open(&env)
+	if err != nil {
+		return nil, nil, err
+	}
+	return &env, plaintext, nil
 }
 
 // SignedBytes is the JCS form of {v, from, to, nonce, ct}. It is written by

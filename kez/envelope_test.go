@@ -147,9 +147,12 @@ func TestSignedBytesAreJCS(t *testing.T) {
 func TestOpenVector(t *testing.T) {
 	v := loadVectors(t)
 	bob := vectorKeys(t, v.Bob)
-	plain, err := bob.OpenJSON(v.Envelope.Envelope)
+	env, plain, err := bob.OpenJSON(v.Envelope.Envelope)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if env.From != v.Alice.Primary {
+		t.Errorf("from = %s, want alice", env.From)
 	}
 	if string(plain) != v.Envelope.Plaintext {
 		t.Fatalf("plaintext = %s, want %s", plain, v.Envelope.Plaintext)
@@ -166,7 +169,7 @@ func TestOpenVector(t *testing.T) {
 		t.Errorf("Marshal = %s, want %s", p.Marshal(), v.Envelope.Plaintext)
 	}
 	// Alice cannot open what she sent: it is addressed to bob.
-	if _, err := vectorKeys(t, v.Alice).OpenJSON(v.Envelope.Envelope); !errors.Is(err, ErrUndecryptable) {
+	if _, _, err := vectorKeys(t, v.Alice).OpenJSON(v.Envelope.Envelope); !errors.Is(err, ErrUndecryptable) {
 		t.Errorf("alice opened bob's envelope: %v", err)
 	}
 }
@@ -186,7 +189,7 @@ func TestSealOpenRoundTrip(t *testing.T) {
 	if a.Nonce == b.Nonce || a.CT == b.CT {
 		t.Error("two seals share a nonce or ciphertext")
 	}
-	plain, err := bob.OpenJSON(a.AppendJSON(nil))
+	_, plain, err := bob.OpenJSON(a.AppendJSON(nil))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -263,7 +266,7 @@ func TestOpenRejectsTampering(t *testing.T) {
 		}
 	}
 	for _, raw := range []string{`[]`, `{"v":"1"}`, `not json`, `{}`} {
-		if _, err := bob.OpenJSON([]byte(raw)); !errors.Is(err, ErrUndecryptable) {
+		if _, _, err := bob.OpenJSON([]byte(raw)); !errors.Is(err, ErrUndecryptable) {
 			t.Errorf("OpenJSON(%s) = %v", raw, err)
 		}
 	}

@@ -1,0 +1,93 @@
+package handlers
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strconv"
+
+	"github.com/kezchat/kez/kez"
+	"github.com/kezchat/kez/storage"
+)
+
+// statusOf maps each SPEC §2.9 code to its HTTP status.
+var statusOf = map[string]int{
+	kez.CodeBadRequest:       http.StatusBadRequest,
+	kez.CodeInvalidHandle:    http.StatusBadRequest,
+	kez.CodeReservedHandle:   http.StatusBadRequest,
+	kez.CodeWrongServer:      http.StatusBadRequest,
+	kez.CodeStaleTimestamp:   http.StatusBadRequest,
+	kez.CodeUnsupportedAlg:   http.StatusBadRequest,
+	kez.CodeInvalidKey:       http.StatusBadRequest,
+	kez.CodeBadSignature:     http.StatusBadRequest,
+	kez.CodeMissingAuth:      http.StatusBadRequest,
+	kez.CodeUnauthorized:     http.StatusUnauthorized,
+	kez.CodeNotFound:         http.StatusNotFound,
+	kez.CodeUnknownRecipient: http.StatusNotFound,
+	kez.CodeMethodNotAllowed: http.StatusMethodNotAllowed,
+	kez.CodeHandleTaken:      http.StatusConflict,
+	kez.CodePrimaryTaken:     http.StatusConflict,
+	kez.CodeEnvelopeTooLarge: http.StatusRequestEntityTooLarge,
+	kez.CodeRateLimited:      http.StatusTooManyRequests,
+	kez.CodeInternal:         http.StatusInternalServerError,
+	kez.CodeUnavailable:      http.StatusServiceUnavailable,
+	kez.CodeInboxFull:        http.StatusInsufficientStorage,
+}
+
+type errorBody struct {
+	Error errorDetail `json:"error"`
+}
+
+type errorDetail struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	body, err := json.Marshal(v)
+	if err != nil {
+		status, body = http.StatusInternalServerError, []byte(`{"error":{"code":"internal","message":"response encoding failed"}}`)
+	}
+	writeRaw(w, status, "application/json; charset=utf-8", body)
+}
+
+func writeRaw(w http.ResponseWriter, status int, contentType string, body []byte) {
+	w.Header().Set("Content-Type", contentType)
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(status)
+	_, _ = w.Write(body)
+}
+
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	writeJSON(w, status, errorBody{errorDetail{Code: code, Message: msg}})
+}
+
+// writeKezError answers with a protocol error.
+func writeKezError(w http.ResponseWriter, e *kez.Error) {
+	status, ok := statusOf[e.Code]
+	if !ok {
+		status = http.StatusInternalServerError
+	}
+	writeError(w, status, e.Code, e.Message)
+}
+
+// fail answers with the error for err. Protocol errors keep their code;
+// storage sentinels become theirs; anything else means storage is failing.
+func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) {
+	var ke *kez.Error
+	switch {
+	case errors.As(err, &ke):
+		writeKezError(w, ke)
+	case errors.Is(err, storage.ErrNotFound):
+		writeError(w, http.StatusNotFound, kez.CodeNotFound, "not found")
+	case errors.Is(err, storage.ErrHandleTaken):
+		writeError(w, http.StatusConflict, kez.CodeHandleTaken, "handle is already registered")
+	case errors.Is(err, storage.ErrPrimaryTaken):
+		writeError(w, http.StatusConflict, kez.CodePrimaryTaken, "this primary is already bound to another handle")
+	case errors.Is(err, storage.ErrInboxFull):
+		writeError(w, http.StatusInsufficientStorage, kez.CodeInboxFull, "the recipient's inbox is full")
+	default:
+		h.log.Error("storage failure", "method", r.Method, "path", r.URL.Path, "error", err)
+		writeError(w, http.StatusServiceUnavailable, kez.CodeUnavailable, "storage is unavailable; try again later")
+	}
+}

@@ -1,0 +1,183 @@
+// Package handlers serves KEZ chat's HTTP API (SPEC §2) with plain net/http:
+// routing, validation, request auth and the error model. Storage and live
+// delivery come in through storage.Store and hub.Hub; nothing here knows Caddy.
+package handlers
+
+import (
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/kezchat/kez/hub"
+	"github.com/kezchat/kez/kez"
+	"github.com/kezchat/kez/storage"
+)
+
+// Config is the server's protocol configuration (SPEC §4).
+type Config struct {
+	Server       string          // the domain in addresses, e.g. kez.lat
+	PublicURL    string          // base of links in WebFinger answers; default https://<Server>
+	MaxEnvelope  int64           // largest envelope accepted, in bytes
+	AuthSkew     time.Duration   // allowed clock difference for X-KEZ-Auth
+	RegisterSkew time.Duration   // allowed clock difference for registrations
+	Keepalive    time.Duration   // interval of ": ping" comments on streams
+	MaxInbox     int             // messages an inbox may hold (0 = no cap)
+	Reserved     map[string]bool // handles nobody may register
+	Version      string          // reported by /v1/healthz
+}
+
+// Defaults of SPEC §4.
+const (
+	DefaultMaxEnvelope  = 256 << 10
+	DefaultAuthSkew     = 60 * time.Second
+	DefaultRegisterSkew = 5 * time.Minute
+	DefaultKeepalive    = 15 * time.Second
+	DefaultRetention    = 30 * 24 * time.Hour
+	DefaultMaxInbox     = 10000
+)
+
+// WithDefaults fills unset fields.
+func (c Config) WithDefaults() Config {
+	if c.PublicURL == "" {
+		c.PublicURL = "https://" + c.Server
+	}
+	c.PublicURL = strings.TrimRight(c.PublicURL, "/")
+	if c.MaxEnvelope <= 0 {
+		c.MaxEnvelope = DefaultMaxEnvelope
+	}
+	if c.AuthSkew <= 0 {
+		c.AuthSkew = DefaultAuthSkew
+	}
+	if c.RegisterSkew <= 0 {
+		c.RegisterSkew = DefaultRegisterSkew
+	}
+	if c.Keepalive <= 0 {
+		c.Keepalive = DefaultKeepalive
+	}
+	reserved := map[string]bool{}
+	for _, h := range kez.DefaultReserved {
+		reserved[h] = true
+	}
+	for h := range c.Reserved {
+		reserved[strings.ToLower(h)] = true
+	}
+	c.Reserved = reserved
+	if c.MaxInbox < 0 {
+		c.MaxInbox = 0
+	}
+	if c.Version == "" {
+		c.Version = "devel"
+	}
+	return c
+}
+
+// Handler serves the API. Create it with New; Close ends its open streams.
+type Handler struct {
+	cfg   Config
+	store storage.Store
+	hub   *hub.Hub
+	log   *slog.Logger
+	now   func() time.Time
+
+	stop     chan struct{}
+	stopOnce sync.Once
+
+	mu      sync.Mutex
+	servers map[*http.Server]chan struct{} // closed when that server begins to shut down
+}
+
+// New returns a Handler. log may be nil.
+func New(cfg Config, store storage.Store, h *hub.Hub, log *slog.Logger) *Handler {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Handler{cfg: cfg.WithDefaults(), store: store, hub: h, log: log, now: time.Now,
+		stop: make(chan struct{}), servers: map[*http.Server]chan struct{}{}}
+}
+
+// SetClock replaces the clock (tests).
+func (h *Handler) SetClock(now func() time.Time) { h.now = now }
+
+// Close ends every open stream of this handler; the store and hub stay open.
+func (h *Handler) Close() { h.stopOnce.Do(func() { close(h.stop) }) }
+
+// ServeHTTP answers API paths and 404s everything else (standalone use).
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if route := h.Route(r); route != nil {
+		route.ServeHTTP(w, r)
+		return
+	}
+	writeError(w, http.StatusNotFound, "not_found", "no such endpoint")
+}
+
+// Route returns the handler for r, or nil when the path is not part of the
+// API, so that a host server can pass the request on.
+func (h *Handler) Route(r *http.Request) http.Handler {
+	p := r.URL.Path
+	switch p {
+	case "/v1/healthz":
+		return h.methods(map[string]http.HandlerFunc{"GET": h.healthz})
+	case "/v1/register":
+		return h.methods(map[string]http.HandlerFunc{"POST": h.register})
+	case "/v1/messages":
+		return h.methods(map[string]http.HandlerFunc{"POST": h.send})
+	case "/.well-known/webfinger":
+		return h.methods(map[string]http.HandlerFunc{"GET": h.webfinger})
+	}
+	if rest, ok := strings.CutPrefix(p, "/v1/u/"); ok && isSegment(rest) {
+		return h.methods(map[string]http.HandlerFunc{"GET": h.withArg(rest, h.lookup)})
+	}
+	if rest, ok := strings.CutPrefix(p, "/v1/by-primary/"); ok && isSegment(rest) {
+		return h.methods(map[string]http.HandlerFunc{"GET": h.withArg(rest, h.lookupPrimary)})
+	}
+	if rest, ok := strings.CutPrefix(p, "/v1/inbox/"); ok {
+		if handle, ok := strings.CutSuffix(rest, "/stream"); ok && isSegment(handle) {
+			return h.methods(map[string]http.HandlerFunc{"GET": h.withArg(handle, h.stream)})
+		}
+		if isSegment(rest) {
+			return h.methods(map[string]http.HandlerFunc{
+				"GET":    h.withArg(rest, h.inbox),
+				"DELETE": h.withArg(rest, h.ack),
+			})
+		}
+	}
+	return nil
+}
+
+func isSegment(s string) bool { return s != "" && !strings.Contains(s, "/") }
+
+func (h *Handler) withArg(arg string, fn func(http.ResponseWriter, *http.Request, string)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) { fn(w, r, arg) }
+}
+
+// methods answers CORS preflights and wrong methods, and dispatches the rest.
+func (h *Handler) methods(byMethod map[string]http.HandlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hdr := w.Header()
+		hdr.Set("Access-Control-Allow-Origin", "*")
+		hdr.Set("Access-Control-Expose-Headers", "Retry-After")
+		if fn := byMethod[r.Method]; fn != nil {
+			fn(w, r)
+			return
+		}
+		allowed := make([]string, 0, 3)
+		for _, m := range []string{"GET", "POST", "DELETE"} {
+			if byMethod[m] != nil {
+				allowed = append(allowed, m)
+			}
+		}
+		if r.Method == http.MethodOptions {
+			hdr.Set("Access-Control-Allow-Methods", "GET, POST, DELETE")
+			hdr.Set("Access-Control-Allow-Headers", "Content-Type, X-KEZ-Auth")
+			hdr.Set("Access-Control-Max-Age", "86400")
+			hdr.Set("Allow", strings.Join(append(allowed, "OPTIONS"), ", "))
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+		hdr.Set("Allow", strings.Join(append(allowed, "OPTIONS"), ", "))
+		writeError(w, http.StatusMethodNotAllowed, "method_not_allowed",
+			r.Method+" is not allowed here; use "+strings.Join(allowed, " or "))
+	})
+}

@@ -1,0 +1,175 @@
+package handlers
+
+import (
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"strings"
+
+	"github.com/kezchat/kez/kez"
+	"github.com/kezchat/kez/storage"
+)
+
+// maxRegistrationBody bounds POST /v1/register; a real one is about 400 bytes.
+const maxRegistrationBody = 16 << 10
+
+// record is the handle record of SPEC §2.3.
+type record struct {
+	Handle       string          `json:"handle"`
+	Server       string          `json:"server"`
+	Address      string          `json:"address"`
+	Primary      string          `json:"primary"`
+	RegisteredAt int64           `json:"registered_at"`
+	Registration json.RawMessage `json:"registration"`
+}
+
+func (h *Handler) record(rec storage.Record) record {
+	return record{Handle: rec.Handle, Server: h.cfg.Server, Address: kez.Address(rec.Handle, h.cfg.Server),
+		Primary: rec.Primary, RegisteredAt: rec.RegisteredAt, Registration: rec.Registration}
+}
+
+func (h *Handler) healthz(w http.ResponseWriter, r *http.Request) {
+	resp := map[string]any{"server": h.cfg.Server, "status": "ok", "version": h.cfg.Version}
+	status := http.StatusOK
+	if err := h.store.Ping(r.Context()); err != nil {
+		h.log.Error("health check: storage unreadable", "error", err)
+		resp["status"] = "unavailable"
+		resp["error"] = errorDetail{Code: kez.CodeUnavailable, Message: "storage cannot be read"}
+		status = http.StatusServiceUnavailable
+	}
+	writeJSON(w, status, resp)
+}
+
+// readBody reads at most limit bytes; tooBig is true when the body is longer.
+func readBody(w http.ResponseWriter, r *http.Request, limit int64) (body []byte, tooBig bool, err error) {
+	body, err = io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	var mbe *http.MaxBytesError
+	if errors.As(err, &mbe) {
+		return nil, true, err
+	}
+	return body, false, err
+}
+
+func (h *Handler) register(w http.ResponseWriter, r *http.Request) {
+	body, tooBig, err := readBody(w, r, maxRegistrationBody)
+	if tooBig {
+		writeError(w, http.StatusBadRequest, kez.CodeBadRequest, "registration body is larger than 16 KiB")
+		return
+	}
+	if err != nil {
+		writeError(w, http.StatusBadRequest, kez.CodeBadRequest, "could not read the body")
+		return
+	}
+	now := h.now()
+	reg, payload, err := kez.VerifyRegistration(body, kez.RegistrationPolicy{
+		Server: h.cfg.Server, Now: now, Skew: h.cfg.RegisterSkew, Reserved: h.cfg.Reserved})
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	signed, err := json.Marshal(reg)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	stored, created, err := h.store.Register(r.Context(), storage.Record{
+		Handle: payload.Handle, Primary: payload.Primary, RegisteredAt: now.Unix(), Registration: signed})
+	switch {
+	case errors.Is(err, storage.ErrHandleTaken):
+		writeError(w, http.StatusConflict, kez.CodeHandleTaken, "handle \""+payload.Handle+"\" is already registered")
+	case errors.Is(err, storage.ErrPrimaryTaken):
+		writeError(w, http.StatusConflict, kez.CodePrimaryTaken, "this primary is already bound to another handle")
+	case err != nil:
+		h.fail(w, r, err)
+	case created:
+		writeJSON(w, http.StatusCreated, h.record(stored))
+	default:
+		writeJSON(w, http.StatusOK, h.record(stored)) // the same binding again: an idempotent retry
+	}
+}
+
+// localHandle resolves "alice" or "alice@<this server>" to a valid handle.
+// ok is false (with the error written) otherwise: a bad handle is a 400,
+// another server is notFound.
+func (h *Handler) localHandle(w http.ResponseWriter, s, notFoundCode string) (string, bool) {
+	handle, server := kez.SplitAddress(s)
+	if strings.Contains(s, "@") && server != strings.ToLower(h.cfg.Server) {
+		writeError(w, http.StatusNotFound, notFoundCode, "\""+s+"\" is not on this server ("+h.cfg.Server+")")
+		return "", false
+	}
+	if !kez.ValidHandle(handle) {
+		writeError(w, http.StatusBadRequest, kez.CodeInvalidHandle,
+			"\""+s+"\" is not a valid handle: 2-32 characters of a-z, 0-9, _ and -, starting with a letter or digit")
+		return "", false
+	}
+	return handle, true
+}
+
+func (h *Handler) lookup(w http.ResponseWriter, r *http.Request, arg string) {
+	handle, ok := h.localHandle(w, arg, kez.CodeNotFound)
+	if !ok {
+		return
+	}
+	rec, err := h.store.Lookup(r.Context(), handle)
+	if errors.Is(err, storage.ErrNotFound) {
+		writeError(w, http.StatusNotFound, kez.CodeNotFound, "no handle \""+handle+"\" on "+h.cfg.Server)
+		return
+	}
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, h.record(rec))
+}
+
+func (h *Handler) lookupPrimary(w http.ResponseWriter, r *http.Request, primary string) {
+	if !kez.WellFormedPrimary(primary) {
+		writeError(w, http.StatusBadRequest, kez.CodeBadRequest, "primary must be ed25519: followed by 64 lowercase hex digits")
+		return
+	}
+	rec, err := h.store.LookupPrimary(r.Context(), primary)
+	if errors.Is(err, storage.ErrNotFound) {
+		writeError(w, http.StatusNotFound, kez.CodeNotFound, "no handle is bound to this primary")
+		return
+	}
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, h.record(rec))
+}
+
+// webfinger answers RFC 7033 queries for acct:handle@server.
+func (h *Handler) webfinger(w http.ResponseWriter, r *http.Request) {
+	resource := r.URL.Query().Get("resource")
+	acct, ok := strings.CutPrefix(resource, "acct:")
+	user, host, hasAt := strings.Cut(acct, "@")
+	if !ok || !hasAt || user == "" || host == "" || strings.ContainsAny(host, "@/") {
+		writeError(w, http.StatusBadRequest, kez.CodeBadRequest, "resource must be acct:<handle>@<server>")
+		return
+	}
+	handle := strings.ToLower(user)
+	if !strings.EqualFold(host, h.cfg.Server) || !kez.ValidHandle(handle) {
+		writeError(w, http.StatusNotFound, kez.CodeNotFound, "no account "+resource+" here")
+		return
+	}
+	rec, err := h.store.Lookup(r.Context(), handle)
+	if errors.Is(err, storage.ErrNotFound) {
+		writeError(w, http.StatusNotFound, kez.CodeNotFound, "no account "+resource+" here")
+		return
+	}
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	href := h.cfg.PublicURL + "/v1/u/" + rec.Handle
+	jrd := map[string]any{
+		"subject":    "acct:" + kez.Address(rec.Handle, h.cfg.Server),
+		"aliases":    []string{href},
+		"properties": map[string]string{"urn:kez:primary": rec.Primary},
+		"links":      []map[string]string{{"rel": "urn:kez:chat", "type": "application/json", "href": href}},
+	}
+	body, _ := json.Marshal(jrd)
+	writeRaw(w, http.StatusOK, "application/jrd+json", body)
+}

@@ -1,0 +1,247 @@
+package handlers
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"strconv"
+	"unicode/utf8"
+
+	"github.com/kezchat/kez/hub"
+	"github.com/kezchat/kez/kez"
+	"github.com/kezchat/kez/storage"
+)
+
+// sendOverhead is what POST /v1/messages may carry besides the envelope.
+const sendOverhead = 4 << 10
+
+const (
+	defaultPageLimit = 100
+	maxPageLimit     = 500
+)
+
+// EncodeMessage renders the message object of SPEC §2.6 by hand: the stored
+// envelope is already compact JSON, so it is copied, never re-parsed.
+func EncodeMessage(m storage.Message) []byte {
+	b := make([]byte, 0, len(m.Envelope)+64)
+	b = append(b, `{"seq":`...)
+	b = strconv.AppendUint(b, m.Seq, 10)
+	b = append(b, `,"envelope":`...)
+	b = append(b, m.Envelope...)
+	b = append(b, `,"received_at":`...)
+	b = strconv.AppendInt(b, m.ReceivedAt, 10)
+	return append(b, '}')
+}
+
+// HubNotifier is the storage.Notify that feeds a hub: each durable append
+// becomes an event, encoded once for all of the handle's subscribers.
+func HubNotifier(hb *hub.Hub) storage.Notify {
+	return func(handle string, m storage.Message) {
+		if hb.Subscribers(handle) == 0 {
+			return
+		}
+		hb.Publish(handle, hub.Event{Seq: m.Seq, Data: EncodeMessage(m)})
+	}
+}
+
+type sendRequest struct {
+	To       string          `json:"to"`
+	Envelope json.RawMessage `json:"envelope"`
+}
+
+func (h *Handler) send(w http.ResponseWriter, r *http.Request) {
+	body, tooBig, err := readBody(w, r, h.cfg.MaxEnvelope+sendOverhead)
+	if tooBig {
+		writeError(w, http.StatusRequestEntityTooLarge, kez.CodeEnvelopeTooLarge,
+			"envelope is larger than "+strconv.FormatInt(h.cfg.MaxEnvelope, 10)+" bytes")
+		return
+	}
+	if err != nil {
+		writeError(w, http.StatusBadRequest, kez.CodeBadRequest, "could not read the body")
+		return
+	}
+	if !utf8.Valid(body) {
+		writeError(w, http.StatusBadRequest, kez.CodeBadRequest, "body is not valid UTF-8")
+		return
+	}
+	var req sendRequest
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		writeError(w, http.StatusBadRequest, kez.CodeBadRequest, "body must be {\"to\":..., \"envelope\":{...}}: "+err.Error())
+		return
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		writeError(w, http.StatusBadRequest, kez.CodeBadRequest, "trailing data after the JSON object")
+		return
+	}
+	if len(req.Envelope) == 0 || req.Envelope[0] != '{' {
+		writeError(w, http.StatusBadRequest, kez.CodeBadRequest, "envelope must be a JSON object")
+		return
+	}
+	if int64(len(req.Envelope)) > h.cfg.MaxEnvelope {
+		writeError(w, http.StatusRequestEntityTooLarge, kez.CodeEnvelopeTooLarge,
+			"envelope is larger than "+strconv.FormatInt(h.cfg.MaxEnvelope, 10)+" bytes")
+		return
+	}
+	if err := kez.CheckStrictJSON(req.Envelope); err != nil {
+		writeError(w, http.StatusBadRequest, kez.CodeBadRequest, "envelope: "+err.Error())
+		return
+	}
+	if req.To == "" {
+		writeError(w, http.StatusBadRequest, kez.CodeBadRequest, "\"to\" is required")
+		return
+	}
+	handle, ok := h.localHandle(w, req.To, kez.CodeUnknownRecipient)
+	if !ok {
+		return
+	}
+	// Stored compact: one line, so it can go into an SSE data field as is.
+	var compact bytes.Buffer
+	compact.Grow(len(req.Envelope))
+	if err := json.Compact(&compact, req.Envelope); err != nil {
+		writeError(w, http.StatusBadRequest, kez.CodeBadRequest, "envelope is not valid JSON")
+		return
+	}
+	m, err := h.store.Append(r.Context(), handle, compact.Bytes(), h.cfg.MaxInbox)
+	if errors.Is(err, storage.ErrNotFound) {
+		writeError(w, http.StatusNotFound, kez.CodeUnknownRecipient, "no handle \""+handle+"\" on "+h.cfg.Server)
+		return
+	}
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	out := make([]byte, 0, 96)
+	out = append(out, `{"seq":`...)
+	out = strconv.AppendUint(out, m.Seq, 10)
+	out = append(out, `,"to":"`...)
+	out = append(out, handle...) // a valid handle needs no escaping
+	out = append(out, `","received_at":`...)
+	out = strconv.AppendInt(out, m.ReceivedAt, 10)
+	out = append(out, '}')
+	writeRaw(w, http.StatusCreated, "application/json; charset=utf-8", out)
+}
+
+// parseCursor reads a non-negative decimal query parameter; absent means def.
+func parseCursor(r *http.Request, name string, def uint64) (uint64, *kez.Error) {
+	s := r.URL.Query().Get(name)
+	if s == "" {
+		return def, nil
+	}
+	n, err := strconv.ParseUint(s, 10, 63)
+	if err != nil || s[0] == '+' {
+		return 0, kez.Errorf(kez.CodeBadRequest, "%s must be a non-negative integer below 2^63, got %q", name, s)
+	}
+	return n, nil
+}
+
+// authorize resolves the path handle and checks its request signature.
+// msgFor builds the signed string for a timestamp. It writes the error and
+// returns ok=false on failure.
+func (h *Handler) authorize(w http.ResponseWriter, r *http.Request, arg, auth string, missingStatus int, msgFor func(handle string, ts int64) string) (string, bool) {
+	handle, ok := h.localHandle(w, arg, kez.CodeNotFound)
+	if !ok {
+		return "", false
+	}
+	if auth == "" {
+		code := kez.CodeUnauthorized
+		if missingStatus == http.StatusBadRequest {
+			code = kez.CodeMissingAuth
+		}
+		writeError(w, missingStatus, code, "authentication required: X-KEZ-Auth: <unix_ts>:<signature hex>")
+		return "", false
+	}
+	rec, err := h.store.Lookup(r.Context(), handle)
+	if errors.Is(err, storage.ErrNotFound) {
+		writeError(w, http.StatusNotFound, kez.CodeNotFound, "no handle \""+handle+"\" on "+h.cfg.Server)
+		return "", false
+	}
+	if err != nil {
+		h.fail(w, r, err)
+		return "", false
+	}
+	pub, err := kez.ParsePrimary(rec.Primary)
+	if err != nil {
+		h.fail(w, r, err)
+		return "", false
+	}
+	msg := func(ts int64) string { return msgFor(handle, ts) }
+	if err := kez.VerifyAuth(pub, auth, msg, h.now(), h.cfg.AuthSkew); err != nil {
+		h.fail(w, r, err)
+		return "", false
+	}
+	return handle, true
+}
+
+func (h *Handler) inbox(w http.ResponseWriter, r *http.Request, arg string) {
+	since, kerr := parseCursor(r, "since", 0)
+	if kerr != nil {
+		writeKezError(w, kerr)
+		return
+	}
+	limit := defaultPageLimit
+	if s := r.URL.Query().Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n <= 0 {
+			writeError(w, http.StatusBadRequest, kez.CodeBadRequest, "limit must be a positive integer, got \""+s+"\"")
+			return
+		}
+		limit = min(n, maxPageLimit)
+	}
+	handle, ok := h.authorize(w, r, arg, r.Header.Get("X-KEZ-Auth"), http.StatusUnauthorized,
+		func(handle string, ts int64) string { return kez.InboxAuthMessage(handle, since, ts) })
+	if !ok {
+		return
+	}
+	msgs, more, err := h.store.Read(r.Context(), handle, since, limit)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	next := since
+	size := 64
+	for _, m := range msgs {
+		size += len(m.Envelope) + 64
+	}
+	out := make([]byte, 0, size)
+	out = append(out, `{"messages":[`...)
+	for i, m := range msgs {
+		if i > 0 {
+			out = append(out, ',')
+		}
+		out = append(out, EncodeMessage(m)...)
+		next = m.Seq
+	}
+	out = append(out, `],"next_since":`...)
+	out = strconv.AppendUint(out, next, 10)
+	out = append(out, `,"more":`...)
+	out = strconv.AppendBool(out, more)
+	out = append(out, '}')
+	writeRaw(w, http.StatusOK, "application/json; charset=utf-8", out)
+}
+
+func (h *Handler) ack(w http.ResponseWriter, r *http.Request, arg string) {
+	if r.URL.Query().Get("upto") == "" {
+		writeError(w, http.StatusBadRequest, kez.CodeBadRequest, "upto is required: DELETE /v1/inbox/<handle>?upto=<seq>")
+		return
+	}
+	upto, kerr := parseCursor(r, "upto", 0)
+	if kerr != nil {
+		writeKezError(w, kerr)
+		return
+	}
+	handle, ok := h.authorize(w, r, arg, r.Header.Get("X-KEZ-Auth"), http.StatusUnauthorized,
+		func(handle string, ts int64) string { return kez.AckAuthMessage(handle, upto, ts) })
+	if !ok {
+		return
+	}
+	n, err := h.store.Ack(r.Context(), handle, upto)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]int{"deleted": n})
+}

@@ -1,0 +1,196 @@
+package handlers
+
+import (
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/kezchat/kez/kez"
+)
+
+const (
+	// streamWriteTimeout bounds one write to a stream; a client that stops
+	// reading is cut off instead of pinning the handler.
+	streamWriteTimeout = 15 * time.Second
+	// backlogPage is how many stored messages are read per storage call
+	// when a stream resumes.
+	backlogPage = 100
+	// flushAt is how much is buffered before writing even mid-batch.
+	flushAt = 64 << 10
+)
+
+// serverShutdown returns a channel closed when the http.Server carrying r
+// begins to shut down. The request context is not cancelled by a graceful
+// shutdown, and Caddy's default grace period is eternal, so streams watch
+// this to end promptly on reload and stop.
+func (h *Handler) serverShutdown(r *http.Request) <-chan struct{} {
+	srv, _ := r.Context().Value(http.ServerContextKey).(*http.Server)
+	if srv == nil {
+		return nil
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	ch, ok := h.servers[srv]
+	if !ok {
+		ch = make(chan struct{})
+		h.servers[srv] = ch
+		srv.RegisterOnShutdown(func() { close(ch) })
+	}
+	return ch
+}
+
+// lastEventID reads the Last-Event-ID header an EventSource sends on reconnect.
+func lastEventID(r *http.Request) (uint64, bool) {
+	s := r.Header.Get("Last-Event-ID")
+	if s == "" {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(s, 10, 63)
+	return n, err == nil
+}
+
+func (h *Handler) stream(w http.ResponseWriter, r *http.Request, arg string) {
+	since, kerr := parseCursor(r, "since", 0)
+	if kerr != nil {
+		writeKezError(w, kerr)
+		return
+	}
+	if id, ok := lastEventID(r); ok && id > since {
+		since = id
+	}
+	auth := r.URL.Query().Get("auth")
+	if auth == "" {
+		auth = r.Header.Get("X-KEZ-Auth")
+	}
+	handle, ok := h.authorize(w, r, arg, auth, http.StatusBadRequest, kez.StreamAuthMessage)
+	if !ok {
+		return
+	}
+
+	// Subscribe before reading storage: whatever commits from now on is in
+	// the subscription, whatever committed before is in storage; duplicates
+	// between the two are dropped by seq below.
+	sub := h.hub.Subscribe(handle)
+	defer h.hub.Unsubscribe(sub)
+
+	rc := http.NewResponseController(w)
+	hdr := w.Header()
+	hdr.Set("Content-Type", "text/event-stream")
+	hdr.Set("Cache-Control", "no-cache")
+	hdr.Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	sw := &sseWriter{w: w, rc: rc}
+	defer func() { _ = rc.SetWriteDeadline(time.Time{}) }() // the connection may serve other requests
+
+	sw.raw("retry: 3000\n\n")
+	if !sw.flush() {
+		return
+	}
+
+	cursor := since
+	for {
+		msgs, more, err := h.store.Read(r.Context(), handle, cursor, backlogPage)
+		if err != nil {
+			h.log.Warn("stream backlog read failed", "handle", handle, "error", err)
+			return
+		}
+		for _, m := range msgs {
+			sw.event(m.Seq, EncodeMessage(m))
+			cursor = m.Seq
+			if len(sw.buf) >= flushAt && !sw.flush() {
+				return
+			}
+		}
+		if !sw.flush() {
+			return
+		}
+		if !more {
+			break
+		}
+	}
+
+	shutdown := h.serverShutdown(r)
+	ping := time.NewTicker(h.cfg.Keepalive)
+	defer ping.Stop()
+	for {
+		select {
+		case ev := <-sub.C:
+			if ev.Seq > cursor {
+				sw.event(ev.Seq, ev.Data)
+				cursor = ev.Seq
+			}
+			// Write whatever else is already queued, then flush once.
+		drain:
+			for {
+				select {
+				case ev := <-sub.C:
+					if ev.Seq > cursor {
+						sw.event(ev.Seq, ev.Data)
+						cursor = ev.Seq
+					}
+					if len(sw.buf) >= flushAt && !sw.flush() {
+						return
+					}
+				default:
+					break drain
+				}
+			}
+			if !sw.flush() {
+				return
+			}
+		case <-sub.Done():
+			// Overflow or hub shut down: end the response; the client
+			// resumes from its last id and storage fills the gap.
+			return
+		case <-ping.C:
+			sw.raw(": ping\n\n")
+			if !sw.flush() {
+				return
+			}
+		case <-r.Context().Done():
+			return
+		case <-shutdown:
+			return
+		case <-h.stop:
+			return
+		}
+	}
+}
+
+// sseWriter writes Server-Sent Events and remembers the first error.
+type sseWriter struct {
+	w   http.ResponseWriter
+	rc  *http.ResponseController
+	buf []byte
+	err error
+}
+
+func (s *sseWriter) raw(text string) { s.buf = append(s.buf, text...) }
+
+func (s *sseWriter) event(seq uint64, data []byte) {
+	s.buf = append(s.buf, "id: "...)
+	s.buf = strconv.AppendUint(s.buf, seq, 10)
+	s.buf = append(s.buf, "\nevent: message\ndata: "...)
+	s.buf = append(s.buf, data...)
+	s.buf = append(s.buf, "\n\n"...)
+}
+
+// flush writes the buffered events and pushes them to the client.
+func (s *sseWriter) flush() bool {
+	if s.err != nil {
+		return false
+	}
+	_ = s.rc.SetWriteDeadline(time.Now().Add(streamWriteTimeout)) // unsupported writers just have none
+	if len(s.buf) > 0 {
+		if _, s.err = s.w.Write(s.buf); s.err != nil {
+			return false
+		}
+		if cap(s.buf) > 64<<10 {
+			s.buf = nil // don't keep a large backlog buffer for an idle stream
+		} else {
+			s.buf = s.buf[:0]
+		}
+	}
+	s.err = s.rc.Flush()
+	return s.err == nil
+}

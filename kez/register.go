@@ -1,0 +1,219 @@
+package kez
+
+import (
+	"bytes"
+	"crypto/ed25519"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/gowebpki/jcs"
+)
+
+// RegisterType is the "type" of a registration payload.
+const RegisterType = "kez.chat.register"
+
+// Signature is the detached signature of a signed JSON object.
+type Signature struct {
+	Alg string `json:"alg"`
+	Sig string `json:"sig"`
+}
+
+// SignedRegistration is the body of POST /v1/register. Payload holds the
+// payload exactly as its JCS canonical form, which is what the signature covers.
+type SignedRegistration struct {
+	Payload   json.RawMessage `json:"payload"`
+	Signature Signature       `json:"signature"`
+}
+
+// RegisterPayload is the content of a registration.
+type RegisterPayload struct {
+	V       int    `json:"v"`
+	Type    string `json:"type"`
+	Handle  string `json:"handle"`
+	Server  string `json:"server"`
+	Primary string `json:"primary"`
+	TS      int64  `json:"ts"`
+}
+
+// Verifier checks a signature made by a primary over msg.
+type Verifier func(primary string, msg, sig []byte) error
+
+// verifiers dispatches on signature.alg; new suites are added here.
+var verifiers = map[string]Verifier{
+	"ed25519": verifyEd25519,
+}
+
+func verifyEd25519(primary string, msg, sig []byte) error {
+	pub, err := ParsePrimary(primary)
+	if err != nil {
+		return err
+	}
+	if len(sig) != ed25519.SignatureSize || !ed25519.Verify(pub, msg, sig) {
+		return Errorf(CodeBadSignature, "signature does not verify against the primary")
+	}
+	return nil
+}
+
+// RegistrationPolicy is what the server checks a registration against.
+type RegistrationPolicy struct {
+	Server   string          // the configured server name
+	Now      time.Time       // the server's clock
+	Skew     time.Duration   // allowed |ts - now|
+	Reserved map[string]bool // handles nobody may take
+}
+
+// VerifyRegistration parses and checks a registration body in the order of
+// SPEC §2.2 and returns it with Payload in canonical (JCS) form, ready to store.
+func VerifyRegistration(body []byte, pol RegistrationPolicy) (*SignedRegistration, *RegisterPayload, error) {
+	if !utf8.Valid(body) {
+		return nil, nil, Errorf(CodeBadRequest, "body is not valid UTF-8")
+	}
+	var reg SignedRegistration
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&reg); err != nil {
+		return nil, nil, Errorf(CodeBadRequest, "body is not a registration: %v", err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, nil, Errorf(CodeBadRequest, "trailing data after the registration object")
+	}
+	if len(reg.Payload) == 0 || reg.Payload[0] != '{' {
+		return nil, nil, Errorf(CodeBadRequest, "payload must be a JSON object")
+	}
+	if err := CheckStrictJSON(reg.Payload); err != nil {
+		return nil, nil, Errorf(CodeBadRequest, "payload: %v", err)
+	}
+	var p RegisterPayload
+	if err := json.Unmarshal(reg.Payload, &p); err != nil {
+		return nil, nil, Errorf(CodeBadRequest, "payload fields have the wrong types: %v", err)
+	}
+	if p.V != 1 {
+		return nil, nil, Errorf(CodeBadRequest, "payload.v must be 1")
+	}
+	if p.Type != RegisterType {
+		return nil, nil, Errorf(CodeBadRequest, "payload.type must be %q", RegisterType)
+	}
+	if !ValidHandle(p.Handle) {
+		return nil, nil, Errorf(CodeInvalidHandle, "handle %q must be 2-32 characters of a-z, 0-9, _ and -, starting with a letter or digit", p.Handle)
+	}
+	if pol.Reserved[p.Handle] {
+		return nil, nil, Errorf(CodeReservedHandle, "handle %q is reserved", p.Handle)
+	}
+	if p.Server != pol.Server {
+		return nil, nil, Errorf(CodeWrongServer, "payload.server is %q but this server is %q", p.Server, pol.Server)
+	}
+	if p.TS <= 0 || abs(p.TS-pol.Now.Unix()) > int64(pol.Skew/time.Second) {
+		return nil, nil, Errorf(CodeStaleTimestamp, "payload.ts is %d, more than %s from the server's clock (%d)", p.TS, pol.Skew, pol.Now.Unix())
+	}
+	if _, err := ParsePrimary(p.Primary); err != nil {
+		return nil, nil, err
+	}
+	canonical, err := jcs.Transform(reg.Payload)
+	if err != nil {
+		return nil, nil, Errorf(CodeBadRequest, "payload cannot be canonicalized: %v", err)
+	}
+	verify, ok := verifiers[reg.Signature.Alg]
+	if !ok {
+		return nil, nil, Errorf(CodeUnsupportedAlg, "signature.alg %q is not supported (use \"ed25519\")", reg.Signature.Alg)
+	}
+	sig, err := hex.DecodeString(reg.Signature.Sig)
+	if err != nil || strings.ToLower(reg.Signature.Sig) != reg.Signature.Sig {
+		return nil, nil, Errorf(CodeBadSignature, "signature.sig must be lowercase hex")
+	}
+	if err := verify(p.Primary, canonical, sig); err != nil {
+		return nil, nil, err
+	}
+	reg.Payload = canonical
+	return &reg, &p, nil
+}
+
+// SignRegistration builds a signed registration body for a client.
+func SignRegistration(priv ed25519.PrivateKey, handle, server string, ts time.Time) (*SignedRegistration, error) {
+	p := RegisterPayload{V: 1, Type: RegisterType, Handle: handle, Server: server,
+		Primary: FormatPrimary(priv.Public().(ed25519.PublicKey)), TS: ts.Unix()}
+	raw, err := json.Marshal(p)
+	if err != nil {
+		return nil, err
+	}
+	canonical, err := jcs.Transform(raw)
+	if err != nil {
+		return nil, err
+	}
+	return &SignedRegistration{
+		Payload:   canonical,
+		Signature: Signature{Alg: "ed25519", Sig: hex.EncodeToString(ed25519.Sign(priv, canonical))},
+	}, nil
+}
+
+// MaxJSONDepth is how deeply objects and arrays may nest in what the server
+// accepts: a v1 envelope or registration needs 2.
+const MaxJSONDepth = 32
+
+// CheckStrictJSON rejects JSON that parsers disagree on or choke on: an object
+// that repeats a key (which copy would a signature cover?), nesting deeper
+// than MaxJSONDepth, and numbers that are not finite doubles (1e999999 breaks
+// decoders in both Go and JavaScript clients).
+func CheckStrictJSON(data []byte) error {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.UseNumber()
+	var walk func(depth int) error
+	walk = func(depth int) error {
+		tok, err := dec.Token()
+		if err != nil {
+			return err
+		}
+		switch v := tok.(type) {
+		case json.Number:
+			if f, err := strconv.ParseFloat(string(v), 64); err != nil || math.IsInf(f, 0) {
+				return fmt.Errorf("number %.20s is out of range", v)
+			}
+			return nil
+		case json.Delim:
+			if depth >= MaxJSONDepth {
+				return fmt.Errorf("nested deeper than %d levels", MaxJSONDepth)
+			}
+			seen := map[string]bool{}
+			for dec.More() {
+				if v == '{' {
+					k, err := dec.Token()
+					if err != nil {
+						return err
+					}
+					key := k.(string)
+					if seen[key] {
+						return fmt.Errorf("duplicate key %q", key)
+					}
+					seen[key] = true
+				}
+				if err := walk(depth + 1); err != nil {
+					return err
+				}
+			}
+			_, err = dec.Token() // the closing delimiter
+			return err
+		}
+		return nil
+	}
+	if err := walk(0); err != nil {
+		return err
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return errors.New("trailing data")
+	}
+	return nil
+}
+
+func abs(n int64) int64 {
+	if n < 0 {
+		return -n
+	}
+	return n
+}
