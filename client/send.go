@@ -1,0 +1,105 @@
+package client
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+
+	"github.com/kezchat/kez/kez"
+)
+
+// Recipient is a looked-up user, ready to be sent to. Keep it to send many
+// messages: the lookup and the key agreement are done once.
+type Recipient struct {
+	Record
+	link *kez.Link
+}
+
+// Recipient looks up "bob" or "bob@server" and prepares encryption to them.
+// A user that does not exist gives an error for which IsUnknownUser is true.
+func (c *Client) Recipient(ctx context.Context, to string) (*Recipient, error) {
+	rec, err := c.Lookup(ctx, to)
+	if err != nil {
+		return nil, err
+	}
+	return c.RecipientFor(rec)
+}
+
+// RecipientFor prepares encryption to an already looked-up record.
+func (c *Client) RecipientFor(rec *Record) (*Recipient, error) {
+	if c.keys == nil {
+		return nil, ErrNoIdentity
+	}
+	link, err := c.keys.LinkTo(rec.Primary)
+	if err != nil {
+		return nil, err
+	}
+	return &Recipient{Record: *rec, link: link}, nil
+}
+
+// Receipt is the server's answer to a send (SPEC §2.5), plus the id the
+// message carries inside its envelope.
+type Receipt struct {
+	Seq        uint64 `json:"seq"`
+	To         string `json:"to"`
+	ReceivedAt int64  `json:"received_at"` // unix milliseconds
+	ID         string `json:"-"`
+}
+
+// Send looks up the recipient and sends them a text message.
+func (c *Client) Send(ctx context.Context, to, text string) (*Receipt, error) {
+	r, err := c.Recipient(ctx, to)
+	if err != nil {
+		return nil, err
+	}
+	return c.SendTo(ctx, r, text)
+}
+
+// SendTo sends a text message to a looked-up recipient. The plaintext
+// carries a fresh random id, the time in ms and the sender's address.
+func (c *Client) SendTo(ctx context.Context, r *Recipient, text string) (*Receipt, error) {
+	from, err := c.Address(ctx)
+	if err != nil {
+		return nil, err
+	}
+	msg := kez.NewTextMessage(from, text, c.now().UnixMilli())
+	env, err := r.link.Seal(msg.Marshal())
+	if err != nil {
+		return nil, err
+	}
+	// The body is written by hand: the handle is [a-z0-9_-] and the
+	// envelope's fields need no escaping, so no reflection on the hot path.
+	body := make([]byte, 0, 64+len(r.Handle)+len(env.CT)+2*len(env.From))
+	body = append(body, `{"to":"`...)
+	body = append(body, r.Handle...)
+	body = append(body, `","envelope":`...)
+	body = env.AppendJSON(body)
+	body = append(body, '}')
+	rcpt, err := c.postMessage(ctx, body)
+	if err != nil {
+		return nil, err
+	}
+	rcpt.ID = msg.ID
+	return rcpt, nil
+}
+
+// PostEnvelope relays an already sealed envelope (any JSON object) to "to".
+// It exists for tests and tools; SendTo is the normal way.
+func (c *Client) PostEnvelope(ctx context.Context, to string, envelope json.RawMessage) (*Receipt, error) {
+	body, err := json.Marshal(struct {
+		To       string          `json:"to"`
+		Envelope json.RawMessage `json:"envelope"`
+	}{to, envelope})
+	if err != nil {
+		return nil, err
+	}
+	return c.postMessage(ctx, body)
+}
+
+func (c *Client) postMessage(ctx context.Context, body []byte) (*Receipt, error) {
+	var rcpt Receipt
+	if err := c.do(ctx, http.MethodPost, "/v1/messages", "", body, jsonType, &rcpt); err != nil {
+		return nil, err
+	}
+	return &rcpt, nil
+}
