@@ -51,24 +51,21 @@ func (c *Client) Register(ctx context.Context, handle string) (*Record, error) {
 
 // Lookup finds "alice" or "alice@server" on this server.
 func (c *Client) Lookup(ctx context.Context, who string) (*Record, error) {
-	var rec Record
-	if err := c.do(ctx, http.MethodGet, "/v1/u/"+url.PathEscape(who), "", nil, "", &rec); err != nil {
-		return nil, err
-	}
 	handle, _ := kez.SplitAddress(who)
-	if err := c.checkRecord(&rec, handle, ""); err != nil {
-		return nil, err
-	}
-	return &rec, nil
+	return c.getRecord(ctx, "/v1/u/"+url.PathEscape(who), handle, "")
 }
 
 // LookupPrimary finds the handle bound to a primary ("ed25519:<hex>").
 func (c *Client) LookupPrimary(ctx context.Context, primary string) (*Record, error) {
+	return c.getRecord(ctx, "/v1/by-primary/"+url.PathEscape(primary), "", primary)
+}
+
+func (c *Client) getRecord(ctx context.Context, path, wantHandle, wantPrimary string) (*Record, error) {
 	var rec Record
-	if err := c.do(ctx, http.MethodGet, "/v1/by-primary/"+url.PathEscape(primary), "", nil, "", &rec); err != nil {
+	if err := c.do(ctx, http.MethodGet, path, "", nil, "", &rec); err != nil {
 		return nil, err
 	}
-	if err := c.checkRecord(&rec, "", primary); err != nil {
+	if err := c.checkRecord(&rec, wantHandle, wantPrimary); err != nil {
 		return nil, err
 	}
 	return &rec, nil

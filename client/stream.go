@@ -64,13 +64,14 @@ func (c *Client) Stream(ctx context.Context, opts StreamOptions, onMessage func(
 		}
 		if connected {
 			failures = 0
+		} else {
+			failures++
 		}
 		wait := s.backoff(failures, opts.MaxBackoff)
 		var apiErr *APIError
 		if errors.As(err, &apiErr) && apiErr.RetryAfter > wait {
 			wait = apiErr.RetryAfter
 		}
-		failures++
 		if opts.OnDisconnect != nil {
 			opts.OnDisconnect(err, wait)
 		}
@@ -88,12 +89,13 @@ type streamState struct {
 	retry time.Duration // the server's "retry:" advice
 }
 
-// backoff is how long to wait before the next attempt. The first reconnect
-// after a working stream waits only a jittered moment, so a server reload
-// costs little; repeated failures back off from the server's retry advice.
+// backoff is how long to wait before the next attempt, after failures
+// attempts in a row that did not connect. The reconnect after a working
+// stream (failures = 0) waits only a jittered moment, so a server reload
+// costs little; failed attempts back off from the server's retry advice.
 func (s *streamState) backoff(failures int, max time.Duration) time.Duration {
 	if failures == 0 {
-		return rand.N(min(s.retry, time.Second)) + time.Millisecond
+		return rand.N(min(s.retry, time.Second, max)) + time.Millisecond
 	}
 	d := s.retry << min(failures-1, 10)
 	d = min(d, max)
