@@ -1,0 +1,1089 @@
+// KEZ chat in the browser: screens, conversations and the glue between the
+// protocol (kez.js), the server (api.js), the live inbox (inbox.js) and local
+// storage (db.js). No framework: a few render functions over IndexedDB.
+
+import { Api, ApiError, setOverride } from './api.js';
+import { BackupError, createBackup, MIN_PASSPHRASE, openBackup, parseBackup } from './backup.js';
+import * as db from './db.js';
+import { Inbox, STATUS } from './inbox.js';
+import * as kez from './kez.js';
+
+const $ = (id) => document.getElementById(id);
+
+const state = {
+  api: null,
+  me: null, // {handle, server, address, primary, publicKey, signKey, dhKey, backedUp}
+  seed: null, // only between key creation/restore and the backup step
+  pending: null, // {seed, identity} while choosing a handle
+  active: null, // peer primary of the open conversation
+  convos: new Map(), // peer primary → conversation record
+  rendered: { peer: null, keys: new Map(), lastAt: -Infinity },
+  inbox: null,
+};
+
+const channel = 'BroadcastChannel' in globalThis ? new BroadcastChannel('kez-chat') : null;
+const narrow = matchMedia('(max-width: 720px)');
+
+// ---------- small helpers ----------
+
+function el(tag, attrs = {}, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k === 'class') e.className = v;
+    else if (k === 'text') e.textContent = v;
+    else if (k.startsWith('on')) e.addEventListener(k.slice(2), v);
+    else e.setAttribute(k, v === true ? '' : v);
+  }
+  for (const c of children.flat()) if (c !== null && c !== undefined && c !== false) e.append(c);
+  return e;
+}
+
+function show(screen) {
+  for (const s of document.querySelectorAll('.screen')) s.hidden = s.id !== `screen-${screen}`;
+  document.body.dataset.screen = screen;
+}
+
+let toastTimer;
+function toast(text) {
+  const t = $('toast');
+  t.textContent = text;
+  t.hidden = false;
+  clearTimeout(toastTimer);
+  toastTimer = setTimeout(() => (t.hidden = true), 3500);
+}
+
+async function copyText(text) {
+  try {
+    await navigator.clipboard.writeText(text);
+    return true;
+  } catch {
+    const ta = el('textarea', { class: 'offscreen', readonly: true });
+    ta.value = text;
+    document.body.append(ta);
+    ta.select();
+    let ok = false;
+    try {
+      ok = document.execCommand('copy');
+    } catch {
+      ok = false;
+    }
+    ta.remove();
+    return ok;
+  }
+}
+
+function setBusy(btn, busy, label) {
+  if (busy) {
+    btn.dataset.label = btn.textContent;
+    btn.textContent = label;
+    btn.disabled = true;
+    btn.setAttribute('aria-busy', 'true');
+  } else {
+    if (btn.dataset.label) btn.textContent = btn.dataset.label;
+    btn.disabled = false;
+    btn.removeAttribute('aria-busy');
+  }
+}
+
+const initial = (name) => (name && /[a-z0-9]/i.test(name[0]) ? name[0].toUpperCase() : '?');
+
+function avatarHue(key) {
+  let h = 0;
+  for (const c of key) h = (h * 31 + c.charCodeAt(0)) % 360;
+  return h;
+}
+
+function paintAvatar(node, name, key) {
+  node.textContent = initial(name);
+  node.style.setProperty('--hue', avatarHue(key || name || '?'));
+}
+
+const dayFmt = new Intl.DateTimeFormat(undefined, { weekday: 'long', month: 'long', day: 'numeric', year: 'numeric' });
+const timeFmt = new Intl.DateTimeFormat(undefined, { hour: '2-digit', minute: '2-digit' });
+const shortDayFmt = new Intl.DateTimeFormat(undefined, { month: 'short', day: 'numeric' });
+
+function startOfDay(ms) {
+  const d = new Date(ms);
+  d.setHours(0, 0, 0, 0);
+  return d.getTime();
+}
+
+function dayLabel(ms) {
+  const today = startOfDay(Date.now());
+  const day = startOfDay(ms);
+  if (day === today) return 'Today';
+  if (day === today - 86400000) return 'Yesterday';
+  return dayFmt.format(ms);
+}
+
+function listTime(ms) {
+  if (!ms) return '';
+  return startOfDay(ms) === startOfDay(Date.now()) ? timeFmt.format(ms) : shortDayFmt.format(ms);
+}
+
+function fingerprint(primary) {
+  const hex = primary.slice(kez.PRIMARY_PREFIX.length, kez.PRIMARY_PREFIX.length + 32);
+  return hex.match(/.{4}/g).join(' ');
+}
+
+/** friendly turns an error into a sentence for people. */
+function friendly(e, context = '') {
+  if (e instanceof ApiError) {
+    switch (e.code) {
+      case 'network':
+        return 'Can’t reach the server. Check your connection and try again.';
+      case 'rate_limited':
+        return `Too many requests; try again in ${e.retryAfter || 'a few'} seconds.`;
+      case 'unknown_recipient':
+        return 'This person is no longer registered on the server.';
+      case 'envelope_too_large':
+        return 'This message is too long to send.';
+      case 'inbox_full':
+        return 'Their inbox is full; they need to catch up before you can send more.';
+      case 'stale_timestamp':
+      case 'unauthorized':
+        return 'The server rejected our signature — is this device’s clock right?';
+      case 'unavailable':
+      case 'internal':
+        return 'The server has a problem right now. Try again in a moment.';
+      default:
+        return e.message || `The server said ${e.code}.`;
+    }
+  }
+  if (e instanceof BackupError) return e.message.charAt(0).toUpperCase() + e.message.slice(1) + '.';
+  return (context ? context + ': ' : '') + (e && e.message ? e.message : String(e));
+}
+
+// ---------- boot ----------
+
+async function boot() {
+  show('loading');
+  $('loading-text').textContent = 'Looking for the server…';
+  try {
+    state.api = await Api.discover();
+  } catch (e) {
+    $('offline-detail').textContent =
+      e instanceof ApiError && e.status
+        ? `The server answered, but not like a KEZ server (HTTP ${e.status}).`
+        : 'The chat server did not answer. It may be down, or this page may not be served by a KEZ server.';
+    show('offline');
+    $('offline-retry').focus();
+    return;
+  }
+  for (const n of document.querySelectorAll('.server-name')) n.textContent = state.api.server;
+  let rec;
+  try {
+    rec = await db.getIdentity();
+  } catch (e) {
+    $('loading-text').textContent = `This browser’s storage is unavailable (${e.message}). Private windows in some browsers block it.`;
+    return;
+  }
+  if (!rec) {
+    show('welcome');
+    $('handle-input').focus();
+    return;
+  }
+  state.me = rec;
+  await enterChat();
+}
+
+// ---------- create an account ----------
+
+function handleProblem(h) {
+  if (h.length < 2) return 'A handle needs at least 2 characters.';
+  if (h.length > 32) return 'A handle can have at most 32 characters.';
+  if (!/^[a-z0-9]/.test(h)) return 'A handle must start with a letter or a digit.';
+  if (!kez.validHandle(h)) return 'Use only lowercase letters a–z, digits, “_” and “-”.';
+  return '';
+}
+
+function normalizeHandleInput(input) {
+  const v = input.value;
+  const lower = v.toLowerCase().replace(/^@/, '');
+  if (lower !== v) {
+    const pos = input.selectionStart;
+    input.value = lower;
+    input.setSelectionRange(pos, pos);
+  }
+  return lower.trim();
+}
+
+$('handle-input').addEventListener('input', (ev) => {
+  const h = normalizeHandleInput(ev.target);
+  $('handle-preview').textContent = h || 'handle';
+  $('handle-error').textContent = h.length >= 2 ? handleProblem(h) : '';
+  ev.target.setAttribute('aria-invalid', $('handle-error').textContent ? 'true' : 'false');
+});
+
+$('create-form').addEventListener('submit', async (ev) => {
+  ev.preventDefault();
+  const input = $('handle-input');
+  const h = normalizeHandleInput(input);
+  const err = $('handle-error');
+  const problem = handleProblem(h);
+  if (problem) {
+    err.textContent = problem;
+    input.setAttribute('aria-invalid', 'true');
+    input.focus();
+    return;
+  }
+  err.textContent = '';
+  const btn = $('create-btn');
+  setBusy(btn, true, 'Creating your key…');
+  try {
+    if (!state.pending) {
+      const seed = kez.newSeed();
+      state.pending = { seed, identity: await kez.identityFromSeed(seed) };
+    }
+    const { seed, identity } = state.pending;
+    const api = state.api;
+    const body = await kez.signRegistration(identity, h, api.server, api.nowSec());
+    const rec = await api.register(body);
+    if (rec.primary !== identity.primary) throw new Error('the server registered a different key');
+    state.me = {
+      handle: rec.handle,
+      server: rec.server || api.server,
+      address: rec.address || `${rec.handle}@${api.server}`,
+      primary: identity.primary,
+      publicKey: identity.publicKey,
+      signKey: identity.signKey,
+      dhKey: identity.dhKey,
+      backedUp: false,
+      createdAt: Date.now(),
+    };
+    await db.putIdentity(state.me);
+    state.seed = seed;
+    state.pending = null;
+    showBackup(true);
+  } catch (e) {
+    let msg;
+    if (e instanceof ApiError) {
+      switch (e.code) {
+        case 'handle_taken':
+          msg = `@${h} is already taken. Try another handle.`;
+          break;
+        case 'reserved_handle':
+          msg = `@${h} is reserved on this server. Please choose another handle.`;
+          break;
+        case 'invalid_handle':
+          msg = `The server doesn’t accept @${h}: ${e.message}`;
+          break;
+        case 'primary_taken':
+          state.pending = null; // astronomically unlikely: make a new key next time
+          msg = 'This key is already registered. Please try again.';
+          break;
+        case 'stale_timestamp':
+          msg = 'This device’s clock is too far from the server’s. Fix the clock and try again.';
+          break;
+        case 'wrong_server':
+          msg = `The server is not ${state.api.server} any more. Reload the page.`;
+          break;
+        default:
+          msg = friendly(e);
+      }
+    } else {
+      msg = friendly(e, 'Could not create your key');
+    }
+    err.textContent = msg;
+    input.setAttribute('aria-invalid', 'true');
+    input.focus();
+  } finally {
+    setBusy(btn, false);
+  }
+});
+
+// ---------- backup ----------
+
+let backupReturnsToChat = false;
+
+function showBackup(fresh) {
+  backupReturnsToChat = !fresh;
+  for (const n of document.querySelectorAll('.my-address')) n.textContent = state.me.address;
+  $('backup-error').textContent = '';
+  $('backup-done').textContent = '';
+  $('backup-continue').disabled = !state.me.backedUp;
+  $('backup-skip').textContent = fresh ? 'Skip for now' : 'Cancel';
+  const old = $('backup-text');
+  if (old) old.remove();
+  show('backup');
+  $('backup-pass').focus();
+}
+
+async function makeBackup() {
+  const p1 = $('backup-pass').value;
+  const p2 = $('backup-pass2').value;
+  const err = $('backup-error');
+  err.textContent = '';
+  if (p1.length < MIN_PASSPHRASE) {
+    err.textContent = `Use a passphrase of at least ${MIN_PASSPHRASE} characters.`;
+    $('backup-pass').focus();
+    return null;
+  }
+  if (p1 !== p2) {
+    err.textContent = 'The two passphrases are different.';
+    $('backup-pass2').focus();
+    return null;
+  }
+  if (!state.seed) {
+    err.textContent = 'The key can no longer be exported from this browser.';
+    return null;
+  }
+  return createBackup(state.seed, p1, state.me);
+}
+
+async function backupSaved(how) {
+  state.me.backedUp = true;
+  await db.putIdentity(state.me);
+  $('backup-done').textContent = how;
+  $('backup-continue').disabled = false;
+  $('backup-continue').focus();
+}
+
+$('backup-form').addEventListener('submit', async (ev) => {
+  ev.preventDefault();
+  const btn = $('backup-download');
+  setBusy(btn, true, 'Encrypting…');
+  try {
+    const text = await makeBackup();
+    if (!text) return;
+    const blob = new Blob([text], { type: 'application/json' });
+    const a = el('a', { href: URL.createObjectURL(blob), download: `kez-backup-${state.me.handle}.json`, class: 'offscreen' });
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(a.href), 60000);
+    await backupSaved(`Backup downloaded as kez-backup-${state.me.handle}.json. Keep it somewhere safe, with its passphrase.`);
+  } catch (e) {
+    $('backup-error').textContent = friendly(e, 'Backup failed');
+  } finally {
+    setBusy(btn, false);
+  }
+});
+
+$('backup-copy').addEventListener('click', async () => {
+  const btn = $('backup-copy');
+  setBusy(btn, true, 'Encrypting…');
+  try {
+    const text = await makeBackup();
+    if (!text) return;
+    const copied = await copyText(text);
+    let box = $('backup-text');
+    if (!box) {
+      box = el('textarea', { id: 'backup-text', class: 'backup-text', readonly: true, rows: 6, 'aria-label': 'Backup text' });
+      $('backup-done').before(box);
+    }
+    box.value = text;
+    await backupSaved(
+      copied
+        ? 'Backup copied to the clipboard (it is also shown above). Paste it somewhere safe, with its passphrase.'
+        : 'Copy the backup text above and keep it somewhere safe, with its passphrase.',
+    );
+  } catch (e) {
+    $('backup-error').textContent = friendly(e, 'Backup failed');
+  } finally {
+    setBusy(btn, false);
+  }
+});
+
+function leaveBackup() {
+  $('backup-pass').value = '';
+  $('backup-pass2').value = '';
+  const box = $('backup-text');
+  if (box) box.remove();
+  if (backupReturnsToChat) {
+    show('chat');
+    return;
+  }
+  // The user had their chance: the seed leaves memory for good.
+  if (state.seed) state.seed.fill(0);
+  state.seed = null;
+  enterChat();
+}
+
+$('backup-continue').addEventListener('click', leaveBackup);
+$('backup-skip').addEventListener('click', () => {
+  if (
+    !backupReturnsToChat &&
+    !state.me.backedUp &&
+    !confirm('Continue without a backup?\n\nIf this browser’s data is lost, your KEZ can’t be recovered, and you can’t use it on another device.')
+  ) {
+    return;
+  }
+  leaveBackup();
+});
+
+// ---------- restore ----------
+
+$('restore-file').addEventListener('change', async (ev) => {
+  const f = ev.target.files && ev.target.files[0];
+  if (!f) return;
+  if (f.size > 64 * 1024) {
+    $('restore-error').textContent = 'That file is too large to be a KEZ backup.';
+    return;
+  }
+  $('restore-text').value = await f.text();
+  $('restore-pass').focus();
+});
+
+$('restore-form').addEventListener('submit', async (ev) => {
+  ev.preventDefault();
+  const err = $('restore-error');
+  err.textContent = '';
+  const text = $('restore-text').value.trim();
+  const pass = $('restore-pass').value;
+  if (!text) {
+    err.textContent = 'Choose your backup file or paste its text.';
+    return;
+  }
+  try {
+    const clear = parseBackup(text);
+    if (clear.server && clear.server !== state.api.server) {
+      err.textContent = `This backup is for ${clear.address || clear.server}, but this is ${state.api.server}. Open the KEZ page of ${clear.server} instead.`;
+      return;
+    }
+  } catch (e) {
+    err.textContent = friendly(e);
+    return;
+  }
+  if (!pass) {
+    err.textContent = 'Enter the passphrase you chose for this backup.';
+    $('restore-pass').focus();
+    return;
+  }
+  const btn = $('restore-btn');
+  setBusy(btn, true, 'Unlocking…');
+  try {
+    const b = await openBackup(text, pass);
+    const identity = await kez.identityFromSeed(b.seed);
+    const api = state.api;
+    let rec;
+    try {
+      rec = await kez.verifyRecord(await api.byPrimary(identity.primary), { primary: identity.primary });
+    } catch (e) {
+      if (!(e instanceof ApiError && e.status === 404)) throw e;
+      // The server does not know this key (a new or reset server): claim the
+      // handle again with the same key.
+      const body = await kez.signRegistration(identity, b.handle, api.server, api.nowSec());
+      try {
+        rec = await api.register(body);
+      } catch (e2) {
+        if (e2 instanceof ApiError && e2.code === 'handle_taken') {
+          throw new Error(`this server no longer has @${b.handle} for this key, and someone else has taken it`);
+        }
+        throw e2;
+      }
+    }
+    state.me = {
+      handle: rec.handle,
+      server: rec.server || api.server,
+      address: rec.address || `${rec.handle}@${api.server}`,
+      primary: identity.primary,
+      publicKey: identity.publicKey,
+      signKey: identity.signKey,
+      dhKey: identity.dhKey,
+      backedUp: true,
+      restoredAt: Date.now(),
+      createdAt: Date.now(),
+    };
+    await db.putIdentity(state.me);
+    b.seed.fill(0); // a backup exists already; nothing left to export
+    $('restore-pass').value = '';
+    $('restore-text').value = '';
+    await enterChat();
+    toast(`Welcome back, @${state.me.handle}. Messages from the last weeks are being fetched.`);
+  } catch (e) {
+    err.textContent = friendly(e, 'Could not restore');
+  } finally {
+    setBusy(btn, false);
+  }
+});
+
+// ---------- the chat ----------
+
+async function enterChat() {
+  const me = state.me;
+  if (me.server && state.api.server && me.server !== state.api.server) {
+    $('loading-text').textContent = `This browser holds ${me.address}, but this page’s server is ${state.api.server}.`;
+    show('loading');
+    return;
+  }
+  for (const n of document.querySelectorAll('.my-address')) n.textContent = me.address;
+  document.querySelector('.me-handle').textContent = '@' + me.handle;
+  paintAvatar(document.querySelector('#me-open .avatar'), me.handle, me.primary);
+  $('me-fpr').textContent = fingerprint(me.primary);
+  updateBackupWarning();
+  show('chat');
+
+  // Sends cut short by a closed tab are offered again.
+  for (const m of await db.messagesWithStatus('sending')) {
+    await db.updateMessage(m.key, { status: 'failed', error: 'Not sent: the page was closed while sending.' });
+  }
+  await loadConversations();
+  await routeFromHash();
+
+  if (state.inbox) state.inbox.stop();
+  state.inbox = new Inbox({
+    api: state.api,
+    identity: me,
+    handle: me.handle,
+    ingest,
+    onStatus: renderStatus,
+    cursor: { get: () => db.getMeta('cursor', 0), set: (n) => db.setMeta('cursor', n) },
+    acked: { get: () => db.getMeta('acked', 0), set: (n) => db.setMeta('acked', n) },
+    ackMode: () => db.getMeta('ackMode', 'week'),
+  });
+  await state.inbox.start();
+  $('ack-immediate').checked = (await db.getMeta('ackMode', 'week')) === 'immediate';
+  if (!state.active && !narrow.matches) $('start-input').focus();
+}
+
+function updateBackupWarning() {
+  $('no-backup-warn').hidden = !!state.me.backedUp;
+  $('no-backup-open').hidden = !state.seed;
+  const warn = $('no-backup-warn');
+  if (!state.me.backedUp && !state.seed) {
+    warn.firstChild.textContent = 'No backup: if this browser’s data is lost, so is this account. ';
+  }
+  $('me-backup-can').hidden = !state.seed;
+  $('me-backup-cannot').hidden = !!state.seed;
+  $('me-backup-state').textContent = state.me.backedUp
+    ? 'You made a backup — keep it safe.'
+    : 'No backup was made for this key.';
+}
+
+const STATUS_TEXT = {
+  [STATUS.connecting]: 'connecting…',
+  [STATUS.live]: 'live',
+  [STATUS.reconnecting]: 'reconnecting…',
+  [STATUS.offline]: 'offline',
+  [STATUS.error]: 'not connected',
+};
+
+function renderStatus(status, detail) {
+  const c = $('conn');
+  c.dataset.status = status;
+  c.querySelector('.conn-text').textContent = STATUS_TEXT[status] || status;
+  c.title = detail || (status === STATUS.live ? 'Connected: new messages arrive instantly' : '');
+  if (detail && status !== STATUS.live) toast(detail);
+}
+
+// ---- conversations ----
+
+function displayName(conv) {
+  if (!conv) return 'Unknown sender';
+  if (conv.peer === 'unknown') return 'Unverified messages';
+  if (conv.handle) return conv.handle;
+  if (conv.claimed) return `${conv.claimed} (unverified)`;
+  return 'Unknown sender';
+}
+
+async function loadConversations() {
+  const list = await db.listConversations();
+  state.convos = new Map(list.map((c) => [c.peer, c]));
+  renderConversations(list);
+  // Retry names we could not resolve before (network errors).
+  for (const c of list) if (!c.handle && c.peer !== 'unknown' && !c.notFound) resolvePeer(c.peer, c.claimed).then(maybeRefresh);
+}
+
+let refreshQueued = false;
+function maybeRefresh(changed) {
+  if (!changed || refreshQueued) return;
+  refreshQueued = true;
+  queueMicrotask(async () => {
+    refreshQueued = false;
+    await loadConversations();
+    if (state.active) await renderThread(state.active);
+  });
+}
+
+function renderConversations(list) {
+  const ul = $('convo-list');
+  ul.replaceChildren();
+  let unread = 0;
+  for (const c of list) {
+    if (!c.lastAt && c.peer !== state.active && !c.handle) continue;
+    unread += c.unread || 0;
+    const name = displayName(c);
+    const preview = c.lastText ? (c.lastDir === 'out' ? 'You: ' : '') + c.lastText.replace(/\s+/g, ' ').slice(0, 80) : 'No messages yet';
+    const btn = el(
+      'button',
+      {
+        type: 'button',
+        class: 'convo' + (c.unread ? ' unread' : ''),
+        'aria-current': c.peer === state.active ? 'true' : null,
+        'data-peer': c.peer,
+        onclick: () => openConversation(c.peer),
+      },
+      el('span', { class: 'avatar', 'aria-hidden': 'true' }),
+      el(
+        'span',
+        { class: 'convo-main' },
+        el('span', { class: 'convo-name', text: name }),
+        el('span', { class: 'convo-preview', text: preview }),
+      ),
+      el(
+        'span',
+        { class: 'convo-meta' },
+        el('time', { class: 'convo-time', text: listTime(c.lastAt), datetime: c.lastAt ? new Date(c.lastAt).toISOString() : null }),
+        c.unread ? el('span', { class: 'badge', text: String(c.unread), 'aria-label': `${c.unread} unread` }) : null,
+      ),
+    );
+    paintAvatar(btn.querySelector('.avatar'), name, c.peer);
+    ul.append(el('li', {}, btn));
+  }
+  $('convo-empty').hidden = ul.children.length > 0;
+  document.title = unread ? `(${unread}) KEZ chat` : 'KEZ chat';
+}
+
+/**
+ * resolvePeer makes sure a conversation exists for a primary and knows its
+ * handle, asking the server (GET /v1/by-primary) and checking the signed
+ * registration. It returns true when the conversation changed.
+ */
+async function resolvePeer(peer, claimed) {
+  if (peer === 'unknown') {
+    if (!state.convos.has(peer)) await db.upsertConversation(peer, {});
+    return true;
+  }
+  const cur = await db.getConversation(peer);
+  if (cur && cur.handle) return false;
+  try {
+    const rec = await kez.verifyRecord(await state.api.byPrimary(peer), { primary: peer });
+    await db.upsertConversation(peer, { handle: rec.handle, address: rec.address, server: rec.server, notFound: false });
+    return true;
+  } catch (e) {
+    const notFound = e instanceof ApiError && e.status === 404;
+    if (!cur || (claimed && cur.claimed !== claimed) || cur.notFound !== notFound) {
+      await db.upsertConversation(peer, { claimed: typeof claimed === 'string' ? claimed.slice(0, 100) : cur && cur.claimed, notFound });
+      return true;
+    }
+    return false;
+  }
+}
+
+function parseAddress(raw) {
+  let s = raw.trim().replace(/^@/, '').toLowerCase();
+  let server = '';
+  const at = s.lastIndexOf('@');
+  if (at >= 0) {
+    server = s.slice(at + 1);
+    s = s.slice(0, at);
+  }
+  return { handle: s, server };
+}
+
+$('start-input').addEventListener('input', () => {
+  $('start-error').textContent = '';
+  $('start-input').removeAttribute('aria-invalid');
+});
+
+$('start-form').addEventListener('submit', async (ev) => {
+  ev.preventDefault();
+  const input = $('start-input');
+  const err = $('start-error');
+  const fail = (msg) => {
+    err.textContent = msg;
+    input.setAttribute('aria-invalid', 'true');
+    input.focus();
+  };
+  err.textContent = '';
+  const raw = input.value;
+  if (!raw.trim()) return fail('Type a handle, like alice or alice@' + state.api.server + '.');
+  const { handle, server } = parseAddress(raw);
+  if (server && server !== state.api.server) {
+    return fail(`${handle}@${server} is on another server. For now KEZ can only reach people on ${state.api.server}.`);
+  }
+  const problem = handleProblem(handle);
+  if (problem) return fail(`“${raw.trim()}” isn’t a valid handle. ${problem}`);
+  if (handle === state.me.handle) {
+    return fail('That’s you! Share your KEZ with someone else — or open this page in a second browser to try it out.');
+  }
+  const btn = $('start-btn');
+  setBusy(btn, true, '…');
+  try {
+    const rec = await kez.verifyRecord(await state.api.lookup(handle), { handle });
+    if (rec.primary === state.me.primary) return fail('That’s you!');
+    await db.upsertConversation(rec.primary, { handle: rec.handle, address: rec.address, server: rec.server, notFound: false });
+    input.value = '';
+    await loadConversations();
+    openConversation(rec.primary);
+  } catch (e) {
+    if (e instanceof ApiError && e.status === 404) fail(`No one is registered as @${handle} on ${state.api.server}. Check the spelling.`);
+    else fail(friendly(e));
+  } finally {
+    setBusy(btn, false);
+  }
+});
+
+// ---- routing: #/c/<handle> (or a primary for unnamed senders) ----
+
+function hashFor(conv) {
+  return '#/c/' + encodeURIComponent(conv.handle || conv.peer);
+}
+
+function openConversation(peer) {
+  const conv = state.convos.get(peer);
+  if (!conv) return;
+  const h = hashFor(conv);
+  if (location.hash !== h) location.hash = h;
+  else setActive(peer);
+}
+
+async function routeFromHash() {
+  const m = /^#\/c\/(.+)$/.exec(location.hash);
+  if (!m) return setActive(null);
+  const key = decodeURIComponent(m[1]);
+  for (const c of state.convos.values()) {
+    if (c.handle === key || c.peer === key) return setActive(c.peer);
+  }
+  return setActive(null);
+}
+
+addEventListener('hashchange', () => {
+  if (state.me && document.body.dataset.screen === 'chat') routeFromHash();
+});
+
+async function setActive(peer) {
+  state.active = peer;
+  document.body.classList.toggle('in-thread', !!peer);
+  $('empty-state').hidden = !!peer;
+  $('thread').hidden = !peer;
+  if (!peer) {
+    state.rendered.peer = null;
+    renderConversations([...state.convos.values()].sort((a, b) => (b.lastAt || 0) - (a.lastAt || 0)));
+    return;
+  }
+  const conv = state.convos.get(peer);
+  const name = displayName(conv);
+  $('thread-title').textContent = name;
+  $('thread-sub').textContent = conv.address
+    ? conv.address
+    : conv.peer === 'unknown'
+      ? 'Messages whose sender could not be verified'
+      : 'Not registered on this server — you can’t reply';
+  paintAvatar($('thread-avatar'), name, peer);
+  const canReply = !!conv.handle;
+  $('compose-input').disabled = !canReply;
+  $('send-btn').disabled = !canReply;
+  $('compose-label').textContent = canReply ? `Message @${conv.handle}` : 'You can’t reply to this sender';
+  $('compose-input').placeholder = canReply ? `Message @${conv.handle}` : 'You can’t reply to this sender';
+  await db.markRead(peer);
+  conv.unread = 0;
+  renderConversations([...state.convos.values()].sort((a, b) => (b.lastAt || 0) - (a.lastAt || 0)));
+  await renderThread(peer, true);
+  if (narrow.matches) $('thread-title').focus();
+  else if (canReply) $('compose-input').focus();
+}
+
+$('back-btn').addEventListener('click', () => {
+  if (history.length > 1 && /^#\/c\//.test(location.hash)) history.back();
+  else location.hash = '';
+});
+$('thread-title').tabIndex = -1;
+
+// ---- the thread ----
+
+function messageNode(m) {
+  const li = el('li', { class: `msg ${m.dir}${m.status === 'bad' ? ' bad' : ''}`, 'data-key': m.key });
+  fillMessage(li, m);
+  return li;
+}
+
+function fillMessage(li, m) {
+  const when = m.at ? new Date(m.at) : null;
+  const time = when ? el('time', { datetime: when.toISOString(), title: when.toLocaleString(), text: timeFmt.format(when) }) : null;
+  const who = el('span', { class: 'visually-hidden', text: m.dir === 'out' ? 'You: ' : `${displayName(state.convos.get(m.peer))}: ` });
+  let body;
+  if (m.status === 'bad') {
+    body = el(
+      'p',
+      { class: 'text notice', title: m.reason || '' },
+      '⚠ This message could not be verified or decrypted, so it is not shown. ',
+      el('span', { class: 'muted', text: m.reason ? `(${m.reason})` : '' }),
+    );
+  } else if (m.text === null || m.text === undefined) {
+    body = el('p', { class: 'text notice', text: 'This message uses a format this app can’t show yet.' });
+  } else {
+    body = el('p', { class: 'text', text: m.text });
+  }
+  const meta = el('span', { class: 'meta' }, time);
+  if (m.dir === 'out') {
+    if (m.status === 'sending') meta.append(el('span', { class: 'state', text: 'Sending…' }));
+    else if (m.status === 'sent') meta.append(el('span', { class: 'state sent', 'aria-label': 'sent', text: '✓' }));
+    else if (m.status === 'failed') {
+      meta.append(
+        el('span', { class: 'state failed', text: m.error || 'Not sent.' }),
+        el('button', { type: 'button', class: 'btn link inline', onclick: () => retry(m.key), text: 'Retry' }),
+      );
+    }
+  }
+  li.replaceChildren(el('div', { class: 'bubble' }, who, body, meta));
+  li.dataset.status = m.status;
+}
+
+function dayNode(ms) {
+  return el('li', { class: 'day', 'data-day': String(startOfDay(ms)) }, el('span', { text: dayLabel(ms) }));
+}
+
+/**
+ * renderThread shows the open conversation. Known messages are updated in
+ * place and new ones appended, so screen readers announce only additions.
+ */
+async function renderThread(peer, full = false) {
+  if (peer !== state.active) return;
+  const list = $('messages');
+  const msgs = await db.messagesFor(peer);
+  if (peer !== state.active) return;
+  const r = state.rendered;
+  const nearBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 80;
+  const needFull = full || r.peer !== peer || msgs.some((m) => !r.keys.has(m.key) && m.at < r.lastAt);
+  let appendedOwn = false;
+  if (needFull) {
+    list.replaceChildren();
+    r.peer = peer;
+    r.keys = new Map();
+    r.lastAt = -Infinity;
+    r.lastDay = null;
+  }
+  for (const m of msgs) {
+    const node = r.keys.get(m.key);
+    if (node) {
+      if (node.dataset.status !== m.status) fillMessage(node, m);
+      continue;
+    }
+    const day = startOfDay(m.at || 0);
+    if (day !== r.lastDay) {
+      list.append(dayNode(m.at || 0));
+      r.lastDay = day;
+    }
+    const li = messageNode(m);
+    list.append(li);
+    r.keys.set(m.key, li);
+    r.lastAt = Math.max(r.lastAt, m.at || 0);
+    if (m.dir === 'out') appendedOwn = true;
+  }
+  if (!msgs.length && needFull) {
+    list.append(
+      el(
+        'li',
+        { class: 'thread-empty' },
+        el('p', { text: `This is the start of your conversation with ${displayName(state.convos.get(peer))}.` }),
+        el('p', { class: 'muted', text: 'Messages are end-to-end encrypted: only the two of you can read them.' }),
+      ),
+    );
+  } else {
+    const hint = list.querySelector('.thread-empty');
+    if (hint && msgs.length) hint.remove();
+  }
+  if (needFull || nearBottom || appendedOwn) list.scrollTop = list.scrollHeight;
+}
+
+// ---- receiving ----
+
+function looksLikePrimary(s) {
+  return typeof s === 'string' && /^ed25519:[0-9a-f]{64}$/.test(s);
+}
+
+/** ingest handles one inbox item {seq, envelope, received_at}; called in seq order. */
+async function ingest(item) {
+  const env = item.envelope;
+  const at = Number.isSafeInteger(item.received_at) ? item.received_at : state.api.nowMs();
+  let opened;
+  try {
+    opened = await kez.openEnvelope(state.me, env);
+  } catch (e) {
+    // Filed under the claimed sender only if we already talk to them;
+    // otherwise an unverifiable claim gets no conversation of its own.
+    const claimed = env && looksLikePrimary(env.from) ? env.from : null;
+    const peer = claimed && state.convos.has(claimed) ? claimed : 'unknown';
+    await resolvePeer(peer);
+    const isNew = await db.addMessage(
+      { key: `bad|${item.seq}`, peer, dir: 'in', id: `seq-${item.seq}`, status: 'bad', reason: e.message, at, seq: item.seq },
+      { active: isActive(peer) },
+    );
+    if (isNew) await afterIncoming(peer);
+    return;
+  }
+  const { from, plaintext: pt } = opened;
+  await resolvePeer(from, pt.from_addr);
+  const text = pt.type === 'text' && typeof pt.text === 'string' ? pt.text : null;
+  const isNew = await db.addMessage(
+    {
+      key: `${from}|${from}|${pt.id}`,
+      peer: from,
+      dir: 'in',
+      id: pt.id,
+      text,
+      status: 'ok',
+      at,
+      sentAt: Number.isSafeInteger(pt.sent_at) ? pt.sent_at : null,
+      seq: item.seq,
+    },
+    { active: isActive(from) },
+  );
+  if (isNew) await afterIncoming(from, text);
+}
+
+function isActive(peer) {
+  return state.active === peer && document.visibilityState === 'visible';
+}
+
+async function afterIncoming(peer, text) {
+  await loadConversations();
+  if (state.active === peer) await renderThread(peer);
+  else {
+    const name = displayName(state.convos.get(peer));
+    toast(text ? `New message from ${name}` : `A message from ${name} could not be read`);
+  }
+  if (channel) channel.postMessage({ type: 'changed', peer });
+}
+
+// ---- sending ----
+
+const MAX_TEXT = 60000;
+
+async function sendText(peer, text) {
+  const conv = state.convos.get(peer);
+  if (!conv || !conv.handle) return;
+  const me = state.me;
+  const id = crypto.randomUUID();
+  const now = state.api.nowMs();
+  const pt = { type: 'text', text, id, sent_at: now, from_addr: me.address };
+  const envelope = await kez.sealEnvelope(me, peer, pt);
+  const msg = { key: `${peer}|${me.primary}|${id}`, peer, dir: 'out', id, text, status: 'sending', at: now, envelope, to: conv.handle };
+  await db.addMessage(msg, { active: true });
+  await loadConversations();
+  await renderThread(peer);
+  await deliver(msg);
+}
+
+async function deliver(msg) {
+  let fields;
+  try {
+    const r = await state.api.send(msg.to, msg.envelope);
+    fields = { status: 'sent', seq: r.seq, envelope: null, error: null };
+  } catch (e) {
+    fields = { status: 'failed', error: friendly(e) };
+  }
+  await db.updateMessage(msg.key, fields);
+  if (channel) channel.postMessage({ type: 'changed', peer: msg.peer });
+  if (state.active === msg.peer) await renderThread(msg.peer);
+}
+
+async function retry(key) {
+  const m = await db.getMessage(key);
+  if (!m || m.status !== 'failed' || !m.envelope) return;
+  await db.updateMessage(key, { status: 'sending', error: null });
+  await renderThread(m.peer);
+  // The same envelope and plaintext id: if the first attempt did arrive,
+  // the recipient drops the copy.
+  await deliver({ ...m, status: 'sending' });
+}
+
+const compose = $('compose-input');
+
+function autosize() {
+  compose.style.height = 'auto';
+  compose.style.height = Math.min(compose.scrollHeight, 200) + 'px';
+}
+
+compose.addEventListener('input', autosize);
+compose.addEventListener('keydown', (ev) => {
+  if (ev.key === 'Enter' && !ev.shiftKey && !ev.isComposing) {
+    ev.preventDefault();
+    $('compose').requestSubmit();
+  } else if (ev.key === 'Escape' && narrow.matches) {
+    $('back-btn').click();
+  }
+});
+
+$('compose').addEventListener('submit', async (ev) => {
+  ev.preventDefault();
+  const text = compose.value.replace(/^\s*\n|\s+$/g, '');
+  if (!text.trim() || !state.active) return;
+  if (text.length > MAX_TEXT) {
+    toast(`That message is too long (${text.length} characters; the limit is ${MAX_TEXT}).`);
+    return;
+  }
+  compose.value = '';
+  autosize();
+  try {
+    await sendText(state.active, text);
+  } catch (e) {
+    compose.value = text;
+    toast(friendly(e, 'Could not send'));
+  }
+  compose.focus();
+});
+
+// ---- "Your KEZ" dialog and copy buttons ----
+
+async function copyAddress() {
+  const ok = await copyText(state.me.address);
+  toast(ok ? `Copied ${state.me.address}` : `Your KEZ is ${state.me.address}`);
+}
+
+$('copy-address').addEventListener('click', copyAddress);
+$('me-copy').addEventListener('click', copyAddress);
+$('me-open').addEventListener('click', () => {
+  updateBackupWarning();
+  $('me-dialog').showModal();
+});
+$('me-close').addEventListener('click', () => $('me-dialog').close());
+$('me-backup').addEventListener('click', () => {
+  $('me-dialog').close();
+  showBackup(false);
+});
+$('no-backup-open').addEventListener('click', () => showBackup(false));
+
+$('ack-immediate').addEventListener('change', async (ev) => {
+  await db.setMeta('ackMode', ev.target.checked ? 'immediate' : 'week');
+  if (ev.target.checked && state.inbox) state.inbox.maybeAck(true);
+  toast(ev.target.checked ? 'Messages will be deleted from the server once saved here.' : 'The server keeps messages for a week for your other devices.');
+});
+
+$('me-remove').addEventListener('click', async () => {
+  const warn = state.me.backedUp
+    ? `Remove ${state.me.address} and its history from this browser? You can restore it later from your backup.`
+    : `Remove ${state.me.address} from this browser?\n\nYou have NO backup: the account will be lost for good.`;
+  if (!confirm(warn)) return;
+  if (state.inbox) state.inbox.stop();
+  await db.wipe();
+  if (channel) channel.postMessage({ type: 'wiped' });
+  location.hash = '';
+  location.reload();
+});
+
+// ---- offline screen ----
+
+$('offline-retry').addEventListener('click', boot);
+$('server-form').addEventListener('submit', (ev) => {
+  ev.preventDefault();
+  const v = $('server-url').value.trim();
+  setOverride(v || null);
+  boot();
+});
+
+// ---- other tabs of the same browser ----
+
+if (channel) {
+  channel.onmessage = async (ev) => {
+    if (!state.me) return;
+    if (ev.data && ev.data.type === 'wiped') return location.reload();
+    await loadConversations();
+    if (state.active) await renderThread(state.active);
+  };
+}
+
+document.addEventListener('visibilitychange', async () => {
+  if (document.visibilityState === 'visible' && state.active) {
+    await db.markRead(state.active);
+    await loadConversations();
+  }
+});
+
+// For tests and the curious: the app's state, read-only by convention.
+globalThis.kezApp = { state };
+
+boot();

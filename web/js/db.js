@@ -1,0 +1,177 @@
+// Local storage in IndexedDB: the identity (non-extractable CryptoKeys, which
+// IndexedDB stores as opaque structured clones), conversations, the message
+// history (sent and received) and small settings such as the inbox cursor.
+
+const DB_NAME = 'kez-chat';
+const DB_VERSION = 1;
+
+let dbPromise = null;
+
+function req(r) {
+  return new Promise((resolve, reject) => {
+    r.onsuccess = () => resolve(r.result);
+    r.onerror = () => reject(r.error);
+  });
+}
+
+function done(tx) {
+  return new Promise((resolve, reject) => {
+    tx.oncomplete = () => resolve();
+    tx.onabort = tx.onerror = () => reject(tx.error || new Error('transaction aborted'));
+  });
+}
+
+/** open opens (and creates or upgrades) the database once per page. */
+export function open() {
+  if (!dbPromise) {
+    dbPromise = new Promise((resolve, reject) => {
+      const r = indexedDB.open(DB_NAME, DB_VERSION);
+      r.onupgradeneeded = () => {
+        const db = r.result;
+        if (!db.objectStoreNames.contains('identity')) db.createObjectStore('identity', { keyPath: 'id' });
+        if (!db.objectStoreNames.contains('meta')) db.createObjectStore('meta', { keyPath: 'k' });
+        if (!db.objectStoreNames.contains('conversations')) db.createObjectStore('conversations', { keyPath: 'peer' });
+        if (!db.objectStoreNames.contains('messages')) {
+          const m = db.createObjectStore('messages', { keyPath: 'key' });
+          m.createIndex('peerAt', ['peer', 'at']);
+          m.createIndex('status', 'status');
+        }
+      };
+      r.onsuccess = () => {
+        const db = r.result;
+        // Another tab upgrading the schema: step aside.
+        db.onversionchange = () => db.close();
+        resolve(db);
+      };
+      r.onerror = () => reject(r.error);
+      r.onblocked = () => reject(new Error('the database is held open by an older tab of this app; close it and reload'));
+    });
+  }
+  return dbPromise;
+}
+
+async function store(name, mode = 'readonly') {
+  const db = await open();
+  const tx = db.transaction(name, mode);
+  return { tx, s: tx.objectStore(name) };
+}
+
+// ---- identity ----
+
+export async function getIdentity() {
+  const { s } = await store('identity');
+  return (await req(s.get('me'))) || null;
+}
+
+export async function putIdentity(rec) {
+  const { tx, s } = await store('identity', 'readwrite');
+  s.put({ ...rec, id: 'me' });
+  return done(tx);
+}
+
+/** wipe deletes everything this app stored in this browser. */
+export async function wipe() {
+  const db = await open();
+  const names = ['identity', 'meta', 'conversations', 'messages'];
+  const tx = db.transaction(names, 'readwrite');
+  for (const n of names) tx.objectStore(n).clear();
+  return done(tx);
+}
+
+// ---- meta ----
+
+export async function getMeta(k, fallback = null) {
+  const { s } = await store('meta');
+  const r = await req(s.get(k));
+  return r ? r.v : fallback;
+}
+
+export async function setMeta(k, v) {
+  const { tx, s } = await store('meta', 'readwrite');
+  s.put({ k, v });
+  return done(tx);
+}
+
+// ---- conversations ----
+
+export async function listConversations() {
+  const { s } = await store('conversations');
+  const all = await req(s.getAll());
+  return all.sort((a, b) => (b.lastAt || 0) - (a.lastAt || 0));
+}
+
+export async function getConversation(peer) {
+  const { s } = await store('conversations');
+  return (await req(s.get(peer))) || null;
+}
+
+/** upsertConversation merges fields into a conversation, creating it if new. */
+export async function upsertConversation(peer, fields) {
+  const { tx, s } = await store('conversations', 'readwrite');
+  const cur = (await req(s.get(peer))) || { peer, lastAt: 0, lastText: '', unread: 0, createdAt: Date.now() };
+  const next = { ...cur, ...fields, peer };
+  s.put(next);
+  await done(tx);
+  return next;
+}
+
+export async function markRead(peer) {
+  const { tx, s } = await store('conversations', 'readwrite');
+  const cur = await req(s.get(peer));
+  if (cur && cur.unread) s.put({ ...cur, unread: 0 });
+  return done(tx);
+}
+
+// ---- messages ----
+
+/**
+ * addMessage stores a message unless one with the same key (peer, author and
+ * plaintext id) exists, and updates its conversation in the same
+ * transaction. It returns true when the message is new.
+ */
+export async function addMessage(msg, { active = false } = {}) {
+  const db = await open();
+  const tx = db.transaction(['messages', 'conversations'], 'readwrite');
+  const ms = tx.objectStore('messages');
+  const cs = tx.objectStore('conversations');
+  const exists = await req(ms.getKey(msg.key));
+  if (exists !== undefined) {
+    await done(tx);
+    return false;
+  }
+  ms.put(msg);
+  const cur = (await req(cs.get(msg.peer))) || { peer: msg.peer, lastAt: 0, lastText: '', unread: 0, createdAt: Date.now() };
+  if (msg.at >= (cur.lastAt || 0)) {
+    cur.lastAt = msg.at;
+    cur.lastText = msg.status === 'bad' ? 'Message could not be decrypted' : msg.text || '';
+    cur.lastDir = msg.dir;
+  }
+  if (msg.dir === 'in' && !active) cur.unread = (cur.unread || 0) + 1;
+  cs.put(cur);
+  await done(tx);
+  return true;
+}
+
+export async function updateMessage(key, fields) {
+  const { tx, s } = await store('messages', 'readwrite');
+  const cur = await req(s.get(key));
+  if (cur) s.put({ ...cur, ...fields });
+  return done(tx);
+}
+
+export async function getMessage(key) {
+  const { s } = await store('messages');
+  return (await req(s.get(key))) || null;
+}
+
+/** messagesFor returns a conversation's messages, oldest first. */
+export async function messagesFor(peer) {
+  const { s } = await store('messages');
+  const range = IDBKeyRange.bound([peer, -Infinity], [peer, Infinity]);
+  return req(s.index('peerAt').getAll(range));
+}
+
+export async function messagesWithStatus(status) {
+  const { s } = await store('messages');
+  return req(s.index('status').getAll(status));
+}

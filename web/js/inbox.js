@@ -1,0 +1,223 @@
+// Live inbox: an EventSource on /v1/inbox/{handle}/stream with a freshly
+// signed URL on every (re)connect, resumed from the last processed seq, plus
+// the acknowledgement policy. Messages are handed to `ingest` strictly in seq
+// order, one at a time; the cursor advances only after ingest resolved, so a
+// crash or reload never skips a message and a replay never duplicates one.
+
+import { ApiError } from './api.js';
+
+export const STATUS = { connecting: 'connecting', live: 'live', reconnecting: 'reconnecting', offline: 'offline', error: 'error' };
+
+const DAY = 24 * 3600 * 1000;
+
+/**
+ * ACK_POLICY: a message is acknowledged (DELETE /v1/inbox?upto=) only once it
+ * is saved in this browser and — unless the user said this is their only
+ * device — older than ACK_AFTER, so their other browsers have had a week to
+ * fetch it. Until then the server keeps it (bounded by its own retention).
+ */
+export const ACK_AFTER = 7 * DAY;
+const ACK_EVERY = 3600 * 1000;
+
+export class Inbox {
+  /**
+   * @param {object} o
+   * @param {import('./api.js').Api} o.api
+   * @param {object} o.identity  keys from kez.identityFromSeed
+   * @param {string} o.handle
+   * @param {(item: object) => Promise<void>} o.ingest
+   * @param {(status: string, detail?: string) => void} o.onStatus
+   * @param {{get: () => Promise<number>, set: (n: number) => Promise<void>}} o.cursor
+   * @param {() => Promise<string>} o.ackMode  'week' (default) or 'immediate'
+   * @param {{get: () => Promise<number>, set: (n: number) => Promise<void>}} o.acked
+   */
+  constructor(o) {
+    Object.assign(this, o);
+    this.es = null;
+    this.since = 0;
+    this.queue = Promise.resolve();
+    this.attempt = 0;
+    this.timer = null;
+    this.stopped = true;
+    this.status = null;
+    this.lastAckRun = 0;
+    this.onOnline = () => this.reconnectSoon(0);
+    this.onVisible = () => {
+      if (document.visibilityState === 'visible' && this.status !== STATUS.live) this.reconnectSoon(0);
+    };
+  }
+
+  setStatus(s, detail) {
+    this.status = s;
+    this.onStatus(s, detail);
+  }
+
+  async start() {
+    this.stopped = false;
+    this.since = await this.cursor.get();
+    addEventListener('online', this.onOnline);
+    document.addEventListener('visibilitychange', this.onVisible);
+    this.setStatus(STATUS.connecting);
+    this.connect();
+  }
+
+  stop() {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    clearTimeout(this.ackTimer);
+    if (this.es) this.es.close();
+    this.es = null;
+    removeEventListener('online', this.onOnline);
+    document.removeEventListener('visibilitychange', this.onVisible);
+  }
+
+  async connect() {
+    if (this.stopped) return;
+    clearTimeout(this.timer);
+    if (this.es) this.es.close();
+    let url;
+    try {
+      url = await this.api.streamURL(this.identity, this.handle, this.since);
+    } catch (e) {
+      this.fail(e);
+      return;
+    }
+    if (this.stopped) return;
+    const es = new EventSource(url);
+    this.es = es;
+    es.onopen = () => {
+      if (this.es !== es) return;
+      this.attempt = 0;
+      this.setStatus(STATUS.live);
+      this.maybeAck();
+    };
+    es.addEventListener('message', (ev) => {
+      if (this.es !== es) return;
+      let item;
+      try {
+        item = JSON.parse(ev.data);
+      } catch {
+        return; // not ours to show; the seq cursor is unaffected
+      }
+      this.enqueue([item]);
+    });
+    es.onerror = () => {
+      if (this.es !== es) return;
+      // Never let EventSource retry on its own: its URL carries a signature
+      // that expires in a minute, and its since= is the one we opened with.
+      es.close();
+      this.es = null;
+      this.recover();
+    };
+  }
+
+  /** enqueue processes items in order, skipping what was already processed. */
+  enqueue(items) {
+    this.queue = this.queue.then(async () => {
+      for (const item of items) {
+        if (!item || !Number.isSafeInteger(item.seq) || item.seq <= this.since) continue;
+        await this.ingest(item);
+        this.since = item.seq;
+        await this.cursor.set(item.seq);
+      }
+      if (items.length) this.scheduleAck();
+    }).catch((e) => {
+      // Storage failed: keep the cursor where it is and try again later.
+      console.error('kez: could not save incoming message', e);
+      this.reconnectSoon();
+    });
+    return this.queue;
+  }
+
+  /**
+   * recover runs after the stream broke: one authenticated GET catches up
+   * on anything the stream missed and tells us why it broke (a 401 from a
+   * skewed clock, a deleted account, the network), then the stream reopens.
+   */
+  async recover() {
+    if (this.stopped) return;
+    this.setStatus(STATUS.reconnecting);
+    try {
+      await this.catchUp();
+      this.reconnectSoon();
+    } catch (e) {
+      this.fail(e);
+    }
+  }
+
+  async catchUp() {
+    for (let page = 0; page < 50; page++) {
+      const r = await this.api.inbox(this.identity, this.handle, this.since);
+      await this.enqueue(r.messages || []);
+      if (!r.more) return;
+    }
+  }
+
+  fail(e) {
+    if (this.stopped) return;
+    if (e instanceof ApiError && e.status === 404) {
+      this.setStatus(STATUS.error, 'This server no longer knows your handle.');
+      this.reconnectSoon(60000);
+      return;
+    }
+    if (e instanceof ApiError && e.status === 401) {
+      this.setStatus(STATUS.reconnecting, 'The server refused our signature; check this device’s clock.');
+    } else if (e instanceof ApiError && e.status === 0) {
+      this.setStatus(navigator.onLine === false ? STATUS.offline : STATUS.reconnecting);
+    } else {
+      this.setStatus(STATUS.reconnecting);
+    }
+    this.reconnectSoon();
+  }
+
+  reconnectSoon(delay) {
+    if (this.stopped) return;
+    clearTimeout(this.timer);
+    if (delay === undefined) {
+      delay = Math.min(15000, 1000 * 2 ** this.attempt) * (0.75 + Math.random() / 2);
+      this.attempt++;
+    }
+    if (this.status === STATUS.live) this.setStatus(STATUS.reconnecting);
+    this.timer = setTimeout(() => this.connect(), delay);
+  }
+
+  scheduleAck() {
+    clearTimeout(this.ackTimer);
+    this.ackTimer = setTimeout(() => this.maybeAck(), 2000);
+  }
+
+  /** maybeAck applies ACK_POLICY at most once an hour (or per message, when immediate). */
+  async maybeAck(force = false) {
+    const mode = await this.ackMode();
+    const now = Date.now();
+    if (!force && mode !== 'immediate' && now - this.lastAckRun < ACK_EVERY) return;
+    this.lastAckRun = now;
+    try {
+      await this.queue;
+      const acked = await this.acked.get();
+      let upto = 0;
+      if (mode === 'immediate') {
+        upto = this.since;
+      } else {
+        // Find the newest message older than ACK_AFTER that we have saved.
+        const cutoff = this.api.nowMs() - ACK_AFTER;
+        let since = acked;
+        scan: for (let page = 0; page < 20; page++) {
+          const r = await this.api.inbox(this.identity, this.handle, since);
+          for (const m of r.messages || []) {
+            if (m.received_at >= cutoff || m.seq > this.since) break scan;
+            upto = m.seq;
+          }
+          if (!r.more) break;
+          since = r.next_since;
+        }
+      }
+      if (upto > acked) {
+        await this.api.ack(this.identity, this.handle, upto);
+        await this.acked.set(upto);
+      }
+    } catch (e) {
+      console.warn('kez: acknowledgement skipped', e);
+    }
+  }
+}
