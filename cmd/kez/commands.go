@@ -1,0 +1,391 @@
+package main
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/kezchat/kez/client"
+	"github.com/kezchat/kez/kez"
+)
+
+// env is what a command works with: the app's streams, the config dir and
+// its parsed flags.
+type env struct {
+	*app
+	dir string
+	fs  *flag.FlagSet
+}
+
+func (e *env) str(name string) string { return e.fs.Lookup(name).Value.String() }
+
+func (e *env) isSet(name string) bool {
+	set := false
+	e.fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
+}
+
+func (e *env) uint(name string) uint64 {
+	return e.fs.Lookup(name).Value.(flag.Getter).Get().(uint64)
+}
+
+// newClient makes a client for server, with an identity when keys is set.
+func (e *env) newClient(server string, keys *kez.Keys, handle, serverName string) (*client.Client, error) {
+	return client.New(server, client.Options{HTTPClient: e.http, Keys: keys, Handle: handle, ServerName: serverName})
+}
+
+// accountClient is the client of the registered user, for commands that
+// act as them.
+func (e *env) accountClient() (*client.Client, *account, error) {
+	keys, err := loadKey(e.dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	acct, err := loadAccount(e.dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	if acct.Primary != keys.Primary() {
+		return nil, nil, fmt.Errorf("%s was registered with another key; run: kez register <handle> --server %s", acct.address(), acct.Server)
+	}
+	c, err := e.newClient(acct.Server, keys, acct.Handle, acct.ServerName)
+	return c, acct, err
+}
+
+// notOnServer turns "your own inbox is not found" into advice.
+func notOnServer(err error, acct *account) error {
+	if errors.Is(err, client.ErrNotFound) {
+		return fmt.Errorf("%s is not registered on %s (was the server reset?); run: kez register %s --server %s",
+			acct.address(), acct.Server, acct.Handle, acct.Server)
+	}
+	return err
+}
+
+var initCmd = &command{
+	name: "init",
+	args: "[--seed HEX|-] [--force]",
+	flags: func(fs *flag.FlagSet) {
+		fs.String("seed", "", "import this 32-byte seed (64 hex digits; - reads it from stdin) instead of making a new key")
+		fs.Bool("force", false, "replace an existing key")
+	},
+	run: func(ctx context.Context, e *env, args []string) error {
+		if len(args) != 0 {
+			return errUsage
+		}
+		keys, err := keysFromSeedFlag(e)
+		if err != nil {
+			return err
+		}
+		if err := saveKey(e.dir, keys, e.str("force") == "true"); err != nil {
+			return err
+		}
+		fmt.Fprintf(e.stdout, "key saved in %s\nprimary: %s\nnext: kez register <handle> --server URL\n", e.dir, keys.Primary())
+		return nil
+	},
+}
+
+func keysFromSeedFlag(e *env) (*kez.Keys, error) {
+	seedHex := e.str("seed")
+	switch seedHex {
+	case "":
+		return kez.GenerateKeys(), nil
+	case "-":
+		b, err := io.ReadAll(io.LimitReader(e.stdin, 1024))
+		if err != nil {
+			return nil, err
+		}
+		seedHex = string(b)
+	}
+	seed, err := hex.DecodeString(strings.TrimSpace(seedHex))
+	if err != nil || len(seed) != 32 {
+		return nil, errors.New("--seed must be 64 hex digits (a 32-byte Ed25519 seed)")
+	}
+	return kez.NewKeys(seed)
+}
+
+var registerCmd = &command{
+	name: "register",
+	args: "<handle> --server URL",
+	flags: func(fs *flag.FlagSet) {
+		fs.String("server", "", "the server's base URL, e.g. http://localhost:8080 (default: the one you registered with)")
+	},
+	run: func(ctx context.Context, e *env, args []string) error {
+		if len(args) != 1 {
+			return errUsage
+		}
+		handle := strings.ToLower(args[0])
+		if !kez.ValidHandle(handle) {
+			return fmt.Errorf("%q is not a valid handle: use 2-32 of a-z, 0-9, _ and -, starting with a letter or digit", args[0])
+		}
+		keys, err := loadKey(e.dir)
+		if err != nil {
+			return err
+		}
+		server, err := e.serverFlagOrAccount()
+		if err != nil {
+			return err
+		}
+		c, err := e.newClient(server, keys, handle, "")
+		if err != nil {
+			return err
+		}
+		ctx, cancel := context.WithTimeout(ctx, requestTimeout)
+		defer cancel()
+		rec, err := c.Register(ctx, handle)
+		switch {
+		case errors.Is(err, client.ErrHandleTaken):
+			return fmt.Errorf("handle %q is already taken on %s", handle, server)
+		case errors.Is(err, client.ErrPrimaryTaken):
+			if other, lerr := c.LookupPrimary(ctx, keys.Primary()); lerr == nil {
+				return fmt.Errorf("this key is already registered on %s as %s (one handle per key)", server, other.Address)
+			}
+			return fmt.Errorf("this key is already registered on %s under another handle", server)
+		case errors.Is(err, client.ErrStaleTimestamp):
+			return fmt.Errorf("the server rejected the registration time; is this computer's clock right? (%v)", err)
+		case err != nil:
+			return err
+		}
+		acct := &account{Server: c.BaseURL(), ServerName: rec.Server, Handle: rec.Handle, Primary: keys.Primary()}
+		if err := saveAccount(e.dir, acct); err != nil {
+			return err
+		}
+		fmt.Fprintf(e.stdout, "registered %s\n", rec.Address)
+		return nil
+	},
+}
+
+// serverFlagOrAccount is --server, else the server of the saved account.
+func (e *env) serverFlagOrAccount() (string, error) {
+	if s := e.str("server"); s != "" {
+		return s, nil
+	}
+	acct, err := loadAccount(e.dir)
+	if errors.Is(err, errNotRegistered) {
+		return "", errors.New("which server? pass --server URL, e.g. --server http://localhost:8080")
+	}
+	if err != nil {
+		return "", err
+	}
+	return acct.Server, nil
+}
+
+var whoisCmd = &command{
+	name: "whois",
+	args: "<handle|handle@server> [--server URL]",
+	flags: func(fs *flag.FlagSet) {
+		fs.String("server", "", "the server to ask (default: the one you registered with)")
+	},
+	run: func(ctx context.Context, e *env, args []string) error {
+		if len(args) != 1 {
+			return errUsage
+		}
+		server, err := e.serverFlagOrAccount()
+		if err != nil {
+			return err
+		}
+		c, err := e.newClient(server, nil, "", "")
+		if err != nil {
+			return err
+		}
+		ctx, cancel := context.WithTimeout(ctx, requestTimeout)
+		defer cancel()
+		rec, err := c.Lookup(ctx, args[0])
+		if client.IsUnknownUser(err) {
+			return fmt.Errorf("no user %q on %s", args[0], server)
+		}
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(e.stdout, "address     %s\nprimary     %s\nregistered  %s\nverified    the registration is signed by this primary\n",
+			rec.Address, rec.Primary, time.Unix(rec.RegisteredAt, 0).UTC().Format("2006-01-02 15:04:05 UTC"))
+		return nil
+	},
+}
+
+// maxText bounds a message so its envelope stays under the server's
+// default 256 KiB limit after base64.
+const maxText = 180 << 10
+
+var sendCmd = &command{
+	name: "send",
+	args: "<to> [text...]   (text from stdin when not given)",
+	run: func(ctx context.Context, e *env, args []string) error {
+		if len(args) == 0 {
+			return errUsage
+		}
+		to, text := args[0], strings.Join(args[1:], " ")
+		if len(args) == 1 {
+			b, err := io.ReadAll(io.LimitReader(e.stdin, maxText+1))
+			if err != nil {
+				return fmt.Errorf("reading the message from stdin: %v", err)
+			}
+			text = strings.TrimRight(string(b), "\r\n")
+		}
+		if strings.TrimSpace(text) == "" {
+			return errors.New("nothing to send: give the text after the recipient, or on stdin")
+		}
+		if len(text) > maxText {
+			return fmt.Errorf("message is too long (at most %d KiB)", maxText>>10)
+		}
+		c, acct, err := e.accountClient()
+		if err != nil {
+			return err
+		}
+		ctx, cancel := context.WithTimeout(ctx, requestTimeout)
+		defer cancel()
+		r, err := c.Recipient(ctx, to)
+		if err == nil {
+			_, err = c.SendTo(ctx, r, text)
+		}
+		switch {
+		case client.IsUnknownUser(err):
+			return fmt.Errorf("unknown recipient %q on %s", to, acct.ServerName)
+		case errors.Is(err, client.ErrEnvelopeTooLarge):
+			return errors.New("the server refused the message as too large")
+		case errors.Is(err, client.ErrInboxFull):
+			return fmt.Errorf("%s's inbox is full; try again later", r.Address)
+		case err != nil:
+			return err
+		}
+		fmt.Fprintf(e.stdout, "sent to %s\n", r.Address)
+		return nil
+	},
+}
+
+var inboxCmd = &command{
+	name: "inbox",
+	args: "[--since N] [--limit N]",
+	flags: func(fs *flag.FlagSet) {
+		fs.Uint64("since", 0, "show only messages after this seq")
+		fs.Uint64("limit", 0, "page size to ask for (default: the server's)")
+	},
+	run: func(ctx context.Context, e *env, args []string) error {
+		if len(args) != 0 {
+			return errUsage
+		}
+		c, acct, err := e.accountClient()
+		if err != nil {
+			return err
+		}
+		ctx, cancel := context.WithTimeout(ctx, requestTimeout)
+		defer cancel()
+		p := newPrinter(c, e.stdout)
+		since, shown := e.uint("since"), 0
+		for {
+			page, err := c.Inbox(ctx, since, int(min(e.uint("limit"), 500)))
+			if err != nil {
+				return notOnServer(err, acct)
+			}
+			for _, m := range page.Messages {
+				p.print(ctx, m)
+				shown++
+			}
+			if !page.More || page.NextSince <= since {
+				break
+			}
+			since = page.NextSince
+		}
+		if shown == 0 {
+			fmt.Fprintln(e.stdout, "no messages")
+			return nil
+		}
+		return e.advanceCursor(acct, p.lastSeq)
+	},
+}
+
+// advanceCursor records seq as shown, never moving the cursor back.
+func (e *env) advanceCursor(acct *account, seq uint64) error {
+	last, err := loadCursor(e.dir, acct)
+	if err != nil || seq <= last {
+		return err
+	}
+	return saveCursor(e.dir, acct, seq)
+}
+
+var listenCmd = &command{
+	name: "listen",
+	args: "[--since N]",
+	flags: func(fs *flag.FlagSet) {
+		fs.Uint64("since", 0, "start after this seq (default: after the last message shown)")
+	},
+	run: func(ctx context.Context, e *env, args []string) error {
+		if len(args) != 0 {
+			return errUsage
+		}
+		c, acct, err := e.accountClient()
+		if err != nil {
+			return err
+		}
+		since, err := loadCursor(e.dir, acct)
+		if err != nil {
+			return err
+		}
+		if e.isSet("since") {
+			since = e.uint("since")
+		}
+		p := newPrinter(c, e.stdout)
+		connected := false
+		err = c.Stream(ctx, client.StreamOptions{
+			Since: since,
+			OnConnect: func() {
+				if !connected {
+					fmt.Fprintf(e.stderr, "listening as %s on %s (Ctrl-C to stop)\n", acct.address(), acct.Server)
+				} else {
+					fmt.Fprintln(e.stderr, "reconnected")
+				}
+				connected = true
+			},
+			OnDisconnect: func(err error, wait time.Duration) {
+				fmt.Fprintf(e.stderr, "connection lost (%s); retrying in %s\n", oneLine(describe(err)), wait.Round(100*time.Millisecond))
+			},
+		}, func(m client.Message) error {
+			p.print(ctx, m)
+			return saveCursor(e.dir, acct, m.Seq)
+		})
+		if ctx.Err() != nil {
+			return nil // Ctrl-C is how listening ends
+		}
+		return notOnServer(err, acct)
+	},
+}
+
+var ackCmd = &command{
+	name: "ack",
+	args: "[seq]   (default: the last message shown by inbox or listen)",
+	run: func(ctx context.Context, e *env, args []string) error {
+		if len(args) > 1 {
+			return errUsage
+		}
+		c, acct, err := e.accountClient()
+		if err != nil {
+			return err
+		}
+		upto, err := loadCursor(e.dir, acct)
+		if err != nil {
+			return err
+		}
+		if len(args) == 1 {
+			upto, err = strconv.ParseUint(strings.TrimPrefix(args[0], "#"), 10, 64)
+			if err != nil {
+				return fmt.Errorf("%q is not a message number", args[0])
+			}
+		}
+		if upto == 0 {
+			return errors.New("nothing to acknowledge: no message shown yet (run kez inbox or kez listen first)")
+		}
+		ctx, cancel := context.WithTimeout(ctx, requestTimeout)
+		defer cancel()
+		n, err := c.Ack(ctx, upto)
+		if err != nil {
+			return notOnServer(err, acct)
+		}
+		fmt.Fprintf(e.stdout, "deleted %d message(s) up to #%d\n", n, upto)
+		return nil
+	},
+}

@@ -1,0 +1,198 @@
+package main
+
+import (
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"runtime"
+
+	"github.com/kezchat/kez/kez"
+)
+
+// The config dir holds three small JSON files:
+//
+//	key.json      the seed, the only secret (0600)
+//	account.json  which server and handle this key is registered as
+//	cursor.json   the last seq shown, so listen resumes across restarts
+const (
+	keyFile     = "key.json"
+	accountFile = "account.json"
+	cursorFile  = "cursor.json"
+)
+
+// configDir picks the directory: --config, then $KEZ_CONFIG_DIR, then the
+// user's config dir (e.g. ~/.config/kez).
+func configDir(flagValue string, getenv func(string) string) (string, error) {
+	if flagValue != "" {
+		return flagValue, nil
+	}
+	if env := getenv("KEZ_CONFIG_DIR"); env != "" {
+		return env, nil
+	}
+	base, err := os.UserConfigDir()
+	if err != nil {
+		return "", fmt.Errorf("cannot find a config directory (%v); pass --config DIR or set KEZ_CONFIG_DIR", err)
+	}
+	return filepath.Join(base, "kez"), nil
+}
+
+type keyFileJSON struct {
+	Seed    string `json:"seed"`
+	Primary string `json:"primary"`
+}
+
+// errNoKey means init has not run for this config dir.
+var errNoKey = errors.New("no key yet")
+
+// saveKey writes the seed with owner-only permissions. It does not replace an
+// existing key unless force is set: a lost seed is a lost identity.
+func saveKey(dir string, keys *kez.Keys, force bool) error {
+	path := filepath.Join(dir, keyFile)
+	if !force {
+		if _, err := os.Stat(path); err == nil {
+			return fmt.Errorf("a key already exists in %s; pass --force to replace it (the old identity is lost unless you kept its seed)", path)
+		}
+	}
+	data, _ := json.MarshalIndent(keyFileJSON{Seed: hex.EncodeToString(keys.Seed()), Primary: keys.Primary()}, "", "  ")
+	return writeFileAtomic(dir, keyFile, append(data, '\n'), 0o600)
+}
+
+// loadKey reads and checks the key file: private to its owner, a 32-byte
+// seed, and the primary it claims.
+func loadKey(dir string) (*kez.Keys, error) {
+	path := filepath.Join(dir, keyFile)
+	info, err := os.Stat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%w in %s; run: kez init", errNoKey, dir)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("key file: %v", err)
+	}
+	if runtime.GOOS != "windows" && info.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("key file %s can be read by other users (mode %04o); fix it with: chmod 600 %s", path, info.Mode().Perm(), path)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("key file: %v", err)
+	}
+	var f keyFileJSON
+	if err := json.Unmarshal(data, &f); err != nil {
+		return nil, fmt.Errorf("key file %s is not valid JSON: %v", path, err)
+	}
+	seed, err := hex.DecodeString(f.Seed)
+	if err != nil || len(seed) != 32 {
+		return nil, fmt.Errorf("key file %s is damaged: seed must be 64 hex digits", path)
+	}
+	keys, err := kez.NewKeys(seed)
+	if err != nil {
+		return nil, fmt.Errorf("key file %s: %v", path, err)
+	}
+	if f.Primary != "" && f.Primary != keys.Primary() {
+		return nil, fmt.Errorf("key file %s is damaged: its primary does not match its seed", path)
+	}
+	return keys, nil
+}
+
+// account records where this key is registered.
+type account struct {
+	Server     string `json:"server"`      // base URL, e.g. http://localhost:8080
+	ServerName string `json:"server_name"` // the name in addresses, e.g. localhost
+	Handle     string `json:"handle"`
+	Primary    string `json:"primary"`
+}
+
+func (a *account) address() string { return kez.Address(a.Handle, a.ServerName) }
+
+// errNotRegistered means register has not succeeded for this config dir.
+var errNotRegistered = errors.New("not registered yet; run: kez register <handle> --server URL")
+
+func loadAccount(dir string) (*account, error) {
+	var a account
+	if err := readJSON(dir, accountFile, &a); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, errNotRegistered
+		}
+		return nil, err
+	}
+	if a.Server == "" || a.Handle == "" || a.ServerName == "" {
+		return nil, fmt.Errorf("account file %s is incomplete; run kez register again", filepath.Join(dir, accountFile))
+	}
+	return &a, nil
+}
+
+func saveAccount(dir string, a *account) error {
+	data, _ := json.MarshalIndent(a, "", "  ")
+	return writeFileAtomic(dir, accountFile, append(data, '\n'), 0o600)
+}
+
+// cursor is the last seq shown to the user for one account. It is tied to
+// server and handle so that registering elsewhere starts from the beginning.
+type cursor struct {
+	Server  string `json:"server"`
+	Handle  string `json:"handle"`
+	LastSeq uint64 `json:"last_seq"`
+}
+
+func loadCursor(dir string, a *account) (uint64, error) {
+	var c cursor
+	if err := readJSON(dir, cursorFile, &c); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return 0, nil
+		}
+		return 0, err
+	}
+	if c.Server != a.Server || c.Handle != a.Handle {
+		return 0, nil
+	}
+	return c.LastSeq, nil
+}
+
+func saveCursor(dir string, a *account, seq uint64) error {
+	data, _ := json.Marshal(cursor{Server: a.Server, Handle: a.Handle, LastSeq: seq})
+	return writeFileAtomic(dir, cursorFile, append(data, '\n'), 0o600)
+}
+
+func readJSON(dir, name string, v any) error {
+	path := filepath.Join(dir, name)
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(data, v); err != nil {
+		return fmt.Errorf("%s is damaged: %v", path, err)
+	}
+	return nil
+}
+
+// writeFileAtomic replaces dir/name with data via a synced temporary file
+// and a rename, so a crash leaves either the old file or the new one.
+func writeFileAtomic(dir, name string, data []byte, perm fs.FileMode) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(dir, "."+name+".*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name()) // fails harmlessly after the rename
+	if err := tmp.Chmod(perm); err != nil && runtime.GOOS != "windows" {
+		tmp.Close()
+		return err
+	}
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), filepath.Join(dir, name))
+}

@@ -1,0 +1,168 @@
+// Command kez is the terminal client for KEZ chat: end-to-end encrypted
+// messages between handle@server addresses.
+//
+//	kez init [--seed HEX|-]              create (or import) your key
+//	kez register <handle> --server URL   claim a handle on a server
+//	kez whois <handle|handle@server>     show a user's primary
+//	kez send <to> [text...]              send a message (text from stdin if none)
+//	kez inbox                            list stored messages
+//	kez listen                           print messages as they arrive
+//	kez ack [seq]                        delete messages up to seq (default: last shown)
+//
+// Every command takes --config DIR (default: $KEZ_CONFIG_DIR, else the user
+// config dir + /kez).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], &app{stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr, getenv: os.Getenv})
+	stop()
+	os.Exit(code)
+}
+
+// app is the environment a command runs in, swapped out in tests.
+type app struct {
+	stdin          io.Reader
+	stdout, stderr io.Writer
+	getenv         func(string) string
+	http           *http.Client // nil: the default
+}
+
+const usage = `kez — end-to-end encrypted chat in the terminal
+
+usage:
+  kez init [--seed HEX|-] [--force]       create or import your key
+  kez register <handle> --server URL      claim handle on the server at URL
+  kez whois <handle|handle@server>        show a user's address and primary
+  kez send <to> [text...]                 send text (read from stdin if none)
+  kez inbox [--since N] [--limit N]       list the messages stored for you
+  kez listen [--since N]                  print messages live; resumes where it stopped
+  kez ack [seq]                           delete messages up to seq (default: the last shown)
+
+every command takes --config DIR (default $KEZ_CONFIG_DIR, else %s)
+`
+
+// command is one subcommand: its flags and what it does with its arguments.
+type command struct {
+	name  string
+	args  string // usage of the positional arguments
+	flags func(fs *flag.FlagSet)
+	run   func(ctx context.Context, e *env, args []string) error
+}
+
+var commands = []*command{initCmd, registerCmd, whoisCmd, sendCmd, inboxCmd, listenCmd, ackCmd}
+
+// errUsage is returned after a usage message has been printed.
+var errUsage = errors.New("usage")
+
+// run executes one kez command line and returns the exit code: 0 done,
+// 1 failed, 2 bad usage.
+func run(ctx context.Context, args []string, a *app) int {
+	global := flag.NewFlagSet("kez", flag.ContinueOnError)
+	global.SetOutput(io.Discard)
+	configFlag := global.String("config", "", "config directory")
+	if err := global.Parse(args); err != nil || global.NArg() == 0 {
+		fmt.Fprintf(a.stderr, usage, defaultConfigDirHint())
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	name, rest := global.Arg(0), global.Args()[1:]
+	if name == "help" {
+		fmt.Fprintf(a.stdout, usage, defaultConfigDirHint())
+		return 0
+	}
+	for _, cmd := range commands {
+		if cmd.name == name {
+			return a.runCommand(ctx, cmd, rest, *configFlag)
+		}
+	}
+	fmt.Fprintf(a.stderr, "kez: unknown command %q (run kez help)\n", name)
+	return 2
+}
+
+func (a *app) runCommand(ctx context.Context, cmd *command, args []string, config string) int {
+	fs := flag.NewFlagSet("kez "+cmd.name, flag.ContinueOnError)
+	fs.SetOutput(a.stderr)
+	fs.StringVar(&config, "config", config, "config `directory`")
+	if cmd.flags != nil {
+		cmd.flags(fs)
+	}
+	fs.Usage = func() {
+		fmt.Fprintf(a.stderr, "usage: kez %s %s\n", cmd.name, cmd.args)
+		fs.PrintDefaults()
+	}
+	positional, err := parseInterspersed(fs, args)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	dir, err := configDir(config, a.getenv)
+	if err == nil {
+		err = cmd.run(ctx, &env{app: a, dir: dir, fs: fs}, positional)
+	}
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, errUsage):
+		fs.Usage()
+		return 2
+	case ctx.Err() != nil && errors.Is(err, ctx.Err()):
+		return 130 // interrupted
+	default:
+		fmt.Fprintln(a.stderr, "kez: "+oneLine(describe(err)))
+		return 1
+	}
+}
+
+// parseInterspersed lets flags come after positional arguments, as in
+// "kez register alice --server URL"; the flag package alone stops at the
+// first positional one. After "--" everything is positional.
+func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
+	var positional []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		rest := fs.Args()
+		consumed := len(args) - len(rest)
+		if consumed > 0 && args[consumed-1] == "--" {
+			return append(positional, rest...), nil
+		}
+		if len(rest) == 0 {
+			return positional, nil
+		}
+		positional = append(positional, rest[0])
+		args = rest[1:]
+	}
+}
+
+func defaultConfigDirHint() string {
+	if base, err := os.UserConfigDir(); err == nil {
+		return base + string(os.PathSeparator) + "kez"
+	}
+	return "<user config dir>/kez"
+}
+
+// oneLine keeps an error message to one line for the terminal.
+func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
+
+// requestTimeout bounds every command but listen.
+const requestTimeout = 30 * time.Second

@@ -1,0 +1,125 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+	"unicode"
+
+	"github.com/kezchat/kez/client"
+	"github.com/kezchat/kez/kez"
+)
+
+// printer writes messages as one or more terminal lines:
+//
+//	#12 2026-11-26 09:30:01 alice@localhost: hello bob
+//	#13 2026-11-26 09:30:05 [undecryptable envelope: signature does not verify …]
+//
+// The sender's address comes from the server's record for the primary that
+// signed the envelope, not from what the plaintext claims.
+type printer struct {
+	c       *client.Client
+	out     io.Writer
+	senders map[string]string // primary → verified address, "" if none
+	seenIDs map[string]bool   // message ids already shown (SPEC §3: dedupe by id)
+	lastSeq uint64
+}
+
+func newPrinter(c *client.Client, out io.Writer) *printer {
+	return &printer{c: c, out: out, senders: map[string]string{}, seenIDs: map[string]bool{}}
+}
+
+// maxSeenIDs bounds the dedupe set of a long-running listen.
+const maxSeenIDs = 10000
+
+func (p *printer) print(ctx context.Context, m client.Message) {
+	p.lastSeq = max(p.lastSeq, m.Seq)
+	when := time.UnixMilli(m.ReceivedAt).Local().Format("2006-01-02 15:04:05")
+	got, err := p.c.Open(m)
+	if err != nil {
+		fmt.Fprintf(p.out, "#%d %s [%s]\n", m.Seq, when, safeText(err.Error()))
+		return
+	}
+	if p.seenIDs[got.Plaintext.ID] {
+		return
+	}
+	if len(p.seenIDs) >= maxSeenIDs {
+		clear(p.seenIDs)
+	}
+	p.seenIDs[got.Plaintext.ID] = true
+	from := p.sender(ctx, got.From, got.Plaintext.FromAddr)
+	if got.Plaintext.Type != kez.PlaintextText {
+		fmt.Fprintf(p.out, "#%d %s %s: [a %q message, which this client cannot show]\n", m.Seq, when, from, safeText(got.Plaintext.Type))
+		return
+	}
+	text := strings.ReplaceAll(safeText(got.Plaintext.Text), "\n", "\n    ")
+	fmt.Fprintf(p.out, "#%d %s %s: %s\n", m.Seq, when, from, text)
+}
+
+// sender names who signed: the address the server has bound to the primary,
+// flagged when the plaintext claims another, or the claim marked unverified
+// when the server knows no such primary.
+func (p *printer) sender(ctx context.Context, primary, claimed string) string {
+	addr, known := p.senders[primary]
+	if !known {
+		rec, err := p.c.LookupPrimary(ctx, primary)
+		switch {
+		case err == nil:
+			addr = rec.Address
+			p.senders[primary] = addr
+		case client.IsUnknownUser(err):
+			p.senders[primary] = "" // a definite answer; other errors are retried
+		}
+	}
+	claimed = safeText(claimed)
+	switch {
+	case addr == "":
+		return claimed + " (unverified)"
+	case claimed != addr:
+		return fmt.Sprintf("%s (claims to be %q)", addr, claimed)
+	default:
+		return addr
+	}
+}
+
+// safeText keeps terminal control out of what others wrote: control
+// characters (escape sequences) and bidi overrides become U+FFFD; newlines
+// and tabs stay.
+func safeText(s string) string {
+	return strings.Map(func(r rune) rune {
+		switch {
+		case r == '\n' || r == '\t':
+			return r
+		case unicode.IsControl(r), unicode.Is(unicode.Bidi_Control, r):
+			return '\uFFFD'
+		}
+		return r
+	}, s)
+}
+
+// describe words an error for a one-line message.
+func describe(err error) string {
+	var netErr *client.NetworkError
+	var protoErr *client.ProtocolError
+	var apiErr *client.APIError
+	switch {
+	case errors.As(err, &netErr):
+		return fmt.Sprintf("cannot reach the server at %s (%v)", netErr.URL, netErr.Err)
+	case errors.As(err, &protoErr):
+		return fmt.Sprintf("%s does not answer like a KEZ chat server: %s", protoErr.URL, protoErr.Reason)
+	case errors.As(err, &apiErr):
+		switch apiErr.Code {
+		case kez.CodeUnauthorized:
+			return "the server did not accept your signature: " + apiErr.Message + " (is this computer's clock right?)"
+		case kez.CodeRateLimited:
+			return fmt.Sprintf("the server is limiting your requests; try again in %s", max(apiErr.RetryAfter, time.Second))
+		case "":
+			return "the server answered " + apiErr.Message
+		}
+		return fmt.Sprintf("the server refused: %s (%s)", apiErr.Message, apiErr.Code)
+	}
+	return err.Error()
+}
