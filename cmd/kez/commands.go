@@ -68,16 +68,14 @@ func notOnServer(err error, acct *account) error {
 }
 
 var initCmd = &command{
-	name: "init",
+	name:    "init",
+	minArgs: 0, maxArgs: 0,
 	args: "[--seed HEX|-] [--force]",
 	flags: func(fs *flag.FlagSet) {
 		fs.String("seed", "", "import this 32-byte seed (64 hex digits; - reads it from stdin) instead of making a new key")
 		fs.Bool("force", false, "replace an existing key")
 	},
 	run: func(ctx context.Context, e *env, args []string) error {
-		if len(args) != 0 {
-			return errUsage
-		}
 		keys, err := keysFromSeedFlag(e)
 		if err != nil {
 			return err
@@ -110,15 +108,13 @@ func keysFromSeedFlag(e *env) (*kez.Keys, error) {
 }
 
 var registerCmd = &command{
-	name: "register",
+	name:    "register",
+	minArgs: 1, maxArgs: 1,
 	args: "<handle> --server URL",
 	flags: func(fs *flag.FlagSet) {
 		fs.String("server", "", "the server's base URL, e.g. http://localhost:8080 (default: the one you registered with)")
 	},
 	run: func(ctx context.Context, e *env, args []string) error {
-		if len(args) != 1 {
-			return errUsage
-		}
 		handle := strings.ToLower(args[0])
 		if !kez.ValidHandle(handle) {
 			return fmt.Errorf("%q is not a valid handle: use 2-32 of a-z, 0-9, _ and -, starting with a letter or digit", args[0])
@@ -176,15 +172,13 @@ func (e *env) serverFlagOrAccount() (string, error) {
 }
 
 var whoisCmd = &command{
-	name: "whois",
+	name:    "whois",
+	minArgs: 1, maxArgs: 1,
 	args: "<handle|handle@server> [--server URL]",
 	flags: func(fs *flag.FlagSet) {
 		fs.String("server", "", "the server to ask (default: the one you registered with)")
 	},
 	run: func(ctx context.Context, e *env, args []string) error {
-		if len(args) != 1 {
-			return errUsage
-		}
 		server, err := e.serverFlagOrAccount()
 		if err != nil {
 			return err
@@ -213,12 +207,10 @@ var whoisCmd = &command{
 const maxText = 180 << 10
 
 var sendCmd = &command{
-	name: "send",
+	name:    "send",
+	minArgs: 1, maxArgs: -1,
 	args: "<to> [text...]   (text from stdin when not given)",
 	run: func(ctx context.Context, e *env, args []string) error {
-		if len(args) == 0 {
-			return errUsage
-		}
 		to, text := args[0], strings.Join(args[1:], " ")
 		if len(args) == 1 {
 			b, err := io.ReadAll(io.LimitReader(e.stdin, maxText+1))
@@ -259,16 +251,14 @@ var sendCmd = &command{
 }
 
 var inboxCmd = &command{
-	name: "inbox",
+	name:    "inbox",
+	minArgs: 0, maxArgs: 0,
 	args: "[--since N] [--limit N]",
 	flags: func(fs *flag.FlagSet) {
 		fs.Uint64("since", 0, "show only messages after this seq")
 		fs.Uint64("limit", 0, "page size to ask for (default: the server's)")
 	},
 	run: func(ctx context.Context, e *env, args []string) error {
-		if len(args) != 0 {
-			return errUsage
-		}
 		c, acct, err := e.accountClient()
 		if err != nil {
 			return err
@@ -309,15 +299,13 @@ func (e *env) advanceCursor(acct *account, seq uint64) error {
 }
 
 var listenCmd = &command{
-	name: "listen",
+	name:    "listen",
+	minArgs: 0, maxArgs: 0,
 	args: "[--since N]",
 	flags: func(fs *flag.FlagSet) {
 		fs.Uint64("since", 0, "start after this seq (default: after the last message shown)")
 	},
 	run: func(ctx context.Context, e *env, args []string) error {
-		if len(args) != 0 {
-			return errUsage
-		}
 		c, acct, err := e.accountClient()
 		if err != nil {
 			return err
@@ -356,12 +344,10 @@ var listenCmd = &command{
 }
 
 var ackCmd = &command{
-	name: "ack",
+	name:    "ack",
+	minArgs: 0, maxArgs: 1,
 	args: "[seq]   (default: the last message shown by inbox or listen)",
 	run: func(ctx context.Context, e *env, args []string) error {
-		if len(args) > 1 {
-			return errUsage
-		}
 		c, acct, err := e.accountClient()
 		if err != nil {
 			return err

@@ -58,16 +58,14 @@ every command takes --config DIR (default $KEZ_CONFIG_DIR, else %s)
 
 // command is one subcommand: its flags and what it does with its arguments.
 type command struct {
-	name  string
-	args  string // usage of the positional arguments
-	flags func(fs *flag.FlagSet)
-	run   func(ctx context.Context, e *env, args []string) error
+	name             string
+	args             string // usage of the positional arguments
+	minArgs, maxArgs int    // how many positional arguments; maxArgs -1: any
+	flags            func(fs *flag.FlagSet)
+	run              func(ctx context.Context, e *env, args []string) error
 }
 
 var commands = []*command{initCmd, registerCmd, whoisCmd, sendCmd, inboxCmd, listenCmd, ackCmd}
-
-// errUsage is returned after a usage message has been printed.
-var errUsage = errors.New("usage")
 
 // run executes one kez command line and returns the exit code: 0 done,
 // 1 failed, 2 bad usage.
@@ -114,6 +112,10 @@ func (a *app) runCommand(ctx context.Context, cmd *command, args []string, confi
 		}
 		return 2
 	}
+	if len(positional) < cmd.minArgs || cmd.maxArgs >= 0 && len(positional) > cmd.maxArgs {
+		fs.Usage()
+		return 2
+	}
 	dir, err := configDir(config, a.getenv)
 	if err == nil {
 		err = cmd.run(ctx, &env{app: a, dir: dir, fs: fs}, positional)
@@ -121,9 +123,6 @@ func (a *app) runCommand(ctx context.Context, cmd *command, args []string, confi
 	switch {
 	case err == nil:
 		return 0
-	case errors.Is(err, errUsage):
-		fs.Usage()
-		return 2
 	case ctx.Err() != nil && errors.Is(err, ctx.Err()):
 		return 130 // interrupted
 	default:

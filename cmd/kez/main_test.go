@@ -1,0 +1,270 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+
+	"github.com/kezchat/kez/client"
+)
+
+// RFC 8032 TEST 1, alice in testdata/kez-v1.json.
+const (
+	aliceSeed    = "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60"
+	alicePrimary = "ed25519:d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"
+)
+
+type result struct {
+	code           int
+	stdout, stderr string
+}
+
+// kezRun runs one command line in-process with stdin and a clean environment.
+func kezRun(t *testing.T, stdin string, env map[string]string, args ...string) result {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	a := &app{stdin: strings.NewReader(stdin), stdout: &out, stderr: &errOut, getenv: func(k string) string { return env[k] }}
+	code := run(context.Background(), args, a)
+	return result{code, out.String(), errOut.String()}
+}
+
+func TestConfigDirPrecedence(t *testing.T) {
+	env := func(v string) func(string) string { return func(string) string { return v } }
+	if d, _ := configDir("/flag", env("/env")); d != "/flag" {
+		t.Errorf("flag lost to %s", d)
+	}
+	if d, _ := configDir("", env("/env")); d != "/env" {
+		t.Errorf("env lost to %s", d)
+	}
+	d, err := configDir("", env(""))
+	if base, uerr := os.UserConfigDir(); uerr == nil && (err != nil || d != filepath.Join(base, "kez")) {
+		t.Errorf("default = %s, %v", d, err)
+	}
+}
+
+func TestInitCreatesPrivateKey(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "cfg")
+	r := kezRun(t, "", map[string]string{"KEZ_CONFIG_DIR": dir}, "init")
+	if r.code != 0 || !strings.Contains(r.stdout, "primary: ed25519:") {
+		t.Fatalf("init = %+v", r)
+	}
+	if runtime.GOOS != "windows" {
+		for path, want := range map[string]os.FileMode{dir: 0o700, filepath.Join(dir, keyFile): 0o600} {
+			info, err := os.Stat(path)
+			if err != nil || info.Mode().Perm() != want {
+				t.Errorf("%s mode = %v, want %04o (%v)", path, info.Mode().Perm(), want, err)
+			}
+		}
+	}
+	keys, err := loadKey(dir)
+	if err != nil || !strings.Contains(r.stdout, keys.Primary()) {
+		t.Fatalf("loadKey = %v; printed %q", err, r.stdout)
+	}
+	// A second init must not destroy the identity.
+	if r := kezRun(t, "", nil, "--config", dir, "init"); r.code != 1 || !strings.Contains(r.stderr, "--force") {
+		t.Errorf("second init = %+v", r)
+	}
+	again, _ := loadKey(dir)
+	if again.Primary() != keys.Primary() {
+		t.Error("second init replaced the key")
+	}
+	if r := kezRun(t, "", nil, "init", "--force", "--config", dir); r.code != 0 {
+		t.Errorf("init --force = %+v", r)
+	}
+	if replaced, _ := loadKey(dir); replaced.Primary() == keys.Primary() {
+		t.Error("init --force kept the old key")
+	}
+}
+
+func TestInitImportsSeed(t *testing.T) {
+	dir := t.TempDir()
+	if r := kezRun(t, "", nil, "init", "--config", dir, "--seed", aliceSeed); r.code != 0 || !strings.Contains(r.stdout, alicePrimary) {
+		t.Errorf("init --seed = %+v", r)
+	}
+	dir2 := t.TempDir()
+	if r := kezRun(t, aliceSeed+"\n", nil, "init", "--config", dir2, "--seed", "-"); r.code != 0 || !strings.Contains(r.stdout, alicePrimary) {
+		t.Errorf("init --seed - = %+v", r)
+	}
+	for _, bad := range []string{"abc", aliceSeed[:62], aliceSeed + "00", strings.Replace(aliceSeed, "9", "x", 1)} {
+		r := kezRun(t, "", nil, "init", "--config", t.TempDir(), "--seed", bad)
+		if r.code != 1 || !strings.Contains(r.stderr, "kez: --seed must be 64 hex digits") {
+			t.Errorf("init --seed %s = %+v", bad, r)
+		}
+	}
+}
+
+func TestBadKeyFiles(t *testing.T) {
+	write := func(content string, mode os.FileMode) string {
+		dir := t.TempDir()
+		if err := os.WriteFile(filepath.Join(dir, keyFile), []byte(content), mode); err != nil {
+			t.Fatal(err)
+		}
+		return dir
+	}
+	good := `{"seed":"` + aliceSeed + `","primary":"` + alicePrimary + `"}`
+	if _, err := loadKey(write(good, 0o600)); err != nil {
+		t.Fatalf("good key: %v", err)
+	}
+	cases := map[string]struct {
+		dir  string
+		want string
+	}{
+		"missing":       {t.TempDir(), "no key yet in"},
+		"not json":      {write("seed=abc", 0o600), "is not valid JSON"},
+		"short seed":    {write(`{"seed":"abcd"}`, 0o600), "seed must be 64 hex digits"},
+		"wrong primary": {write(`{"seed":"`+aliceSeed+`","primary":"ed25519:00"}`, 0o600), "primary does not match"},
+	}
+	if runtime.GOOS != "windows" {
+		cases["world readable"] = struct{ dir, want string }{write(good, 0o644), "chmod 600"}
+	}
+	for name, c := range cases {
+		_, err := loadKey(c.dir)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want %q", name, err, c.want)
+		}
+		// Every command that needs the key says the same in one line.
+		r := kezRun(t, "", nil, "--config", c.dir, "send", "bob", "hi")
+		if r.code != 1 || !strings.Contains(r.stderr, c.want) || strings.Count(r.stderr, "\n") != 1 {
+			t.Errorf("%s: send = %+v", name, r)
+		}
+	}
+}
+
+func TestNotRegisteredYet(t *testing.T) {
+	dir := t.TempDir()
+	kezRun(t, "", nil, "init", "--config", dir)
+	for _, args := range [][]string{{"send", "bob", "hi"}, {"inbox"}, {"listen"}, {"ack"}} {
+		r := kezRun(t, "", nil, append([]string{"--config", dir}, args...)...)
+		if r.code != 1 || r.stderr != "kez: "+errNotRegistered.Error()+"\n" {
+			t.Errorf("%v = %+v", args, r)
+		}
+	}
+	for _, args := range [][]string{{"register", "alice"}, {"whois", "bob"}} {
+		r := kezRun(t, "", nil, append([]string{"--config", dir}, args...)...)
+		if r.code != 1 || !strings.Contains(r.stderr, "pass --server URL") {
+			t.Errorf("%v = %+v", args, r)
+		}
+	}
+	if r := kezRun(t, "", nil, "--config", dir, "register", "Not!Valid", "--server", "http://x"); r.code != 1 || !strings.Contains(r.stderr, "not a valid handle") {
+		t.Errorf("bad handle = %+v", r)
+	}
+}
+
+func TestUnreachableServer(t *testing.T) {
+	dir := t.TempDir()
+	kezRun(t, "", nil, "init", "--config", dir)
+	r := kezRun(t, "", nil, "--config", dir, "register", "alice", "--server", "http://127.0.0.1:1")
+	if r.code != 1 || !strings.HasPrefix(r.stderr, "kez: cannot reach the server at http://127.0.0.1:1 (") {
+		t.Errorf("register = %+v", r)
+	}
+	if r := kezRun(t, "", nil, "--config", dir, "register", "alice", "--server", "localhost:8080"); r.code != 1 || !strings.Contains(r.stderr, "must look like https://host") {
+		t.Errorf("URL without scheme = %+v", r)
+	}
+}
+
+func TestUsage(t *testing.T) {
+	for _, args := range [][]string{{}, {"frobnicate"}, {"send"}, {"whois"}, {"whois", "a", "b"}, {"init", "extra"}, {"inbox", "--bogus"}} {
+		if r := kezRun(t, "", nil, args...); r.code != 2 {
+			t.Errorf("%v = %+v, want exit 2", args, r)
+		}
+	}
+	if r := kezRun(t, "", nil, "help"); r.code != 0 || !strings.Contains(r.stdout, "kez listen") {
+		t.Errorf("help = %+v", r)
+	}
+}
+
+func TestParseInterspersed(t *testing.T) {
+	cases := map[string]struct {
+		args       []string
+		positional string
+		server     string
+	}{
+		"flag last":        {[]string{"alice", "--server", "u"}, "[alice]", "u"},
+		"flag first":       {[]string{"--server=u", "alice"}, "[alice]", "u"},
+		"between":          {[]string{"bob", "-server", "u", "hello", "world"}, "[bob hello world]", "u"},
+		"dash-dash":        {[]string{"bob", "--", "--server", "-x"}, "[bob --server -x]", ""},
+		"dash-dash at end": {[]string{"bob", "--"}, "[bob]", ""},
+		"lone dash":        {[]string{"bob", "-"}, "[bob -]", ""},
+	}
+	for name, c := range cases {
+		fs := flag.NewFlagSet("t", flag.ContinueOnError)
+		server := fs.String("server", "", "")
+		pos, err := parseInterspersed(fs, c.args)
+		if err != nil || "["+strings.Join(pos, " ")+"]" != c.positional || *server != c.server {
+			t.Errorf("%s: %q server %q err %v", name, pos, *server, err)
+		}
+	}
+}
+
+func TestSafeText(t *testing.T) {
+	in := "hi\x1b[2J\x07 there\r\nline2\ttab \u202eevil\u0085"
+	want := "hi\uFFFD[2J\uFFFD there\uFFFD\nline2\ttab \uFFFDevil\uFFFD"
+	if got := safeText(in); got != want {
+		t.Errorf("safeText = %q, want %q", got, want)
+	}
+}
+
+func TestDescribe(t *testing.T) {
+	cases := map[string]error{
+		"cannot reach the server at http://x (boom)":             &client.NetworkError{URL: "http://x", Err: errors.New("boom")},
+		"http://x does not answer like a KEZ chat server: huh":   &client.ProtocolError{URL: "http://x", Reason: "huh"},
+		"the server refused: handle is taken (handle_taken)":     &client.APIError{Status: 409, Code: "handle_taken", Message: "handle is taken"},
+		"the server answered Bad Gateway":                        &client.APIError{Status: 502, Message: "Bad Gateway"},
+		"the server is limiting your requests; try again in 3s":  &client.APIError{Status: 429, Code: "rate_limited", RetryAfter: 3e9},
+		"the server did not accept your signature: stale (is th": &client.APIError{Status: 401, Code: "unauthorized", Message: "stale"},
+		"plain": errors.New("plain"),
+	}
+	for want, err := range cases {
+		if got := describe(err); !strings.HasPrefix(got, want) {
+			t.Errorf("describe(%v) = %q, want prefix %q", err, got, want)
+		}
+	}
+}
+
+func TestCursorAndAccountFiles(t *testing.T) {
+	dir := t.TempDir()
+	a := &account{Server: "http://x", ServerName: "x", Handle: "alice", Primary: alicePrimary}
+	if err := saveAccount(dir, a); err != nil {
+		t.Fatal(err)
+	}
+	got, err := loadAccount(dir)
+	if err != nil || *got != *a {
+		t.Fatalf("account round trip = %+v, %v", got, err)
+	}
+	if seq, err := loadCursor(dir, a); seq != 0 || err != nil {
+		t.Errorf("fresh cursor = %d, %v", seq, err)
+	}
+	if err := saveCursor(dir, a, 42); err != nil {
+		t.Fatal(err)
+	}
+	if seq, _ := loadCursor(dir, a); seq != 42 {
+		t.Errorf("cursor = %d, want 42", seq)
+	}
+	other := *a
+	other.Handle = "bob"
+	if seq, _ := loadCursor(dir, &other); seq != 0 {
+		t.Errorf("another account's cursor = %d, want 0", seq)
+	}
+	os.WriteFile(filepath.Join(dir, cursorFile), []byte("{"), 0o600)
+	if _, err := loadCursor(dir, a); err == nil || !strings.Contains(err.Error(), "damaged") {
+		t.Errorf("damaged cursor: %v", err)
+	}
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), ".") {
+			t.Errorf("temporary file %s left behind", e.Name())
+		}
+	}
+	var raw map[string]any
+	data, _ := os.ReadFile(filepath.Join(dir, accountFile))
+	if json.Unmarshal(data, &raw) != nil || raw["server_name"] != "x" {
+		t.Errorf("account.json = %s", data)
+	}
+}
