@@ -1,1 +1,242 @@
+// Package caddymodule is the Caddy glue of KEZ chat: the http.handlers.kez_chat
+// module, its Caddyfile directive, and the storage kept open across reloads.
+// The API itself is in package handlers.
 package caddymodule
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"path/filepath"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/kezchat/kez/handlers"
+	"github.com/kezchat/kez/kez"
+	"github.com/kezchat/kez/storage"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+}
+
+// Handler is the kez_chat HTTP handler: end-to-end-encrypted 1:1 chat. It
+// answers the KEZ chat API paths (/v1/... and /.well-known/webfinger) and
+// passes every other request to the next handler.
+type Handler struct {
+	// The domain in users' addresses (handle@server), e.g. "kez.lat". Required.
+	Server string `json:"server,omitempty"`
+	// The public base URL used in WebFinger links. Default: https://<server>.
+	PublicURL string `json:"public_url,omitempty"`
+	// Where messages and the handle registry are kept. Default: a bbolt
+	// file in Caddy's data directory (kez/chat.db).
+	Storage *StorageConfig `json:"storage,omitempty"`
+	// The largest envelope accepted, in bytes. Default: 262144 (256 KiB).
+	MaxEnvelope int64 `json:"max_envelope,omitempty"`
+	// Allowed clock difference for request signatures. Default: 60s.
+	AuthSkew caddy.Duration `json:"auth_skew,omitempty"`
+	// Allowed clock difference for registrations. Default: 5m.
+	RegisterSkew caddy.Duration `json:"register_skew,omitempty"`
+	// Interval of keep-alive comments on open streams. Default: 15s.
+	Keepalive caddy.Duration `json:"keepalive,omitempty"`
+	// How long an unacknowledged message is kept. Default: 720h (30 days).
+	Retention caddy.Duration `json:"retention,omitempty"`
+	// How many messages one inbox may hold; a full inbox refuses new ones
+	// with 507 inbox_full. Default: 10000.
+	MaxInbox int `json:"max_inbox,omitempty"`
+	// Handles nobody may register, besides the built-in list (admin, root, ...).
+	Reserved []string `json:"reserved,omitempty"`
+
+	api     *handlers.Handler
+	backend *backend
+	log     *slog.Logger
+	stop    context.CancelFunc
+	stopped chan struct{} // closed when the janitor has returned
+}
+
+// StorageConfig selects the storage backend.
+type StorageConfig struct {
+	// A bbolt database file on local disk (the default backend).
+	Bolt *BoltConfig `json:"bolt,omitempty"`
+}
+
+// BoltConfig configures the bbolt backend.
+type BoltConfig struct {
+	// Path of the database file. Default: <caddy data dir>/kez/chat.db.
+	Path string `json:"path,omitempty"`
+}
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.kez_chat",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision opens (or shares) the storage and builds the API handler. It
+// stays quick even when another process holds the database, so `caddy
+// validate` next to a running server works.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.log = ctx.Slogger()
+	path, err := h.boltPath()
+	if err != nil {
+		return err
+	}
+	b, err := openBackend(path, h.log)
+	if err != nil {
+		return err
+	}
+	h.backend = b
+	reserved := map[string]bool{}
+	for _, r := range h.Reserved {
+		reserved[strings.ToLower(r)] = true
+	}
+	h.api = handlers.New(handlers.Config{
+		Server:       h.Server,
+		PublicURL:    h.PublicURL,
+		MaxEnvelope:  h.MaxEnvelope,
+		AuthSkew:     time.Duration(h.AuthSkew),
+		RegisterSkew: time.Duration(h.RegisterSkew),
+		Keepalive:    time.Duration(h.Keepalive),
+		MaxInbox:     h.maxInbox(),
+		Reserved:     reserved,
+		Version:      moduleVersion(),
+	}, b.store(), b.hub, h.log)
+
+	janitorCtx, cancel := context.WithCancel(context.Background())
+	h.stop, h.stopped = cancel, make(chan struct{})
+	go h.janitor(janitorCtx, b.store())
+	return nil
+}
+
+func (h *Handler) maxInbox() int {
+	if h.MaxInbox <= 0 {
+		return handlers.DefaultMaxInbox
+	}
+	return h.MaxInbox
+}
+
+func (h *Handler) retention() time.Duration {
+	if h.Retention <= 0 {
+		return handlers.DefaultRetention
+	}
+	return time.Duration(h.Retention)
+}
+
+// boltPath is the absolute database path: the pool key, so that every
+// config naming the same file shares one open database.
+func (h *Handler) boltPath() (string, error) {
+	path := filepath.Join(caddy.AppDataDir(), "kez", "chat.db")
+	if h.Storage != nil && h.Storage.Bolt != nil && h.Storage.Bolt.Path != "" {
+		path = h.Storage.Bolt.Path
+	}
+	return filepath.Abs(path)
+}
+
+// janitor enforces retention in the background, a small transaction at a time.
+func (h *Handler) janitor(ctx context.Context, store storage.Store) {
+	defer close(h.stopped)
+	retention := h.retention()
+	every := min(max(retention/4, time.Second), time.Minute)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		n, err := store.Expire(ctx, time.Now().Add(-retention))
+		if err != nil && ctx.Err() == nil {
+			h.log.Warn("retention pass failed", "error", err)
+		} else if n > 0 {
+			h.log.Info("retention removed old messages", "count", n, "retention", retention.String())
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// Validate checks the configuration.
+func (h *Handler) Validate() error {
+	if h.Server == "" {
+		return fmt.Errorf("kez_chat: server is required (the domain in addresses, e.g. chat.example.com)")
+	}
+	if strings.ContainsAny(h.Server, "/@: \t") || strings.ToLower(h.Server) != h.Server {
+		return fmt.Errorf("kez_chat: server %q must be a lowercase host name such as chat.example.com, without scheme, port or path", h.Server)
+	}
+	if h.PublicURL != "" {
+		u, err := url.Parse(h.PublicURL)
+		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
+			return fmt.Errorf("kez_chat: public_url %q must be an absolute http(s) URL such as https://%s", h.PublicURL, h.Server)
+		}
+	}
+	if h.MaxEnvelope < 0 || h.MaxInbox < 0 || h.AuthSkew < 0 || h.RegisterSkew < 0 || h.Keepalive < 0 || h.Retention < 0 {
+		return fmt.Errorf("kez_chat: sizes, counts and durations must not be negative")
+	}
+	for _, r := range h.Reserved {
+		if !kez.ValidHandle(strings.ToLower(r)) {
+			return fmt.Errorf("kez_chat: reserved handle %q is not a valid handle", r)
+		}
+	}
+	return nil
+}
+
+// ServeHTTP answers the API paths and passes everything else on.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if route := h.api.Route(r); route != nil {
+		route.ServeHTTP(w, r)
+		return nil
+	}
+	return next.ServeHTTP(w, r)
+}
+
+// Cleanup ends this config's streams and releases its share of the storage.
+// The database and hub stay open while a newer config still uses them.
+func (h *Handler) Cleanup() error {
+	if h.api != nil {
+		h.api.Close()
+	}
+	if h.stop != nil {
+		h.stop()
+		<-h.stopped
+	}
+	if h.backend != nil {
+		return h.backend.release()
+	}
+	return nil
+}
+
+// moduleVersion is this module's version as built into the binary.
+func moduleVersion() string {
+	info, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "devel"
+	}
+	const path = "github.com/kezchat/kez"
+	if info.Main.Path == path && info.Main.Version != "" && info.Main.Version != "(devel)" {
+		return info.Main.Version
+	}
+	for _, dep := range info.Deps {
+		if dep.Path == path {
+			if dep.Replace != nil && dep.Replace.Version != "" {
+				return dep.Replace.Version
+			}
+			return dep.Version
+		}
+	}
+	return "devel"
+}
+
+// Interface guards.
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+)

@@ -34,6 +34,9 @@ const maxBatch = 512
 // never holds the write lock long enough to stall sends.
 const expireChunk = 1000
 
+// ErrLocked means another process holds the database file.
+var ErrLocked = errors.New("database file is locked by another process")
+
 // Options configure Open.
 type Options struct {
 	// Timeout bounds the wait for the file lock held by another process.
@@ -80,7 +83,7 @@ func Open(path string, opts Options) (*Store, error) {
 	})
 	if err != nil {
 		if errors.Is(err, bolterrors.ErrTimeout) {
-			return nil, fmt.Errorf("open %s: locked by another process (waited %s): %w", path, opts.Timeout, err)
+			return nil, fmt.Errorf("open %s: %w (waited %s)", path, ErrLocked, opts.Timeout)
 		}
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}

@@ -2,6 +2,7 @@ package bolt
 
 import (
 	"context"
+	"errors"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -77,8 +78,8 @@ func TestLockedFileTimesOut(t *testing.T) {
 	}
 	defer s.Close()
 	start := time.Now()
-	if _, err := Open(path, Options{Timeout: 100 * time.Millisecond}); err == nil {
-		t.Fatal("second open of a locked file succeeded")
+	if _, err := Open(path, Options{Timeout: 100 * time.Millisecond}); !errors.Is(err, ErrLocked) {
+		t.Fatalf("second open of a locked file: %v, want ErrLocked", err)
 	}
 	if d := time.Since(start); d > 5*time.Second {
 		t.Fatalf("lock wait took %s", d)

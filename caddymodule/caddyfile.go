@@ -1,0 +1,157 @@
+package caddymodule
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+func init() {
+	httpcaddyfile.RegisterHandlerDirective("kez_chat", parseCaddyfile)
+	// Early, right after encode: a catch-all reverse_proxy, handle or
+	// file_server in the same site must not swallow the API paths. Every
+	// other path is passed on, so going first costs the rest of the site nothing.
+	httpcaddyfile.RegisterDirectiveOrder("kez_chat", httpcaddyfile.After, "encode")
+}
+
+func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	m := new(Handler)
+	err := m.UnmarshalCaddyfile(h.Dispenser)
+	return m, err
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens:
+//
+//	kez_chat {
+//		server        kez.lat
+//		public_url    https://kez.lat
+//		storage bolt  /var/lib/kez/chat.db
+//		max_envelope  256KiB
+//		auth_skew     60s
+//		register_skew 5m
+//		keepalive     15s
+//		retention     720h
+//		max_inbox     10000
+//		reserved      alice-admin ops
+//	}
+func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // the directive name
+	if d.NextArg() {
+		return d.Errf("kez_chat takes no arguments on its line; put options in a block, e.g. kez_chat { server %s }", d.Val())
+	}
+	for d.NextBlock(0) {
+		opt := d.Val()
+		switch opt {
+		case "server", "public_url":
+			val, err := oneArg(d)
+			if err != nil {
+				return err
+			}
+			if opt == "server" {
+				h.Server = val
+			} else {
+				h.PublicURL = val
+			}
+		case "storage":
+			if !d.NextArg() {
+				return d.Errf("storage needs a backend: storage bolt <path>")
+			}
+			switch d.Val() {
+			case "bolt":
+				path := ""
+				if d.NextArg() {
+					path = d.Val()
+				}
+				if d.NextArg() {
+					return d.Errf("storage bolt takes one path, got extra %q", d.Val())
+				}
+				h.Storage = &StorageConfig{Bolt: &BoltConfig{Path: path}}
+			default:
+				return d.Errf("unknown storage backend %q (supported: bolt)", d.Val())
+			}
+		case "max_envelope":
+			val, err := oneArg(d)
+			if err != nil {
+				return err
+			}
+			n, err := parseSize(val)
+			if err != nil {
+				return d.Errf("max_envelope: %v", err)
+			}
+			h.MaxEnvelope = n
+		case "auth_skew", "register_skew", "keepalive", "retention":
+			val, err := oneArg(d)
+			if err != nil {
+				return err
+			}
+			dur, err := caddy.ParseDuration(val)
+			if err != nil || dur <= 0 {
+				return d.Errf("%s: %q is not a positive duration such as 60s, 5m or 30d", opt, val)
+			}
+			target := map[string]*caddy.Duration{"auth_skew": &h.AuthSkew, "register_skew": &h.RegisterSkew,
+				"keepalive": &h.Keepalive, "retention": &h.Retention}[opt]
+			*target = caddy.Duration(dur)
+		case "max_inbox":
+			val, err := oneArg(d)
+			if err != nil {
+				return err
+			}
+			n, err := strconv.Atoi(val)
+			if err != nil || n <= 0 {
+				return d.Errf("max_inbox: %q is not a positive number of messages", val)
+			}
+			h.MaxInbox = n
+		case "reserved":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.Errf("reserved needs at least one handle")
+			}
+			h.Reserved = append(h.Reserved, args...)
+		default:
+			return d.Errf("unknown kez_chat option %q (known: server, public_url, storage, max_envelope, auth_skew, register_skew, keepalive, retention, max_inbox, reserved)", opt)
+		}
+		if d.NextBlock(1) {
+			return d.Errf("option %s takes no block", opt)
+		}
+	}
+	return nil
+}
+
+func oneArg(d *caddyfile.Dispenser) (string, error) {
+	opt := d.Val()
+	if !d.NextArg() {
+		return "", d.Errf("%s needs a value", opt)
+	}
+	val := d.Val()
+	if d.NextArg() {
+		return "", d.Errf("%s takes one value, got extra %q", opt, d.Val())
+	}
+	return val, nil
+}
+
+// parseSize reads a byte count such as 262144, 256KiB, 256KB or 1MiB.
+func parseSize(s string) (int64, error) {
+	units := []struct {
+		suffix string
+		mult   int64
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"KB", 1000}, {"MB", 1000 * 1000}, {"B", 1}}
+	num, mult := s, int64(1)
+	for _, u := range units {
+		if strings.HasSuffix(strings.ToLower(s), strings.ToLower(u.suffix)) {
+			num, mult = strings.TrimSpace(s[:len(s)-len(u.suffix)]), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || n <= 0 || n > (1<<40)/mult {
+		return 0, fmt.Errorf("%q is not a size such as 256KiB, 1MiB or 262144", s)
+	}
+	return n * mult, nil
+}
+
+var _ caddyfile.Unmarshaler = (*Handler)(nil)

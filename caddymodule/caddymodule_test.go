@@ -1,0 +1,334 @@
+package caddymodule
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	_ "github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile" // the caddyfile adapter
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	_ "github.com/caddyserver/caddy/v2/modules/standard" // reverse_proxy etc. for adapt tests
+
+	"github.com/kezchat/kez/storage/bolt"
+)
+
+func TestUnmarshalCaddyfileAllOptions(t *testing.T) {
+	d := caddyfile.NewTestDispenser(`kez_chat {
+		server        kez.lat
+		public_url    https://chat.kez.lat
+		storage bolt  /var/lib/kez/chat.db
+		max_envelope  256KiB
+		auth_skew     60s
+		register_skew 5m
+		keepalive     15s
+		retention     30d
+		max_inbox     10000
+		reserved      alice-admin ops
+		reserved      more
+	}`)
+	var h Handler
+	if err := h.UnmarshalCaddyfile(d); err != nil {
+		t.Fatal(err)
+	}
+	want := Handler{
+		Server: "kez.lat", PublicURL: "https://chat.kez.lat",
+		Storage:     &StorageConfig{Bolt: &BoltConfig{Path: "/var/lib/kez/chat.db"}},
+		MaxEnvelope: 256 << 10, AuthSkew: caddy.Duration(time.Minute), RegisterSkew: caddy.Duration(5 * time.Minute),
+		Keepalive: caddy.Duration(15 * time.Second), Retention: caddy.Duration(30 * 24 * time.Hour),
+		MaxInbox: 10000, Reserved: []string{"alice-admin", "ops", "more"},
+	}
+	if !reflect.DeepEqual(h, want) {
+		t.Fatalf("got  %+v\nwant %+v", h, want)
+	}
+	if err := h.Validate(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestUnmarshalCaddyfileErrors(t *testing.T) {
+	cases := map[string]string{
+		"colour blue":               `unknown kez_chat option "colour"`,
+		"server":                    "server needs a value",
+		"server a b":                "takes one value",
+		"storage":                   "storage needs a backend",
+		"storage sqlite /x":         `unknown storage backend "sqlite"`,
+		"storage bolt /a /b":        "one path",
+		"max_envelope lots":         "max_envelope",
+		"max_envelope -5":           "max_envelope",
+		"auth_skew soon":            "auth_skew",
+		"retention -1h":             "retention",
+		"max_inbox 0":               "max_inbox",
+		"reserved":                  "reserved needs",
+		"server a {\n x\n }":        "takes no block",
+		"storage bolt /x {\n y\n }": "takes no block",
+	}
+	for input, want := range cases {
+		var h Handler
+		err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser("kez_chat {\n" + input + "\n}"))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: error %v, want it to mention %q", input, err, want)
+		}
+	}
+	for input, want := range map[string]string{"kez_chat extra": "takes no arguments"} {
+		var h Handler
+		err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(input))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: error %v, want it to mention %q", input, err, want)
+		}
+	}
+}
+
+func TestValidate(t *testing.T) {
+	for _, h := range []Handler{
+		{},
+		{Server: "https://kez.lat"},
+		{Server: "Kez.lat"},
+		{Server: "kez.lat:443"},
+		{Server: "kez.lat", PublicURL: "kez.lat"},
+		{Server: "kez.lat", PublicURL: "ftp://kez.lat"},
+		{Server: "kez.lat", Reserved: []string{"x"}},
+		{Server: "kez.lat", MaxInbox: -1},
+	} {
+		if err := h.Validate(); err == nil {
+			t.Errorf("%+v validated", h)
+		}
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]int64{"262144": 262144, "256KiB": 262144, "256kib": 262144, "1MiB": 1 << 20, "2KB": 2000, "10B": 10} {
+		if got, err := parseSize(in); err != nil || got != want {
+			t.Errorf("parseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "KiB", "-1", "0", "1.5MiB", "1TiB", "99999999999999MiB"} {
+		if _, err := parseSize(in); err == nil {
+			t.Errorf("parseSize(%q) succeeded", in)
+		}
+	}
+}
+
+// adapt runs Caddy's own Caddyfile adapter.
+func adapt(t *testing.T, caddyfileText string) map[string]any {
+	t.Helper()
+	out, warnings, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(caddyfileText), nil)
+	if err != nil {
+		t.Fatalf("adapt: %v", err)
+	}
+	if len(warnings) > 0 {
+		t.Logf("warnings: %v", warnings)
+	}
+	var cfg map[string]any
+	if err := json.Unmarshal(out, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+// handlerNames lists the handler module names of a route list, depth first.
+func handlerNames(v any) []string {
+	var names []string
+	switch x := v.(type) {
+	case map[string]any:
+		if h, ok := x["handler"].(string); ok {
+			names = append(names, h)
+		}
+		for _, k := range []string{"routes", "handle"} {
+			if sub, ok := x[k]; ok {
+				names = append(names, handlerNames(sub)...)
+			}
+		}
+	case []any:
+		for _, e := range x {
+			names = append(names, handlerNames(e)...)
+		}
+	}
+	return names
+}
+
+func findHandler(v any) map[string]any {
+	switch x := v.(type) {
+	case map[string]any:
+		if x["handler"] == "kez_chat" {
+			return x
+		}
+		for _, e := range x {
+			if f := findHandler(e); f != nil {
+				return f
+			}
+		}
+	case []any:
+		for _, e := range x {
+			if f := findHandler(e); f != nil {
+				return f
+			}
+		}
+	}
+	return nil
+}
+
+func TestAdaptRoundTripAndOrder(t *testing.T) {
+	cfg := adapt(t, `
+chat.example.com {
+	reverse_proxy 127.0.0.1:9999
+	encode
+	kez_chat {
+		server chat.example.com
+		storage bolt /tmp/kez-test.db
+		max_envelope 1MiB
+		retention 48h
+		reserved ops
+	}
+	file_server
+}`)
+	routes := cfg["apps"].(map[string]any)["http"].(map[string]any)["servers"].(map[string]any)["srv0"].(map[string]any)["routes"]
+	names := handlerNames(routes)
+	pos := map[string]int{}
+	for i, n := range names {
+		if _, seen := pos[n]; !seen {
+			pos[n] = i
+		}
+	}
+	if !(pos["encode"] < pos["kez_chat"] && pos["kez_chat"] < pos["reverse_proxy"] && pos["kez_chat"] < pos["file_server"]) {
+		t.Fatalf("handler order %v: kez_chat must come after encode and before reverse_proxy and file_server", names)
+	}
+	raw, _ := json.Marshal(findHandler(routes))
+	var h Handler
+	if err := json.Unmarshal(raw, &h); err != nil {
+		t.Fatal(err)
+	}
+	want := Handler{Server: "chat.example.com", Storage: &StorageConfig{Bolt: &BoltConfig{Path: "/tmp/kez-test.db"}},
+		MaxEnvelope: 1 << 20, Retention: caddy.Duration(48 * time.Hour), Reserved: []string{"ops"}}
+	if !reflect.DeepEqual(h, want) {
+		t.Fatalf("round trip: %s\ngot  %+v\nwant %+v", raw, h, want)
+	}
+	if !strings.Contains(string(raw), `"max_envelope":1048576`) || !strings.Contains(string(raw), `"retention":172800000000000`) {
+		t.Fatalf("JSON = %s", raw)
+	}
+}
+
+func TestAdaptRejectsUnknownOption(t *testing.T) {
+	_, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte("localhost {\n kez_chat {\n server localhost\n colour blue\n }\n}\n"), nil)
+	if err == nil || !strings.Contains(err.Error(), "colour") {
+		t.Fatalf("adapt error %v, want it to name the option", err)
+	}
+}
+
+func provision(t *testing.T, h *Handler) {
+	t.Helper()
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	t.Cleanup(func() { cancel() })
+	if err := h.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func get(t *testing.T, h *Handler, path string) (int, string) {
+	t.Helper()
+	w := httptest.NewRecorder()
+	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		w.WriteHeader(299)
+		_, _ = w.Write([]byte("next"))
+		return nil
+	})
+	if err := h.ServeHTTP(w, httptest.NewRequest("GET", path, nil), next); err != nil {
+		t.Fatal(err)
+	}
+	return w.Code, w.Body.String()
+}
+
+// Two configs naming one file share the database: that is what a reload does.
+func TestReloadSharesTheDatabase(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "chat.db")
+	old := &Handler{Server: "kez.test", Storage: &StorageConfig{Bolt: &BoltConfig{Path: path}}}
+	provision(t, old)
+	if code, body := get(t, old, "/v1/healthz"); code != 200 {
+		t.Fatalf("healthz %d %s", code, body)
+	}
+	if code, body := get(t, old, "/index.html"); code != 299 || body != "next" {
+		t.Fatalf("non-API path: %d %s", code, body)
+	}
+	// The new config changes other options and is provisioned before the old is cleaned up.
+	start := time.Now()
+	fresh := &Handler{Server: "kez.test", MaxInbox: 5, Retention: caddy.Duration(time.Hour), Storage: &StorageConfig{Bolt: &BoltConfig{Path: path}}}
+	provision(t, fresh)
+	if d := time.Since(start); d > 500*time.Millisecond {
+		t.Fatalf("provisioning next to a live config took %s (waited for the lock?)", d)
+	}
+	if fresh.backend != old.backend {
+		t.Fatal("configs on one file do not share the backend")
+	}
+	if err := old.Cleanup(); err != nil {
+		t.Fatal(err)
+	}
+	if code, body := get(t, fresh, "/v1/healthz"); code != 200 {
+		t.Fatalf("after old cleanup: %d %s", code, body)
+	}
+	if err := fresh.Cleanup(); err != nil {
+		t.Fatal(err)
+	}
+	// The last user is gone: the file is closed and can be opened again.
+	s, err := bolt.Open(path, bolt.Options{Timeout: time.Second})
+	if err != nil {
+		t.Fatalf("file still locked after the last cleanup: %v", err)
+	}
+	_ = s.Close()
+}
+
+// A database locked by another process (a running server, seen by `caddy
+// validate`) does not fail or stall provisioning; requests get 503 until it frees.
+func TestLockedDatabaseIsOpenedLater(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "chat.db")
+	other, err := bolt.Open(path, bolt.Options{Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &Handler{Server: "kez.test", Storage: &StorageConfig{Bolt: &BoltConfig{Path: path}}}
+	start := time.Now()
+	provision(t, h)
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("provision took %s", d)
+	}
+	defer h.Cleanup()
+	if code, body := get(t, h, "/v1/healthz"); code != 503 || !strings.Contains(body, "unavailable") {
+		t.Fatalf("healthz with a locked db: %d %s", code, body)
+	}
+	_ = other.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		code, body := get(t, h, "/v1/healthz")
+		if code == 200 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("healthz after unlock: %d %s", code, body)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// A path that can never work fails provisioning (the operator sees it at
+// startup), and Cleanup after a failed Provision is safe.
+func TestUnusablePathFailsProvision(t *testing.T) {
+	h := &Handler{Server: "kez.test", Storage: &StorageConfig{Bolt: &BoltConfig{Path: "/dev/null/not-a-dir/chat.db"}}}
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	if err := h.Provision(ctx); err == nil || !strings.Contains(err.Error(), "not a directory") {
+		t.Fatalf("Provision = %v", err)
+	}
+	if err := h.Cleanup(); err != nil {
+		t.Fatal(err)
+	}
+}
