@@ -1,0 +1,321 @@
+// Package testcaddy runs a real Caddy, built from ./cmd/caddy, on loopback for
+// end-to-end tests.
+//
+//	func TestMain(m *testing.M) { testcaddy.Main(m) }
+//
+//	func TestX(t *testing.T) {
+//		srv := testcaddy.Start(t, testcaddy.Options{KezOptions: "max_inbox 5"})
+//		resp, _ := http.Get(srv.URL + "/v1/healthz")
+//		...
+//		srv.Reload(t, testcaddy.Options{...}) // `caddy reload`, same data
+//		srv.Stop(t)                            // `caddy stop`
+//	}
+//
+// The binary is built once per test process; each server gets its own temp
+// directory (data, config, HOME) and free loopback ports for HTTP and admin.
+package testcaddy
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// ServerName is the kez_chat server name used unless Options says otherwise.
+const ServerName = "kez.test"
+
+var (
+	buildOnce sync.Once
+	buildDir  string
+	buildPath string
+	buildErr  error
+)
+
+// Main runs the tests and removes the built binary afterwards.
+func Main(m *testing.M) {
+	code := m.Run()
+	if buildDir != "" {
+		_ = os.RemoveAll(buildDir)
+	}
+	os.Exit(code)
+}
+
+// ModuleRoot is the directory holding go.mod.
+func ModuleRoot() (string, error) {
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("go env GOMOD: %w", err)
+	}
+	gomod := strings.TrimSpace(string(out))
+	if gomod == "" || gomod == os.DevNull {
+		return "", fmt.Errorf("not inside the module")
+	}
+	return filepath.Dir(gomod), nil
+}
+
+// Build compiles a Go command of this module (e.g. "./cmd/kez") into a temp
+// directory shared by the test process and returns its path.
+func Build(t testing.TB, pkg string) string {
+	t.Helper()
+	buildOnce.Do(func() { buildDir, buildErr = os.MkdirTemp("", "kez-e2e-bin-") })
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	root, err := ModuleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(buildDir, filepath.Base(pkg))
+	buildMu.Lock()
+	defer buildMu.Unlock()
+	if _, err := os.Stat(out); err == nil {
+		return out
+	}
+	cmd := exec.Command("go", "build", "-o", out, pkg)
+	cmd.Dir = root
+	if msg, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build %s: %v\n%s", pkg, err, msg)
+	}
+	return out
+}
+
+var buildMu sync.Mutex
+
+// Binary is the path of the Caddy built from ./cmd/caddy.
+func Binary(t testing.TB) string {
+	t.Helper()
+	if buildPath == "" {
+		buildPath = Build(t, "./cmd/caddy")
+	}
+	return buildPath
+}
+
+// Options shape the Caddyfile.
+type Options struct {
+	ServerName string // kez_chat server; default ServerName
+	KezOptions string // extra lines inside the kez_chat block
+	SiteExtra  string // extra lines in the site block (encode, reverse_proxy, log ...)
+	Global     string // extra lines in the global options block
+}
+
+// Server is one running Caddy.
+type Server struct {
+	URL       string // http://127.0.0.1:<port>
+	Port      int
+	AdminAddr string // 127.0.0.1:<port>
+	Dir       string // everything this server writes
+	DBPath    string
+	Opts      Options
+
+	bin  string
+	cmd  *exec.Cmd
+	logs *syncBuffer
+	exit chan error
+}
+
+// FreePort returns a loopback port nobody listens on right now.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// Start runs Caddy with the kez_chat site on a free port and waits until
+// /v1/healthz answers 200. The process is stopped when the test ends.
+func Start(t testing.TB, opts Options) *Server {
+	t.Helper()
+	dir := t.TempDir()
+	s := &Server{
+		Port:   FreePort(t),
+		Dir:    dir,
+		DBPath: filepath.Join(dir, "data", "chat.db"),
+		bin:    Binary(t),
+		logs:   &syncBuffer{},
+	}
+	s.URL = fmt.Sprintf("http://127.0.0.1:%d", s.Port)
+	s.AdminAddr = fmt.Sprintf("127.0.0.1:%d", FreePort(t))
+	s.Start(t, opts)
+	t.Cleanup(func() {
+		s.Kill()
+		if t.Failed() {
+			t.Logf("caddy logs:\n%s", s.Logs())
+		}
+	})
+	return s
+}
+
+// Caddyfile renders the configuration for opts.
+func (s *Server) Caddyfile(opts Options) string {
+	name := opts.ServerName
+	if name == "" {
+		name = ServerName
+	}
+	return fmt.Sprintf(`{
+	admin %s
+	auto_https off
+	persist_config off
+	filesystem kezweb kez_web
+	%s
+}
+
+http://127.0.0.1:%d {
+	kez_chat {
+		server %s
+		public_url %s
+		storage bolt %s
+		%s
+	}
+	%s
+	file_server {
+		fs kezweb
+	}
+}
+`, s.AdminAddr, opts.Global, s.Port, name, s.URL, s.DBPath, opts.KezOptions, opts.SiteExtra)
+}
+
+func (s *Server) writeConfig(t testing.TB, opts Options) string {
+	t.Helper()
+	s.Opts = opts
+	path := filepath.Join(s.Dir, "Caddyfile")
+	if err := os.WriteFile(path, []byte(s.Caddyfile(opts)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// Env is the environment Caddy and its CLI run with: everything under Dir.
+func (s *Server) Env() []string {
+	return append(os.Environ(),
+		"HOME="+s.Dir,
+		"XDG_DATA_HOME="+filepath.Join(s.Dir, "xdg-data"),
+		"XDG_CONFIG_HOME="+filepath.Join(s.Dir, "xdg-config"),
+	)
+}
+
+// Start (re)starts the process with opts, on the same port and data.
+func (s *Server) Start(t testing.TB, opts Options) {
+	t.Helper()
+	config := s.writeConfig(t, opts)
+	s.cmd = exec.Command(s.bin, "run", "--config", config, "--adapter", "caddyfile")
+	s.cmd.Env = s.Env()
+	s.cmd.Stdout = s.logs
+	s.cmd.Stderr = s.logs
+	if err := s.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	s.exit = make(chan error, 1)
+	go func(cmd *exec.Cmd, exit chan error) { exit <- cmd.Wait() }(s.cmd, s.exit)
+	s.WaitHealthy(t, 30*time.Second)
+}
+
+// WaitHealthy polls /v1/healthz until it answers 200.
+func (s *Server) WaitHealthy(t testing.TB, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	client := &http.Client{Timeout: time.Second}
+	for {
+		select {
+		case err := <-s.exit:
+			s.exit <- err
+			t.Fatalf("caddy exited during start: %v\n%s", err, s.Logs())
+		default:
+		}
+		res, err := client.Get(s.URL + "/v1/healthz")
+		if err == nil {
+			res.Body.Close()
+			if res.StatusCode == 200 {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("caddy not healthy after %s (last error %v)\n%s", within, err, s.Logs())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// CLI runs the caddy binary with args (e.g. "reload") against this server's
+// admin endpoint and returns its combined output.
+func (s *Server) CLI(ctx context.Context, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, s.bin, args...)
+	cmd.Env = s.Env()
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// Reload applies opts with `caddy reload` while the server runs.
+func (s *Server) Reload(t testing.TB, opts Options) {
+	t.Helper()
+	config := s.writeConfig(t, opts)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if out, err := s.CLI(ctx, "reload", "--config", config, "--adapter", "caddyfile", "--address", s.AdminAddr); err != nil {
+		t.Fatalf("caddy reload: %v\n%s\n%s", err, out, s.Logs())
+	}
+}
+
+// Stop runs `caddy stop` and waits for the process to exit, returning how
+// long that took; it fails the test if it takes longer than limit.
+func (s *Server) Stop(t testing.TB, limit time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	defer cancel()
+	if out, err := s.CLI(ctx, "stop", "--address", s.AdminAddr); err != nil {
+		t.Fatalf("caddy stop: %v\n%s", err, out)
+	}
+	select {
+	case <-s.exit:
+	case <-time.After(time.Until(start.Add(limit))):
+		s.Kill()
+		t.Fatalf("caddy still running %s after caddy stop\n%s", limit, s.Logs())
+	}
+	return time.Since(start)
+}
+
+// Kill ends the process with SIGKILL (a crash) and waits for it.
+func (s *Server) Kill() {
+	if s.cmd == nil || s.cmd.Process == nil {
+		return
+	}
+	_ = s.cmd.Process.Signal(syscall.SIGKILL)
+	select {
+	case err := <-s.exit:
+		s.exit <- err
+	case <-time.After(10 * time.Second):
+	}
+}
+
+// Logs is everything Caddy printed so far.
+func (s *Server) Logs() string { return s.logs.String() }
+
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
