@@ -1,0 +1,292 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kezchat/kez/client"
+	"github.com/kezchat/kez/client/clienttest"
+	"github.com/kezchat/kez/kez"
+)
+
+// kezBinary is the kez command built once for the end-to-end tests.
+var kezBinary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "kez-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	kezBinary = filepath.Join(dir, "kez")
+	if runtime.GOOS == "windows" {
+		kezBinary += ".exe"
+	}
+	build := exec.Command("go", "build", "-race", "-o", kezBinary, ".")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building kez:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// user is one person at a terminal: a config dir of their own.
+type user struct {
+	t   *testing.T
+	dir string
+}
+
+func newUser(t *testing.T) *user { return &user{t: t, dir: t.TempDir()} }
+
+func (u *user) command(stdin string, args ...string) *exec.Cmd {
+	cmd := exec.Command(kezBinary, args...)
+	// The binary is built with -race; a race makes it exit with 66. The
+	// detector's default one-second pause at exit is turned off.
+	cmd.Env = append(os.Environ(), "KEZ_CONFIG_DIR="+u.dir, "GORACE=atexit_sleep_ms=0")
+	cmd.Stdin = strings.NewReader(stdin)
+	return cmd
+}
+
+// run runs kez to completion and returns its exit code and output.
+func (u *user) run(stdin string, args ...string) result {
+	u.t.Helper()
+	cmd := u.command(stdin, args...)
+	var out, errOut strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err := cmd.Run()
+	code := 0
+	if exit, ok := err.(*exec.ExitError); ok {
+		code = exit.ExitCode()
+	} else if err != nil {
+		u.t.Fatal(err)
+	}
+	return result{code, out.String(), errOut.String()}
+}
+
+// must runs kez and fails the test unless it succeeds and prints want.
+func (u *user) must(want string, args ...string) string {
+	u.t.Helper()
+	r := u.run("", args...)
+	if r.code != 0 || !strings.Contains(r.stdout, want) {
+		u.t.Fatalf("kez %s = %+v, want success printing %q", strings.Join(args, " "), r, want)
+	}
+	return r.stdout
+}
+
+// listener is a running "kez listen" whose output lines are collected.
+type listener struct {
+	t      *testing.T
+	cmd    *exec.Cmd
+	stdout chan string
+	stderr chan string
+}
+
+func (u *user) listen(args ...string) *listener {
+	u.t.Helper()
+	cmd := u.command("", append([]string{"listen"}, args...)...)
+	l := &listener{t: u.t, cmd: cmd, stdout: lines(u.t, cmd.StdoutPipe), stderr: lines(u.t, cmd.StderrPipe)}
+	if err := cmd.Start(); err != nil {
+		u.t.Fatal(err)
+	}
+	u.t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	l.expect(l.stderr, "listening as ")
+	return l
+}
+
+func lines(t *testing.T, pipe func() (io.ReadCloser, error)) chan string {
+	r, err := pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch := make(chan string, 100)
+	go func() {
+		sc := bufio.NewScanner(r)
+		for sc.Scan() {
+			ch <- sc.Text()
+		}
+		close(ch)
+	}()
+	return ch
+}
+
+// expect waits for a line containing want and returns it.
+func (l *listener) expect(ch chan string, want string) string {
+	l.t.Helper()
+	timeout := time.After(15 * time.Second)
+	var seen []string
+	for {
+		select {
+		case line, ok := <-ch:
+			if !ok {
+				l.t.Fatalf("listen ended while waiting for %q; it printed %q", want, seen)
+			}
+			if strings.Contains(line, want) {
+				return line
+			}
+			seen = append(seen, line)
+		case <-timeout:
+			l.t.Fatalf("no line with %q from listen; it printed %q", want, seen)
+		}
+	}
+}
+
+// quiet checks that listen printed nothing more on stdout for a moment.
+func (l *listener) quiet() {
+	l.t.Helper()
+	select {
+	case line := <-l.stdout:
+		l.t.Errorf("unexpected output from listen: %q", line)
+	case <-time.After(300 * time.Millisecond):
+	}
+}
+
+// stop interrupts listen as Ctrl-C does; it must exit cleanly.
+func (l *listener) stop() {
+	l.t.Helper()
+	if err := l.cmd.Process.Signal(os.Interrupt); err != nil {
+		l.t.Fatal(err)
+	}
+	if err := l.cmd.Wait(); err != nil {
+		l.t.Errorf("listen after Ctrl-C: %v", err)
+	}
+}
+
+func TestCLITwoUsersChat(t *testing.T) {
+	if runtime.GOOS == "windows" {
+		t.Skip("uses os.Interrupt on a child process")
+	}
+	v := clienttest.LoadVectors(t)
+	srv := clienttest.Start(t, nil)
+	alice, bob := newUser(t), newUser(t)
+	alice.must("primary: ed25519:", "init")
+	bob.must(v.Bob.Primary, "init", "--seed", v.Bob.Seed)
+	alice.must("registered alice@"+srv.Name, "register", "alice", "--server", srv.URL)
+	bob.must("registered bob@"+srv.Name, "register", "bob", "--server", srv.URL)
+
+	bob.must(v.Bob.Primary, "whois", "bob")
+	alice.must(v.Bob.Primary, "whois", "bob@"+srv.Name)
+	if r := alice.run("", "whois", "nobody"); r.code != 1 || r.stderr != fmt.Sprintf("kez: no user \"nobody\" on %s\n", srv.URL) {
+		t.Errorf("whois nobody = %+v", r)
+	}
+
+	l := bob.listen()
+	alice.must("sent to bob@"+srv.Name, "send", "bob", "hello", "bob")
+	l.expect(l.stdout, " alice@"+srv.Name+": hello bob")
+
+	// Text from stdin; a second line is indented under the first.
+	if r := alice.run("from stdin\nsecond line\n", "send", "bob@"+srv.Name); r.code != 0 {
+		t.Fatalf("send from stdin = %+v", r)
+	}
+	l.expect(l.stdout, ": from stdin")
+	if got := l.expect(l.stdout, "second line"); got != "    second line" {
+		t.Errorf("continuation line = %q", got)
+	}
+
+	// A reload ends the stream; listen comes back by itself.
+	srv.Reload()
+	l.expect(l.stderr, "connection lost")
+	l.expect(l.stderr, "reconnected")
+	alice.must("sent", "send", "bob", "after reload")
+	l.expect(l.stdout, ": after reload")
+
+	// What the browser client sends (the vector envelope from alice's
+	// vector key) decrypts; the sender is unverified since that key has no
+	// handle here. A forged one is reported, never shown as text.
+	anon, _ := client.New(srv.URL, client.Options{})
+	ctx := context.Background()
+	if _, err := anon.PostEnvelope(ctx, "bob", v.Envelope.Envelope); err != nil {
+		t.Fatal(err)
+	}
+	l.expect(l.stdout, "alice@kez.example (unverified): hello bob")
+	var forged kez.Envelope
+	if err := json.Unmarshal(v.Envelope.Envelope, &forged); err != nil {
+		t.Fatal(err)
+	}
+	forged.CT = "L" + forged.CT[1:]
+	if _, err := anon.PostEnvelope(ctx, "bob", forged.AppendJSON(nil)); err != nil {
+		t.Fatal(err)
+	}
+	l.expect(l.stdout, "[undecryptable envelope: signature does not verify with the sender's key]")
+
+	// A registered user claiming to be alice is shown as who they are.
+	mallory := kez.GenerateKeys()
+	mc, _ := client.New(srv.URL, client.Options{Keys: mallory, Handle: "mallory"})
+	if _, err := mc.Register(ctx, "mallory"); err != nil {
+		t.Fatal(err)
+	}
+	link, _ := mallory.LinkTo(v.Bob.Primary)
+	spoof := kez.NewTextMessage("alice@"+srv.Name, "it is me, alice", time.Now().UnixMilli())
+	env, _ := link.Seal(spoof.Marshal())
+	if _, err := mc.PostEnvelope(ctx, "bob", env.AppendJSON(nil)); err != nil {
+		t.Fatal(err)
+	}
+	l.expect(l.stdout, fmt.Sprintf("mallory@%s (claims to be \"alice@%s\"): it is me, alice", srv.Name, srv.Name))
+	l.quiet()
+	l.stop()
+
+	// Restarted, listen resumes after the last message shown.
+	alice.must("sent", "send", "bob", "while you were away")
+	l = bob.listen()
+	l.expect(l.stdout, ": while you were away")
+	l.quiet()
+	l.stop()
+
+	// The other way round, read with inbox.
+	bob.must("sent to alice@"+srv.Name, "send", "alice", "hi alice")
+	alice.must("bob@"+srv.Name+": hi alice", "inbox")
+
+	// Everything bob saw is still stored until he acknowledges it.
+	all := bob.must("hello bob", "inbox")
+	if n := strings.Count(all, "\n#"); n < 6 {
+		t.Errorf("bob's inbox lists %d messages:\n%s", n+1, all)
+	}
+	bob.must("deleted 7 message(s) up to #7", "ack")
+	bob.must("no messages", "inbox")
+
+	if r := alice.run("", "send", "nobody", "hi"); r.code != 1 || r.stderr != "kez: unknown recipient \"nobody\" on "+srv.Name+"\n" {
+		t.Errorf("send to nobody = %+v", r)
+	}
+	if r := alice.run("", "send", "bob"); r.code != 1 || !strings.Contains(r.stderr, "nothing to send") {
+		t.Errorf("send without text = %+v", r)
+	}
+}
+
+func TestCLIServerGone(t *testing.T) {
+	srv := clienttest.Start(t, nil)
+	u := newUser(t)
+	u.must("", "init")
+	u.must("registered", "register", "carol", "--server", srv.URL)
+	// The account points at a server that now knows nothing of carol.
+	other := clienttest.Start(t, nil)
+	acct, err := loadAccount(u.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	acct.Server = other.URL
+	if err := saveAccount(u.dir, acct); err != nil {
+		t.Fatal(err)
+	}
+	r := u.run("", "inbox")
+	if r.code != 1 || !strings.Contains(r.stderr, "carol@kez.test is not registered on "+other.URL) {
+		t.Errorf("inbox on a reset server = %+v", r)
+	}
+	// And at one that does not answer at all.
+	acct.Server = "http://127.0.0.1:1"
+	_ = saveAccount(u.dir, acct)
+	if r := u.run("", "send", "bob", "hi"); r.code != 1 || !strings.HasPrefix(r.stderr, "kez: cannot reach the server at http://127.0.0.1:1 (") {
+		t.Errorf("send to a dead server = %+v", r)
+	}
+}
