@@ -190,6 +190,22 @@ async function boot() {
 
 // ---------- create an account ----------
 
+/** account is what IndexedDB keeps about us: the record and the CryptoKeys. */
+function account(rec, identity, extra) {
+  const server = rec.server || state.api.server;
+  return {
+    handle: rec.handle,
+    server,
+    address: rec.address || `${rec.handle}@${server}`,
+    primary: identity.primary,
+    publicKey: identity.publicKey,
+    signKey: identity.signKey,
+    dhKey: identity.dhKey,
+    createdAt: Date.now(),
+    ...extra,
+  };
+}
+
 function handleProblem(h) {
   if (h.length < 2) return 'A handle needs at least 2 characters.';
   if (h.length > 32) return 'A handle can have at most 32 characters.';
@@ -241,17 +257,7 @@ $('create-form').addEventListener('submit', async (ev) => {
     const body = await kez.signRegistration(identity, h, api.server, api.nowSec());
     const rec = await api.register(body);
     if (rec.primary !== identity.primary) throw new Error('the server registered a different key');
-    state.me = {
-      handle: rec.handle,
-      server: rec.server || api.server,
-      address: rec.address || `${rec.handle}@${api.server}`,
-      primary: identity.primary,
-      publicKey: identity.publicKey,
-      signKey: identity.signKey,
-      dhKey: identity.dhKey,
-      backedUp: false,
-      createdAt: Date.now(),
-    };
+    state.me = account(rec, identity, { backedUp: false });
     await db.putIdentity(state.me);
     state.seed = seed;
     state.pending = null;
@@ -474,18 +480,7 @@ $('restore-form').addEventListener('submit', async (ev) => {
         throw e2;
       }
     }
-    state.me = {
-      handle: rec.handle,
-      server: rec.server || api.server,
-      address: rec.address || `${rec.handle}@${api.server}`,
-      primary: identity.primary,
-      publicKey: identity.publicKey,
-      signKey: identity.signKey,
-      dhKey: identity.dhKey,
-      backedUp: true,
-      restoredAt: Date.now(),
-      createdAt: Date.now(),
-    };
+    state.me = account(rec, identity, { backedUp: true, restoredAt: Date.now() });
     await db.putIdentity(state.me);
     b.seed.fill(0); // a backup exists already; nothing left to export
     $('restore-pass').value = '';

@@ -1,0 +1,412 @@
+// End-to-end test of the web client in real Chromium against a real Caddy
+// built from ./cmd/caddy, serving the embedded client (caddy.fs.kez_web) and
+// the kez_chat API. Run through web/test/run.sh, or:
+//
+//   node --test web/test/e2e.mjs
+//
+// Environment: KEZ_CADDY (a prebuilt binary; default: go build), CHROMIUM
+// (default /usr/bin/chromium), KEZ_ARTIFACTS (screenshots; default
+// <repo>/test-artifacts), KEZ_CLI (a prebuilt cmd/kez; default: go build when
+// cmd/kez exists, else that part is skipped).
+
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync, spawn } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+import * as kez from '../js/kez.js';
+
+const REPO = fileURLToPath(new URL('../../', import.meta.url));
+const ARTIFACTS = process.env.KEZ_ARTIFACTS || join(REPO, 'test-artifacts');
+const SERVER = 'kez.test';
+const PASS = 'correct horse battery';
+
+const tmp = mkdtempSync(join(tmpdir(), 'kez-e2e-'));
+let caddyBin;
+let caddy;
+let port;
+let base; // http://127.0.0.1:<port>
+let browser;
+const contexts = [];
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const p = s.address().port;
+      s.close(() => resolve(p));
+    });
+  });
+}
+
+function caddyfile() {
+  return `{
+	admin off
+	auto_https off
+	persist_config off
+	filesystem kezweb kez_web
+}
+
+http://127.0.0.1:${port} {
+	kez_chat {
+		server ${SERVER}
+		storage bolt ${join(tmp, 'chat.db')}
+		keepalive 5s
+	}
+	# The client mounted under a sub-path, the API at /v1 on the same host.
+	redir /chat /chat/
+	handle_path /chat/* {
+		file_server {
+			fs kezweb
+		}
+	}
+	file_server {
+		fs kezweb
+	}
+}
+`;
+}
+
+async function waitHealthy(timeoutMs = 20000) {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      const r = await fetch(`${base}/v1/healthz`);
+      if (r.ok) return;
+    } catch {
+      /* not yet */
+    }
+    if (Date.now() > end) throw new Error('caddy did not become healthy; log:\n' + readFileSync(join(tmp, 'caddy.log'), 'utf8').slice(-3000));
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+async function startCaddy() {
+  writeFileSync(join(tmp, 'Caddyfile'), caddyfile());
+  const env = { ...process.env, XDG_DATA_HOME: join(tmp, 'data'), XDG_CONFIG_HOME: join(tmp, 'config'), HOME: tmp };
+  const { openSync } = await import('node:fs');
+  const log = openSync(join(tmp, 'caddy.log'), 'a');
+  caddy = spawn(caddyBin, ['run', '--config', join(tmp, 'Caddyfile'), '--adapter', 'caddyfile'], {
+    env,
+    stdio: ['ignore', log, log],
+  });
+  caddy.exitPromise = new Promise((resolve) => caddy.once('exit', resolve));
+  await waitHealthy();
+}
+
+async function stopCaddy() {
+  if (!caddy || caddy.exitCode !== null) return;
+  caddy.kill('SIGTERM');
+  const t = setTimeout(() => caddy.kill('SIGKILL'), 10000);
+  await caddy.exitPromise;
+  clearTimeout(t);
+}
+
+async function newPage(name, { width = 1200, height = 800 } = {}) {
+  const context = await browser.newContext({ viewport: { width, height }, acceptDownloads: true });
+  await context.grantPermissions(['clipboard-read', 'clipboard-write'], { origin: base });
+  context.setDefaultTimeout(15000);
+  contexts.push(context);
+  const page = await context.newPage();
+  page.kezName = name;
+  page.on('pageerror', (e) => console.error(`[${name}] page error:`, e));
+  page.on('console', (m) => {
+    if (m.type() === 'error') console.error(`[${name}] console:`, m.text());
+  });
+  return page;
+}
+
+async function shot(page, file) {
+  mkdirSync(ARTIFACTS, { recursive: true });
+  await page.screenshot({ path: join(ARTIFACTS, file) });
+}
+
+/** createAccount goes through the welcome screen; returns the backup text if asked. */
+async function createAccount(page, handle, { backup = 'copy' } = {}) {
+  await page.getByLabel('Choose a handle').fill(handle);
+  await page.getByRole('button', { name: 'Create my KEZ' }).click();
+  await page.getByRole('heading', { name: 'Save a backup of your key' }).waitFor();
+  let text = null;
+  if (backup === 'copy') {
+    await page.getByLabel('Passphrase for the backup').fill(PASS);
+    await page.getByLabel('Type it again').fill(PASS);
+    await page.getByRole('button', { name: 'Copy backup as text' }).click();
+    await page.getByText('keep it somewhere safe').or(page.getByText('Paste it somewhere safe')).first().waitFor();
+    text = await page.getByRole('textbox', { name: 'Backup text', exact: true }).inputValue();
+    await page.getByRole('button', { name: 'Continue to chat' }).click();
+  } else {
+    page.once('dialog', (d) => d.accept());
+    await page.getByRole('button', { name: 'Skip for now' }).click();
+  }
+  await page.locator('#conn[data-status="live"]').waitFor();
+  return text;
+}
+
+async function startChat(page, who) {
+  await page.getByLabel('Start a chat').fill(who);
+  await page.getByRole('button', { name: 'Chat', exact: true }).click();
+}
+
+async function send(page, text) {
+  const box = page.locator('#compose-input');
+  await box.fill(text);
+  await box.press('Enter');
+}
+
+const bubbles = (page) => page.locator('#messages li.msg');
+const bubbleTexts = (page) => page.locator('#messages li.msg .text').allInnerTexts();
+
+before(async () => {
+  port = await freePort();
+  base = `http://127.0.0.1:${port}`;
+  caddyBin = process.env.KEZ_CADDY;
+  if (!caddyBin) {
+    caddyBin = join(tmp, 'caddy');
+    execFileSync('go', ['build', '-o', caddyBin, './cmd/caddy'], { cwd: REPO, stdio: 'inherit' });
+  }
+  await startCaddy();
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    args: [
+      '--headless',
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+      '--disable-quic',
+      '--no-first-run',
+    ],
+  });
+});
+
+after(async () => {
+  for (const c of contexts) await c.close().catch(() => {});
+  if (browser) await browser.close().catch(() => {});
+  await stopCaddy();
+  if (!process.env.KEZ_KEEP_TMP) rmSync(tmp, { recursive: true, force: true });
+});
+
+// Shared between the steps below, which run in order.
+let alice, bob, aliceBackup;
+
+test('the embedded client is served at / and under /chat/', async () => {
+  for (const path of ['/', '/chat/', '/chat/js/app.js', '/app.css']) {
+    const r = await fetch(base + path);
+    assert.equal(r.status, 200, path);
+  }
+  const r = await fetch(base + '/chat/index.html', { redirect: 'manual' });
+  assert.ok([200, 301, 308].includes(r.status));
+  const missing = await fetch(base + '/nope.js');
+  assert.equal(missing.status, 404);
+});
+
+test('alice creates her KEZ; bad handles get clear messages', async () => {
+  alice = await newPage('alice');
+  await alice.goto(base + '/');
+  await alice.getByRole('heading', { name: 'Create your KEZ' }).waitFor();
+  await shot(alice, '01-welcome.png');
+  const input = alice.getByLabel('Choose a handle');
+  const err = alice.locator('#handle-error');
+
+  await input.fill('x');
+  await alice.getByRole('button', { name: 'Create my KEZ' }).click();
+  await assert.doesNotReject(err.getByText('at least 2 characters').waitFor());
+
+  await input.fill('-bad');
+  await alice.getByRole('button', { name: 'Create my KEZ' }).click();
+  await err.getByText('must start with a letter or a digit').waitFor();
+
+  await input.fill('admin');
+  await alice.getByRole('button', { name: 'Create my KEZ' }).click();
+  await err.getByText('@admin is reserved').waitFor();
+
+  // Upper case is lowered as you type.
+  await input.fill('');
+  await input.pressSequentially('Alice');
+  assert.equal(await input.inputValue(), 'alice');
+
+  aliceBackup = await createAccount(alice, 'alice');
+  assert.match(aliceBackup, /kez-chat-backup-v1/);
+  assert.doesNotMatch(aliceBackup, /"seed"/);
+  await assert.doesNotReject(alice.locator('#my-address').getByText(`alice@${SERVER}`).waitFor());
+  await alice.getByRole('heading', { name: 'End-to-end encrypted chat' }).waitFor();
+  await shot(alice, '02-empty-state.png');
+});
+
+test('bob, under /chat/, cannot take alice; starts a chat by address', async () => {
+  bob = await newPage('bob');
+  await bob.goto(base + '/chat/');
+  await bob.getByLabel('Choose a handle').fill('alice');
+  await bob.getByRole('button', { name: 'Create my KEZ' }).click();
+  await bob.locator('#handle-error').getByText('@alice is already taken').waitFor();
+  await createAccount(bob, 'bob', { backup: 'skip' });
+  await bob.getByText('No backup').first().waitFor();
+
+  await startChat(bob, 'carol');
+  await bob.locator('#start-error').getByText('No one is registered as @carol').waitFor();
+  await startChat(bob, 'bob');
+  await bob.locator('#start-error').getByText('That’s you').waitFor();
+  await startChat(bob, 'alice@elsewhere.example');
+  await bob.locator('#start-error').getByText('on another server').waitFor();
+
+  await startChat(bob, `Alice@${SERVER}`);
+  await bob.getByRole('heading', { name: 'alice', exact: true }).waitFor();
+  await bob.getByText('This is the start of your conversation with alice').waitFor();
+});
+
+test('they chat both ways, live', async () => {
+  await send(bob, 'hi alice 👋');
+  await bob.locator('#messages li.msg.out[data-status="sent"]').waitFor();
+
+  // Alice has no conversation open: it appears in her list, named, unread.
+  const row = alice.locator('#convo-list .convo', { hasText: 'bob' });
+  await row.waitFor();
+  await row.locator('.badge').getByText('1').waitFor();
+  assert.doesNotMatch(await alice.locator('#convo-list').innerText(), /ed25519|[0-9a-f]{16}/);
+  await row.click();
+  await alice.locator('#messages li.msg.in .text', { hasText: 'hi alice 👋' }).waitFor();
+
+  // Shift+Enter makes a new line; Enter sends.
+  const box = alice.locator('#compose-input');
+  await box.fill('hello bob');
+  await box.press('Shift+Enter');
+  await box.pressSequentially('second line');
+  await box.press('Enter');
+  await bob.locator('#messages li.msg.in .text', { hasText: 'second line' }).waitFor();
+  assert.deepEqual(await bubbleTexts(bob), ['hi alice 👋', 'hello bob\nsecond line']);
+  await shot(alice, '03-thread-alice.png');
+  await shot(bob, '04-thread-bob.png');
+});
+
+test('a reload keeps the history, and the stream comes back live', async () => {
+  await alice.reload();
+  await alice.locator('#conn[data-status="live"]').waitFor();
+  // The URL names the open conversation, so it is open again.
+  await alice.locator('#messages li.msg').nth(1).waitFor();
+  assert.deepEqual(await bubbleTexts(alice), ['hi alice 👋', 'hello bob\nsecond line']);
+  await send(bob, 'after your reload');
+  await alice.locator('#messages .text', { hasText: 'after your reload' }).waitFor();
+  assert.equal(await bubbles(alice).count(), 3);
+});
+
+test('a server restart loses and duplicates nothing', async () => {
+  await stopCaddy();
+  await alice.locator('#conn:not([data-status="live"])').waitFor();
+  await shot(alice, '05-reconnecting.png');
+  await startCaddy();
+  // Bob's page reconnects too; his next message is delivered once.
+  await bob.locator('#conn[data-status="live"]').waitFor({ timeout: 30000 });
+  await send(bob, 'after the restart');
+  await bob.locator('#messages li.msg.out[data-status="sent"]').nth(2).waitFor();
+  await alice.locator('#messages .text', { hasText: 'after the restart' }).waitFor({ timeout: 30000 });
+  await alice.locator('#conn[data-status="live"]').waitFor({ timeout: 30000 });
+  // Catch-up and stream replay overlap by design; still exactly once.
+  await alice.waitForTimeout(500);
+  assert.deepEqual(await bubbleTexts(alice), ['hi alice 👋', 'hello bob\nsecond line', 'after your reload', 'after the restart']);
+});
+
+test('an envelope that fails verification is shown as such, never as text', async () => {
+  // Sealed by a stranger for alice, then tampered with after signing.
+  const stranger = await kez.identityFromSeed(kez.newSeed());
+  const aliceRec = await (await fetch(`${base}/v1/u/alice`)).json();
+  const env = await kez.sealEnvelope(stranger, aliceRec.primary, { type: 'text', text: 'TAMPERED SECRET', id: 'evil-1', sent_at: Date.now() });
+  env.ct = env.ct.slice(0, -2) + (env.ct.endsWith('AA') ? 'BB' : 'AA');
+  const r = await fetch(`${base}/v1/messages`, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ to: 'alice', envelope: env }),
+  });
+  assert.equal(r.status, 201);
+  const row = alice.locator('#convo-list .convo', { hasText: 'Unverified messages' });
+  await row.waitFor();
+  await row.click();
+  await alice.getByText('could not be verified or decrypted').waitFor();
+  assert.doesNotMatch(await alice.locator('#messages').innerText(), /TAMPERED SECRET/);
+  await shot(alice, '06-undecryptable.png');
+  await alice.locator('#convo-list .convo', { hasText: 'bob' }).click();
+});
+
+test('a backup restores alice in a third browser, with her inbox', async () => {
+  const carol = await newPage('alice-2');
+  await carol.goto(base + '/chat/');
+  await carol.getByText('Already have a KEZ? Restore it from a backup').click();
+  await carol.getByLabel('…or paste the backup text').fill(aliceBackup);
+  await carol.getByLabel('Backup passphrase').fill('wrong passphrase');
+  await carol.getByRole('button', { name: 'Restore my KEZ' }).click();
+  await carol.locator('#restore-error').getByText('wrong passphrase').waitFor();
+  await shot(carol, '07-restore.png');
+  await carol.getByLabel('Backup passphrase').fill(PASS);
+  await carol.getByRole('button', { name: 'Restore my KEZ' }).click();
+  await carol.locator('#my-address').getByText(`alice@${SERVER}`).waitFor();
+  await carol.locator('#conn[data-status="live"]').waitFor();
+  // The inbox is still on the server (nothing acknowledged yet): bob's
+  // messages arrive on the new device.
+  const row = carol.locator('#convo-list .convo', { hasText: 'bob' });
+  await row.waitFor();
+  await row.click();
+  await carol.locator('#messages .text', { hasText: 'after the restart' }).waitFor();
+  // And the restored key can send: bob gets it in the same conversation.
+  await send(carol, 'from my second device');
+  await bob.locator('#messages .text', { hasText: 'from my second device' }).waitFor();
+  assert.equal(await bob.locator('#convo-list .convo').count(), 1);
+});
+
+test('phone width: list and thread one at a time, back button', async () => {
+  const phone = await newPage('bob-phone', { width: 390, height: 800 });
+  await phone.goto(base + '/chat/');
+  // Same origin, fresh context: welcome screen at phone width.
+  await phone.getByRole('heading', { name: 'Create your KEZ' }).waitFor();
+  await shot(phone, '08-phone-welcome.png');
+  await createAccount(phone, 'dave', { backup: 'skip' });
+  await startChat(phone, 'alice');
+  await phone.getByRole('heading', { name: 'alice', exact: true }).waitFor();
+  assert.equal(await phone.locator('.sidebar').isVisible(), false);
+  await send(phone, 'hello from a phone');
+  await phone.locator('#messages li.msg.out[data-status="sent"]').waitFor();
+  await shot(phone, '09-phone-thread.png');
+  await phone.getByRole('button', { name: 'Back to conversations' }).click();
+  await phone.locator('.sidebar').waitFor();
+  assert.equal(await phone.locator('#thread').isVisible(), false);
+  await shot(phone, '10-phone-list.png');
+});
+
+test('keyboard only: start a chat and send without the mouse', async () => {
+  await bob.keyboard.press('Escape');
+  await bob.locator('#start-input').focus();
+  await bob.keyboard.type('dave');
+  await bob.keyboard.press('Enter');
+  await bob.getByRole('heading', { name: 'dave', exact: true }).waitFor();
+  // Focus lands in the compose box.
+  await bob.keyboard.type('typed with the keyboard');
+  await bob.keyboard.press('Enter');
+  await bob.locator('#messages li.msg.out[data-status="sent"]', { hasText: 'typed with the keyboard' }).waitFor();
+});
+
+test('the "Your KEZ" panel shows the address with a copy button', async () => {
+  await alice.getByRole('button', { name: /@alice/ }).click();
+  const dialog = alice.getByRole('dialog', { name: 'Your KEZ' });
+  await dialog.waitFor();
+  await dialog.getByText(`alice@${SERVER}`).waitFor();
+  await dialog.getByRole('button', { name: 'Copy' }).click();
+  await alice.locator('#toast').getByText(`Copied alice@${SERVER}`).waitFor();
+  const clip = await alice.evaluate(() => navigator.clipboard.readText());
+  assert.equal(clip, `alice@${SERVER}`);
+  await shot(alice, '11-your-kez.png');
+  await alice.keyboard.press('Escape');
+});
+
+// The terminal client, when it exists: a message from `kez` shows in the
+// browser and a browser message decrypts in `kez`.
+const cliSource = join(REPO, 'cmd', 'kez', 'main.go');
+test('interop with the kez CLI', { skip: !existsSync(cliSource) && !process.env.KEZ_CLI && 'cmd/kez does not exist' }, async () => {
+  const { cliInterop } = await import('./e2e-cli.mjs');
+  await cliInterop({ REPO, tmp, base, server: SERVER, bob, send });
+});
+
