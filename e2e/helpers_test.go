@@ -257,3 +257,11 @@ func (s *stream) waitEnd(t testing.TB, within time.Duration) {
 		}
 	}
 }
+
+func signInbox(u user, since uint64, ts int64) string {
+	return kez.SignAuth(u.key, kez.InboxAuthMessage(u.handle, since, ts), ts)
+}
+
+func signStream(u user, ts int64) string {
+	return kez.SignAuth(u.key, kez.StreamAuthMessage(u.handle, ts), ts)
+}

@@ -279,7 +279,8 @@ func (s *Server) Stop(t testing.TB, limit time.Duration) time.Duration {
 		t.Fatalf("caddy stop: %v\n%s", err, out)
 	}
 	select {
-	case <-s.exit:
+	case err := <-s.exit:
+		s.exit <- err
 	case <-time.After(time.Until(start.Add(limit))):
 		s.Kill()
 		t.Fatalf("caddy still running %s after caddy stop\n%s", limit, s.Logs())
