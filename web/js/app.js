@@ -759,6 +759,7 @@ async function setActive(peer) {
       : 'Not registered on this server — you can’t reply';
   paintAvatar($('thread-avatar'), name, peer);
   const canReply = !!conv.handle;
+  $('thread-e2e').hidden = peer === 'unknown';
   $('compose-input').disabled = !canReply;
   $('send-btn').disabled = !canReply;
   $('compose-label').textContent = canReply ? `Message @${conv.handle}` : 'You can’t reply to this sender';
@@ -929,7 +930,8 @@ async function afterIncoming(peer, text) {
   if (state.active === peer) await renderThread(peer);
   else {
     const name = displayName(state.convos.get(peer));
-    toast(text ? `New message from ${name}` : `A message from ${name} could not be read`);
+    if (peer === 'unknown') toast('A message arrived that could not be verified');
+    else toast(text ? `New message from ${name}` : `A message from ${name} could not be read`);
   }
   if (channel) channel.postMessage({ type: 'changed', peer });
 }

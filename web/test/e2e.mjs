@@ -330,6 +330,28 @@ test('an envelope that fails verification is shown as such, never as text', asyn
   await alice.getByText('could not be verified or decrypted').waitFor();
   assert.doesNotMatch(await alice.locator('#messages').innerText(), /TAMPERED SECRET/);
   await shot(alice, '06-undecryptable.png');
+});
+
+test('a replayed envelope shows once; an unregistered sender is marked unverified', async () => {
+  const stranger = await kez.identityFromSeed(kez.newSeed());
+  const aliceRec = await (await fetch(`${base}/v1/u/alice`)).json();
+  const pt = { type: 'text', text: 'hi from nowhere', id: 'dup-1', sent_at: Date.now(), from_addr: 'ghost@elsewhere.example' };
+  const env = await kez.sealEnvelope(stranger, aliceRec.primary, pt);
+  for (let i = 0; i < 2; i++) {
+    const r = await fetch(`${base}/v1/messages`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ to: 'alice', envelope: env }),
+    });
+    assert.equal(r.status, 201);
+  }
+  const row = alice.locator('#convo-list .convo', { hasText: 'ghost@elsewhere.example (unverified)' });
+  await row.waitFor();
+  await row.click();
+  await alice.locator('#messages .text', { hasText: 'hi from nowhere' }).waitFor();
+  await alice.waitForTimeout(300);
+  assert.equal(await bubbles(alice).count(), 1);
+  assert.equal(await alice.locator('#compose-input').isDisabled(), true);
   await alice.locator('#convo-list .convo', { hasText: 'bob' }).click();
 });
 
@@ -384,6 +406,7 @@ test('keyboard only: start a chat and send without the mouse', async () => {
   await bob.keyboard.press('Enter');
   await bob.getByRole('heading', { name: 'dave', exact: true }).waitFor();
   // Focus lands in the compose box.
+  await bob.locator('#compose-input:focus').waitFor();
   await bob.keyboard.type('typed with the keyboard');
   await bob.keyboard.press('Enter');
   await bob.locator('#messages li.msg.out[data-status="sent"]', { hasText: 'typed with the keyboard' }).waitFor();
