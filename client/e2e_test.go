@@ -13,9 +13,11 @@ import (
 
 	"github.com/kezchat/kez/client"
 	"github.com/kezchat/kez/client/clienttest"
-	"github.com/kezchat/kez/handlers"
+	"github.com/kezchat/kez/internal/testcaddy"
 	"github.com/kezchat/kez/kez"
 )
+
+func TestMain(m *testing.M) { testcaddy.Main(m) }
 
 func keysFromSeed(t *testing.T, seedHex string) *kez.Keys {
 	t.Helper()
@@ -81,7 +83,7 @@ func openAll(t *testing.T, c *client.Client) []*client.Received {
 }
 
 func TestRegisterAndLookups(t *testing.T) {
-	srv := clienttest.Start(t, nil)
+	srv := clienttest.Start(t, "")
 	ctx := ctxFor(t)
 	alice := user(t, srv, "alice", nil)
 	anon, _ := client.New(srv.URL, client.Options{})
@@ -130,7 +132,7 @@ func TestRegisterAndLookups(t *testing.T) {
 }
 
 func TestChatBothWaysAndAck(t *testing.T) {
-	srv := clienttest.Start(t, nil)
+	srv := clienttest.Start(t, "")
 	ctx := ctxFor(t)
 	alice, bob := user(t, srv, "alice", nil), user(t, srv, "bob", nil)
 
@@ -202,7 +204,7 @@ func mustLookup(t *testing.T, c *client.Client) *client.Record {
 }
 
 func TestStreamLiveAndAcrossReload(t *testing.T) {
-	srv := clienttest.Start(t, nil)
+	srv := clienttest.Start(t, "")
 	alice, bob := user(t, srv, "alice", nil), user(t, srv, "bob", nil)
 	toBob, err := alice.Recipient(ctxFor(t), "bob")
 	if err != nil {
@@ -253,7 +255,7 @@ func TestStreamLiveAndAcrossReload(t *testing.T) {
 	}
 	expect("live")
 
-	srv.Reload()
+	srv.Reload(t)
 	<-connected // the stream came back on its own
 	if _, err := alice.SendTo(ctx, toBob, "after reload"); err != nil {
 		t.Fatal(err)
@@ -274,7 +276,7 @@ func TestStreamLiveAndAcrossReload(t *testing.T) {
 // client produces it, and opens it with bob's vector key.
 func TestBrowserEnvelopeDecrypts(t *testing.T) {
 	v := clienttest.LoadVectors(t)
-	srv := clienttest.Start(t, nil)
+	srv := clienttest.Start(t, "")
 	bob := user(t, srv, "bob", keysFromSeed(t, v.Bob.Seed))
 	anon, _ := client.New(srv.URL, client.Options{})
 	if _, err := anon.PostEnvelope(ctxFor(t), "bob", v.Envelope.Envelope); err != nil {
@@ -290,7 +292,7 @@ func TestBrowserEnvelopeDecrypts(t *testing.T) {
 // server; the recipient must refuse each.
 func TestForgedEnvelopesAreRejected(t *testing.T) {
 	v := clienttest.LoadVectors(t)
-	srv := clienttest.Start(t, nil)
+	srv := clienttest.Start(t, "")
 	ctx := ctxFor(t)
 	bob := user(t, srv, "bob", keysFromSeed(t, v.Bob.Seed))
 	carol := user(t, srv, "carol", nil)
@@ -332,7 +334,7 @@ func TestForgedEnvelopesAreRejected(t *testing.T) {
 }
 
 func TestServerErrors(t *testing.T) {
-	srv := clienttest.Start(t, func(c *handlers.Config) { c.MaxEnvelope = 1024 })
+	srv := clienttest.Start(t, "max_envelope 1KiB")
 	ctx := ctxFor(t)
 	alice := user(t, srv, "alice", nil)
 	user(t, srv, "bob", nil)
@@ -368,5 +370,55 @@ func TestServerErrors(t *testing.T) {
 	var apiErr *client.APIError
 	if _, err := alice.Send(ctx, "nobody", "x"); !errors.As(err, &apiErr) || apiErr.Status != 404 {
 		t.Errorf("status of unknown recipient: %v", err)
+	}
+}
+
+// TestStreamAcrossServerCrash kills Caddy under an open stream and starts it
+// again on the same data: the stream comes back by itself, without losing
+// or repeating a message.
+func TestStreamAcrossServerCrash(t *testing.T) {
+	srv := clienttest.Start(t, "")
+	alice, bob := user(t, srv, "alice", nil), user(t, srv, "bob", nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	texts := make(chan string, 10)
+	connected := make(chan struct{}, 10)
+	done := make(chan error, 1)
+	go func() {
+		// A short MaxBackoff keeps the test quick; the default is 30 s.
+		opts := client.StreamOptions{MaxBackoff: 500 * time.Millisecond, OnConnect: func() { connected <- struct{}{} }}
+		done <- bob.Stream(ctx, opts, func(m client.Message) error {
+			r, err := bob.Open(m)
+			if err != nil {
+				return err
+			}
+			texts <- r.Plaintext.Text
+			return nil
+		})
+	}()
+	<-connected
+	if _, err := alice.Send(ctx, "bob", "before"); err != nil {
+		t.Fatal(err)
+	}
+	if got := <-texts; got != "before" {
+		t.Fatalf("got %q", got)
+	}
+	srv.Crash()
+	srv.Restart(t)
+	if _, err := alice.Send(ctx, "bob", "after"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case got := <-texts:
+		if got != "after" {
+			t.Errorf("after the restart the stream gave %q, want \"after\"", got)
+		}
+	case <-ctx.Done():
+		t.Fatal("the stream did not come back after the restart")
+	}
+	<-connected
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Errorf("Stream ended with %v", err)
 	}
 }

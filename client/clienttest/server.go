@@ -1,67 +1,56 @@
-// Package clienttest runs a KEZ chat server for the tests of the client
-// library and the kez command: the real handlers, hub and bolt storage,
-// in-process on loopback.
+// Package clienttest runs a real KEZ chat server for the tests of the client
+// library and the kez command: Caddy built from ./cmd/caddy with the kez_chat
+// module, on loopback (see internal/testcaddy). A test package using it needs
+//
+//	func TestMain(m *testing.M) { testcaddy.Main(m) }
 package clienttest
 
 import (
-	"net/http"
-	"net/http/httptest"
-	"path/filepath"
-	"sync/atomic"
+	"fmt"
 	"testing"
-	"time"
 
-	"github.com/kezchat/kez/handlers"
-	"github.com/kezchat/kez/hub"
-	"github.com/kezchat/kez/storage/bolt"
+	"github.com/kezchat/kez/internal/testcaddy"
 )
 
-// Name is the server name in the addresses of a test server.
-const Name = "kez.test"
-
-// Server is a running test server.
+// Server is a running Caddy serving kez_chat.
 type Server struct {
 	URL  string // base URL, e.g. http://127.0.0.1:41234
-	Name string // the name in addresses
+	Name string // the server name in addresses
 
-	cfg     handlers.Config
-	store   *bolt.Store
-	hub     *hub.Hub
-	current atomic.Pointer[handlers.Handler]
+	caddy   *testcaddy.Server
+	extra   string // kez_chat options the test asked for
+	reloads int
 }
 
-// Start runs a server until the test ends. mutate, if not nil, adjusts the
-// configuration (say a small MaxEnvelope).
-func Start(t testing.TB, mutate func(*handlers.Config)) *Server {
+// Start runs a server until the test ends. kezOptions are extra lines for
+// the kez_chat block, e.g. "max_envelope 1KiB".
+func Start(t testing.TB, kezOptions string) *Server {
 	t.Helper()
-	hb := hub.New()
-	store, err := bolt.Open(filepath.Join(t.TempDir(), "chat.db"), bolt.Options{Timeout: time.Second, Notify: handlers.HubNotifier(hb)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := &Server{Name: Name, cfg: handlers.Config{Server: Name, Keepalive: time.Second}, store: store, hub: hb}
-	if mutate != nil {
-		mutate(&s.cfg)
-	}
-	s.current.Store(handlers.New(s.cfg, store, hb, nil))
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		s.current.Load().ServeHTTP(w, r)
-	}))
-	s.URL = srv.URL
-	t.Cleanup(func() {
-		s.current.Load().Close()
-		srv.CloseClientConnections()
-		srv.Close()
-		hb.Close()
-		_ = store.Close()
-	})
+	s := &Server{Name: testcaddy.ServerName, extra: kezOptions}
+	s.caddy = testcaddy.Start(t, s.options())
+	s.URL = s.caddy.URL
 	return s
 }
 
-// Reload does what a Caddy config reload does to the module: a new handler
-// on the same storage and hub takes new requests, and the old one ends its
-// open streams.
-func (s *Server) Reload() {
-	old := s.current.Swap(handlers.New(s.cfg, s.store, s.hub, nil))
-	old.Close()
+// options alternates the keepalive between reloads: Caddy ignores a reload
+// whose configuration did not change.
+func (s *Server) options() testcaddy.Options {
+	return testcaddy.Options{KezOptions: fmt.Sprintf("keepalive %ds\n%s", 1+s.reloads%2, s.extra)}
+}
+
+// Reload runs `caddy reload` with a slightly different configuration, which
+// ends every open stream while keeping the data.
+func (s *Server) Reload(t testing.TB) {
+	t.Helper()
+	s.reloads++
+	s.caddy.Reload(t, s.options())
+}
+
+// Crash kills the server process, as a crash or a power cut would.
+func (s *Server) Crash() { s.caddy.Kill() }
+
+// Restart starts the server again on the same port and data after Crash.
+func (s *Server) Restart(t testing.TB) {
+	t.Helper()
+	s.caddy.Start(t, s.options())
 }

@@ -8,7 +8,6 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
@@ -16,46 +15,27 @@ import (
 
 	"github.com/kezchat/kez/client"
 	"github.com/kezchat/kez/client/clienttest"
+	"github.com/kezchat/kez/internal/testcaddy"
 	"github.com/kezchat/kez/kez"
 )
 
-// kezBinary is the kez command built once for the end-to-end tests.
-var kezBinary string
+func TestMain(m *testing.M) { testcaddy.Main(m) }
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "kez-e2e-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	kezBinary = filepath.Join(dir, "kez")
-	if runtime.GOOS == "windows" {
-		kezBinary += ".exe"
-	}
-	build := exec.Command("go", "build", "-race", "-o", kezBinary, ".")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "building kez:", err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
-
-// user is one person at a terminal: a config dir of their own.
+// user is one person at a terminal with a config dir of their own, running
+// the kez binary built from this package.
 type user struct {
 	t   *testing.T
+	bin string
 	dir string
 }
 
-func newUser(t *testing.T) *user { return &user{t: t, dir: t.TempDir()} }
+func newUser(t *testing.T) *user {
+	return &user{t: t, bin: testcaddy.Build(t, "./cmd/kez"), dir: t.TempDir()}
+}
 
 func (u *user) command(stdin string, args ...string) *exec.Cmd {
-	cmd := exec.Command(kezBinary, args...)
-	// The binary is built with -race; a race makes it exit with 66. The
-	// detector's default one-second pause at exit is turned off.
-	cmd.Env = append(os.Environ(), "KEZ_CONFIG_DIR="+u.dir, "GORACE=atexit_sleep_ms=0")
+	cmd := exec.Command(u.bin, args...)
+	cmd.Env = append(os.Environ(), "KEZ_CONFIG_DIR="+u.dir)
 	cmd.Stdin = strings.NewReader(stdin)
 	return cmd
 }
@@ -169,7 +149,7 @@ func TestCLITwoUsersChat(t *testing.T) {
 		t.Skip("uses os.Interrupt on a child process")
 	}
 	v := clienttest.LoadVectors(t)
-	srv := clienttest.Start(t, nil)
+	srv := clienttest.Start(t, "")
 	alice, bob := newUser(t), newUser(t)
 	alice.must("primary: ed25519:", "init")
 	bob.must(v.Bob.Primary, "init", "--seed", v.Bob.Seed)
@@ -196,7 +176,7 @@ func TestCLITwoUsersChat(t *testing.T) {
 	}
 
 	// A reload ends the stream; listen comes back by itself.
-	srv.Reload()
+	srv.Reload(t)
 	l.expect(l.stderr, "connection lost")
 	l.expect(l.stderr, "reconnected")
 	alice.must("sent", "send", "bob", "after reload")
@@ -265,12 +245,12 @@ func TestCLITwoUsersChat(t *testing.T) {
 }
 
 func TestCLIServerGone(t *testing.T) {
-	srv := clienttest.Start(t, nil)
+	srv := clienttest.Start(t, "")
 	u := newUser(t)
 	u.must("", "init")
 	u.must("registered", "register", "carol", "--server", srv.URL)
 	// The account points at a server that now knows nothing of carol.
-	other := clienttest.Start(t, nil)
+	other := clienttest.Start(t, "")
 	acct, err := loadAccount(u.dir)
 	if err != nil {
 		t.Fatal(err)
