@@ -157,12 +157,40 @@ function friendly(e, context = '') {
 
 // ---------- boot ----------
 
+/** browserProblem says why this browser cannot run KEZ, or returns ''. */
+async function browserProblem() {
+  if (!globalThis.isSecureContext || !globalThis.crypto || !crypto.subtle) {
+    return 'KEZ encrypts in your browser, and browsers allow that only on secure pages: open this page over https:// (or on localhost).';
+  }
+  if (!globalThis.indexedDB) return 'This browser has no IndexedDB, where KEZ keeps your key. Private modes of some browsers turn it off.';
+  try {
+    await crypto.subtle.generateKey({ name: 'Ed25519' }, false, ['sign']);
+    await crypto.subtle.generateKey({ name: 'X25519' }, false, ['deriveBits']);
+  } catch {
+    return 'This browser is too old for KEZ: it lacks Ed25519/X25519 in WebCrypto. Update it (Chrome 137+, Firefox 130+, Safari 17+).';
+  }
+  return '';
+}
+
+function fatal(title, detail, canRetry) {
+  $('offline-title').textContent = title;
+  $('offline-detail').textContent = detail;
+  $('offline-retry').hidden = !canRetry;
+  $('offline-advanced').hidden = !canRetry;
+  show('offline');
+}
+
 async function boot() {
   show('loading');
+  const problem = await browserProblem();
+  if (problem) return fatal('This browser can’t run KEZ here', problem, false);
   $('loading-text').textContent = 'Looking for the server…';
   try {
     state.api = await Api.discover();
   } catch (e) {
+    $('offline-title').textContent = 'Can’t reach the KEZ server';
+    $('offline-retry').hidden = false;
+    $('offline-advanced').hidden = false;
     $('offline-detail').textContent =
       e instanceof ApiError && e.status
         ? `The server answered, but not like a KEZ server (HTTP ${e.status}).`

@@ -425,6 +425,29 @@ test('the "Your KEZ" panel shows the address with a copy button', async () => {
   await alice.keyboard.press('Escape');
 });
 
+test('acknowledgement: kept for other devices by default, deleted at once when asked', async () => {
+  const serverCount = (page) =>
+    page.evaluate(async () => {
+      const s = globalThis.kezApp.state;
+      return (await s.api.inbox(s.me, s.me.handle, 0)).messages.length;
+    });
+  // Alice keeps the default: her messages stay on the server for a week.
+  assert.ok((await serverCount(alice)) > 0);
+  // Bob says this is his only device.
+  await bob.getByRole('button', { name: /@bob/ }).click();
+  await bob.getByLabel(/This is my only device/).check();
+  await bob.keyboard.press('Escape');
+  await send(alice, 'ack me');
+  await bob.locator('#convo-list .convo', { hasText: 'alice' }).locator('.convo-preview', { hasText: 'ack me' }).waitFor();
+  const end = Date.now() + 15000;
+  let n;
+  while ((n = await serverCount(bob)) > 0 && Date.now() < end) await bob.waitForTimeout(250);
+  assert.equal(n, 0, 'bob\'s inbox on the server should be empty after the acknowledgement');
+  // The history stays in the browser.
+  await bob.locator('#convo-list .convo', { hasText: 'alice' }).click();
+  await bob.locator('#messages .text', { hasText: 'ack me' }).waitFor();
+});
+
 // The terminal client, when it exists: a message from `kez` shows in the
 // browser and a browser message decrypts in `kez`.
 const cliSource = join(REPO, 'cmd', 'kez', 'main.go');
