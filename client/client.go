@@ -147,18 +147,14 @@ func (c *Client) signed(msg func(handle string, ts int64) string) (string, error
 // 256 KiB each, with room for a larger configured envelope limit.
 const maxBody = 512 << 20
 
-// do sends one request and decodes a 2xx JSON answer into out (when not
-// nil). pathAndQuery must already be escaped.
+// do sends one request and decodes a 2xx JSON answer into out.
+// pathAndQuery must already be escaped.
 func (c *Client) do(ctx context.Context, method, pathAndQuery, auth string, body []byte, contentType string, out any) error {
 	resp, err := c.send(ctx, method, pathAndQuery, auth, body, contentType, "application/json")
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
-	if out == nil {
-		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxErrorBody))
-		return nil
-	}
 	if err := json.NewDecoder(io.LimitReader(resp.Body, maxBody)).Decode(out); err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()

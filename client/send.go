@@ -69,7 +69,7 @@ func (c *Client) SendTo(ctx context.Context, r *Recipient, text string) (*Receip
 	}
 	// The body is written by hand: the handle is [a-z0-9_-] and the
 	// envelope's fields need no escaping, so no reflection on the hot path.
-	body := make([]byte, 0, 64+len(r.Handle)+len(env.CT)+2*len(env.From))
+	body := make([]byte, 0, 256+len(r.Handle)+len(env.CT)+2*len(env.From))
 	body = append(body, `{"to":"`...)
 	body = append(body, r.Handle...)
 	body = append(body, `","envelope":`...)

@@ -51,7 +51,7 @@ func (c *Client) Stream(ctx context.Context, opts StreamOptions, onMessage func(
 	s := &streamState{since: opts.Since, retry: 3 * time.Second}
 	failures := 0
 	for {
-		connected, err := c.streamOnce(ctx, s, opts, onMessage)
+		healthy, err := c.streamOnce(ctx, s, opts, onMessage)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -62,7 +62,7 @@ func (c *Client) Stream(ctx context.Context, opts StreamOptions, onMessage func(
 		if permanent(err) {
 			return err
 		}
-		if connected {
+		if healthy {
 			failures = 0
 		} else {
 			failures++
@@ -90,7 +90,7 @@ type streamState struct {
 }
 
 // backoff is how long to wait before the next attempt, after failures
-// attempts in a row that did not connect. The reconnect after a working
+// attempts in a row that were not healthy. The reconnect after a healthy
 // stream (failures = 0) waits only a jittered moment, so a server reload
 // costs little; failed attempts back off from the server's retry advice.
 func (s *streamState) backoff(failures int, max time.Duration) time.Duration {
@@ -121,9 +121,14 @@ func permanent(err error) bool {
 	return errors.As(err, &protoErr) || errors.Is(err, ErrNoIdentity)
 }
 
-// streamOnce runs one connection until it ends. connected reports whether
-// the server accepted it, which resets the backoff.
-func (c *Client) streamOnce(ctx context.Context, s *streamState, opts StreamOptions, onMessage func(Message) error) (connected bool, err error) {
+// healthyAfter is how long a stream must stay open, if it delivers nothing,
+// to count as working: a server that accepts and at once closes streams
+// gets the backoff, not a reconnect loop.
+const healthyAfter = 5 * time.Second
+
+// streamOnce runs one connection until it ends. healthy reports whether it
+// worked (delivered a message or stayed open), which resets the backoff.
+func (c *Client) streamOnce(ctx context.Context, s *streamState, opts StreamOptions, onMessage func(Message) error) (healthy bool, err error) {
 	auth, err := c.signed(kez.StreamAuthMessage)
 	if err != nil {
 		return false, err
@@ -147,6 +152,8 @@ func (c *Client) streamOnce(ctx context.Context, s *streamState, opts StreamOpti
 	if opts.OnConnect != nil {
 		opts.OnConnect()
 	}
+	opened, delivered := time.Now(), false
+	ended := func(err error) (bool, error) { return delivered || time.Since(opened) >= healthyAfter, err }
 	events := newSSEReader(resp.Body)
 	events.onLine = func() { idle.Reset(opts.IdleTimeout) }
 	events.onRetry = func(d time.Duration) { s.retry = max(d, 100*time.Millisecond) }
@@ -154,16 +161,16 @@ func (c *Client) streamOnce(ctx context.Context, s *streamState, opts StreamOpti
 		ev, err := events.next()
 		if err != nil {
 			if errors.Is(err, io.EOF) {
-				return true, ErrStreamEnded
+				return ended(ErrStreamEnded)
 			}
-			return true, c.idleOr(ctx, connCtx, &NetworkError{URL: c.base, Err: unwrapURLError(err)})
+			return ended(c.idleOr(ctx, connCtx, &NetworkError{URL: c.base, Err: unwrapURLError(err)}))
 		}
 		if ev.Type != "message" {
 			continue
 		}
 		var m Message
 		if err := json.Unmarshal(ev.Data, &m); err != nil {
-			return true, &ProtocolError{URL: c.base + path, Reason: "event data is not a message: " + err.Error()}
+			return ended(&ProtocolError{URL: c.base + path, Reason: "event data is not a message: " + err.Error()})
 		}
 		if m.Seq == 0 {
 			m.Seq, _ = strconv.ParseUint(ev.ID, 10, 64)
@@ -172,9 +179,9 @@ func (c *Client) streamOnce(ctx context.Context, s *streamState, opts StreamOpti
 			continue // a replayed message we already delivered
 		}
 		if err := onMessage(m); err != nil {
-			return true, callbackError{err}
+			return ended(callbackError{err})
 		}
-		s.since = m.Seq
+		s.since, delivered = m.Seq, true
 	}
 }
 

@@ -225,3 +225,30 @@ func TestBackoff(t *testing.T) {
 		}
 	}
 }
+
+// TestStreamBacksOffFromStreamsThatEndAtOnce: a server that accepts and at
+// once closes every stream must not be hammered.
+func TestStreamBacksOffFromStreamsThatEndAtOnce(t *testing.T) {
+	var calls atomic.Int32
+	srv := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		w.Header().Set("Content-Type", "text/event-stream")
+		fmt.Fprint(w, "retry: 200\n\n")
+	})
+	c := streamClient(t, srv, kez.GenerateKeys())
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var waits []time.Duration
+	err := c.Stream(ctx, StreamOptions{OnDisconnect: func(err error, wait time.Duration) {
+		waits = append(waits, wait)
+		if len(waits) == 3 {
+			cancel()
+		}
+	}}, func(Message) error { return nil })
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("Stream = %v", err)
+	}
+	if waits[0] < 100*time.Millisecond || waits[2] < 400*time.Millisecond {
+		t.Errorf("waits = %v, want growing from the server's 200 ms retry", waits)
+	}
+}

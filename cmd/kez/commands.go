@@ -241,7 +241,7 @@ var sendCmd = &command{
 		case errors.Is(err, client.ErrEnvelopeTooLarge):
 			return errors.New("the server refused the message as too large")
 		case errors.Is(err, client.ErrInboxFull):
-			return fmt.Errorf("%s's inbox is full; try again later", r.Address)
+			return fmt.Errorf("%s's inbox is full; try again later", to)
 		case err != nil:
 			return err
 		}

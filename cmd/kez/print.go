@@ -65,6 +65,8 @@ func (p *printer) print(ctx context.Context, m client.Message) {
 func (p *printer) sender(ctx context.Context, primary, claimed string) string {
 	addr, known := p.senders[primary]
 	if !known {
+		ctx, cancel := context.WithTimeout(ctx, requestTimeout)
+		defer cancel()
 		rec, err := p.c.LookupPrimary(ctx, primary)
 		switch {
 		case err == nil:
