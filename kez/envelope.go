@@ -96,13 +96,14 @@ func X25519Secret(seed []byte) []byte {
 // x25519Public converts a primary to the peer's X25519 public key, rejecting
 // bad syntax, invalid points and points of small order.
 func x25519Public(primary string) (*ecdh.PublicKey, error) {
+	// The value is not echoed: it may come from anyone, at any length.
 	if !WellFormedPrimary(primary) {
-		return nil, fmt.Errorf("%q is not a primary", primary)
+		return nil, errors.New("not a primary (ed25519:<64 lowercase hex>)")
 	}
 	ed, _ := hex.DecodeString(primary[len(PrimaryPrefix):])
 	u, err := EdwardsToMontgomery(ed)
 	if err != nil {
-		return nil, fmt.Errorf("primary %s: %w", primary, err)
+		return nil, err
 	}
 	return ecdh.X25519().NewPublicKey(u)
 }
