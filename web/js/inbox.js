@@ -19,6 +19,18 @@ const DAY = 24 * 3600 * 1000;
 export const ACK_AFTER = 7 * DAY;
 const ACK_EVERY = 3600 * 1000;
 
+/**
+ * HEARTBEAT: EventSource hides the server's ": ping" comments, so a
+ * connection that died silently (a sleeping laptop, a NAT that forgot us)
+ * would look live forever. While live, an authenticated GET every
+ * HEARTBEAT both catches up and proves the server is there; if it fails,
+ * the stream is torn down and reopened.
+ */
+export const HEARTBEAT = 60 * 1000;
+
+/** backoff is the wait before reconnect attempt n: 1 s doubling to 15 s, ±25 %. */
+export const backoff = (n) => Math.min(15000, 1000 * 2 ** n) * (0.75 + Math.random() / 2);
+
 export class Inbox {
   /**
    * @param {object} o
@@ -30,6 +42,7 @@ export class Inbox {
    * @param {{get: () => Promise<number>, set: (n: number) => Promise<void>}} o.cursor
    * @param {() => Promise<string>} o.ackMode  'week' (default) or 'immediate'
    * @param {{get: () => Promise<number>, set: (n: number) => Promise<void>}} o.acked
+   * @param {(attempt: number) => number} [o.backoff]  reconnect delay in ms (tests)
    */
   constructor(o) {
     Object.assign(this, o);
@@ -65,6 +78,7 @@ export class Inbox {
     this.stopped = true;
     clearTimeout(this.timer);
     clearTimeout(this.ackTimer);
+    clearTimeout(this.beat);
     if (this.es) this.es.close();
     this.es = null;
     removeEventListener('online', this.onOnline);
@@ -89,6 +103,7 @@ export class Inbox {
       if (this.es !== es) return;
       this.attempt = 0;
       this.setStatus(STATUS.live);
+      this.armHeartbeat();
       this.maybeAck();
     };
     es.addEventListener('message', (ev) => {
@@ -109,6 +124,21 @@ export class Inbox {
       this.es = null;
       this.recover();
     };
+  }
+
+  armHeartbeat() {
+    clearTimeout(this.beat);
+    this.beat = setTimeout(async () => {
+      if (this.stopped || !this.es) return;
+      try {
+        await this.catchUp();
+        this.armHeartbeat();
+      } catch {
+        if (this.es) this.es.close();
+        this.es = null;
+        this.recover();
+      }
+    }, HEARTBEAT);
   }
 
   /** enqueue processes items in order, skipping what was already processed. */
@@ -174,7 +204,7 @@ export class Inbox {
     if (this.stopped) return;
     clearTimeout(this.timer);
     if (delay === undefined) {
-      delay = Math.min(15000, 1000 * 2 ** this.attempt) * (0.75 + Math.random() / 2);
+      delay = (this.backoff || backoff)(this.attempt);
       this.attempt++;
     }
     if (this.status === STATUS.live) this.setStatus(STATUS.reconnecting);

@@ -1,0 +1,161 @@
+// The live inbox with a scripted EventSource and server: every reconnect
+// signs afresh and resumes from the last processed seq; messages that
+// arrive twice (stream replay, catch-up GET, heartbeat) are handed over once
+// and in order.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+
+// Browser globals the module touches.
+globalThis.document ??= { visibilityState: 'visible', addEventListener() {}, removeEventListener() {} };
+globalThis.addEventListener ??= () => {};
+globalThis.removeEventListener ??= () => {};
+
+class FakeEventSource {
+  static all = [];
+  constructor(url) {
+    this.url = url;
+    this.closed = false;
+    this.listeners = {};
+    FakeEventSource.all.push(this);
+  }
+  addEventListener(type, fn) {
+    this.listeners[type] = fn;
+  }
+  close() {
+    this.closed = true;
+  }
+  open() {
+    this.onopen();
+  }
+  push(item) {
+    this.listeners.message({ data: JSON.stringify(item) });
+  }
+  fail() {
+    this.onerror();
+  }
+}
+globalThis.EventSource = FakeEventSource;
+
+const { Inbox, STATUS } = await import('../js/inbox.js');
+
+const tick = () => new Promise((r) => setTimeout(r, 5));
+async function until(cond, what) {
+  for (let i = 0; i < 200; i++) {
+    if (cond()) return;
+    await tick();
+  }
+  throw new Error('timed out waiting for ' + what);
+}
+
+function harness({ stored = [] } = {}) {
+  let signatures = 0;
+  const seen = [];
+  const statuses = [];
+  let cursor = 0;
+  const api = {
+    async streamURL(_id, handle, since) {
+      return `stream/${handle}?since=${since}&sig=${++signatures}`;
+    },
+    async inbox(_id, _handle, since) {
+      return { messages: stored.filter((m) => m.seq > since), more: false, next_since: since };
+    },
+    async ack() {
+      return { deleted: 0 };
+    },
+    nowMs: () => Date.now(),
+  };
+  const inbox = new Inbox({
+    api,
+    identity: {},
+    handle: 'alice',
+    ingest: async (item) => seen.push(item.seq),
+    onStatus: (s) => statuses.push(s),
+    cursor: { get: async () => cursor, set: async (n) => (cursor = n) },
+    acked: { get: async () => 0, set: async () => {} },
+    ackMode: async () => 'week',
+    backoff: () => 0,
+  });
+  return { inbox, seen, statuses, stored, getCursor: () => cursor };
+}
+
+const msg = (seq) => ({ seq, envelope: {}, received_at: Date.now() });
+
+test('resumes from the last seq with a fresh signature, without duplicates', async () => {
+  FakeEventSource.all = [];
+  const h = harness();
+  await h.inbox.start();
+  await until(() => FakeEventSource.all.length === 1, 'first stream');
+  const es1 = FakeEventSource.all[0];
+  assert.match(es1.url, /since=0&sig=1$/);
+  es1.open();
+  assert.equal(h.statuses.at(-1), STATUS.live);
+  es1.push(msg(3));
+  es1.push(msg(5));
+  es1.push(msg(5)); // a duplicate
+  await until(() => h.getCursor() === 5, 'cursor 5');
+
+  // The server goes away; meanwhile seq 7 and 9 were stored.
+  h.stored.push(msg(3), msg(5), msg(7), msg(9));
+  es1.fail();
+  assert.equal(es1.closed, true, 'the broken EventSource must be closed, not left to retry');
+  assert.equal(h.statuses.at(-1), STATUS.reconnecting);
+  await until(() => FakeEventSource.all.length === 2, 'second stream');
+  const es2 = FakeEventSource.all[1];
+  // The catch-up GET already fetched 7 and 9, so the stream resumes after 9.
+  assert.match(es2.url, /since=9&sig=2$/);
+  es2.open();
+  es2.push(msg(7)); // replayed by the server: ignored
+  es2.push(msg(9));
+  es2.push(msg(12));
+  await until(() => h.getCursor() === 12, 'cursor 12');
+  assert.deepEqual(h.seen, [3, 5, 7, 9, 12]);
+  assert.equal(h.statuses.at(-1), STATUS.live);
+  h.inbox.stop();
+  assert.equal(es2.closed, true);
+});
+
+test('resumes from the stored cursor after a page reload', async () => {
+  FakeEventSource.all = [];
+  const h = harness();
+  await h.inbox.start();
+  await until(() => FakeEventSource.all.length === 1, 'stream');
+  FakeEventSource.all[0].push(msg(4));
+  await until(() => h.getCursor() === 4, 'cursor');
+  h.inbox.stop();
+  // A new Inbox over the same cursor store: what a reload does.
+  const again = new Inbox({ ...h.inbox, es: null, queue: Promise.resolve(), stopped: true });
+  await again.start();
+  await until(() => FakeEventSource.all.length === 2, 'stream after reload');
+  assert.match(FakeEventSource.all[1].url, /since=4&/);
+  again.stop();
+});
+
+test('a failing ingest keeps the cursor, so the message comes again', async () => {
+  FakeEventSource.all = [];
+  const h = harness();
+  let fail = true;
+  const orig = h.inbox.ingest;
+  h.inbox.ingest = async (item) => {
+    if (fail && item.seq === 2) throw new Error('disk full');
+    return orig(item);
+  };
+  const origErr = console.error;
+  console.error = () => {};
+  try {
+    await h.inbox.start();
+    await until(() => FakeEventSource.all.length === 1, 'stream');
+    FakeEventSource.all[0].open();
+    FakeEventSource.all[0].push(msg(1));
+    FakeEventSource.all[0].push(msg(2));
+    await until(() => FakeEventSource.all.length === 2, 'reconnect after the failure');
+    assert.equal(h.getCursor(), 1);
+    assert.match(FakeEventSource.all[1].url, /since=1&/);
+    fail = false;
+    FakeEventSource.all[1].push(msg(2));
+    await until(() => h.getCursor() === 2, 'cursor 2');
+    assert.deepEqual(h.seen, [1, 2]);
+  } finally {
+    console.error = origErr;
+    h.inbox.stop();
+  }
+});
