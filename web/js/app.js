@@ -338,6 +338,7 @@ function showBackup(fresh) {
   $('backup-done').textContent = '';
   $('backup-continue').disabled = !state.me.backedUp;
   $('backup-skip').textContent = fresh ? 'Skip for now' : 'Cancel';
+  $('backup-skip').hidden = false;
   const old = $('backup-text');
   if (old) old.remove();
   show('backup');
@@ -370,6 +371,7 @@ async function backupSaved(how) {
   state.me.backedUp = true;
   await db.putIdentity(state.me);
   $('backup-done').textContent = how;
+  if (!backupReturnsToChat) $('backup-skip').hidden = true;
   $('backup-continue').disabled = false;
   $('backup-continue').focus();
 }
@@ -457,8 +459,30 @@ $('restore-file').addEventListener('change', async (ev) => {
     return;
   }
   $('restore-text').value = await f.text();
+  describeBackup();
   $('restore-pass').focus();
 });
+
+/** describeBackup says whose backup was pasted or chosen, before unlocking it. */
+function describeBackup() {
+  const text = $('restore-text').value.trim();
+  const who = $('restore-who');
+  $('restore-error').textContent = '';
+  if (!text) {
+    who.textContent = '';
+    return;
+  }
+  try {
+    const b = parseBackup(text);
+    const when = Date.parse(b.created_at);
+    who.textContent = `Backup of ${b.address || b.handle}` + (Number.isNaN(when) ? '.' : `, made ${new Date(when).toLocaleDateString()}.`);
+  } catch (e) {
+    who.textContent = '';
+    $('restore-error').textContent = friendly(e);
+  }
+}
+
+$('restore-text').addEventListener('input', describeBackup);
 
 $('restore-form').addEventListener('submit', async (ev) => {
   ev.preventDefault();

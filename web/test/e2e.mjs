@@ -138,7 +138,18 @@ async function createAccount(page, handle, { backup = 'copy' } = {}) {
     await page.getByLabel('Type it again').fill(PASS);
     await page.getByRole('button', { name: 'Copy backup as text' }).click();
     await page.getByText('keep it somewhere safe').or(page.getByText('Paste it somewhere safe')).first().waitFor();
+    await shot(page, `01-backup-${handle}.png`);
     text = await page.getByRole('textbox', { name: 'Backup text', exact: true }).inputValue();
+    await page.getByRole('button', { name: 'Continue to chat' }).click();
+  } else if (backup === 'download') {
+    await page.getByLabel('Passphrase for the backup').fill(PASS);
+    await page.getByLabel('Type it again').fill(PASS);
+    const [download] = await Promise.all([
+      page.waitForEvent('download'),
+      page.getByRole('button', { name: 'Download backup file' }).click(),
+    ]);
+    assert.equal(download.suggestedFilename(), `kez-backup-${handle}.json`);
+    text = readFileSync(await download.path(), 'utf8');
     await page.getByRole('button', { name: 'Continue to chat' }).click();
   } else {
     page.once('dialog', (d) => d.accept());
@@ -360,6 +371,7 @@ test('a backup restores alice in a third browser, with her inbox', async () => {
   await carol.goto(base + '/chat/');
   await carol.getByText('Already have a KEZ? Restore it from a backup').click();
   await carol.getByLabel('…or paste the backup text').fill(aliceBackup);
+  await carol.locator('#restore-who').getByText(`Backup of alice@${SERVER}`).waitFor();
   await carol.getByLabel('Backup passphrase').fill('wrong passphrase');
   await carol.getByRole('button', { name: 'Restore my KEZ' }).click();
   await carol.locator('#restore-error').getByText('wrong passphrase').waitFor();
@@ -386,7 +398,9 @@ test('phone width: list and thread one at a time, back button', async () => {
   // Same origin, fresh context: welcome screen at phone width.
   await phone.getByRole('heading', { name: 'Create your KEZ' }).waitFor();
   await shot(phone, '08-phone-welcome.png');
-  await createAccount(phone, 'dave', { backup: 'skip' });
+  const daveBackup = await createAccount(phone, 'dave', { backup: 'download' });
+  assert.equal(JSON.parse(daveBackup).address, `dave@${SERVER}`);
+  assert.equal(await phone.locator('#no-backup-warn').isVisible(), false);
   await startChat(phone, 'alice');
   await phone.getByRole('heading', { name: 'alice', exact: true }).waitFor();
   assert.equal(await phone.locator('.sidebar').isVisible(), false);
