@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyevents"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/kezchat/kez/handlers"
@@ -110,6 +111,17 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		Version:      moduleVersion(),
 	}, b.store(), b.hub, h.log)
 
+	// Caddy emits "stopping" before it shuts its servers down, on reload
+	// and on exit. Ending streams then keeps a graceful shutdown (eternal by
+	// default) from waiting on them.
+	eventsApp, err := ctx.App("events")
+	if err != nil {
+		return fmt.Errorf("kez_chat: loading the events app: %w", err)
+	}
+	if err := eventsApp.(*caddyevents.App).On("stopping", onEvent(h.api.Close)); err != nil {
+		return fmt.Errorf("kez_chat: subscribing to the stopping event: %w", err)
+	}
+
 	janitorCtx, cancel := context.WithCancel(context.Background())
 	h.stop, h.stopped = cancel, make(chan struct{})
 	go h.janitor(janitorCtx, b.store())
@@ -138,6 +150,14 @@ func (h *Handler) boltPath() (string, error) {
 		path = h.Storage.Bolt.Path
 	}
 	return filepath.Abs(path)
+}
+
+// onEvent adapts a function to a Caddy event handler.
+type onEvent func()
+
+func (f onEvent) Handle(context.Context, caddy.Event) error {
+	f()
+	return nil
 }
 
 // janitor enforces retention in the background, a small transaction at a time.

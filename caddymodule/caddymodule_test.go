@@ -3,8 +3,10 @@ package caddymodule
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"io"
+	"net"
 	"net/http"
-	"net/http/httptest"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -15,7 +17,6 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	_ "github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile" // the caddyfile adapter
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	_ "github.com/caddyserver/caddy/v2/modules/standard" // reverse_proxy etc. for adapt tests
 
 	"github.com/kezchat/kez/storage/bolt"
@@ -223,66 +224,84 @@ func TestAdaptRejectsUnknownOption(t *testing.T) {
 	}
 }
 
-func provision(t *testing.T, h *Handler) {
+// runCaddy loads a JSON config into the in-process Caddy (a reload when one
+// is already running) with a kez_chat site on port, and returns its base URL.
+func runCaddy(t *testing.T, port int, handler map[string]any) string {
 	t.Helper()
-	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
-	t.Cleanup(func() { cancel() })
-	if err := h.Validate(); err != nil {
-		t.Fatal(err)
+	handler["handler"] = "kez_chat"
+	cfg := map[string]any{
+		"admin": map[string]any{"disabled": true},
+		"apps": map[string]any{"http": map[string]any{"servers": map[string]any{"kez": map[string]any{
+			"listen": []string{fmt.Sprintf("127.0.0.1:%d", port)},
+			"routes": []any{map[string]any{"handle": []any{handler, map[string]any{"handler": "static_response", "status_code": 299, "body": "next"}}}},
+		}}}},
 	}
-	if err := h.Provision(ctx); err != nil {
-		t.Fatal(err)
+	raw, _ := json.Marshal(cfg)
+	if err := caddy.Load(raw, true); err != nil {
+		t.Fatalf("caddy.Load: %v", err)
 	}
+	return fmt.Sprintf("http://127.0.0.1:%d", port)
 }
 
-func get(t *testing.T, h *Handler, path string) (int, string) {
+func freePort(t *testing.T) int {
 	t.Helper()
-	w := httptest.NewRecorder()
-	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
-		w.WriteHeader(299)
-		_, _ = w.Write([]byte("next"))
-		return nil
-	})
-	if err := h.ServeHTTP(w, httptest.NewRequest("GET", path, nil), next); err != nil {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
 		t.Fatal(err)
 	}
-	return w.Code, w.Body.String()
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
 }
 
-// Two configs naming one file share the database: that is what a reload does.
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	res, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	return res.StatusCode, string(b)
+}
+
+func isolateCaddy(t *testing.T) {
+	t.Helper()
+	dir := t.TempDir()
+	t.Setenv("HOME", dir)
+	t.Setenv("XDG_DATA_HOME", filepath.Join(dir, "data"))
+	t.Setenv("XDG_CONFIG_HOME", filepath.Join(dir, "config"))
+	t.Cleanup(func() { _ = caddy.Stop() })
+}
+
+// A reload that changes other options shares the open database (bbolt's
+// lock would otherwise block it), and the last config's cleanup closes it.
 func TestReloadSharesTheDatabase(t *testing.T) {
+	isolateCaddy(t)
 	path := filepath.Join(t.TempDir(), "chat.db")
-	old := &Handler{Server: "kez.test", Storage: &StorageConfig{Bolt: &BoltConfig{Path: path}}}
-	provision(t, old)
-	if code, body := get(t, old, "/v1/healthz"); code != 200 {
+	port := freePort(t)
+	storage := map[string]any{"bolt": map[string]any{"path": path}}
+	base := runCaddy(t, port, map[string]any{"server": "kez.test", "storage": storage})
+	if code, body := get(t, base+"/v1/healthz"); code != 200 {
 		t.Fatalf("healthz %d %s", code, body)
 	}
-	if code, body := get(t, old, "/index.html"); code != 299 || body != "next" {
+	if code, body := get(t, base+"/index.html"); code != 299 || body != "next" {
 		t.Fatalf("non-API path: %d %s", code, body)
 	}
-	// The new config changes other options and is provisioned before the old is cleaned up.
 	start := time.Now()
-	fresh := &Handler{Server: "kez.test", MaxInbox: 5, Retention: caddy.Duration(time.Hour), Storage: &StorageConfig{Bolt: &BoltConfig{Path: path}}}
-	provision(t, fresh)
-	if d := time.Since(start); d > 500*time.Millisecond {
-		t.Fatalf("provisioning next to a live config took %s (waited for the lock?)", d)
+	runCaddy(t, port, map[string]any{"server": "kez.test", "storage": storage, "max_inbox": 5, "retention": int64(time.Hour)})
+	if d := time.Since(start); d > 900*time.Millisecond {
+		t.Fatalf("reload took %s (waited for the lock?)", d)
 	}
-	if fresh.backend != old.backend {
-		t.Fatal("configs on one file do not share the backend")
+	if code, body := get(t, base+"/v1/healthz"); code != 200 {
+		t.Fatalf("after reload: %d %s", code, body)
 	}
-	if err := old.Cleanup(); err != nil {
-		t.Fatal(err)
-	}
-	if code, body := get(t, fresh, "/v1/healthz"); code != 200 {
-		t.Fatalf("after old cleanup: %d %s", code, body)
-	}
-	if err := fresh.Cleanup(); err != nil {
+	if err := caddy.Stop(); err != nil {
 		t.Fatal(err)
 	}
 	// The last user is gone: the file is closed and can be opened again.
 	s, err := bolt.Open(path, bolt.Options{Timeout: time.Second})
 	if err != nil {
-		t.Fatalf("file still locked after the last cleanup: %v", err)
+		t.Fatalf("file still locked after stop: %v", err)
 	}
 	_ = s.Close()
 }
@@ -290,25 +309,24 @@ func TestReloadSharesTheDatabase(t *testing.T) {
 // A database locked by another process (a running server, seen by `caddy
 // validate`) does not fail or stall provisioning; requests get 503 until it frees.
 func TestLockedDatabaseIsOpenedLater(t *testing.T) {
+	isolateCaddy(t)
 	path := filepath.Join(t.TempDir(), "chat.db")
 	other, err := bolt.Open(path, bolt.Options{Timeout: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &Handler{Server: "kez.test", Storage: &StorageConfig{Bolt: &BoltConfig{Path: path}}}
 	start := time.Now()
-	provision(t, h)
+	base := runCaddy(t, freePort(t), map[string]any{"server": "kez.test", "storage": map[string]any{"bolt": map[string]any{"path": path}}})
 	if d := time.Since(start); d > 3*time.Second {
 		t.Fatalf("provision took %s", d)
 	}
-	defer h.Cleanup()
-	if code, body := get(t, h, "/v1/healthz"); code != 503 || !strings.Contains(body, "unavailable") {
+	if code, body := get(t, base+"/v1/healthz"); code != 503 || !strings.Contains(body, "unavailable") {
 		t.Fatalf("healthz with a locked db: %d %s", code, body)
 	}
 	_ = other.Close()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		code, body := get(t, h, "/v1/healthz")
+		code, body := get(t, base+"/v1/healthz")
 		if code == 200 {
 			break
 		}

@@ -67,6 +67,10 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request, arg string) {
 		return
 	}
 
+	// Watch for shutdown before anything is written, so that a shutdown
+	// beginning from here on is seen.
+	shutdown := h.serverShutdown(r)
+
 	// Subscribe before reading storage: whatever commits from now on is in
 	// the subscription, whatever committed before is in storage; duplicates
 	// between the two are dropped by seq below.
@@ -109,7 +113,6 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request, arg string) {
 		}
 	}
 
-	shutdown := h.serverShutdown(r)
 	ping := time.NewTicker(h.cfg.Keepalive)
 	defer ping.Stop()
 	for {
