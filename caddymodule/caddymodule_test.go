@@ -17,7 +17,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	_ "github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile" // the caddyfile adapter
-	_ "github.com/caddyserver/caddy/v2/modules/standard" // reverse_proxy etc. for adapt tests
+	_ "github.com/caddyserver/caddy/v2/modules/standard"          // reverse_proxy etc. for adapt tests
 
 	"github.com/kezchat/kez/storage/bolt"
 )
