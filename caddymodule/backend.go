@@ -114,12 +114,12 @@ type lazyStore struct{ b *backend }
 
 func (l lazyStore) get() (*bolt.Store, error) { return l.b.open(retryOpenTimeout) }
 
-func (l lazyStore) Register(ctx context.Context, rec storage.Record) (storage.Record, bool, error) {
+func (l lazyStore) Register(ctx context.Context, rec storage.Record, invite string) (storage.Record, bool, error) {
 	s, err := l.get()
 	if err != nil {
 		return storage.Record{}, false, err
 	}
-	return s.Register(ctx, rec)
+	return s.Register(ctx, rec, invite)
 }
 
 func (l lazyStore) Lookup(ctx context.Context, handle string) (storage.Record, error) {

@@ -74,7 +74,7 @@ func (h *Handler) register(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	stored, created, err := h.store.Register(r.Context(), storage.Record{
-		Handle: payload.Handle, Primary: payload.Primary, RegisteredAt: now.Unix(), Registration: signed})
+		Handle: payload.Handle, Primary: payload.Primary, RegisteredAt: now.Unix(), Registration: signed}, "")
 	switch {
 	case errors.Is(err, storage.ErrHandleTaken):
 		writeError(w, http.StatusConflict, kez.CodeHandleTaken, "handle \""+payload.Handle+"\" is already registered")

@@ -17,6 +17,7 @@ var (
 	ErrHandleTaken  = errors.New("handle already registered")
 	ErrPrimaryTaken = errors.New("primary already bound to another handle")
 	ErrInboxFull    = errors.New("inbox full")
+	ErrInviteUsed   = errors.New("invite already used")
 	ErrClosed       = errors.New("storage closed")
 )
 
@@ -45,8 +46,10 @@ type Notify func(handle string, m Message)
 type Store interface {
 	// Register binds rec.Handle to rec.Primary atomically. If the handle is
 	// already bound to the same primary it returns the existing record and
-	// created=false; otherwise ErrHandleTaken or ErrPrimaryTaken.
-	Register(ctx context.Context, rec Record) (stored Record, created bool, err error)
+	// created=false; otherwise ErrHandleTaken or ErrPrimaryTaken. A non-empty
+	// invite (an opaque key, e.g. a token's hash) is consumed in the same
+	// transaction, once ever: ErrInviteUsed the second time.
+	Register(ctx context.Context, rec Record, invite string) (stored Record, created bool, err error)
 	// Lookup returns the record of a handle, or ErrNotFound.
 	Lookup(ctx context.Context, handle string) (Record, error)
 	// LookupPrimary returns the record bound to a primary, or ErrNotFound.

@@ -24,6 +24,7 @@ var (
 	bucketPrimaries = []byte("primaries") // primary → handle
 	bucketInboxes   = []byte("inboxes")   // handle → bucket of seq (8 bytes BE) → received_at (8 bytes BE) + envelope
 	bucketCounts    = []byte("counts")    // handle → number of stored messages (8 bytes BE)
+	bucketInvites   = []byte("invites")   // used invite → handle it registered
 )
 
 // maxBatch bounds how many appends share one commit, so one fsync never
@@ -88,7 +89,7 @@ func Open(path string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bucketHandles, bucketPrimaries, bucketInboxes, bucketCounts} {
+		for _, name := range [][]byte{bucketHandles, bucketPrimaries, bucketInboxes, bucketCounts, bucketInvites} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return err
 			}
@@ -147,7 +148,7 @@ func mapErr(err error) error {
 }
 
 // Register binds a handle and a primary in one transaction.
-func (s *Store) Register(_ context.Context, rec storage.Record) (storage.Record, bool, error) {
+func (s *Store) Register(_ context.Context, rec storage.Record, invite string) (storage.Record, bool, error) {
 	var stored storage.Record
 	created := false
 	err := s.db.Update(func(tx *bolt.Tx) error {
@@ -163,6 +164,15 @@ func (s *Store) Register(_ context.Context, rec storage.Record) (storage.Record,
 		}
 		if primaries.Get([]byte(rec.Primary)) != nil {
 			return storage.ErrPrimaryTaken
+		}
+		if invite != "" {
+			invites := tx.Bucket(bucketInvites)
+			if invites.Get([]byte(invite)) != nil {
+				return storage.ErrInviteUsed
+			}
+			if err := invites.Put([]byte(invite), []byte(rec.Handle)); err != nil {
+				return err
+			}
 		}
 		raw, err := json.Marshal(rec)
 		if err != nil {

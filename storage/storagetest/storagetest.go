@@ -20,6 +20,7 @@ type Opener func(t *testing.T, notify storage.Notify) storage.Store
 func Run(t *testing.T, open Opener) {
 	tests := map[string]func(*testing.T, Opener){
 		"RegisterAndLookup":          testRegisterAndLookup,
+		"InvitesAreUsedOnce":         testInvites,
 		"ConcurrentRegistration":     testConcurrentRegistration,
 		"AppendReadPaging":           testAppendReadPaging,
 		"SeqNeverReused":             testSeqNeverReused,
@@ -43,7 +44,7 @@ func Register(t testing.TB, s storage.Store, handle string, i int) storage.Recor
 	t.Helper()
 	rec := storage.Record{Handle: handle, Primary: Primary(i), RegisteredAt: 1764115200,
 		Registration: []byte(`{"payload":{"handle":"` + handle + `"},"signature":{"alg":"ed25519","sig":"00"}}`)}
-	got, created, err := s.Register(context.Background(), rec)
+	got, created, err := s.Register(context.Background(), rec, "")
 	if err != nil || !created {
 		t.Fatalf("register %s: created=%v err=%v", handle, created, err)
 	}
@@ -62,14 +63,14 @@ func testRegisterAndLookup(t *testing.T, open Opener) {
 		t.Fatalf("LookupPrimary = %+v, %v", got, err)
 	}
 	// Same handle, same primary: an idempotent retry returning the first record.
-	again, created, err := s.Register(ctx, storage.Record{Handle: "alice", Primary: Primary(1), RegisteredAt: 99})
+	again, created, err := s.Register(ctx, storage.Record{Handle: "alice", Primary: Primary(1), RegisteredAt: 99}, "")
 	if err != nil || created || again.RegisteredAt != alice.RegisteredAt {
 		t.Fatalf("retry = %+v created=%v err=%v", again, created, err)
 	}
-	if _, _, err := s.Register(ctx, storage.Record{Handle: "alice", Primary: Primary(2)}); !errors.Is(err, storage.ErrHandleTaken) {
+	if _, _, err := s.Register(ctx, storage.Record{Handle: "alice", Primary: Primary(2)}, ""); !errors.Is(err, storage.ErrHandleTaken) {
 		t.Fatalf("other primary for alice: %v", err)
 	}
-	if _, _, err := s.Register(ctx, storage.Record{Handle: "alice2", Primary: Primary(1)}); !errors.Is(err, storage.ErrPrimaryTaken) {
+	if _, _, err := s.Register(ctx, storage.Record{Handle: "alice2", Primary: Primary(1)}, ""); !errors.Is(err, storage.ErrPrimaryTaken) {
 		t.Fatalf("alice's primary for alice2: %v", err)
 	}
 	if _, err := s.Lookup(ctx, "alice2"); !errors.Is(err, storage.ErrNotFound) {
@@ -80,6 +81,49 @@ func testRegisterAndLookup(t *testing.T, open Opener) {
 	}
 	if _, err := s.LookupPrimary(ctx, Primary(7)); !errors.Is(err, storage.ErrNotFound) {
 		t.Fatalf("LookupPrimary(unbound) = %v", err)
+	}
+}
+
+func testInvites(t *testing.T, open Opener) {
+	ctx := context.Background()
+	s := open(t, nil)
+	if _, created, err := s.Register(ctx, storage.Record{Handle: "alice", Primary: Primary(1)}, "invite-1"); err != nil || !created {
+		t.Fatalf("first use: created=%v err=%v", created, err)
+	}
+	if _, _, err := s.Register(ctx, storage.Record{Handle: "bob", Primary: Primary(2)}, "invite-1"); !errors.Is(err, storage.ErrInviteUsed) {
+		t.Fatalf("second use: %v", err)
+	}
+	if _, err := s.Lookup(ctx, "bob"); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("refused registration left a record: %v", err)
+	}
+	// A registration refused for another reason does not use up the invite.
+	if _, _, err := s.Register(ctx, storage.Record{Handle: "alice", Primary: Primary(3)}, "invite-2"); !errors.Is(err, storage.ErrHandleTaken) {
+		t.Fatalf("taken handle: %v", err)
+	}
+	if _, created, err := s.Register(ctx, storage.Record{Handle: "carol", Primary: Primary(3)}, "invite-2"); err != nil || !created {
+		t.Fatalf("invite after a failed attempt: created=%v err=%v", created, err)
+	}
+	// Racing for one invite: exactly one wins.
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	wins := 0
+	for i := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, created, err := s.Register(ctx, storage.Record{Handle: fmt.Sprintf("racer%d", i), Primary: Primary(10 + i)}, "invite-3")
+			mu.Lock()
+			defer mu.Unlock()
+			if err == nil && created {
+				wins++
+			} else if !errors.Is(err, storage.ErrInviteUsed) {
+				t.Errorf("racer %d: %v", i, err)
+			}
+		}()
+	}
+	wg.Wait()
+	if wins != 1 {
+		t.Fatalf("%d registrations used one invite", wins)
 	}
 }
 
@@ -95,7 +139,7 @@ func testConcurrentRegistration(t *testing.T, open Opener) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, created, err := s.Register(ctx, storage.Record{Handle: "contested", Primary: Primary(100 + i)})
+			_, created, err := s.Register(ctx, storage.Record{Handle: "contested", Primary: Primary(100 + i)}, "")
 			mu.Lock()
 			defer mu.Unlock()
 			switch {
@@ -117,7 +161,7 @@ func testConcurrentRegistration(t *testing.T, open Opener) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, created, err := s.Register(ctx, storage.Record{Handle: fmt.Sprintf("h%02d", i), Primary: Primary(500)})
+			_, created, err := s.Register(ctx, storage.Record{Handle: fmt.Sprintf("h%02d", i), Primary: Primary(500)}, "")
 			mu.Lock()
 			defer mu.Unlock()
 			switch {
