@@ -950,7 +950,7 @@ async function ingest(item) {
       { key: `bad|${item.seq}`, peer, dir: 'in', id: `seq-${item.seq}`, status: 'bad', reason: e.message, at, seq: item.seq },
       { active: isActive(peer) },
     );
-    if (isNew) await afterIncoming(peer);
+    if (isNew) afterIncoming(peer, null);
     return;
   }
   const { from, plaintext: pt } = opened;
@@ -970,22 +970,42 @@ async function ingest(item) {
     },
     { active: isActive(from) },
   );
-  if (isNew) await afterIncoming(from, text);
+  if (isNew) afterIncoming(from, text);
 }
 
 function isActive(peer) {
   return state.active === peer && document.visibilityState === 'visible';
 }
 
-async function afterIncoming(peer, text) {
+// Incoming messages come in bursts (a reconnect replays what was missed):
+// the screen is refreshed once per burst, not once per message.
+const arrived = { peers: new Map(), timer: null };
+
+function afterIncoming(peer, text) {
+  const cur = arrived.peers.get(peer) || { count: 0, readable: true };
+  cur.count++;
+  cur.readable = text !== undefined && text !== null;
+  arrived.peers.set(peer, cur);
+  if (!arrived.timer) arrived.timer = setTimeout(flushIncoming, 60);
+}
+
+async function flushIncoming() {
+  const peers = arrived.peers;
+  arrived.peers = new Map();
+  arrived.timer = null;
   await loadConversations();
-  if (state.active === peer) await renderThread(peer);
-  else {
+  if (peers.has(state.active)) await renderThread(state.active);
+  const others = [...peers].filter(([p]) => p !== state.active);
+  if (others.length === 1) {
+    const [peer, { count, readable }] = others[0];
     const name = displayName(state.convos.get(peer));
     if (peer === 'unknown') toast('A message arrived that could not be verified');
-    else toast(text ? `New message from ${name}` : `A message from ${name} could not be read`);
+    else if (count > 1) toast(`${count} new messages from ${name}`);
+    else toast(readable ? `New message from ${name}` : `A message from ${name} could not be read`);
+  } else if (others.length > 1) {
+    toast(`${others.reduce((n, [, v]) => n + v.count, 0)} new messages in ${others.length} conversations`);
   }
-  if (channel) channel.postMessage({ type: 'changed', peer });
+  if (channel) channel.postMessage({ type: 'changed' });
 }
 
 // ---- sending ----
