@@ -35,6 +35,7 @@ const (
 // lazily: requests get 503 unavailable until the lock is free.
 type backend struct {
 	path string
+	opts bolt.Options // Timeout and Notify are set by open
 	hub  *hub.Hub
 	log  *slog.Logger
 
@@ -44,9 +45,9 @@ type backend struct {
 	destructed  bool
 }
 
-func openBackend(path string, log *slog.Logger) (*backend, error) {
+func openBackend(path string, opts bolt.Options, log *slog.Logger) (*backend, error) {
 	val, _, err := backends.LoadOrNew(path, func() (caddy.Destructor, error) {
-		b := &backend{path: path, hub: hub.New(), log: log}
+		b := &backend{path: path, opts: opts, hub: hub.New(), log: log}
 		_, err := b.open(firstOpenTimeout)
 		if errors.Is(err, bolt.ErrLocked) {
 			log.Warn("chat database is locked by another process; will retry on use", "path", path)
@@ -78,11 +79,16 @@ func (b *backend) open(timeout time.Duration) (*bolt.Store, error) {
 		return nil, fmt.Errorf("chat database %s is not open (locked by another process?)", b.path)
 	}
 	b.lastAttempt = time.Now()
-	db, err := bolt.Open(b.path, bolt.Options{Timeout: timeout, Notify: handlers.HubNotifier(b.hub)})
+	opts := b.opts
+	opts.Timeout, opts.Notify = timeout, handlers.HubNotifier(b.hub)
+	db, err := bolt.Open(b.path, opts)
 	if err != nil {
 		return nil, err
 	}
 	b.db = db
+	if opts.OneCommitPerMessage {
+		b.log.Warn("chat database commits one message per transaction (one_commit_per_message): for benchmarks only", "path", b.path)
+	}
 	b.log.Info("chat database open", "path", b.path)
 	return db, nil
 }

@@ -30,7 +30,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	kez_chat {
 //		server        kez.lat
 //		public_url    https://kez.lat
-//		storage bolt  /var/lib/kez/chat.db
+//		storage bolt  /var/lib/kez/chat.db  # optional block: { one_commit_per_message } (benchmarks only)
 //		max_envelope  256KiB
 //		auth_skew     60s
 //		register_skew 5m
@@ -70,7 +70,19 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				if d.NextArg() {
 					return d.Errf("storage bolt takes one path, got extra %q", d.Val())
 				}
-				h.Storage = &StorageConfig{Bolt: &BoltConfig{Path: path}}
+				cfg := &BoltConfig{Path: path}
+				for d.NextBlock(1) {
+					switch d.Val() {
+					case "one_commit_per_message": // the naive baseline, for benchmarks only
+						if d.NextArg() {
+							return d.Errf("one_commit_per_message takes no value")
+						}
+						cfg.OneCommitPerMessage = true
+					default:
+						return d.Errf("unknown storage bolt option %q (known: one_commit_per_message)", d.Val())
+					}
+				}
+				h.Storage = &StorageConfig{Bolt: cfg}
 			default:
 				return d.Errf("unknown storage backend %q (supported: bolt)", d.Val())
 			}

@@ -21,6 +21,7 @@ import (
 	"github.com/kezchat/kez/handlers"
 	"github.com/kezchat/kez/kez"
 	"github.com/kezchat/kez/storage"
+	"github.com/kezchat/kez/storage/bolt"
 )
 
 func init() {
@@ -71,6 +72,11 @@ type StorageConfig struct {
 type BoltConfig struct {
 	// Path of the database file. Default: <caddy data dir>/kez/chat.db.
 	Path string `json:"path,omitempty"`
+	// Commit every message in its own transaction (one fsync each) instead
+	// of grouping concurrent sends. Only for measuring the naive baseline in
+	// benchmarks: it is much slower. Read when the file is first opened; a
+	// reload that only changes this keeps the running setting.
+	OneCommitPerMessage bool `json:"one_commit_per_message,omitempty"`
 }
 
 // CaddyModule returns the Caddy module information.
@@ -90,7 +96,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	b, err := openBackend(path, h.log)
+	b, err := openBackend(path, h.boltOptions(), h.log)
 	if err != nil {
 		return err
 	}
@@ -150,6 +156,14 @@ func (h *Handler) boltPath() (string, error) {
 		path = h.Storage.Bolt.Path
 	}
 	return filepath.Abs(path)
+}
+
+// boltOptions are the bbolt settings of the config (beyond its path).
+func (h *Handler) boltOptions() bolt.Options {
+	if h.Storage != nil && h.Storage.Bolt != nil {
+		return bolt.Options{OneCommitPerMessage: h.Storage.Bolt.OneCommitPerMessage}
+	}
+	return bolt.Options{}
 }
 
 // onEvent adapts a function to a Caddy event handler.

@@ -70,7 +70,8 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 		"max_inbox 0":               "max_inbox",
 		"reserved":                  "reserved needs",
 		"server a {\n x\n }":        "takes no block",
-		"storage bolt /x {\n y\n }": "takes no block",
+		"storage bolt /x {\n y\n }": `unknown storage bolt option "y"`,
+		"storage bolt /x {\n one_commit_per_message yes\n }": "takes no value",
 	}
 	for input, want := range cases {
 		var h Handler
@@ -214,6 +215,31 @@ chat.example.com {
 	}
 	if !strings.Contains(string(raw), `"max_envelope":1048576`) || !strings.Contains(string(raw), `"retention":172800000000000`) {
 		t.Fatalf("JSON = %s", raw)
+	}
+}
+
+// The benchmark-only baseline switch adapts to JSON and back.
+func TestAdaptOneCommitPerMessage(t *testing.T) {
+	cfg := adapt(t, `
+localhost {
+	kez_chat {
+		server localhost
+		storage bolt /tmp/kez-bench.db {
+			one_commit_per_message
+		}
+	}
+}`)
+	routes := cfg["apps"].(map[string]any)["http"].(map[string]any)["servers"].(map[string]any)["srv0"].(map[string]any)["routes"]
+	raw, _ := json.Marshal(findHandler(routes))
+	if !strings.Contains(string(raw), `"storage":{"bolt":{"one_commit_per_message":true,"path":"/tmp/kez-bench.db"}}`) {
+		t.Fatalf("JSON = %s", raw)
+	}
+	var h Handler
+	if err := json.Unmarshal(raw, &h); err != nil {
+		t.Fatal(err)
+	}
+	if got := h.boltOptions(); !got.OneCommitPerMessage {
+		t.Fatalf("boltOptions = %+v, want OneCommitPerMessage", got)
 	}
 }
 
