@@ -9,6 +9,8 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/kezchat/kez/handlers"
 )
 
 func init() {
@@ -38,6 +40,11 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		retention     720h
 //		max_inbox     10000
 //		reserved      alice-admin ops
+//		registration  open               # or closed, or invite <file>
+//		register_rate 30/1h              # per client IP, or off
+//		send_rate     20/1s              # per client IP, or off
+//		max_streams_per_handle 16
+//		max_streams   50000
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the directive name
@@ -118,6 +125,43 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("max_inbox: %q is not a positive number of messages", val)
 			}
 			h.MaxInbox = n
+		case "register_rate", "send_rate":
+			val, err := oneArg(d)
+			if err != nil {
+				return err
+			}
+			if _, err := handlers.ParseRate(val); err != nil {
+				return d.Errf("%s: %v", opt, err)
+			}
+			if opt == "register_rate" {
+				h.RegisterRate = val
+			} else {
+				h.SendRate = val
+			}
+		case "max_streams_per_handle", "max_streams":
+			val, err := oneArg(d)
+			if err != nil {
+				return err
+			}
+			n, err := strconv.Atoi(val)
+			if err != nil || n <= 0 {
+				return d.Errf("%s: %q is not a positive number of streams", opt, val)
+			}
+			if opt == "max_streams" {
+				h.MaxStreams = n
+			} else {
+				h.MaxStreamsPerHandle = n
+			}
+		case "registration":
+			args := d.RemainingArgs()
+			switch {
+			case len(args) == 1 && (args[0] == handlers.RegistrationOpen || args[0] == handlers.RegistrationClosed):
+				h.Registration, h.InviteFile = args[0], ""
+			case len(args) == 2 && args[0] == handlers.RegistrationInvite:
+				h.Registration, h.InviteFile = args[0], args[1]
+			default:
+				return d.Errf("registration takes open, closed, or invite <file of tokens>")
+			}
 		case "reserved":
 			args := d.RemainingArgs()
 			if len(args) == 0 {
@@ -125,7 +169,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			h.Reserved = append(h.Reserved, args...)
 		default:
-			return d.Errf("unknown kez_chat option %q (known: server, public_url, storage, max_envelope, auth_skew, register_skew, keepalive, retention, max_inbox, reserved)", opt)
+			return d.Errf("unknown kez_chat option %q (known: server, public_url, storage, max_envelope, auth_skew, register_skew, keepalive, retention, max_inbox, reserved, registration, register_rate, send_rate, max_streams_per_handle, max_streams)", opt)
 		}
 		if d.NextBlock(1) {
 			return d.Errf("option %s takes no block", opt)

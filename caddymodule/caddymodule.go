@@ -54,6 +54,21 @@ type Handler struct {
 	MaxInbox int `json:"max_inbox,omitempty"`
 	// Handles nobody may register, besides the built-in list (admin, root, ...).
 	Reserved []string `json:"reserved,omitempty"`
+	// Who may register: "open" (default), "closed", or "invite" (each
+	// registration needs a one-use token from invite_file).
+	Registration string `json:"registration,omitempty"`
+	// File of invite tokens, one per line, read on every invite
+	// registration (so adding a line needs no reload).
+	InviteFile string `json:"invite_file,omitempty"`
+	// Registration attempts per client IP, as "<n>/<duration>" or "off".
+	// Default: 30/1h.
+	RegisterRate string `json:"register_rate,omitempty"`
+	// Messages sent per client IP, as "<n>/<duration>" or "off". Default: 20/1s.
+	SendRate string `json:"send_rate,omitempty"`
+	// Open streams per handle (devices of one user). Default: 16.
+	MaxStreamsPerHandle int `json:"max_streams_per_handle,omitempty"`
+	// Open streams in total. Default: 50000.
+	MaxStreams int `json:"max_streams,omitempty"`
 
 	api     *handlers.Handler
 	backend *backend
@@ -105,6 +120,14 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	for _, r := range h.Reserved {
 		reserved[strings.ToLower(r)] = true
 	}
+	registerRate, err := rateOr(h.RegisterRate, DefaultRegisterRate)
+	if err != nil {
+		return fmt.Errorf("kez_chat: register_rate: %w", err)
+	}
+	sendRate, err := rateOr(h.SendRate, DefaultSendRate)
+	if err != nil {
+		return fmt.Errorf("kez_chat: send_rate: %w", err)
+	}
 	h.api = handlers.New(handlers.Config{
 		Server:       h.Server,
 		PublicURL:    h.PublicURL,
@@ -115,6 +138,14 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		MaxInbox:     h.maxInbox(),
 		Reserved:     reserved,
 		Version:      moduleVersion(),
+
+		RegisterRate:        registerRate,
+		SendRate:            sendRate,
+		MaxStreamsPerHandle: orDefault(h.MaxStreamsPerHandle, DefaultMaxStreamsPerHandle),
+		MaxStreams:          orDefault(h.MaxStreams, DefaultMaxStreams),
+		ClientIP:            clientIP,
+		Registration:        h.Registration,
+		InviteFile:          h.InviteFile,
 	}, b.store(), b.hub, h.log)
 
 	// Caddy emits "stopping" before it shuts its servers down, on reload
@@ -132,6 +163,37 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.stop, h.stopped = cancel, make(chan struct{})
 	go h.janitor(janitorCtx, b.store())
 	return nil
+}
+
+// Defaults of the abuse limits.
+const (
+	DefaultRegisterRate        = "30/1h"
+	DefaultSendRate            = "20/1s"
+	DefaultMaxStreamsPerHandle = 16
+	DefaultMaxStreams          = 50000
+)
+
+func rateOr(s, def string) (handlers.Rate, error) {
+	if s == "" {
+		s = def
+	}
+	return handlers.ParseRate(s)
+}
+
+func orDefault(n, def int) int {
+	if n <= 0 {
+		return def
+	}
+	return n
+}
+
+// clientIP is the client address as Caddy determined it, which honours the
+// server's trusted_proxies; the peer address otherwise.
+func clientIP(r *http.Request) string {
+	if ip, ok := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string); ok && ip != "" {
+		return ip
+	}
+	return handlers.RemoteIP(r)
 }
 
 func (h *Handler) maxInbox() int {
@@ -217,6 +279,28 @@ func (h *Handler) Validate() error {
 		if !kez.ValidHandle(strings.ToLower(r)) {
 			return fmt.Errorf("kez_chat: reserved handle %q is not a valid handle", r)
 		}
+	}
+	switch h.Registration {
+	case "", handlers.RegistrationOpen, handlers.RegistrationClosed:
+		if h.InviteFile != "" {
+			return fmt.Errorf("kez_chat: invite_file is only used with registration invite")
+		}
+	case handlers.RegistrationInvite:
+		if h.InviteFile == "" {
+			return fmt.Errorf("kez_chat: registration invite needs an invite file: registration invite /etc/kez/invites")
+		}
+	default:
+		return fmt.Errorf("kez_chat: registration %q must be open, closed or invite", h.Registration)
+	}
+	for name, rate := range map[string]string{"register_rate": h.RegisterRate, "send_rate": h.SendRate} {
+		if rate != "" {
+			if _, err := handlers.ParseRate(rate); err != nil {
+				return fmt.Errorf("kez_chat: %s: %w", name, err)
+			}
+		}
+	}
+	if h.MaxStreams < 0 || h.MaxStreamsPerHandle < 0 {
+		return fmt.Errorf("kez_chat: stream limits must not be negative")
 	}
 	return nil
 }

@@ -35,6 +35,11 @@ func TestUnmarshalCaddyfileAllOptions(t *testing.T) {
 		max_inbox     10000
 		reserved      alice-admin ops
 		reserved      more
+		registration  invite /etc/kez/invites
+		register_rate 5/1m
+		send_rate     off
+		max_streams_per_handle 4
+		max_streams   100
 	}`)
 	var h Handler
 	if err := h.UnmarshalCaddyfile(d); err != nil {
@@ -46,6 +51,8 @@ func TestUnmarshalCaddyfileAllOptions(t *testing.T) {
 		MaxEnvelope: 256 << 10, AuthSkew: caddy.Duration(time.Minute), RegisterSkew: caddy.Duration(5 * time.Minute),
 		Keepalive: caddy.Duration(15 * time.Second), Retention: caddy.Duration(30 * 24 * time.Hour),
 		MaxInbox: 10000, Reserved: []string{"alice-admin", "ops", "more"},
+		Registration: "invite", InviteFile: "/etc/kez/invites", RegisterRate: "5/1m", SendRate: "off",
+		MaxStreamsPerHandle: 4, MaxStreams: 100,
 	}
 	if !reflect.DeepEqual(h, want) {
 		t.Fatalf("got  %+v\nwant %+v", h, want)
@@ -99,6 +106,11 @@ func TestValidate(t *testing.T) {
 		{Server: "kez.lat", PublicURL: "ftp://kez.lat"},
 		{Server: "kez.lat", Reserved: []string{"x"}},
 		{Server: "kez.lat", MaxInbox: -1},
+		{Server: "kez.lat", Registration: "sometimes"},
+		{Server: "kez.lat", Registration: "invite"},
+		{Server: "kez.lat", InviteFile: "/x"},
+		{Server: "kez.lat", SendRate: "lots"},
+		{Server: "kez.lat", MaxStreams: -1},
 	} {
 		if err := h.Validate(); err == nil {
 			t.Errorf("%+v validated", h)

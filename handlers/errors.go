@@ -32,6 +32,9 @@ var statusOf = map[string]int{
 	kez.CodeInternal:         http.StatusInternalServerError,
 	kez.CodeUnavailable:      http.StatusServiceUnavailable,
 	kez.CodeInboxFull:        http.StatusInsufficientStorage,
+
+	kez.CodeRegistrationClosed: http.StatusForbidden,
+	kez.CodeInvalidInvite:      http.StatusForbidden,
 }
 
 type errorBody struct {

@@ -26,7 +26,26 @@ type Config struct {
 	MaxInbox     int             // messages an inbox may hold (0 = no cap)
 	Reserved     map[string]bool // handles nobody may register
 	Version      string          // reported by /v1/healthz
+
+	// Abuse limits; the zero values mean no limit.
+	RegisterRate        Rate                         // registration attempts per client IP
+	SendRate            Rate                         // sends per client IP
+	MaxStreamsPerHandle int                          // open streams per handle
+	MaxStreams          int                          // open streams in total
+	ClientIP            func(r *http.Request) string // the client's address; default RemoteIP
+
+	// Registration is "open" (default), "closed", or "invite": then each
+	// registration needs a one-use token listed in InviteFile.
+	Registration string
+	InviteFile   string
 }
+
+// Registration modes.
+const (
+	RegistrationOpen   = "open"
+	RegistrationClosed = "closed"
+	RegistrationInvite = "invite"
+)
 
 // Defaults of SPEC §4.
 const (
@@ -67,6 +86,12 @@ func (c Config) WithDefaults() Config {
 	if c.MaxInbox < 0 {
 		c.MaxInbox = 0
 	}
+	if c.ClientIP == nil {
+		c.ClientIP = RemoteIP
+	}
+	if c.Registration == "" {
+		c.Registration = RegistrationOpen
+	}
 	if c.Version == "" {
 		c.Version = "devel"
 	}
@@ -84,6 +109,10 @@ type Handler struct {
 	stop     chan struct{}
 	stopOnce sync.Once
 
+	registerLimit *limiter
+	sendLimit     *limiter
+	streams       streamSlots
+
 	mu      sync.Mutex
 	servers map[*http.Server]chan struct{} // closed when that server begins to shut down
 }
@@ -93,8 +122,11 @@ func New(cfg Config, store storage.Store, h *hub.Hub, log *slog.Logger) *Handler
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Handler{cfg: cfg.WithDefaults(), store: store, hub: h, log: log, now: time.Now,
-		stop: make(chan struct{}), servers: map[*http.Server]chan struct{}{}}
+	cfg = cfg.WithDefaults()
+	return &Handler{cfg: cfg, store: store, hub: h, log: log, now: time.Now,
+		stop: make(chan struct{}), servers: map[*http.Server]chan struct{}{},
+		registerLimit: newLimiter(cfg.RegisterRate), sendLimit: newLimiter(cfg.SendRate),
+		streams: streamSlots{perHandle: map[string]int{}}}
 }
 
 // SetClock replaces the clock (tests).

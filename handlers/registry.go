@@ -1,10 +1,15 @@
 package handlers
 
 import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strings"
 
 	"github.com/kezchat/kez/kez"
@@ -52,6 +57,14 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64) (body []byte,
 }
 
 func (h *Handler) register(w http.ResponseWriter, r *http.Request) {
+	if h.cfg.Registration == RegistrationClosed {
+		writeError(w, http.StatusForbidden, kez.CodeRegistrationClosed, "registration is closed on "+h.cfg.Server)
+		return
+	}
+	if ok, wait := h.registerLimit.allow(h.cfg.ClientIP(r), h.now()); !ok {
+		rateLimited(w, wait, "too many registration attempts from your address")
+		return
+	}
 	body, tooBig, err := readBody(w, r, maxRegistrationBody)
 	if tooBig {
 		writeError(w, http.StatusBadRequest, kez.CodeBadRequest, "registration body is larger than 16 KiB")
@@ -68,14 +81,24 @@ func (h *Handler) register(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
+	invite := ""
+	if h.cfg.Registration == RegistrationInvite {
+		if invite, err = h.checkInvite(reg.Invite); err != nil {
+			h.fail(w, r, err)
+			return
+		}
+	}
+	reg.Invite = "" // a token is not part of the binding
 	signed, err := json.Marshal(reg)
 	if err != nil {
 		h.fail(w, r, err)
 		return
 	}
 	stored, created, err := h.store.Register(r.Context(), storage.Record{
-		Handle: payload.Handle, Primary: payload.Primary, RegisteredAt: now.Unix(), Registration: signed}, "")
+		Handle: payload.Handle, Primary: payload.Primary, RegisteredAt: now.Unix(), Registration: signed}, invite)
 	switch {
+	case errors.Is(err, storage.ErrInviteUsed):
+		writeError(w, http.StatusForbidden, kez.CodeInvalidInvite, "this invite has already been used")
 	case errors.Is(err, storage.ErrHandleTaken):
 		writeError(w, http.StatusConflict, kez.CodeHandleTaken, "handle \""+payload.Handle+"\" is already registered")
 	case errors.Is(err, storage.ErrPrimaryTaken):
@@ -87,6 +110,27 @@ func (h *Handler) register(w http.ResponseWriter, r *http.Request) {
 	default:
 		writeJSON(w, http.StatusOK, h.record(stored)) // the same binding again: an idempotent retry
 	}
+}
+
+// checkInvite looks token up in the invite file, read on every attempt so
+// that an operator adds invites without a reload. It returns the key under
+// which the store remembers the token as used: its hash, never the token.
+func (h *Handler) checkInvite(token string) (string, error) {
+	if token == "" {
+		return "", kez.Errorf(kez.CodeInvalidInvite, "registration on %s needs an invite: add \"invite\": \"<token>\" to the body", h.cfg.Server)
+	}
+	data, err := os.ReadFile(h.cfg.InviteFile)
+	if err != nil {
+		return "", fmt.Errorf("reading the invite file: %w", err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		line = strings.TrimSpace(line)
+		if line != "" && !strings.HasPrefix(line, "#") && subtle.ConstantTimeCompare([]byte(line), []byte(token)) == 1 {
+			sum := sha256.Sum256([]byte(token))
+			return "sha256:" + hex.EncodeToString(sum[:]), nil
+		}
+	}
+	return "", kez.Errorf(kez.CodeInvalidInvite, "this invite is not valid on %s", h.cfg.Server)
 }
 
 // localHandle resolves "alice" or "alice@<this server>" to a valid handle.

@@ -52,6 +52,10 @@ type sendRequest struct {
 }
 
 func (h *Handler) send(w http.ResponseWriter, r *http.Request) {
+	if ok, wait := h.sendLimit.allow(h.cfg.ClientIP(r), h.now()); !ok {
+		rateLimited(w, wait, "too many messages from your address")
+		return
+	}
 	body, tooBig, err := readBody(w, r, h.cfg.MaxEnvelope+sendOverhead)
 	if tooBig {
 		writeError(w, http.StatusRequestEntityTooLarge, kez.CodeEnvelopeTooLarge,

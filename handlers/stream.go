@@ -67,6 +67,12 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request, arg string) {
 		return
 	}
 
+	if ok, reason := h.streams.take(handle, h.cfg.MaxStreamsPerHandle, h.cfg.MaxStreams); !ok {
+		rateLimited(w, 5*time.Second, reason)
+		return
+	}
+	defer h.streams.release(handle)
+
 	// Watch for shutdown before anything is written, so that a shutdown
 	// beginning from here on is seen.
 	shutdown := h.serverShutdown(r)

@@ -24,6 +24,11 @@ const (
 	CodeInternal         = "internal"
 	CodeUnavailable      = "unavailable"
 	CodeInboxFull        = "inbox_full"
+
+	// Beyond SPEC §2.9 (403): registration turned off, or an invite
+	// missing, unknown or already used on an invite-only server.
+	CodeRegistrationClosed = "registration_closed"
+	CodeInvalidInvite      = "invalid_invite"
 )
 
 // Error is a protocol error: a stable code from SPEC §2.9 and a message for humans.

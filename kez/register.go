@@ -31,6 +31,9 @@ type Signature struct {
 type SignedRegistration struct {
 	Payload   json.RawMessage `json:"payload"`
 	Signature Signature       `json:"signature"`
+	// Invite is the one-use token an invite-only server asks for. It is
+	// not signed and not stored.
+	Invite string `json:"invite,omitempty"`
 }
 
 // RegisterPayload is the content of a registration.

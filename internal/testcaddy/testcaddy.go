@@ -177,6 +177,9 @@ http://127.0.0.1:%d {
 		server %s
 		public_url %s
 		storage bolt %s
+		# Tests send and register faster than one person; limits are tested on their own.
+		register_rate off
+		send_rate off
 		%s
 	}
 	%s

@@ -1,0 +1,144 @@
+package handlers
+
+import (
+	"fmt"
+	"math"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Rate allows N events per Per for each key, with bursts of up to N. The
+// zero Rate means no limit.
+type Rate struct {
+	N   int
+	Per time.Duration
+}
+
+// ParseRate reads "20/1m" (20 per minute) or "off".
+func ParseRate(s string) (Rate, error) {
+	if s == "off" {
+		return Rate{}, nil
+	}
+	n, per, ok := strings.Cut(s, "/")
+	count, err := strconv.Atoi(n)
+	if !ok || err != nil || count <= 0 {
+		return Rate{}, fmt.Errorf("%q is not a rate such as 20/1m or off", s)
+	}
+	d, err := time.ParseDuration(per)
+	if err != nil || d <= 0 {
+		return Rate{}, fmt.Errorf("%q is not a rate such as 20/1m or off", s)
+	}
+	return Rate{N: count, Per: d}, nil
+}
+
+func (r Rate) String() string {
+	if r.N == 0 {
+		return "off"
+	}
+	return strconv.Itoa(r.N) + "/" + r.Per.String()
+}
+
+// limiter is a token bucket per key (a client IP). Buckets that have
+// refilled are swept, so memory follows the number of recently active keys.
+type limiter struct {
+	rate      Rate
+	mu        sync.Mutex
+	buckets   map[string]*bucket
+	lastSweep time.Time
+}
+
+type bucket struct {
+	tokens float64
+	last   time.Time
+}
+
+func newLimiter(r Rate) *limiter { return &limiter{rate: r, buckets: map[string]*bucket{}} }
+
+// allow takes a token for key, or says how long until one is available.
+func (l *limiter) allow(key string, now time.Time) (bool, time.Duration) {
+	if l == nil || l.rate.N == 0 {
+		return true, 0
+	}
+	perToken := float64(l.rate.Per) / float64(l.rate.N)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if now.Sub(l.lastSweep) > l.rate.Per {
+		l.sweep(now, perToken)
+	}
+	b := l.buckets[key]
+	if b == nil {
+		b = &bucket{tokens: float64(l.rate.N), last: now}
+		l.buckets[key] = b
+	}
+	b.tokens = math.Min(float64(l.rate.N), b.tokens+float64(now.Sub(b.last))/perToken)
+	b.last = now
+	if b.tokens >= 1 {
+		b.tokens--
+		return true, 0
+	}
+	return false, time.Duration((1 - b.tokens) * perToken)
+}
+
+func (l *limiter) sweep(now time.Time, perToken float64) {
+	l.lastSweep = now
+	for k, b := range l.buckets {
+		if b.tokens+float64(now.Sub(b.last))/perToken >= float64(l.rate.N) {
+			delete(l.buckets, k)
+		}
+	}
+}
+
+// rateLimited answers 429 with Retry-After in whole seconds (at least 1).
+func rateLimited(w http.ResponseWriter, wait time.Duration, what string) {
+	secs := int(math.Ceil(wait.Seconds()))
+	if secs < 1 {
+		secs = 1
+	}
+	w.Header().Set("Retry-After", strconv.Itoa(secs))
+	writeError(w, http.StatusTooManyRequests, "rate_limited", what+"; retry in "+strconv.Itoa(secs)+"s")
+}
+
+// RemoteIP is the default client identity for rate limits: the peer address.
+// Behind a proxy, configure ClientIP instead (Caddy's trusted_proxies).
+func RemoteIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+// streamSlots counts open streams, per handle and in total.
+type streamSlots struct {
+	mu        sync.Mutex
+	perHandle map[string]int
+	total     int
+}
+
+// take reserves a slot; ok=false when a limit (0 = none) is reached.
+func (s *streamSlots) take(handle string, maxPerHandle, maxTotal int) (ok bool, reason string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if maxTotal > 0 && s.total >= maxTotal {
+		return false, "the server has too many open streams"
+	}
+	if maxPerHandle > 0 && s.perHandle[handle] >= maxPerHandle {
+		return false, "too many open streams for " + handle + " (at most " + strconv.Itoa(maxPerHandle) + ")"
+	}
+	s.perHandle[handle]++
+	s.total++
+	return true, ""
+}
+
+func (s *streamSlots) release(handle string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.total--
+	if s.perHandle[handle]--; s.perHandle[handle] <= 0 {
+		delete(s.perHandle, handle)
+	}
+}

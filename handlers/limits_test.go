@@ -1,0 +1,178 @@
+package handlers
+
+import (
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/json"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kezchat/kez/kez"
+)
+
+func TestParseRate(t *testing.T) {
+	for in, want := range map[string]Rate{"20/1m": {20, time.Minute}, "5/1h30m": {5, 90 * time.Minute}, "off": {}} {
+		if got, err := ParseRate(in); err != nil || got != want {
+			t.Errorf("ParseRate(%q) = %v, %v", in, got, err)
+		}
+		got, _ := ParseRate(in)
+		if again, err := ParseRate(got.String()); err != nil || again != got {
+			t.Errorf("ParseRate(%q.String()) = %v, %v", got, again, err)
+		}
+	}
+	for _, in := range []string{"", "20", "0/1m", "-1/1m", "x/1m", "20/", "20/0s", "20/-1m", "20/soon"} {
+		if _, err := ParseRate(in); err == nil {
+			t.Errorf("ParseRate(%q) succeeded", in)
+		}
+	}
+}
+
+func TestLimiterBurstAndRefill(t *testing.T) {
+	l := newLimiter(Rate{N: 3, Per: 3 * time.Second})
+	now := time.Unix(1000, 0)
+	for i := range 3 {
+		if ok, _ := l.allow("a", now); !ok {
+			t.Fatalf("burst request %d refused", i)
+		}
+	}
+	ok, wait := l.allow("a", now)
+	if ok || wait <= 0 || wait > time.Second {
+		t.Fatalf("4th: ok=%v wait=%s, want refused with wait ≤ 1s", ok, wait)
+	}
+	if ok, _ := l.allow("b", now); !ok {
+		t.Fatal("another key shares a's bucket")
+	}
+	if ok, _ := l.allow("a", now.Add(time.Second)); !ok {
+		t.Fatal("no token after one refill period")
+	}
+	// Long idle: buckets are swept, and a swept key starts full again.
+	later := now.Add(time.Hour)
+	l.allow("c", later)
+	if _, kept := l.buckets["a"]; kept {
+		t.Fatal("idle bucket not swept")
+	}
+	var nilLimiter *limiter
+	if ok, _ := nilLimiter.allow("x", now); !ok {
+		t.Fatal("nil limiter must allow")
+	}
+}
+
+func TestRateLimitsAnswer429(t *testing.T) {
+	e := newEnv(t, func(c *Config) {
+		c.RegisterRate = Rate{N: 2, Per: time.Hour}
+		c.SendRate = Rate{N: 3, Per: time.Hour}
+		c.ClientIP = func(r *http.Request) string { return r.Header.Get("X-Test-Client") }
+	})
+	expect(t, "register 1", e.register(aliceKey, "alice"), 201, "")
+	expect(t, "register 2 (a failure still counts)", e.register(aliceKey, "Bad"), 400, "invalid_handle")
+	r := e.register(bobKey, "bob")
+	expect(t, "register 3", r, 429, "rate_limited")
+	if ra := r.header.Get("Retry-After"); ra == "" || ra == "0" {
+		t.Fatalf("Retry-After = %q", ra)
+	}
+	// Another client address has its own budget.
+	reg, _ := kez.SignRegistration(bobKey, "bob", serverName, time.Now())
+	b, _ := json.Marshal(reg)
+	expect(t, "register from elsewhere", e.do("POST", "/v1/register", strings.NewReader(string(b)), "X-Test-Client", "10.0.0.2"), 201, "")
+
+	for range 3 {
+		expect(t, "send", e.send("alice", `{}`), 201, "")
+	}
+	r = e.send("alice", `{}`)
+	expect(t, "4th send", r, 429, "rate_limited")
+	if r.header.Get("Retry-After") == "" || r.header.Get("Access-Control-Expose-Headers") != "Retry-After" {
+		t.Fatalf("headers %v", r.header)
+	}
+}
+
+func TestStreamLimits(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.MaxStreamsPerHandle = 2; c.MaxStreams = 3 })
+	expect(t, "register", e.register(aliceKey, "alice"), 201, "")
+	expect(t, "register bob", e.register(bobKey, "bob"), 201, "")
+	a1, _ := e.openStream(t, "alice", "")
+	if a1 == nil {
+		t.Fatal("first stream refused")
+	}
+	a1.next()
+	a2, _ := e.openStream(t, "alice", "")
+	a2.next()
+	_, r := e.openStream(t, "alice", "")
+	expect(t, "third stream for alice", r, 429, "rate_limited")
+
+	ts := time.Now().Unix()
+	streamAs := func(key ed25519.PrivateKey, handle string) resp {
+		return e.do("GET", "/v1/inbox/"+handle+"/stream?auth="+kez.SignAuth(key, kez.StreamAuthMessage(handle, ts), ts), nil)
+	}
+	// bob's first stream is the third in total; run it in the background.
+	bobDone := make(chan resp, 1)
+	go func() {
+		req, _ := http.NewRequest("GET", e.srv.URL+"/v1/inbox/bob/stream?auth="+kez.SignAuth(bobKey, kez.StreamAuthMessage("bob", ts), ts), nil)
+		res, err := e.srv.Client().Do(req)
+		if err == nil {
+			bobDone <- resp{status: res.StatusCode}
+			buf := make([]byte, 64)
+			_, _ = res.Body.Read(buf)
+			<-t.Context().Done()
+			res.Body.Close()
+		}
+	}()
+	if r := <-bobDone; r.status != 200 {
+		t.Fatalf("bob's stream: %d", r.status)
+	}
+	expect(t, "fourth in total", streamAs(bobKey, "bob"), 429, "rate_limited")
+	// Closing one of alice's frees a slot.
+	a1.res.Body.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c, r := e.openStream(t, "alice", "")
+		if c != nil {
+			break
+		}
+		if r.status != 429 || time.Now().After(deadline) {
+			t.Fatalf("after closing a stream: %d %s", r.status, r.body)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestRegistrationModes(t *testing.T) {
+	closed := newEnv(t, func(c *Config) { c.Registration = RegistrationClosed })
+	expect(t, "closed", closed.register(aliceKey, "alice"), 403, "registration_closed")
+
+	invites := filepath.Join(t.TempDir(), "invites")
+	if err := os.WriteFile(invites, []byte("# one token per line\ntoken-one-aaaaaaaaaaaa\n\n  token-two-bbbbbbbbbbbb  \n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e := newEnv(t, func(c *Config) { c.Registration = RegistrationInvite; c.InviteFile = invites })
+	withInvite := func(key ed25519.PrivateKey, handle, invite string) resp {
+		reg, _ := kez.SignRegistration(key, handle, serverName, time.Now())
+		reg.Invite = invite
+		b, _ := json.Marshal(reg)
+		return e.do("POST", "/v1/register", strings.NewReader(string(b)))
+	}
+	expect(t, "no invite", withInvite(aliceKey, "alice", ""), 403, "invalid_invite")
+	expect(t, "unknown invite", withInvite(aliceKey, "alice", "token-three"), 403, "invalid_invite")
+	expect(t, "comment is not an invite", withInvite(aliceKey, "alice", "# one token per line"), 403, "invalid_invite")
+	r := withInvite(aliceKey, "alice", "token-one-aaaaaaaaaaaa")
+	expect(t, "valid invite", r, 201, "")
+	if strings.Contains(string(r.body), "token-one") {
+		t.Fatalf("the invite is stored in the record: %s", r.body)
+	}
+	expect(t, "idempotent retry", withInvite(aliceKey, "alice", "token-one-aaaaaaaaaaaa"), 200, "")
+	expect(t, "used invite", withInvite(bobKey, "bob", "token-one-aaaaaaaaaaaa"), 403, "invalid_invite")
+	expect(t, "second token (spaces trimmed)", withInvite(bobKey, "bob", "token-two-bbbbbbbbbbbb"), 201, "")
+	// Invites added to the file work at once, without a restart.
+	_, carol, _ := ed25519.GenerateKey(rand.Reader)
+	f, _ := os.OpenFile(invites, os.O_APPEND|os.O_WRONLY, 0)
+	_, _ = f.WriteString("token-new-cccccccccccc\n")
+	f.Close()
+	expect(t, "new invite", withInvite(carol, "carol", "token-new-cccccccccccc"), 201, "")
+	// A missing file is the server's problem: 503, not "invalid invite".
+	os.Remove(invites)
+	_, dave, _ := ed25519.GenerateKey(rand.Reader)
+	expect(t, "invite file gone", withInvite(dave, "dave", "token-new-cccccccccccc"), 503, "unavailable")
+}
