@@ -428,6 +428,9 @@ test('phone width: list and thread one at a time, back button', async () => {
   await send(phone, 'hello from a phone');
   await phone.locator('#messages li.msg.out[data-status="sent"]').waitFor();
   await shot(phone, '09-phone-thread.png');
+  await phone.emulateMedia({ colorScheme: 'dark' });
+  await shot(phone, '09-phone-thread-dark.png');
+  await phone.emulateMedia({ colorScheme: 'light' });
   await phone.getByRole('button', { name: 'Back to conversations' }).click();
   await phone.locator('.sidebar').waitFor();
   assert.equal(await phone.locator('#thread').isVisible(), false);
