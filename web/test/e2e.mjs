@@ -305,6 +305,28 @@ test('a reload keeps the history, and the stream comes back live', async () => {
   // The URL names the open conversation, so it is open again.
   await alice.locator('#messages li.msg').nth(1).waitFor();
   assert.deepEqual(await bubbleTexts(alice), ['hi alice 👋', 'hello bob\nsecond line']);
+  // What IndexedDB holds: non-extractable keys, no seed.
+  const stored = await alice.evaluate(
+    () =>
+      new Promise((resolve, reject) => {
+        const r = indexedDB.open('kez-chat');
+        r.onerror = () => reject(r.error);
+        r.onsuccess = () => {
+          const g = r.result.transaction('identity').objectStore('identity').get('me');
+          g.onsuccess = () => {
+            const me = g.result;
+            resolve({
+              fields: Object.keys(me).sort(),
+              sign: [me.signKey.type, me.signKey.algorithm.name, me.signKey.extractable],
+              dh: [me.dhKey.type, me.dhKey.algorithm.name, me.dhKey.extractable],
+            });
+          };
+        };
+      }),
+  );
+  assert.deepEqual(stored.sign, ['private', 'Ed25519', false]);
+  assert.deepEqual(stored.dh, ['private', 'X25519', false]);
+  assert.ok(!stored.fields.some((f) => /seed/i.test(f)), stored.fields.join());
   await send(bob, 'after your reload');
   await alice.locator('#messages .text', { hasText: 'after your reload' }).waitFor();
   assert.equal(await bubbles(alice).count(), 3);
