@@ -59,6 +59,7 @@ const (
 
 // WithDefaults fills unset fields.
 func (c Config) WithDefaults() Config {
+	c.Server = kez.ASCIILower(c.Server)
 	if c.PublicURL == "" {
 		c.PublicURL = "https://" + c.Server
 	}

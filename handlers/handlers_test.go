@@ -232,6 +232,10 @@ func TestRegisterAndLookup(t *testing.T) {
 	expect(t, "unknown", e.do("GET", "/v1/u/nobody", nil), 404, "not_found")
 	expect(t, "other server", e.do("GET", "/v1/u/alice@elsewhere.example", nil), 404, "not_found")
 	expect(t, "bad handle", e.do("GET", "/v1/u/a", nil), 400, "invalid_handle")
+	expect(t, "Cyrillic look-alike", e.do("GET", "/v1/u/\u0430lice", nil), 400, "invalid_handle")
+	expect(t, "Kelvin-sign server", e.do("GET", "/v1/u/alice@\u212aez.test", nil), 404, "not_found")
+	expect(t, "path trick is not an API path", e.do("GET", "/v1/u/..%2Falice", nil), 404, "not_found")
+	expect(t, "webfinger Kelvin-sign host", e.do("GET", "/.well-known/webfinger?resource=acct:alice@%E2%84%AAez.test", nil), 404, "not_found")
 
 	r = e.do("GET", "/v1/by-primary/"+alicePrimary, nil)
 	expect(t, "by-primary", r, 200, "")

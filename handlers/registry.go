@@ -138,7 +138,7 @@ func (h *Handler) checkInvite(token string) (string, error) {
 // another server is notFound.
 func (h *Handler) localHandle(w http.ResponseWriter, s, notFoundCode string) (string, bool) {
 	handle, server := kez.SplitAddress(s)
-	if strings.Contains(s, "@") && server != strings.ToLower(h.cfg.Server) {
+	if strings.Contains(s, "@") && server != h.cfg.Server {
 		writeError(w, http.StatusNotFound, notFoundCode, "\""+s+"\" is not on this server ("+h.cfg.Server+")")
 		return "", false
 	}
@@ -187,14 +187,12 @@ func (h *Handler) lookupPrimary(w http.ResponseWriter, r *http.Request, primary 
 // webfinger answers RFC 7033 queries for acct:handle@server.
 func (h *Handler) webfinger(w http.ResponseWriter, r *http.Request) {
 	resource := r.URL.Query().Get("resource")
-	acct, ok := strings.CutPrefix(resource, "acct:")
-	user, host, hasAt := strings.Cut(acct, "@")
-	if !ok || !hasAt || user == "" || host == "" || strings.ContainsAny(host, "@/") {
+	handle, host, ok := kez.ParseAcct(resource)
+	if !ok {
 		writeError(w, http.StatusBadRequest, kez.CodeBadRequest, "resource must be acct:<handle>@<server>")
 		return
 	}
-	handle := strings.ToLower(user)
-	if !strings.EqualFold(host, h.cfg.Server) || !kez.ValidHandle(handle) {
+	if host != h.cfg.Server || !kez.ValidHandle(handle) {
 		writeError(w, http.StatusNotFound, kez.CodeNotFound, "no account "+resource+" here")
 		return
 	}

@@ -38,7 +38,7 @@ func ParseAuth(value string) (ts int64, sig []byte, err error) {
 		return 0, nil, Errorf(CodeUnauthorized, "auth must be <unix_ts>:<signature hex>")
 	}
 	ts, perr := strconv.ParseInt(tsPart, 10, 64)
-	if perr != nil || ts <= 0 || tsPart[0] == '+' {
+	if perr != nil || ts <= 0 || strconv.FormatInt(ts, 10) != tsPart {
 		return 0, nil, Errorf(CodeUnauthorized, "auth timestamp is not a positive decimal number")
 	}
 	if len(sigPart) != 2*ed25519.SignatureSize || !isLowerHex(strings.ToLower(sigPart)) {
