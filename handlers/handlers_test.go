@@ -234,7 +234,9 @@ func TestRegisterAndLookup(t *testing.T) {
 	expect(t, "bad handle", e.do("GET", "/v1/u/a", nil), 400, "invalid_handle")
 	expect(t, "Cyrillic look-alike", e.do("GET", "/v1/u/\u0430lice", nil), 400, "invalid_handle")
 	expect(t, "Kelvin-sign server", e.do("GET", "/v1/u/alice@\u212aez.test", nil), 404, "not_found")
-	expect(t, "path trick is not an API path", e.do("GET", "/v1/u/..%2Falice", nil), 404, "not_found")
+	if e.h.Route(httptest.NewRequest("GET", "/v1/u/..%2Falice", nil)) != nil {
+		t.Fatal("an escaped slash in a handle is routed")
+	}
 	expect(t, "webfinger Kelvin-sign host", e.do("GET", "/.well-known/webfinger?resource=acct:alice@%E2%84%AAez.test", nil), 404, "not_found")
 
 	r = e.do("GET", "/v1/by-primary/"+alicePrimary, nil)

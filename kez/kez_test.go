@@ -33,7 +33,7 @@ func TestSplitAddress(t *testing.T) {
 		"a@b@kez.lat":       {"a@b", "kez.lat"},
 		"bob@":              {"bob", ""},
 		"carol@example.com": {"carol", "example.com"},
-		"alice@Kez.lat": {"alice", "Kez.lat"}, // Kelvin sign: not folded to k
+		"alice@Kez.lat":     {"alice", "Kez.lat"}, // Kelvin sign: not folded to k
 	} {
 		h, s := SplitAddress(in)
 		if h != want[0] || s != want[1] {
