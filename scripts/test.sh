@@ -29,6 +29,15 @@ go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
 step "go test -race"
 go test -race -count=1 -timeout 20m ./...
 
+step "fuzz (each target briefly; longer: go test -fuzz=FuzzX -fuzztime=10m ./kez)"
+for target in $(go test -list '^Fuzz' ./kez | grep '^Fuzz'); do
+	go test -run='^$' -fuzz="^${target}\$" -fuzztime="${FUZZTIME:-3s}" ./kez >/dev/null || {
+		echo "fuzz target $target failed; the failing input is in kez/testdata/fuzz/$target"
+		exit 1
+	}
+	echo "ok  $target"
+done
+
 if [[ $what == all ]]; then
 	step "web client"
 	bash web/test/run.sh
