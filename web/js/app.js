@@ -208,6 +208,12 @@ async function boot() {
     return;
   }
   if (!rec) {
+    // Invitation links: https://chat.example.com/?invite=<code>
+    const invite = new URLSearchParams(location.search).get('invite');
+    if (invite) {
+      $('invite-input').value = invite;
+      $('invite-field').hidden = false;
+    }
     show('welcome');
     $('handle-input').focus();
     return;
@@ -260,6 +266,8 @@ $('handle-input').addEventListener('input', (ev) => {
   ev.target.setAttribute('aria-invalid', $('handle-error').textContent ? 'true' : 'false');
 });
 
+$('invite-input').addEventListener('input', () => $('invite-input').removeAttribute('aria-invalid'));
+
 $('create-form').addEventListener('submit', async (ev) => {
   ev.preventDefault();
   const input = $('handle-input');
@@ -283,12 +291,15 @@ $('create-form').addEventListener('submit', async (ev) => {
     const { seed, identity } = state.pending;
     const api = state.api;
     const body = await kez.signRegistration(identity, h, api.server, api.nowSec());
+    const invite = $('invite-input').value.trim();
+    if (invite) body.invite = invite; // invite-only servers; not part of what is signed
     const rec = await api.register(body);
     if (rec.primary !== identity.primary) throw new Error('the server registered a different key');
     state.me = account(rec, identity, { backedUp: false });
     await db.putIdentity(state.me);
     state.seed = seed;
     state.pending = null;
+    if (new URLSearchParams(location.search).has('invite')) history.replaceState(null, '', location.pathname + location.hash);
     showBackup(true);
   } catch (e) {
     let msg;
@@ -309,6 +320,20 @@ $('create-form').addEventListener('submit', async (ev) => {
           break;
         case 'stale_timestamp':
           msg = 'This device’s clock is too far from the server’s. Fix the clock and try again.';
+          break;
+        case 'invalid_invite': {
+          const had = !!$('invite-input').value.trim();
+          $('invite-field').hidden = false;
+          err.textContent = had
+            ? `That invite code doesn’t work: ${e.message}.`
+            : `${state.api.server} is invite-only. Enter your invite code, then press Create my KEZ again.`;
+          $('invite-input').setAttribute('aria-invalid', 'true');
+          $('invite-input').focus();
+          return;
+        }
+        case 'registration_closed':
+          msg = `${state.api.server} is not accepting new accounts. If you already have a KEZ here, restore it from your backup below.`;
+          $('restore-details').open = true;
           break;
         case 'wrong_server':
           msg = `The server is not ${state.api.server} any more. Reload the page.`;

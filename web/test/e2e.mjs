@@ -508,6 +508,73 @@ test('acknowledgement: kept for other devices by default, deleted at once when a
   await bob.locator('#messages .text', { hasText: 'ack me' }).waitFor();
 });
 
+test('invite-only servers: the client asks for the code, and invitation links fill it in', async () => {
+  // A second server, invite-only, next to the first.
+  const dir = mkdtempSync(join(tmp, 'invite-'));
+  writeFileSync(join(dir, 'invites.txt'), '# one per line\nwelcome-123\nsecond-456\n');
+  const p2 = await freePort();
+  writeFileSync(
+    join(dir, 'Caddyfile'),
+    `{
+	admin off
+	auto_https off
+	persist_config off
+	filesystem kezweb kez_web
+}
+http://127.0.0.1:${p2} {
+	kez_chat {
+		server invite.test
+		storage bolt ${join(dir, 'chat.db')}
+		registration invite ${join(dir, 'invites.txt')}
+	}
+	file_server {
+		fs kezweb
+	}
+}
+`,
+  );
+  const proc = spawn(caddyBin, ['run', '--config', join(dir, 'Caddyfile'), '--adapter', 'caddyfile'], {
+    env: { ...process.env, XDG_DATA_HOME: join(dir, 'data'), XDG_CONFIG_HOME: join(dir, 'config'), HOME: dir },
+    stdio: 'ignore',
+  });
+  const exited = new Promise((resolve) => proc.once('exit', resolve));
+  try {
+    const b2 = `http://127.0.0.1:${p2}`;
+    for (let i = 0; ; i++) {
+      try {
+        if ((await fetch(`${b2}/v1/healthz`)).ok) break;
+      } catch {
+        /* not yet */
+      }
+      if (i > 200) throw new Error('invite-only caddy did not start');
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const page = await newPage('ivy');
+    await page.goto(b2 + '/');
+    await page.getByLabel('Choose a handle').fill('ivy');
+    await page.getByRole('button', { name: 'Create my KEZ' }).click();
+    await page.locator('#handle-error').getByText('invite.test is invite-only').waitFor();
+    await page.getByLabel('Invite code').fill('nope');
+    await page.getByRole('button', { name: 'Create my KEZ' }).click();
+    await page.locator('#handle-error').getByText('That invite code doesn’t work').waitFor();
+    await shot(page, '12-invite.png');
+    await page.getByLabel('Invite code').fill('welcome-123');
+    await createAccount(page, 'ivy', { backup: 'skip' });
+    await page.locator('#my-address').getByText('ivy@invite.test').waitFor();
+
+    // An invitation link fills the code in, and the link is not left in the address bar.
+    const page2 = await newPage('ivan');
+    await page2.goto(b2 + '/?invite=second-456');
+    await page2.getByRole('heading', { name: 'Create your KEZ' }).waitFor();
+    assert.equal(await page2.getByLabel('Invite code').inputValue(), 'second-456');
+    await createAccount(page2, 'ivan', { backup: 'skip' });
+    assert.doesNotMatch(page2.url(), /invite=/);
+  } finally {
+    proc.kill('SIGTERM');
+    await exited;
+  }
+});
+
 // The terminal client, when it exists: a message from `kez` shows in the
 // browser and a browser message decrypts in `kez`.
 const cliSource = join(REPO, 'cmd', 'kez', 'main.go');
