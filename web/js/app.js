@@ -21,6 +21,10 @@ const state = {
   inbox: null,
 };
 
+// The conversation of messages whose sender could not be verified. Its key
+// can be neither a primary nor a handle (handles have no "~").
+const UNVERIFIED = '~unverified';
+
 const channel = 'BroadcastChannel' in globalThis ? new BroadcastChannel('kez-chat') : null;
 const narrow = matchMedia('(max-width: 720px)');
 
@@ -644,7 +648,7 @@ function renderStatus(status, detail) {
 
 function displayName(conv) {
   if (!conv) return 'Unknown sender';
-  if (conv.peer === 'unknown') return 'Unverified messages';
+  if (conv.peer === UNVERIFIED) return 'Unverified messages';
   if (conv.handle) return conv.handle;
   if (conv.claimed) return `${conv.claimed} (unverified)`;
   return 'Unknown sender';
@@ -655,7 +659,7 @@ async function loadConversations() {
   state.convos = new Map(list.map((c) => [c.peer, c]));
   renderConversations(list);
   // Retry names we could not resolve before (network errors).
-  for (const c of list) if (!c.handle && c.peer !== 'unknown' && !c.notFound) resolvePeer(c.peer, c.claimed).then(maybeRefresh);
+  for (const c of list) if (!c.handle && c.peer !== UNVERIFIED && !c.notFound) resolvePeer(c.peer, c.claimed).then(maybeRefresh);
 }
 
 let refreshQueued = false;
@@ -714,7 +718,7 @@ function renderConversations(list) {
  * registration. It returns true when the conversation changed.
  */
 async function resolvePeer(peer, claimed) {
-  if (peer === 'unknown') {
+  if (peer === UNVERIFIED) {
     if (!state.convos.has(peer)) await db.upsertConversation(peer, {});
     return true;
   }
@@ -831,12 +835,12 @@ async function setActive(peer) {
   $('thread-title').textContent = name;
   $('thread-sub').textContent = conv.address
     ? conv.address
-    : conv.peer === 'unknown'
+    : conv.peer === UNVERIFIED
       ? 'Messages whose sender could not be verified'
       : 'Not registered on this server — you can’t reply';
   paintAvatar($('thread-avatar'), name, peer);
   const canReply = !!conv.handle;
-  $('thread-e2e').hidden = peer === 'unknown';
+  $('thread-e2e').hidden = peer === UNVERIFIED;
   $('compose-input').disabled = !canReply;
   $('send-btn').disabled = !canReply;
   $('compose-label').textContent = canReply ? `Message @${conv.handle}` : 'You can’t reply to this sender';
@@ -969,7 +973,7 @@ async function ingest(item) {
     // Filed under the claimed sender only if we already talk to them;
     // otherwise an unverifiable claim gets no conversation of its own.
     const claimed = env && looksLikePrimary(env.from) ? env.from : null;
-    const peer = claimed && state.convos.has(claimed) ? claimed : 'unknown';
+    const peer = claimed && state.convos.has(claimed) ? claimed : UNVERIFIED;
     await resolvePeer(peer);
     const isNew = await db.addMessage(
       { key: `bad|${item.seq}`, peer, dir: 'in', id: `seq-${item.seq}`, status: 'bad', reason: e.message, at, seq: item.seq },
@@ -1024,7 +1028,7 @@ async function flushIncoming() {
   if (others.length === 1) {
     const [peer, { count, readable }] = others[0];
     const name = displayName(state.convos.get(peer));
-    if (peer === 'unknown') toast('A message arrived that could not be verified');
+    if (peer === UNVERIFIED) toast('A message arrived that could not be verified');
     else if (count > 1) toast(`${count} new messages from ${name}`);
     else toast(readable ? `New message from ${name}` : `A message from ${name} could not be read`);
   } else if (others.length > 1) {
