@@ -636,7 +636,23 @@ const STATUS_TEXT = {
   [STATUS.error]: 'not connected',
 };
 
+let resending = false;
+
+/** resendFailed retries sends that failed for a passing reason, oldest first. */
+async function resendFailed() {
+  if (resending) return;
+  resending = true;
+  try {
+    const failed = (await db.messagesWithStatus('failed')).filter((m) => m.retryable && m.envelope);
+    failed.sort((a, b) => a.at - b.at);
+    for (const m of failed) await retry(m.key);
+  } finally {
+    resending = false;
+  }
+}
+
 function renderStatus(status, detail) {
+  if (status === STATUS.live) resendFailed();
   const c = $('conn');
   c.dataset.status = status;
   c.querySelector('.conn-text').textContent = STATUS_TEXT[status] || status;
@@ -1062,7 +1078,10 @@ async function deliver(msg) {
     const r = await state.api.send(msg.to, msg.envelope);
     fields = { status: 'sent', seq: r.seq, envelope: null, error: null };
   } catch (e) {
-    fields = { status: 'failed', error: friendly(e) };
+    // Network trouble, overload and rate limits pass: such sends are
+    // retried by themselves once the connection is live again.
+    const retryable = e instanceof ApiError && (e.status === 0 || e.status === 429 || e.status >= 500);
+    fields = { status: 'failed', error: friendly(e), retryable };
   }
   await db.updateMessage(msg.key, fields);
   if (channel) channel.postMessage({ type: 'changed', peer: msg.peer });

@@ -336,16 +336,29 @@ test('a server restart loses and duplicates nothing', async () => {
   await stopCaddy();
   await alice.locator('#conn:not([data-status="live"])').waitFor();
   await shot(alice, '05-reconnecting.png');
+  // Bob writes while the server is down: the send fails visibly...
+  await send(bob, 'sent while the server was down');
+  await bob.locator('#messages li.msg.out[data-status="failed"]').getByText('Can’t reach the server').waitFor();
+  await bob.locator('#messages li.msg.out[data-status="failed"]').getByRole('button', { name: 'Retry' }).waitFor();
+  await shot(bob, '05-send-failed.png');
   await startCaddy();
+  // ...and goes out by itself once the connection is back.
+  await alice.locator('#messages .text', { hasText: 'sent while the server was down' }).waitFor({ timeout: 30000 });
   // Bob's page reconnects too; his next message is delivered once.
   await bob.locator('#conn[data-status="live"]').waitFor({ timeout: 30000 });
   await send(bob, 'after the restart');
-  await bob.locator('#messages li.msg.out[data-status="sent"]').nth(2).waitFor();
+  await bob.locator('#messages li.msg.out[data-status="sent"]').nth(3).waitFor();
   await alice.locator('#messages .text', { hasText: 'after the restart' }).waitFor({ timeout: 30000 });
   await alice.locator('#conn[data-status="live"]').waitFor({ timeout: 30000 });
   // Catch-up and stream replay overlap by design; still exactly once.
   await alice.waitForTimeout(500);
-  assert.deepEqual(await bubbleTexts(alice), ['hi alice 👋', 'hello bob\nsecond line', 'after your reload', 'after the restart']);
+  assert.deepEqual(await bubbleTexts(alice), [
+    'hi alice 👋',
+    'hello bob\nsecond line',
+    'after your reload',
+    'sent while the server was down',
+    'after the restart',
+  ]);
 });
 
 test('a config reload (streams end, clients come back) loses and duplicates nothing', async () => {
