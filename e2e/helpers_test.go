@@ -265,3 +265,5 @@ func signInbox(u user, since uint64, ts int64) string {
 func signStream(u user, ts int64) string {
 	return kez.SignAuth(u.key, kez.StreamAuthMessage(u.handle, ts), ts)
 }
+
+func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }

@@ -106,6 +106,9 @@ type Options struct {
 	KezOptions string // extra lines inside the kez_chat block
 	SiteExtra  string // extra lines in the site block (encode, reverse_proxy, log ...)
 	Global     string // extra lines in the global options block
+	// FileSizeLimit, when positive, caps every file the process writes
+	// (RLIMIT_FSIZE, in KiB): a stand-in for a full disk.
+	FileSizeLimitKiB int
 }
 
 // Server is one running Caddy.
@@ -214,6 +217,10 @@ func (s *Server) Start(t testing.TB, opts Options) {
 	t.Helper()
 	config := s.writeConfig(t, opts)
 	s.cmd = exec.Command(s.bin, "run", "--config", config, "--adapter", "caddyfile")
+	if opts.FileSizeLimitKiB > 0 {
+		s.cmd = exec.Command("bash", "-c", fmt.Sprintf(`ulimit -f %d && exec "$0" "$@"`, opts.FileSizeLimitKiB),
+			s.bin, "run", "--config", config, "--adapter", "caddyfile")
+	}
 	s.cmd.Env = s.Env()
 	s.cmd.Stdout = s.logs
 	s.cmd.Stderr = s.logs

@@ -447,3 +447,22 @@ func (s *Store) Ping(context.Context) error {
 }
 
 var _ storage.Store = (*Store)(nil)
+
+// Check opens the file at path read-only and verifies bbolt's invariants
+// (page references, freelist, ordering). For tests and operators after a crash.
+func Check(path string, timeout time.Duration) error {
+	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: timeout})
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	return db.View(func(tx *bolt.Tx) error {
+		var first error
+		for err := range tx.Check() { // drain: the checker stops only at the end
+			if first == nil {
+				first = err
+			}
+		}
+		return first
+	})
+}

@@ -1,0 +1,301 @@
+package e2e
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/kezchat/kez/internal/testcaddy"
+	"github.com/kezchat/kez/storage/bolt"
+)
+
+// faultRounds is how many times the fault tests repeat: a few in CI, more
+// with KEZ_FAULT_ROUNDS=50 go test -run 'Crash|Reloads' ./e2e (RELIABILITY.md).
+func faultRounds(ci int) int {
+	if n, err := strconv.Atoi(os.Getenv("KEZ_FAULT_ROUNDS")); err == nil && n > 0 {
+		return n
+	}
+	return ci
+}
+
+// acked records the messages that got a 201: id → (recipient, seq).
+type acked struct {
+	mu   sync.Mutex
+	msgs map[string]ackedMsg
+}
+
+type ackedMsg struct {
+	to  string
+	seq uint64
+}
+
+// sender sends envelopes {"id":"<prefix>-<n>"} until stop, recording 201s.
+// Connection errors (the server is gone) end it.
+func sender(t *testing.T, url string, prefix string, to []string, stop <-chan struct{}, a *acked, other *atomic.Int64, wg *sync.WaitGroup) {
+	defer wg.Done()
+	for n := 0; ; n++ {
+		select {
+		case <-stop:
+			return
+		default:
+		}
+		id := fmt.Sprintf("%s-%d", prefix, n)
+		rcpt := to[n%len(to)]
+		res, err := client.Post(url+"/v1/messages", "application/json",
+			strings.NewReader(`{"to":"`+rcpt+`","envelope":{"id":"`+id+`"}}`))
+		if err != nil {
+			return
+		}
+		var out struct{ Seq uint64 }
+		body := make([]byte, 512)
+		n2, _ := res.Body.Read(body)
+		res.Body.Close()
+		if res.StatusCode == 201 {
+			fmt.Sscanf(string(body[:n2]), `{"seq":%d`, &out.Seq)
+			a.mu.Lock()
+			a.msgs[id] = ackedMsg{rcpt, out.Seq}
+			a.mu.Unlock()
+		} else {
+			other.Add(1)
+		}
+	}
+}
+
+// TestCrashUnderLoad SIGKILLs Caddy at random points while 32 senders send
+// and streams are open; after each restart every acknowledged message is
+// stored exactly once with its seq, and bbolt's consistency check passes.
+func TestCrashUnderLoad(t *testing.T) {
+	srv := testcaddy.Start(t, testcaddy.Options{})
+	users := []user{newUser("alice"), newUser("bob"), newUser("carol"), newUser("dave")}
+	var handles []string
+	for _, u := range users {
+		want(t, "register", register(t, srv, u), 201, "")
+		handles = append(handles, u.handle)
+	}
+	a := &acked{msgs: map[string]ackedMsg{}}
+	for round := range faultRounds(3) {
+		for _, u := range users {
+			openStream(t, srv, u, -1)
+		}
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		var other atomic.Int64
+		for i := range 32 {
+			wg.Add(1)
+			go sender(t, srv.URL, fmt.Sprintf("r%d-s%d", round, i), handles, stop, a, &other, &wg)
+		}
+		time.Sleep(time.Duration(100+rand.IntN(700)) * time.Millisecond)
+		srv.Kill()
+		close(stop)
+		wg.Wait()
+		if err := bolt.Check(srv.DBPath, 5*time.Second); err != nil {
+			t.Fatalf("round %d: database inconsistent after SIGKILL: %v", round, err)
+		}
+		srv.Start(t, srv.Opts)
+
+		// Every acknowledged id is stored exactly once, under its seq; ids
+		// that were in flight are stored at most once.
+		seen := map[string]int{}
+		for _, u := range users {
+			for _, m := range allInbox(t, srv, u) {
+				var env struct{ ID string }
+				if err := jsonUnmarshal(m.Envelope, &env); err != nil {
+					t.Fatal(err)
+				}
+				seen[env.ID]++
+				a.mu.Lock()
+				want, ok := a.msgs[env.ID]
+				a.mu.Unlock()
+				if ok && (want.seq != m.Seq || want.to != u.handle) {
+					t.Fatalf("round %d: %s stored as %s/%d, acknowledged as %s/%d", round, env.ID, u.handle, m.Seq, want.to, want.seq)
+				}
+			}
+		}
+		for id, n := range seen {
+			if n > 1 {
+				t.Fatalf("round %d: %s stored %d times", round, id, n)
+			}
+		}
+		a.mu.Lock()
+		for id := range a.msgs {
+			if seen[id] != 1 {
+				t.Fatalf("round %d: acknowledged message %s lost", round, id)
+			}
+		}
+		t.Logf("round %d: %d acknowledged so far, %d in flight stored, %d non-201 answers", round, len(a.msgs), len(seen)-len(a.msgs), other.Load())
+		a.mu.Unlock()
+	}
+}
+
+// seqLog is what one reader received, safe to read while it grows.
+type seqLog struct {
+	mu   sync.Mutex
+	seqs []uint64
+}
+
+func (l *seqLog) add(seq uint64) {
+	l.mu.Lock()
+	l.seqs = append(l.seqs, seq)
+	l.mu.Unlock()
+}
+
+func (l *seqLog) snapshot() []uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]uint64(nil), l.seqs...)
+}
+
+// resumingReader follows a handle's stream, reconnecting from its last seq
+// whenever the stream ends, until stop.
+func resumingReader(t *testing.T, srv *testcaddy.Server, u user, stop <-chan struct{}, out *seqLog, wg *sync.WaitGroup) {
+	defer wg.Done()
+	var last int64
+	for {
+		s, r := tryStream(t, srv.URL, u, last)
+		if s == nil {
+			t.Errorf("stream refused: %d %s", r.status, r.body)
+			return
+		}
+		for {
+			select {
+			case ev, open := <-s.events:
+				if !open {
+					goto reconnect
+				}
+				if ev.event != "message" {
+					continue
+				}
+				seq, _ := strconv.ParseUint(ev.id, 10, 64)
+				out.add(seq)
+				last = int64(seq)
+			case <-stop:
+				s.close()
+				return
+			}
+		}
+	reconnect:
+		s.close()
+	}
+}
+
+// TestReloadsUnderLoad reloads Caddy repeatedly while messages are sent and
+// streamed: no acknowledged message is lost, every stream resumes without gap
+// or duplicate, and no request fails.
+func TestReloadsUnderLoad(t *testing.T) {
+	srv := testcaddy.Start(t, testcaddy.Options{})
+	users := []user{newUser("alice"), newUser("bob")}
+	for _, u := range users {
+		want(t, "register", register(t, srv, u), 201, "")
+	}
+	stopSend, stopRead := make(chan struct{}), make(chan struct{})
+	var senders, readers sync.WaitGroup
+	a := &acked{msgs: map[string]ackedMsg{}}
+	var other atomic.Int64
+	for i := range 8 {
+		senders.Add(1)
+		go sender(t, srv.URL, fmt.Sprintf("s%d", i), []string{"alice", "bob"}, stopSend, a, &other, &senders)
+	}
+	received := make([]*seqLog, 4)
+	for i := range received {
+		received[i] = &seqLog{}
+		readers.Add(1)
+		go resumingReader(t, srv, users[i%2], stopRead, received[i], &readers)
+	}
+	reloads := faultRounds(5)
+	start := time.Now()
+	for i := range reloads {
+		time.Sleep(300 * time.Millisecond)
+		srv.Reload(t, testcaddy.Options{KezOptions: fmt.Sprintf("keepalive %ds", 1+i%3)})
+	}
+	t.Logf("%d reloads took %s", reloads, time.Since(start))
+	time.Sleep(300 * time.Millisecond)
+	close(stopSend)
+	senders.Wait()
+	// Let the readers catch up, then compare with what the server stored.
+	deadline := time.Now().Add(20 * time.Second)
+	stored := map[string][]uint64{}
+	for _, u := range users {
+		for _, m := range allInbox(t, srv, u) {
+			stored[u.handle] = append(stored[u.handle], m.Seq)
+		}
+	}
+	for {
+		done := true
+		for i := range received {
+			if len(received[i].snapshot()) < len(stored[users[i%2].handle]) {
+				done = false
+			}
+		}
+		if done || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("readers caught up %s after the last reload", time.Since(start))
+	close(stopRead)
+	readers.Wait()
+	if n := other.Load(); n != 0 {
+		t.Errorf("%d sends failed across %d reloads", n, reloads)
+	}
+	a.mu.Lock()
+	total := len(a.msgs)
+	a.mu.Unlock()
+	if total != len(stored["alice"])+len(stored["bob"]) {
+		t.Fatalf("acknowledged %d, stored %d", total, len(stored["alice"])+len(stored["bob"]))
+	}
+	for i, got := range received {
+		checkExactlyOnce(t, got.snapshot(), stored[users[i%2].handle])
+	}
+	t.Logf("%d reloads, %d messages, every stream complete", reloads, total)
+}
+
+// TestDiskFull: when the database file cannot grow, sends get 503
+// unavailable (never a 500 or a crash), reads keep working, and after a
+// restart with room every acknowledged message is intact.
+func TestDiskFull(t *testing.T) {
+	srv := testcaddy.Start(t, testcaddy.Options{FileSizeLimitKiB: 2048, KezOptions: "max_envelope 256KiB"})
+	alice := newUser("alice")
+	want(t, "register", register(t, srv, alice), 201, "")
+	big := `{"ct":"` + strings.Repeat("A", 200<<10) + `"}`
+	var sent []uint64
+	var status int
+	for range 40 {
+		r := do(t, "POST", srv.URL+"/v1/messages", `{"to":"alice","envelope":`+big+`}`)
+		status = r.status
+		if r.status != 201 {
+			if r.status != 503 || r.code() != "unavailable" {
+				t.Fatalf("send to a full disk: %d %s", r.status, r.body)
+			}
+			break
+		}
+		var out struct{ Seq uint64 }
+		_ = jsonUnmarshal(r.body, &out)
+		sent = append(sent, out.Seq)
+	}
+	if status != 503 {
+		t.Fatalf("40 sends of 200 KiB fit under a 2 MiB file limit (last status %d): the test checked nothing", status)
+	}
+	if r := do(t, "GET", srv.URL+"/v1/u/alice", ""); r.status != 200 {
+		t.Fatalf("reads after a failed write: %d %s", r.status, r.body)
+	}
+	srv.Kill()
+	if err := bolt.Check(srv.DBPath, 5*time.Second); err != nil {
+		t.Fatalf("database inconsistent after failed writes: %v", err)
+	}
+	srv.Start(t, testcaddy.Options{})
+	var got []uint64
+	for _, m := range allInbox(t, srv, alice) {
+		got = append(got, m.Seq)
+		if len(m.Envelope) != len(big) {
+			t.Fatalf("message %d is %d bytes, sent %d", m.Seq, len(m.Envelope), len(big))
+		}
+	}
+	checkExactlyOnce(t, got, sent)
+	send(t, srv, "alice", `{}`)
+}
