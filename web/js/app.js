@@ -1081,7 +1081,8 @@ async function deliver(msg) {
     // Network trouble, overload and rate limits pass: such sends are
     // retried by themselves once the connection is live again.
     const retryable = e instanceof ApiError && (e.status === 0 || e.status === 429 || e.status >= 500);
-    fields = { status: 'failed', error: friendly(e), retryable };
+    const error = retryable ? `Not sent yet — ${e.status === 0 ? 'can’t reach the server' : 'the server is busy'}; it goes out once the connection is back.` : friendly(e);
+    fields = { status: 'failed', error, retryable };
   }
   await db.updateMessage(msg.key, fields);
   if (channel) channel.postMessage({ type: 'changed', peer: msg.peer });

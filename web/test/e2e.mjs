@@ -338,7 +338,7 @@ test('a server restart loses and duplicates nothing', async () => {
   await shot(alice, '05-reconnecting.png');
   // Bob writes while the server is down: the send fails visibly...
   await send(bob, 'sent while the server was down');
-  await bob.locator('#messages li.msg.out[data-status="failed"]').getByText('Can’t reach the server').waitFor();
+  await bob.locator('#messages li.msg.out[data-status="failed"]').getByText('Not sent yet — can’t reach the server').waitFor();
   await bob.locator('#messages li.msg.out[data-status="failed"]').getByRole('button', { name: 'Retry' }).waitFor();
   await shot(bob, '05-send-failed.png');
   await startCaddy();
