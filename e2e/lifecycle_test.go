@@ -101,20 +101,22 @@ func TestReloadDuringOpenStream(t *testing.T) {
 // Caddy's default grace period is eternal.
 func TestStopWithOpenStreams(t *testing.T) {
 	srv := testcaddy.Start(t, testcaddy.Options{})
-	alice := newUser("alice")
-	want(t, "register", register(t, srv, alice), 201, "")
 	var streams []*stream
-	for range 20 {
-		streams = append(streams, openStream(t, srv, alice, -1))
+	for i := range 10 {
+		u := newUser(fmt.Sprintf("user%d", i))
+		want(t, "register", register(t, srv, u), 201, "")
+		for range 10 {
+			streams = append(streams, openStream(t, srv, u, -1))
+		}
+		send(t, srv, u.handle, `{}`)
 	}
-	send(t, srv, "alice", `{}`)
 	for _, s := range streams {
-		if _, ok := s.nextMessage(t, 5*time.Second); !ok {
+		if _, ok := s.nextMessage(t, 10*time.Second); !ok {
 			t.Fatal("stream ended")
 		}
 	}
 	took := srv.Stop(t, 10*time.Second)
-	t.Logf("caddy stop with 20 open streams took %s", took)
+	t.Logf("caddy stop with %d open streams took %s", len(streams), took)
 	for _, s := range streams {
 		s.waitEnd(t, 5*time.Second)
 	}

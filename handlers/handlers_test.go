@@ -611,3 +611,44 @@ func TestEncodeMessage(t *testing.T) {
 		t.Fatalf("%s", b)
 	}
 }
+
+// A closed store (the moment of shutdown, or a storage failure) gives 503
+// unavailable on every endpoint that needs it: never a panic or a 500.
+func TestClosedStoreIsUnavailable(t *testing.T) {
+	e := newEnv(t, nil)
+	expect(t, "register", e.register(aliceKey, "alice"), 201, "")
+	_ = e.store.Close()
+	ts := time.Now().Unix()
+	auth := func(msg string) string { return kez.SignAuth(aliceKey, msg, ts) }
+	cases := map[string]resp{
+		"register":   e.register(bobKey, "bob"),
+		"lookup":     e.do("GET", "/v1/u/alice", nil),
+		"by-primary": e.do("GET", "/v1/by-primary/"+kez.FormatPrimary(aliceKey.Public().(ed25519.PublicKey)), nil),
+		"webfinger":  e.do("GET", "/.well-known/webfinger?resource=acct:alice@kez.test", nil),
+		"send":       e.send("alice", `{}`),
+		"inbox":      e.do("GET", "/v1/inbox/alice", nil, "X-KEZ-Auth", auth(kez.InboxAuthMessage("alice", 0, ts))),
+		"ack":        e.do("DELETE", "/v1/inbox/alice?upto=1", nil, "X-KEZ-Auth", auth(kez.AckAuthMessage("alice", 1, ts))),
+		"stream":     e.do("GET", "/v1/inbox/alice/stream?auth="+auth(kez.StreamAuthMessage("alice", ts)), nil),
+	}
+	for name, r := range cases {
+		expect(t, name, r, 503, "unavailable")
+	}
+}
+
+func TestCursorBounds(t *testing.T) {
+	e := newEnv(t, nil)
+	expect(t, "register", e.register(aliceKey, "alice"), 201, "")
+	ts := time.Now().Unix()
+	for _, upto := range []string{"-1", "x", "99999999999999999999", "9223372036854775808", "1.5", "%2B1"} {
+		r := e.do("DELETE", "/v1/inbox/alice?upto="+upto, nil, "X-KEZ-Auth", kez.SignAuth(aliceKey, kez.AckAuthMessage("alice", 0, ts), ts))
+		expect(t, "upto="+upto, r, 400, "bad_request")
+	}
+	// The largest cursor is fine and finds nothing.
+	max := "9223372036854775807"
+	r := e.do("GET", "/v1/inbox/alice?since="+max, nil, "X-KEZ-Auth", kez.SignAuth(aliceKey, "GET\n/v1/inbox/alice\nsince="+max+"\n"+fmt.Sprint(ts), ts))
+	expect(t, "since=max", r, 200, "")
+	if !strings.Contains(string(r.body), `"messages":[]`) {
+		t.Fatalf("since=max: %s", r.body)
+	}
+	expect(t, "stream since=-1", e.do("GET", "/v1/inbox/alice/stream?since=-1&auth="+kez.SignAuth(aliceKey, kez.StreamAuthMessage("alice", ts), ts), nil), 400, "bad_request")
+}
