@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"path/filepath"
 	"reflect"
@@ -19,6 +18,7 @@ import (
 	_ "github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile" // the caddyfile adapter
 	_ "github.com/caddyserver/caddy/v2/modules/standard"          // reverse_proxy etc. for adapt tests
 
+	"github.com/kezchat/kez/internal/testcaddy"
 	"github.com/kezchat/kez/storage/bolt"
 )
 
@@ -281,16 +281,6 @@ func runCaddy(t *testing.T, port int, handler map[string]any) string {
 	return fmt.Sprintf("http://127.0.0.1:%d", port)
 }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 func get(t *testing.T, url string) (int, string) {
 	t.Helper()
 	res, err := http.Get(url)
@@ -316,7 +306,7 @@ func isolateCaddy(t *testing.T) {
 func TestReloadSharesTheDatabase(t *testing.T) {
 	isolateCaddy(t)
 	path := filepath.Join(t.TempDir(), "chat.db")
-	port := freePort(t)
+	port := testcaddy.FreePort(t)
 	storage := map[string]any{"bolt": map[string]any{"path": path}}
 	base := runCaddy(t, port, map[string]any{"server": "kez.test", "storage": storage})
 	if code, body := get(t, base+"/v1/healthz"); code != 200 {
@@ -354,7 +344,7 @@ func TestLockedDatabaseIsOpenedLater(t *testing.T) {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	base := runCaddy(t, freePort(t), map[string]any{"server": "kez.test", "storage": map[string]any{"bolt": map[string]any{"path": path}}})
+	base := runCaddy(t, testcaddy.FreePort(t), map[string]any{"server": "kez.test", "storage": map[string]any{"bolt": map[string]any{"path": path}}})
 	if d := time.Since(start); d > 3*time.Second {
 		t.Fatalf("provision took %s", d)
 	}

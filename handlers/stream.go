@@ -124,24 +124,20 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request, arg string) {
 	for {
 		select {
 		case ev := <-sub.C:
-			if ev.Seq > cursor {
-				sw.event(ev.Seq, ev.Data)
-				cursor = ev.Seq
-			}
-			// Write whatever else is already queued, then flush once.
-		drain:
-			for {
-				select {
-				case ev := <-sub.C:
-					if ev.Seq > cursor {
-						sw.event(ev.Seq, ev.Data)
-						cursor = ev.Seq
-					}
+			// Write this event and whatever else is already queued, then
+			// flush once.
+			for queued := true; queued; {
+				if ev.Seq > cursor {
+					sw.event(ev.Seq, ev.Data)
+					cursor = ev.Seq
 					if len(sw.buf) >= flushAt && !sw.flush() {
 						return
 					}
+				}
+				select {
+				case ev = <-sub.C:
 				default:
-					break drain
+					queued = false
 				}
 			}
 			if !sw.flush() {

@@ -42,14 +42,7 @@ func TestReopenKeepsDataAndSeqs(t *testing.T) {
 		t.Fatal(err)
 	}
 	storagetest.Register(t, s, "alice", 1)
-	var last uint64
-	for range 3 {
-		m, err := s.Append(ctx, "alice", []byte(`{}`), 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		last = m.Seq
-	}
+	last := storagetest.Fill(t, s, "alice", 3, 0)[2]
 	if _, err := s.Ack(ctx, "alice", last); err != nil {
 		t.Fatal(err)
 	}

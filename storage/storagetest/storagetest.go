@@ -51,6 +51,21 @@ func Register(t testing.TB, s storage.Store, handle string, i int) storage.Recor
 	return got
 }
 
+// Fill appends n empty envelopes to handle's inbox (cap maxInbox) and
+// returns their seqs, failing the test on any error.
+func Fill(t testing.TB, s storage.Store, handle string, n, maxInbox int) []uint64 {
+	t.Helper()
+	seqs := make([]uint64, 0, n)
+	for range n {
+		m, err := s.Append(context.Background(), handle, []byte(`{}`), maxInbox)
+		if err != nil {
+			t.Fatalf("append to %s: %v", handle, err)
+		}
+		seqs = append(seqs, m.Seq)
+	}
+	return seqs
+}
+
 func testRegisterAndLookup(t *testing.T, open Opener) {
 	ctx := context.Background()
 	s := open(t, nil)
@@ -246,14 +261,7 @@ func testSeqNeverReused(t *testing.T, open Opener) {
 	ctx := context.Background()
 	s := open(t, nil)
 	Register(t, s, "alice", 1)
-	var last uint64
-	for range 3 {
-		m, err := s.Append(ctx, "alice", []byte(`{}`), 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		last = m.Seq
-	}
+	last := Fill(t, s, "alice", 3, 0)[2]
 	if n, err := s.Ack(ctx, "alice", last); err != nil || n != 3 {
 		t.Fatalf("ack = %d, %v", n, err)
 	}
@@ -267,14 +275,7 @@ func testInboxCap(t *testing.T, open Opener) {
 	ctx := context.Background()
 	s := open(t, nil)
 	Register(t, s, "alice", 1)
-	var last uint64
-	for range 3 {
-		m, err := s.Append(ctx, "alice", []byte(`{}`), 3)
-		if err != nil {
-			t.Fatal(err)
-		}
-		last = m.Seq
-	}
+	last := Fill(t, s, "alice", 3, 3)[2]
 	if _, err := s.Append(ctx, "alice", []byte(`{"dropped":true}`), 3); !errors.Is(err, storage.ErrInboxFull) {
 		t.Fatalf("4th append into a cap of 3: %v", err)
 	}
@@ -294,14 +295,7 @@ func testAckAndExpire(t *testing.T, open Opener) {
 	s := open(t, nil)
 	Register(t, s, "alice", 1)
 	Register(t, s, "bob", 2)
-	var seqs []uint64
-	for range 5 {
-		m, err := s.Append(ctx, "alice", []byte(`{}`), 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		seqs = append(seqs, m.Seq)
-	}
+	seqs := Fill(t, s, "alice", 5, 0)
 	if n, err := s.Ack(ctx, "alice", seqs[1]); err != nil || n != 2 {
 		t.Fatalf("ack upto %d = %d, %v", seqs[1], n, err)
 	}
