@@ -342,7 +342,10 @@ func moduleVersion() string {
 	}
 	for _, dep := range info.Deps {
 		if dep.Path == path {
-			if dep.Replace != nil && dep.Replace.Version != "" {
+			if dep.Replace != nil { // a local checkout (xcaddy --with path=dir) has no version
+				if dep.Replace.Version == "" {
+					return "devel"
+				}
 				return dep.Replace.Version
 			}
 			return dep.Version
