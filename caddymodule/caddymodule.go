@@ -128,6 +128,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return fmt.Errorf("kez_chat: send_rate: %w", err)
 	}
+	counters, err := initMetrics(ctx.GetMetricsRegistry())
+	if err != nil {
+		return fmt.Errorf("kez_chat: metrics: %w", err)
+	}
 	h.api = handlers.New(handlers.Config{
 		Server:       h.Server,
 		PublicURL:    h.PublicURL,
@@ -146,6 +150,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		ClientIP:            clientIP,
 		Registration:        h.Registration,
 		InviteFile:          h.InviteFile,
+		Counters:            counters,
 	}, b.store(), b.hub, h.log)
 
 	// Caddy emits "stopping" before it shuts its servers down, on reload

@@ -38,6 +38,49 @@ type Config struct {
 	// registration needs a one-use token listed in InviteFile.
 	Registration string
 	InviteFile   string
+
+	// Counters reports activity to a monitoring system (Caddy's Prometheus
+	// metrics, in the module).
+	Counters Counters
+}
+
+// Counters are called as the API works; any of them may be nil.
+type Counters struct {
+	MessageAccepted func(envelopeBytes int) // a message is durable
+	Registered      func()                  // a new handle is bound
+	StreamOpened    func()
+	StreamClosed    func()
+	RateLimited     func(limit string) // "register", "send" or "streams"
+}
+
+func (c Counters) messageAccepted(n int) {
+	if c.MessageAccepted != nil {
+		c.MessageAccepted(n)
+	}
+}
+
+func (c Counters) registered() {
+	if c.Registered != nil {
+		c.Registered()
+	}
+}
+
+func (c Counters) streamOpened() {
+	if c.StreamOpened != nil {
+		c.StreamOpened()
+	}
+}
+
+func (c Counters) streamClosed() {
+	if c.StreamClosed != nil {
+		c.StreamClosed()
+	}
+}
+
+func (c Counters) rateLimited(limit string) {
+	if c.RateLimited != nil {
+		c.RateLimited(limit)
+	}
 }
 
 // Registration modes.

@@ -62,6 +62,7 @@ func (h *Handler) register(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if ok, wait := h.registerLimit.allow(h.cfg.ClientIP(r), h.now()); !ok {
+		h.cfg.Counters.rateLimited("register")
 		rateLimited(w, wait, "too many registration attempts from your address")
 		return
 	}
@@ -106,6 +107,7 @@ func (h *Handler) register(w http.ResponseWriter, r *http.Request) {
 	case err != nil:
 		h.fail(w, r, err)
 	case created:
+		h.cfg.Counters.registered()
 		writeJSON(w, http.StatusCreated, h.record(stored))
 	default:
 		writeJSON(w, http.StatusOK, h.record(stored)) // the same binding again: an idempotent retry

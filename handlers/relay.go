@@ -53,6 +53,7 @@ type sendRequest struct {
 
 func (h *Handler) send(w http.ResponseWriter, r *http.Request) {
 	if ok, wait := h.sendLimit.allow(h.cfg.ClientIP(r), h.now()); !ok {
+		h.cfg.Counters.rateLimited("send")
 		rateLimited(w, wait, "too many messages from your address")
 		return
 	}
@@ -118,6 +119,7 @@ func (h *Handler) send(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
+	h.cfg.Counters.messageAccepted(len(m.Envelope))
 	out := make([]byte, 0, 96)
 	out = append(out, `{"seq":`...)
 	out = strconv.AppendUint(out, m.Seq, 10)

@@ -68,10 +68,13 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request, arg string) {
 	}
 
 	if ok, reason := h.streams.take(handle, h.cfg.MaxStreamsPerHandle, h.cfg.MaxStreams); !ok {
+		h.cfg.Counters.rateLimited("streams")
 		rateLimited(w, 5*time.Second, reason)
 		return
 	}
 	defer h.streams.release(handle)
+	h.cfg.Counters.streamOpened()
+	defer h.cfg.Counters.streamClosed()
 
 	// Watch for shutdown before anything is written, so that a shutdown
 	// beginning from here on is seen.
