@@ -104,6 +104,7 @@ func Binary(t testing.TB) string {
 type Options struct {
 	ServerName string // kez_chat server; default ServerName
 	KezOptions string // extra lines inside the kez_chat block
+	BoltBlock  string // lines of a block after "storage bolt <path>" (e.g. one_commit_per_message)
 	SiteExtra  string // extra lines in the site block (encode, reverse_proxy, log ...)
 	Global     string // extra lines in the global options block
 	// FileSizeLimit, when positive, caps every file the process writes
@@ -179,7 +180,7 @@ http://127.0.0.1:%d {
 	kez_chat {
 		server %s
 		public_url %s
-		storage bolt %s
+		storage bolt %s%s
 		# Tests send and register faster than one person; limits are tested on their own.
 		register_rate off
 		send_rate off
@@ -190,7 +191,14 @@ http://127.0.0.1:%d {
 		fs kezweb
 	}
 }
-`, s.AdminAddr, opts.Global, s.Port, name, s.URL, s.DBPath, opts.KezOptions, opts.SiteExtra)
+`, s.AdminAddr, opts.Global, s.Port, name, s.URL, s.DBPath, boltBlock(opts.BoltBlock), opts.KezOptions, opts.SiteExtra)
+}
+
+func boltBlock(lines string) string {
+	if strings.TrimSpace(lines) == "" {
+		return ""
+	}
+	return " {\n\t\t\t" + strings.TrimSpace(lines) + "\n\t\t}"
 }
 
 func (s *Server) writeConfig(t testing.TB, opts Options) string {
@@ -309,6 +317,14 @@ func (s *Server) Kill() {
 		s.exit <- err
 	case <-time.After(10 * time.Second):
 	}
+}
+
+// Pid is the process id of the running Caddy (0 if none).
+func (s *Server) Pid() int {
+	if s.cmd == nil || s.cmd.Process == nil {
+		return 0
+	}
+	return s.cmd.Process.Pid
 }
 
 // Logs is everything Caddy printed so far.

@@ -1,0 +1,289 @@
+// Command kezbench is KEZ chat's load tool. Against a running server it
+// registers users, opens their streams (SSE) with the Go client library, and
+// runs four scenarios:
+//
+//  1. maximum durable send rate: 1 KiB envelopes, 64 concurrent senders
+//     (and, with -baseline, the same against a server whose store commits
+//     one transaction per message, reported as a ratio);
+//  2. a fixed 1,000 msg/s over 1,000 online recipients: accept latency and
+//     POST-accepted → SSE-received delivery latency;
+//  3. 10,000 idle streams: the server's RSS per stream (with -pid);
+//  4. 256 KiB envelopes at maximum rate.
+//
+// Every accepted message must arrive exactly once on its recipient's stream
+// with the bytes that were sent; errors are counted. It prints a table and
+// writes the figures as JSON. Every phase is bounded in count and time. See
+// BENCHMARKS.md for how to run it and the figures.
+//
+//	kezbench -url http://127.0.0.1:7480 -baseline http://127.0.0.1:7481 \
+//	    -pid $(pgrep -f 'caddy run') -admin 127.0.0.1:7419
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Config is everything a run needs; the flags fill it.
+type Config struct {
+	URL      string // the server under test
+	Baseline string // the same server with storage bolt { one_commit_per_message }, or ""
+	PID      int    // the server's process id, for RSS (scenario 3)
+	Admin    string // Caddy's admin address, to force a GC before reading RSS
+	Label    string // names the backend in the report, e.g. "bolt"
+	Run      []int  // scenarios to run
+
+	Senders        int           // scenario 1
+	EnvelopeSize   int           // scenarios 1-3, bytes as sent
+	Duration       time.Duration // scenarios 1 and 4 (and the baseline)
+	MaxMessages    int           // cap per max-rate scenario
+	Rate           int           // scenario 2, messages per second
+	Recipients     int           // scenario 2
+	RateDuration   time.Duration // scenario 2
+	RateWorkers    int           // scenario 2, concurrent requests at most
+	IdleStreams    int           // scenario 3
+	Settle         time.Duration // scenario 3, wait before each RSS reading
+	LargeSize      int           // scenario 4, bytes as sent
+	LargeSenders   int           // scenario 4
+	DrainTimeout   time.Duration // wait for deliveries after the sends
+	OpenTimeout    time.Duration // wait for a scenario's streams to open
+	RequestTimeout time.Duration // one send
+	Timeout        time.Duration // the whole run
+}
+
+// DefaultConfig is the full-size run of BENCHMARKS.md.
+func DefaultConfig() Config {
+	return Config{
+		URL: "http://127.0.0.1:7480", Label: "bolt", Run: []int{1, 2, 3, 4},
+		Senders: 64, EnvelopeSize: 1024, Duration: 10 * time.Second, MaxMessages: 500_000,
+		Rate: 1000, Recipients: 1000, RateDuration: 20 * time.Second, RateWorkers: 128,
+		IdleStreams: 10_000, Settle: 5 * time.Second,
+		LargeSize: 256 << 10, LargeSenders: 16,
+		DrainTimeout: 30 * time.Second, OpenTimeout: 5 * time.Minute, RequestTimeout: 30 * time.Second,
+		Timeout: 30 * time.Minute,
+	}
+}
+
+// Report is the JSON output.
+type Report struct {
+	Label    string    `json:"label"`
+	Started  time.Time `json:"started"`
+	Machine  Machine   `json:"machine"`
+	Config   any       `json:"config"`
+	Results  []*Result `json:"results"`
+	Ratio    float64   `json:"group_commit_vs_naive,omitempty"` // scenario 1 rate / naive rate
+	OK       bool      `json:"ok"`                              // zero errors, exactly-once everywhere
+	Problems []string  `json:"problems,omitempty"`
+}
+
+// Machine describes where the load tool ran (the server shares it).
+type Machine struct {
+	CPUs      int    `json:"nproc"`
+	CPUModel  string `json:"cpu_model"`
+	Kernel    string `json:"kernel"`
+	GoVersion string `json:"go_version"` // of kezbench
+	MemTotal  string `json:"mem_total"`
+}
+
+func machine() Machine {
+	m := Machine{CPUs: runtime.NumCPU(), GoVersion: runtime.Version()}
+	if raw, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for line := range strings.Lines(string(raw)) {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+				m.CPUModel = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	if raw, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		m.Kernel = strings.TrimSpace(string(raw))
+	}
+	if raw, err := os.ReadFile("/proc/meminfo"); err == nil {
+		for line := range strings.Lines(string(raw)) {
+			if v, ok := strings.CutPrefix(line, "MemTotal:"); ok {
+				m.MemTotal = strings.TrimSpace(v)
+			}
+		}
+	}
+	return m
+}
+
+// Run executes the configured scenarios against the servers. Progress goes
+// to logw; the returned error is for setup failures (a scenario's errors
+// and lost messages are in the report).
+func Run(ctx context.Context, cfg Config, logw io.Writer) (*Report, error) {
+	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+	defer cancel()
+	b := &bench{cfg: cfg, log: func(format string, args ...any) { fmt.Fprintf(logw, format+"\n", args...) }}
+	rep := &Report{Label: cfg.Label, Started: time.Now().UTC(), Machine: machine(), Config: cfg}
+	f, err := newFleet(ctx, cfg.URL, max(cfg.Senders, cfg.LargeSenders))
+	if err != nil {
+		return nil, err
+	}
+	var naive *fleet
+	if cfg.Baseline != "" && slices.Contains(cfg.Run, 1) {
+		if naive, err = newFleet(ctx, cfg.Baseline, cfg.Senders); err != nil {
+			return nil, fmt.Errorf("baseline: %w", err)
+		}
+	}
+	type step struct {
+		id, name string
+		run      func(*Result) error
+	}
+	var steps []step
+	if slices.Contains(cfg.Run, 1) {
+		steps = append(steps, step{"1", fmt.Sprintf("max durable rate, %s envelopes, %d senders", size(cfg.EnvelopeSize), cfg.Senders),
+			func(r *Result) error {
+				return b.maxRate(ctx, r, f, cfg.Senders, cfg.EnvelopeSize, 64, cfg.MaxMessages)
+			}})
+		if naive != nil {
+			steps = append(steps, step{"1-naive", "same, one transaction per message (baseline)",
+				func(r *Result) error {
+					return b.maxRate(ctx, r, naive, cfg.Senders, cfg.EnvelopeSize, 64, cfg.MaxMessages)
+				}})
+		}
+	}
+	if slices.Contains(cfg.Run, 2) {
+		steps = append(steps, step{"2", fmt.Sprintf("fixed %d msg/s over %d online recipients", cfg.Rate, cfg.Recipients),
+			func(r *Result) error { return b.fixedRate(ctx, r, f) }})
+	}
+	if slices.Contains(cfg.Run, 3) {
+		steps = append(steps, step{"3", fmt.Sprintf("%d idle streams", cfg.IdleStreams),
+			func(r *Result) error { return b.idleStreams(ctx, r, f) }})
+	}
+	if slices.Contains(cfg.Run, 4) {
+		steps = append(steps, step{"4", fmt.Sprintf("max rate, %s envelopes, %d senders", size(cfg.LargeSize), cfg.LargeSenders),
+			func(r *Result) error {
+				return b.maxRate(ctx, r, f, cfg.LargeSenders, cfg.LargeSize, 2, cfg.MaxMessages)
+			}})
+	}
+	for _, s := range steps {
+		b.log("scenario %s: %s", s.id, s.name)
+		r := &Result{ID: s.id, Name: s.name}
+		if err := s.run(r); err != nil {
+			return rep, fmt.Errorf("scenario %s: %w", s.id, err)
+		}
+		rep.Results = append(rep.Results, r)
+		b.log("  done in %.1fs: %d accepted, %d errors, delivery ok=%v", r.Elapsed, r.Accepted, r.Errors, r.Delivery.OK())
+	}
+	rep.finish()
+	return rep, nil
+}
+
+func (rep *Report) finish() {
+	var one, naive *Result
+	for _, r := range rep.Results {
+		switch r.ID {
+		case "1":
+			one = r
+		case "1-naive":
+			naive = r
+		}
+		if r.Errors > 0 {
+			rep.Problems = append(rep.Problems, fmt.Sprintf("scenario %s: %d errors %v", r.ID, r.Errors, r.ErrorCodes))
+		}
+		if d := r.Delivery; !d.OK() {
+			rep.Problems = append(rep.Problems, fmt.Sprintf("scenario %s: not exactly once: %d accepted, %d missing, %d duplicated, %d corrupted, %d unexpected",
+				r.ID, d.Accepted, d.Missing, d.Duplicated, d.Corrupted, d.Unexpected))
+		}
+	}
+	if one != nil && naive != nil && naive.MsgsPerSec > 0 {
+		rep.Ratio = one.MsgsPerSec / naive.MsgsPerSec
+	}
+	rep.OK = len(rep.Problems) == 0
+}
+
+func size(n int) string {
+	if n%1024 == 0 {
+		return strconv.Itoa(n/1024) + " KiB"
+	}
+	return strconv.Itoa(n) + " B"
+}
+
+// raiseFileLimit lifts the soft limit on open files to the hard limit:
+// 10,000 streams need more than the usual 1,024 descriptors.
+func raiseFileLimit() (uint64, error) {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return 0, err
+	}
+	if lim.Cur < lim.Max {
+		lim.Cur = lim.Max
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+			return 0, err
+		}
+	}
+	return lim.Cur, nil
+}
+
+func main() {
+	cfg := DefaultConfig()
+	run := "1,2,3,4"
+	jsonPath := "kezbench.json"
+	flag.StringVar(&cfg.URL, "url", cfg.URL, "the KEZ chat server under test (loopback)")
+	flag.StringVar(&cfg.Baseline, "baseline", "", "a server whose store commits one transaction per message (storage bolt { one_commit_per_message }), for scenario 1's naive baseline")
+	flag.IntVar(&cfg.PID, "pid", 0, "the server's process id, to read its RSS for scenario 3")
+	flag.StringVar(&cfg.Admin, "admin", "", "Caddy's admin address (e.g. 127.0.0.1:2019), to force a GC before each RSS reading")
+	flag.StringVar(&cfg.Label, "label", cfg.Label, "the storage backend, as named in the report")
+	flag.StringVar(&run, "run", run, "scenarios to run, comma-separated")
+	flag.StringVar(&jsonPath, "json", jsonPath, "write the report as JSON here (\"\" for none)")
+	flag.IntVar(&cfg.Senders, "senders", cfg.Senders, "scenario 1: concurrent senders")
+	flag.IntVar(&cfg.EnvelopeSize, "size", cfg.EnvelopeSize, "scenarios 1-3: envelope size as sent, bytes")
+	flag.DurationVar(&cfg.Duration, "duration", cfg.Duration, "scenarios 1 and 4: how long to send")
+	flag.IntVar(&cfg.MaxMessages, "max-messages", cfg.MaxMessages, "scenarios 1 and 4: at most this many sends")
+	flag.IntVar(&cfg.Rate, "rate", cfg.Rate, "scenario 2: messages per second")
+	flag.IntVar(&cfg.Recipients, "recipients", cfg.Recipients, "scenario 2: online recipients")
+	flag.DurationVar(&cfg.RateDuration, "rate-duration", cfg.RateDuration, "scenario 2: how long to send")
+	flag.IntVar(&cfg.IdleStreams, "streams", cfg.IdleStreams, "scenario 3: idle streams (one user each)")
+	flag.DurationVar(&cfg.Settle, "settle", cfg.Settle, "scenario 3: wait before each RSS reading")
+	flag.IntVar(&cfg.LargeSize, "large-size", cfg.LargeSize, "scenario 4: envelope size as sent, bytes")
+	flag.IntVar(&cfg.LargeSenders, "large-senders", cfg.LargeSenders, "scenario 4: concurrent senders")
+	flag.DurationVar(&cfg.DrainTimeout, "drain", cfg.DrainTimeout, "wait at most this long for deliveries after sending")
+	flag.DurationVar(&cfg.Timeout, "timeout", cfg.Timeout, "give up on the whole run after this long")
+	flag.Parse()
+	cfg.Run = nil
+	for _, s := range strings.Split(run, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || n < 1 || n > 4 {
+			fmt.Fprintf(os.Stderr, "kezbench: -run %q: scenarios are 1, 2, 3, 4\n", run)
+			os.Exit(2)
+		}
+		cfg.Run = append(cfg.Run, n)
+	}
+	if n, err := raiseFileLimit(); err != nil {
+		fmt.Fprintf(os.Stderr, "kezbench: raising the open-file limit: %v\n", err)
+	} else if slices.Contains(cfg.Run, 3) && n < uint64(cfg.IdleStreams)+1000 {
+		fmt.Fprintf(os.Stderr, "kezbench: warning: only %d open files allowed; %d streams need more (raise the hard limit: ulimit -Hn)\n", n, cfg.IdleStreams)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	rep, err := Run(ctx, cfg, os.Stderr)
+	if rep != nil {
+		printTable(os.Stdout, rep)
+		if jsonPath != "" {
+			raw, _ := json.MarshalIndent(rep, "", "  ")
+			if werr := os.WriteFile(jsonPath, append(raw, '\n'), 0o644); werr != nil {
+				fmt.Fprintf(os.Stderr, "kezbench: %v\n", werr)
+			}
+		}
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "kezbench: %v\n", err)
+		os.Exit(1)
+	}
+	if !rep.OK {
+		fmt.Fprintf(os.Stderr, "kezbench: problems:\n  %s\n", strings.Join(rep.Problems, "\n  "))
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,72 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+)
+
+// printTable writes the report as a plain-text table.
+func printTable(w io.Writer, rep *Report) {
+	m := rep.Machine
+	fmt.Fprintf(w, "kezbench %s — %d× %s, kernel %s, %s\n\n", rep.Label, m.CPUs, m.CPUModel, m.Kernel, m.GoVersion)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "#\tscenario\taccepted\tmsg/s\tMiB/s\taccept p50/p90/p99/max ms\tdelivery p50/p90/p99/max ms\texactly once\terrors\tload\t")
+	for _, r := range rep.Results {
+		rate, mib := "-", "-"
+		if r.MsgsPerSec > 0 {
+			rate = fmt.Sprintf("%.0f", r.MsgsPerSec)
+		}
+		if r.MiBPerSec > 0 {
+			mib = fmt.Sprintf("%.1f", r.MiBPerSec)
+		}
+		once := fmt.Sprintf("%d/%d", r.Delivery.ExactlyOnce, r.Delivery.Accepted)
+		if !r.Delivery.OK() {
+			once += " FAIL"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%d\t%.2f\t\n", r.ID, r.Name, r.Accepted, rate, mib,
+			lat(r.Accept), lat(r.DeliveryLat), once, r.Errors, r.Load)
+	}
+	_ = tw.Flush()
+	for _, r := range rep.Results {
+		switch {
+		case r.Streams > 0 && r.RSSAfterKiB > 0:
+			fmt.Fprintf(w, "\nscenario %s: %d streams; server RSS %d → %d KiB: %.1f KiB per stream (anonymous memory %.1f KiB)\n",
+				r.ID, r.Streams, r.RSSBeforeKiB, r.RSSAfterKiB, r.RSSPerStreamKiB, r.AnonPerStream)
+		case r.Streams > 0:
+			fmt.Fprintf(w, "\nscenario %s: %d streams (no -pid: RSS not measured)\n", r.ID, r.Streams)
+		case r.TargetRate > 0:
+			fmt.Fprintf(w, "\nscenario %s: target %d msg/s, tool started sends at most %.1f ms late\n", r.ID, r.TargetRate, r.MaxLagMs)
+		}
+		if r.Reconnects > 0 {
+			fmt.Fprintf(w, "scenario %s: %d stream reconnects\n", r.ID, r.Reconnects)
+		}
+		if r.Delivery.EarlyDeliveries > 0 {
+			fmt.Fprintf(w, "scenario %s: %d messages arrived on the stream before their sender read the 201 (latency counted as 0)\n", r.ID, r.Delivery.EarlyDeliveries)
+		}
+		if r.Note != "" {
+			fmt.Fprintf(w, "scenario %s: %s\n", r.ID, r.Note)
+		}
+	}
+	if rep.Ratio > 0 {
+		fmt.Fprintf(w, "\ngroup commit vs one transaction per message: %.1f×\n", rep.Ratio)
+	}
+	if len(rep.Problems) > 0 {
+		fmt.Fprintf(w, "\nPROBLEMS:\n  %s\n", strings.Join(rep.Problems, "\n  "))
+	}
+}
+
+func lat(l Latency) string {
+	if l.N == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%s/%s/%s/%s", num(l.P50), num(l.P90), num(l.P99), num(l.Max))
+}
+
+func num(v float64) string {
+	if v >= 100 {
+		return fmt.Sprintf("%.0f", v)
+	}
+	return fmt.Sprintf("%.1f", v)
+}

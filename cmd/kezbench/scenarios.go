@@ -1,0 +1,428 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/kezchat/kez/client"
+)
+
+// Result is one scenario's figures. Fields that do not apply are omitted.
+type Result struct {
+	ID      string  `json:"id"` // "1", "1-naive", "2", "3", "4"
+	Name    string  `json:"name"`
+	URL     string  `json:"url"`
+	Load    float64 `json:"load_avg_1m_before"` // of the whole machine
+	Elapsed float64 `json:"elapsed_s"`
+
+	Senders       int `json:"senders,omitempty"`
+	EnvelopeBytes int `json:"envelope_bytes,omitempty"`
+	Attempts      int `json:"attempts,omitempty"`
+	Accepted      int `json:"accepted"`
+
+	MsgsPerSec  float64 `json:"msgs_per_s,omitempty"`
+	MiBPerSec   float64 `json:"mib_per_s,omitempty"`
+	Accept      Latency `json:"accept_latency"`
+	DeliveryLat Latency `json:"delivery_latency"` // POST accepted → SSE received
+
+	// Fixed rate (scenario 2).
+	TargetRate int     `json:"target_rate,omitempty"`
+	Recipients int     `json:"recipients,omitempty"`
+	MaxLagMs   float64 `json:"max_start_lag_ms,omitempty"` // how late the tool started a scheduled send
+
+	// Idle streams (scenario 3).
+	Streams         int     `json:"streams,omitempty"`
+	RSSBeforeKiB    int64   `json:"rss_before_kib,omitempty"`
+	RSSAfterKiB     int64   `json:"rss_after_kib,omitempty"`
+	RSSPerStreamKiB float64 `json:"rss_per_stream_kib,omitempty"`
+	AnonPerStream   float64 `json:"rss_anon_per_stream_kib,omitempty"`
+
+	Delivery   Delivery       `json:"delivery"`
+	Errors     int            `json:"errors"`
+	ErrorCodes map[string]int `json:"error_codes,omitempty"`
+	Reconnects int            `json:"stream_reconnects"`
+	Note       string         `json:"note,omitempty"`
+}
+
+// OK reports zero errors and exactly-once delivery.
+func (r *Result) OK() bool { return r.Errors == 0 && r.Delivery.OK() }
+
+// errCount counts failed requests by error code.
+type errCount struct {
+	mu    sync.Mutex
+	n     int
+	codes map[string]int
+}
+
+func (e *errCount) add(err error) {
+	code := client.CodeOf(err)
+	var netErr *client.NetworkError
+	switch {
+	case code != "":
+	case errors.As(err, &netErr):
+		code = "network"
+	case errors.Is(err, context.DeadlineExceeded):
+		code = "timeout"
+	default:
+		code = "other"
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.codes == nil {
+		e.codes = map[string]int{}
+	}
+	e.n++
+	e.codes[code]++
+}
+
+func (e *errCount) into(r *Result) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	r.Errors += e.n
+	if len(e.codes) > 0 && r.ErrorCodes == nil {
+		r.ErrorCodes = map[string]int{}
+	}
+	for k, v := range e.codes {
+		r.ErrorCodes[k] += v
+	}
+}
+
+// bench runs scenarios with one configuration.
+type bench struct {
+	cfg Config
+	log func(format string, args ...any)
+}
+
+// post sends env to u and records the receipt in t.
+func (b *bench) post(ctx context.Context, f *fleet, t *tracker, errs *errCount, to *user, env []byte) (time.Duration, bool) {
+	pctx, cancel := context.WithTimeout(ctx, b.cfg.RequestTimeout)
+	defer cancel()
+	start := time.Now()
+	rcpt, err := f.send.PostEnvelope(pctx, to.handle, env)
+	at := time.Now()
+	if err != nil {
+		if ctx.Err() == nil {
+			errs.add(err)
+		}
+		return 0, false
+	}
+	t.accepted(to, rcpt.Seq, env, start, at)
+	return at.Sub(start), true
+}
+
+// finish summarizes the accept latencies (one slice per sender), waits for
+// deliveries, checks them, closes the streams and acknowledges everything,
+// so the next scenario starts from empty inboxes.
+func (b *bench) finish(ctx context.Context, r *Result, t *tracker, st *streams, users []*user, accept [][]time.Duration) {
+	var all []time.Duration
+	for _, l := range accept {
+		all = append(all, l...)
+	}
+	r.Accept = summarize(all)
+	t.waitDelivered(b.cfg.DrainTimeout)
+	var lat []time.Duration
+	r.Delivery, lat = t.verdict()
+	r.DeliveryLat = summarize(lat)
+	r.Reconnects = int(st.drops.Load())
+	st.close()
+	if bad := ackAll(ctx, users, 16); bad > 0 {
+		r.Note = strings.TrimSpace(r.Note + " " + strconv.Itoa(bad) + " acknowledgements failed")
+	}
+}
+
+// prepare registers n users (if the fleet has fewer), seals perLink
+// envelopes of size bytes for each, and opens their streams.
+func (b *bench) prepare(ctx context.Context, f *fleet, n, size, perLink int) ([]*user, *pool, *tracker, *streams, error) {
+	if err := f.ensure(ctx, n, b.progress("registered")); err != nil {
+		return nil, nil, nil, nil, err
+	}
+	users := f.users[:n]
+	p, err := sealPool(users, f.server, size, perLink)
+	if err != nil {
+		return nil, nil, nil, nil, err
+	}
+	t := newTracker()
+	st, err := openStreams(ctx, users, t, 64, b.cfg.OpenTimeout)
+	if err != nil {
+		return nil, nil, nil, nil, err
+	}
+	return users, p, t, st, nil
+}
+
+// maxRate is scenarios 1 and 4 (and 1's naive baseline): senders users each
+// post to one recipient back to back for cfg.Duration or until maxMsgs were
+// attempted. Every recipient's stream is open.
+func (b *bench) maxRate(ctx context.Context, r *Result, f *fleet, senders, size, perLink, maxMsgs int) error {
+	r.URL, r.Senders, r.EnvelopeBytes = f.url, senders, size
+	users, p, t, st, err := b.prepare(ctx, f, senders, size, perLink)
+	if err != nil {
+		return err
+	}
+	var errs errCount
+	var attempts atomic.Int64
+	var accepted, sentBytes atomic.Int64
+	lats := make([][]time.Duration, senders)
+	r.Load = loadAvg()
+	start := time.Now()
+	deadline := start.Add(b.cfg.Duration)
+	var wg sync.WaitGroup
+	for i, to := range users {
+		envs := p.byRecipient[i]
+		wg.Go(func() {
+			for k := 0; time.Now().Before(deadline) && ctx.Err() == nil; k++ {
+				if attempts.Add(1) > int64(maxMsgs) {
+					return
+				}
+				env := envs[k%len(envs)]
+				lat, ok := b.post(ctx, f, t, &errs, to, env)
+				if !ok {
+					time.Sleep(10 * time.Millisecond) // do not spin on a failing server
+					continue
+				}
+				lats[i] = append(lats[i], lat)
+				accepted.Add(1)
+				sentBytes.Add(int64(len(env)))
+			}
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	r.Elapsed = elapsed.Seconds()
+	r.Attempts = int(min(attempts.Load(), int64(maxMsgs)))
+	r.Accepted = int(accepted.Load())
+	r.MsgsPerSec = float64(r.Accepted) / elapsed.Seconds()
+	r.MiBPerSec = float64(sentBytes.Load()) / (1 << 20) / elapsed.Seconds()
+	errs.into(r)
+	b.finish(ctx, r, t, st, users, lats)
+	return ctx.Err()
+}
+
+// fixedRate is scenario 2: cfg.Rate sends per second for cfg.RateDuration,
+// spread round-robin over recipients online users, paced open-loop (a slow
+// answer does not delay the next send).
+func (b *bench) fixedRate(ctx context.Context, r *Result, f *fleet) error {
+	n, rate := b.cfg.Recipients, b.cfg.Rate
+	total := int(float64(rate) * b.cfg.RateDuration.Seconds())
+	r.URL, r.TargetRate, r.Recipients, r.EnvelopeBytes = f.url, rate, n, b.cfg.EnvelopeSize
+	perLink := min(max((total+n-1)/n, 1), 32)
+	users, p, t, st, err := b.prepare(ctx, f, n, b.cfg.EnvelopeSize, perLink)
+	if err != nil {
+		return err
+	}
+	type job struct {
+		i   int
+		due time.Time
+	}
+	jobs := make(chan job, total)
+	var errs errCount
+	var accepted atomic.Int64
+	var maxLag atomic.Int64
+	workers := b.cfg.RateWorkers
+	lats := make([][]time.Duration, workers)
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			for j := range jobs {
+				if lag := int64(time.Since(j.due)); lag > maxLag.Load() {
+					maxLag.Store(lag) // racy max is fine for a report
+				}
+				to := users[j.i%n]
+				envs := p.byRecipient[j.i%n]
+				lat, ok := b.post(ctx, f, t, &errs, to, envs[(j.i/n)%len(envs)])
+				if ok {
+					lats[w] = append(lats[w], lat)
+					accepted.Add(1)
+				}
+			}
+		})
+	}
+	r.Load = loadAvg()
+	start := time.Now()
+	interval := time.Second / time.Duration(rate)
+	r.Attempts = total
+	for i := range total {
+		due := start.Add(time.Duration(i) * interval)
+		if d := time.Until(due); d > 0 {
+			select {
+			case <-time.After(d):
+			case <-ctx.Done():
+			}
+		}
+		if ctx.Err() != nil {
+			r.Attempts = i
+			break
+		}
+		jobs <- job{i, due}
+	}
+	close(jobs)
+	wg.Wait()
+	elapsed := time.Since(start)
+	r.Elapsed = elapsed.Seconds()
+	r.Accepted = int(accepted.Load())
+	r.MsgsPerSec = float64(r.Accepted) / elapsed.Seconds()
+	r.MaxLagMs = ms(time.Duration(maxLag.Load()))
+	errs.into(r)
+	b.finish(ctx, r, t, st, users, lats)
+	return ctx.Err()
+}
+
+// idleStreams is scenario 3: the server's RSS before and after opening
+// cfg.IdleStreams streams (one per user) that then stay idle. Afterwards
+// every stream gets one message, to show they were all alive.
+func (b *bench) idleStreams(ctx context.Context, r *Result, f *fleet) error {
+	n := b.cfg.IdleStreams
+	r.URL, r.Streams = f.url, n
+	if err := f.ensure(ctx, n, b.progress("registered")); err != nil {
+		return err
+	}
+	users := f.users[:n]
+	p, err := sealPool(users, f.server, b.cfg.EnvelopeSize, 1)
+	if err != nil {
+		return err
+	}
+	before, err := b.settledRSS(ctx)
+	if err != nil {
+		return err
+	}
+	r.Load = loadAvg()
+	t := newTracker()
+	start := time.Now()
+	st, err := openStreams(ctx, users, t, 256, b.cfg.OpenTimeout)
+	if err != nil {
+		return err
+	}
+	b.log("  %d streams open in %s", n, time.Since(start).Round(time.Millisecond))
+	after, err := b.settledRSS(ctx)
+	if err != nil {
+		st.close()
+		return err
+	}
+	r.Elapsed = time.Since(start).Seconds()
+	if b.cfg.PID > 0 {
+		r.RSSBeforeKiB, r.RSSAfterKiB = before.rss, after.rss
+		r.RSSPerStreamKiB = float64(after.rss-before.rss) / float64(n)
+		r.AnonPerStream = float64(after.anon-before.anon) / float64(n)
+	}
+	// Every stream must still be live: one message each.
+	var errs errCount
+	var next, accepted atomic.Int64
+	var wg sync.WaitGroup
+	for range 32 {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n || ctx.Err() != nil {
+					return
+				}
+				if _, ok := b.post(ctx, f, t, &errs, users[i], p.byRecipient[i][0]); ok {
+					accepted.Add(1)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	r.Attempts, r.Accepted = n, int(accepted.Load())
+	errs.into(r)
+	b.finish(ctx, r, t, st, users, nil)
+	return ctx.Err()
+}
+
+type rss struct{ rss, anon int64 } // KiB
+
+// settledRSS forces a GC in the server (through Caddy's admin pprof
+// endpoint, when given), lets it settle and reads its memory.
+func (b *bench) settledRSS(ctx context.Context) (rss, error) {
+	if b.cfg.PID <= 0 {
+		return rss{}, nil
+	}
+	if b.cfg.Admin != "" {
+		if err := serverGC(ctx, b.cfg.Admin); err != nil {
+			return rss{}, err
+		}
+	}
+	select {
+	case <-time.After(b.cfg.Settle):
+	case <-ctx.Done():
+		return rss{}, ctx.Err()
+	}
+	return readRSS(b.cfg.PID)
+}
+
+// serverGC asks the server for a heap profile with gc=1, which runs a
+// garbage collection first.
+func serverGC(ctx context.Context, admin string) error {
+	u := admin
+	if !strings.Contains(u, "://") {
+		u = "http://" + u
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimRight(u, "/")+"/debug/pprof/heap?gc=1", nil)
+	if err != nil {
+		return err
+	}
+	c := &http.Client{Timeout: 30 * time.Second}
+	resp, err := c.Do(req)
+	if err != nil {
+		return fmt.Errorf("forcing a GC through the admin endpoint: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("forcing a GC through the admin endpoint: HTTP %d", resp.StatusCode)
+	}
+	return nil
+}
+
+// readRSS reads VmRSS and RssAnon (KiB) of a process from /proc.
+func readRSS(pid int) (rss, error) {
+	raw, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return rss{}, err
+	}
+	var out rss
+	for line := range strings.Lines(string(raw)) {
+		name, val, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		f := strings.Fields(val)
+		if len(f) == 0 {
+			continue
+		}
+		n, _ := strconv.ParseInt(f[0], 10, 64)
+		switch name {
+		case "VmRSS":
+			out.rss = n
+		case "RssAnon":
+			out.anon = n
+		}
+	}
+	if out.rss == 0 {
+		return rss{}, fmt.Errorf("no VmRSS in /proc/%d/status", pid)
+	}
+	return out, nil
+}
+
+// loadAvg is the 1-minute load average of the machine.
+func loadAvg() float64 {
+	raw, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(raw))
+	if len(f) == 0 {
+		return 0
+	}
+	v, _ := strconv.ParseFloat(f[0], 64)
+	return v
+}
+
+func (b *bench) progress(what string) func(done, total int) {
+	return func(done, total int) { b.log("  %s %d/%d users", what, done, total) }
+}

@@ -1,0 +1,135 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kezchat/kez/internal/testcaddy"
+	"github.com/kezchat/kez/kez"
+)
+
+func TestMain(m *testing.M) { testcaddy.Main(m) }
+
+// TestSmoke runs every scenario at a tiny scale against a real Caddy (and a
+// naive-baseline one) and checks the tool's verdicts: every message exactly
+// once, no errors, RSS read. It asserts nothing about speed.
+func TestSmoke(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts two Caddy processes")
+	}
+	srv := testcaddy.Start(t, testcaddy.Options{})
+	naive := testcaddy.Start(t, testcaddy.Options{BoltBlock: "one_commit_per_message"})
+	if !strings.Contains(naive.Logs(), "one_commit_per_message") {
+		t.Errorf("the baseline server does not say it commits one message per transaction:\n%s", naive.Logs())
+	}
+
+	cfg := DefaultConfig()
+	cfg.URL, cfg.Baseline, cfg.PID, cfg.Admin = srv.URL, naive.URL, srv.Pid(), srv.AdminAddr
+	cfg.Senders, cfg.Duration, cfg.MaxMessages = 4, 2*time.Second, 40
+	cfg.Rate, cfg.Recipients, cfg.RateDuration = 50, 5, 400*time.Millisecond
+	cfg.IdleStreams, cfg.Settle = 20, 10*time.Millisecond
+	cfg.LargeSenders, cfg.LargeSize = 2, 64<<10
+	cfg.DrainTimeout, cfg.OpenTimeout, cfg.Timeout = 20*time.Second, 30*time.Second, 2*time.Minute
+
+	var log bytes.Buffer
+	rep, err := Run(context.Background(), cfg, &log)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, log.String())
+	}
+	var table bytes.Buffer
+	printTable(&table, rep)
+	t.Logf("\n%s", table.String())
+	if !rep.OK {
+		t.Fatalf("problems: %v\n%s", rep.Problems, log.String())
+	}
+	want := map[string]int{"1": 40, "1-naive": 40, "2": 20, "3": 20, "4": 40}
+	if len(rep.Results) != len(want) {
+		t.Fatalf("%d results, want %d", len(rep.Results), len(want))
+	}
+	for _, r := range rep.Results {
+		if r.Accepted != want[r.ID] || r.Delivery.ExactlyOnce != want[r.ID] {
+			t.Errorf("scenario %s: %d accepted, %d exactly once; want %d", r.ID, r.Accepted, r.Delivery.ExactlyOnce, want[r.ID])
+		}
+	}
+	s3 := rep.Results[3]
+	if s3.RSSBeforeKiB <= 0 || s3.RSSAfterKiB <= 0 {
+		t.Errorf("scenario 3 read no RSS: %+v", s3)
+	}
+	if rep.Ratio <= 0 {
+		t.Errorf("no group commit vs naive ratio")
+	}
+	if _, err := json.Marshal(rep); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestSealSized(t *testing.T) {
+	a, b := kez.GenerateKeys(), kez.GenerateKeys()
+	link, err := a.LinkTo(b.Primary())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, size := range []int{600, 1024, 1025, 4096, 256 << 10} {
+		env, err := sealSized(link, "a@kez.test", size)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := len(env); n != size && n != size-1 { // base64url cannot make every length
+			t.Errorf("size %d: envelope is %d bytes", size, n)
+		}
+		if !json.Valid(env) {
+			t.Errorf("size %d: not JSON", size)
+		}
+		if _, _, err := b.OpenJSON(env); err != nil {
+			t.Errorf("size %d: does not open: %v", size, err)
+		}
+	}
+	if _, err := sealSized(link, "a@kez.test", 100); err == nil {
+		t.Error("a 100-byte envelope was made")
+	}
+}
+
+func TestSummarize(t *testing.T) {
+	var d []time.Duration
+	for i := 100; i >= 1; i-- {
+		d = append(d, time.Duration(i)*time.Millisecond)
+	}
+	l := summarize(d)
+	if l.N != 100 || l.P50 != 50 || l.P90 != 90 || l.P99 != 99 || l.Max != 100 {
+		t.Fatalf("%+v", l)
+	}
+	if summarize(nil).N != 0 {
+		t.Fatal("empty")
+	}
+}
+
+// The documented server config adapts, is formatted, binds loopback only
+// and has the naive baseline on its second site.
+func TestCaddyfileBench(t *testing.T) {
+	bin := testcaddy.Binary(t)
+	out, err := exec.Command(bin, "adapt", "--config", "Caddyfile.bench", "--adapter", "caddyfile").CombinedOutput()
+	if err != nil {
+		t.Fatalf("caddy adapt: %v\n%s", err, out)
+	}
+	for _, want := range []string{`"listen":["127.0.0.1:7480"]`, `"listen":["127.0.0.1:7481"]`, `"one_commit_per_message":true`, `"listen":"127.0.0.1:7419"`} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("adapted config lacks %s:\n%s", want, out)
+		}
+	}
+	if strings.Count(string(out), "one_commit_per_message") != 1 {
+		t.Errorf("only the baseline site may commit one message per transaction:\n%s", out)
+	}
+	formatted, err := exec.Command(bin, "fmt", "Caddyfile.bench").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if orig, _ := os.ReadFile("Caddyfile.bench"); !bytes.Equal(formatted, orig) {
+		t.Errorf("Caddyfile.bench is not formatted (caddy fmt --overwrite)")
+	}
+}
