@@ -5,11 +5,7 @@ import (
 	"crypto/ed25519"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
-	"fmt"
 	"io"
-	"math"
-	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -154,64 +150,6 @@ func SignRegistration(priv ed25519.PrivateKey, handle, server string, ts time.Ti
 		Payload:   canonical,
 		Signature: Signature{Alg: "ed25519", Sig: hex.EncodeToString(ed25519.Sign(priv, canonical))},
 	}, nil
-}
-
-// MaxJSONDepth is how deeply objects and arrays may nest in what the server
-// accepts: a v1 envelope or registration needs 2.
-const MaxJSONDepth = 32
-
-// CheckStrictJSON rejects JSON that parsers disagree on or choke on: an object
-// that repeats a key (which copy would a signature cover?), nesting deeper
-// than MaxJSONDepth, and numbers that are not finite doubles (1e999999 breaks
-// decoders in both Go and JavaScript clients).
-func CheckStrictJSON(data []byte) error {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.UseNumber()
-	var walk func(depth int) error
-	walk = func(depth int) error {
-		tok, err := dec.Token()
-		if err != nil {
-			return err
-		}
-		switch v := tok.(type) {
-		case json.Number:
-			if f, err := strconv.ParseFloat(string(v), 64); err != nil || math.IsInf(f, 0) {
-				return fmt.Errorf("number %.20s is out of range", v)
-			}
-			return nil
-		case json.Delim:
-			if depth >= MaxJSONDepth {
-				return fmt.Errorf("nested deeper than %d levels", MaxJSONDepth)
-			}
-			seen := map[string]bool{}
-			for dec.More() {
-				if v == '{' {
-					k, err := dec.Token()
-					if err != nil {
-						return err
-					}
-					key := k.(string)
-					if seen[key] {
-						return fmt.Errorf("duplicate key %q", key)
-					}
-					seen[key] = true
-				}
-				if err := walk(depth + 1); err != nil {
-					return err
-				}
-			}
-			_, err = dec.Token() // the closing delimiter
-			return err
-		}
-		return nil
-	}
-	if err := walk(0); err != nil {
-		return err
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return errors.New("trailing data")
-	}
-	return nil
 }
 
 func abs(n int64) int64 {
