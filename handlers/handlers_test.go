@@ -305,6 +305,13 @@ func TestSendAndInbox(t *testing.T) {
 	expect(t, "duplicate keys", e.send("alice", `{"to":"a","to":"b"}`), 400, "bad_request")
 	expect(t, "too large", e.send("alice", `{"x":"`+strings.Repeat("a", 1100)+`"}`), 413, "envelope_too_large")
 	expect(t, "huge number", e.send("alice", `{"n":1e999999}`), 400, "bad_request")
+	expect(t, "escaped to", e.do("POST", "/v1/messages", strings.NewReader(`{"to":"\u0062ob","envelope":{}}`)), 201, "")
+	expect(t, "to not a string", e.do("POST", "/v1/messages", strings.NewReader(`{"to":1,"envelope":{}}`)), 400, "bad_request")
+	expect(t, "to null", e.do("POST", "/v1/messages", strings.NewReader(`{"to":null,"envelope":{}}`)), 400, "bad_request")
+	expect(t, "to twice", e.do("POST", "/v1/messages", strings.NewReader(`{"to":"alice","envelope":{},"to":"bob"}`)), 400, "bad_request")
+	expect(t, "envelope null", e.send("alice", `null`), 400, "bad_request")
+	expect(t, "not an object", e.do("POST", "/v1/messages", strings.NewReader(`["alice",{}]`)), 400, "bad_request")
+	expect(t, "invalid utf8 outside the envelope", e.do("POST", "/v1/messages", strings.NewReader("{\"to\":\"alice\xff\",\"envelope\":{}}")), 400, "bad_request")
 
 	// The reader: every auth failure first.
 	path := "/v1/inbox/alice"

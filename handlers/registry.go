@@ -1,13 +1,13 @@
 package handlers
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"strings"
@@ -48,12 +48,17 @@ func (h *Handler) healthz(w http.ResponseWriter, r *http.Request) {
 
 // readBody reads at most limit bytes; tooBig is true when the body is longer.
 func readBody(w http.ResponseWriter, r *http.Request, limit int64) (body []byte, tooBig bool, err error) {
-	body, err = io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	var buf bytes.Buffer
+	if n := r.ContentLength; n > 0 && n <= limit {
+		// Read into one buffer of the announced size, not a growing one.
+		buf.Grow(int(n) + bytes.MinRead)
+	}
+	_, err = buf.ReadFrom(http.MaxBytesReader(w, r.Body, limit))
 	var mbe *http.MaxBytesError
 	if errors.As(err, &mbe) {
 		return nil, true, err
 	}
-	return body, false, err
+	return buf.Bytes(), false, err
 }
 
 func (h *Handler) register(w http.ResponseWriter, r *http.Request) {

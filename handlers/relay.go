@@ -4,10 +4,9 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"io"
+	"fmt"
 	"net/http"
 	"strconv"
-	"unicode/utf8"
 
 	"github.com/kezchat/kez/hub"
 	"github.com/kezchat/kez/kez"
@@ -46,9 +45,17 @@ func HubNotifier(hb *hub.Hub) storage.Notify {
 	}
 }
 
-type sendRequest struct {
-	To       string          `json:"to"`
-	Envelope json.RawMessage `json:"envelope"`
+// jsonString decodes a checked JSON string literal ("" when absent).
+func jsonString(lit []byte) string {
+	if len(lit) < 2 {
+		return ""
+	}
+	if bytes.IndexByte(lit, '\\') < 0 {
+		return string(lit[1 : len(lit)-1])
+	}
+	var s string
+	_ = json.Unmarshal(lit, &s) // checked by the scan
+	return s
 }
 
 func (h *Handler) send(w http.ResponseWriter, r *http.Request) {
@@ -67,50 +74,57 @@ func (h *Handler) send(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, kez.CodeBadRequest, "could not read the body")
 		return
 	}
-	if !utf8.Valid(body) {
-		writeError(w, http.StatusBadRequest, kez.CodeBadRequest, "body is not valid UTF-8")
-		return
-	}
-	var req sendRequest
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
+	// One strict pass over the body finds both members; nothing is decoded.
+	var to, envelope []byte
+	compact := false
+	err = kez.ScanStrictObject(body, func(key string, value []byte, isCompact bool) error {
+		switch key {
+		case "to":
+			if value[0] != '"' {
+				return errors.New(`"to" must be a string`)
+			}
+			to = value
+		case "envelope":
+			envelope, compact = value, isCompact
+		default:
+			return fmt.Errorf("unknown field %q", key)
+		}
+		return nil
+	})
+	if err != nil {
 		writeError(w, http.StatusBadRequest, kez.CodeBadRequest, "body must be {\"to\":..., \"envelope\":{...}}: "+err.Error())
 		return
 	}
-	if _, err := dec.Token(); err != io.EOF {
-		writeError(w, http.StatusBadRequest, kez.CodeBadRequest, "trailing data after the JSON object")
-		return
-	}
-	if len(req.Envelope) == 0 || req.Envelope[0] != '{' {
+	if len(envelope) == 0 || envelope[0] != '{' {
 		writeError(w, http.StatusBadRequest, kez.CodeBadRequest, "envelope must be a JSON object")
 		return
 	}
-	if int64(len(req.Envelope)) > h.cfg.MaxEnvelope {
+	if int64(len(envelope)) > h.cfg.MaxEnvelope {
 		writeError(w, http.StatusRequestEntityTooLarge, kez.CodeEnvelopeTooLarge,
 			"envelope is larger than "+strconv.FormatInt(h.cfg.MaxEnvelope, 10)+" bytes")
 		return
 	}
-	if err := kez.CheckStrictJSON(req.Envelope); err != nil {
-		writeError(w, http.StatusBadRequest, kez.CodeBadRequest, "envelope: "+err.Error())
-		return
-	}
-	if req.To == "" {
+	recipient := jsonString(to)
+	if recipient == "" {
 		writeError(w, http.StatusBadRequest, kez.CodeBadRequest, "\"to\" is required")
 		return
 	}
-	handle, ok := h.localHandle(w, req.To, kez.CodeUnknownRecipient)
+	handle, ok := h.localHandle(w, recipient, kez.CodeUnknownRecipient)
 	if !ok {
 		return
 	}
 	// Stored compact: one line, so it can go into an SSE data field as is.
-	var compact bytes.Buffer
-	compact.Grow(len(req.Envelope))
-	if err := json.Compact(&compact, req.Envelope); err != nil {
-		writeError(w, http.StatusBadRequest, kez.CodeBadRequest, "envelope is not valid JSON")
-		return
+	// Clients send it compact already; then it is stored as it came.
+	if !compact {
+		var buf bytes.Buffer
+		buf.Grow(len(envelope))
+		if err := json.Compact(&buf, envelope); err != nil {
+			h.fail(w, r, err) // unreachable: the scan accepted it
+			return
+		}
+		envelope = buf.Bytes()
 	}
-	m, err := h.store.Append(r.Context(), handle, compact.Bytes(), h.cfg.MaxInbox)
+	m, err := h.store.Append(r.Context(), handle, envelope, h.cfg.MaxInbox)
 	if errors.Is(err, storage.ErrNotFound) {
 		writeError(w, http.StatusNotFound, kez.CodeUnknownRecipient, "no handle \""+handle+"\" on "+h.cfg.Server)
 		return
