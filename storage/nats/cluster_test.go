@@ -1,0 +1,133 @@
+package nats
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/kezchat/kez/storage/nats/natstest"
+	"github.com/kezchat/kez/storage/storagetest"
+)
+
+// longFailover runs more rounds with more load: KEZ_NATS_LONG=1.
+var longFailover = os.Getenv("KEZ_NATS_LONG") != ""
+
+// The inbox stream's leader is shut down while two servers send: writes
+// fail for a moment, then resume on the new leader; every acknowledged
+// message is stored exactly once and reaches both feeds, in order.
+func TestLeaderLossUnderLoad(t *testing.T) {
+	if testing.Short() {
+		t.Skip("cluster failover")
+	}
+	c := natstest.RunCluster(t, 3)
+	ctx := context.Background()
+	rec1, rec2 := newRecorder(), newRecorder()
+	var disconnects atomic.Int32
+	opts := func(rec *recorder) Options {
+		return Options{URLs: c.URLs(), Prefix: "fo", Replicas: 3, Timeout: 5 * time.Second, Notify: rec.notify,
+			Disconnected: func(error) { disconnects.Add(1) }}
+	}
+	s1, s2 := open(t, opts(rec1)), open(t, opts(rec2))
+	storagetest.Register(t, s1, "alice", 1)
+
+	rounds, senders := 1, 4
+	if longFailover {
+		rounds, senders = 4, 8
+	}
+	var mu sync.Mutex
+	acked := map[uint64]string{} // seq → envelope
+	failed := 0
+	var stop atomic.Bool
+	var wg sync.WaitGroup
+	var next atomic.Int64
+	for i := range senders {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s := []*Store{s1, s2}[i%2]
+			for !stop.Load() {
+				env := fmt.Sprintf(`{"n":%d}`, next.Add(1))
+				m, err := s.Append(ctx, "alice", []byte(env), 0)
+				mu.Lock()
+				if err != nil {
+					failed++
+				} else if prev, dup := acked[m.Seq]; dup {
+					t.Errorf("seq %d acknowledged twice (%s and %s)", m.Seq, prev, env)
+				} else {
+					acked[m.Seq] = env
+				}
+				mu.Unlock()
+				if err != nil {
+					time.Sleep(20 * time.Millisecond)
+				}
+			}
+		}()
+	}
+	ackedNow := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(acked)
+	}
+	for round := range rounds {
+		waitFor(t, 10*time.Second, "writes before the loss", func() bool { return ackedNow() >= (round+1)*50 })
+		leader := -1
+		waitFor(t, 15*time.Second, "a stream leader", func() bool { leader = c.StreamLeader(s1.InboxStream()); return leader >= 0 })
+		before := ackedNow()
+		lost := time.Now()
+		c.Stop(leader)
+		waitFor(t, 30*time.Second, "writes after the loss", func() bool { return ackedNow() >= before+50 })
+		t.Logf("round %d: node %d stopped; 50 more writes acknowledged %s later", round+1, leader+1, time.Since(lost).Round(time.Millisecond))
+		restart := time.Now()
+		c.Restart(t, leader)
+		c.WaitMetaLeader(t, 20*time.Second)
+		t.Logf("round %d: node %d back in %s", round+1, leader+1, time.Since(restart).Round(time.Millisecond))
+	}
+	stop.Store(true)
+	wg.Wait()
+	t.Logf("%d acknowledged, %d failed during elections, %d disconnects", len(acked), failed, disconnects.Load())
+
+	t.Logf("checking")
+	// Every acknowledged message is stored once, with its envelope.
+	check := open(t, Options{URLs: c.URLs(), Prefix: "fo", Replicas: 3})
+	stored := map[uint64]string{}
+	seenEnv := map[string]bool{}
+	since := uint64(0)
+	for {
+		page, more, err := check.Read(ctx, "alice", since, 500)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range page {
+			if seenEnv[string(m.Envelope)] {
+				t.Errorf("envelope %s stored twice", m.Envelope)
+			}
+			seenEnv[string(m.Envelope)] = true
+			stored[m.Seq] = string(m.Envelope)
+			since = m.Seq
+		}
+		if !more {
+			break
+		}
+	}
+	for seq, env := range acked {
+		if stored[seq] != env {
+			t.Errorf("acknowledged seq %d (%s) lost: stored %q", seq, env, stored[seq])
+		}
+	}
+	// Both feeds delivered every stored message, in order.
+	for i, r := range []*recorder{rec1, rec2} {
+		waitFor(t, 20*time.Second, fmt.Sprintf("feed %d to catch up", i+1), func() bool { return r.count("alice") >= len(stored) })
+		r.mu.Lock()
+		seqs := r.seqs["alice"]
+		for j := 1; j < len(seqs); j++ {
+			if seqs[j] <= seqs[j-1] {
+				t.Errorf("feed %d: %d after %d", i+1, seqs[j], seqs[j-1])
+			}
+		}
+		r.mu.Unlock()
+	}
+}

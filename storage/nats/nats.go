@@ -1,0 +1,331 @@
+// Package nats is the KEZ chat backend for several servers sharing one NATS
+// JetStream cluster (nats-server 2.12 or newer):
+//
+//   - the registry is a KV bucket, <prefix>_registry, whose keys are
+//     h.<handle>, p.<primary with ':' as '.'> and i.<invite, base64url>; a
+//     registration writes its two or three keys in one atomic batch where
+//     every key must not exist yet (expected last subject sequence 0);
+//   - the inboxes are one stream, <prefix>_inbox, over <prefix>.inbox.<handle>;
+//     a message's seq is its stream sequence, retention is the stream's
+//     MaxAge and the inbox cap its per-subject limit with discard-new;
+//   - live delivery: every server reads the inbox stream with an ordered
+//     consumer and calls Notify for each message, whoever stored it.
+//
+// Every call is bounded by Options.Timeout, and fails at once while the
+// connection is down, so a request never hangs on an unreachable cluster.
+package nats
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	natsio "github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kezchat/kez/storage"
+)
+
+// Defaults for Options.
+const (
+	DefaultPrefix  = "kez"
+	DefaultTimeout = 5 * time.Second
+)
+
+// ErrUnavailable means the NATS cluster cannot be reached right now.
+var ErrUnavailable = errors.New("nats: not connected")
+
+// Options configure Open.
+type Options struct {
+	// URLs of the NATS servers, e.g. nats://a:4222. Required.
+	URLs []string
+	// CredsFile is a NATS credentials file (JWT and NKey seed).
+	CredsFile string
+	// TLSCA is a PEM file of the certificate authorities that sign the
+	// servers' TLS certificates (tls:// URLs).
+	TLSCA string
+	// Prefix names the streams and subjects (<prefix>_inbox,
+	// <prefix>.inbox.<handle>, <prefix>_registry). Default "kez".
+	Prefix string
+	// Replicas of each stream (1, 3 or 5). Default 1.
+	Replicas int
+	// Retention is the inbox stream's MaxAge. 0: unlimited.
+	Retention time.Duration
+	// MaxInbox is the inbox stream's per-subject limit, enforced by the
+	// server with discard-new-per-subject. 0: unlimited. See Append for how
+	// it relates to Append's maxInbox.
+	MaxInbox int
+	// Timeout bounds every call to the cluster. Default 5s.
+	Timeout time.Duration
+	// Name is the client connection name shown by the servers.
+	Name string
+	// Notify is called for every message stored in any inbox by any server
+	// sharing the cluster, in stream order (so seqs ascend per inbox).
+	Notify storage.Notify
+	// Disconnected is called when the connection to the cluster is lost.
+	// Notify stays silent until it is back; live streams should end so
+	// their clients resume from storage (through this or another server).
+	Disconnected func(error)
+	// Logger receives connection and setup events. Default: discard.
+	Logger *slog.Logger
+}
+
+// Store is a NATS JetStream storage.Store.
+type Store struct {
+	opts       Options
+	log        *slog.Logger
+	nc         *natsio.Conn
+	js         jetstream.JetStream
+	timeout    time.Duration
+	inboxName  string // stream
+	inboxSubj  string // <prefix>.inbox.
+	bucket     string // KV bucket
+	regName    string // KV_<bucket>
+	regSubj    string // $KV.<bucket>.
+	apiPrefix  string // $JS.API.
+	maxPayload int
+
+	setupMu   sync.Mutex
+	ready     bool
+	lastSetup time.Time
+	setupErr  error
+	feed      jetstream.ConsumeContext
+
+	mu       sync.Mutex
+	closed   bool
+	handles  map[string]bool   // handles known to be registered (never unregistered)
+	seen     map[string]uint64 // per inbox, the last seq the feed delivered
+	verified map[string]uint64 // per inbox, seqs up to which a leader read confirmed what is stored
+	streamMI int64             // the inbox stream's per-subject limit as last seen (-1: none)
+}
+
+// ValidPrefix reports whether p can name the streams and subjects.
+func ValidPrefix(p string) bool {
+	if p == "" || len(p) > 32 {
+		return false
+	}
+	for _, c := range p {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// Open connects to the cluster and sets up the streams. An unreachable
+// cluster is not an error: the connection is retried in the background and
+// the streams are set up on first use, meanwhile calls fail with
+// ErrUnavailable. Errors are for unusable options only.
+func Open(opts Options) (*Store, error) {
+	if len(opts.URLs) == 0 {
+		return nil, errors.New("nats: at least one server URL is required")
+	}
+	if opts.Prefix == "" {
+		opts.Prefix = DefaultPrefix
+	}
+	if !ValidPrefix(opts.Prefix) {
+		return nil, fmt.Errorf("nats: stream prefix %q must be 1-32 letters, digits, '_' or '-'", opts.Prefix)
+	}
+	if opts.Replicas <= 0 {
+		opts.Replicas = 1
+	}
+	if opts.Replicas > 5 {
+		return nil, fmt.Errorf("nats: replicas %d: at most 5", opts.Replicas)
+	}
+	if opts.Timeout <= 0 {
+		opts.Timeout = DefaultTimeout
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	s := &Store{
+		opts:      opts,
+		log:       opts.Logger,
+		timeout:   opts.Timeout,
+		inboxName: opts.Prefix + "_inbox",
+		inboxSubj: opts.Prefix + ".inbox.",
+		bucket:    opts.Prefix + "_registry",
+		apiPrefix: "$JS.API.",
+		handles:   map[string]bool{},
+		seen:      map[string]uint64{},
+		verified:  map[string]uint64{},
+		streamMI:  -1,
+	}
+	s.regName = "KV_" + s.bucket
+	s.regSubj = "$KV." + s.bucket + "."
+
+	name := opts.Name
+	if name == "" {
+		name = "kez_chat"
+	}
+	copts := []natsio.Option{
+		natsio.Name(name),
+		natsio.Timeout(opts.Timeout),
+		// Connect in the background when the cluster is down at start:
+		// Caddy's Provision (and `caddy validate`) must stay quick.
+		natsio.RetryOnFailedConnect(true),
+		natsio.MaxReconnects(-1),
+		natsio.ReconnectWait(500 * time.Millisecond),
+		// No buffering while disconnected: a publish fails at once
+		// instead of being sent, maybe, long after its request gave up.
+		natsio.ReconnectBufSize(-1),
+		natsio.PingInterval(5 * time.Second),
+		natsio.MaxPingsOutstanding(2),
+		natsio.DisconnectErrHandler(func(_ *natsio.Conn, err error) {
+			s.log.Warn("lost the connection to NATS", "error", err)
+			if opts.Disconnected != nil {
+				opts.Disconnected(err)
+			}
+		}),
+		natsio.ReconnectHandler(func(nc *natsio.Conn) {
+			s.log.Info("reconnected to NATS", "url", nc.ConnectedUrlRedacted())
+		}),
+		natsio.ConnectHandler(func(nc *natsio.Conn) {
+			s.log.Info("connected to NATS", "url", nc.ConnectedUrlRedacted())
+		}),
+	}
+	if opts.CredsFile != "" {
+		copts = append(copts, natsio.UserCredentials(opts.CredsFile))
+	}
+	if opts.TLSCA != "" {
+		copts = append(copts, natsio.RootCAs(opts.TLSCA))
+	}
+	nc, err := natsio.Connect(strings.Join(opts.URLs, ","), copts...)
+	if err != nil {
+		return nil, fmt.Errorf("nats: %w", err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("nats: %w", err)
+	}
+	s.nc, s.js = nc, js
+	if nc.IsConnected() {
+		ctx, cancel := context.WithTimeout(context.Background(), opts.Timeout)
+		defer cancel()
+		if err := s.setup(ctx); err != nil {
+			s.log.Warn("NATS stream setup failed; retrying on use", "error", err)
+		}
+	} else {
+		s.log.Warn("NATS is not reachable yet; connecting in the background", "urls", strings.Join(opts.URLs, " "))
+	}
+	return s, nil
+}
+
+// setupRetryEvery spaces out setup attempts made by requests.
+const setupRetryEvery = time.Second
+
+// check returns ErrClosed, ErrUnavailable, or nil once the streams are set up.
+func (s *Store) check(ctx context.Context) error {
+	s.mu.Lock()
+	closed := s.closed
+	s.mu.Unlock()
+	if closed {
+		return storage.ErrClosed
+	}
+	if !s.nc.IsConnected() {
+		return ErrUnavailable
+	}
+	s.setupMu.Lock()
+	ready := s.ready
+	s.setupMu.Unlock()
+	if ready {
+		return nil
+	}
+	return s.setup(ctx)
+}
+
+// setup creates or updates the streams and starts the feed, once.
+func (s *Store) setup(ctx context.Context) error {
+	s.setupMu.Lock()
+	defer s.setupMu.Unlock()
+	if s.ready {
+		return nil
+	}
+	if !s.lastSetup.IsZero() && time.Since(s.lastSetup) < setupRetryEvery {
+		return fmt.Errorf("nats: streams are not set up: %w", s.setupErr)
+	}
+	s.lastSetup = time.Now()
+	err := s.ensureStreams(ctx)
+	if err == nil {
+		err = s.startFeed(ctx)
+	}
+	s.setupErr = err
+	if err != nil {
+		return err
+	}
+	s.maxPayload = int(s.nc.MaxPayload())
+	s.ready = true
+	return nil
+}
+
+// Reconfigure applies new stream limits (replicas, retention, cap) to an
+// open store, under the same rules as Open: limits only ever grow.
+func (s *Store) Reconfigure(ctx context.Context, replicas int, retention time.Duration, maxInbox int) error {
+	s.setupMu.Lock()
+	if replicas > 0 {
+		s.opts.Replicas = replicas
+	}
+	s.opts.Retention, s.opts.MaxInbox = retention, maxInbox
+	ready := s.ready
+	s.setupMu.Unlock()
+	if !ready || !s.nc.IsConnected() {
+		return nil // applied by the setup to come
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	s.setupMu.Lock()
+	defer s.setupMu.Unlock()
+	return s.ensureStreams(ctx)
+}
+
+// Close stops the feed and closes the connection; later calls return
+// storage.ErrClosed.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	s.mu.Unlock()
+	s.setupMu.Lock()
+	if s.feed != nil {
+		s.feed.Stop()
+	}
+	s.setupMu.Unlock()
+	s.nc.Close()
+	return nil
+}
+
+// Conn is the underlying connection (tests, diagnostics).
+func (s *Store) Conn() *natsio.Conn { return s.nc }
+
+// InboxStream is the name of the inbox stream.
+func (s *Store) InboxStream() string { return s.inboxName }
+
+// RegistryStream is the name of the registry's KV stream.
+func (s *Store) RegistryStream() string { return s.regName }
+
+// Ping reads the registry stream's state from its leader.
+func (s *Store) Ping(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	if err := s.check(ctx); err != nil {
+		return err
+	}
+	var resp struct {
+		apiResponse
+		State *jetstream.StreamState `json:"state"`
+	}
+	if err := s.api(ctx, "STREAM.INFO."+s.regName, nil, &resp); err != nil {
+		return err
+	}
+	return nil
+}
+
+var _ storage.Store = (*Store)(nil)

@@ -1,0 +1,176 @@
+// Package natstest runs embedded NATS JetStream servers for tests: one
+// node, or an in-process cluster whose nodes can be stopped and restarted.
+// Only tests import it, so the NATS server never ends up in the Caddy
+// binary (check with `go list -deps ./cmd/caddy`).
+package natstest
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/kezchat/kez/internal/testcaddy"
+)
+
+// Cluster is one or more JetStream servers on loopback.
+type Cluster struct {
+	Servers []*server.Server
+	opts    []*server.Options
+}
+
+// Run starts a single-node JetStream server on a random loopback port,
+// storing in a temp directory; it is shut down when the test ends.
+func Run(t testing.TB) *Cluster { return RunCluster(t, 1) }
+
+// RunOnPort is Run with a given client port (say, one a client is already
+// trying to reach).
+func RunOnPort(t testing.TB, port int) *Cluster { return runCluster(t, 1, port) }
+
+// RunCluster starts n JetStream servers forming one cluster (n=1: no
+// cluster), each with its own store directory, and waits until the
+// cluster has a meta leader.
+func RunCluster(t testing.TB, n int) *Cluster { return runCluster(t, n, 0) }
+
+func runCluster(t testing.TB, n, port int) *Cluster {
+	t.Helper()
+	dir := t.TempDir()
+	c := &Cluster{Servers: make([]*server.Server, n), opts: make([]*server.Options, n)}
+	routePorts := make([]int, n)
+	for i := range routePorts {
+		routePorts[i] = testcaddy.FreePort(t)
+	}
+	for i := range n {
+		o := &server.Options{
+			ServerName: fmt.Sprintf("n%d", i+1),
+			Host:       "127.0.0.1",
+			Port:       testcaddy.FreePort(t), // fixed, so that a restarted node keeps its URL
+			JetStream:  true,
+			StoreDir:   filepath.Join(dir, fmt.Sprintf("n%d", i+1)),
+			NoLog:      true,
+			NoSigs:     true,
+		}
+		if n > 1 {
+			o.Cluster = server.ClusterOpts{Name: "kez-test", Host: "127.0.0.1", Port: routePorts[i]}
+			for j, p := range routePorts {
+				if j != i {
+					o.Routes = append(o.Routes, server.RoutesFromStr(fmt.Sprintf("nats://127.0.0.1:%d", p))...)
+				}
+			}
+		}
+		if port != 0 {
+			o.Port = port
+		}
+		c.opts[i] = o
+	}
+	t.Cleanup(c.Shutdown)
+	for i := range n {
+		c.start(t, i)
+	}
+	c.WaitMetaLeader(t, 20*time.Second)
+	return c
+}
+
+func (c *Cluster) start(t testing.TB, i int) {
+	t.Helper()
+	o := *c.opts[i]
+	s, err := server.NewServer(&o)
+	if err != nil {
+		t.Fatalf("nats server %d: %v", i+1, err)
+	}
+	if os.Getenv("KEZ_NATS_LOG") != "" {
+		s.ConfigureLogger()
+	}
+	go s.Start()
+	if !s.ReadyForConnections(20 * time.Second) {
+		t.Fatalf("nats server %d not ready", i+1)
+	}
+	c.Servers[i] = s
+}
+
+// URL is the client URL of node i.
+func (c *Cluster) URL(i int) string {
+	return fmt.Sprintf("nats://127.0.0.1:%d", c.opts[i].Port)
+}
+
+// URLs are the client URLs of every node.
+func (c *Cluster) URLs() []string {
+	urls := make([]string, len(c.opts))
+	for i := range c.opts {
+		urls[i] = c.URL(i)
+	}
+	return urls
+}
+
+// URLList is URLs joined with spaces, as the Caddyfile takes them.
+func (c *Cluster) URLList() string { return strings.Join(c.URLs(), " ") }
+
+// Stop shuts node i down (its data stays for Restart).
+func (c *Cluster) Stop(i int) {
+	if s := c.Servers[i]; s != nil {
+		s.Shutdown()
+		s.WaitForShutdown()
+		c.Servers[i] = nil
+	}
+}
+
+// Restart starts node i again with its data and ports.
+func (c *Cluster) Restart(t testing.TB, i int) {
+	t.Helper()
+	c.Stop(i)
+	c.start(t, i)
+}
+
+// Shutdown stops every node.
+func (c *Cluster) Shutdown() {
+	for i := range c.Servers {
+		c.Stop(i)
+	}
+}
+
+// StreamLeader is the index of the node leading stream (global account),
+// or -1 when none does right now.
+func (c *Cluster) StreamLeader(stream string) int {
+	if len(c.Servers) == 1 {
+		if c.Servers[0] != nil {
+			return 0
+		}
+		return -1
+	}
+	for i, s := range c.Servers {
+		if s != nil && s.JetStreamIsStreamLeader(server.DEFAULT_GLOBAL_ACCOUNT, stream) {
+			return i
+		}
+	}
+	return -1
+}
+
+// WaitMetaLeader waits until a running node is the JetStream meta leader
+// and knows every running node as a peer, so that replicated streams can
+// be placed.
+func (c *Cluster) WaitMetaLeader(t testing.TB, within time.Duration) {
+	t.Helper()
+	if len(c.Servers) == 1 {
+		return
+	}
+	running := 0
+	for _, s := range c.Servers {
+		if s != nil {
+			running++
+		}
+	}
+	deadline := time.Now().Add(within)
+	for time.Now().Before(deadline) {
+		for _, s := range c.Servers {
+			if s != nil && s.JetStreamIsLeader() && len(s.JetStreamClusterPeers()) >= running {
+				return
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("no JetStream meta leader after %s", within)
+}

@@ -1,0 +1,256 @@
+package nats
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	natsio "github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// dedupeWindow is how long the streams remember a message id: a publish
+// retried within it (after a lost answer) is stored once.
+const dedupeWindow = 2 * time.Minute
+
+// apiResponse is the error part of every JetStream API answer.
+type apiResponse struct {
+	Error *jetstream.APIError `json:"error,omitempty"`
+}
+
+// api sends a JetStream API request ($JS.API.<subject>) and decodes the
+// answer into resp, whose embedded apiResponse carries the server's error.
+func (s *Store) api(ctx context.Context, subject string, req, resp any) error {
+	var body []byte
+	if req != nil {
+		var err error
+		if body, err = json.Marshal(req); err != nil {
+			return err
+		}
+	}
+	m, err := s.nc.RequestWithContext(ctx, s.apiPrefix+subject, body)
+	if err != nil {
+		return netErr(err)
+	}
+	if err := json.Unmarshal(m.Data, resp); err != nil {
+		return fmt.Errorf("nats: decoding the answer to %s: %w", subject, err)
+	}
+	type errorer interface{ apiError() *jetstream.APIError }
+	if e, ok := resp.(errorer); ok {
+		if apiErr := e.apiError(); apiErr != nil {
+			return apiErr
+		}
+	}
+	return nil
+}
+
+func (r *apiResponse) apiError() *jetstream.APIError { return r.Error }
+
+// netErr names a failed request in terms an operator understands.
+func netErr(err error) error {
+	switch {
+	case errors.Is(err, natsio.ErrNoResponders):
+		return fmt.Errorf("nats: no JetStream server answered (stream without leader, or JetStream disabled): %w", err)
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, natsio.ErrTimeout):
+		return fmt.Errorf("nats: request timed out: %w", err)
+	case errors.Is(err, natsio.ErrConnectionClosed), errors.Is(err, natsio.ErrConnectionReconnecting),
+		errors.Is(err, natsio.ErrReconnectBufExceeded), errors.Is(err, natsio.ErrDisconnected):
+		return fmt.Errorf("%w (%v)", ErrUnavailable, err)
+	}
+	return err
+}
+
+// temporary reports whether a failed write may succeed if tried again
+// soon: no leader yet, a timeout, a lost connection.
+func temporary(err error) bool {
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) {
+		switch apiErr.ErrorCode {
+		case 10008, // JetStream system temporarily unavailable (no leader yet)
+			10163, // expected last sequence per subject temporarily unavailable
+			10167, // too many requests
+			10210, // atomic publish too many inflight
+			10004: // incomplete results
+			return true
+		}
+		return false
+	}
+	return errors.Is(err, natsio.ErrNoResponders) || errors.Is(err, context.DeadlineExceeded) ||
+		errors.Is(err, natsio.ErrTimeout) || errors.Is(err, ErrUnavailable) ||
+		errors.Is(err, jetstream.ErrNoStreamResponse)
+}
+
+// inboxConfig is the inbox stream as this configuration wants it.
+func (s *Store) inboxConfig() jetstream.StreamConfig {
+	cfg := jetstream.StreamConfig{
+		Name:              s.inboxName,
+		Description:       "KEZ chat inboxes: one subject per handle; seq is the stream sequence",
+		Subjects:          []string{s.inboxSubj + "*"},
+		Storage:           jetstream.FileStorage,
+		Replicas:          s.opts.Replicas,
+		Retention:         jetstream.LimitsPolicy,
+		Discard:           jetstream.DiscardNew,
+		MaxMsgs:           -1,
+		MaxBytes:          -1,
+		MaxConsumers:      -1,
+		MaxAge:            s.opts.Retention,
+		MaxMsgsPerSubject: -1,
+		Duplicates:        dedupeWindow,
+		AllowDirect:       true,
+		DenyDelete:        true,
+	}
+	if s.opts.MaxInbox > 0 {
+		cfg.MaxMsgsPerSubject = int64(s.opts.MaxInbox)
+		cfg.DiscardNewPerSubject = true
+	}
+	return cfg
+}
+
+// registryConfig is the registry bucket's stream: a KV bucket (history 1,
+// as nats.go creates them, so `nats kv` tools work on it) that also
+// accepts atomic batches.
+func (s *Store) registryConfig() jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:               s.regName,
+		Description:        "KEZ chat registry (KV bucket " + s.bucket + "): h.<handle>, p.<primary>, i.<invite>",
+		Subjects:           []string{s.regSubj + ">"},
+		Storage:            jetstream.FileStorage,
+		Replicas:           s.opts.Replicas,
+		Retention:          jetstream.LimitsPolicy,
+		Discard:            jetstream.DiscardNew,
+		MaxMsgs:            -1,
+		MaxBytes:           -1,
+		MaxMsgSize:         -1,
+		MaxConsumers:       -1,
+		MaxMsgsPerSubject:  1,
+		Duplicates:         dedupeWindow,
+		AllowRollup:        true,
+		DenyDelete:         true,
+		AllowDirect:        true,
+		AllowAtomicPublish: true,
+	}
+}
+
+// ensureStreams creates both streams, or updates them to this
+// configuration without ever lowering a limit another server (or an
+// operator) has raised: a lower limit asked for is logged and not applied.
+func (s *Store) ensureStreams(ctx context.Context) error {
+	if _, err := s.ensure(ctx, s.registryConfig()); err != nil {
+		return err
+	}
+	info, err := s.ensure(ctx, s.inboxConfig())
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.streamMI = info.Config.MaxMsgsPerSubject
+	s.mu.Unlock()
+	return nil
+}
+
+// unlimited treats 0 and negative limits as "none".
+func larger(have, want int64) (int64, bool) {
+	switch {
+	case have <= 0:
+		return have, want > 0 // unlimited already; a limit would lower it
+	case want <= 0:
+		return -1, false
+	case want < have:
+		return have, true
+	}
+	return want, false
+}
+
+func (s *Store) ensure(ctx context.Context, want jetstream.StreamConfig) (*jetstream.StreamInfo, error) {
+	stream, err := s.js.Stream(ctx, want.Name)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		stream, err = s.js.CreateStream(ctx, want)
+		if err == nil {
+			s.log.Info("created NATS stream", "stream", want.Name, "replicas", want.Replicas)
+			return stream.CachedInfo(), nil
+		}
+		if !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+			return nil, fmt.Errorf("nats: creating stream %s: %w", want.Name, netErr(err))
+		}
+		stream, err = s.js.Stream(ctx, want.Name) // another server created it first
+	}
+	if err != nil {
+		return nil, fmt.Errorf("nats: reading stream %s: %w", want.Name, netErr(err))
+	}
+	info := stream.CachedInfo()
+	have := info.Config
+	if !slices.Equal(have.Subjects, want.Subjects) {
+		return nil, fmt.Errorf("nats: stream %s exists with subjects %v, not %v: is another application using it? choose another prefix (storage nats { stream <prefix> })",
+			want.Name, have.Subjects, want.Subjects)
+	}
+	next := have
+	var kept []string
+	if want.Replicas > have.Replicas {
+		next.Replicas = want.Replicas
+	} else if want.Replicas < have.Replicas {
+		kept = append(kept, fmt.Sprintf("replicas %d (asked %d)", have.Replicas, want.Replicas))
+	}
+	age, lower := larger(int64(have.MaxAge), int64(want.MaxAge))
+	if age < 0 {
+		age = 0
+	}
+	next.MaxAge = time.Duration(age)
+	if lower {
+		kept = append(kept, fmt.Sprintf("max_age %s (asked %s)", ageString(have.MaxAge), ageString(want.MaxAge)))
+	}
+	if want.Name == s.inboxName {
+		per, lower := larger(have.MaxMsgsPerSubject, want.MaxMsgsPerSubject)
+		next.MaxMsgsPerSubject = per
+		if lower {
+			kept = append(kept, fmt.Sprintf("max_msgs_per_subject %s (asked %d)", limitString(have.MaxMsgsPerSubject), want.MaxMsgsPerSubject))
+		}
+		next.Discard = jetstream.DiscardNew
+		next.DiscardNewPerSubject = per > 0
+		if next.Duplicates == 0 {
+			next.Duplicates = dedupeWindow
+		}
+	}
+	if next.MaxAge > 0 && next.Duplicates > next.MaxAge {
+		next.Duplicates = next.MaxAge
+	}
+	next.AllowDirect = true
+	next.AllowAtomicPublish = next.AllowAtomicPublish || want.AllowAtomicPublish
+	if len(kept) > 0 {
+		s.log.Warn("NATS stream keeps limits higher than this configuration asks for; they are never lowered automatically (lower them with `nats stream edit` if you mean it)",
+			"stream", want.Name, "kept", strings.Join(kept, ", "))
+	}
+	if sameConfig(have, next) {
+		return info, nil
+	}
+	stream, err = s.js.UpdateStream(ctx, next)
+	if err != nil {
+		return nil, fmt.Errorf("nats: updating stream %s: %w", want.Name, netErr(err))
+	}
+	s.log.Info("updated NATS stream", "stream", want.Name, "replicas", next.Replicas,
+		"max_age", ageString(next.MaxAge), "max_msgs_per_subject", limitString(next.MaxMsgsPerSubject))
+	return stream.CachedInfo(), nil
+}
+
+func sameConfig(a, b jetstream.StreamConfig) bool {
+	return a.Replicas == b.Replicas && a.MaxAge == b.MaxAge && a.MaxMsgsPerSubject == b.MaxMsgsPerSubject &&
+		a.Discard == b.Discard && a.DiscardNewPerSubject == b.DiscardNewPerSubject && a.Duplicates == b.Duplicates &&
+		a.AllowDirect == b.AllowDirect && a.AllowAtomicPublish == b.AllowAtomicPublish
+}
+
+func ageString(d time.Duration) string {
+	if d <= 0 {
+		return "unlimited"
+	}
+	return d.String()
+}
+
+func limitString(n int64) string {
+	if n <= 0 {
+		return "unlimited"
+	}
+	return fmt.Sprint(n)
+}
