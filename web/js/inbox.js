@@ -47,6 +47,7 @@ export class Inbox {
   constructor(o) {
     Object.assign(this, o);
     this.es = null;
+    this.broken = null; // the error of a failed save, until the stream is resumed
     this.since = 0;
     this.queue = Promise.resolve();
     this.attempt = 0;
@@ -88,6 +89,7 @@ export class Inbox {
   async connect() {
     if (this.stopped) return;
     clearTimeout(this.timer);
+    this.broken = null; // the stream below resumes at this.since, before the failed item
     if (this.es) this.es.close();
     let url;
     try {
@@ -114,7 +116,7 @@ export class Inbox {
       } catch {
         return; // not ours to show; the seq cursor is unaffected
       }
-      this.enqueue([item]);
+      this.enqueue([item]).catch(() => {}); // a failure has already broken the stream off
     });
     es.onerror = () => {
       if (this.es !== es) return;
@@ -134,6 +136,7 @@ export class Inbox {
         await this.catchUp();
         this.armHeartbeat();
       } catch {
+        if (this.broken) return; // breakOff closed the stream and scheduled the reconnect
         if (this.es) this.es.close();
         this.es = null;
         this.recover();
@@ -141,22 +144,47 @@ export class Inbox {
     }, HEARTBEAT);
   }
 
-  /** enqueue processes items in order, skipping what was already processed. */
+  /**
+   * enqueue processes items in order, skipping what was already processed.
+   * The returned promise rejects when an item could not be saved (or the
+   * inbox is broken off after such a failure), so catchUp stops there.
+   */
   enqueue(items) {
-    this.queue = this.queue.then(async () => {
+    const run = this.queue.then(async () => {
       for (const item of items) {
+        // After a failed save nothing may pass: a later item would move the
+        // cursor past the one that failed, which would then never come again.
+        if (this.broken) throw this.broken;
         if (!item || !Number.isSafeInteger(item.seq) || item.seq <= this.since) continue;
-        await this.ingest(item);
-        this.since = item.seq;
-        await this.cursor.set(item.seq);
+        try {
+          await this.ingest(item);
+          this.since = item.seq;
+          await this.cursor.set(item.seq);
+        } catch (e) {
+          this.breakOff(e);
+          throw e;
+        }
       }
       if (items.length) this.scheduleAck();
-    }).catch((e) => {
-      // Storage failed: keep the cursor where it is and try again later.
-      console.error('kez: could not save incoming message', e);
-      this.reconnectSoon();
     });
-    return this.queue;
+    this.queue = run.catch(() => {}); // the next batch runs either way (and is dropped while broken)
+    return run;
+  }
+
+  /**
+   * breakOff handles a failed save (IndexedDB full, say): the stream is
+   * closed at once and every item dropped until connect() or recover()
+   * resumes from this.since, the last item that was saved.
+   */
+  breakOff(e) {
+    if (this.broken) return;
+    this.broken = e;
+    console.error('kez: could not save incoming message', e);
+    clearTimeout(this.beat);
+    if (this.es) this.es.close();
+    this.es = null;
+    this.setStatus(STATUS.reconnecting, 'Could not save an incoming message; retrying.');
+    this.reconnectSoon();
   }
 
   /**
@@ -166,20 +194,29 @@ export class Inbox {
    */
   async recover() {
     if (this.stopped) return;
+    this.broken = null;
     this.setStatus(STATUS.reconnecting);
     try {
       await this.catchUp();
       this.reconnectSoon();
     } catch (e) {
+      if (e === this.broken) return; // breakOff already scheduled the reconnect
       this.fail(e);
     }
   }
 
+  /**
+   * catchUp fetches what is stored after this.since, page by page. A page
+   * ends where the server says (its count or byte budget): only `more`
+   * tells whether another follows, never how full a page is. It throws when
+   * a message could not be saved.
+   */
   async catchUp() {
     for (let page = 0; page < 50; page++) {
       const r = await this.api.inbox(this.identity, this.handle, this.since);
-      await this.enqueue(r.messages || []);
-      if (!r.more) return;
+      const messages = r.messages || [];
+      await this.enqueue(messages);
+      if (!r.more || !messages.length) return;
     }
   }
 

@@ -80,6 +80,19 @@ function harness({ stored = [] } = {}) {
 
 const msg = (seq) => ({ seq, envelope: {}, received_at: Date.now() });
 
+/** failSaving makes ingest of seq throw until heal(), with the error log hushed until restore(). */
+function failSaving(h, seq) {
+  let fail = true;
+  const orig = h.inbox.ingest;
+  h.inbox.ingest = async (item) => {
+    if (fail && item.seq === seq) throw new Error('disk full');
+    return orig(item);
+  };
+  const origErr = console.error;
+  console.error = () => {};
+  return { heal: () => (fail = false), restore: () => (console.error = origErr) };
+}
+
 test('resumes from the last seq with a fresh signature, without duplicates', async () => {
   FakeEventSource.all = [];
   const h = harness();
@@ -130,32 +143,60 @@ test('resumes from the stored cursor after a page reload', async () => {
   again.stop();
 });
 
-test('a failing ingest keeps the cursor, so the message comes again', async () => {
+test('a failing ingest keeps the cursor: a later event cannot skip the failed one', async () => {
   FakeEventSource.all = [];
   const h = harness();
-  let fail = true;
-  const orig = h.inbox.ingest;
-  h.inbox.ingest = async (item) => {
-    if (fail && item.seq === 2) throw new Error('disk full');
-    return orig(item);
-  };
-  const origErr = console.error;
-  console.error = () => {};
+  const disk = failSaving(h, 2);
+  try {
+    await h.inbox.start();
+    await until(() => FakeEventSource.all.length === 1, 'stream');
+    const es1 = FakeEventSource.all[0];
+    es1.open();
+    es1.push(msg(1));
+    es1.push(msg(2)); // fails to save
+    es1.push(msg(3)); // must not be saved before 2
+    await until(() => FakeEventSource.all.length === 2, 'reconnect after the failure');
+    assert.equal(es1.closed, true, 'the stream is closed at once after a failed save');
+    assert.deepEqual(h.seen, [1]);
+    assert.equal(h.getCursor(), 1);
+    assert.match(FakeEventSource.all[1].url, /since=1&/);
+    es1.push(msg(4)); // a late event on the old stream is ignored
+    disk.heal();
+    const es2 = FakeEventSource.all[1];
+    es2.open();
+    es2.push(msg(2));
+    es2.push(msg(3));
+    es2.push(msg(4));
+    await until(() => h.getCursor() === 4, 'cursor 4');
+    assert.deepEqual(h.seen, [1, 2, 3, 4]);
+  } finally {
+    disk.restore();
+    h.inbox.stop();
+  }
+});
+
+test('a failed save during catch-up stops it and reaches the caller', async () => {
+  FakeEventSource.all = [];
+  const h = harness({ stored: [msg(1), msg(2), msg(3)] });
+  const disk = failSaving(h, 2);
   try {
     await h.inbox.start();
     await until(() => FakeEventSource.all.length === 1, 'stream');
     FakeEventSource.all[0].open();
-    FakeEventSource.all[0].push(msg(1));
-    FakeEventSource.all[0].push(msg(2));
-    await until(() => FakeEventSource.all.length === 2, 'reconnect after the failure');
+    await assert.rejects(h.inbox.catchUp(), /disk full/);
+    assert.equal(FakeEventSource.all[0].closed, true);
+    assert.deepEqual(h.seen, [1]);
+    // While broken off, nothing is saved, not even from another page.
+    await assert.rejects(h.inbox.enqueue([msg(3)]), /disk full/);
     assert.equal(h.getCursor(), 1);
+    disk.heal();
+    await until(() => FakeEventSource.all.length === 2, 'reconnect');
     assert.match(FakeEventSource.all[1].url, /since=1&/);
-    fail = false;
-    FakeEventSource.all[1].push(msg(2));
-    await until(() => h.getCursor() === 2, 'cursor 2');
-    assert.deepEqual(h.seen, [1, 2]);
+    FakeEventSource.all[1].fail(); // the catch-up of recover() fetches 2 and 3
+    await until(() => h.getCursor() === 3, 'cursor 3');
+    assert.deepEqual(h.seen, [1, 2, 3]);
   } finally {
-    console.error = origErr;
+    disk.restore();
     h.inbox.stop();
   }
 });
