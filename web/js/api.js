@@ -153,6 +153,11 @@ export class Api {
     return this.request('POST', 'v1/messages', { body: { to, envelope } });
   }
 
+  /**
+   * inbox reads one page of messages after since. limit is only an upper
+   * bound: the server may end a page sooner (by count or by bytes), so only
+   * `more` says whether another page follows.
+   */
   async inbox(identity, handle, since, limit = 500) {
     const ts = this.nowSec();
     const auth = await authValue(identity, inboxAuthMessage(handle, since, ts), ts);

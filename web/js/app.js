@@ -605,7 +605,8 @@ async function enterChat() {
     handle: me.handle,
     ingest,
     onStatus: renderStatus,
-    cursor: { get: () => db.getMeta('cursor', 0), set: (n) => db.setMeta('cursor', n) },
+    cursor: { get: () => db.getMeta('cursor', 0), set: db.advanceCursor },
+    receipts: { list: db.receiptsBetween, prune: db.pruneReceipts },
     acked: { get: () => db.getMeta('acked', 0), set: (n) => db.setMeta('acked', n) },
     ackMode: () => db.getMeta('ackMode', 'week'),
   });

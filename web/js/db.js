@@ -1,9 +1,11 @@
 // Local storage in IndexedDB: the identity (non-extractable CryptoKeys, which
 // IndexedDB stores as opaque structured clones), conversations, the message
-// history (sent and received) and small settings such as the inbox cursor.
+// history (sent and received), small settings such as the inbox cursor, and
+// receipts: (seq, received_at) of every inbox item saved here and not yet
+// acknowledged, which the acknowledgement policy reads.
 
 const DB_NAME = 'kez-chat';
-const DB_VERSION = 1;
+const DB_VERSION = 2;
 
 let dbPromise = null;
 
@@ -26,7 +28,7 @@ export function open() {
   if (!dbPromise) {
     dbPromise = new Promise((resolve, reject) => {
       const r = indexedDB.open(DB_NAME, DB_VERSION);
-      r.onupgradeneeded = () => {
+      r.onupgradeneeded = (ev) => {
         const db = r.result;
         if (!db.objectStoreNames.contains('identity')) db.createObjectStore('identity', { keyPath: 'id' });
         if (!db.objectStoreNames.contains('meta')) db.createObjectStore('meta', { keyPath: 'k' });
@@ -35,6 +37,19 @@ export function open() {
           const m = db.createObjectStore('messages', { keyPath: 'key' });
           m.createIndex('peerAt', ['peer', 'at']);
           m.createIndex('status', 'status');
+        }
+        if (!db.objectStoreNames.contains('receipts')) {
+          const rs = db.createObjectStore('receipts', { keyPath: 'seq' });
+          // Version 1 kept no receipts: take them from the received messages.
+          if (ev.oldVersion >= 1) {
+            r.transaction.objectStore('messages').openCursor().onsuccess = (e) => {
+              const c = e.target.result;
+              if (!c) return;
+              const m = c.value;
+              if (m.dir === 'in' && Number.isSafeInteger(m.seq) && Number.isSafeInteger(m.at)) rs.put({ seq: m.seq, at: m.at });
+              c.continue();
+            };
+          }
         }
       };
       r.onsuccess = () => {
@@ -72,7 +87,7 @@ export async function putIdentity(rec) {
 /** wipe deletes everything this app stored in this browser. */
 export async function wipe() {
   const db = await open();
-  const names = ['identity', 'meta', 'conversations', 'messages'];
+  const names = ['identity', 'meta', 'conversations', 'messages', 'receipts'];
   const tx = db.transaction(names, 'readwrite');
   for (const n of names) tx.objectStore(n).clear();
   return done(tx);
@@ -89,6 +104,34 @@ export async function getMeta(k, fallback = null) {
 export async function setMeta(k, v) {
   const { tx, s } = await store('meta', 'readwrite');
   s.put({ k, v });
+  return done(tx);
+}
+
+// ---- the inbox cursor and receipts ----
+
+/**
+ * advanceCursor saves the inbox cursor and the receipt of the item it moved
+ * past (its seq and received_at) in one transaction.
+ */
+export async function advanceCursor(seq, at) {
+  const db = await open();
+  const tx = db.transaction(['meta', 'receipts'], 'readwrite');
+  tx.objectStore('meta').put({ k: 'cursor', v: seq });
+  tx.objectStore('receipts').put({ seq, at });
+  return done(tx);
+}
+
+/** receiptsBetween returns up to count receipts with after < seq ≤ upto, ascending. */
+export async function receiptsBetween(after, upto, count) {
+  if (upto <= after) return [];
+  const { s } = await store('receipts');
+  return req(s.getAll(IDBKeyRange.bound(after, upto, true, false), count));
+}
+
+/** pruneReceipts forgets the receipts of acknowledged items (seq ≤ upto). */
+export async function pruneReceipts(upto) {
+  const { tx, s } = await store('receipts', 'readwrite');
+  s.delete(IDBKeyRange.upperBound(upto));
   return done(tx);
 }
 

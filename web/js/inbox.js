@@ -18,6 +18,7 @@ const DAY = 24 * 3600 * 1000;
  */
 export const ACK_AFTER = 7 * DAY;
 const ACK_EVERY = 3600 * 1000;
+const RECEIPT_PAGE = 1000;
 
 /**
  * HEARTBEAT: EventSource hides the server's ": ping" comments, so a
@@ -39,7 +40,10 @@ export class Inbox {
    * @param {string} o.handle
    * @param {(item: object) => Promise<void>} o.ingest
    * @param {(status: string, detail?: string) => void} o.onStatus
-   * @param {{get: () => Promise<number>, set: (n: number) => Promise<void>}} o.cursor
+   * @param {{get: () => Promise<number>, set: (seq: number, receivedAt: number) => Promise<void>}} o.cursor
+   *   the last processed seq; set also keeps (seq, receivedAt) as a receipt
+   * @param {{list: (after: number, upto: number, count: number) => Promise<{seq: number, at: number}[]>,
+   *   prune: (upto: number) => Promise<void>}} o.receipts  the receipts, ascending by seq, for ACK_POLICY
    * @param {() => Promise<string>} o.ackMode  'week' (default) or 'immediate'
    * @param {{get: () => Promise<number>, set: (n: number) => Promise<void>}} o.acked
    * @param {(attempt: number) => number} [o.backoff]  reconnect delay in ms (tests)
@@ -159,7 +163,7 @@ export class Inbox {
         try {
           await this.ingest(item);
           this.since = item.seq;
-          await this.cursor.set(item.seq);
+          await this.cursor.set(item.seq, Number.isSafeInteger(item.received_at) ? item.received_at : this.api.nowMs());
         } catch (e) {
           this.breakOff(e);
           throw e;
@@ -253,6 +257,23 @@ export class Inbox {
     this.ackTimer = setTimeout(() => this.maybeAck(), 2000);
   }
 
+  /**
+   * oldSaved returns the newest seq after `after` such that it and every
+   * saved seq before it were received before cutoff, or `after` itself. It
+   * reads the receipts this browser saved, never the server's inbox.
+   */
+  async oldSaved(after, cutoff) {
+    let upto = after;
+    for (;;) {
+      const page = await this.receipts.list(upto, this.since, RECEIPT_PAGE);
+      for (const r of page) {
+        if (r.at >= cutoff) return upto;
+        upto = r.seq;
+      }
+      if (!page.length) return upto;
+    }
+  }
+
   /** maybeAck applies ACK_POLICY at most once an hour (or per message, when immediate). */
   async maybeAck(force = false) {
     const mode = await this.ackMode();
@@ -262,26 +283,11 @@ export class Inbox {
     try {
       await this.queue;
       const acked = await this.acked.get();
-      let upto = 0;
-      if (mode === 'immediate') {
-        upto = this.since;
-      } else {
-        // Find the newest message older than ACK_AFTER that we have saved.
-        const cutoff = this.api.nowMs() - ACK_AFTER;
-        let since = acked;
-        scan: for (let page = 0; page < 20; page++) {
-          const r = await this.api.inbox(this.identity, this.handle, since);
-          for (const m of r.messages || []) {
-            if (m.received_at >= cutoff || m.seq > this.since) break scan;
-            upto = m.seq;
-          }
-          if (!r.more) break;
-          since = r.next_since;
-        }
-      }
+      const upto = mode === 'immediate' ? this.since : await this.oldSaved(acked, this.api.nowMs() - ACK_AFTER);
       if (upto > acked) {
         await this.api.ack(this.identity, this.handle, upto);
         await this.acked.set(upto);
+        await this.receipts.prune(upto);
       }
     } catch (e) {
       console.warn('kez: acknowledgement skipped', e);

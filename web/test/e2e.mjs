@@ -221,6 +221,42 @@ test('the embedded client is served at / and under /chat/', async () => {
   assert.equal(missing.status, 404);
 });
 
+test('IndexedDB: a version 1 history gains receipts; receipts are listed and pruned', async () => {
+  const page = await newPage('db');
+  await page.goto(base + '/v1/healthz'); // the app's origin, without the app
+  const got = await page.evaluate(async () => {
+    const wait = (r) => new Promise((resolve, reject) => ((r.onsuccess = () => resolve(r.result)), (r.onerror = () => reject(r.error))));
+    // The schema of version 1, with two received messages and one sent.
+    const o = indexedDB.open('kez-chat', 1);
+    o.onupgradeneeded = () => {
+      const d = o.result;
+      for (const [n, k] of [['identity', 'id'], ['meta', 'k'], ['conversations', 'peer']]) d.createObjectStore(n, { keyPath: k });
+      const m = d.createObjectStore('messages', { keyPath: 'key' });
+      m.createIndex('peerAt', ['peer', 'at']);
+      m.createIndex('status', 'status');
+      m.put({ key: 'a', peer: 'p', dir: 'in', status: 'ok', seq: 3, at: 100 });
+      m.put({ key: 'b', peer: 'p', dir: 'out', status: 'sent', seq: 9, at: 150 });
+      m.put({ key: 'c', peer: 'p', dir: 'in', status: 'bad', seq: 5, at: 300 });
+    };
+    (await wait(o)).close();
+    const db = await import('/js/db.js');
+    const out = { migrated: await db.receiptsBetween(0, 100, 100) };
+    await db.advanceCursor(7, 400);
+    out.cursor = await db.getMeta('cursor');
+    out.page = await db.receiptsBetween(3, 7, 1);
+    await db.pruneReceipts(5);
+    out.left = await db.receiptsBetween(0, 100, 100);
+    return out;
+  });
+  assert.deepEqual(got, {
+    migrated: [{ seq: 3, at: 100 }, { seq: 5, at: 300 }],
+    cursor: 7,
+    page: [{ seq: 5, at: 300 }],
+    left: [{ seq: 7, at: 400 }],
+  });
+  await page.context().close();
+});
+
 test('alice creates her KEZ; bad handles get clear messages', async () => {
   alice = await newPage('alice');
   await alice.goto(base + '/');
@@ -519,6 +555,36 @@ test('acknowledgement: kept for other devices by default, deleted at once when a
   // The history stays in the browser.
   await bob.locator('#convo-list .convo', { hasText: 'alice' }).click();
   await bob.locator('#messages .text', { hasText: 'ack me' }).waitFor();
+
+  // A week later (alice's clock moved on), her policy acknowledges what
+  // IndexedDB says she received, without reading her inbox again.
+  const week = await alice.evaluate(async () => {
+    const s = globalThis.kezApp.state;
+    const onServer = (await s.api.inbox(s.me, s.me.handle, 0)).messages.length;
+    const inboxGet = s.api.inbox;
+    let gets = 0;
+    s.api.inbox = (...a) => (gets++, inboxGet.apply(s.api, a));
+    const nowMs = s.api.nowMs;
+    s.api.nowMs = () => nowMs.call(s.api) + 8 * 24 * 3600 * 1000;
+    try {
+      await s.inbox.maybeAck(true);
+    } finally {
+      s.api.nowMs = nowMs;
+      s.api.inbox = inboxGet;
+    }
+    const left = (await s.api.inbox(s.me, s.me.handle, 0)).messages.length;
+    const receipts = await new Promise((resolve, reject) => {
+      const r = indexedDB.open('kez-chat');
+      r.onerror = () => reject(r.error);
+      r.onsuccess = () => {
+        const c = r.result.transaction('receipts').objectStore('receipts').count();
+        c.onsuccess = () => resolve(c.result);
+      };
+    });
+    return { onServer, gets, left, receipts };
+  });
+  assert.ok(week.onServer > 0, JSON.stringify(week));
+  assert.deepEqual({ gets: week.gets, left: week.left, receipts: week.receipts }, { gets: 0, left: 0, receipts: 0 }, JSON.stringify(week));
 });
 
 test('invite-only servers: the client asks for the code, and invitation links fill it in', async () => {

@@ -52,14 +52,19 @@ function harness({ stored = [] } = {}) {
   const seen = [];
   const statuses = [];
   let cursor = 0;
+  let receipts = []; // {seq, at}, ascending
+  const acks = [];
+  let inboxCalls = 0;
   const api = {
     async streamURL(_id, handle, since) {
       return `stream/${handle}?since=${since}&sig=${++signatures}`;
     },
     async inbox(_id, _handle, since) {
+      inboxCalls++;
       return { messages: stored.filter((m) => m.seq > since), more: false, next_since: since };
     },
-    async ack() {
+    async ack(_id, _handle, upto) {
+      acks.push(upto);
       return { deleted: 0 };
     },
     nowMs: () => Date.now(),
@@ -70,15 +75,25 @@ function harness({ stored = [] } = {}) {
     handle: 'alice',
     ingest: async (item) => seen.push(item.seq),
     onStatus: (s) => statuses.push(s),
-    cursor: { get: async () => cursor, set: async (n) => (cursor = n) },
-    acked: { get: async () => 0, set: async () => {} },
+    cursor: {
+      get: async () => cursor,
+      set: async (n, at) => {
+        cursor = n;
+        receipts.push({ seq: n, at });
+      },
+    },
+    receipts: {
+      list: async (after, upto, count) => receipts.filter((r) => r.seq > after && r.seq <= upto).slice(0, count),
+      prune: async (upto) => (receipts = receipts.filter((r) => r.seq > upto)),
+    },
+    acked: { get: async () => acks.at(-1) || 0, set: async () => {} },
     ackMode: async () => 'week',
     backoff: () => 0,
   });
-  return { inbox, seen, statuses, stored, getCursor: () => cursor };
+  return { inbox, seen, statuses, stored, acks, getCursor: () => cursor, receipts: () => receipts, inboxCalls: () => inboxCalls };
 }
 
-const msg = (seq) => ({ seq, envelope: {}, received_at: Date.now() });
+const msg = (seq, receivedAt = Date.now()) => ({ seq, envelope: {}, received_at: receivedAt });
 
 /** failSaving makes ingest of seq throw until heal(), with the error log hushed until restore(). */
 function failSaving(h, seq) {
@@ -199,4 +214,25 @@ test('a failed save during catch-up stops it and reaches the caller', async () =
     disk.restore();
     h.inbox.stop();
   }
+});
+
+test('the week policy acknowledges from the saved receipts, without fetching the inbox', async () => {
+  FakeEventSource.all = [];
+  const h = harness();
+  const day = 24 * 3600 * 1000;
+  await h.inbox.start();
+  await until(() => FakeEventSource.all.length === 1, 'stream');
+  const es = FakeEventSource.all[0];
+  es.push(msg(2, Date.now() - 9 * day));
+  es.push(msg(5, Date.now() - 8 * day));
+  es.push(msg(6, Date.now() - 3 * day)); // too young
+  es.push(msg(7, Date.now() - 8 * day)); // old, but after a young one: kept too
+  await until(() => h.getCursor() === 7, 'cursor 7');
+  await h.inbox.maybeAck(true);
+  assert.deepEqual(h.acks, [5]);
+  assert.equal(h.inboxCalls(), 0, 'the acknowledgement must not page through the server inbox');
+  assert.deepEqual(h.receipts().map((r) => r.seq), [6, 7], 'acknowledged receipts are pruned');
+  await h.inbox.maybeAck(true); // nothing new is old enough
+  assert.deepEqual(h.acks, [5]);
+  h.inbox.stop();
 });
