@@ -37,7 +37,7 @@ type Handler struct {
 	// The public base URL used in WebFinger links. Default: https://<server>.
 	PublicURL string `json:"public_url,omitempty"`
 	// Where messages and the handle registry are kept. Default: a bbolt
-	// file in Caddy's data directory (kez/chat.db).
+	// file in Caddy's data directory, kez/<server>/chat.db.
 	Storage *StorageConfig `json:"storage,omitempty"`
 	// The largest envelope accepted, in bytes. Default: 262144 (256 KiB).
 	MaxEnvelope int64 `json:"max_envelope,omitempty"`
@@ -85,7 +85,7 @@ type StorageConfig struct {
 
 // BoltConfig configures the bbolt backend.
 type BoltConfig struct {
-	// Path of the database file. Default: <caddy data dir>/kez/chat.db.
+	// Path of the database file. Default: <caddy data dir>/kez/<server>/chat.db.
 	Path string `json:"path,omitempty"`
 	// Commit every message in its own transaction (one fsync each) instead
 	// of grouping concurrent sends. Only for measuring the naive baseline in
@@ -107,6 +107,11 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 // validate` next to a running server works.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.log = ctx.Slogger()
+	// Caddy validates after provisioning, but the server name is part of
+	// the default database path: check the config first.
+	if err := h.Validate(); err != nil {
+		return err
+	}
 	path, err := h.boltPath()
 	if err != nil {
 		return err
@@ -170,6 +175,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	return nil
 }
 
+// MaxEnvelopeLimit caps max_envelope: clients read a stream line by line
+// and hold a whole envelope in memory.
+const MaxEnvelopeLimit = 16 << 20
+
 // Defaults of the abuse limits.
 const (
 	DefaultRegisterRate        = "30/1h"
@@ -218,7 +227,9 @@ func (h *Handler) retention() time.Duration {
 // boltPath is the absolute database path: the pool key, so that every
 // config naming the same file shares one open database.
 func (h *Handler) boltPath() (string, error) {
-	path := filepath.Join(caddy.AppDataDir(), "kez", "chat.db")
+	// One file per server name by default: two sites with different names
+	// must not share handles and inboxes.
+	path := filepath.Join(caddy.AppDataDir(), "kez", h.Server, "chat.db")
 	if h.Storage != nil && h.Storage.Bolt != nil && h.Storage.Bolt.Path != "" {
 		path = h.Storage.Bolt.Path
 	}
@@ -249,16 +260,18 @@ func (h *Handler) janitor(ctx context.Context, store storage.Store) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
+		// The first pass waits one interval: Provision also runs under
+		// `caddy validate`, which must not write to the database.
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
 		n, err := store.Expire(ctx, time.Now().Add(-retention))
 		if err != nil && ctx.Err() == nil {
 			h.log.Warn("retention pass failed", "error", err)
 		} else if n > 0 {
 			h.log.Info("retention removed old messages", "count", n, "retention", retention.String())
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
 		}
 	}
 }
@@ -276,6 +289,9 @@ func (h *Handler) Validate() error {
 		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
 			return fmt.Errorf("kez_chat: public_url %q must be an absolute http(s) URL such as https://%s", h.PublicURL, h.Server)
 		}
+	}
+	if h.MaxEnvelope > MaxEnvelopeLimit {
+		return fmt.Errorf("kez_chat: max_envelope %d is above the limit of 16 MiB (each send and each stream event holds one in memory)", h.MaxEnvelope)
 	}
 	if h.MaxEnvelope < 0 || h.MaxInbox < 0 || h.AuthSkew < 0 || h.RegisterSkew < 0 || h.Keepalive < 0 || h.Retention < 0 {
 		return fmt.Errorf("kez_chat: sizes, counts and durations must not be negative")

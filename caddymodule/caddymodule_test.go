@@ -111,6 +111,7 @@ func TestValidate(t *testing.T) {
 		{Server: "kez.lat", InviteFile: "/x"},
 		{Server: "kez.lat", SendRate: "lots"},
 		{Server: "kez.lat", MaxStreams: -1},
+		{Server: "kez.lat", MaxEnvelope: 16<<20 + 1},
 	} {
 		if err := h.Validate(); err == nil {
 			t.Errorf("%+v validated", h)
@@ -376,5 +377,23 @@ func TestUnusablePathFailsProvision(t *testing.T) {
 	}
 	if err := h.Cleanup(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Sites with different server names get different default databases: one
+// shared file would merge their handles and inboxes.
+func TestDefaultDatabaseIsPerServer(t *testing.T) {
+	isolateCaddy(t)
+	a, errA := (&Handler{Server: "a.test"}).boltPath()
+	b, errB := (&Handler{Server: "b.test"}).boltPath()
+	if errA != nil || errB != nil || a == b {
+		t.Fatalf("paths %q %q (%v %v)", a, b, errA, errB)
+	}
+	if want := filepath.Join(caddy.AppDataDir(), "kez", "a.test", "chat.db"); a != want {
+		t.Fatalf("default path %q, want %q", a, want)
+	}
+	explicit, _ := (&Handler{Server: "a.test", Storage: &StorageConfig{Bolt: &BoltConfig{Path: "/srv/kez.db"}}}).boltPath()
+	if explicit != "/srv/kez.db" {
+		t.Fatalf("explicit path %q", explicit)
 	}
 }

@@ -4,6 +4,7 @@
 package handlers
 
 import (
+	"context"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -150,15 +151,15 @@ type Handler struct {
 	log   *slog.Logger
 	now   func() time.Time
 
-	stop     chan struct{}
-	stopOnce sync.Once
+	stopped context.Context // done once Close is called
+	stop    context.CancelFunc
 
 	registerLimit *limiter
 	sendLimit     *limiter
 	streams       streamSlots
 
 	mu      sync.Mutex
-	servers map[*http.Server]chan struct{} // closed when that server begins to shut down
+	servers map[*http.Server]context.Context // done when that server begins to shut down
 }
 
 // New returns a Handler. log may be nil.
@@ -167,8 +168,9 @@ func New(cfg Config, store storage.Store, h *hub.Hub, log *slog.Logger) *Handler
 		log = slog.New(slog.DiscardHandler)
 	}
 	cfg = cfg.WithDefaults()
-	return &Handler{cfg: cfg, store: store, hub: h, log: log, now: time.Now,
-		stop: make(chan struct{}), servers: map[*http.Server]chan struct{}{},
+	stopped, stop := context.WithCancel(context.Background())
+	return &Handler{stopped: stopped, stop: stop, cfg: cfg, store: store, hub: h, log: log, now: time.Now,
+		servers:       map[*http.Server]context.Context{},
 		registerLimit: newLimiter(cfg.RegisterRate), sendLimit: newLimiter(cfg.SendRate),
 		streams: streamSlots{perHandle: map[string]int{}}}
 }
@@ -177,7 +179,7 @@ func New(cfg Config, store storage.Store, h *hub.Hub, log *slog.Logger) *Handler
 func (h *Handler) SetClock(now func() time.Time) { h.now = now }
 
 // Close ends every open stream of this handler; the store and hub stay open.
-func (h *Handler) Close() { h.stopOnce.Do(func() { close(h.stop) }) }
+func (h *Handler) Close() { h.stop() }
 
 // ServeHTTP answers API paths and 404s everything else (standalone use).
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {

@@ -200,6 +200,14 @@ func TestRegisterAndLookup(t *testing.T) {
 	}
 
 	expect(t, "retry", e.register(aliceKey, "alice"), 200, "")
+	// A signed retry that arrives after register_skew is still a retry...
+	late, _ := kez.SignRegistration(aliceKey, "alice", serverName, time.Now().Add(-time.Hour))
+	lb, _ := json.Marshal(late)
+	expect(t, "late retry", e.do("POST", "/v1/register", strings.NewReader(string(lb))), 200, "")
+	// ...but not a late new registration.
+	lateBob, _ := kez.SignRegistration(bobKey, "bob", serverName, time.Now().Add(-time.Hour))
+	lb, _ = json.Marshal(lateBob)
+	expect(t, "late new registration", e.do("POST", "/v1/register", strings.NewReader(string(lb))), 400, "stale_timestamp")
 	expect(t, "bob takes alice", e.register(bobKey, "alice"), 409, "handle_taken")
 	expect(t, "alice takes a second handle", e.register(aliceKey, "alice2"), 409, "primary_taken")
 	expect(t, "reserved", e.register(bobKey, "admin"), 400, "reserved_handle")
@@ -658,4 +666,75 @@ func TestCursorBounds(t *testing.T) {
 		t.Fatalf("since=max: %s", r.body)
 	}
 	expect(t, "stream since=-1", e.do("GET", "/v1/inbox/alice/stream?since=-1&auth="+kez.SignAuth(aliceKey, kez.StreamAuthMessage("alice", ts), ts), nil), 400, "bad_request")
+}
+
+// Inbox pages stop at pageBytes of envelopes (with more=true), so a page of
+// large envelopes costs a few MiB, not limit × max_envelope.
+func TestInboxPageIsBoundedInBytes(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.MaxEnvelope = 1 << 20 })
+	expect(t, "register", e.register(aliceKey, "alice"), 201, "")
+	big := `{"ct":"` + strings.Repeat("A", 900<<10) + `"}`
+	for range 10 {
+		expect(t, "send", e.send("alice", big), 201, "")
+	}
+	var total int
+	since := uint64(0)
+	for pages := 1; ; pages++ {
+		ts := time.Now().Unix()
+		r := e.do("GET", fmt.Sprintf("/v1/inbox/alice?since=%d&limit=500", since), nil,
+			"X-KEZ-Auth", kez.SignAuth(aliceKey, kez.InboxAuthMessage("alice", since, ts), ts))
+		expect(t, "inbox", r, 200, "")
+		var out struct {
+			Messages  []json.RawMessage `json:"messages"`
+			NextSince uint64            `json:"next_since"`
+			More      bool              `json:"more"`
+		}
+		if err := json.Unmarshal(r.body, &out); err != nil {
+			t.Fatal(err)
+		}
+		if len(r.body) > pageBytes+1<<20+64<<10 {
+			t.Fatalf("page of %d bytes", len(r.body))
+		}
+		total += len(out.Messages)
+		since = out.NextSince
+		if !out.More {
+			if pages < 2 {
+				t.Fatalf("9 MB of envelopes came in %d page", pages)
+			}
+			break
+		}
+	}
+	if total != 10 {
+		t.Fatalf("paged through %d messages, want 10", total)
+	}
+}
+
+// A stream stuck on a reader that does not read, with a long backlog, still
+// ends at once when the handler closes (a Caddy reload or stop).
+func TestSlowReaderDoesNotHoldUpClose(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.MaxEnvelope = 1 << 20 })
+	expect(t, "register", e.register(aliceKey, "alice"), 201, "")
+	big := `{"ct":"` + strings.Repeat("A", 900<<10) + `"}`
+	for range 40 {
+		expect(t, "send", e.send("alice", big), 201, "")
+	}
+	c, _ := e.openStream(t, "alice", "0")
+	time.Sleep(300 * time.Millisecond) // the handler fills the socket buffers and blocks
+	start := time.Now()
+	e.h.Close()
+	// Drain: the response must end well before the 15 s write timeout.
+	done := make(chan int64, 1)
+	go func() {
+		n, _ := io.Copy(io.Discard, c.res.Body)
+		done <- n
+	}()
+	select {
+	case n := <-done:
+		if n >= 40*900<<10 {
+			t.Fatalf("the whole backlog (%d bytes) was written: the stream was never blocked", n)
+		}
+		t.Logf("stream ended %s after Close, %d bytes delivered", time.Since(start), n)
+	case <-time.After(5 * time.Second):
+		t.Fatal("stream still open 5 s after Close")
+	}
 }

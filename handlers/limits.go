@@ -112,6 +112,16 @@ func RemoteIP(r *http.Request) string {
 	return host
 }
 
+// limitKey is the rate-limit identity of a client address: an IPv4 address
+// as is, an IPv6 address by its /64, since any IPv6 host holds a whole /64.
+func limitKey(addr string) string {
+	ip := net.ParseIP(addr)
+	if ip == nil || ip.To4() != nil {
+		return addr
+	}
+	return ip.Mask(net.CIDRMask(64, 128)).String() + "/64"
+}
+
 // streamSlots counts open streams, per handle and in total.
 type streamSlots struct {
 	mu        sync.Mutex

@@ -61,6 +61,21 @@ func TestLimiterBurstAndRefill(t *testing.T) {
 	}
 }
 
+func TestLimitKey(t *testing.T) {
+	for in, want := range map[string]string{
+		"192.0.2.7":            "192.0.2.7",
+		"2001:db8:1:2:3:4:5:6": "2001:db8:1:2::/64",
+		"2001:db8:1:2:ffff::1": "2001:db8:1:2::/64",
+		"::ffff:192.0.2.7":     "::ffff:192.0.2.7",
+		"not an ip":            "not an ip",
+		"2001:db8:1:3:3:4:5:6": "2001:db8:1:3::/64",
+	} {
+		if got := limitKey(in); got != want {
+			t.Errorf("limitKey(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
 func TestRateLimitsAnswer429(t *testing.T) {
 	e := newEnv(t, func(c *Config) {
 		c.RegisterRate = Rate{N: 2, Per: time.Hour}

@@ -66,7 +66,7 @@ func (h *Handler) register(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusForbidden, kez.CodeRegistrationClosed, "registration is closed on "+h.cfg.Server)
 		return
 	}
-	if ok, wait := h.registerLimit.allow(h.cfg.ClientIP(r), h.now()); !ok {
+	if ok, wait := h.registerLimit.allow(limitKey(h.cfg.ClientIP(r)), h.now()); !ok {
 		h.cfg.Counters.rateLimited("register")
 		rateLimited(w, wait, "too many registration attempts from your address")
 		return
@@ -84,6 +84,14 @@ func (h *Handler) register(w http.ResponseWriter, r *http.Request) {
 	reg, payload, err := kez.VerifyRegistration(body, kez.RegistrationPolicy{
 		Server: h.cfg.Server, Now: now, Skew: h.cfg.RegisterSkew, Reserved: h.cfg.Reserved})
 	if err != nil {
+		// A correctly signed but stale body is still an idempotent retry
+		// when exactly this binding exists (SPEC §2.2).
+		if reg != nil {
+			if rec, lerr := h.store.Lookup(r.Context(), payload.Handle); lerr == nil && rec.Primary == payload.Primary {
+				writeJSON(w, http.StatusOK, h.record(rec))
+				return
+			}
+		}
 		h.fail(w, r, err)
 		return
 	}
@@ -94,14 +102,8 @@ func (h *Handler) register(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	reg.Invite = "" // a token is not part of the binding
-	signed, err := json.Marshal(reg)
-	if err != nil {
-		h.fail(w, r, err)
-		return
-	}
 	stored, created, err := h.store.Register(r.Context(), storage.Record{
-		Handle: payload.Handle, Primary: payload.Primary, RegisteredAt: now.Unix(), Registration: signed}, invite)
+		Handle: payload.Handle, Primary: payload.Primary, RegisteredAt: now.Unix(), Registration: reg.Stored()}, invite)
 	switch {
 	case errors.Is(err, storage.ErrInviteUsed):
 		writeError(w, http.StatusForbidden, kez.CodeInvalidInvite, "this invite has already been used")

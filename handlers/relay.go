@@ -59,7 +59,7 @@ func jsonString(lit []byte) string {
 }
 
 func (h *Handler) send(w http.ResponseWriter, r *http.Request) {
-	if ok, wait := h.sendLimit.allow(h.cfg.ClientIP(r), h.now()); !ok {
+	if ok, wait := h.sendLimit.allow(limitKey(h.cfg.ClientIP(r)), h.now()); !ok {
 		h.cfg.Counters.rateLimited("send")
 		rateLimited(w, wait, "too many messages from your address")
 		return
@@ -216,7 +216,7 @@ func (h *Handler) inbox(w http.ResponseWriter, r *http.Request, arg string) {
 	if !ok {
 		return
 	}
-	msgs, more, err := h.store.Read(r.Context(), handle, since, limit)
+	msgs, more, err := h.readPage(r, handle, since, limit)
 	if err != nil {
 		h.fail(w, r, err)
 		return
@@ -241,6 +241,39 @@ func (h *Handler) inbox(w http.ResponseWriter, r *http.Request, arg string) {
 	out = strconv.AppendBool(out, more)
 	out = append(out, '}')
 	writeRaw(w, http.StatusOK, "application/json; charset=utf-8", out)
+}
+
+// pageBytes bounds the envelope bytes one inbox page (or one backlog step
+// of a stream) holds in memory; a page ends early with more=true.
+const pageBytes = 4 << 20
+
+// readPage reads up to limit messages after since, in small storage reads,
+// stopping once pageBytes of envelopes are gathered (always at least one
+// message), so a page of large envelopes never costs more than a few MiB.
+func (h *Handler) readPage(r *http.Request, handle string, since uint64, limit int) ([]storage.Message, bool, error) {
+	var msgs []storage.Message
+	size := 0
+	for len(msgs) < limit {
+		// Read no more than the rest of the budget could hold at the largest
+		// envelope size: a page ends within one envelope of pageBytes.
+		chunk := int(max(1, min(16, int64(pageBytes-size)/h.cfg.MaxEnvelope)))
+		got, more, err := h.store.Read(r.Context(), handle, since, min(chunk, limit-len(msgs)))
+		if err != nil {
+			return nil, false, err
+		}
+		msgs = append(msgs, got...)
+		for _, m := range got {
+			size += len(m.Envelope)
+		}
+		if !more || len(got) == 0 {
+			return msgs, false, nil
+		}
+		since = got[len(got)-1].Seq
+		if size >= pageBytes {
+			break
+		}
+	}
+	return msgs, true, nil
 }
 
 func (h *Handler) ack(w http.ResponseWriter, r *http.Request, arg string) {

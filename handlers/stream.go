@@ -1,11 +1,13 @@
 package handlers
 
 import (
+	"context"
 	"net/http"
 	"strconv"
 	"time"
 
 	"github.com/kezchat/kez/kez"
+	"github.com/kezchat/kez/storage"
 )
 
 const (
@@ -19,24 +21,25 @@ const (
 	flushAt = 64 << 10
 )
 
-// serverShutdown returns a channel closed when the http.Server carrying r
-// begins to shut down. The request context is not cancelled by a graceful
-// shutdown, and Caddy's default grace period is eternal, so streams watch
-// this to end promptly on reload and stop.
-func (h *Handler) serverShutdown(r *http.Request) <-chan struct{} {
+// serverShutdown returns a context that is done when the http.Server
+// carrying r begins to shut down. The request context is not cancelled by a
+// graceful shutdown, and Caddy's default grace period is eternal, so streams
+// watch this to end promptly on reload and stop.
+func (h *Handler) serverShutdown(r *http.Request) context.Context {
 	srv, _ := r.Context().Value(http.ServerContextKey).(*http.Server)
 	if srv == nil {
-		return nil
+		return context.Background()
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	ch, ok := h.servers[srv]
+	ctx, ok := h.servers[srv]
 	if !ok {
-		ch = make(chan struct{})
-		h.servers[srv] = ch
-		srv.RegisterOnShutdown(func() { close(ch) })
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithCancel(context.Background())
+		h.servers[srv] = ctx
+		srv.RegisterOnShutdown(cancel)
 	}
-	return ch
+	return ctx
 }
 
 // lastEventID reads the Last-Event-ID header an EventSource sends on reconnect.
@@ -87,12 +90,23 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request, arg string) {
 	defer h.hub.Unsubscribe(sub)
 
 	rc := http.NewResponseController(w)
+	// ended reports a reason to stop. It is checked between writes, and a
+	// write that is blocked on a slow reader is cut short when one arrives
+	// (context.AfterFunc: no goroutine per stream), so no stream, however
+	// long its backlog, holds up a reload or shutdown.
+	ended := func() bool {
+		return r.Context().Err() != nil || shutdown.Err() != nil || h.stopped.Err() != nil
+	}
+	for _, ctx := range []context.Context{r.Context(), shutdown, h.stopped} {
+		cancel := context.AfterFunc(ctx, func() { _ = rc.SetWriteDeadline(time.Now()) })
+		defer cancel()
+	}
 	hdr := w.Header()
 	hdr.Set("Content-Type", "text/event-stream")
 	hdr.Set("Cache-Control", "no-cache")
 	hdr.Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
-	sw := &sseWriter{w: w, rc: rc}
+	sw := &sseWriter{w: w, rc: rc, ended: ended}
 	defer func() { _ = rc.SetWriteDeadline(time.Time{}) }() // the connection may serve other requests
 
 	sw.raw("retry: 3000\n\n")
@@ -101,8 +115,13 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request, arg string) {
 	}
 
 	cursor := since
-	for {
-		msgs, more, err := h.store.Read(r.Context(), handle, cursor, backlogPage)
+	for more := true; more; {
+		if ended() {
+			return
+		}
+		var msgs []storage.Message
+		var err error
+		msgs, more, err = h.readPage(r, handle, cursor, backlogPage)
 		if err != nil {
 			h.log.Warn("stream backlog read failed", "handle", handle, "error", err)
 			return
@@ -116,9 +135,6 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request, arg string) {
 		}
 		if !sw.flush() {
 			return
-		}
-		if !more {
-			break
 		}
 	}
 
@@ -157,9 +173,9 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request, arg string) {
 			}
 		case <-r.Context().Done():
 			return
-		case <-shutdown:
+		case <-shutdown.Done():
 			return
-		case <-h.stop:
+		case <-h.stopped.Done():
 			return
 		}
 	}
@@ -167,10 +183,11 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request, arg string) {
 
 // sseWriter writes Server-Sent Events and remembers the first error.
 type sseWriter struct {
-	w   http.ResponseWriter
-	rc  *http.ResponseController
-	buf []byte
-	err error
+	w     http.ResponseWriter
+	rc    *http.ResponseController
+	ended func() bool
+	buf   []byte
+	err   error
 }
 
 func (s *sseWriter) raw(text string) { s.buf = append(s.buf, text...) }
@@ -185,7 +202,7 @@ func (s *sseWriter) event(seq uint64, data []byte) {
 
 // flush writes the buffered events and pushes them to the client.
 func (s *sseWriter) flush() bool {
-	if s.err != nil {
+	if s.err != nil || s.ended() {
 		return false
 	}
 	_ = s.rc.SetWriteDeadline(time.Now().Add(streamWriteTimeout)) // unsupported writers just have none

@@ -41,8 +41,8 @@ func ParseAuth(value string) (ts int64, sig []byte, err error) {
 	if perr != nil || ts <= 0 || strconv.FormatInt(ts, 10) != tsPart {
 		return 0, nil, Errorf(CodeUnauthorized, "auth timestamp is not a positive decimal number")
 	}
-	if len(sigPart) != 2*ed25519.SignatureSize || !isLowerHex(strings.ToLower(sigPart)) {
-		return 0, nil, Errorf(CodeUnauthorized, "auth signature must be %d hex digits", 2*ed25519.SignatureSize)
+	if len(sigPart) != 2*ed25519.SignatureSize || !isLowerHex(sigPart) {
+		return 0, nil, Errorf(CodeUnauthorized, "auth signature must be %d lowercase hex digits", 2*ed25519.SignatureSize)
 	}
 	sig, _ = hex.DecodeString(sigPart)
 	return ts, sig, nil

@@ -194,13 +194,38 @@ func TestRegistrationErrors(t *testing.T) {
 			t.Errorf("%s: code %q (%v), want %q", c.name, got, err, c.code)
 		}
 	}
-	// A signature over a payload with an added field no longer matches the stored canonical form.
-	tampered := bytes.Replace(v.Registration.Body, []byte(`"v": 1`), []byte(`"v": 1, "x": 2`), 1)
-	if bytes.Equal(tampered, v.Registration.Body) {
-		tampered = bytes.Replace(v.Registration.Body, []byte(`"v":1`), []byte(`"v":1,"x":2`), 1)
-	}
+	// A changed value no longer matches the signature; an added field is refused outright.
+	tampered := bytes.Replace(v.Registration.Body, []byte(`1764115200`), []byte(`1764115201`), 1)
 	if _, _, err := VerifyRegistration(tampered, pol); codeOf(err) != CodeBadSignature {
 		t.Errorf("tampered payload: %v", err)
+	}
+	extra := regBody(t, v, with("x", 2), "ed25519", "")
+	if _, _, err := VerifyRegistration(extra, pol); codeOf(err) != CodeBadRequest {
+		t.Errorf("unknown payload field: %v", err)
+	}
+	// Correctly signed but stale: both the registration and the error come back.
+	late := pol
+	late.Now = now.Add(time.Hour)
+	reg, p, err := VerifyRegistration(regBody(t, v, base(), "ed25519", ""), late)
+	if codeOf(err) != CodeStaleTimestamp || reg == nil || p.Handle != "alice" {
+		t.Errorf("stale but signed: %v %v", reg, err)
+	}
+	if reg, _, err := VerifyRegistration(regBody(t, v, base(), "ed25519", strings.Repeat("00", 64)), late); codeOf(err) != CodeStaleTimestamp || reg != nil {
+		t.Errorf("stale and badly signed: %v %v", reg, err)
+	}
+}
+
+func TestStoredRegistration(t *testing.T) {
+	v := loadVectors(t)
+	reg, _, err := VerifyRegistration(v.Registration.Body, RegistrationPolicy{Server: v.Registration.Server,
+		Now: time.Unix(v.Registration.Now, 0), Skew: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg.Invite = "secret-token"
+	want := `{"payload":` + v.Registration.SignedBytesJCS + `,"signature":{"alg":"ed25519","sig":"` + reg.Signature.Sig + `"}}`
+	if got := string(reg.Stored()); got != want {
+		t.Fatalf("Stored() = %s\nwant       %s", got, want)
 	}
 }
 
@@ -244,7 +269,8 @@ func TestAuthVectors(t *testing.T) {
 		t.Error("alice's signature verified for bob")
 	}
 	for _, bad := range []string{"", "1764115200", "x:" + v.Auth["stream"].Sig, "1764115200:abc",
-		"-1:" + v.Auth["stream"].Sig, "+1764115200:" + v.Auth["stream"].Sig} {
+		"-1:" + v.Auth["stream"].Sig, "+1764115200:" + v.Auth["stream"].Sig, "01764115200:" + v.Auth["stream"].Sig,
+		"1764115200:" + strings.ToUpper(v.Auth["stream"].Sig)} {
 		if err := VerifyAuth(pub, bad, builders["stream"], now, time.Minute); codeOf(err) != CodeUnauthorized {
 			t.Errorf("auth %q: %v", bad, err)
 		}

@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"io"
-	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -71,6 +70,9 @@ type RegistrationPolicy struct {
 
 // VerifyRegistration parses and checks a registration body in the order of
 // SPEC §2.2 and returns it with Payload in canonical (JCS) form, ready to store.
+// One case returns both the registration and an error: a correctly signed
+// body whose timestamp is stale (CodeStaleTimestamp), so that a late retry
+// of a binding that already exists can still be answered 200.
 func VerifyRegistration(body []byte, pol RegistrationPolicy) (*SignedRegistration, *RegisterPayload, error) {
 	if !utf8.Valid(body) {
 		return nil, nil, Errorf(CodeBadRequest, "body is not valid UTF-8")
@@ -91,8 +93,10 @@ func VerifyRegistration(body []byte, pol RegistrationPolicy) (*SignedRegistratio
 		return nil, nil, Errorf(CodeBadRequest, "payload: %v", err)
 	}
 	var p RegisterPayload
-	if err := json.Unmarshal(reg.Payload, &p); err != nil {
-		return nil, nil, Errorf(CodeBadRequest, "payload fields have the wrong types: %v", err)
+	pdec := json.NewDecoder(bytes.NewReader(reg.Payload))
+	pdec.DisallowUnknownFields() // v1 names every field; nothing else rides along in a public record
+	if err := pdec.Decode(&p); err != nil {
+		return nil, nil, Errorf(CodeBadRequest, "payload must have exactly v, type, handle, server, primary and ts: %v", err)
 	}
 	if p.V != 1 {
 		return nil, nil, Errorf(CodeBadRequest, "payload.v must be 1")
@@ -109,10 +113,16 @@ func VerifyRegistration(body []byte, pol RegistrationPolicy) (*SignedRegistratio
 	if p.Server != pol.Server {
 		return nil, nil, Errorf(CodeWrongServer, "payload.server is %q but this server is %q", p.Server, pol.Server)
 	}
+	// A stale timestamp is reported only after the signature checks out:
+	// the caller may still accept a signed retry of a binding that exists.
+	var stale error
 	if p.TS <= 0 || abs(p.TS-pol.Now.Unix()) > int64(pol.Skew/time.Second) {
-		return nil, nil, Errorf(CodeStaleTimestamp, "payload.ts is %d, more than %s from the server's clock (%d)", p.TS, pol.Skew, pol.Now.Unix())
+		stale = Errorf(CodeStaleTimestamp, "payload.ts is %d, more than %s from the server's clock (%d)", p.TS, pol.Skew, pol.Now.Unix())
 	}
 	if _, err := ParsePrimary(p.Primary); err != nil {
+		if stale != nil {
+			return nil, nil, stale
+		}
 		return nil, nil, err
 	}
 	canonical, err := jcs.Transform(reg.Payload)
@@ -121,17 +131,42 @@ func VerifyRegistration(body []byte, pol RegistrationPolicy) (*SignedRegistratio
 	}
 	verify, ok := verifiers[reg.Signature.Alg]
 	if !ok {
-		return nil, nil, Errorf(CodeUnsupportedAlg, "signature.alg %q is not supported (use \"ed25519\")", reg.Signature.Alg)
+		return nil, nil, firstErr(stale, Errorf(CodeUnsupportedAlg, "signature.alg %q is not supported (use \"ed25519\")", reg.Signature.Alg))
 	}
 	sig, err := hex.DecodeString(reg.Signature.Sig)
-	if err != nil || strings.ToLower(reg.Signature.Sig) != reg.Signature.Sig {
-		return nil, nil, Errorf(CodeBadSignature, "signature.sig must be lowercase hex")
+	if err != nil || !isLowerHex(reg.Signature.Sig) {
+		return nil, nil, firstErr(stale, Errorf(CodeBadSignature, "signature.sig must be lowercase hex"))
 	}
 	if err := verify(p.Primary, canonical, sig); err != nil {
-		return nil, nil, err
+		return nil, nil, firstErr(stale, err)
 	}
 	reg.Payload = canonical
-	return &reg, &p, nil
+	// Signed but stale: the body and the error both go back (see above).
+	return &reg, &p, stale
+}
+
+func firstErr(errs ...error) error {
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Stored is the registration as the server keeps and serves it: the
+// canonical payload and the signature, without the invite, written by hand
+// so that nothing is re-escaped (encoding/json would turn < > & into \u
+// escapes, and the record would no longer be the text that was signed).
+func (r *SignedRegistration) Stored() []byte {
+	b := make([]byte, 0, len(r.Payload)+200)
+	b = append(b, `{"payload":`...)
+	b = append(b, r.Payload...)
+	b = append(b, `,"signature":{"alg":"`...)
+	b = append(b, r.Signature.Alg...) // a key of verifiers: plain ASCII
+	b = append(b, `","sig":"`...)
+	b = append(b, r.Signature.Sig...) // checked lowercase hex
+	return append(b, `"}}`...)
 }
 
 // SignRegistration builds a signed registration body for a client.
