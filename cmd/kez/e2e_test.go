@@ -183,14 +183,17 @@ func TestCLITwoUsersChat(t *testing.T) {
 	l.expect(l.stdout, ": after reload")
 
 	// What the browser client sends (the vector envelope from alice's
-	// vector key) decrypts; the sender is unverified since that key has no
-	// handle here. A forged one is reported, never shown as text.
+	// vector key) decrypts; that key has no handle here, so it is named by
+	// the key and what it claims is marked as a claim. A forged one is
+	// reported, never shown as text.
 	anon, _ := client.New(srv.URL, client.Options{})
 	ctx := context.Background()
 	if _, err := anon.PostEnvelope(ctx, "bob", v.Envelope.Envelope); err != nil {
 		t.Fatal(err)
 	}
-	l.expect(l.stdout, "alice@kez.example (unverified): hello bob")
+	if got := l.expect(l.stdout, ": hello bob"); !strings.HasSuffix(got, ` unknown key d75a 9801 82b1 0ab7… (unverified claim: "alice@kez.example"): hello bob`) {
+		t.Errorf("a sender without a handle is shown as %q", got)
+	}
 	var forged kez.Envelope
 	if err := json.Unmarshal(v.Envelope.Envelope, &forged); err != nil {
 		t.Fatal(err)

@@ -60,8 +60,9 @@ func (p *printer) print(ctx context.Context, m client.Message) {
 }
 
 // sender names who signed: the address the server has bound to the primary,
-// flagged when the plaintext claims another, or the claim marked unverified
-// when the server knows no such primary.
+// flagged when the plaintext claims another. A primary the server has no
+// handle for is named by its key; what its plaintext claims is shown only as
+// an unverified claim, never as its name.
 func (p *printer) sender(ctx context.Context, primary, claimed string) string {
 	addr, known := p.senders[primary]
 	if !known {
@@ -78,13 +79,25 @@ func (p *printer) sender(ctx context.Context, primary, claimed string) string {
 	}
 	claimed = safeText(claimed)
 	switch {
+	case addr == "" && claimed == "":
+		return keyName(primary)
 	case addr == "":
-		return claimed + " (unverified)"
+		return fmt.Sprintf("%s (unverified claim: %q)", keyName(primary), claimed)
 	case claimed != addr:
 		return fmt.Sprintf("%s (claims to be %q)", addr, claimed)
 	default:
 		return addr
 	}
+}
+
+// keyName names a key the server has no handle for by the start of its
+// hex, grouped as the web client shows it: "unknown key d75a 9801 82b1 0ab7…".
+func keyName(primary string) string {
+	h := strings.TrimPrefix(primary, kez.PrimaryPrefix)
+	if len(h) < 16 {
+		return "unknown key" // not a primary; Open has already refused those
+	}
+	return fmt.Sprintf("unknown key %s %s %s %s…", h[0:4], h[4:8], h[8:12], h[12:16])
 }
 
 // safeText keeps terminal control out of what others wrote: control

@@ -126,10 +126,16 @@ function listTime(ms) {
   return startOfDay(ms) === startOfDay(Date.now()) ? timeFmt.format(ms) : shortDayFmt.format(ms);
 }
 
-function fingerprint(primary) {
-  const hex = primary.slice(kez.PRIMARY_PREFIX.length, kez.PRIMARY_PREFIX.length + 32);
+function fingerprint(primary, digits = 32) {
+  const hex = primary.slice(kez.PRIMARY_PREFIX.length, kez.PRIMARY_PREFIX.length + digits);
   return hex.match(/.{4}/g).join(' ');
 }
+
+/**
+ * claimNote words what a plaintext's from_addr says when the server has not
+ * bound it to the signing key: a claim, never a name.
+ */
+const claimNote = (claimed) => `Claims to be “${claimed}” — unverified`;
 
 /** friendly turns an error into a sentence for people. */
 function friendly(e, context = '') {
@@ -663,13 +669,19 @@ function renderStatus(status, detail) {
 
 // ---- conversations ----
 
+/**
+ * displayName is what a conversation is called: the handle the server's
+ * signed record binds to the key, else the key itself. What an unregistered
+ * sender claims to be never names them (see claimNote).
+ */
 function displayName(conv) {
   if (!conv) return 'Unknown sender';
   if (conv.peer === UNVERIFIED) return 'Unverified messages';
   if (conv.handle) return conv.handle;
-  if (conv.claimed) return `${conv.claimed} (unverified)`;
-  return 'Unknown sender';
+  return `Unknown key ${fingerprint(conv.peer, 16)}…`;
 }
+
+const avatarName = (conv) => (conv && conv.handle) || '?';
 
 async function loadConversations() {
   const list = await db.listConversations();
@@ -722,7 +734,7 @@ function renderConversations(list) {
         c.unread ? el('span', { class: 'badge', text: String(c.unread), 'aria-label': `${c.unread} unread` }) : null,
       ),
     );
-    paintAvatar(btn.querySelector('.avatar'), name, c.peer);
+    paintAvatar(btn.querySelector('.avatar'), avatarName(c), c.peer);
     ul.append(el('li', {}, btn));
   }
   $('convo-empty').hidden = ul.children.length > 0;
@@ -854,8 +866,8 @@ async function setActive(peer) {
     ? conv.address
     : conv.peer === UNVERIFIED
       ? 'Messages whose sender could not be verified'
-      : 'Not registered on this server — you can’t reply';
-  paintAvatar($('thread-avatar'), name, peer);
+      : `Key ${fingerprint(peer)}, not registered on this server — you can’t reply.` + (conv.claimed ? ` ${claimNote(conv.claimed)}.` : '');
+  paintAvatar($('thread-avatar'), avatarName(conv), peer);
   const canReply = !!conv.handle;
   $('thread-e2e').hidden = peer === UNVERIFIED;
   $('compose-input').disabled = !canReply;
@@ -902,6 +914,12 @@ function fillMessage(li, m) {
     body = el('p', { class: 'text', text: m.text });
   }
   const meta = el('span', { class: 'meta' }, time);
+  const conv = state.convos.get(m.peer);
+  // What the sender says they are, when the server's record does not back it.
+  const claim =
+    m.dir === 'in' && m.claimed && conv && !(conv.handle && conv.address === m.claimed)
+      ? el('p', { class: 'claim muted', text: claimNote(m.claimed) })
+      : null;
   if (m.dir === 'out') {
     if (m.status === 'sending') meta.append(el('span', { class: 'state', text: 'Sending…' }));
     else if (m.status === 'sent') meta.append(el('span', { class: 'state sent', 'aria-label': 'sent', text: '✓' }));
@@ -912,7 +930,7 @@ function fillMessage(li, m) {
       );
     }
   }
-  li.replaceChildren(el('div', { class: 'bubble' }, who, body, meta));
+  li.replaceChildren(el('div', { class: 'bubble' }, who, claim, body, meta));
   li.dataset.status = m.status;
 }
 
@@ -1000,7 +1018,12 @@ async function ingest(item) {
     return;
   }
   const { from, plaintext: pt } = opened;
-  await resolvePeer(from, pt.from_addr);
+  // Control and bidi-override characters could disguise the claim; they become U+FFFD.
+  const claimed =
+    typeof pt.from_addr === 'string' && pt.from_addr
+      ? pt.from_addr.slice(0, 100).replace(/[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g, '\ufffd')
+      : null;
+  await resolvePeer(from, claimed);
   const text = pt.type === 'text' && typeof pt.text === 'string' ? pt.text : null;
   const isNew = await db.addMessage(
     {
@@ -1012,6 +1035,7 @@ async function ingest(item) {
       status: 'ok',
       at,
       sentAt: Number.isSafeInteger(pt.sent_at) ? pt.sent_at : null,
+      claimed,
       seq: item.seq,
     },
     { active: isActive(from) },

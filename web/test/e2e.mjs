@@ -435,10 +435,11 @@ test('an envelope that fails verification is shown as such, never as text', asyn
   await shot(alice, '06-undecryptable.png');
 });
 
-test('a replayed envelope shows once; an unregistered sender is marked unverified', async () => {
+test('a replayed envelope shows once; an unregistered sender is named by key, its claim marked unverified', async () => {
   const stranger = await kez.identityFromSeed(kez.newSeed());
   const aliceRec = await (await fetch(`${base}/v1/u/alice`)).json();
-  const pt = { type: 'text', text: 'hi from nowhere', id: 'dup-1', sent_at: Date.now(), from_addr: 'ghost@elsewhere.example' };
+  // A key with no handle claims an address that looks like a real user's.
+  const pt = { type: 'text', text: 'hi from nowhere', id: 'dup-1', sent_at: Date.now(), from_addr: `bob@${SERVER}` };
   const env = await kez.sealEnvelope(stranger, aliceRec.primary, pt);
   for (let i = 0; i < 2; i++) {
     const r = await fetch(`${base}/v1/messages`, {
@@ -448,13 +449,20 @@ test('a replayed envelope shows once; an unregistered sender is marked unverifie
     });
     assert.equal(r.status, 201);
   }
-  const row = alice.locator('#convo-list .convo', { hasText: 'ghost@elsewhere.example (unverified)' });
+  const hex = stranger.primary.slice('ed25519:'.length);
+  const name = `Unknown key ${hex.slice(0, 16).match(/.{4}/g).join(' ')}…`;
+  const row = alice.locator('#convo-list .convo', { hasText: name });
   await row.waitFor();
+  assert.doesNotMatch(await row.innerText(), /bob@/, 'the claimed address must not name the conversation');
   await row.click();
   await alice.locator('#messages .text', { hasText: 'hi from nowhere' }).waitFor();
+  assert.equal(await alice.locator('#thread-title').innerText(), name);
+  assert.match(await alice.locator('#thread-sub').innerText(), new RegExp(`Key ${hex.slice(0, 8).match(/.{4}/g).join(' ')}.*Claims to be “bob@${SERVER}” — unverified`));
+  await alice.locator('#messages .claim', { hasText: `Claims to be “bob@${SERVER}” — unverified` }).waitFor();
   await alice.waitForTimeout(300);
   assert.equal(await bubbles(alice).count(), 1);
   assert.equal(await alice.locator('#compose-input').isDisabled(), true);
+  await shot(alice, '06-unknown-key.png');
   await alice.locator('#convo-list .convo', { hasText: 'bob' }).click();
 });
 
