@@ -17,10 +17,14 @@ export function toHex(bytes) {
   return s;
 }
 
-/** fromHex parses hex of even length (either case) into bytes. */
+/**
+ * fromHex parses lowercase hex of even length into bytes. Uppercase is
+ * refused, as the Go side refuses it: one envelope must open in every client
+ * or in none.
+ */
 export function fromHex(s) {
-  if (typeof s !== 'string' || s.length % 2 !== 0 || !/^[0-9a-fA-F]*$/.test(s)) {
-    throw new TypeError('not a hex string');
+  if (typeof s !== 'string' || s.length % 2 !== 0 || !/^[0-9a-f]*$/.test(s)) {
+    throw new TypeError('not a lowercase hex string');
   }
   const out = new Uint8Array(s.length / 2);
   for (let i = 0; i < out.length; i++) out[i] = parseInt(s.slice(2 * i, 2 * i + 2), 16);
@@ -34,7 +38,12 @@ export function toB64url(bytes) {
   return btoa(bin).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
 }
 
-/** fromB64url parses unpadded base64url, rejecting any other alphabet. */
+/**
+ * fromB64url parses base64url without padding (RFC 4648 §5) in its one
+ * canonical form: no other alphabet, no "=", no whitespace, and the unused
+ * low bits of the last character zero (RFC 4648 §3.5), like Go's
+ * base64.RawURLEncoding.Strict().
+ */
 export function fromB64url(s) {
   if (typeof s !== 'string' || !/^[A-Za-z0-9_-]*$/.test(s) || s.length % 4 === 1) {
     throw new TypeError('not a base64url string');
@@ -43,6 +52,7 @@ export function fromB64url(s) {
   const bin = atob(b64);
   const out = new Uint8Array(bin.length);
   for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
+  if (toB64url(out) !== s) throw new TypeError('not canonical base64url (non-zero trailing bits)');
   return out;
 }
 

@@ -102,7 +102,8 @@ export async function signRegistration(identity, handle, server, ts) {
 
 /**
  * verifyRecord checks a handle record from GET /v1/u or /v1/by-primary: the
- * registration is signed by the primary and names the same handle and server.
+ * registration is a v1 kez.chat.register payload with a valid handle, signed
+ * by the primary, naming the same handle, primary and server.
  * It returns the record, or throws ProtocolError.
  */
 export async function verifyRecord(record, expect = {}) {
@@ -111,7 +112,11 @@ export async function verifyRecord(record, expect = {}) {
   if (!p || !reg.signature || reg.signature.alg !== 'ed25519') {
     throw new ProtocolError('bad_signature', 'the server sent a handle record without an ed25519 registration');
   }
-  if (p.type !== REGISTER_TYPE || p.handle !== record.handle || p.primary !== record.primary || p.server !== record.server) {
+  if (p.v !== 1 || p.type !== REGISTER_TYPE) {
+    throw new ProtocolError('bad_request', 'the registration is not a v1 kez.chat.register payload');
+  }
+  if (!validHandle(p.handle)) throw new ProtocolError('invalid_handle', 'the registration names an invalid handle');
+  if (p.handle !== record.handle || p.primary !== record.primary || p.server !== record.server) {
     throw new ProtocolError('bad_signature', 'the handle record does not match its signed registration');
   }
   if (expect.handle && record.handle !== expect.handle) throw new ProtocolError('bad_request', 'the server answered for another handle');

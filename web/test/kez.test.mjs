@@ -112,6 +112,23 @@ test('handle records are verified', async () => {
   const forged = structuredClone(rec);
   forged.registration.payload.ts += 1;
   await assert.rejects(kez.verifyRecord(forged), /does not verify/);
+  // Signed by alice, but not a v1 registration, or of an invalid handle.
+  const alice = await kez.identityFromSeed(fromHex(V.alice.Seed));
+  const signed = async (changes) => {
+    const payload = { ...V.registration.body.payload, ...changes };
+    const sig = toHex(await kez.sign(alice.signKey, jcs(payload)));
+    return { ...rec, handle: payload.handle, registration: { payload, signature: { alg: 'ed25519', sig } } };
+  };
+  await kez.verifyRecord(await signed({}));
+  await assert.rejects(kez.verifyRecord(await signed({ v: 2 })), /not a v1/);
+  await assert.rejects(kez.verifyRecord(await signed({ v: '1' })), /not a v1/);
+  await assert.rejects(kez.verifyRecord(await signed({ type: 'kez.chat.other' })), /not a v1/);
+  for (const handle of ['Alice', 'a', 'al ice', '-al']) {
+    await assert.rejects(kez.verifyRecord(await signed({ handle })), /invalid handle/, handle);
+  }
+  const upper = structuredClone(rec);
+  upper.registration.signature.sig = upper.registration.signature.sig.toUpperCase();
+  await assert.rejects(kez.verifyRecord(upper), /not hex/);
 });
 
 test('auth strings and signatures', async () => {
@@ -173,6 +190,56 @@ test('envelope failures are reported, never returned as text', async () => {
   const unsigned = { v: 1, from: bad.from, to: bad.to, nonce: bad.nonce, ct: toB64url(ct) };
   const resigned = { ...unsigned, sig: toHex(await kez.sign(alice.signKey, jcs(unsigned))) };
   await assert.rejects(kez.openEnvelope(bob, resigned), /decryption failed/);
+});
+
+test('hex and base64url decoders accept only the canonical form', () => {
+  assert.deepEqual(fromHex('0aff'), new Uint8Array([10, 255]));
+  for (const bad of ['0AFF', '0aFf', 'abc', 'zz', ' 0a']) assert.throws(() => fromHex(bad), TypeError, bad);
+  assert.deepEqual(fromB64url('AA'), new Uint8Array([0]));
+  assert.deepEqual(fromB64url('AAA'), new Uint8Array([0, 0]));
+  assert.deepEqual(fromB64url('-_8'), new Uint8Array([251, 255]));
+  // Non-zero unused bits in the last character, padding, other alphabets, whitespace.
+  for (const bad of ['AB', 'AP', 'AAB', 'AAD', 'AA==', 'AAA=', '+/8', 'AA AA', 'AA\nAA', 'A']) {
+    assert.throws(() => fromB64url(bad), TypeError, JSON.stringify(bad));
+  }
+});
+
+// STRICT is an envelope alice → bob whose ct ends in a partial base64 group,
+// so it has unused bits to get wrong. client/strict_test.go builds the same
+// one (the same sig proves it) and must refuse the same variants.
+const STRICT_PLAINTEXT = '{"from_addr":"alice@kez.example","id":"strict-1","text":"hi","type":"text"}';
+const STRICT_SIG =
+  'ae2cd0c13da3ef528cd10761ef62497b7a32bffd9dfe65eae725d0200094025b105ecfbf70dbcf614de3c65857d41ebc7b9c071c0558e9759937f18510477b0b';
+
+test('cross-client: envelopes Go refuses for their encoding are refused here too', async () => {
+  const alice = await kez.identityFromSeed(fromHex(V.alice.Seed));
+  const bob = await kez.identityFromSeed(fromHex(V.bob.Seed));
+  const good = await kez.sealEnvelope(alice, bob.primary, STRICT_PLAINTEXT, fromHex(V.envelope.nonce_hex));
+  assert.equal(good.sig, STRICT_SIG, 'the same envelope as the Go test');
+  assert.notEqual(good.ct.length % 4, 0);
+  assert.equal((await kez.openEnvelope(bob, good)).plaintext.id, 'strict-1');
+  // Each variant carries a valid signature by alice over its own fields, so
+  // only the encoding is wrong: a lenient decoder would open every one.
+  const resign = async (fields) => {
+    const u = { v: 1, from: good.from, to: good.to, nonce: good.nonce, ct: good.ct, ...fields };
+    return { ...u, sig: toHex(await kez.sign(alice.signKey, jcs(u))) };
+  };
+  const B64 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
+  const last = B64.indexOf(good.ct.at(-1));
+  const cases = {
+    'uppercase sig': { ...good, sig: good.sig.toUpperCase() },
+    'ct with non-zero trailing bits': await resign({ ct: good.ct.slice(0, -1) + B64[last + 1] }),
+    'ct with padding': await resign({ ct: good.ct + '='.repeat(4 - (good.ct.length % 4)) }),
+  };
+  const looseHex = (h) => Uint8Array.from(h.match(/../g), (x) => parseInt(x, 16));
+  for (const [name, env] of Object.entries(cases)) {
+    const signed = jcs({ v: env.v, from: env.from, to: env.to, nonce: env.nonce, ct: env.ct });
+    assert.ok(await kez.verify(alice.publicKey, utf8(signed), looseHex(env.sig)), `${name}: validly signed`);
+    await assert.rejects(kez.openEnvelope(bob, env), /malformed/, name);
+  }
+  // Go's decoder skips CR and LF inside base64, so this one opens there but
+  // not here (JCS writes the newline as \n, Go's SignedBytes copies it).
+  await assert.rejects(kez.openEnvelope(bob, await resign({ nonce: good.nonce.slice(0, 8) + '\n' + good.nonce.slice(8) })), /malformed/);
 });
 
 test('round trip with fresh identities', async () => {
