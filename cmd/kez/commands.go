@@ -263,18 +263,25 @@ var inboxCmd = &command{
 		if err != nil {
 			return err
 		}
+		cur, err := loadCursor(e.dir, acct)
+		if err != nil {
+			return err
+		}
 		ctx, cancel := context.WithTimeout(ctx, requestTimeout)
 		defer cancel()
-		p := newPrinter(c, e.stdout)
+		p := newPrinter(c, e.stdout, cur)
 		since, shown := e.uint("since"), 0
 		for {
+			// A page may end before limit (the server caps its bytes too):
+			// only More says whether another follows.
 			page, err := c.Inbox(ctx, since, int(min(e.uint("limit"), 500)))
 			if err != nil {
 				return notOnServer(err, acct)
 			}
 			for _, m := range page.Messages {
-				p.print(ctx, m)
-				shown++
+				if p.print(ctx, m) {
+					shown++
+				}
 			}
 			if !page.More || page.NextSince <= since {
 				break
@@ -283,19 +290,13 @@ var inboxCmd = &command{
 		}
 		if shown == 0 {
 			fmt.Fprintln(e.stdout, "no messages")
+		}
+		if p.lastSeq == 0 {
 			return nil
 		}
-		return e.advanceCursor(acct, p.lastSeq)
+		cur.LastSeq = max(cur.LastSeq, p.lastSeq) // never back
+		return cur.save(e.dir)
 	},
-}
-
-// advanceCursor records seq as shown, never moving the cursor back.
-func (e *env) advanceCursor(acct *account, seq uint64) error {
-	last, err := loadCursor(e.dir, acct)
-	if err != nil || seq <= last {
-		return err
-	}
-	return saveCursor(e.dir, acct, seq)
 }
 
 var listenCmd = &command{
@@ -310,14 +311,15 @@ var listenCmd = &command{
 		if err != nil {
 			return err
 		}
-		since, err := loadCursor(e.dir, acct)
+		cur, err := loadCursor(e.dir, acct)
 		if err != nil {
 			return err
 		}
+		since := cur.LastSeq
 		if e.isSet("since") {
 			since = e.uint("since")
 		}
-		p := newPrinter(c, e.stdout)
+		p := newPrinter(c, e.stdout, cur)
 		connected := false
 		err = c.Stream(ctx, client.StreamOptions{
 			Since: since,
@@ -334,7 +336,8 @@ var listenCmd = &command{
 			},
 		}, func(m client.Message) error {
 			p.print(ctx, m)
-			return saveCursor(e.dir, acct, m.Seq)
+			cur.LastSeq = m.Seq
+			return cur.save(e.dir)
 		})
 		if ctx.Err() != nil {
 			return nil // Ctrl-C is how listening ends
@@ -352,10 +355,11 @@ var ackCmd = &command{
 		if err != nil {
 			return err
 		}
-		upto, err := loadCursor(e.dir, acct)
+		cur, err := loadCursor(e.dir, acct)
 		if err != nil {
 			return err
 		}
+		upto := cur.LastSeq
 		if len(args) == 1 {
 			upto, err = strconv.ParseUint(strings.TrimPrefix(args[0], "#"), 10, 64)
 			if err != nil {

@@ -1,14 +1,17 @@
 package main
 
 import (
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 
 	"github.com/kezchat/kez/kez"
 )
@@ -17,7 +20,8 @@ import (
 //
 //	key.json      the seed, the only secret (0600)
 //	account.json  which server and handle this key is registered as
-//	cursor.json   the last seq shown, so listen resumes across restarts
+//	cursor.json   the last seq shown, so listen resumes across restarts, and
+//	              which recent messages were shown, so a replay is not
 const (
 	keyFile     = "key.json"
 	accountFile = "account.json"
@@ -129,31 +133,61 @@ func saveAccount(dir string, a *account) error {
 	return writeFileAtomic(dir, accountFile, append(data, '\n'), 0o600)
 }
 
-// cursor is the last seq shown to the user for one account. It is tied to
-// server and handle so that registering elsewhere starts from the beginning.
+// cursor is what this account has been shown: the last seq, so listen
+// resumes across restarts, and a digest of the sender and id of recent
+// messages with the seq each was first shown at, so that a replayed envelope
+// (the same message stored again under a new seq) is shown once, also by a
+// later run. It is tied to server and handle so that registering elsewhere
+// starts from the beginning.
 type cursor struct {
-	Server  string `json:"server"`
-	Handle  string `json:"handle"`
-	LastSeq uint64 `json:"last_seq"`
+	Server  string            `json:"server"`
+	Handle  string            `json:"handle"`
+	LastSeq uint64            `json:"last_seq"`
+	Shown   map[string]uint64 `json:"shown,omitempty"` // shownKey → seq first shown at
 }
 
-func loadCursor(dir string, a *account) (uint64, error) {
+// loadCursor reads the cursor of account a; a missing file or one of
+// another account gives a fresh cursor.
+func loadCursor(dir string, a *account) (*cursor, error) {
 	var c cursor
-	if err := readJSON(dir, cursorFile, &c); err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return 0, nil
-		}
-		return 0, err
+	if err := readJSON(dir, cursorFile, &c); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
 	}
 	if c.Server != a.Server || c.Handle != a.Handle {
-		return 0, nil
+		c = cursor{Server: a.Server, Handle: a.Handle}
 	}
-	return c.LastSeq, nil
+	if c.Shown == nil {
+		c.Shown = map[string]uint64{}
+	}
+	return &c, nil
 }
 
-func saveCursor(dir string, a *account, seq uint64) error {
-	data, _ := json.Marshal(cursor{Server: a.Server, Handle: a.Handle, LastSeq: seq})
+func (c *cursor) save(dir string) error {
+	data, _ := json.Marshal(c)
 	return writeFileAtomic(dir, cursorFile, append(data, '\n'), 0o600)
+}
+
+// maxShown bounds the messages a cursor remembers (about 45 bytes each in
+// cursor.json); a replay of an older one would be shown again.
+const maxShown = 2000
+
+// firstShowing reports whether the message id from the sender primary,
+// stored at seq, is to be shown: it was not shown before, or was first shown
+// at this same seq (inbox listing again what it listed before). SPEC §3:
+// clients de-duplicate by id, here per sender as in the web client.
+func (c *cursor) firstShowing(from, id string, seq uint64) bool {
+	sum := sha256.Sum256([]byte(from + "|" + id))
+	k := hex.EncodeToString(sum[:16])
+	if first, ok := c.Shown[k]; ok {
+		return first == seq
+	}
+	c.Shown[k] = seq
+	if len(c.Shown) > maxShown+maxShown/4 {
+		seqs := slices.Sorted(maps.Values(c.Shown))
+		oldestKept := seqs[len(seqs)-maxShown]
+		maps.DeleteFunc(c.Shown, func(_ string, s uint64) bool { return s < oldestKept })
+	}
+	return true
 }
 
 func readJSON(dir, name string, v any) error {

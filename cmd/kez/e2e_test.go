@@ -247,6 +247,55 @@ func TestCLITwoUsersChat(t *testing.T) {
 	}
 }
 
+// TestCLIReplayShownOnce: the same envelope stored again under a new seq is
+// shown once, also by a later run, by inbox and by listen.
+func TestCLIReplayShownOnce(t *testing.T) {
+	srv := clienttest.Start(t, "")
+	alice, bob := newUser(t), newUser(t)
+	alice.must("", "init")
+	bob.must("", "init")
+	alice.must("registered", "register", "alice", "--server", srv.URL)
+	bob.must("registered", "register", "bob", "--server", srv.URL)
+
+	keys, err := loadKey(alice.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	ac, _ := client.New(srv.URL, client.Options{Keys: keys, Handle: "alice"})
+	r, err := ac.Recipient(ctx, "bob")
+	if err != nil {
+		t.Fatal(err)
+	}
+	link, _ := keys.LinkTo(r.Primary)
+	env, _ := link.Seal(kez.NewTextMessage("alice@"+srv.Name, "only once", time.Now().UnixMilli()).Marshal())
+	replay := func() {
+		t.Helper()
+		if _, err := ac.PostEnvelope(ctx, "bob", env.AppendJSON(nil)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	replay()
+	replay()
+	if out := bob.must("only once", "inbox"); strings.Count(out, "only once") != 1 {
+		t.Errorf("inbox shows a replay twice:\n%s", out)
+	}
+	bob.must("deleted 2 message(s)", "ack")
+	// A later run remembers what was shown.
+	replay()
+	if out := bob.must("", "inbox"); strings.Contains(out, "only once") {
+		t.Errorf("a later inbox shows the replay again:\n%s", out)
+	}
+	l := bob.listen()
+	replay()
+	alice.must("sent", "send", "bob", "something new")
+	if got := l.expect(l.stdout, "#"); !strings.HasSuffix(got, ": something new") {
+		t.Errorf("listen printed %q first, want the new message (not the replay)", got)
+	}
+	l.quiet()
+	l.stop()
+}
+
 func TestCLIServerGone(t *testing.T) {
 	srv := clienttest.Start(t, "")
 	u := newUser(t)

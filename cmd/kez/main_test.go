@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -228,6 +229,37 @@ func TestDescribe(t *testing.T) {
 	}
 }
 
+func TestFirstShowing(t *testing.T) {
+	const bob = "ed25519:3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c"
+	c := &cursor{Shown: map[string]uint64{}}
+	for _, step := range []struct {
+		from, id string
+		seq      uint64
+		want     bool
+	}{
+		{alicePrimary, "m-1", 5, true},
+		{alicePrimary, "m-1", 9, false}, // the same message stored again: a replay
+		{alicePrimary, "m-1", 5, true},  // inbox listing seq 5 again
+		{bob, "m-1", 10, true},          // another sender may use the same id
+		{alicePrimary, "m-2", 11, true},
+	} {
+		if got := c.firstShowing(step.from, step.id, step.seq); got != step.want {
+			t.Errorf("firstShowing(%.12s, %q, %d) = %v, want %v", step.from, step.id, step.seq, got, step.want)
+		}
+	}
+	// Bounded: the oldest go first, the newest stay.
+	for i := range uint64(3 * maxShown) {
+		c.firstShowing(bob, fmt.Sprint("n-", i), 100+i)
+	}
+	if len(c.Shown) > maxShown+maxShown/4 || len(c.Shown) < maxShown {
+		t.Errorf("%d messages remembered, want %d to %d", len(c.Shown), maxShown, maxShown+maxShown/4)
+	}
+	last := uint64(100 + 3*maxShown - 1)
+	if c.firstShowing(bob, fmt.Sprint("n-", last-100), last+1) {
+		t.Error("the newest message was forgotten")
+	}
+}
+
 func TestCursorAndAccountFiles(t *testing.T) {
 	dir := t.TempDir()
 	a := &account{Server: "http://x", ServerName: "x", Handle: "alice", Primary: alicePrimary}
@@ -238,19 +270,22 @@ func TestCursorAndAccountFiles(t *testing.T) {
 	if err != nil || *got != *a {
 		t.Fatalf("account round trip = %+v, %v", got, err)
 	}
-	if seq, err := loadCursor(dir, a); seq != 0 || err != nil {
-		t.Errorf("fresh cursor = %d, %v", seq, err)
+	cur, err := loadCursor(dir, a)
+	if err != nil || cur.LastSeq != 0 || len(cur.Shown) != 0 {
+		t.Errorf("fresh cursor = %+v, %v", cur, err)
 	}
-	if err := saveCursor(dir, a, 42); err != nil {
+	cur.LastSeq = 42
+	cur.firstShowing(alicePrimary, "m-1", 40)
+	if err := cur.save(dir); err != nil {
 		t.Fatal(err)
 	}
-	if seq, _ := loadCursor(dir, a); seq != 42 {
-		t.Errorf("cursor = %d, want 42", seq)
+	if cur, _ := loadCursor(dir, a); cur.LastSeq != 42 || cur.firstShowing(alicePrimary, "m-1", 41) {
+		t.Errorf("cursor = %+v, want 42 and m-1 shown", cur)
 	}
 	other := *a
 	other.Handle = "bob"
-	if seq, _ := loadCursor(dir, &other); seq != 0 {
-		t.Errorf("another account's cursor = %d, want 0", seq)
+	if cur, _ := loadCursor(dir, &other); cur.LastSeq != 0 || len(cur.Shown) != 0 {
+		t.Errorf("another account's cursor = %+v, want a fresh one", cur)
 	}
 	os.WriteFile(filepath.Join(dir, cursorFile), []byte("{"), 0o600)
 	if _, err := loadCursor(dir, a); err == nil || !strings.Contains(err.Error(), "damaged") {

@@ -24,39 +24,35 @@ type printer struct {
 	c       *client.Client
 	out     io.Writer
 	senders map[string]string // primary → verified address, "" if none
-	seenIDs map[string]bool   // message ids already shown (SPEC §3: dedupe by id)
+	shown   *cursor           // what was shown, this run and before (replays are skipped)
 	lastSeq uint64
 }
 
-func newPrinter(c *client.Client, out io.Writer) *printer {
-	return &printer{c: c, out: out, senders: map[string]string{}, seenIDs: map[string]bool{}}
+func newPrinter(c *client.Client, out io.Writer, shown *cursor) *printer {
+	return &printer{c: c, out: out, senders: map[string]string{}, shown: shown}
 }
 
-// maxSeenIDs bounds the dedupe set of a long-running listen.
-const maxSeenIDs = 10000
-
-func (p *printer) print(ctx context.Context, m client.Message) {
+// print writes m unless it is a message already shown under another seq,
+// and reports whether it wrote anything.
+func (p *printer) print(ctx context.Context, m client.Message) bool {
 	p.lastSeq = max(p.lastSeq, m.Seq)
 	when := time.UnixMilli(m.ReceivedAt).Local().Format("2006-01-02 15:04:05")
 	got, err := p.c.Open(m)
 	if err != nil {
 		fmt.Fprintf(p.out, "#%d %s [%s]\n", m.Seq, when, safeText(err.Error()))
-		return
+		return true
 	}
-	if p.seenIDs[got.Plaintext.ID] {
-		return
+	if !p.shown.firstShowing(got.From, got.Plaintext.ID, m.Seq) {
+		return false
 	}
-	if len(p.seenIDs) >= maxSeenIDs {
-		clear(p.seenIDs)
-	}
-	p.seenIDs[got.Plaintext.ID] = true
 	from := p.sender(ctx, got.From, got.Plaintext.FromAddr)
 	if got.Plaintext.Type != kez.PlaintextText {
 		fmt.Fprintf(p.out, "#%d %s %s: [a %q message, which this client cannot show]\n", m.Seq, when, from, safeText(got.Plaintext.Type))
-		return
+		return true
 	}
 	text := strings.ReplaceAll(safeText(got.Plaintext.Text), "\n", "\n    ")
 	fmt.Fprintf(p.out, "#%d %s %s: %s\n", m.Seq, when, from, text)
+	return true
 }
 
 // sender names who signed: the address the server has bound to the primary,
