@@ -28,6 +28,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -251,6 +252,7 @@ func main() {
 	flag.IntVar(&cfg.LargeSenders, "large-senders", cfg.LargeSenders, "scenario 4: concurrent senders")
 	flag.DurationVar(&cfg.DrainTimeout, "drain", cfg.DrainTimeout, "wait at most this long for deliveries after sending")
 	flag.DurationVar(&cfg.Timeout, "timeout", cfg.Timeout, "give up on the whole run after this long")
+	cpuProfile := flag.String("cpuprofile", "", "write kezbench's own CPU profile here (the load tool shares the CPUs with the server)")
 	flag.Parse()
 	cfg.Run = nil
 	for _, s := range strings.Split(run, ",") {
@@ -266,6 +268,17 @@ func main() {
 	} else if slices.Contains(cfg.Run, 3) && n < uint64(cfg.IdleStreams)+1000 {
 		fmt.Fprintf(os.Stderr, "kezbench: warning: only %d open files allowed; %d streams need more (raise the hard limit: ulimit -Hn)\n", n, cfg.IdleStreams)
 	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err == nil {
+			err = pprof.StartCPUProfile(f)
+		}
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "kezbench: -cpuprofile: %v\n", err)
+			os.Exit(2)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	rep, err := Run(ctx, cfg, os.Stderr)
@@ -280,10 +293,16 @@ func main() {
 	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "kezbench: %v\n", err)
-		os.Exit(1)
+		exit(1)
 	}
 	if !rep.OK {
 		fmt.Fprintf(os.Stderr, "kezbench: problems:\n  %s\n", strings.Join(rep.Problems, "\n  "))
-		os.Exit(1)
+		exit(1)
 	}
+}
+
+// exit ends the process after flushing the CPU profile, if one is written.
+func exit(code int) {
+	pprof.StopCPUProfile()
+	os.Exit(code)
 }
