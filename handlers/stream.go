@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/kezchat/kez/hub"
 	"github.com/kezchat/kez/kez"
 	"github.com/kezchat/kez/storage"
 )
@@ -140,12 +141,13 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request, arg string) {
 
 	ping := time.NewTicker(h.cfg.Keepalive)
 	defer ping.Stop()
+	var evs []hub.Event
 	for {
 		select {
-		case ev := <-sub.C:
-			// Write this event and whatever else is already queued, then
-			// flush once.
-			for queued := true; queued; {
+		case <-sub.Ready():
+			// Write everything queued, then flush once.
+			evs = sub.Take(evs[:0])
+			for _, ev := range evs {
 				if ev.Seq > cursor {
 					sw.event(ev.Seq, ev.Data)
 					cursor = ev.Seq
@@ -153,11 +155,10 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request, arg string) {
 						return
 					}
 				}
-				select {
-				case ev = <-sub.C:
-				default:
-					queued = false
-				}
+			}
+			clear(evs) // let the messages go while the stream idles
+			if cap(evs) > 8 {
+				evs = nil // and the buffer of a burst
 			}
 			if !sw.flush() {
 				return

@@ -4,7 +4,10 @@
 // resumes from storage.
 package hub
 
-import "sync"
+import (
+	"slices"
+	"sync"
+)
 
 // BufferSize is how many undelivered events a subscriber may hold.
 const BufferSize = 64
@@ -16,14 +19,54 @@ type Event struct {
 	Data []byte
 }
 
-// Subscription receives a handle's events until Done is closed.
+// Subscription receives a handle's events until Done is closed: wait for
+// Ready, then Take what is queued. An idle subscription holds no buffer, so
+// thousands of quiet streams cost little; the queue is allocated as events
+// arrive and dropped again once it has been taken.
 type Subscription struct {
-	C      <-chan Event
-	c      chan Event
+	ready  chan struct{} // holds a token while events may be queued
 	done   chan struct{}
 	once   sync.Once
 	handle string
 	reason string
+
+	mu    sync.Mutex
+	queue []Event // at most BufferSize
+}
+
+// Ready receives when events may be queued; call Take then.
+func (s *Subscription) Ready() <-chan struct{} { return s.ready }
+
+// Take appends the queued events to dst, oldest first, and empties the
+// queue. After the subscription ended, it still returns what was queued.
+func (s *Subscription) Take(dst []Event) []Event {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	dst = append(dst, s.queue...)
+	if cap(s.queue) > 4 {
+		s.queue = nil // a burst is over: do not keep its buffer while idle
+	} else {
+		clear(s.queue)
+		s.queue = s.queue[:0]
+	}
+	return dst
+}
+
+// offer queues ev unless the queue is full.
+func (s *Subscription) offer(ev Event) bool {
+	s.mu.Lock()
+	full := len(s.queue) >= BufferSize
+	if !full {
+		s.queue = append(s.queue, ev)
+	}
+	s.mu.Unlock()
+	if !full {
+		select {
+		case s.ready <- struct{}{}:
+		default: // a token is already waiting
+		}
+	}
+	return !full
 }
 
 // Done is closed when the subscription ends: overflow, Unsubscribe or Close.
@@ -54,30 +97,24 @@ func (s *Subscription) end(reason string) {
 // Hub fans events out to subscribers.
 type Hub struct {
 	mu     sync.RWMutex
-	subs   map[string]map[*Subscription]struct{}
+	subs   map[string][]*Subscription // a handle's few subscriptions
 	closed bool
 }
 
 // New returns an empty hub.
-func New() *Hub { return &Hub{subs: map[string]map[*Subscription]struct{}{}} }
+func New() *Hub { return &Hub{subs: map[string][]*Subscription{}} }
 
 // Subscribe starts receiving events for handle. On a closed hub the
 // subscription is already done.
 func (h *Hub) Subscribe(handle string) *Subscription {
-	c := make(chan Event, BufferSize)
-	s := &Subscription{C: c, c: c, done: make(chan struct{}), handle: handle}
+	s := &Subscription{ready: make(chan struct{}, 1), done: make(chan struct{}), handle: handle}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.closed {
 		s.end(reasonClosed)
 		return s
 	}
-	set := h.subs[handle]
-	if set == nil {
-		set = map[*Subscription]struct{}{}
-		h.subs[handle] = set
-	}
-	set[s] = struct{}{}
+	h.subs[handle] = append(h.subs[handle], s)
 	return s
 }
 
@@ -90,12 +127,18 @@ func (h *Hub) Unsubscribe(s *Subscription) {
 }
 
 func (h *Hub) remove(s *Subscription) {
-	if set := h.subs[s.handle]; set != nil {
-		delete(set, s)
-		if len(set) == 0 {
-			delete(h.subs, s.handle)
-		}
+	set := h.subs[s.handle]
+	i := slices.Index(set, s)
+	if i < 0 {
+		return
 	}
+	if len(set) == 1 {
+		delete(h.subs, s.handle)
+		return
+	}
+	// Publish reads the slice only under the read lock and remove runs
+	// under the write lock, so it is edited in place.
+	h.subs[s.handle] = slices.Delete(set, i, i+1)
 }
 
 // Publish hands ev to every subscriber of handle without blocking. Callers
@@ -103,10 +146,8 @@ func (h *Hub) remove(s *Subscription) {
 func (h *Hub) Publish(handle string, ev Event) {
 	var full []*Subscription
 	h.mu.RLock()
-	for s := range h.subs[handle] {
-		select {
-		case s.c <- ev:
-		default:
+	for _, s := range h.subs[handle] {
+		if !s.offer(ev) {
 			full = append(full, s)
 		}
 	}
@@ -142,11 +183,11 @@ func (h *Hub) Subscribers(handle string) int {
 func (h *Hub) Close() {
 	h.mu.Lock()
 	subs := h.subs
-	h.subs = map[string]map[*Subscription]struct{}{}
+	h.subs = map[string][]*Subscription{}
 	h.closed = true
 	h.mu.Unlock()
 	for _, set := range subs {
-		for s := range set {
+		for _, s := range set {
 			s.end(reasonClosed)
 		}
 	}

@@ -6,15 +6,26 @@ import (
 	"time"
 )
 
+// pending holds events taken from a subscription but not yet returned by recv.
+var pending = map[*Subscription][]Event{}
+
+// recv returns the subscription's next event, one at a time.
 func recv(t *testing.T, s *Subscription) Event {
 	t.Helper()
-	select {
-	case ev := <-s.C:
-		return ev
-	case <-time.After(2 * time.Second):
-		t.Fatal("no event")
+	if len(pending[s]) == 0 {
+		select {
+		case <-s.Ready():
+			pending[s] = s.Take(pending[s])
+		case <-time.After(2 * time.Second):
+			t.Fatal("no event")
+		}
 	}
-	return Event{}
+	if len(pending[s]) == 0 {
+		t.Fatal("Ready without events")
+	}
+	ev := pending[s][0]
+	pending[s] = pending[s][1:]
+	return ev
 }
 
 func TestFanOutToEverySubscriberOfTheHandle(t *testing.T) {
@@ -28,8 +39,8 @@ func TestFanOutToEverySubscriberOfTheHandle(t *testing.T) {
 		t.Fatalf("a2 got %+v", ev)
 	}
 	select {
-	case ev := <-b.C:
-		t.Fatalf("bob got alice's event %+v", ev)
+	case <-b.Ready():
+		t.Fatalf("bob got alice's events %+v", b.Take(nil))
 	default:
 	}
 	if n := h.Subscribers("alice"); n != 2 {
@@ -79,6 +90,35 @@ func TestOverflowDisconnectsOnlyTheSlowSubscriber(t *testing.T) {
 	}
 }
 
+// Take drains everything queued at once, and an idle subscription does not
+// keep the buffer of a past burst.
+func TestTakeDrainsAndForgetsBursts(t *testing.T) {
+	h := New()
+	s := h.Subscribe("alice")
+	for i := 1; i <= 10; i++ {
+		h.Publish("alice", Event{Seq: uint64(i)})
+	}
+	<-s.Ready()
+	evs := s.Take(nil)
+	if len(evs) != 10 || evs[0].Seq != 1 || evs[9].Seq != 10 {
+		t.Fatalf("took %+v", evs)
+	}
+	if s.queue != nil {
+		t.Fatalf("idle subscription keeps a queue of capacity %d", cap(s.queue))
+	}
+	select {
+	case <-s.Ready():
+		if evs := s.Take(nil); len(evs) != 0 {
+			t.Fatalf("taken twice: %+v", evs)
+		}
+	default:
+	}
+	h.Publish("alice", Event{Seq: 11})
+	if ev := recv(t, s); ev.Seq != 11 {
+		t.Fatalf("got %d after a burst", ev.Seq)
+	}
+}
+
 func TestCloseEndsEverything(t *testing.T) {
 	h := New()
 	s := h.Subscribe("alice")
@@ -124,11 +164,13 @@ func BenchmarkPublish1000Subscribers(b *testing.B) {
 		subs = append(subs, h.Subscribe("alice"))
 	}
 	ev := Event{Seq: 1, Data: make([]byte, 1024)}
+	var buf []Event
 	b.ResetTimer()
 	for range b.N {
 		h.Publish("alice", ev)
 		for _, s := range subs {
-			<-s.C
+			<-s.Ready()
+			buf = s.Take(buf[:0])
 		}
 	}
 }
