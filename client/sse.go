@@ -3,6 +3,8 @@ package client
 import (
 	"bufio"
 	"bytes"
+	"errors"
+	"fmt"
 	"io"
 	"strconv"
 	"time"
@@ -32,21 +34,31 @@ type sseReader struct {
 	onRetry func(time.Duration)
 }
 
-// maxSSELine bounds one line: a data line carries a whole envelope.
-const maxSSELine = 16 << 20
+// maxSSELine bounds one line: a data line carries a whole envelope, which
+// the server caps at 16 MiB (max_envelope), plus the message around it.
+const maxSSELine = 16<<20 + 64<<10
+
+// errSSELineTooLong is next's error for a line over maxSSELine. Reading the
+// stream again from the same since would meet the same line, so it is not a
+// network error to retry.
+var errSSELineTooLong = fmt.Errorf("an event line is longer than %d bytes", maxSSELine)
 
 func newSSEReader(r io.Reader) *sseReader {
 	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 0, 4096), maxSSELine)
+	// One byte more than the longest line, for its line end.
+	sc.Buffer(make([]byte, 0, 4096), maxSSELine+1)
 	sc.Split(sseLineSplitter())
 	return &sseReader{lines: sc, onLine: func() {}, onRetry: func(time.Duration) {}}
 }
 
 // sseLineSplitter returns a bufio.SplitFunc for lines ended by CRLF, LF or
 // a lone CR. A CR ends its line at once (an event must not wait for the next
-// byte); an LF right after it is then skipped.
+// byte); an LF right after it is then skipped. A long line arrives in many
+// reads; each call searches only the bytes that are new since the last, so
+// a 16 MiB line costs linear time, not quadratic.
 func sseLineSplitter() bufio.SplitFunc {
 	afterCR := false
+	scanned := 0 // the bytes of data known to hold no line end
 	return func(data []byte, atEOF bool) (int, []byte, error) {
 		if afterCR && len(data) > 0 {
 			afterCR = false
@@ -54,16 +66,33 @@ func sseLineSplitter() bufio.SplitFunc {
 				return 1, nil, nil
 			}
 		}
-		i := bytes.IndexAny(data, "\r\n")
+		i := lineEnd(data[scanned:])
 		if i < 0 {
 			if atEOF && len(data) > 0 {
+				scanned = 0
 				return len(data), data, nil // a last line without its end; next drops the event
 			}
+			scanned = len(data) // the Scanner calls again with these bytes and more
 			return 0, nil, nil
 		}
+		i += scanned
+		scanned = 0
 		afterCR = data[i] == '\r'
 		return i + 1, data[:i], nil
 	}
+}
+
+// lineEnd is the index of the first CR or LF in b, or -1.
+func lineEnd(b []byte) int {
+	lf := bytes.IndexByte(b, '\n')
+	before := b
+	if lf >= 0 {
+		before = b[:lf]
+	}
+	if cr := bytes.IndexByte(before, '\r'); cr >= 0 {
+		return cr
+	}
+	return lf
 }
 
 // next returns the next event, or the read error (io.EOF when the stream
@@ -103,6 +132,9 @@ func (s *sseReader) next() (sseEvent, error) {
 		}
 	}
 	if err := s.lines.Err(); err != nil {
+		if errors.Is(err, bufio.ErrTooLong) {
+			return sseEvent{}, errSSELineTooLong
+		}
 		return sseEvent{}, err
 	}
 	return sseEvent{}, io.EOF

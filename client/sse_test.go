@@ -99,6 +99,24 @@ func TestSSELongLine(t *testing.T) {
 	}
 }
 
+func TestSSELineLimit(t *testing.T) {
+	// A 16 MiB envelope (the server's largest max_envelope) in its message.
+	envelope := `{"ct":"` + strings.Repeat("A", 16<<20-8) + `"}`
+	msg := `{"seq":1,"envelope":` + envelope + `,"received_at":1764115200123}`
+	r := newSSEReader(strings.NewReader("id: 1\nevent: message\ndata: " + msg + "\n\n"))
+	if ev, err := r.next(); err != nil || len(ev.Data) != len(msg) {
+		t.Fatalf("a 16 MiB envelope: %v, %d bytes", err, len(ev.Data))
+	}
+	// The longest line allowed, and one byte more.
+	exact := "data: " + strings.Repeat("x", maxSSELine-len("data: "))
+	if ev, err := newSSEReader(strings.NewReader(exact + "\r\n\r\n")).next(); err != nil || len(ev.Data) != maxSSELine-6 {
+		t.Fatalf("a line of maxSSELine bytes: %v, %d bytes", err, len(ev.Data))
+	}
+	if _, err := newSSEReader(strings.NewReader(exact + "x\n\n")).next(); !errors.Is(err, errSSELineTooLong) {
+		t.Fatalf("a line over maxSSELine: %v, want errSSELineTooLong", err)
+	}
+}
+
 func assertEvents(t *testing.T, got, want []sseEvent) {
 	t.Helper()
 	if len(got) != len(want) {

@@ -163,6 +163,9 @@ func (c *Client) streamOnce(ctx context.Context, s *streamState, opts StreamOpti
 			if errors.Is(err, io.EOF) {
 				return ended(ErrStreamEnded)
 			}
+			if errors.Is(err, errSSELineTooLong) {
+				return ended(&ProtocolError{URL: c.base + path, Reason: err.Error()})
+			}
 			return ended(c.idleOr(ctx, connCtx, &NetworkError{URL: c.base, Err: unwrapURLError(err)}))
 		}
 		if ev.Type != "message" {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -167,6 +168,39 @@ func TestStreamStopsOnPermanentErrors(t *testing.T) {
 		if CodeOf(err) != code {
 			t.Errorf("HTTP %d: Stream = %v", status, err)
 		}
+	}
+}
+
+// TestStreamStopsOnOverlongLine: a line over the limit would come again on
+// every reconnect from the same since, so it ends Stream with a
+// *ProtocolError instead of a retry loop.
+func TestStreamStopsOnOverlongLine(t *testing.T) {
+	keys := kez.GenerateKeys()
+	f := &fakeStreams{t: t, keys: keys, scripts: []func(http.ResponseWriter, func()){
+		func(w http.ResponseWriter, flush func()) {
+			event(w, 1)
+			fmt.Fprintf(w, "id: 2\nevent: message\ndata: %s\n\n", strings.Repeat("x", maxSSELine))
+			flush()
+		},
+		func(w http.ResponseWriter, flush func()) { event(w, 2) }, // not to be asked for
+	}}
+	c := streamClient(t, f, keys)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var got []uint64
+	err := c.Stream(ctx, StreamOptions{OnDisconnect: func(err error, _ time.Duration) { t.Errorf("retried after %v", err) }},
+		func(m Message) error {
+			got = append(got, m.Seq)
+			return nil
+		})
+	var protoErr *ProtocolError
+	if !errors.As(err, &protoErr) || !strings.Contains(protoErr.Reason, "longer than") {
+		t.Fatalf("Stream = %v, want a *ProtocolError about the line", err)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(got) != 1 || got[0] != 1 || len(f.sinces) != 1 {
+		t.Errorf("delivered %v over %d connections, want [1] over 1", got, len(f.sinces))
 	}
 }
 
