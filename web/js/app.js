@@ -724,7 +724,7 @@ function renderConversations(list) {
       el(
         'span',
         { class: 'convo-main' },
-        el('span', { class: 'convo-name', text: name }),
+        el('span', { class: c.handle || c.peer === UNVERIFIED ? 'convo-name' : 'convo-name key-name', text: name }),
         el('span', { class: 'convo-preview', text: preview }),
       ),
       el(
@@ -862,11 +862,13 @@ async function setActive(peer) {
   const conv = state.convos.get(peer);
   const name = displayName(conv);
   $('thread-title').textContent = name;
+  // What an unregistered key claims to be is shown on its messages only.
   $('thread-sub').textContent = conv.address
     ? conv.address
     : conv.peer === UNVERIFIED
       ? 'Messages whose sender could not be verified'
-      : `Key ${fingerprint(peer)}, not registered on this server — you can’t reply.` + (conv.claimed ? ` ${claimNote(conv.claimed)}.` : '');
+      : `Not registered on this server — you can’t reply. Key ${fingerprint(peer)}`;
+  $('thread-sub').title = $('thread-sub').textContent;
   paintAvatar($('thread-avatar'), avatarName(conv), peer);
   const canReply = !!conv.handle;
   $('thread-e2e').hidden = peer === UNVERIFIED;
