@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 )
 
 // EnvelopeInfo is the HKDF info and the first line of the AES-GCM additional
@@ -187,11 +188,11 @@ func (k *Keys) Open(env *Envelope) ([]byte, error) {
 	if err != nil {
 		return fail("from: %v", err)
 	}
-	nonce, err := b64.DecodeString(env.Nonce)
+	nonce, err := decodeB64url(env.Nonce)
 	if err != nil || len(nonce) != NonceSize {
 		return fail("nonce is not %d bytes of base64url", NonceSize)
 	}
-	ct, err := b64.DecodeString(env.CT)
+	ct, err := decodeB64url(env.CT)
 	if err != nil {
 		return fail("ct is not base64url")
 	}
@@ -222,6 +223,16 @@ func (k *Keys) Open(env *Envelope) ([]byte, error) {
 		return fail("ciphertext does not authenticate")
 	}
 	return plaintext, nil
+}
+
+// decodeB64url decodes strict unpadded base64url. Go's decoder skips CR and
+// LF even in strict mode; those would make one envelope open here and not in
+// the browser, so they are refused too.
+func decodeB64url(s string) ([]byte, error) {
+	if strings.ContainsAny(s, "\r\n") {
+		return nil, errors.New("line breaks in base64url")
+	}
+	return b64.DecodeString(s)
 }
 
 // OpenJSON parses an envelope as relayed by the server and opens it. The
