@@ -33,6 +33,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		server        kez.lat
 //		public_url    https://kez.lat
 //		storage bolt  /var/lib/kez/chat.db  # optional block: { one_commit_per_message } (benchmarks only)
+//		# or: storage nats nats://a:4222 nats://b:4222 { creds <file>; tls_ca <file>; replicas 3; stream kez; timeout 5s }
 //		max_envelope  256KiB
 //		auth_skew     60s
 //		register_skew 5m
@@ -66,7 +67,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 		case "storage":
 			if !d.NextArg() {
-				return d.Errf("storage needs a backend: storage bolt <path>")
+				return d.Errf("storage needs a backend: storage bolt <path>, or storage nats <url>...")
 			}
 			switch d.Val() {
 			case "bolt":
@@ -90,8 +91,14 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 					}
 				}
 				h.Storage = &StorageConfig{Bolt: cfg}
+			case "nats":
+				cfg, err := parseNatsStorage(d)
+				if err != nil {
+					return err
+				}
+				h.Storage = &StorageConfig{Nats: cfg}
 			default:
-				return d.Errf("unknown storage backend %q (supported: bolt)", d.Val())
+				return d.Errf("unknown storage backend %q (supported: bolt, nats)", d.Val())
 			}
 		case "max_envelope":
 			val, err := oneArg(d)

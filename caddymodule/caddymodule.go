@@ -71,7 +71,7 @@ type Handler struct {
 	MaxStreams int `json:"max_streams,omitempty"`
 
 	api     *handlers.Handler
-	backend *backend
+	backend sharedStorage
 	log     *slog.Logger
 	stop    context.CancelFunc
 	stopped chan struct{} // closed when the janitor has returned
@@ -81,6 +81,8 @@ type Handler struct {
 type StorageConfig struct {
 	// A bbolt database file on local disk (the default backend).
 	Bolt *BoltConfig `json:"bolt,omitempty"`
+	// A NATS JetStream cluster shared by several Caddy instances.
+	Nats *NatsConfig `json:"nats,omitempty"`
 }
 
 // BoltConfig configures the bbolt backend.
@@ -112,11 +114,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.Validate(); err != nil {
 		return err
 	}
-	path, err := h.boltPath()
-	if err != nil {
-		return err
-	}
-	b, err := openBackend(path, h.boltOptions(), h.log)
+	b, err := h.openStorage()
 	if err != nil {
 		return err
 	}
@@ -156,7 +154,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		Registration:        h.Registration,
 		InviteFile:          h.InviteFile,
 		Counters:            counters,
-	}, b.store(), b.hub, h.log)
+	}, b.store(), b.liveHub(), h.log)
 
 	// Caddy emits "stopping" before it shuts its servers down, on reload
 	// and on exit. Ending streams then keeps a graceful shutdown (eternal by
@@ -278,6 +276,9 @@ func (h *Handler) janitor(ctx context.Context, store storage.Store) {
 
 // Validate checks the configuration.
 func (h *Handler) Validate() error {
+	if err := h.Storage.validate(); err != nil {
+		return err
+	}
 	if h.Server == "" {
 		return fmt.Errorf("kez_chat: server is required (the domain in addresses, e.g. chat.example.com)")
 	}

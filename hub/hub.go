@@ -180,11 +180,19 @@ func (h *Hub) Subscribers(handle string) int {
 }
 
 // Close ends every subscription; later ones end at once.
-func (h *Hub) Close() {
+func (h *Hub) Close() { h.endAll(true) }
+
+// EndAll ends every current subscription but stays open for new ones:
+// when the events can no longer be trusted to arrive (say, a shared
+// backend lost its connection), streams end and their clients resume
+// from storage.
+func (h *Hub) EndAll() { h.endAll(false) }
+
+func (h *Hub) endAll(close bool) {
 	h.mu.Lock()
 	subs := h.subs
 	h.subs = map[string][]*Subscription{}
-	h.closed = true
+	h.closed = h.closed || close
 	h.mu.Unlock()
 	for _, set := range subs {
 		for _, s := range set {

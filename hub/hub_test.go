@@ -132,6 +132,27 @@ func TestCloseEndsEverything(t *testing.T) {
 	h.Publish("alice", Event{Seq: 1}) // must not panic or block
 }
 
+func TestEndAllKeepsTheHubOpen(t *testing.T) {
+	h := New()
+	a, b := h.Subscribe("alice"), h.Subscribe("bob")
+	h.EndAll()
+	<-a.Done()
+	<-b.Done()
+	if n := h.Subscribers(""); n != 0 {
+		t.Fatalf("%d subscribers after EndAll", n)
+	}
+	again := h.Subscribe("alice")
+	h.Publish("alice", Event{Seq: 7})
+	if ev := recv(t, again); ev.Seq != 7 {
+		t.Fatalf("got seq %d", ev.Seq)
+	}
+	select {
+	case <-again.Done():
+		t.Fatal("a subscription after EndAll ended")
+	default:
+	}
+}
+
 func TestConcurrentPublishSubscribe(t *testing.T) {
 	h := New()
 	var wg sync.WaitGroup

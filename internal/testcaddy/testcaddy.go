@@ -105,6 +105,7 @@ type Options struct {
 	ServerName string // kez_chat server; default ServerName
 	KezOptions string // extra lines inside the kez_chat block
 	BoltBlock  string // lines of a block after "storage bolt <path>" (e.g. one_commit_per_message)
+	Storage    string // replaces the whole storage line when set, e.g. "storage nats nats://127.0.0.1:4222"
 	SiteExtra  string // extra lines in the site block (encode, reverse_proxy, log ...)
 	Global     string // extra lines in the global options block
 	// FileSizeLimit, when positive, caps every file the process writes
@@ -180,7 +181,7 @@ http://127.0.0.1:%d {
 	kez_chat {
 		server %s
 		public_url %s
-		storage bolt %s%s
+		%s
 		# Tests send and register faster than one person; limits are tested on their own.
 		register_rate off
 		send_rate off
@@ -191,7 +192,14 @@ http://127.0.0.1:%d {
 		fs kezweb
 	}
 }
-`, s.AdminAddr, opts.Global, s.Port, name, s.URL, s.DBPath, boltBlock(opts.BoltBlock), opts.KezOptions, opts.SiteExtra)
+`, s.AdminAddr, opts.Global, s.Port, name, s.URL, storageLine(s.DBPath, opts), opts.KezOptions, opts.SiteExtra)
+}
+
+func storageLine(dbPath string, opts Options) string {
+	if opts.Storage != "" {
+		return opts.Storage
+	}
+	return "storage bolt " + dbPath + boltBlock(opts.BoltBlock)
 }
 
 func boltBlock(lines string) string {

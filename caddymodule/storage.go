@@ -1,0 +1,55 @@
+package caddymodule
+
+import (
+	"fmt"
+
+	"github.com/kezchat/kez/hub"
+	"github.com/kezchat/kez/storage"
+)
+
+// sharedStorage is a backend from the usage pool: its store and its hub
+// outlive the config that opened them, until the last one releases them.
+type sharedStorage interface {
+	store() storage.Store
+	liveHub() *hub.Hub
+	release() error
+}
+
+func (b *backend) liveHub() *hub.Hub { return b.hub }
+
+// openStorage opens (or shares) the backend the config names: a bbolt file
+// by default, or a NATS JetStream cluster.
+func (h *Handler) openStorage() (sharedStorage, error) {
+	if h.Storage != nil && h.Storage.Nats != nil {
+		return openNatsBackend(h.Storage.Nats, limits{
+			replicas:  h.Storage.Nats.Replicas,
+			retention: h.retention(),
+			maxInbox:  h.maxInbox(),
+		}, h.log)
+	}
+	path, err := h.boltPath()
+	if err != nil {
+		return nil, err
+	}
+	b, err := openBackend(path, h.boltOptions(), h.log)
+	if err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// validate checks the storage choice.
+func (c *StorageConfig) validate() error {
+	if c == nil {
+		return nil
+	}
+	if c.Bolt != nil && c.Nats != nil {
+		return fmt.Errorf("kez_chat: storage: choose bolt or nats, not both")
+	}
+	if c.Nats != nil {
+		return c.Nats.validate()
+	}
+	return nil
+}
+
+var _ sharedStorage = (*backend)(nil)
