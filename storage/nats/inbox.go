@@ -23,11 +23,6 @@ const hdrReceivedAt = "Kez-Received-At"
 // hdrNumPending is how many matching messages follow, in direct batch get answers.
 const hdrNumPending = "Nats-Num-Pending"
 
-// maxAttempt bounds one publish attempt: after a leader is lost, a request
-// may go unanswered; it is retried (same message id, so stored once) until
-// the call's own timeout.
-const maxAttempt = time.Second
-
 // Append publishes the envelope to the handle's subject and returns once
 // the stream has stored it (on a quorum of replicas, each fsynced as the
 // servers' sync_interval says).
@@ -123,28 +118,16 @@ func (s *Store) countInbox(ctx context.Context, subj string) (count, last uint64
 }
 
 // publish sends msg to the stream and waits for its acknowledgement,
-// retrying what may succeed later (no leader, lost answer) until ctx ends.
+// retrying what may succeed later (no leader, lost answer) until ctx ends:
+// the message id makes a retry of a publish that was stored harmless.
 func (s *Store) publish(ctx context.Context, msg *natsio.Msg) (*pubAck, error) {
-	for attempt := 0; ; attempt++ {
-		actx, cancel := context.WithTimeout(ctx, maxAttempt)
-		reply, err := s.nc.RequestMsgWithContext(actx, msg)
-		cancel()
-		var ack *pubAck
-		if err == nil {
-			ack, err = decodeAck(reply)
-		} else {
-			err = netErr(err)
+	return retry(ctx, func(ctx context.Context) (*pubAck, error) {
+		reply, err := s.nc.RequestMsgWithContext(ctx, msg)
+		if err != nil {
+			return nil, netErr(err)
 		}
-		if err == nil || !temporary(err) || errors.Is(err, ErrUnavailable) {
-			return ack, err
-		}
-		if ctx.Err() != nil {
-			return nil, err
-		}
-		if serr := sleep(ctx, time.Duration(min(attempt+1, 10))*25*time.Millisecond); serr != nil {
-			return nil, err
-		}
-	}
+		return decodeAck(reply)
+	})
 }
 
 // fromStored decodes a message from the leader get API.
@@ -232,6 +215,20 @@ func (s *Store) Read(ctx context.Context, handle string, since uint64, limit int
 // readDirect is one direct batch get: up to limit messages of subj from
 // sequence since+1, and whether more are stored.
 func (s *Store) readDirect(ctx context.Context, subj string, since uint64, limit int) ([]storage.Message, bool, error) {
+	type page struct {
+		msgs []storage.Message
+		more bool
+	}
+	// A large page may take long to transfer: each attempt gets what is
+	// left of the call; only failures that come at once are retried.
+	p, err := retryEach(ctx, s.timeout, func(ctx context.Context) (page, error) {
+		msgs, more, err := s.readDirectOnce(ctx, subj, since, limit)
+		return page{msgs, more}, err
+	})
+	return p.msgs, p.more, err
+}
+
+func (s *Store) readDirectOnce(ctx context.Context, subj string, since uint64, limit int) ([]storage.Message, bool, error) {
 	req := natsio.NewMsg(s.apiPrefix + "DIRECT.GET." + s.inboxName)
 	req.Data = fmt.Appendf(nil, `{"seq":%d,"next_by_subj":%q,"batch":%d}`, since+1, subj, limit)
 	var status, desc, pending string

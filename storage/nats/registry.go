@@ -259,9 +259,12 @@ func (s *Store) leaderGet(ctx context.Context, stream string, req map[string]any
 func (s *Store) getKey(ctx context.Context, key string, leader bool) ([]byte, error) {
 	subj := s.regSubj + key
 	if !leader {
-		m, err := s.nc.RequestWithContext(ctx, s.apiPrefix+"DIRECT.GET."+s.regName+"."+subj, nil)
+		m, err := retry(ctx, func(ctx context.Context) (*natsio.Msg, error) {
+			m, err := s.nc.RequestWithContext(ctx, s.apiPrefix+"DIRECT.GET."+s.regName+"."+subj, nil)
+			return m, netErr(err)
+		})
 		if err != nil {
-			return nil, netErr(err)
+			return nil, err
 		}
 		switch status := m.Header.Get("Status"); {
 		case status == "" && !kvDeleted(m.Header.Get("KV-Operation")):

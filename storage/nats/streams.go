@@ -23,7 +23,8 @@ type apiResponse struct {
 }
 
 // api sends a JetStream API request ($JS.API.<subject>) and decodes the
-// answer into resp, whose embedded apiResponse carries the server's error.
+// answer into resp. Every request sent this way is idempotent, so it is
+// retried while the cluster elects a leader (see retry).
 func (s *Store) api(ctx context.Context, subject string, req, resp any) error {
 	var body []byte
 	if req != nil {
@@ -32,23 +33,56 @@ func (s *Store) api(ctx context.Context, subject string, req, resp any) error {
 			return err
 		}
 	}
-	m, err := s.nc.RequestWithContext(ctx, s.apiPrefix+subject, body)
+	m, err := retry(ctx, func(ctx context.Context) (*natsio.Msg, error) {
+		m, err := s.nc.RequestWithContext(ctx, s.apiPrefix+subject, body)
+		if err != nil {
+			return nil, netErr(err)
+		}
+		var status apiResponse
+		if err := json.Unmarshal(m.Data, &status); err != nil {
+			return nil, fmt.Errorf("nats: decoding the answer to %s: %w", subject, err)
+		}
+		if status.Error != nil {
+			return nil, status.Error
+		}
+		return m, nil
+	})
 	if err != nil {
-		return netErr(err)
+		return err
 	}
 	if err := json.Unmarshal(m.Data, resp); err != nil {
 		return fmt.Errorf("nats: decoding the answer to %s: %w", subject, err)
 	}
-	type errorer interface{ apiError() *jetstream.APIError }
-	if e, ok := resp.(errorer); ok {
-		if apiErr := e.apiError(); apiErr != nil {
-			return apiErr
-		}
-	}
 	return nil
 }
 
-func (r *apiResponse) apiError() *jetstream.APIError { return r.Error }
+// maxAttempt bounds one attempt of a request: after a leader is lost, a
+// request may go unanswered, and it is better tried again (on the new
+// leader) than waited for until the call's own timeout.
+const maxAttempt = time.Second
+
+// retry runs an idempotent request until it succeeds, fails for good, or
+// ctx ends: no leader yet, a lost answer, too many requests are worth
+// another try a little later. A connection that is down fails at once.
+// Each attempt gets at most maxAttempt.
+func retry[T any](ctx context.Context, do func(context.Context) (T, error)) (T, error) {
+	return retryEach(ctx, maxAttempt, do)
+}
+
+// retryEach is retry with another bound per attempt.
+func retryEach[T any](ctx context.Context, each time.Duration, do func(context.Context) (T, error)) (T, error) {
+	for attempt := 1; ; attempt++ {
+		actx, cancel := context.WithTimeout(ctx, each)
+		v, err := do(actx)
+		cancel()
+		if err == nil || !temporary(err) || errors.Is(err, ErrUnavailable) || ctx.Err() != nil {
+			return v, err
+		}
+		if sleep(ctx, time.Duration(min(attempt, 10))*25*time.Millisecond) != nil {
+			return v, err
+		}
+	}
+}
 
 // netErr names a failed request in terms an operator understands.
 func netErr(err error) error {
