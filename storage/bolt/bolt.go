@@ -31,6 +31,13 @@ var (
 // carries an unbounded amount of data.
 const maxBatch = 512
 
+// maxLinger bounds how long a commit waits for more appends under load,
+// and lingerFrom is how many appends must have been in flight for it to wait.
+const (
+	maxLinger  = 2 * time.Millisecond
+	lingerFrom = 8
+)
+
 // expireChunk bounds the deletions per retention transaction, so retention
 // never holds the write lock long enough to stall sends.
 const expireChunk = 1000
@@ -245,25 +252,63 @@ func (s *Store) Append(_ context.Context, handle string, envelope []byte, maxInb
 // writer is the only goroutine that appends. It commits whatever queued up
 // while the previous fsync ran in one transaction: one fsync for many sends,
 // and no added delay when the queue is empty.
+//
+// Under load it lingers a little before committing. Many busy senders would
+// otherwise split into two groups that take turns, each waiting out the
+// other's commit; the senders answered by the last commit are about to send
+// again, so waiting briefly for them (until as many appends are in the batch
+// as were in flight at the end of the last commit, at most half that
+// commit's time and never longer than maxLinger) doubles the batch for the
+// same fsyncs. With fewer than lingerFrom appends in flight nothing waits.
 func (s *Store) writer() {
 	defer close(s.done)
 	batch := make([]*appendReq, 0, s.batch)
+	active := 0            // appends in flight at the end of the last commit
+	var took time.Duration // how long the last commit took
 	for req := range s.queue {
 		batch = append(batch[:0], req)
-	fill:
-		for len(batch) < s.batch {
+		if !s.fill(&batch, nil) && active >= lingerFrom && len(batch) < active {
+			t := time.NewTimer(min(took/2, maxLinger))
+			for len(batch) < active && s.fill(&batch, t.C) {
+			}
+			t.Stop()
+		}
+		start := time.Now()
+		s.commit(batch)
+		took = time.Since(start)
+		active = min(len(batch)+len(s.queue), s.batch)
+	}
+}
+
+// fill adds queued appends to the batch until it is full, the queue is empty
+// (wait == nil) or wait fires. It reports false when it stopped for one of
+// those reasons or the queue was closed, true when it added one and may go on.
+func (s *Store) fill(batch *[]*appendReq, wait <-chan time.Time) bool {
+	for len(*batch) < s.batch {
+		if wait == nil {
 			select {
 			case more, ok := <-s.queue:
 				if !ok {
-					break fill
+					return false
 				}
-				batch = append(batch, more)
+				*batch = append(*batch, more)
+				continue
 			default:
-				break fill
+				return false
 			}
 		}
-		s.commit(batch)
+		select {
+		case more, ok := <-s.queue:
+			if !ok {
+				return false
+			}
+			*batch = append(*batch, more)
+			return true
+		case <-wait:
+			return false
+		}
 	}
+	return false
 }
 
 func (s *Store) commit(batch []*appendReq) {

@@ -3,6 +3,7 @@ package bolt
 import (
 	"context"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -165,5 +166,69 @@ func BenchmarkAppendConcurrent(b *testing.B) {
 				}
 			})
 		})
+	}
+}
+
+func TestFill(t *testing.T) {
+	s := &Store{batch: 3, queue: make(chan *appendReq, 8)}
+	for range 5 {
+		s.queue <- &appendReq{}
+	}
+	batch := []*appendReq{{}}
+	if s.fill(&batch, nil) || len(batch) != 3 {
+		t.Fatalf("fill without waiting: batch of %d, want the cap of 3", len(batch))
+	}
+	batch = batch[:0]
+	if !s.fill(&batch, time.After(time.Second)) || len(batch) != 1 {
+		t.Fatalf("fill with a queued append: batch of %d", len(batch))
+	}
+	batch = batch[:0]
+	for range 2 {
+		<-s.queue
+	}
+	start := time.Now()
+	if s.fill(&batch, time.After(20*time.Millisecond)) || len(batch) != 0 {
+		t.Fatalf("fill of an empty queue: batch of %d", len(batch))
+	}
+	if waited := time.Since(start); waited < 20*time.Millisecond {
+		t.Fatalf("fill returned after %s, before its wait", waited)
+	}
+	go func() {
+		time.Sleep(10 * time.Millisecond)
+		s.queue <- &appendReq{}
+	}()
+	if !s.fill(&batch, time.After(10*time.Second)) || len(batch) != 1 {
+		t.Fatal("fill did not take an append that arrived while it waited")
+	}
+	close(s.queue)
+	if s.fill(&batch, time.After(10*time.Second)) {
+		t.Fatal("fill of a closed queue")
+	}
+}
+
+// Many busy senders (enough to make the writer linger) lose nothing.
+func TestManySendersAppendEverything(t *testing.T) {
+	s := openTemp(t, nil)
+	const senders, each = 64, 20
+	for i := range senders {
+		storagetest.Register(t, s, fmt.Sprintf("u%d", i), i)
+	}
+	var wg sync.WaitGroup
+	for i := range senders {
+		wg.Go(func() {
+			for range each {
+				if _, err := s.Append(context.Background(), fmt.Sprintf("u%d", i), []byte(`{}`), 0); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	for i := range senders {
+		msgs, _, err := s.Read(context.Background(), fmt.Sprintf("u%d", i), 0, 100)
+		if err != nil || len(msgs) != each {
+			t.Fatalf("u%d: %d messages, %v", i, len(msgs), err)
+		}
 	}
 }
