@@ -3,6 +3,7 @@ package client
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 
 	"github.com/kezchat/kez/kez"
@@ -84,16 +85,32 @@ func (c *Client) SendTo(ctx context.Context, r *Recipient, text string) (*Receip
 }
 
 // PostEnvelope relays an already sealed envelope (any JSON object) to "to".
-// It exists for tests and tools; SendTo is the normal way.
+// It exists for tests and tools (kezbench posts with it); SendTo is the
+// normal way. The envelope is checked as the server will check it, then sent
+// as it is.
 func (c *Client) PostEnvelope(ctx context.Context, to string, envelope json.RawMessage) (*Receipt, error) {
-	body, err := json.Marshal(struct {
-		To       string          `json:"to"`
-		Envelope json.RawMessage `json:"envelope"`
-	}{to, envelope})
+	body, err := envelopeBody(to, envelope)
 	if err != nil {
 		return nil, err
 	}
 	return c.postMessage(ctx, body)
+}
+
+// envelopeBody is {"to":to,"envelope":envelope} without reflection.
+func envelopeBody(to string, envelope json.RawMessage) ([]byte, error) {
+	if err := kez.CheckStrictJSON(envelope); err != nil {
+		return nil, fmt.Errorf("envelope: %w", err)
+	}
+	quotedTo, err := json.Marshal(to)
+	if err != nil {
+		return nil, err
+	}
+	body := make([]byte, 0, len(envelope)+len(quotedTo)+24)
+	body = append(body, `{"to":`...)
+	body = append(body, quotedTo...)
+	body = append(body, `,"envelope":`...)
+	body = append(body, envelope...)
+	return append(body, '}'), nil
 }
 
 func (c *Client) postMessage(ctx context.Context, body []byte) (*Receipt, error) {

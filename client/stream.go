@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"mime"
@@ -171,8 +172,8 @@ func (c *Client) streamOnce(ctx context.Context, s *streamState, opts StreamOpti
 		if ev.Type != "message" {
 			continue
 		}
-		var m Message
-		if err := json.Unmarshal(ev.Data, &m); err != nil {
+		m, err := parseMessage(ev.Data)
+		if err != nil {
 			return ended(&ProtocolError{URL: c.base + path, Reason: "event data is not a message: " + err.Error()})
 		}
 		if m.Seq == 0 {
@@ -186,6 +187,30 @@ func (c *Client) streamOnce(ctx context.Context, s *streamState, opts StreamOpti
 		}
 		s.since, delivered = m.Seq, true
 	}
+}
+
+// parseMessage reads the message object of SPEC §2.6 in one pass, without
+// reflection: streams carry every message, some of them 256 KiB. Unknown
+// members are ignored, as encoding/json would; the envelope is copied out
+// of data, which the SSE reader reuses.
+func parseMessage(data []byte) (Message, error) {
+	var m Message
+	err := kez.ScanStrictObject(data, func(key string, value []byte, _ bool) error {
+		var err error
+		switch key {
+		case "seq":
+			m.Seq, err = strconv.ParseUint(string(value), 10, 64)
+		case "received_at":
+			m.ReceivedAt, err = strconv.ParseInt(string(value), 10, 64)
+		case "envelope":
+			m.Envelope = append(json.RawMessage(nil), value...)
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %s is not an integer", key, value)
+		}
+		return nil
+	})
+	return m, err
 }
 
 // errIdle is the reason for a connection the watchdog closed.
