@@ -133,6 +133,8 @@ type limits struct {
 	replicas  int
 	retention time.Duration
 	maxInbox  int
+	// maxEnvelope is only checked against the servers' max_payload.
+	maxEnvelope int64
 }
 
 func openNatsBackend(cfg *NatsConfig, lim limits, log *slog.Logger) (*natsBackend, error) {
@@ -140,16 +142,17 @@ func openNatsBackend(cfg *NatsConfig, lim limits, log *slog.Logger) (*natsBacken
 	val, loaded, err := backends.LoadOrNew(key, func() (caddy.Destructor, error) {
 		b := &natsBackend{key: key, hub: hub.New()}
 		db, err := natsstore.Open(natsstore.Options{
-			URLs:      cfg.URLs,
-			CredsFile: cfg.Creds,
-			TLSCA:     cfg.TLSCA,
-			Prefix:    cfg.Stream,
-			Replicas:  lim.replicas,
-			Retention: lim.retention,
-			MaxInbox:  lim.maxInbox,
-			Timeout:   time.Duration(cfg.Timeout),
-			Name:      connName(),
-			Notify:    handlers.HubNotifier(b.hub),
+			URLs:        cfg.URLs,
+			CredsFile:   cfg.Creds,
+			TLSCA:       cfg.TLSCA,
+			Prefix:      cfg.Stream,
+			Replicas:    lim.replicas,
+			Retention:   lim.retention,
+			MaxInbox:    lim.maxInbox,
+			MaxEnvelope: lim.maxEnvelope,
+			Timeout:     time.Duration(cfg.Timeout),
+			Name:        connName(),
+			Notify:      handlers.HubNotifier(b.hub),
 			// Events stop while the connection is down: end the streams,
 			// their clients come back (here or elsewhere) and resume from
 			// storage with Last-Event-ID once it answers again.

@@ -1,8 +1,10 @@
 package caddymodule
 
 import (
+	"cmp"
 	"fmt"
 
+	"github.com/kezchat/kez/handlers"
 	"github.com/kezchat/kez/hub"
 	"github.com/kezchat/kez/storage"
 )
@@ -22,9 +24,10 @@ func (b *backend) liveHub() *hub.Hub { return b.hub }
 func (h *Handler) openStorage() (sharedStorage, error) {
 	if h.Storage != nil && h.Storage.Nats != nil {
 		return openNatsBackend(h.Storage.Nats, limits{
-			replicas:  h.Storage.Nats.Replicas,
-			retention: h.retention(),
-			maxInbox:  h.maxInbox(),
+			replicas:    h.Storage.Nats.Replicas,
+			retention:   h.retention(),
+			maxInbox:    h.maxInbox(),
+			maxEnvelope: cmp.Or(h.MaxEnvelope, handlers.DefaultMaxEnvelope),
 		}, h.log)
 	}
 	path, err := h.boltPath()

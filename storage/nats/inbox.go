@@ -20,6 +20,9 @@ import (
 // server that accepted it, so that the 201 answer and later reads agree.
 const hdrReceivedAt = "Kez-Received-At"
 
+// payloadOverhead is room for the subject and headers next to an envelope.
+const payloadOverhead = 512
+
 // hdrNumPending is how many matching messages follow, in direct batch get answers.
 const hdrNumPending = "Nats-Num-Pending"
 
@@ -51,7 +54,7 @@ func (s *Store) Append(ctx context.Context, handle string, envelope []byte, maxI
 	// the retried publish is recognised by the stream and stored once.
 	msg.Header.Set(jetstream.MsgIDHeader, nuid.Next())
 	msg.Header.Set(hdrReceivedAt, strconv.FormatInt(now, 10))
-	if s.maxPayload > 0 && len(envelope)+256 > s.maxPayload {
+	if s.maxPayload > 0 && len(envelope)+payloadOverhead > s.maxPayload {
 		return storage.Message{}, fmt.Errorf("nats: a %d-byte envelope exceeds the servers' max_payload (%d bytes); raise max_payload or lower max_envelope", len(envelope), s.maxPayload)
 	}
 	s.mu.Lock()

@@ -61,6 +61,9 @@ type Options struct {
 	MaxInbox int
 	// Timeout bounds every call to the cluster. Default 5s.
 	Timeout time.Duration
+	// MaxEnvelope is the largest envelope the server accepts; a warning
+	// is logged when the NATS servers' max_payload is too small for it.
+	MaxEnvelope int64
 	// Name is the client connection name shown by the servers.
 	Name string
 	// Notify is called for every message stored in any inbox by any server
@@ -259,6 +262,10 @@ func (s *Store) setup(ctx context.Context) error {
 		return err
 	}
 	s.maxPayload = int(s.nc.MaxPayload())
+	if s.opts.MaxEnvelope > 0 && int(s.opts.MaxEnvelope)+payloadOverhead > s.maxPayload {
+		s.log.Warn("the NATS servers' max_payload is smaller than max_envelope: larger envelopes will be refused with 503; raise max_payload in every nats-server's configuration",
+			"max_payload", s.maxPayload, "max_envelope", s.opts.MaxEnvelope)
+	}
 	s.ready = true
 	return nil
 }
