@@ -13,7 +13,7 @@ import (
 	"github.com/kezchat/kez/storage/storagetest"
 )
 
-// longFailover runs more rounds with more load: KEZ_NATS_LONG=1.
+// longFailover enables the crash test with nats-server processes: KEZ_NATS_LONG=1.
 var longFailover = os.Getenv("KEZ_NATS_LONG") != ""
 
 // The inbox stream's leader is shut down while two servers send: writes
@@ -24,6 +24,41 @@ func TestLeaderLossUnderLoad(t *testing.T) {
 		t.Skip("cluster failover")
 	}
 	c := natstest.RunCluster(t, 3)
+	leaderLoss(t, inProcess{c}, 1, 4)
+}
+
+// The same with nats-server processes that fsync every write, and a real
+// crash: SIGKILL, so no step-down, and an election after the timeout.
+// Long: KEZ_NATS_LONG=1.
+func TestLeaderCrashUnderLoad(t *testing.T) {
+	if !longFailover {
+		t.Skip("set KEZ_NATS_LONG=1 (builds nats-server, waits for elections)")
+	}
+	leaderLoss(t, processes{natstest.RunProcesses(t, 3)}, 3, 8)
+}
+
+// faultCluster loses and brings back nodes.
+type faultCluster interface {
+	URLs() []string
+	StreamLeader(stream string) int
+	lose(t *testing.T, i int)
+	back(t *testing.T, i int)
+}
+
+type inProcess struct{ *natstest.Cluster }
+
+func (c inProcess) lose(_ *testing.T, i int) { c.Stop(i) }
+func (c inProcess) back(t *testing.T, i int) {
+	c.Restart(t, i)
+	c.WaitMetaLeader(t, 20*time.Second)
+}
+
+type processes struct{ *natstest.Procs }
+
+func (p processes) lose(_ *testing.T, i int) { p.Kill(i) }
+func (p processes) back(t *testing.T, i int) { p.Start(t, i) }
+
+func leaderLoss(t *testing.T, c faultCluster, rounds, senders int) {
 	ctx := context.Background()
 	rec1, rec2 := newRecorder(), newRecorder()
 	var disconnects atomic.Int32
@@ -34,10 +69,6 @@ func TestLeaderLossUnderLoad(t *testing.T) {
 	s1, s2 := open(t, opts(rec1)), open(t, opts(rec2))
 	storagetest.Register(t, s1, "alice", 1)
 
-	rounds, senders := 1, 4
-	if longFailover {
-		rounds, senders = 4, 8
-	}
 	var mu sync.Mutex
 	acked := map[uint64]string{} // seq → envelope
 	failed := 0
@@ -78,12 +109,11 @@ func TestLeaderLossUnderLoad(t *testing.T) {
 		waitFor(t, 15*time.Second, "a stream leader", func() bool { leader = c.StreamLeader(s1.InboxStream()); return leader >= 0 })
 		before := ackedNow()
 		lost := time.Now()
-		c.Stop(leader)
+		c.lose(t, leader)
 		waitFor(t, 30*time.Second, "writes after the loss", func() bool { return ackedNow() >= before+50 })
-		t.Logf("round %d: node %d stopped; 50 more writes acknowledged %s later", round+1, leader+1, time.Since(lost).Round(time.Millisecond))
+		t.Logf("round %d: node %d lost; 50 more writes acknowledged %s later", round+1, leader+1, time.Since(lost).Round(time.Millisecond))
 		restart := time.Now()
-		c.Restart(t, leader)
-		c.WaitMetaLeader(t, 20*time.Second)
+		c.back(t, leader)
 		t.Logf("round %d: node %d back in %s", round+1, leader+1, time.Since(restart).Round(time.Millisecond))
 	}
 	stop.Store(true)

@@ -5,10 +5,14 @@
 package natstest
 
 import (
+	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -173,4 +177,167 @@ func (c *Cluster) WaitMetaLeader(t testing.TB, within time.Duration) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	t.Fatalf("no JetStream meta leader after %s", within)
+}
+
+// Procs is a cluster of nats-server processes, built from this module's
+// nats-server dependency, for tests that need a real crash (SIGKILL: no
+// leader step-down, no flush) rather than an in-process shutdown. Each
+// node fsyncs every write (sync_interval: always), as the README advises.
+type Procs struct {
+	bin   string
+	dir   string
+	ports []int // client ports
+	mon   []int // monitoring ports
+	cmds  []*exec.Cmd
+	exit  []chan struct{}
+}
+
+// RunProcesses starts an n-node cluster of nats-server processes; they are
+// killed when the test ends.
+func RunProcesses(t testing.TB, n int) *Procs {
+	t.Helper()
+	p := &Procs{bin: testcaddy.Build(t, "github.com/nats-io/nats-server/v2"), dir: t.TempDir(),
+		cmds: make([]*exec.Cmd, n), exit: make([]chan struct{}, n)}
+	routes := make([]string, n)
+	cluster := make([]int, n)
+	for i := range n {
+		p.ports = append(p.ports, testcaddy.FreePort(t))
+		p.mon = append(p.mon, testcaddy.FreePort(t))
+		cluster[i] = testcaddy.FreePort(t)
+		routes[i] = fmt.Sprintf("nats://127.0.0.1:%d", cluster[i])
+	}
+	for i := range n {
+		conf := fmt.Sprintf(`server_name: n%d
+listen: 127.0.0.1:%d
+http: 127.0.0.1:%d
+jetstream {
+    store_dir: %q
+    sync_interval: always
+}
+cluster {
+    name: kez-test
+    listen: 127.0.0.1:%d
+    routes: [%s]
+}
+`, i+1, p.ports[i], p.mon[i], filepath.Join(p.dir, fmt.Sprintf("n%d", i+1)), cluster[i], strings.Join(routes, ", "))
+		if err := os.WriteFile(p.conf(i), []byte(conf), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() {
+		for i := range p.cmds {
+			p.Kill(i)
+		}
+	})
+	for i := range n {
+		p.Start(t, i)
+	}
+	p.waitMeta(t, 30*time.Second)
+	return p
+}
+
+func (p *Procs) conf(i int) string { return filepath.Join(p.dir, fmt.Sprintf("n%d.conf", i+1)) }
+
+// Start (re)starts node i with its data and ports.
+func (p *Procs) Start(t testing.TB, i int) {
+	t.Helper()
+	cmd := exec.Command(p.bin, "-c", p.conf(i))
+	if os.Getenv("KEZ_NATS_LOG") != "" {
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exit := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exit) }()
+	p.cmds[i], p.exit[i] = cmd, exit
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if res, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/healthz?js-server-only=true", p.mon[i])); err == nil {
+			res.Body.Close()
+			if res.StatusCode == 200 {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("nats-server %d not healthy", i+1)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// Kill ends node i with SIGKILL, as a crash or a power cut of that node.
+func (p *Procs) Kill(i int) {
+	if p.cmds[i] == nil {
+		return
+	}
+	_ = p.cmds[i].Process.Signal(syscall.SIGKILL)
+	<-p.exit[i]
+	p.cmds[i] = nil
+}
+
+// URLs are the client URLs of every node.
+func (p *Procs) URLs() []string {
+	urls := make([]string, len(p.ports))
+	for i, port := range p.ports {
+		urls[i] = fmt.Sprintf("nats://127.0.0.1:%d", port)
+	}
+	return urls
+}
+
+// StreamLeader asks the running nodes' monitoring which node leads stream,
+// or -1.
+func (p *Procs) StreamLeader(stream string) int {
+	for i := range p.cmds {
+		if p.cmds[i] == nil {
+			continue
+		}
+		res, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/jsz?streams=true", p.mon[i]))
+		if err != nil {
+			continue
+		}
+		var jsz struct {
+			Accounts []struct {
+				Streams []struct {
+					Name    string `json:"name"`
+					Cluster struct {
+						Leader string `json:"leader"`
+					} `json:"cluster"`
+				} `json:"stream_detail"`
+			} `json:"account_details"`
+		}
+		err = json.NewDecoder(res.Body).Decode(&jsz)
+		res.Body.Close()
+		if err != nil {
+			continue
+		}
+		for _, a := range jsz.Accounts {
+			for _, s := range a.Streams {
+				if s.Name == stream && s.Cluster.Leader != "" {
+					var n int
+					if _, err := fmt.Sscanf(s.Cluster.Leader, "n%d", &n); err == nil && p.cmds[n-1] != nil {
+						return n - 1
+					}
+				}
+			}
+		}
+	}
+	return -1
+}
+
+// waitMeta waits until a node reports a meta leader and all peers.
+func (p *Procs) waitMeta(t testing.TB, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for time.Now().Before(deadline) {
+		res, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/healthz", p.mon[0]))
+		if err == nil {
+			res.Body.Close()
+			if res.StatusCode == 200 {
+				return
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("cluster not healthy after %s", within)
 }
