@@ -352,3 +352,30 @@ func TestRegistryKeys(t *testing.T) {
 		}
 	}
 }
+
+// SPEC §2.6: a seq is never reused, not even after acknowledgement and a
+// restart of both KEZ chat and NATS.
+func TestRestartKeepsDataAndSeqs(t *testing.T) {
+	c := natstest.Run(t)
+	ctx := context.Background()
+	opts := Options{URLs: c.URLs(), Prefix: "restart"}
+	s := open(t, opts)
+	storagetest.Register(t, s, "alice", 1)
+	seqs := storagetest.Fill(t, s, "alice", 3, 0)
+	last := seqs[len(seqs)-1]
+	if n, err := s.Ack(ctx, "alice", last); err != nil || n != 3 {
+		t.Fatalf("ack = %d, %v", n, err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	c.Restart(t, 0)
+	s = open(t, opts)
+	if rec, err := s.Lookup(ctx, "alice"); err != nil || rec.Primary != storagetest.Primary(1) {
+		t.Fatalf("after restart: %+v %v", rec, err)
+	}
+	m, err := s.Append(ctx, "alice", []byte(`{}`), 0)
+	if err != nil || m.Seq <= last {
+		t.Fatalf("after restart and ack, seq %d (last %d): %v", m.Seq, last, err)
+	}
+}

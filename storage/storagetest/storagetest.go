@@ -29,6 +29,7 @@ func Run(t *testing.T, open Opener) {
 		"NotifyInCommitOrder":        testNotifyInCommitOrder,
 		"UnknownInbox":               testUnknownInbox,
 		"ClosedStoreRefusesRequests": testClosed,
+		"LargeEnvelopes":             testLargeEnvelopes,
 	}
 	for name, fn := range tests {
 		t.Run(name, func(t *testing.T) { fn(t, open) })
@@ -407,5 +408,73 @@ func testClosed(t *testing.T, open Opener) {
 	}
 	if _, err := s.Lookup(ctx, "alice"); !errors.Is(err, storage.ErrClosed) {
 		t.Errorf("Lookup after close = %v", err)
+	}
+}
+
+// envelopeOf builds a compact JSON object of exactly size bytes.
+func envelopeOf(i, size int) []byte {
+	head := fmt.Sprintf(`{"i":%d,"x":"`, i)
+	b := make([]byte, 0, size)
+	b = append(b, head...)
+	for len(b) < size-2 {
+		b = append(b, byte('a'+(len(b)+i)%26))
+	}
+	return append(b, '"', '}')
+}
+
+// SPEC §2.5: envelopes of up to 256 KiB (the default max_envelope) are
+// stored, read back in pages and notified byte for byte, with the
+// received_at the send was answered with.
+func testLargeEnvelopes(t *testing.T, open Opener) {
+	ctx := context.Background()
+	var mu sync.Mutex
+	notified := map[uint64]storage.Message{}
+	s := open(t, func(_ string, m storage.Message) {
+		mu.Lock()
+		notified[m.Seq] = m
+		mu.Unlock()
+	})
+	Register(t, s, "alice", 1)
+	const n, size = 6, 256 << 10
+	sent := map[uint64]storage.Message{}
+	for i := range n {
+		env := envelopeOf(i, size)
+		m, err := s.Append(ctx, "alice", env, 0)
+		if err != nil {
+			t.Fatalf("append %d bytes: %v", len(env), err)
+		}
+		m.Envelope = env
+		sent[m.Seq] = m
+	}
+	page, more, err := s.Read(ctx, "alice", 0, 100)
+	if err != nil || more || len(page) != n {
+		t.Fatalf("read %d messages, more=%v, %v", len(page), more, err)
+	}
+	same := func(what string, got, want storage.Message) {
+		t.Helper()
+		if string(got.Envelope) != string(want.Envelope) || got.ReceivedAt != want.ReceivedAt {
+			t.Fatalf("%s seq %d: %d bytes at %d, sent %d bytes at %d", what, got.Seq, len(got.Envelope), got.ReceivedAt, len(want.Envelope), want.ReceivedAt)
+		}
+	}
+	for _, m := range page {
+		same("read", m, sent[m.Seq])
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		mu.Lock()
+		done := len(notified) == n
+		mu.Unlock()
+		if done || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(notified) != n {
+		t.Fatalf("%d of %d notified", len(notified), n)
+	}
+	for seq, m := range notified {
+		same("notified", m, sent[seq])
 	}
 }
