@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kezchat/kez/client"
 	"github.com/kezchat/kez/internal/testcaddy"
 	"github.com/kezchat/kez/kez"
 )
@@ -131,5 +132,37 @@ func TestCaddyfileBench(t *testing.T) {
 	}
 	if orig, _ := os.ReadFile("Caddyfile.bench"); !bytes.Equal(formatted, orig) {
 		t.Errorf("Caddyfile.bench is not formatted (caddy fmt --overwrite)")
+	}
+}
+
+// The verdict holds whichever of receipt and delivery comes first.
+func TestTrackerVerdict(t *testing.T) {
+	tr := newTracker()
+	u := &user{idx: 1}
+	now := time.Now()
+	msg := func(seq uint64, env string) client.Message {
+		return client.Message{Seq: seq, Envelope: json.RawMessage(env)}
+	}
+	tr.accepted(u, 1, []byte(`{"a":1}`), now, now.Add(time.Millisecond)) // receipt first
+	tr.delivered(u, msg(1, `{"a":1}`), now.Add(3*time.Millisecond))
+	tr.delivered(u, msg(2, `{"a":2}`), now) // delivery first
+	tr.accepted(u, 2, []byte(`{"a":2}`), now, now.Add(time.Millisecond))
+	tr.accepted(u, 3, []byte(`{"a":3}`), now, now)
+	tr.delivered(u, msg(3, `{"a":4}`), now) // altered
+	tr.accepted(u, 4, []byte(`{}`), now, now)
+	tr.delivered(u, msg(4, `{}`), now)
+	tr.delivered(u, msg(4, `{}`), now)        // twice
+	tr.accepted(u, 5, []byte(`{}`), now, now) // never delivered
+	tr.delivered(u, msg(6, `{}`), now)        // never accepted
+	d, lat := tr.verdict()
+	want := Delivery{Accepted: 5, ExactlyOnce: 2, Missing: 1, Duplicated: 1, Corrupted: 1, Unexpected: 1, EarlyDeliveries: 1}
+	if d != want {
+		t.Fatalf("verdict %+v\nwant    %+v", d, want)
+	}
+	if d.OK() || len(lat) != 4 {
+		t.Fatalf("OK=%v, %d latencies", d.OK(), len(lat))
+	}
+	if u.lastSeq.Load() != 6 {
+		t.Fatalf("lastSeq %d", u.lastSeq.Load())
 	}
 }
