@@ -334,7 +334,7 @@ func (s *Store) commit(batch []*appendReq) {
 			val := make([]byte, 8+len(r.envelope))
 			binary.BigEndian.PutUint64(val, uint64(now))
 			copy(val[8:], r.envelope)
-			if err := b.Put(seqKey(seq), val); err != nil {
+			if err := putMessage(b, seq, val); err != nil {
 				return err
 			}
 			if err := counts.Put([]byte(r.handle), seqKey(n+1)); err != nil {
@@ -372,6 +372,7 @@ func (s *Store) Read(_ context.Context, handle string, since uint64, limit int) 
 		c := b.Cursor()
 		k, v := c.Seek(seqKey(since + 1))
 		for ; k != nil && len(msgs) < limit; k, v = c.Next() {
+			v = messageValue(b, k, v)
 			if len(v) < 8 {
 				return fmt.Errorf("corrupt message %x in inbox %q", k, handle)
 			}
@@ -411,17 +412,62 @@ func (s *Store) Ack(_ context.Context, handle string, upto uint64) (int, error) 
 // deleteFront deletes messages from the oldest while del says so, at most
 // max of them (max < 0: no bound).
 func deleteFront(b *bolt.Bucket, del func(k, v []byte) bool, max int) (int, error) {
-	var keys [][]byte
-	c := b.Cursor()
-	for k, v := c.First(); k != nil && (max < 0 || len(keys) < max) && del(k, v); k, v = c.Next() {
-		keys = append(keys, append([]byte(nil), k...))
+	type stored struct {
+		key       []byte
+		outOfLine bool
 	}
-	for _, k := range keys {
-		if err := b.Delete(k); err != nil {
+	var doomed []stored
+	c := b.Cursor()
+	for k, v := c.First(); k != nil && (max < 0 || len(doomed) < max) && del(k, messageValue(b, k, v)); k, v = c.Next() {
+		doomed = append(doomed, stored{append([]byte(nil), k...), v == nil})
+	}
+	for _, d := range doomed {
+		remove := b.Delete
+		if d.outOfLine {
+			remove = b.DeleteBucket
+		}
+		if err := remove(d.key); err != nil {
 			return 0, err
 		}
 	}
-	return len(keys), nil
+	return len(doomed), nil
+}
+
+// outOfLineFrom is the envelope size from which a message is stored in a
+// bucket of its own. A message is stored under its seq in the inbox bucket
+// as received_at (8 bytes, big-endian) followed by the envelope; a large one
+// instead as a bucket under its seq holding that same value under msgKey.
+// bbolt writes a leaf again, with every value on it, whenever a key is added
+// to it, and a leaf holds at least two values: large envelopes kept in the
+// inbox were written again with later messages (4.4 times their size on
+// average for 256 KiB envelopes), while a bucket of their own is written
+// once. Small ones stay inline, where a bucket would waste most of a page.
+const outOfLineFrom = 4096
+
+var msgKey = []byte("m")
+
+// putMessage stores a message's value (received_at + envelope) under seq.
+func putMessage(b *bolt.Bucket, seq uint64, val []byte) error {
+	if len(val)-8 < outOfLineFrom {
+		return b.Put(seqKey(seq), val)
+	}
+	mb, err := b.CreateBucket(seqKey(seq))
+	if err != nil {
+		return err
+	}
+	return mb.Put(msgKey, val)
+}
+
+// messageValue is the value of the message a cursor of an inbox stands on:
+// v itself, or for a message stored out of line (v == nil), its bucket's.
+func messageValue(b *bolt.Bucket, k, v []byte) []byte {
+	if v != nil {
+		return v
+	}
+	if mb := b.Bucket(k); mb != nil {
+		return mb.Get(msgKey)
+	}
+	return nil
 }
 
 func adjustCount(tx *bolt.Tx, handle string, deleted int) error {
@@ -444,8 +490,9 @@ func (s *Store) Expire(ctx context.Context, cutoff time.Time) (int, error) {
 	var stale []string
 	err := s.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketInboxes).ForEachBucket(func(name []byte) error {
-			k, v := tx.Bucket(bucketInboxes).Bucket(name).Cursor().First()
-			if k != nil && old(k, v) {
+			b := tx.Bucket(bucketInboxes).Bucket(name)
+			k, v := b.Cursor().First()
+			if k != nil && old(k, messageValue(b, k, v)) {
 				stale = append(stale, string(name))
 			}
 			return nil

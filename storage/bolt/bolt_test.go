@@ -1,13 +1,18 @@
 package bolt
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/kezchat/kez/storage"
 	"github.com/kezchat/kez/storage/storagetest"
@@ -230,5 +235,128 @@ func TestManySendersAppendEverything(t *testing.T) {
 		if err != nil || len(msgs) != each {
 			t.Fatalf("u%d: %d messages, %v", i, len(msgs), err)
 		}
+	}
+}
+
+// Envelopes from outOfLineFrom bytes up are kept in buckets of their own;
+// mixed with small ones they read, page, acknowledge, expire and survive a
+// reopen like any other, and the file stays consistent.
+func TestLargeEnvelopesStoredOutOfLine(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "chat.db")
+	s, err := Open(path, Options{Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	storagetest.Register(t, s, "alice", 1)
+	envelope := func(size int) []byte {
+		return []byte(`{"x":"` + strings.Repeat("a", size-8) + `"}`)
+	}
+	sizes := []int{16, outOfLineFrom - 1, outOfLineFrom, 256 << 10, 100, 64 << 10, 20, outOfLineFrom + 1}
+	var seqs []uint64
+	for _, n := range sizes {
+		m, err := s.Append(ctx, "alice", envelope(n), 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seqs = append(seqs, m.Seq)
+	}
+	check := func(from int) {
+		t.Helper()
+		var got []storage.Message
+		for since := uint64(0); ; {
+			page, more, err := s.Read(ctx, "alice", since, 3)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, page...)
+			if !more {
+				break
+			}
+			since = page[len(page)-1].Seq
+		}
+		if len(got) != len(sizes)-from {
+			t.Fatalf("read %d messages, want %d", len(got), len(sizes)-from)
+		}
+		for i, m := range got {
+			if m.Seq != seqs[from+i] || !bytes.Equal(m.Envelope, envelope(sizes[from+i])) || m.ReceivedAt == 0 {
+				t.Fatalf("message %d: seq %d (want %d), %d bytes (want %d)", from+i, m.Seq, seqs[from+i], len(m.Envelope), sizes[from+i])
+			}
+		}
+	}
+	check(0)
+	if n, err := s.Ack(ctx, "alice", seqs[2]); err != nil || n != 3 {
+		t.Fatalf("ack: %d, %v", n, err)
+	}
+	check(3) // the oldest left is out of line, which Expire looks at first
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := Check(path, time.Second); err != nil {
+		t.Fatalf("after ack: %v", err)
+	}
+	s, err = Open(path, Options{Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	check(3)
+	// The inbox cap counts large messages like small ones.
+	if _, err := s.Append(ctx, "alice", envelope(outOfLineFrom), len(sizes)-3); !errors.Is(err, storage.ErrInboxFull) {
+		t.Fatalf("append to a full inbox: %v", err)
+	}
+	if n, err := s.Expire(ctx, time.Now().Add(time.Minute)); err != nil || n != 5 {
+		t.Fatalf("expire: %d, %v", n, err)
+	}
+	if msgs, _, err := s.Read(ctx, "alice", 0, 100); err != nil || len(msgs) != 0 {
+		t.Fatalf("after expire: %d messages, %v", len(msgs), err)
+	}
+	m, err := s.Append(ctx, "alice", envelope(outOfLineFrom), 0)
+	if err != nil || m.Seq <= seqs[len(seqs)-1] {
+		t.Fatalf("append after expire: seq %d, %v", m.Seq, err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := Check(path, time.Second); err != nil {
+		t.Fatalf("after expire: %v", err)
+	}
+}
+
+// Files written before large envelopes went out of line keep working.
+func TestLargeEnvelopesStoredInlineBefore(t *testing.T) {
+	ctx := context.Background()
+	s, err := Open(filepath.Join(t.TempDir(), "chat.db"), Options{Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	storagetest.Register(t, s, "alice", 1)
+	big := []byte(`{"x":"` + strings.Repeat("a", 64<<10) + `"}`)
+	err = s.db.Update(func(tx *bolt.Tx) error { // as the first version stored it
+		b := tx.Bucket(bucketInboxes).Bucket([]byte("alice"))
+		seq, err := b.NextSequence()
+		if err != nil {
+			return err
+		}
+		val := append(make([]byte, 8, 8+len(big)), big...)
+		binary.BigEndian.PutUint64(val, uint64(time.Now().UnixMilli()))
+		if err := b.Put(seqKey(seq), val); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketCounts).Put([]byte("alice"), seqKey(1))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := s.Append(ctx, "alice", big, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msgs, _, err := s.Read(ctx, "alice", 0, 10)
+	if err != nil || len(msgs) != 2 || !bytes.Equal(msgs[0].Envelope, big) || !bytes.Equal(msgs[1].Envelope, big) {
+		t.Fatalf("read %d messages, %v", len(msgs), err)
+	}
+	if n, err := s.Ack(ctx, "alice", m.Seq); err != nil || n != 2 {
+		t.Fatalf("ack: %d, %v", n, err)
 	}
 }
