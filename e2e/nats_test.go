@@ -1,11 +1,18 @@
 package e2e
 
 import (
+	"bytes"
 	"fmt"
 	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
 
 	"github.com/kezchat/kez/internal/testcaddy"
 	"github.com/kezchat/kez/storage/nats/natstest"
@@ -157,4 +164,77 @@ func (s *stream) seqs(t *testing.T, n int, within time.Duration) []uint64 {
 		got = append(got, m.Seq)
 	}
 	return got
+}
+
+// The configurations the README and BENCHMARKS.md tell people to use for
+// several instances parse: the nats.conf with nats-server's own parser,
+// the Caddyfiles with caddy adapt (and are formatted).
+func TestNatsConfigsParse(t *testing.T) {
+	root, err := testcaddy.ModuleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme, err := os.ReadFile(filepath.Join(root, "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	section := string(readme)
+	start := strings.Index(section, "## Running several instances")
+	if start < 0 {
+		t.Fatal("README has no Running several instances section")
+	}
+	section = section[start:]
+	section = section[:strings.Index(section[3:], "\n## ")+3]
+	dir := t.TempDir()
+	var confs, caddyfiles []string
+	for i, block := range strings.Split(section, "```")[1:] {
+		if i%2 == 1 {
+			continue // text between blocks
+		}
+		lang, body, _ := strings.Cut(block, "\n")
+		path := filepath.Join(dir, fmt.Sprintf("readme-%d", i))
+		if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		switch lang {
+		case "":
+			confs = append(confs, path)
+		case "caddyfile":
+			caddyfiles = append(caddyfiles, path)
+		}
+	}
+	if len(confs) != 1 || len(caddyfiles) != 2 {
+		t.Fatalf("README section has %d nats.conf and %d Caddyfile blocks, want 1 and 2", len(confs), len(caddyfiles))
+	}
+	bench := filepath.Join(root, "cmd", "kezbench", "nats")
+	for i := 1; i <= 3; i++ {
+		confs = append(confs, filepath.Join(bench, fmt.Sprintf("nats-%d.conf", i)))
+	}
+	caddyfiles = append(caddyfiles, filepath.Join(bench, "Caddyfile.instance"), filepath.Join(bench, "Caddyfile.lb"))
+
+	for _, path := range confs {
+		opts, err := server.ProcessConfigFile(path)
+		if err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		if !opts.JetStream || !opts.SyncAlways || opts.Cluster.Name == "" || len(opts.Routes) != 3 {
+			t.Errorf("%s: jetstream %v, sync always %v, cluster %q, %d routes", path, opts.JetStream, opts.SyncAlways, opts.Cluster.Name, len(opts.Routes))
+		}
+	}
+	t.Setenv("KEZ_PORT", "7491")
+	t.Setenv("KEZ_ADMIN", "7417")
+	for _, path := range caddyfiles {
+		out, err := caddyCLI(t, "adapt", "--config", path, "--adapter", "caddyfile")
+		if err != nil {
+			t.Fatalf("%s does not adapt: %v\n%s", path, err, out)
+		}
+		if strings.Contains(out, `"kez_chat"`) && !strings.Contains(out, `"nats":{`) {
+			t.Errorf("%s: kez_chat without nats storage:\n%s", path, out)
+		}
+		raw, _ := os.ReadFile(path)
+		formatted, err := exec.Command(testcaddy.Binary(t), "fmt", path).Output()
+		if err != nil || !bytes.Equal(formatted, raw) {
+			t.Errorf("%s is not formatted (caddy fmt): %v", path, err)
+		}
+	}
 }
