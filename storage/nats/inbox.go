@@ -157,9 +157,10 @@ func receivedAt(h natsio.Header, fallback time.Time) int64 {
 // Read returns up to limit messages with seq > since in one direct batch
 // get by subject. Any replica may answer a direct get, and a follower can
 // lag the leader by a few messages; so when the answer stops short of the
-// last message the feed has delivered for this inbox, the rest is read from
-// the leader. A stream that subscribed to the hub before calling Read thus
-// never misses a message the feed delivered before it subscribed.
+// last message the feed has delivered for this inbox (or on the first read
+// of an inbox by this server), the rest is read from the leader. A stream
+// that subscribed to the hub before calling Read thus never misses a
+// message the feed delivered before it subscribed.
 func (s *Store) Read(ctx context.Context, handle string, since uint64, limit int) ([]storage.Message, bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
@@ -174,7 +175,8 @@ func (s *Store) Read(ctx context.Context, handle string, since uint64, limit int
 	}
 	subj := s.inboxSubj + handle
 	s.mu.Lock()
-	seen, verified := s.seen[handle], s.verified[handle]
+	seen := s.seen[handle]
+	verified, checked := s.verified[handle]
 	s.mu.Unlock()
 	msgs, more, err := s.readDirect(ctx, subj, since, limit)
 	if err != nil {
@@ -184,10 +186,13 @@ func (s *Store) Read(ctx context.Context, handle string, since uint64, limit int
 	if len(msgs) > 0 {
 		last = msgs[len(msgs)-1].Seq
 	}
-	if more || seen <= max(last, verified) {
+	if more || (checked && seen <= max(last, verified)) {
 		return msgs, more, nil
 	}
-	// Possibly stale: finish from the leader.
+	// Possibly stale, or the first read of this inbox here (the feed only
+	// knows what was stored since this server started, and a follower
+	// that is catching up answers direct gets once 90% synchronized):
+	// finish from the leader. Usually one request that finds nothing.
 	for len(msgs) < limit {
 		sm, err := s.leaderGet(ctx, s.inboxName, map[string]any{"seq": last + 1, "next_by_subj": subj})
 		if errors.Is(err, storage.ErrNotFound) {
@@ -208,9 +213,7 @@ func (s *Store) Read(ctx context.Context, handle string, since uint64, limit int
 		more = err == nil
 	}
 	s.mu.Lock()
-	if seen > s.verified[handle] {
-		s.verified[handle] = seen
-	}
+	s.verified[handle] = max(s.verified[handle], seen, last)
 	s.mu.Unlock()
 	return msgs, more, nil
 }
