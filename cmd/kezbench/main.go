@@ -254,6 +254,12 @@ func main() {
 	flag.DurationVar(&cfg.Timeout, "timeout", cfg.Timeout, "give up on the whole run after this long")
 	cpuProfile := flag.String("cpuprofile", "", "write kezbench's own CPU profile here (the load tool shares the CPUs with the server)")
 	flag.Parse()
+	if flag.NArg() > 0 {
+		// Flags stop at the first argument: "-pid $(pgrep caddy)" naming two
+		// processes would silently drop every flag after it.
+		fmt.Fprintf(os.Stderr, "kezbench: unexpected argument %q: kezbench takes flags only (does -pid name more than one process?)\n", flag.Arg(0))
+		os.Exit(2)
+	}
 	cfg.Run = nil
 	for _, s := range strings.Split(run, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
