@@ -208,7 +208,10 @@ func Open(opts Options) (*Store, error) {
 	}
 	s.nc, s.js = nc, js
 	if nc.IsConnected() {
-		ctx, cancel := context.WithTimeout(context.Background(), opts.Timeout)
+		// Bounded tighter than a request: Caddy waits for Provision (and
+		// `caddy validate` too). A cluster still electing its leaders is
+		// set up on first use instead.
+		ctx, cancel := context.WithTimeout(context.Background(), min(opts.Timeout, openSetupTimeout))
 		defer cancel()
 		if err := s.setup(ctx); err != nil {
 			s.log.Warn("NATS stream setup failed; retrying on use", "error", err)
@@ -218,6 +221,9 @@ func Open(opts Options) (*Store, error) {
 	}
 	return s, nil
 }
+
+// openSetupTimeout bounds the stream setup Open attempts.
+const openSetupTimeout = 2 * time.Second
 
 // setupRetryEvery spaces out setup attempts made by requests.
 const setupRetryEvery = time.Second
