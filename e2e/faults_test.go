@@ -35,9 +35,15 @@ type ackedMsg struct {
 	seq uint64
 }
 
+// sendStats counts the sends that did not get a 201.
+type sendStats struct {
+	other     atomic.Int64 // an HTTP answer other than 201
+	transport atomic.Int64 // no answer at all
+}
+
 // sender sends envelopes {"id":"<prefix>-<n>"} until stop, recording 201s.
-// Connection errors (the server is gone) end it.
-func sender(t *testing.T, url string, prefix string, to []string, stop <-chan struct{}, a *acked, other *atomic.Int64, wg *sync.WaitGroup) {
+// A send without an answer ends it, unless keepGoing (the server is still up).
+func sender(t *testing.T, url string, prefix string, to []string, stop <-chan struct{}, a *acked, stats *sendStats, keepGoing bool, wg *sync.WaitGroup) {
 	defer wg.Done()
 	for n := 0; ; n++ {
 		select {
@@ -50,6 +56,10 @@ func sender(t *testing.T, url string, prefix string, to []string, stop <-chan st
 		res, err := client.Post(url+"/v1/messages", "application/json",
 			strings.NewReader(`{"to":"`+rcpt+`","envelope":{"id":"`+id+`"}}`))
 		if err != nil {
+			stats.transport.Add(1)
+			if keepGoing {
+				continue
+			}
 			return
 		}
 		var out struct{ Seq uint64 }
@@ -62,7 +72,7 @@ func sender(t *testing.T, url string, prefix string, to []string, stop <-chan st
 			a.msgs[id] = ackedMsg{rcpt, out.Seq}
 			a.mu.Unlock()
 		} else {
-			other.Add(1)
+			stats.other.Add(1)
 		}
 	}
 }
@@ -86,10 +96,10 @@ func TestCrashUnderLoad(t *testing.T) {
 		}
 		stop := make(chan struct{})
 		var wg sync.WaitGroup
-		var other atomic.Int64
+		var stats sendStats
 		for i := range 32 {
 			wg.Add(1)
-			go sender(t, srv.URL, fmt.Sprintf("r%d-s%d", round, i), handles, stop, a, &other, &wg)
+			go sender(t, srv.URL, fmt.Sprintf("r%d-s%d", round, i), handles, stop, a, &stats, false, &wg)
 		}
 		a.mu.Lock()
 		before := len(a.msgs)
@@ -146,7 +156,7 @@ func TestCrashUnderLoad(t *testing.T) {
 		}
 		t.Logf("round %d: %d acknowledged so far, %d in flight stored", round, len(a.msgs), len(seen)-len(a.msgs))
 		a.mu.Unlock()
-		if n := other.Load(); n != 0 {
+		if n := stats.other.Load(); n != 0 {
 			t.Fatalf("round %d: %d sends answered other than 201 before the kill", round, n)
 		}
 	}
@@ -215,10 +225,10 @@ func TestReloadsUnderLoad(t *testing.T) {
 	stopSend, stopRead := make(chan struct{}), make(chan struct{})
 	var senders, readers sync.WaitGroup
 	a := &acked{msgs: map[string]ackedMsg{}}
-	var other atomic.Int64
+	var stats sendStats
 	for i := range 8 {
 		senders.Add(1)
-		go sender(t, srv.URL, fmt.Sprintf("s%d", i), []string{"alice", "bob"}, stopSend, a, &other, &senders)
+		go sender(t, srv.URL, fmt.Sprintf("s%d", i), []string{"alice", "bob"}, stopSend, a, &stats, true, &senders)
 	}
 	received := make([]*seqLog, 4)
 	for i := range received {
@@ -259,9 +269,14 @@ func TestReloadsUnderLoad(t *testing.T) {
 	t.Logf("readers caught up %s after the last reload", time.Since(start))
 	close(stopRead)
 	readers.Wait()
-	if n := other.Load(); n != 0 {
-		t.Errorf("%d sends failed across %d reloads", n, reloads)
+	if n := stats.other.Load(); n != 0 {
+		t.Errorf("%d sends answered other than 201 across %d reloads", n, reloads)
 	}
+	// A reload shuts the old server down, which closes its idle keep-alive
+	// connections; a POST racing onto one gets no answer (Go's client does
+	// not retry a POST). It was never read, so nothing is half-done: the
+	// check below still finds every acknowledged message stored.
+	t.Logf("%d sends got no answer (a keep-alive connection closed by the reload)", stats.transport.Load())
 	a.mu.Lock()
 	total := len(a.msgs)
 	a.mu.Unlock()
