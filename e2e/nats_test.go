@@ -170,21 +170,11 @@ func (s *stream) seqs(t *testing.T, n int, within time.Duration) []uint64 {
 // several instances parse: the nats.conf with nats-server's own parser,
 // the Caddyfiles with caddy adapt (and are formatted).
 func TestNatsConfigsParse(t *testing.T) {
+	section := readmeSection(t, "## Running several instances")
 	root, err := testcaddy.ModuleRoot()
 	if err != nil {
 		t.Fatal(err)
 	}
-	readme, err := os.ReadFile(filepath.Join(root, "README.md"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	section := string(readme)
-	start := strings.Index(section, "## Running several instances")
-	if start < 0 {
-		t.Fatal("README has no Running several instances section")
-	}
-	section = section[start:]
-	section = section[:strings.Index(section[3:], "\n## ")+3]
 	dir := t.TempDir()
 	var confs, caddyfiles []string
 	for i, block := range strings.Split(section, "```")[1:] {

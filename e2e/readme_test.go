@@ -1,9 +1,7 @@
 package e2e
 
 import (
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -17,20 +15,7 @@ func TestReadmeCurlWalkthrough(t *testing.T) {
 			t.Fatalf("the README walkthrough needs %s: %v", tool, err)
 		}
 	}
-	root, err := testcaddy.ModuleRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	readme, err := os.ReadFile(filepath.Join(root, "README.md"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	text := string(readme)
-	start := strings.Index(text, "### A walkthrough with curl")
-	if start < 0 {
-		t.Fatal("README has no curl walkthrough")
-	}
-	block := text[start:]
+	block := readmeSection(t, "### A walkthrough with curl")
 	block = block[strings.Index(block, "```sh\n")+6:]
 	block = block[:strings.Index(block, "```")]
 
