@@ -58,6 +58,20 @@ func (e *env) accountClient() (*client.Client, *account, error) {
 	return c, acct, err
 }
 
+// accountCursor is accountClient plus the account's saved cursor, for the
+// commands that read the inbox (inbox, listen, ack).
+func (e *env) accountCursor() (*client.Client, *account, *cursor, error) {
+	c, acct, err := e.accountClient()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	cur, err := loadCursor(e.dir, acct)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return c, acct, cur, nil
+}
+
 // notOnServer turns "your own inbox is not found" into advice.
 func notOnServer(err error, acct *account) error {
 	if errors.Is(err, client.ErrNotFound) {
@@ -259,11 +273,7 @@ var inboxCmd = &command{
 		fs.Uint64("limit", 0, "page size to ask for (default: the server's)")
 	},
 	run: func(ctx context.Context, e *env, args []string) error {
-		c, acct, err := e.accountClient()
-		if err != nil {
-			return err
-		}
-		cur, err := loadCursor(e.dir, acct)
+		c, acct, cur, err := e.accountCursor()
 		if err != nil {
 			return err
 		}
@@ -307,11 +317,7 @@ var listenCmd = &command{
 		fs.Uint64("since", 0, "start after this seq (default: after the last message shown)")
 	},
 	run: func(ctx context.Context, e *env, args []string) error {
-		c, acct, err := e.accountClient()
-		if err != nil {
-			return err
-		}
-		cur, err := loadCursor(e.dir, acct)
+		c, acct, cur, err := e.accountCursor()
 		if err != nil {
 			return err
 		}
@@ -351,11 +357,7 @@ var ackCmd = &command{
 	minArgs: 0, maxArgs: 1,
 	args: "[seq]   (default: the last message shown by inbox or listen)",
 	run: func(ctx context.Context, e *env, args []string) error {
-		c, acct, err := e.accountClient()
-		if err != nil {
-			return err
-		}
-		cur, err := loadCursor(e.dir, acct)
+		c, acct, cur, err := e.accountCursor()
 		if err != nil {
 			return err
 		}
