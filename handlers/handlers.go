@@ -18,15 +18,16 @@ import (
 
 // Config is the server's protocol configuration (SPEC §4).
 type Config struct {
-	Server       string          // the domain in addresses, e.g. kez.lat
-	PublicURL    string          // base of links in WebFinger answers; default https://<Server>
-	MaxEnvelope  int64           // largest envelope accepted, in bytes
-	AuthSkew     time.Duration   // allowed clock difference for X-KEZ-Auth
-	RegisterSkew time.Duration   // allowed clock difference for registrations
-	Keepalive    time.Duration   // interval of ": ping" comments on streams
-	MaxInbox     int             // messages an inbox may hold (0 = no cap)
-	Reserved     map[string]bool // handles nobody may register
-	Version      string          // reported by /v1/healthz
+	Server       string           // the domain in addresses, e.g. kez.lat
+	PublicURL    string           // base of links in WebFinger answers; default https://<Server>
+	MaxEnvelope  int64            // largest envelope accepted, in bytes
+	AuthSkew     time.Duration    // allowed clock difference for X-KEZ-Auth
+	RegisterSkew time.Duration    // allowed clock difference for registrations
+	Keepalive    time.Duration    // interval of ": ping" comments on streams
+	MaxInbox     int              // messages an inbox may hold (0 = no cap)
+	Reserved     map[string]bool  // handles nobody may register
+	Version      string           // reported by /v1/healthz
+	Now          func() time.Time // the clock; default time.Now (tests pin it)
 
 	// Abuse limits; the zero values mean no limit.
 	RegisterRate        Rate                         // registration attempts per client IP
@@ -108,6 +109,9 @@ func (c Config) WithDefaults() Config {
 		c.PublicURL = "https://" + c.Server
 	}
 	c.PublicURL = strings.TrimRight(c.PublicURL, "/")
+	if c.Now == nil {
+		c.Now = time.Now
+	}
 	if c.MaxEnvelope <= 0 {
 		c.MaxEnvelope = DefaultMaxEnvelope
 	}
@@ -169,14 +173,11 @@ func New(cfg Config, store storage.Store, h *hub.Hub, log *slog.Logger) *Handler
 	}
 	cfg = cfg.WithDefaults()
 	stopped, stop := context.WithCancel(context.Background())
-	return &Handler{stopped: stopped, stop: stop, cfg: cfg, store: store, hub: h, log: log, now: time.Now,
+	return &Handler{stopped: stopped, stop: stop, cfg: cfg, store: store, hub: h, log: log, now: cfg.Now,
 		servers:       map[*http.Server]context.Context{},
 		registerLimit: newLimiter(cfg.RegisterRate), sendLimit: newLimiter(cfg.SendRate),
 		streams: streamSlots{perHandle: map[string]int{}}}
 }
-
-// SetClock replaces the clock (tests).
-func (h *Handler) SetClock(now func() time.Time) { h.now = now }
 
 // Close ends every open stream of this handler; the store and hub stay open.
 func (h *Handler) Close() { h.stop() }

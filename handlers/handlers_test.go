@@ -279,7 +279,14 @@ func TestWebFinger(t *testing.T) {
 }
 
 func TestSendAndInbox(t *testing.T) {
-	e := newEnv(t, func(c *Config) { c.MaxEnvelope = 1024; c.MaxInbox = 30 })
+	// The server's clock is pinned so the skew checks below test the exact
+	// boundary instead of racing the wall clock across a second.
+	pinned := time.Now().Truncate(time.Second)
+	e := newEnv(t, func(c *Config) {
+		c.MaxEnvelope = 1024
+		c.MaxInbox = 30
+		c.Now = func() time.Time { return pinned }
+	})
 	expect(t, "register", e.register(aliceKey, "alice"), 201, "")
 	expect(t, "register bob", e.register(bobKey, "bob"), 201, "")
 	var seqs []uint64
@@ -324,11 +331,13 @@ func TestSendAndInbox(t *testing.T) {
 	// The reader: every auth failure first.
 	path := "/v1/inbox/alice"
 	authFor := func(key ed25519.PrivateKey, msg string, ts int64) string { return kez.SignAuth(key, msg, ts) }
-	now := time.Now().Unix()
+	now := pinned.Unix()
 	expect(t, "no auth", e.do("GET", path, nil), 401, "unauthorized")
 	expect(t, "malformed", e.do("GET", path, nil, "X-KEZ-Auth", "hello"), 401, "unauthorized")
 	expect(t, "stale", e.do("GET", path, nil, "X-KEZ-Auth", authFor(aliceKey, kez.InboxAuthMessage("alice", 0, now-61), now-61)), 401, "unauthorized")
 	expect(t, "future", e.do("GET", path, nil, "X-KEZ-Auth", authFor(aliceKey, kez.InboxAuthMessage("alice", 0, now+61), now+61)), 401, "unauthorized")
+	expect(t, "oldest accepted", e.do("GET", path+"?limit=1", nil, "X-KEZ-Auth", authFor(aliceKey, kez.InboxAuthMessage("alice", 0, now-60), now-60)), 200, "")
+	expect(t, "newest accepted", e.do("GET", path+"?limit=1", nil, "X-KEZ-Auth", authFor(aliceKey, kez.InboxAuthMessage("alice", 0, now+60), now+60)), 200, "")
 	expect(t, "wrong key", e.do("GET", path, nil, "X-KEZ-Auth", authFor(bobKey, kez.InboxAuthMessage("alice", 0, now), now)), 401, "unauthorized")
 	expect(t, "wrong cursor", e.do("GET", path+"?since=1", nil, "X-KEZ-Auth", authFor(aliceKey, kez.InboxAuthMessage("alice", 0, now), now)), 401, "unauthorized")
 	expect(t, "stream signature replayed", e.do("GET", path, nil, "X-KEZ-Auth", authFor(aliceKey, kez.StreamAuthMessage("alice", now), now)), 401, "unauthorized")
@@ -343,7 +352,7 @@ func TestSendAndInbox(t *testing.T) {
 		if limit != "" {
 			q += "&limit=" + limit
 		}
-		ts := time.Now().Unix()
+		ts := now
 		r := e.do("GET", "/v1/inbox/ALICE"+q, nil, "X-KEZ-Auth", authFor(aliceKey, kez.InboxAuthMessage("alice", since, ts), ts))
 		expect(t, "inbox"+q, r, 200, "")
 		var out struct {
@@ -374,12 +383,12 @@ func TestSendAndInbox(t *testing.T) {
 
 	// Acknowledge.
 	ack := func(upto uint64, key ed25519.PrivateKey) resp {
-		ts := time.Now().Unix()
+		ts := now
 		return e.do("DELETE", fmt.Sprintf("/v1/inbox/alice?upto=%d", upto), nil, "X-KEZ-Auth", authFor(key, kez.AckAuthMessage("alice", upto, ts), ts))
 	}
 	expect(t, "ack by bob", ack(seqs[4], bobKey), 401, "unauthorized")
 	expect(t, "ack without upto", e.do("DELETE", "/v1/inbox/alice", nil), 400, "bad_request")
-	ts := time.Now().Unix()
+	ts := now
 	expect(t, "inbox signature as ack", e.do("DELETE", "/v1/inbox/alice?upto=0", nil, "X-KEZ-Auth", authFor(aliceKey, kez.InboxAuthMessage("alice", 0, ts), ts)), 401, "unauthorized")
 	r := ack(seqs[4], aliceKey)
 	expect(t, "ack", r, 200, "")
