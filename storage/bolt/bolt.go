@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"time"
 
@@ -77,6 +78,9 @@ type appendReq struct {
 	ready    chan struct{}
 }
 
+// initialMmapSize is 1 GiB where address space is plentiful (64-bit).
+const initialMmapSize = 1 << 30 * (strconv.IntSize / 64)
+
 // Open opens (creating if needed) the database at path.
 func Open(path string, opts Options) (*Store, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
@@ -88,6 +92,12 @@ func Open(path string, opts Options) (*Store, error) {
 		// cheaper commits for an append-heavy workload.
 		NoFreelistSync: true,
 		FreelistType:   bolt.FreelistMapType,
+		// Map address space for a 1 GiB file up front (it costs no memory):
+		// growing the map means unmapping first, and if mapping again then
+		// fails (ext4 refuses mmap once an error made it read-only) bbolt is
+		// left unmapped and even reads fail until a restart. A fixed map
+		// also spares commits from waiting for open reads to remap.
+		InitialMmapSize: initialMmapSize,
 	})
 	if err != nil {
 		if errors.Is(err, bolterrors.ErrTimeout) {
