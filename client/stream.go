@@ -29,6 +29,11 @@ type StreamOptions struct {
 	IdleTimeout time.Duration
 	// MaxBackoff caps the wait between failed attempts. Default 30 s.
 	MaxBackoff time.Duration
+	// OnReplay is called, instead of onMessage, for a message at or below
+	// the seq already delivered, which Stream drops. A correct server never
+	// sends one (SPEC §2.7: no duplicate across stored, live and resumed);
+	// checkers such as kezbench count them.
+	OnReplay func(Message)
 }
 
 // ErrStreamEnded is the reason given to OnDisconnect when the server closed
@@ -180,6 +185,9 @@ func (c *Client) streamOnce(ctx context.Context, s *streamState, opts StreamOpti
 			m.Seq, _ = strconv.ParseUint(ev.ID, 10, 64)
 		}
 		if m.Seq <= s.since {
+			if opts.OnReplay != nil {
+				opts.OnReplay(m)
+			}
 			continue // a replayed message we already delivered
 		}
 		if err := onMessage(m); err != nil {

@@ -98,10 +98,12 @@ func TestStreamResumesWithFreshAuth(t *testing.T) {
 	defer cancel()
 	var got []uint64
 	var connects, disconnects int
+	var replayed []uint64
 	err := c.Stream(ctx, StreamOptions{
 		Since:        1,
 		OnConnect:    func() { connects++ },
 		OnDisconnect: func(err error, wait time.Duration) { disconnects++ },
+		OnReplay:     func(m Message) { replayed = append(replayed, m.Seq) },
 	}, func(m Message) error {
 		got = append(got, m.Seq)
 		if m.Seq == 9 {
@@ -114,6 +116,9 @@ func TestStreamResumesWithFreshAuth(t *testing.T) {
 	}
 	if fmt.Sprint(got) != "[3 5 9]" {
 		t.Errorf("delivered %v, want [3 5 9] (no duplicate 5)", got)
+	}
+	if fmt.Sprint(replayed) != "[5]" {
+		t.Errorf("replays reported %v, want [5]", replayed)
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
