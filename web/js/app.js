@@ -234,6 +234,9 @@ async function boot() {
 
 // ---------- create an account ----------
 
+/** registeredTs is the ts of the signed registration a handle record carries. */
+const registeredTs = (rec) => (rec && rec.registration && rec.registration.payload ? rec.registration.payload.ts : undefined);
+
 /** account is what IndexedDB keeps about us: the record and the CryptoKeys. */
 function account(rec, identity, extra) {
   const server = rec.server || state.api.server;
@@ -246,6 +249,7 @@ function account(rec, identity, extra) {
     signKey: identity.signKey,
     dhKey: identity.dhKey,
     createdAt: Date.now(),
+    registeredTs: registeredTs(rec),
     ...extra,
   };
 }
@@ -590,9 +594,7 @@ async function enterChat() {
     show('loading');
     return;
   }
-  for (const n of document.querySelectorAll('.my-address')) n.textContent = me.address;
-  document.querySelector('.me-handle').textContent = '@' + me.handle;
-  paintAvatar(document.querySelector('#me-open .avatar'), me.handle, me.primary);
+  showMe();
   $('me-fpr').textContent = fingerprint(me.primary);
   updateBackupWarning();
   show('chat');
@@ -604,22 +606,198 @@ async function enterChat() {
   await loadConversations();
   await routeFromHash();
 
-  if (state.inbox) state.inbox.stop();
+  await startInbox();
+  $('ack-immediate').checked = (await db.getMeta('ackMode', 'week')) === 'immediate';
+  if (!state.active && !narrow.matches) $('start-input').focus();
+}
+
+/** stopInbox ends the live inbox and waits for the message it is saving. */
+async function stopInbox() {
+  const old = state.inbox;
+  state.inbox = null;
+  if (!old) return;
+  old.stop();
+  await old.queue.catch(() => {});
+}
+
+/** startInbox (re)starts the live inbox once the server still knows us. */
+async function startInbox() {
+  await stopInbox();
+  if ((await checkBinding()) === 'gone') return;
+  const me = state.me;
   state.inbox = new Inbox({
     api: state.api,
     identity: me,
     handle: me.handle,
     ingest,
     onStatus: renderStatus,
+    onRejected: recheckBinding,
     cursor: { get: () => db.getMeta('cursor', 0), set: db.advanceCursor },
     receipts: { list: db.receiptsBetween, prune: db.pruneReceipts },
     acked: { get: () => db.getMeta('acked', 0), set: (n) => db.setMeta('acked', n) },
     ackMode: () => db.getMeta('ackMode', 'week'),
   });
   await state.inbox.start();
-  $('ack-immediate').checked = (await db.getMeta('ackMode', 'week')) === 'immediate';
-  if (!state.active && !narrow.matches) $('start-input').focus();
 }
+
+// ---- the server's record of us ----
+
+/**
+ * checkBinding asks whether the server still binds our handle to our key as
+ * we registered it. A server whose data was reset answers 404: the banner
+ * offers to register again, and the inbox waits. If the binding was made
+ * anew since (another of our browsers registered again after a reset), the
+ * server's seqs started over, so the cursor, receipts and acknowledged mark
+ * from before are dropped; kept, they would skip or acknowledge new
+ * messages. Returns 'ok', 'reset', 'gone', or 'unknown' (no answer).
+ */
+async function checkBinding() {
+  const me = state.me;
+  let rec;
+  try {
+    rec = await kez.verifyRecord(await state.api.byPrimary(me.primary), { primary: me.primary });
+  } catch (e) {
+    if (e instanceof ApiError && e.status === 404) {
+      showGone();
+      return 'gone';
+    }
+    return 'unknown'; // unreachable or unwell: the inbox retries on its own
+  }
+  hideGone();
+  const ts = registeredTs(rec);
+  if (me.registeredTs === undefined) {
+    // An account saved before the ts was kept: this binding is the one we know.
+    await saveMe({ registeredTs: ts });
+    return 'ok';
+  }
+  if (ts === me.registeredTs && rec.handle === me.handle) return 'ok';
+  const saved = await db.getIdentity();
+  if (saved && saved.registeredTs === ts && saved.handle === rec.handle) {
+    // Another tab of this browser adopted it already (and reset the cursor).
+    state.me = saved;
+    showMe();
+    return 'reset';
+  }
+  await adoptBinding(rec);
+  return 'reset';
+}
+
+/** adoptBinding takes a new record of our key as ours and starts the inbox over. */
+async function adoptBinding(rec) {
+  await stopInbox();
+  await db.resetInbox();
+  await saveMe({ handle: rec.handle, address: rec.address || `${rec.handle}@${state.me.server}`, registeredTs: registeredTs(rec) });
+  showMe();
+  if (channel) channel.postMessage({ type: 'rebound' });
+  // The reset server forgot everyone: names we knew may now belong to other
+  // keys. Ask again; a peer not back yet is named by key until they are.
+  for (const peer of state.convos.keys()) {
+    if (peer !== UNVERIFIED) resolvePeer(peer, undefined, { again: true }).then(maybeRefresh);
+  }
+}
+
+/** showMe puts our address and handle wherever the page shows them. */
+function showMe() {
+  const me = state.me;
+  for (const n of document.querySelectorAll('.my-address')) n.textContent = me.address;
+  document.querySelector('.me-handle').textContent = '@' + me.handle;
+  paintAvatar(document.querySelector('#me-open .avatar'), me.handle, me.primary);
+}
+
+async function saveMe(fields) {
+  state.me = { ...state.me, ...fields };
+  await db.putIdentity(state.me);
+}
+
+let rechecking = false;
+let goneTimer;
+
+/**
+ * recheckBinding runs when the inbox is refused (404, 401): if the server
+ * lost us, the inbox stops and the banner shows; if it re-bound us, the
+ * inbox restarts from the beginning. While we are gone it looks again every
+ * minute, so another browser's re-registration is picked up.
+ */
+async function recheckBinding() {
+  if (rechecking) return;
+  rechecking = true;
+  try {
+    const r = await checkBinding();
+    if (r === 'gone') {
+      await stopInbox();
+      renderStatus(STATUS.error);
+      clearTimeout(goneTimer);
+      goneTimer = setTimeout(recheckBinding, 60000);
+    } else if (r === 'reset' || (r === 'ok' && !state.inbox)) {
+      await startInbox();
+    }
+  } finally {
+    rechecking = false;
+  }
+}
+
+function showGone() {
+  const box = $('gone');
+  if (!box.hidden) return;
+  $('gone-handle').value = state.me.handle;
+  $('gone-error').textContent = '';
+  box.hidden = false;
+}
+
+function hideGone() {
+  clearTimeout(goneTimer);
+  $('gone').hidden = true;
+}
+
+$('gone-form').addEventListener('submit', async (ev) => {
+  ev.preventDefault();
+  const err = $('gone-error');
+  const input = $('gone-handle');
+  const h = input.value.trim().replace(/^@/, '').toLowerCase();
+  const problem = handleProblem(h);
+  if (problem) {
+    err.textContent = problem;
+    input.focus();
+    return;
+  }
+  err.textContent = '';
+  const btn = $('gone-btn');
+  setBusy(btn, true, 'Registering…');
+  try {
+    const api = state.api;
+    const body = await kez.signRegistration(state.me, h, api.server, api.nowSec());
+    const invite = $('gone-invite').value.trim();
+    if (invite) body.invite = invite;
+    let rec;
+    try {
+      rec = await api.register(body);
+    } catch (e) {
+      // Another of our browsers may have been quicker, under any handle.
+      if (!(e instanceof ApiError && e.code === 'primary_taken')) throw e;
+      rec = await kez.verifyRecord(await api.byPrimary(state.me.primary), { primary: state.me.primary });
+    }
+    hideGone();
+    await adoptBinding(rec);
+    await startInbox();
+    toast(`You are @${state.me.handle} on ${api.server} again.`);
+  } catch (e) {
+    if (e instanceof ApiError && e.code === 'handle_taken') {
+      err.textContent = `Someone else has registered @${h} here since. Choose another handle; your chats stay in this browser.`;
+    } else if (e instanceof ApiError && e.code === 'invalid_invite') {
+      $('gone-invite-field').hidden = false;
+      err.textContent = `${state.api.server} is invite-only now. Enter an invite code from its operator.`;
+      $('gone-invite').focus();
+      return;
+    } else if (e instanceof ApiError && e.code === 'registration_closed') {
+      err.textContent = `${state.api.server} is not accepting accounts right now. Ask its operator.`;
+    } else {
+      err.textContent = friendly(e, 'Could not register');
+    }
+    input.focus();
+  } finally {
+    setBusy(btn, false);
+  }
+});
 
 function updateBackupWarning() {
   $('no-backup-warn').hidden = !!state.me.backedUp;
@@ -698,7 +876,10 @@ function maybeRefresh(changed) {
   queueMicrotask(async () => {
     refreshQueued = false;
     await loadConversations();
-    if (state.active) await renderThread(state.active);
+    if (state.active && state.convos.has(state.active)) {
+      renderThreadHeader(state.active);
+      await renderThread(state.active);
+    }
   });
 }
 
@@ -746,19 +927,25 @@ function renderConversations(list) {
  * handle, asking the server (GET /v1/by-primary) and checking the signed
  * registration. It returns true when the conversation changed.
  */
-async function resolvePeer(peer, claimed) {
+async function resolvePeer(peer, claimed, { again = false } = {}) {
   if (peer === UNVERIFIED) {
     if (!state.convos.has(peer)) await db.upsertConversation(peer, {});
     return true;
   }
   const cur = await db.getConversation(peer);
-  if (cur && cur.handle) return false;
+  if (cur && cur.handle && !again) return false;
   try {
     const rec = await kez.verifyRecord(await state.api.byPrimary(peer), { primary: peer });
+    if (cur && cur.handle === rec.handle && cur.notFound === false) return false;
     await db.upsertConversation(peer, { handle: rec.handle, address: rec.address, server: rec.server, notFound: false });
     return true;
   } catch (e) {
     const notFound = e instanceof ApiError && e.status === 404;
+    if (again && notFound && cur && cur.handle) {
+      // The server forgot this key: its old handle may be someone else's now.
+      await db.upsertConversation(peer, { handle: null, address: null, notFound: true });
+      return true;
+    }
     if (!cur || (claimed && cur.claimed !== claimed) || cur.notFound !== notFound) {
       await db.upsertConversation(peer, { claimed: typeof claimed === 'string' ? claimed.slice(0, 100) : cur && cur.claimed, notFound });
       return true;
@@ -859,6 +1046,18 @@ async function setActive(peer) {
     renderConversations([...state.convos.values()].sort((a, b) => (b.lastAt || 0) - (a.lastAt || 0)));
     return;
   }
+  const canReply = renderThreadHeader(peer);
+  await db.markRead(peer);
+  const conv = state.convos.get(peer);
+  conv.unread = 0;
+  renderConversations([...state.convos.values()].sort((a, b) => (b.lastAt || 0) - (a.lastAt || 0)));
+  await renderThread(peer, true);
+  if (narrow.matches) $('thread-title').focus();
+  else if (canReply) $('compose-input').focus();
+}
+
+/** renderThreadHeader names the open conversation; it returns whether we can reply. */
+function renderThreadHeader(peer) {
   const conv = state.convos.get(peer);
   const name = displayName(conv);
   $('thread-title').textContent = name;
@@ -876,12 +1075,7 @@ async function setActive(peer) {
   $('send-btn').disabled = !canReply;
   $('compose-label').textContent = canReply ? `Message @${conv.handle}` : 'You can’t reply to this sender';
   $('compose-input').placeholder = canReply ? `Message @${conv.handle}` : 'You can’t reply to this sender';
-  await db.markRead(peer);
-  conv.unread = 0;
-  renderConversations([...state.convos.values()].sort((a, b) => (b.lastAt || 0) - (a.lastAt || 0)));
-  await renderThread(peer, true);
-  if (narrow.matches) $('thread-title').focus();
-  else if (canReply) $('compose-input').focus();
+  return canReply;
 }
 
 $('back-btn').addEventListener('click', () => {
@@ -1013,7 +1207,7 @@ async function ingest(item) {
     const peer = claimed && state.convos.has(claimed) ? claimed : UNVERIFIED;
     await resolvePeer(peer);
     const isNew = await db.addMessage(
-      { key: `bad|${item.seq}`, peer, dir: 'in', id: `seq-${item.seq}`, status: 'bad', reason: e.message, at, seq: item.seq },
+      { key: `bad|${item.seq}|${at}`, peer, dir: 'in', id: `seq-${item.seq}`, status: 'bad', reason: e.message, at, seq: item.seq },
       { active: isActive(peer) },
     );
     if (isNew) afterIncoming(peer, null);
@@ -1216,6 +1410,7 @@ if (channel) {
   channel.onmessage = async (ev) => {
     if (!state.me) return;
     if (ev.data && ev.data.type === 'wiped') return location.reload();
+    if (ev.data && ev.data.type === 'rebound') return recheckBinding();
     await loadConversations();
     if (state.active) await renderThread(state.active);
   };

@@ -135,6 +135,20 @@ export async function pruneReceipts(upto) {
   return done(tx);
 }
 
+/**
+ * resetInbox forgets the cursor, the acknowledged mark and the receipts, in
+ * one transaction: for a server whose data was reset, where seqs start over
+ * and the old ones would skip (or acknowledge) new messages.
+ */
+export async function resetInbox() {
+  const db = await open();
+  const tx = db.transaction(['meta', 'receipts'], 'readwrite');
+  tx.objectStore('meta').put({ k: 'cursor', v: 0 });
+  tx.objectStore('meta').put({ k: 'acked', v: 0 });
+  tx.objectStore('receipts').clear();
+  return done(tx);
+}
+
 // ---- conversations ----
 
 export async function listConversations() {

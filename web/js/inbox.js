@@ -40,6 +40,7 @@ export class Inbox {
    * @param {string} o.handle
    * @param {(item: object) => Promise<void>} o.ingest
    * @param {(status: string, detail?: string) => void} o.onStatus
+   * @param {(e: Error) => void} [o.onRejected]  the server refused the inbox (404, 401): is our account still there?
    * @param {{get: () => Promise<number>, set: (seq: number, receivedAt: number) => Promise<void>}} o.cursor
    *   the last processed seq; set also keeps (seq, receivedAt) as a receipt
    * @param {{list: (after: number, upto: number, count: number) => Promise<{seq: number, at: number}[]>,
@@ -229,10 +230,13 @@ export class Inbox {
     if (e instanceof ApiError && e.status === 404) {
       this.setStatus(STATUS.error, 'This server no longer knows your handle.');
       this.reconnectSoon(60000);
+      if (this.onRejected) this.onRejected(e);
       return;
     }
     if (e instanceof ApiError && e.status === 401) {
       this.setStatus(STATUS.reconnecting, 'The server refused our signature; check this device’s clock.');
+      // Or the server was reset and someone else now holds our handle.
+      if (this.onRejected) this.onRejected(e);
     } else if (e instanceof ApiError && e.status === 0) {
       this.setStatus(navigator.onLine === false ? STATUS.offline : STATUS.reconnecting);
     } else {

@@ -208,7 +208,7 @@ after(async () => {
 });
 
 // Shared between the steps below, which run in order.
-let alice, bob, aliceBackup;
+let alice, bob, aliceBackup, aliceTwo;
 
 test('the embedded client is served at / and under /chat/', async () => {
   for (const path of ['/', '/chat/', '/chat/js/app.js', '/app.css']) {
@@ -469,6 +469,7 @@ test('a replayed envelope shows once; an unregistered sender is named by key, it
 
 test('a backup restores alice in a third browser, with her inbox', async () => {
   const carol = await newPage('alice-2');
+  aliceTwo = carol;
   await carol.goto(base + '/chat/');
   await carol.getByText('Already have a KEZ? Restore it from a backup').click();
   await carol.getByLabel('…or paste the backup text').fill(aliceBackup);
@@ -671,3 +672,53 @@ test('interop with the kez CLI', { skip: !existsSync(cliSource) && !process.env.
   await cliInterop({ REPO, tmp, base, server: SERVER, bob, send });
 });
 
+
+test('a server reset: register again from the banner; messages arrive though seqs start over', async () => {
+  const before = await alice.evaluate(async () => (await import('/js/db.js')).getMeta('cursor', 0));
+  assert.ok(before > 1, `alice's cursor is ${before}: the test needs one past the first seq`);
+  await stopCaddy();
+  rmSync(join(tmp, 'chat.db'));
+  await startCaddy();
+  // The inbox is refused (404): the banner offers to register again.
+  const gone = alice.getByRole('region', { name: 'This server no longer knows you' });
+  await gone.waitFor({ timeout: 30000 });
+  await alice.locator('#conn[data-status="error"]').waitFor();
+  assert.equal(await alice.getByLabel('Register again as').inputValue(), 'alice');
+  await shot(alice, '12-server-reset.png');
+  await alice.getByRole('button', { name: 'Register again' }).click();
+  await gone.waitFor({ state: 'hidden' });
+  await alice.locator('#conn[data-status="live"]').waitFor({ timeout: 30000 });
+  assert.equal(await alice.evaluate(async () => (await import('/js/db.js')).getMeta('cursor', 0)), 0);
+
+  // Bob's handle is taken meanwhile by someone else: he picks another.
+  const squatter = await kez.identityFromSeed(kez.newSeed());
+  const taken = await fetch(`${base}/v1/register`, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify(await kez.signRegistration(squatter, 'bob', SERVER, Math.floor(Date.now() / 1000))),
+  });
+  assert.equal(taken.status, 201);
+  await bob.getByRole('region', { name: 'This server no longer knows you' }).waitFor({ timeout: 30000 });
+  await bob.getByRole('button', { name: 'Register again' }).click();
+  await bob.locator('#gone-error').getByText('Someone else has registered @bob here since').waitFor();
+  await bob.getByLabel('Register again as').fill('bob2');
+  await bob.getByRole('button', { name: 'Register again' }).click();
+  await bob.locator('#my-address').getByText(`bob2@${SERVER}`).waitFor();
+  await bob.locator('#conn[data-status="live"]').waitFor({ timeout: 30000 });
+
+  // Seq 1 on the new server, far below alice's old cursor, still arrives.
+  await startChat(bob, 'alice');
+  await send(bob, 'after the server reset');
+  await alice.locator('#convo-list .convo', { hasText: 'bob2' }).click();
+  await alice.locator('#messages .text', { hasText: 'after the server reset' }).waitFor({ timeout: 30000 });
+  await alice.locator('#thread-title').getByText('bob2', { exact: true }).waitFor();
+  await alice.locator('#thread-sub').getByText(`bob2@${SERVER}`).waitFor();
+
+  // Alice's second browser sees her new registration when it starts: it
+  // starts its inbox over instead of skipping to its old cursor.
+  await aliceTwo.reload();
+  await aliceTwo.locator('#conn[data-status="live"]').waitFor({ timeout: 30000 });
+  assert.equal(await aliceTwo.locator('#gone').isHidden(), true);
+  await aliceTwo.locator('#convo-list .convo', { hasText: 'bob2' }).click();
+  await aliceTwo.locator('#messages .text', { hasText: 'after the server reset' }).waitFor({ timeout: 30000 });
+});
