@@ -140,7 +140,7 @@ func TestStreamIdleTimeoutReconnects(t *testing.T) {
 		func(w http.ResponseWriter, flush func()) { // silent: no pings at all
 			fmt.Fprint(w, "retry: 10\n\n")
 			flush()
-			time.Sleep(2 * time.Second)
+			time.Sleep(3 * time.Second) // well past IdleTimeout
 		},
 		func(w http.ResponseWriter, flush func()) { event(w, 1); flush() },
 	}
@@ -149,7 +149,7 @@ func TestStreamIdleTimeoutReconnects(t *testing.T) {
 	defer cancel()
 	var reasons []error
 	err := c.Stream(ctx, StreamOptions{
-		IdleTimeout:  200 * time.Millisecond,
+		IdleTimeout:  time.Second, // covers connecting too: room for a loaded machine
 		OnDisconnect: func(err error, _ time.Duration) { reasons = append(reasons, err) },
 	}, func(m Message) error { return errors.New("got it") })
 	if err == nil || err.Error() != "got it" {

@@ -189,8 +189,12 @@ func TestLogsCarryNoSecrets(t *testing.T) {
 	s.nextMessage(t, 5*time.Second)
 	inbox(t, srv, alice, 0, 10)
 	s.close()
-	time.Sleep(300 * time.Millisecond)
+	// The stream's access-log line is written once Caddy sees it closed.
 	logs := srv.Logs()
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(logs, "/v1/inbox/alice/stream") && time.Now().Before(deadline); {
+		time.Sleep(50 * time.Millisecond)
+		logs = srv.Logs()
+	}
 	if strings.Contains(logs, "SECRET-CIPHERTEXT") {
 		t.Fatal("logs contain an envelope")
 	}

@@ -144,11 +144,12 @@ func FreePort(t testing.TB) int {
 func Start(t testing.TB, opts Options) *Server {
 	t.Helper()
 	dir := t.TempDir()
+	bin := Binary(t) // may build: before picking ports, so they stay free until Caddy binds them
 	s := &Server{
 		Port:   FreePort(t),
 		Dir:    dir,
 		DBPath: filepath.Join(dir, "data", "chat.db"),
-		bin:    Binary(t),
+		bin:    bin,
 		logs:   &syncBuffer{},
 	}
 	s.URL = fmt.Sprintf("http://127.0.0.1:%d", s.Port)

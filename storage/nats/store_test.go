@@ -197,7 +197,7 @@ func TestUnreachableFailsFastThenRecovers(t *testing.T) {
 	if _, err := s.Append(ctx, "alice", []byte(`{}`), 0); !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("Append = %v", err)
 	}
-	if d := time.Since(start); d > 100*time.Millisecond {
+	if d := time.Since(start); d > time.Second { // not the 2 s Timeout each
 		t.Fatalf("failing calls took %s", d)
 	}
 	c := natstest.RunOnPort(t, port)

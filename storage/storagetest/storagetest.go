@@ -352,7 +352,7 @@ func testNotifyInCommitOrder(t *testing.T, open Opener) {
 		}()
 	}
 	wg.Wait()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for {
 		mu.Lock()
 		total := len(seen["alice"]) + len(seen["bob"])
@@ -459,7 +459,7 @@ func testLargeEnvelopes(t *testing.T, open Opener) {
 	for _, m := range page {
 		same("read", m, sent[m.Seq])
 	}
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for {
 		mu.Lock()
 		done := len(notified) == n

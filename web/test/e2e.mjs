@@ -176,14 +176,15 @@ const bubbles = (page) => page.locator('#messages li.msg');
 const bubbleTexts = (page) => page.locator('#messages li.msg .text').allInnerTexts();
 
 before(async () => {
-  port = await freePort();
-  adminPort = await freePort();
-  base = `http://127.0.0.1:${port}`;
   caddyBin = process.env.KEZ_CADDY;
   if (!caddyBin) {
     caddyBin = join(tmp, 'caddy');
     execFileSync('go', ['build', '-o', caddyBin, './cmd/caddy'], { cwd: REPO, stdio: 'inherit' });
   }
+  // Ports are picked after the build, so they are still free when Caddy binds them.
+  port = await freePort();
+  adminPort = await freePort();
+  base = `http://127.0.0.1:${port}`;
   await startCaddy();
   browser = await chromium.launch({
     executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
