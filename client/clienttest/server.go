@@ -7,6 +7,7 @@ package clienttest
 
 import (
 	"fmt"
+	"os"
 	"testing"
 
 	"github.com/kezchat/kez/internal/testcaddy"
@@ -52,5 +53,16 @@ func (s *Server) Crash() { s.caddy.Kill() }
 // Restart starts the server again on the same port and data after Crash.
 func (s *Server) Restart(t testing.TB) {
 	t.Helper()
+	s.caddy.Start(t, s.options())
+}
+
+// Reset kills the server, deletes its database and starts it empty on the
+// same port, as an operator starting over would.
+func (s *Server) Reset(t testing.TB) {
+	t.Helper()
+	s.caddy.Kill()
+	if err := os.Remove(s.caddy.DBPath); err != nil {
+		t.Fatal(err)
+	}
 	s.caddy.Start(t, s.options())
 }

@@ -59,11 +59,35 @@ func (e *env) accountClient() (*client.Client, *account, error) {
 }
 
 // accountCursor is accountClient plus the account's saved cursor, for the
-// commands that read the inbox (inbox, listen, ack).
-func (e *env) accountCursor() (*client.Client, *account, *cursor, error) {
+// commands that read the inbox (inbox, listen, ack). It first asks the
+// server for its record of our key: a reset server has forgotten us (an
+// error that says so), or holds a binding made anew (by us elsewhere), whose
+// seqs started over, so the old cursor must go: listen would skip new
+// messages and ack would delete unread ones.
+func (e *env) accountCursor(ctx context.Context) (*client.Client, *account, *cursor, error) {
 	c, acct, err := e.accountClient()
 	if err != nil {
 		return nil, nil, nil, err
+	}
+	lctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	rec, err := c.LookupPrimary(lctx, acct.Primary)
+	cancel()
+	switch {
+	case errors.Is(err, client.ErrNotFound):
+		return nil, nil, nil, notOnServer(err, acct)
+	case err != nil:
+		// Unreachable or unwell: the command itself will say so, or retry.
+	case acct.RegisteredAt == 0 || rec.RegisteredAt != acct.RegisteredAt || rec.Handle != acct.Handle:
+		if acct.RegisteredAt != 0 {
+			fmt.Fprintf(e.stderr, "%s registered this key anew as %s (the server was reset?); reading the inbox from the start\n", acct.Server, rec.Address)
+		}
+		acct.Handle, acct.RegisteredAt = rec.Handle, rec.RegisteredAt
+		if err := saveAccount(e.dir, acct); err != nil {
+			return nil, nil, nil, err
+		}
+		if c, acct, err = e.accountClient(); err != nil { // the handle may have changed
+			return nil, nil, nil, err
+		}
 	}
 	cur, err := loadCursor(e.dir, acct)
 	if err != nil {
@@ -161,7 +185,7 @@ var registerCmd = &command{
 		case err != nil:
 			return err
 		}
-		acct := &account{Server: c.BaseURL(), ServerName: rec.Server, Handle: rec.Handle, Primary: keys.Primary()}
+		acct := &account{Server: c.BaseURL(), ServerName: rec.Server, Handle: rec.Handle, Primary: keys.Primary(), RegisteredAt: rec.RegisteredAt}
 		if err := saveAccount(e.dir, acct); err != nil {
 			return err
 		}
@@ -273,7 +297,7 @@ var inboxCmd = &command{
 		fs.Uint64("limit", 0, "page size to ask for (default: the server's)")
 	},
 	run: func(ctx context.Context, e *env, args []string) error {
-		c, acct, cur, err := e.accountCursor()
+		c, acct, cur, err := e.accountCursor(ctx)
 		if err != nil {
 			return err
 		}
@@ -317,7 +341,7 @@ var listenCmd = &command{
 		fs.Uint64("since", 0, "start after this seq (default: after the last message shown)")
 	},
 	run: func(ctx context.Context, e *env, args []string) error {
-		c, acct, cur, err := e.accountCursor()
+		c, acct, cur, err := e.accountCursor(ctx)
 		if err != nil {
 			return err
 		}
@@ -357,7 +381,7 @@ var ackCmd = &command{
 	minArgs: 0, maxArgs: 1,
 	args: "[seq]   (default: the last message shown by inbox or listen)",
 	run: func(ctx context.Context, e *env, args []string) error {
-		c, acct, cur, err := e.accountCursor()
+		c, acct, cur, err := e.accountCursor(ctx)
 		if err != nil {
 			return err
 		}

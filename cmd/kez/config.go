@@ -107,6 +107,9 @@ type account struct {
 	ServerName string `json:"server_name"` // the name in addresses, e.g. localhost
 	Handle     string `json:"handle"`
 	Primary    string `json:"primary"`
+	// RegisteredAt is when the server made the binding: a different one
+	// means the server was reset and the binding made anew.
+	RegisteredAt int64 `json:"registered_at,omitempty"`
 }
 
 func (a *account) address() string { return kez.Address(a.Handle, a.ServerName) }
@@ -137,13 +140,15 @@ func saveAccount(dir string, a *account) error {
 // resumes across restarts, and a digest of the sender and id of recent
 // messages with the seq each was first shown at, so that a replayed envelope
 // (the same message stored again under a new seq) is shown once, also by a
-// later run. It is tied to server and handle so that registering elsewhere
+// later run. It is tied to server, handle and binding time so that
+// registering elsewhere, or again on a reset server (whose seqs start over),
 // starts from the beginning.
 type cursor struct {
-	Server  string            `json:"server"`
-	Handle  string            `json:"handle"`
-	LastSeq uint64            `json:"last_seq"`
-	Shown   map[string]uint64 `json:"shown,omitempty"` // shownKey → seq first shown at
+	Server       string            `json:"server"`
+	Handle       string            `json:"handle"`
+	RegisteredAt int64             `json:"registered_at,omitempty"`
+	LastSeq      uint64            `json:"last_seq"`
+	Shown        map[string]uint64 `json:"shown,omitempty"` // shownKey → seq first shown at
 }
 
 // loadCursor reads the cursor of account a; a missing file or one of
@@ -153,8 +158,8 @@ func loadCursor(dir string, a *account) (*cursor, error) {
 	if err := readJSON(dir, cursorFile, &c); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, err
 	}
-	if c.Server != a.Server || c.Handle != a.Handle {
-		c = cursor{Server: a.Server, Handle: a.Handle}
+	if c.Server != a.Server || c.Handle != a.Handle || c.RegisteredAt != a.RegisteredAt {
+		c = cursor{Server: a.Server, Handle: a.Handle, RegisteredAt: a.RegisteredAt}
 	}
 	if c.Shown == nil {
 		c.Shown = map[string]uint64{}

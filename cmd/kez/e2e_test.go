@@ -322,3 +322,58 @@ func TestCLIServerGone(t *testing.T) {
 		t.Errorf("send to a dead server = %+v", r)
 	}
 }
+
+// The server is reset and bob registers again from his laptop (same key).
+// His first computer notices the binding is new: listen starts over at seq 1
+// instead of at its old cursor, and a bare ack removes only what it showed.
+func TestCLIServerReset(t *testing.T) {
+	v := clienttest.LoadVectors(t)
+	srv := clienttest.Start(t, "")
+	alice, bob, laptop := newUser(t), newUser(t), newUser(t)
+	alice.must("", "init")
+	bob.must(v.Bob.Primary, "init", "--seed", v.Bob.Seed)
+	laptop.must(v.Bob.Primary, "init", "--seed", v.Bob.Seed)
+	alice.must("registered", "register", "alice", "--server", srv.URL)
+	bob.must("registered", "register", "bob", "--server", srv.URL)
+	for i := range 3 {
+		alice.must("sent", "send", "bob", fmt.Sprintf("before the reset %d", i))
+	}
+	l := bob.listen()
+	l.expect(l.stdout, ": before the reset 2") // bob's cursor is at seq 3
+	l.stop()
+
+	srv.Reset(t)
+	if r := bob.run("", "listen"); r.code != 1 || !strings.Contains(r.stderr, "was the server reset?") {
+		t.Errorf("listen on the reset server = %+v", r)
+	}
+	// A binding is told apart by its registered_at, in seconds; a real reset
+	// comes later than the second of the first registration, this test may not.
+	first, err := loadAccount(bob.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for time.Now().Unix() <= first.RegisteredAt {
+		time.Sleep(50 * time.Millisecond)
+	}
+	laptop.must("registered bob@", "register", "bob", "--server", srv.URL)
+	alice.must("registered", "register", "alice", "--server", srv.URL)
+	alice.must("sent", "send", "bob", "after the reset 1")
+	alice.must("sent", "send", "bob", "after the reset 2")
+	l = bob.listen()
+	l.expect(l.stdout, ": after the reset 1")
+	l.expect(l.stdout, ": after the reset 2")
+	l.stop()
+	acct, err := loadAccount(bob.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if laptopAcct, err := loadAccount(laptop.dir); err != nil || acct.RegisteredAt != laptopAcct.RegisteredAt {
+		t.Errorf("bob's account kept binding time %d, the server's is %+v (%v)", acct.RegisteredAt, laptopAcct, err)
+	}
+
+	alice.must("sent", "send", "bob", "not shown yet")
+	bob.must("", "ack")
+	if out := laptop.must("", "inbox"); !strings.Contains(out, "not shown yet") || strings.Contains(out, "after the reset") {
+		t.Errorf("after bob's ack the inbox holds:\n%s", out)
+	}
+}
