@@ -293,10 +293,12 @@ func TestReloadsUnderLoad(t *testing.T) {
 // unavailable (never a 500 or a crash), reads keep working, and after a
 // restart with room every acknowledged message is intact.
 func TestDiskFull(t *testing.T) {
-	srv := testcaddy.Start(t, testcaddy.Options{FileSizeLimitKiB: 2048, KezOptions: "max_envelope 256KiB"})
+	// bbolt grows its file 16 MiB at a time (it maps 1 GiB up front), so a
+	// fresh database is already 16 MiB long; the next step crosses 20 MiB.
+	srv := testcaddy.Start(t, testcaddy.Options{FileSizeLimitKiB: 20 << 10, KezOptions: "max_envelope 1MiB"})
 	alice := newUser("alice")
 	want(t, "register", register(t, srv, alice), 201, "")
-	big := `{"ct":"` + strings.Repeat("A", 200<<10) + `"}`
+	big := `{"ct":"` + strings.Repeat("A", 1000<<10) + `"}`
 	var sent []uint64
 	var status int
 	for range 40 {
@@ -313,7 +315,7 @@ func TestDiskFull(t *testing.T) {
 		sent = append(sent, out.Seq)
 	}
 	if status != 503 {
-		t.Fatalf("40 sends of 200 KiB fit under a 2 MiB file limit (last status %d): the test checked nothing", status)
+		t.Fatalf("40 sends of 1000 KiB fit under a 20 MiB file limit (last status %d): the test checked nothing", status)
 	}
 	if r := do(t, "GET", srv.URL+"/v1/u/alice", ""); r.status != 200 {
 		t.Fatalf("reads after a failed write: %d %s", r.status, r.body)
