@@ -623,7 +623,7 @@ async function stopInbox() {
 /** startInbox (re)starts the live inbox once the server still knows us. */
 async function startInbox() {
   await stopInbox();
-  if ((await checkBinding()) === 'gone') return;
+  if ((await checkBinding()) === 'gone') return whileGone();
   const me = state.me;
   state.inbox = new Inbox({
     api: state.api,
@@ -725,15 +725,22 @@ async function recheckBinding() {
     const r = await checkBinding();
     if (r === 'gone') {
       await stopInbox();
-      renderStatus(STATUS.error);
-      clearTimeout(goneTimer);
-      goneTimer = setTimeout(recheckBinding, 60000);
-    } else if (r === 'reset' || (r === 'ok' && !state.inbox)) {
+      whileGone();
+    } else if (r === 'reset' || !state.inbox) {
+      // Re-bound, or back after a wait while gone: (re)start; an inbox that
+      // cannot connect retries by itself.
       await startInbox();
     }
   } finally {
     rechecking = false;
   }
+}
+
+/** whileGone shows we are not connected and looks again in a minute. */
+function whileGone() {
+  renderStatus(STATUS.error);
+  clearTimeout(goneTimer);
+  goneTimer = setTimeout(recheckBinding, 60000);
 }
 
 function showGone() {
