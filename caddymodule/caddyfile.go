@@ -33,7 +33,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		server        kez.lat
 //		public_url    https://kez.lat
 //		storage bolt  /var/lib/kez/chat.db  # optional block: { one_commit_per_message } (benchmarks only)
-//		# or: storage nats nats://a:4222 nats://b:4222 { creds <file>; tls_ca <file>; replicas 3; stream kez; timeout 5s }
+//		# or: storage nats nats://a:4222 nats://b:4222 { creds <file>; tls_ca <file>; replicas 3; stream kez; timeout 10s }
 //		max_envelope  256KiB
 //		auth_skew     60s
 //		register_skew 5m

@@ -63,7 +63,7 @@ func leaderLoss(t *testing.T, c faultCluster, rounds, senders int) {
 	rec1, rec2 := newRecorder(), newRecorder()
 	var disconnects atomic.Int32
 	opts := func(rec *recorder) Options {
-		return Options{URLs: c.URLs(), Prefix: "fo", Replicas: 3, Timeout: 5 * time.Second, Notify: rec.notify,
+		return Options{URLs: c.URLs(), Prefix: "fo", Replicas: 3, Timeout: DefaultTimeout, Notify: rec.notify,
 			Disconnected: func(error) { disconnects.Add(1) }}
 	}
 	s1, s2 := open(t, opts(rec1)), open(t, opts(rec2))

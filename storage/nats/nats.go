@@ -32,8 +32,11 @@ import (
 
 // Defaults for Options.
 const (
-	DefaultPrefix  = "kez"
-	DefaultTimeout = 5 * time.Second
+	DefaultPrefix = "kez"
+	// DefaultTimeout outlasts a stream leader's election after a crash
+	// (4.5–9.7 s in TestLeaderCrashUnderLoad), so sends made meanwhile are
+	// stored late instead of refused; with 5 s, 8–16 per crash got 503.
+	DefaultTimeout = 10 * time.Second
 )
 
 // ErrUnavailable means the NATS cluster cannot be reached right now.
