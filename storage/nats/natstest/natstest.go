@@ -7,6 +7,7 @@ package natstest
 import (
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -43,6 +44,24 @@ func RunCluster(t testing.TB, n int) *Cluster { return runCluster(t, n, 0) }
 func runCluster(t testing.TB, n, port int) *Cluster {
 	t.Helper()
 	dir := t.TempDir()
+	// A route port is picked before any node listens (every node's routes
+	// name all of them), so another test may take one meanwhile; then the
+	// node never gets ready, and the cluster is started over on new ports.
+	for attempt := 1; ; attempt++ {
+		c, err := tryCluster(t, n, port, filepath.Join(dir, fmt.Sprint(attempt)))
+		if err == nil {
+			t.Cleanup(c.Shutdown)
+			c.WaitMetaLeader(t, 20*time.Second)
+			return c
+		}
+		if attempt == 3 {
+			t.Fatal(err)
+		}
+		t.Logf("starting NATS again: %v", err)
+	}
+}
+
+func tryCluster(t testing.TB, n, port int, dir string) (*Cluster, error) {
 	c := &Cluster{Servers: make([]*server.Server, n), opts: make([]*server.Options, n)}
 	routePorts := make([]int, n)
 	for i := range routePorts {
@@ -52,10 +71,10 @@ func runCluster(t testing.TB, n, port int) *Cluster {
 		o := &server.Options{
 			ServerName: fmt.Sprintf("n%d", i+1),
 			Host:       "127.0.0.1",
-			Port:       testcaddy.FreePort(t), // fixed, so that a restarted node keeps its URL
+			Port:       server.RANDOM_PORT, // kept after the first start: a restarted node keeps its URL
 			JetStream:  true,
 			StoreDir:   filepath.Join(dir, fmt.Sprintf("n%d", i+1)),
-			NoLog:      true,
+			NoLog:      os.Getenv("KEZ_NATS_LOG") == "",
 			NoSigs:     true,
 		}
 		if n > 1 {
@@ -71,29 +90,41 @@ func runCluster(t testing.TB, n, port int) *Cluster {
 		}
 		c.opts[i] = o
 	}
-	t.Cleanup(c.Shutdown)
 	for i := range n {
-		c.start(t, i)
+		if err := c.startNode(i); err != nil {
+			c.Shutdown()
+			return nil, err
+		}
 	}
-	c.WaitMetaLeader(t, 20*time.Second)
-	return c
+	return c, nil
 }
 
 func (c *Cluster) start(t testing.TB, i int) {
 	t.Helper()
+	if err := c.startNode(i); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (c *Cluster) startNode(i int) error {
 	o := *c.opts[i]
 	s, err := server.NewServer(&o)
 	if err != nil {
-		t.Fatalf("nats server %d: %v", i+1, err)
+		return fmt.Errorf("nats server %d: %v", i+1, err)
 	}
 	if os.Getenv("KEZ_NATS_LOG") != "" {
 		s.ConfigureLogger()
 	}
 	go s.Start()
-	if !s.ReadyForConnections(20 * time.Second) {
-		t.Fatalf("nats server %d not ready", i+1)
+	if !s.ReadyForConnections(10 * time.Second) {
+		s.Shutdown()
+		return fmt.Errorf("nats server %d not ready after 10 s (a port taken? KEZ_NATS_LOG=1 shows why)", i+1)
 	}
 	c.Servers[i] = s
+	if addr, ok := s.Addr().(*net.TCPAddr); ok {
+		c.opts[i].Port = addr.Port
+	}
+	return nil
 }
 
 // URL is the client URL of node i.
