@@ -145,23 +145,29 @@ func Start(t testing.TB, opts Options) *Server {
 	t.Helper()
 	dir := t.TempDir()
 	bin := Binary(t) // may build: before picking ports, so they stay free until Caddy binds them
-	s := &Server{
-		Port:   FreePort(t),
-		Dir:    dir,
-		DBPath: filepath.Join(dir, "data", "chat.db"),
-		bin:    bin,
-		logs:   &syncBuffer{},
-	}
-	s.URL = fmt.Sprintf("http://127.0.0.1:%d", s.Port)
-	s.AdminAddr = fmt.Sprintf("127.0.0.1:%d", FreePort(t))
-	s.Start(t, opts)
+	s := &Server{Dir: dir, DBPath: filepath.Join(dir, "data", "chat.db"), bin: bin, logs: &syncBuffer{}}
 	t.Cleanup(func() {
 		s.Kill()
 		if t.Failed() {
 			t.Logf("caddy logs:\n%s", s.Logs())
 		}
 	})
-	return s
+	// A port picked here can still be taken (by a parallel test's
+	// connection, say) before Caddy binds it: then start over on others.
+	for attempt := 1; ; attempt++ {
+		s.Port = FreePort(t)
+		s.URL = fmt.Sprintf("http://127.0.0.1:%d", s.Port)
+		s.AdminAddr = fmt.Sprintf("127.0.0.1:%d", FreePort(t))
+		err := s.launch(t, opts)
+		if err == nil {
+			return s
+		}
+		if attempt == 3 || !strings.Contains(s.Logs(), "address already in use") {
+			t.Fatal(err)
+		}
+		t.Logf("caddy: a port was taken, trying others: %v", err)
+		s.logs = &syncBuffer{}
+	}
 }
 
 // Caddyfile renders the configuration for opts.
@@ -232,6 +238,14 @@ func (s *Server) Env() []string {
 // Start (re)starts the process with opts, on the same port and data.
 func (s *Server) Start(t testing.TB, opts Options) {
 	t.Helper()
+	if err := s.launch(t, opts); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// launch starts the process and waits until it is healthy.
+func (s *Server) launch(t testing.TB, opts Options) error {
+	t.Helper()
 	config := s.writeConfig(t, opts)
 	s.cmd = exec.Command(s.bin, "run", "--config", config, "--adapter", "caddyfile")
 	if opts.FileSizeLimitKiB > 0 {
@@ -246,30 +260,36 @@ func (s *Server) Start(t testing.TB, opts Options) {
 	}
 	s.exit = make(chan error, 1)
 	go func(cmd *exec.Cmd, exit chan error) { exit <- cmd.Wait() }(s.cmd, s.exit)
-	s.WaitHealthy(t, 30*time.Second)
+	return s.waitHealthy(30 * time.Second)
 }
 
 // WaitHealthy polls /v1/healthz until it answers 200.
 func (s *Server) WaitHealthy(t testing.TB, within time.Duration) {
 	t.Helper()
+	if err := s.waitHealthy(within); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (s *Server) waitHealthy(within time.Duration) error {
 	deadline := time.Now().Add(within)
 	client := &http.Client{Timeout: time.Second}
 	for {
 		select {
 		case err := <-s.exit:
 			s.exit <- err
-			t.Fatalf("caddy exited during start: %v\n%s", err, s.Logs())
+			return fmt.Errorf("caddy exited during start: %v\n%s", err, s.Logs())
 		default:
 		}
 		res, err := client.Get(s.URL + "/v1/healthz")
 		if err == nil {
 			res.Body.Close()
 			if res.StatusCode == 200 {
-				return
+				return nil
 			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("caddy not healthy after %s (last error %v)\n%s", within, err, s.Logs())
+			return fmt.Errorf("caddy not healthy after %s (last error %v)\n%s", within, err, s.Logs())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
