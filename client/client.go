@@ -7,6 +7,7 @@ package client
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -182,6 +183,14 @@ func (c *Client) send(ctx context.Context, method, pathAndQuery, auth string, bo
 	if auth != "" {
 		req.Header.Set("X-KEZ-Auth", auth)
 	}
+	if method == http.MethodPost {
+		// Both POSTs of the API may be sent twice: a registration retry
+		// gets 200 with the same record, and a message stored twice shows
+		// once (clients de-duplicate by id, SPEC §3). Saying so lets Go's
+		// transport resend a POST that went out on a keep-alive connection
+		// the server was closing, as `caddy reload` does, and never answered.
+		req.Header.Set("Idempotency-Key", idempotencyKey())
+	}
 	resp, err := c.http.Do(req)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -208,3 +217,7 @@ func unwrapURLError(err error) error {
 }
 
 const jsonType = "application/json; charset=utf-8"
+
+// idempotencyKey names one logical request (the Idempotency-Key header of
+// draft-ietf-httpapi-idempotency-key-header): 128 random bits.
+func idempotencyKey() string { return rand.Text() }

@@ -3,6 +3,7 @@ package e2e
 import (
 	"fmt"
 	"math/rand/v2"
+	"net/http"
 	"os"
 	"strconv"
 	"strings"
@@ -53,8 +54,12 @@ func sender(t *testing.T, url string, prefix string, to []string, stop <-chan st
 		}
 		id := fmt.Sprintf("%s-%d", prefix, n)
 		rcpt := to[n%len(to)]
-		res, err := client.Post(url+"/v1/messages", "application/json",
-			strings.NewReader(`{"to":"`+rcpt+`","envelope":{"id":"`+id+`"}}`))
+		// As the client library does: Idempotency-Key lets Go's transport
+		// resend a POST that a reload's closing connection never answered.
+		req, _ := http.NewRequest("POST", url+"/v1/messages", strings.NewReader(`{"to":"`+rcpt+`","envelope":{"id":"`+id+`"}}`))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Idempotency-Key", id)
+		res, err := client.Do(req)
 		if err != nil {
 			stats.transport.Add(1)
 			if keepGoing {
