@@ -153,7 +153,6 @@ type Handler struct {
 	store storage.Store
 	hub   *hub.Hub
 	log   *slog.Logger
-	now   func() time.Time
 
 	stopped context.Context // done once Close is called
 	stop    context.CancelFunc
@@ -173,7 +172,7 @@ func New(cfg Config, store storage.Store, h *hub.Hub, log *slog.Logger) *Handler
 	}
 	cfg = cfg.WithDefaults()
 	stopped, stop := context.WithCancel(context.Background())
-	return &Handler{stopped: stopped, stop: stop, cfg: cfg, store: store, hub: h, log: log, now: cfg.Now,
+	return &Handler{stopped: stopped, stop: stop, cfg: cfg, store: store, hub: h, log: log,
 		servers:       map[*http.Server]context.Context{},
 		registerLimit: newLimiter(cfg.RegisterRate), sendLimit: newLimiter(cfg.SendRate),
 		streams: streamSlots{perHandle: map[string]int{}}}

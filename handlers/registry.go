@@ -66,7 +66,7 @@ func (h *Handler) register(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusForbidden, kez.CodeRegistrationClosed, "registration is closed on "+h.cfg.Server)
 		return
 	}
-	if ok, wait := h.registerLimit.allow(limitKey(h.cfg.ClientIP(r)), h.now()); !ok {
+	if ok, wait := h.registerLimit.allow(limitKey(h.cfg.ClientIP(r)), h.cfg.Now()); !ok {
 		h.cfg.Counters.rateLimited("register")
 		rateLimited(w, wait, "too many registration attempts from your address")
 		return
@@ -80,7 +80,7 @@ func (h *Handler) register(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, kez.CodeBadRequest, "could not read the body")
 		return
 	}
-	now := h.now()
+	now := h.cfg.Now()
 	reg, payload, err := kez.VerifyRegistration(body, kez.RegistrationPolicy{
 		Server: h.cfg.Server, Now: now, Skew: h.cfg.RegisterSkew, Reserved: h.cfg.Reserved})
 	if err != nil {

@@ -59,7 +59,7 @@ func jsonString(lit []byte) string {
 }
 
 func (h *Handler) send(w http.ResponseWriter, r *http.Request) {
-	if ok, wait := h.sendLimit.allow(limitKey(h.cfg.ClientIP(r)), h.now()); !ok {
+	if ok, wait := h.sendLimit.allow(limitKey(h.cfg.ClientIP(r)), h.cfg.Now()); !ok {
 		h.cfg.Counters.rateLimited("send")
 		rateLimited(w, wait, "too many messages from your address")
 		return
@@ -189,7 +189,7 @@ func (h *Handler) authorize(w http.ResponseWriter, r *http.Request, arg, auth st
 		return "", false
 	}
 	msg := func(ts int64) string { return msgFor(handle, ts) }
-	if err := kez.VerifyAuth(pub, auth, msg, h.now(), h.cfg.AuthSkew); err != nil {
+	if err := kez.VerifyAuth(pub, auth, msg, h.cfg.Now(), h.cfg.AuthSkew); err != nil {
 		h.fail(w, r, err)
 		return "", false
 	}
