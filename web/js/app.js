@@ -620,10 +620,13 @@ async function stopInbox() {
   await old.queue.catch(() => {});
 }
 
-/** startInbox (re)starts the live inbox once the server still knows us. */
-async function startInbox() {
+/**
+ * startInbox (re)starts the live inbox once the server still knows us;
+ * checked says the caller has just asked the server (checkBinding).
+ */
+async function startInbox({ checked = false } = {}) {
   await stopInbox();
-  if ((await checkBinding()) === 'gone') return whileGone();
+  if (!checked && (await checkBinding()) === 'gone') return whileGone();
   const me = state.me;
   state.inbox = new Inbox({
     api: state.api,
@@ -729,7 +732,7 @@ async function recheckBinding() {
     } else if (r === 'reset' || !state.inbox) {
       // Re-bound, or back after a wait while gone: (re)start; an inbox that
       // cannot connect retries by itself.
-      await startInbox();
+      await startInbox({ checked: true });
     }
   } finally {
     rechecking = false;
@@ -785,7 +788,7 @@ $('gone-form').addEventListener('submit', async (ev) => {
     }
     hideGone();
     await adoptBinding(rec);
-    await startInbox();
+    await startInbox({ checked: true });
     toast(`You are @${state.me.handle} on ${api.server} again.`);
   } catch (e) {
     if (e instanceof ApiError && e.code === 'handle_taken') {
