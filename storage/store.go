@@ -19,6 +19,11 @@ var (
 	ErrInboxFull    = errors.New("inbox full")
 	ErrInviteUsed   = errors.New("invite already used")
 	ErrClosed       = errors.New("storage closed")
+	// ErrBlocked: the recipient has blocked the sender (SPEC §2.9).
+	ErrBlocked = errors.New("sender is blocked")
+	// ErrRequestLimit: a stranger's message would exceed Limits.RequestLimit
+	// or Limits.MaxRequests (SPEC §2.5).
+	ErrRequestLimit = errors.New("too many message requests")
 )
 
 // Record binds a handle to a primary. Registration is the signed body as
@@ -34,7 +39,59 @@ type Record struct {
 type Message struct {
 	Seq        uint64 // positive, strictly increasing per inbox, never reused
 	ReceivedAt int64  // unix milliseconds
-	Envelope   []byte // compact JSON object, opaque to the server
+	From       string // the sender the server authenticated: its primary
+	FromAddr   string // the sender's address (handle@server) as verified at receipt
+	// Request is true while the sender is a stranger to the inbox owner
+	// (SPEC §2.5): stored while not accepted, and not accepted since.
+	Request  bool
+	Envelope []byte // compact JSON object, opaque to the server
+}
+
+// Delivery is one envelope to store, with what the server proved about it.
+type Delivery struct {
+	To       string // the recipient's handle
+	From     string // the authenticated sender's primary (= envelope.from)
+	FromAddr string // the sender's verified address
+	// Sig is envelope.sig: with From, the idempotency key of the message.
+	// A Delivery whose (From, Sig) is already stored or was acknowledged
+	// within retention is not stored again (SPEC §2.5).
+	Sig      string
+	Envelope []byte // compact JSON object
+	// SenderHandle is the sender's local handle ("" for a remote sender):
+	// sending accepts the recipient in the sender's own inbox (SPEC §2.9),
+	// so that ToPrimary's answers are never requests.
+	SenderHandle string
+	ToPrimary    string // the recipient's current primary
+}
+
+// Limits bound an inbox (SPEC §2.5, §2.8); 0 means no bound.
+type Limits struct {
+	MaxInbox     int // messages from accepted senders
+	RequestLimit int // unacknowledged requests per stranger
+	MaxRequests  int // unacknowledged requests per inbox
+}
+
+// ContactState is a change to an inbox owner's contact lists (SPEC §2.9).
+type ContactState int
+
+// Contact list changes.
+const (
+	// Accept makes the sender a contact (and unblocks it): its stored
+	// requests become ordinary messages.
+	Accept ContactState = iota + 1
+	// Unaccept withdraws an acceptance: the sender is a stranger again.
+	Unaccept
+	// Block refuses the sender's messages (and withdraws any acceptance);
+	// its stored requests are deleted.
+	Block
+	// Unblock lifts a block: the sender is a stranger again.
+	Unblock
+)
+
+// Contacts are an inbox owner's lists of primaries, each sorted.
+type Contacts struct {
+	Accepted []string // explicitly or implicitly (by sending) accepted
+	Blocked  []string
 }
 
 // Notify is called after every durable append, in commit order per inbox,
@@ -56,16 +113,36 @@ type Store interface {
 	LookupPrimary(ctx context.Context, primary string) (Record, error)
 
 	// Append stores an envelope in a registered handle's inbox and returns
-	// only once it is durable. ErrNotFound for an unknown handle, ErrInboxFull
-	// when the inbox already holds maxInbox messages (0 = no cap).
-	Append(ctx context.Context, handle string, envelope []byte, maxInbox int) (Message, error)
+	// only once it is durable, checking in this order: ErrNotFound for an
+	// unknown handle; a duplicate (same From and Sig stored or acknowledged
+	// within retention) returns the original message's Seq and ReceivedAt
+	// with fresh=false and stores nothing; ErrBlocked for a blocked sender;
+	// a sender not accepted makes a request, ErrRequestLimit beyond
+	// lim.RequestLimit (this sender) or lim.MaxRequests (this inbox);
+	// ErrInboxFull when an accepted sender finds lim.MaxInbox messages from
+	// accepted senders. Requests never count against MaxInbox. A local
+	// sender (d.SenderHandle) accepts d.ToPrimary in its own inbox.
+	Append(ctx context.Context, d Delivery, lim Limits) (m Message, fresh bool, err error)
 	// Read returns up to limit messages with Seq > since, ascending, and
 	// whether more follow.
 	Read(ctx context.Context, handle string, since uint64, limit int) (msgs []Message, more bool, err error)
 	// Ack deletes every message with Seq <= upto and returns how many.
 	Ack(ctx context.Context, handle string, upto uint64) (int, error)
-	// Expire deletes messages received before cutoff, a little at a time.
+	// Expire deletes messages received before cutoff, a little at a time,
+	// and forgets the idempotency keys of messages received before it.
 	Expire(ctx context.Context, cutoff time.Time) (int, error)
+
+	// SetContact changes how handle's inbox treats the sender primary.
+	// ErrNotFound for an unknown handle.
+	SetContact(ctx context.Context, handle, primary string, state ContactState) error
+	// Contacts returns handle's lists. ErrNotFound for an unknown handle.
+	Contacts(ctx context.Context, handle string) (Contacts, error)
+
+	// Once records key (a hash of a signed request) as used until the
+	// given time and reports whether it was new: false means the request
+	// was seen before. With several servers on one backend the record is
+	// shared by all of them. Memory is bounded by what is unexpired.
+	Once(ctx context.Context, key [32]byte, until time.Time) (fresh bool, err error)
 
 	// Ping reports whether the storage can be read.
 	Ping(ctx context.Context) error
