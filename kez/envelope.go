@@ -236,10 +236,14 @@ func decodeB64url(s string) ([]byte, error) {
 }
 
 // OpenJSON parses an envelope as relayed by the server and opens it. The
-// envelope is returned too: its From is the proven sender.
+// envelope must have exactly the members of SPEC §3, spelled exactly: a
+// case variant or a duplicate would let two clients read two different
+// messages from one envelope. The envelope is returned too: its From is the
+// proven sender.
 func (k *Keys) OpenJSON(raw []byte) (*Envelope, []byte, error) {
 	var env Envelope
-	if err := json.Unmarshal(raw, &env); err != nil {
+	if err := decodeExact(raw, map[string]any{"v": &env.V, "from": &env.From, "to": &env.To,
+		"nonce": &env.Nonce, "ct": &env.CT, "sig": &env.Sig}); err != nil {
 		return nil, nil, fmt.Errorf("%w: not an envelope object: %v", ErrUndecryptable, err)
 	}
 	plaintext, err := k.Open(&env)
@@ -353,15 +357,43 @@ func (p Plaintext) Marshal() []byte {
 	return b
 }
 
-// ParsePlaintext decodes a decrypted plaintext. It checks only that it is a
-// JSON object with an id; callers decide what to do with unknown types.
+// ParsePlaintext decodes a decrypted plaintext with exact member names: a
+// text message has exactly type, id, sent_at, text and optionally
+// from_addr. Another type needs exactly-named string members type and id
+// and no two names equal ignoring case; callers show a type they do not
+// know as "unsupported message", never as text.
 func ParsePlaintext(b []byte) (Plaintext, error) {
 	var p Plaintext
-	if err := json.Unmarshal(b, &p); err != nil {
+	var typ struct {
+		Type, ID string
+	}
+	folded := map[string]bool{}
+	err := ScanStrictObject(b, func(key string, value []byte, _ bool) error {
+		f := foldKey(key)
+		if folded[f] {
+			return fmt.Errorf("two members named %.40q ignoring case", key)
+		}
+		folded[f] = true
+		switch key {
+		case "type":
+			return json.Unmarshal(value, &typ.Type)
+		case "id":
+			return json.Unmarshal(value, &typ.ID)
+		}
+		return nil
+	})
+	if err != nil {
 		return Plaintext{}, fmt.Errorf("plaintext is not a message object: %v", err)
 	}
-	if p.ID == "" || p.Type == "" {
+	if typ.ID == "" || typ.Type == "" {
 		return Plaintext{}, errors.New("plaintext has no id or type")
+	}
+	if typ.Type != PlaintextText {
+		return Plaintext{ID: typ.ID, Type: typ.Type}, nil
+	}
+	if err := decodeExact(b, map[string]any{"type": &p.Type, "id": &p.ID, "sent_at": &p.SentAt,
+		"text": &p.Text, "from_addr?": &p.FromAddr}); err != nil {
+		return Plaintext{}, fmt.Errorf("plaintext is not a text message: %v", err)
 	}
 	return p, nil
 }

@@ -1,11 +1,11 @@
 package kez
 
 import (
-	"bytes"
 	"crypto/ed25519"
 	"encoding/hex"
 	"encoding/json"
-	"io"
+	"fmt"
+	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -78,24 +78,16 @@ func VerifyRegistration(body []byte, pol RegistrationPolicy) (*SignedRegistratio
 		return nil, nil, Errorf(CodeBadRequest, "body is not valid UTF-8")
 	}
 	var reg SignedRegistration
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&reg); err != nil {
+	if err := decodeExact(body, map[string]any{"payload": &reg.Payload, "signature": &reg.Signature, "invite?": &reg.Invite}); err != nil {
 		return nil, nil, Errorf(CodeBadRequest, "body is not a registration: %v", err)
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return nil, nil, Errorf(CodeBadRequest, "trailing data after the registration object")
 	}
 	if len(reg.Payload) == 0 || reg.Payload[0] != '{' {
 		return nil, nil, Errorf(CodeBadRequest, "payload must be a JSON object")
 	}
-	if err := CheckStrictJSON(reg.Payload); err != nil {
-		return nil, nil, Errorf(CodeBadRequest, "payload: %v", err)
-	}
 	var p RegisterPayload
-	pdec := json.NewDecoder(bytes.NewReader(reg.Payload))
-	pdec.DisallowUnknownFields() // v1 names every field; nothing else rides along in a public record
-	if err := pdec.Decode(&p); err != nil {
+	// v1 names every field; nothing else rides along in a public record.
+	if err := decodeExact(reg.Payload, map[string]any{"v": &p.V, "type": &p.Type, "handle": &p.Handle,
+		"server": &p.Server, "primary": &p.Primary, "ts": &p.TS}); err != nil {
 		return nil, nil, Errorf(CodeBadRequest, "payload must have exactly v, type, handle, server, primary and ts: %v", err)
 	}
 	if p.V != 1 {
@@ -192,4 +184,41 @@ func abs(n int64) int64 {
 		return -n
 	}
 	return n
+}
+
+// decodeExact reads a JSON object with ExactMembers and decodes each member
+// into its target. A name ending in "?" is optional; a *json.RawMessage
+// target gets the value as it appears, and a *Signature target is itself
+// read exactly (alg, sig).
+func decodeExact(data []byte, targets map[string]any) error {
+	var required, optional []string
+	for name := range targets {
+		if n, ok := strings.CutSuffix(name, "?"); ok {
+			optional = append(optional, n)
+		} else {
+			required = append(required, name)
+		}
+	}
+	members, err := ExactMembers(data, required, optional)
+	if err != nil {
+		return err
+	}
+	for name, target := range targets {
+		value, ok := members[strings.TrimSuffix(name, "?")]
+		if !ok {
+			continue
+		}
+		switch t := target.(type) {
+		case *json.RawMessage:
+			*t = value
+		case *Signature:
+			err = decodeExact(value, map[string]any{"alg": &t.Alg, "sig": &t.Sig})
+		default:
+			err = json.Unmarshal(value, target)
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %w", strings.TrimSuffix(name, "?"), err)
+		}
+	}
+	return nil
 }

@@ -12,11 +12,8 @@ type vectorKey struct {
 	Seed, Public, Primary, X25519Secret, X25519Public string
 }
 
-type authVector struct{ Header, Message, Sig string }
-
 type vectors struct {
 	Alice, Bob   vectorKey
-	Auth         map[string]authVector
 	Registration struct {
 		Body           json.RawMessage
 		Now            int64

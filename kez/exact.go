@@ -1,0 +1,113 @@
+package kez
+
+import (
+	"fmt"
+	"strings"
+)
+
+// Go's encoding/json matches member names case-insensitively (and with
+// Unicode folding: "ſig" fills "Sig"), while JavaScript matches them
+// exactly. An object that one reader understands differently from another
+// could show one text in one client and another in the next, so everything
+// signed or shown is read with the exact rules below (SPEC §1).
+
+// foldKey maps names that Unicode case folding treats as equal to one key
+// ("Text", "TEXT" and "text"; the Kelvin sign and "k"; "ſ" and "s").
+func foldKey(s string) string { return strings.ToLower(strings.ToUpper(s)) }
+
+// ExactMembers checks that data is one strict JSON object (CheckStrictJSON)
+// whose member names are all in required or optional, spelled exactly, each
+// once, with every required one present. It returns each member's value as
+// it appears in data. An unknown member, a duplicate, or one that differs
+// from a known name only by case is an error.
+func ExactMembers(data []byte, required, optional []string) (map[string][]byte, error) {
+	known := make(map[string]string, len(required)+len(optional))
+	for _, n := range required {
+		known[foldKey(n)] = n
+	}
+	for _, n := range optional {
+		known[foldKey(n)] = n
+	}
+	out := make(map[string][]byte, len(known))
+	err := ScanStrictObject(data, func(key string, value []byte, _ bool) error {
+		want, ok := known[foldKey(key)]
+		switch {
+		case !ok:
+			return fmt.Errorf("unknown member %.40q", key)
+		case want != key:
+			return fmt.Errorf("member %.40q must be spelled %q", key, want)
+		}
+		if _, dup := out[key]; dup {
+			return fmt.Errorf("duplicate member %q", key) // unreachable: the scan refuses duplicates
+		}
+		out[key] = value
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	for _, n := range required {
+		if _, ok := out[n]; !ok {
+			return nil, fmt.Errorf("member %q is missing", n)
+		}
+	}
+	return out, nil
+}
+
+// EnvelopeHeader is what the server reads of an envelope (SPEC §1, §2.5):
+// from and to, and sig as the idempotency key. The rest passes untouched.
+type EnvelopeHeader struct {
+	From, To string
+	Sig      string // "" when the envelope has no string member "sig"
+}
+
+// ReadEnvelopeHeader checks that an envelope is a strict JSON object with
+// no two member names equal ignoring case, and with exactly-named string
+// members "from" and "to", and returns them. Other members are not read.
+func ReadEnvelopeHeader(envelope []byte) (EnvelopeHeader, error) {
+	var h EnvelopeHeader
+	var haveFrom, haveTo bool
+	folded := make(map[string]string, 8)
+	err := ScanStrictObject(envelope, func(key string, value []byte, _ bool) error {
+		f := foldKey(key)
+		if other, dup := folded[f]; dup {
+			return fmt.Errorf("members %.40q and %.40q differ only by case", other, key)
+		}
+		folded[f] = key
+		switch key {
+		case "from", "to", "sig":
+			if len(value) == 0 || value[0] != '"' {
+				return fmt.Errorf("envelope member %q must be a string", key)
+			}
+			s := jsonStringValue(value)
+			switch key {
+			case "from":
+				h.From, haveFrom = s, true
+			case "to":
+				h.To, haveTo = s, true
+			default:
+				h.Sig = s
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return EnvelopeHeader{}, err
+	}
+	if !haveFrom || !haveTo {
+		return EnvelopeHeader{}, fmt.Errorf(`envelope must have string members "from" and "to"`)
+	}
+	return h, nil
+}
+
+// jsonStringValue decodes a JSON string literal already checked by the
+// strict scanner.
+func jsonStringValue(lit []byte) string {
+	body := lit[1 : len(lit)-1]
+	for _, c := range body {
+		if c == '\\' {
+			return unescapeKey(body)
+		}
+	}
+	return string(body)
+}
