@@ -200,3 +200,16 @@ func (h *Hub) endAll(close bool) {
 		}
 	}
 }
+
+// End ends every current subscription of handle: its binding changed
+// (rotation, deletion), so streams opened with the old key must not go on
+// (SPEC §2.7). New subscriptions are unaffected.
+func (h *Hub) End(handle string) {
+	h.mu.Lock()
+	set := h.subs[handle]
+	delete(h.subs, handle)
+	h.mu.Unlock()
+	for _, s := range set {
+		s.end(reasonClosed)
+	}
+}

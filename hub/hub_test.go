@@ -195,3 +195,27 @@ func BenchmarkPublish1000Subscribers(b *testing.B) {
 		}
 	}
 }
+
+func TestEndEndsOneHandle(t *testing.T) {
+	h := New()
+	a1, a2, b := h.Subscribe("alice"), h.Subscribe("alice"), h.Subscribe("bob")
+	h.End("alice")
+	for _, s := range []*Subscription{a1, a2} {
+		select {
+		case <-s.Done():
+		default:
+			t.Fatal("alice's subscription is still open")
+		}
+	}
+	select {
+	case <-b.Done():
+		t.Fatal("bob's subscription ended")
+	default:
+	}
+	if h.Subscribers("alice") != 0 || h.Subscribers("bob") != 1 {
+		t.Fatalf("subscribers: alice %d, bob %d", h.Subscribers("alice"), h.Subscribers("bob"))
+	}
+	if later := h.Subscribe("alice"); h.Subscribers("alice") != 1 {
+		t.Fatalf("a new subscription after End: %v", later)
+	}
+}
