@@ -6,12 +6,13 @@ import (
 	"errors"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/kezchat/kez/kez"
 	"github.com/kezchat/kez/storage"
 )
 
-// statusOf maps each SPEC §2.9 code to its HTTP status.
+// statusOf maps each SPEC §2.11 code to its HTTP status.
 var statusOf = map[string]int{
 	kez.CodeBadRequest:       http.StatusBadRequest,
 	kez.CodeInvalidHandle:    http.StatusBadRequest,
@@ -33,6 +34,15 @@ var statusOf = map[string]int{
 	kez.CodeInternal:         http.StatusInternalServerError,
 	kez.CodeUnavailable:      http.StatusServiceUnavailable,
 	kez.CodeInboxFull:        http.StatusInsufficientStorage,
+
+	kez.CodeBodyTimeout:        http.StatusRequestTimeout,
+	kez.CodeUnknownSender:      http.StatusForbidden,
+	kez.CodeBlocked:            http.StatusForbidden,
+	kez.CodeRequestLimit:       http.StatusTooManyRequests,
+	kez.CodeHandleCoolingDown:  http.StatusConflict,
+	kez.CodeFederationRefused:  http.StatusForbidden,
+	kez.CodeSenderUnverified:   http.StatusForbidden,
+	kez.CodeSenderUnverifiable: http.StatusServiceUnavailable,
 
 	kez.CodeRegistrationClosed: http.StatusForbidden,
 	kez.CodeInvalidInvite:      http.StatusForbidden,
@@ -97,8 +107,19 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) {
 		writeError(w, http.StatusConflict, kez.CodePrimaryTaken, "this primary is already bound to another handle")
 	case errors.Is(err, storage.ErrInboxFull):
 		writeError(w, http.StatusInsufficientStorage, kez.CodeInboxFull, "the recipient's inbox is full")
+	case errors.Is(err, storage.ErrBlocked):
+		writeError(w, http.StatusForbidden, kez.CodeBlocked, "the recipient does not accept messages from you")
+	case errors.Is(err, storage.ErrRequestLimit):
+		// Requests free up when the recipient reads, accepts or deletes them.
+		w.Header().Set("Retry-After", strconv.Itoa(int(requestRetry/time.Second)))
+		writeError(w, http.StatusTooManyRequests, kez.CodeRequestLimit,
+			"the recipient has not accepted you yet and holds as many of your (or all) message requests as allowed; wait until they answer")
 	default:
 		h.log.Error("storage failure", "method", r.Method, "path", r.URL.Path, "error", err)
 		writeError(w, http.StatusServiceUnavailable, kez.CodeUnavailable, "storage is unavailable; try again later")
 	}
 }
+
+// requestRetry is the Retry-After of request_limit: a guess, since only
+// the recipient can free the slots.
+const requestRetry = 60 * time.Second

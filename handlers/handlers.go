@@ -24,6 +24,8 @@ type Config struct {
 	AuthSkew     time.Duration    // allowed clock difference for X-KEZ-Auth
 	RegisterSkew time.Duration    // allowed clock difference for registrations
 	Keepalive    time.Duration    // interval of ": ping" comments on streams
+	BodyTimeout  time.Duration    // time allowed to receive a whole request body
+	StreamMaxAge time.Duration    // a stream ends after this (±10 %); clients reconnect
 	MaxInbox     int              // messages an inbox may hold (0 = no cap)
 	Reserved     map[string]bool  // handles nobody may register
 	Version      string           // reported by /v1/healthz
@@ -32,6 +34,9 @@ type Config struct {
 	// Abuse limits; the zero values mean no limit.
 	RegisterRate        Rate                         // registration attempts per client IP
 	SendRate            Rate                         // sends per client IP
+	SenderRate          Rate                         // sends per sender key (SPEC §2.5)
+	RequestLimit        int                          // unacknowledged requests per stranger
+	MaxRequests         int                          // unacknowledged requests per inbox
 	MaxStreamsPerHandle int                          // open streams per handle
 	MaxStreams          int                          // open streams in total
 	ClientIP            func(r *http.Request) string // the client's address; default RemoteIP
@@ -98,6 +103,8 @@ const (
 	DefaultAuthSkew     = 60 * time.Second
 	DefaultRegisterSkew = 5 * time.Minute
 	DefaultKeepalive    = 15 * time.Second
+	DefaultBodyTimeout  = 10 * time.Second
+	DefaultStreamMaxAge = time.Hour
 	DefaultRetention    = 30 * 24 * time.Hour
 	DefaultMaxInbox     = 10000
 )
@@ -124,6 +131,14 @@ func (c Config) WithDefaults() Config {
 	if c.Keepalive <= 0 {
 		c.Keepalive = DefaultKeepalive
 	}
+	if c.BodyTimeout <= 0 {
+		c.BodyTimeout = DefaultBodyTimeout
+	}
+	if c.StreamMaxAge <= 0 {
+		c.StreamMaxAge = DefaultStreamMaxAge
+	}
+	c.RequestLimit = max(c.RequestLimit, 0)
+	c.MaxRequests = max(c.MaxRequests, 0)
 	reserved := map[string]bool{}
 	for _, h := range kez.DefaultReserved {
 		reserved[h] = true
@@ -159,6 +174,7 @@ type Handler struct {
 
 	registerLimit *limiter
 	sendLimit     *limiter
+	senderLimit   *limiter
 	streams       streamSlots
 
 	mu      sync.Mutex
@@ -174,7 +190,7 @@ func New(cfg Config, store storage.Store, h *hub.Hub, log *slog.Logger) *Handler
 	stopped, stop := context.WithCancel(context.Background())
 	return &Handler{stopped: stopped, stop: stop, cfg: cfg, store: store, hub: h, log: log,
 		servers:       map[*http.Server]context.Context{},
-		registerLimit: newLimiter(cfg.RegisterRate), sendLimit: newLimiter(cfg.SendRate),
+		registerLimit: newLimiter(cfg.RegisterRate), sendLimit: newLimiter(cfg.SendRate), senderLimit: newLimiter(cfg.SenderRate),
 		streams: streamSlots{perHandle: map[string]int{}}}
 }
 
@@ -191,7 +207,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // Route returns the handler for r, or nil when the path is not part of the
-// API, so that a host server can pass the request on.
+// API, so that a host server can pass the request on. Every path under
+// /v1/ is ours: one we do not serve gets a JSON 404 with CORS headers.
 func (h *Handler) Route(r *http.Request) http.Handler {
 	p := r.URL.Path
 	switch p {
@@ -211,15 +228,43 @@ func (h *Handler) Route(r *http.Request) http.Handler {
 		return h.methods(map[string]http.HandlerFunc{"GET": h.withArg(rest, h.lookupPrimary)})
 	}
 	if rest, ok := strings.CutPrefix(p, "/v1/inbox/"); ok {
-		if handle, ok := strings.CutSuffix(rest, "/stream"); ok && isSegment(handle) {
-			return h.methods(map[string]http.HandlerFunc{"GET": h.withArg(handle, h.stream)})
+		if route := h.inboxRoute(rest); route != nil {
+			return route
 		}
-		if isSegment(rest) {
-			return h.methods(map[string]http.HandlerFunc{
-				"GET":    h.withArg(rest, h.inbox),
-				"DELETE": h.withArg(rest, h.ack),
-			})
+	}
+	if strings.HasPrefix(p, "/v1/") {
+		return h.methods(map[string]http.HandlerFunc{})
+	}
+	return nil
+}
+
+// inboxRoute routes what follows /v1/inbox/: <handle>, <handle>/stream,
+// <handle>/contacts and <handle>/contacts|blocked/<primary>.
+func (h *Handler) inboxRoute(rest string) http.Handler {
+	parts := strings.Split(rest, "/")
+	if parts[0] == "" {
+		return nil
+	}
+	handle := parts[0]
+	switch {
+	case len(parts) == 1:
+		return h.methods(map[string]http.HandlerFunc{
+			"GET":    h.withArg(handle, h.inbox),
+			"DELETE": h.withArg(handle, h.ack),
+		})
+	case len(parts) == 2 && parts[1] == "stream":
+		return h.methods(map[string]http.HandlerFunc{"GET": h.withArg(handle, h.stream)})
+	case len(parts) == 2 && parts[1] == "contacts":
+		return h.methods(map[string]http.HandlerFunc{"GET": h.withArg(handle, h.contacts)})
+	case len(parts) == 3 && (parts[1] == "contacts" || parts[1] == "blocked") && parts[2] != "":
+		on, off := storage.Accept, storage.Unaccept
+		if parts[1] == "blocked" {
+			on, off = storage.Block, storage.Unblock
 		}
+		return h.methods(map[string]http.HandlerFunc{
+			"PUT":    h.setContact(handle, parts[1], parts[2], on),
+			"DELETE": h.setContact(handle, parts[1], parts[2], off),
+		})
 	}
 	return nil
 }
@@ -230,31 +275,38 @@ func (h *Handler) withArg(arg string, fn func(http.ResponseWriter, *http.Request
 	return func(w http.ResponseWriter, r *http.Request) { fn(w, r, arg) }
 }
 
-// methods answers CORS preflights and wrong methods, and dispatches the rest.
+// allMethods are the methods the API uses, in the order Allow lists them.
+var allMethods = []string{"GET", "POST", "PUT", "DELETE"}
+
+// methods answers CORS preflights and wrong methods, and dispatches the
+// rest. With no methods at all it is the JSON 404 of an unknown /v1/ path.
 func (h *Handler) methods(byMethod map[string]http.HandlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		hdr := w.Header()
 		hdr.Set("Access-Control-Allow-Origin", "*")
 		hdr.Set("Access-Control-Expose-Headers", "Retry-After")
+		if len(byMethod) == 0 {
+			writeError(w, http.StatusNotFound, kez.CodeNotFound, "no such endpoint: "+r.URL.Path)
+			return
+		}
 		if fn := byMethod[r.Method]; fn != nil {
 			fn(w, r)
 			return
 		}
-		allowed := make([]string, 0, 3)
-		for _, m := range []string{"GET", "POST", "DELETE"} {
+		allowed := make([]string, 0, len(allMethods))
+		for _, m := range allMethods {
 			if byMethod[m] != nil {
 				allowed = append(allowed, m)
 			}
 		}
+		hdr.Set("Allow", strings.Join(append(allowed, "OPTIONS"), ", "))
 		if r.Method == http.MethodOptions {
-			hdr.Set("Access-Control-Allow-Methods", "GET, POST, DELETE")
+			hdr.Set("Access-Control-Allow-Methods", strings.Join(allMethods, ", "))
 			hdr.Set("Access-Control-Allow-Headers", "Content-Type, X-KEZ-Auth")
 			hdr.Set("Access-Control-Max-Age", "86400")
-			hdr.Set("Allow", strings.Join(append(allowed, "OPTIONS"), ", "))
 			w.WriteHeader(http.StatusNoContent)
 			return
 		}
-		hdr.Set("Allow", strings.Join(append(allowed, "OPTIONS"), ", "))
 		writeError(w, http.StatusMethodNotAllowed, "method_not_allowed",
 			r.Method+" is not allowed here; use "+strings.Join(allowed, " or "))
 	})

@@ -1,7 +1,6 @@
 package handlers
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
@@ -35,7 +34,7 @@ func (h *Handler) record(rec storage.Record) record {
 }
 
 func (h *Handler) healthz(w http.ResponseWriter, r *http.Request) {
-	resp := map[string]any{"server": h.cfg.Server, "status": "ok", "version": h.cfg.Version}
+	resp := map[string]any{"server": h.cfg.Server, "status": "ok", "version": h.cfg.Version, "protocol": 2}
 	status := http.StatusOK
 	if err := h.store.Ping(r.Context()); err != nil {
 		h.log.Error("health check: storage unreadable", "error", err)
@@ -44,21 +43,6 @@ func (h *Handler) healthz(w http.ResponseWriter, r *http.Request) {
 		status = http.StatusServiceUnavailable
 	}
 	writeJSON(w, status, resp)
-}
-
-// readBody reads at most limit bytes; tooBig is true when the body is longer.
-func readBody(w http.ResponseWriter, r *http.Request, limit int64) (body []byte, tooBig bool, err error) {
-	var buf bytes.Buffer
-	if n := r.ContentLength; n > 0 && n <= limit {
-		// Read into one buffer of the announced size, not a growing one.
-		buf.Grow(int(n) + bytes.MinRead)
-	}
-	_, err = buf.ReadFrom(http.MaxBytesReader(w, r.Body, limit))
-	var mbe *http.MaxBytesError
-	if errors.As(err, &mbe) {
-		return nil, true, err
-	}
-	return buf.Bytes(), false, err
 }
 
 func (h *Handler) register(w http.ResponseWriter, r *http.Request) {
@@ -71,15 +55,14 @@ func (h *Handler) register(w http.ResponseWriter, r *http.Request) {
 		rateLimited(w, wait, "too many registration attempts from your address")
 		return
 	}
-	body, tooBig, err := readBody(w, r, maxRegistrationBody)
-	if tooBig {
+	in, ok := h.readJSONBody(w, r, maxRegistrationBody, func() {
+		closeAfter(w)
 		writeError(w, http.StatusBadRequest, kez.CodeBadRequest, "registration body is larger than 16 KiB")
+	})
+	if !ok {
 		return
 	}
-	if err != nil {
-		writeError(w, http.StatusBadRequest, kez.CodeBadRequest, "could not read the body")
-		return
-	}
+	body := in.data
 	now := h.cfg.Now()
 	reg, payload, err := kez.VerifyRegistration(body, kez.RegistrationPolicy{
 		Server: h.cfg.Server, Now: now, Skew: h.cfg.RegisterSkew, Reserved: h.cfg.Reserved})

@@ -2,9 +2,10 @@ package handlers
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"net/http"
 	"strconv"
 
@@ -21,12 +22,23 @@ const (
 	maxPageLimit     = 500
 )
 
-// EncodeMessage renders the message object of SPEC §2.6 by hand: the stored
+// EncodeMessage renders the message object of SPEC §2.5 by hand: the stored
 // envelope is already compact JSON, so it is copied, never re-parsed.
+// from is a primary and from_addr an address: neither needs escaping.
 func EncodeMessage(m storage.Message) []byte {
-	b := make([]byte, 0, len(m.Envelope)+64)
+	b := make([]byte, 0, len(m.Envelope)+len(m.From)+len(m.FromAddr)+96)
 	b = append(b, `{"seq":`...)
 	b = strconv.AppendUint(b, m.Seq, 10)
+	b = append(b, `,"from":"`...)
+	b = append(b, m.From...)
+	b = append(b, '"')
+	if m.FromAddr != "" {
+		b = append(b, `,"from_addr":"`...)
+		b = append(b, m.FromAddr...)
+		b = append(b, '"')
+	}
+	b = append(b, `,"request":`...)
+	b = strconv.AppendBool(b, m.Request)
 	b = append(b, `,"envelope":`...)
 	b = append(b, m.Envelope...)
 	b = append(b, `,"received_at":`...)
@@ -64,67 +76,57 @@ func (h *Handler) send(w http.ResponseWriter, r *http.Request) {
 		rateLimited(w, wait, "too many messages from your address")
 		return
 	}
-	body, tooBig, err := readBody(w, r, h.cfg.MaxEnvelope+sendOverhead)
-	if tooBig {
-		writeError(w, http.StatusRequestEntityTooLarge, kez.CodeEnvelopeTooLarge,
-			"envelope is larger than "+strconv.FormatInt(h.cfg.MaxEnvelope, 10)+" bytes")
+	if _, _, _, err := kez.ParseQuery(r.URL.RawQuery, false); err != nil {
+		h.fail(w, r, err)
 		return
 	}
-	if err != nil {
-		writeError(w, http.StatusBadRequest, kez.CodeBadRequest, "could not read the body")
+	auth := r.Header.Get("X-KEZ-Auth")
+	if auth == "" {
+		writeError(w, http.StatusUnauthorized, kez.CodeUnauthorized,
+			"authentication required: sends are signed by the sender (X-KEZ-Auth, SPEC §2.0)")
 		return
 	}
-	// One strict pass over the body finds both members; nothing is decoded.
-	var to, envelope []byte
-	compact := false
-	err = kez.ScanStrictObject(body, func(key string, value []byte, isCompact bool) error {
-		switch key {
-		case "to":
-			if value[0] != '"' {
-				return errors.New(`"to" must be a string`)
-			}
-			to = value
-		case "envelope":
-			envelope, compact = value, isCompact
-		default:
-			return fmt.Errorf("unknown field %q", key)
-		}
-		return nil
-	})
-	if err != nil {
-		writeError(w, http.StatusBadRequest, kez.CodeBadRequest, "body must be {\"to\":..., \"envelope\":{...}}: "+err.Error())
-		return
-	}
-	if len(envelope) == 0 || envelope[0] != '{' {
-		writeError(w, http.StatusBadRequest, kez.CodeBadRequest, "envelope must be a JSON object")
-		return
-	}
-	if int64(len(envelope)) > h.cfg.MaxEnvelope {
-		writeError(w, http.StatusRequestEntityTooLarge, kez.CodeEnvelopeTooLarge,
-			"envelope is larger than "+strconv.FormatInt(h.cfg.MaxEnvelope, 10)+" bytes")
-		return
-	}
-	recipient := jsonString(to)
-	if recipient == "" {
-		writeError(w, http.StatusBadRequest, kez.CodeBadRequest, "\"to\" is required")
-		return
-	}
-	handle, ok := h.localHandle(w, recipient, kez.CodeUnknownRecipient)
+	b, ok := h.readJSONBody(w, r, h.cfg.MaxEnvelope+sendOverhead, h.tooLarge(w))
 	if !ok {
 		return
 	}
-	// Stored compact: one line, so it can go into an SSE data field as is.
-	// Clients send it compact already; then it is stored as it came.
-	if !compact {
-		var buf bytes.Buffer
-		buf.Grow(len(envelope))
-		if err := json.Compact(&buf, envelope); err != nil {
-			h.fail(w, r, err) // unreachable: the scan accepted it
-			return
-		}
-		envelope = buf.Bytes()
+	in, err := parseSend(b.data, h.cfg.MaxEnvelope)
+	if err != nil {
+		h.fail(w, r, err)
+		return
 	}
-	m, err := h.store.Append(r.Context(), handle, envelope, h.cfg.MaxInbox)
+	handle, ok := h.localHandle(w, in.to, kez.CodeUnknownRecipient)
+	if !ok {
+		return
+	}
+	if !kez.WellFormedPrimary(in.header.From) {
+		writeError(w, http.StatusBadRequest, kez.CodeBadRequest, "envelope.from must be a primary (ed25519:<64 lowercase hex>)")
+		return
+	}
+	// The sender: a user of this server, who signed this very request.
+	sender, err := h.store.LookupPrimary(r.Context(), in.header.From)
+	if errors.Is(err, storage.ErrNotFound) {
+		writeError(w, http.StatusForbidden, kez.CodeUnknownSender, "envelope.from is not a user of "+h.cfg.Server)
+		return
+	}
+	if err == nil {
+		err = h.verify(r, sender.Primary, signedRequest{method: "POST", path: "/v1/messages", bodyHash: b.hash, auth: auth}, false)
+	}
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	fromAddr := kez.Address(sender.Handle, h.cfg.Server)
+	if in.fromAddr != "" && in.fromAddr != fromAddr {
+		writeError(w, http.StatusBadRequest, kez.CodeBadRequest, "from_addr must be your own address, "+fromAddr)
+		return
+	}
+	if ok, wait := h.senderLimit.allow(sender.Primary, h.cfg.Now()); !ok {
+		h.cfg.Counters.rateLimited("sender")
+		rateLimited(w, wait, "you are sending too many messages")
+		return
+	}
+	recipient, err := h.store.Lookup(r.Context(), handle)
 	if errors.Is(err, storage.ErrNotFound) {
 		writeError(w, http.StatusNotFound, kez.CodeUnknownRecipient, "no handle \""+handle+"\" on "+h.cfg.Server)
 		return
@@ -133,7 +135,27 @@ func (h *Handler) send(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	h.cfg.Counters.messageAccepted(len(m.Envelope))
+	if in.header.To != recipient.Primary {
+		writeError(w, http.StatusBadRequest, kez.CodeBadRequest, "envelope.to is not "+handle+"'s current primary; look it up again")
+		return
+	}
+	m, fresh, err := h.store.Append(r.Context(), storage.Delivery{
+		To: handle, From: sender.Primary, FromAddr: fromAddr, Sig: in.idempotencyKey(), Envelope: in.envelope,
+		SenderHandle: sender.Handle, ToPrimary: recipient.Primary,
+	}, storage.Limits{MaxInbox: h.cfg.MaxInbox, RequestLimit: h.cfg.RequestLimit, MaxRequests: h.cfg.MaxRequests})
+	if errors.Is(err, storage.ErrNotFound) {
+		writeError(w, http.StatusNotFound, kez.CodeUnknownRecipient, "no handle \""+handle+"\" on "+h.cfg.Server)
+		return
+	}
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	status := http.StatusOK // the same envelope again: its original receipt
+	if fresh {
+		status = http.StatusCreated
+		h.cfg.Counters.messageAccepted(len(m.Envelope))
+	}
 	out := make([]byte, 0, 96)
 	out = append(out, `{"seq":`...)
 	out = strconv.AppendUint(out, m.Seq, 10)
@@ -142,81 +164,89 @@ func (h *Handler) send(w http.ResponseWriter, r *http.Request) {
 	out = append(out, `","received_at":`...)
 	out = strconv.AppendInt(out, m.ReceivedAt, 10)
 	out = append(out, '}')
-	writeRaw(w, http.StatusCreated, "application/json; charset=utf-8", out)
+	writeRaw(w, status, "application/json; charset=utf-8", out)
 }
 
-// parseCursor reads a non-negative decimal query parameter; absent means def.
-func parseCursor(r *http.Request, name string, def uint64) (uint64, *kez.Error) {
-	s := r.URL.Query().Get(name)
-	if s == "" {
-		return def, nil
-	}
-	n, err := strconv.ParseUint(s, 10, 63)
-	if err != nil || s[0] == '+' {
-		return 0, kez.Errorf(kez.CodeBadRequest, "%s must be a non-negative integer below 2^63, got %q", name, s)
-	}
-	return n, nil
+// sendBody is a parsed POST /v1/messages body.
+type sendBody struct {
+	to, fromAddr string
+	envelope     []byte // compact
+	header       kez.EnvelopeHeader
 }
 
-// authorize resolves the path handle and checks its request signature.
-// msgFor builds the signed string for a timestamp. It writes the error and
-// returns ok=false on failure.
-func (h *Handler) authorize(w http.ResponseWriter, r *http.Request, arg, auth string, missingStatus int, msgFor func(handle string, ts int64) string) (string, bool) {
-	handle, ok := h.localHandle(w, arg, kez.CodeNotFound)
-	if !ok {
-		return "", false
+// idempotencyKey is what identifies a resend of the same envelope: its
+// signature, or for an envelope without one, the hash of its bytes.
+func (s *sendBody) idempotencyKey() string {
+	if s.header.Sig != "" {
+		return s.header.Sig
 	}
-	if auth == "" {
-		code := kez.CodeUnauthorized
-		if missingStatus == http.StatusBadRequest {
-			code = kez.CodeMissingAuth
+	sum := sha256.Sum256(s.envelope)
+	return "sha256:" + hex.EncodeToString(sum[:])
+}
+
+// parseSend reads {"to":…,"envelope":{…},"from_addr":…} with exact member
+// names, in one strict pass that finds the members without decoding them.
+func parseSend(data []byte, maxEnvelope int64) (*sendBody, error) {
+	members, err := kez.ExactMembers(data, []string{"to", "envelope"}, []string{"from_addr"})
+	if err != nil {
+		return nil, kez.Errorf(kez.CodeBadRequest, "body must be {\"to\":…, \"envelope\":{…}}: %v", err)
+	}
+	in := &sendBody{envelope: members["envelope"]}
+	for name, dst := range map[string]*string{"to": &in.to, "from_addr": &in.fromAddr} {
+		if v, ok := members[name]; ok {
+			if v[0] != '"' {
+				return nil, kez.Errorf(kez.CodeBadRequest, "%q must be a string", name)
+			}
+			*dst = jsonString(v)
 		}
-		writeError(w, missingStatus, code, "authentication required: X-KEZ-Auth: <unix_ts>:<signature hex>")
-		return "", false
 	}
-	rec, err := h.store.Lookup(r.Context(), handle)
-	if errors.Is(err, storage.ErrNotFound) {
-		writeError(w, http.StatusNotFound, kez.CodeNotFound, "no handle \""+handle+"\" on "+h.cfg.Server)
-		return "", false
+	if in.to == "" {
+		return nil, kez.Errorf(kez.CodeBadRequest, "\"to\" is required")
 	}
-	if err != nil {
-		h.fail(w, r, err)
-		return "", false
+	if in.envelope[0] != '{' {
+		return nil, kez.Errorf(kez.CodeBadRequest, "envelope must be a JSON object")
 	}
-	pub, err := kez.ParsePrimary(rec.Primary)
-	if err != nil {
-		h.fail(w, r, err)
-		return "", false
+	if int64(len(in.envelope)) > maxEnvelope {
+		return nil, kez.Errorf(kez.CodeEnvelopeTooLarge, "envelope is larger than %d bytes", maxEnvelope)
 	}
-	msg := func(ts int64) string { return msgFor(handle, ts) }
-	if err := kez.VerifyAuth(pub, auth, msg, h.cfg.Now(), h.cfg.AuthSkew); err != nil {
-		h.fail(w, r, err)
-		return "", false
+	if in.header, err = kez.ReadEnvelopeHeader(in.envelope); err != nil {
+		return nil, kez.Errorf(kez.CodeBadRequest, "envelope: %v", err)
 	}
-	return handle, true
+	// Stored compact: one line, so it can go into an SSE data field as is.
+	// Clients send it compact already; then it is stored as it came.
+	if bytes.ContainsAny(in.envelope, " \t\r\n") {
+		var buf bytes.Buffer
+		buf.Grow(len(in.envelope))
+		if err := json.Compact(&buf, in.envelope); err != nil {
+			return nil, kez.Errorf(kez.CodeBadRequest, "envelope: %v", err) // unreachable: the scan accepted it
+		}
+		in.envelope = buf.Bytes()
+	}
+	return in, nil
 }
 
 func (h *Handler) inbox(w http.ResponseWriter, r *http.Request, arg string) {
-	since, kerr := parseCursor(r, "since", 0)
-	if kerr != nil {
-		writeKezError(w, kerr)
+	q, query, _, err := kez.ParseQuery(r.URL.RawQuery, false, "since", "limit")
+	if err != nil {
+		h.fail(w, r, err)
 		return
 	}
+	since := q["since"]
 	limit := defaultPageLimit
-	if s := r.URL.Query().Get("limit"); s != "" {
-		n, err := strconv.Atoi(s)
-		if err != nil || n <= 0 {
-			writeError(w, http.StatusBadRequest, kez.CodeBadRequest, "limit must be a positive integer, got \""+s+"\"")
+	if n, ok := q["limit"]; ok {
+		if n == 0 {
+			writeError(w, http.StatusBadRequest, kez.CodeBadRequest, "limit must be a positive integer")
 			return
 		}
-		limit = min(n, maxPageLimit)
+		limit = int(min(n, maxPageLimit))
 	}
-	handle, ok := h.authorize(w, r, arg, r.Header.Get("X-KEZ-Auth"), http.StatusUnauthorized,
-		func(handle string, ts int64) string { return kez.InboxAuthMessage(handle, since, ts) })
+	rec, ok := h.authorizeOwner(w, r, arg, http.StatusUnauthorized, func(handle string) signedRequest {
+		return ownerRequest(r, handle, "", query)
+	})
 	if !ok {
 		return
 	}
-	msgs, more, err := h.readPage(r, handle, since, limit)
+	msgs, more, err := h.readPage(r, rec.Handle, since, limit)
 	if err != nil {
 		h.fail(w, r, err)
 		return
@@ -224,7 +254,7 @@ func (h *Handler) inbox(w http.ResponseWriter, r *http.Request, arg string) {
 	next := since
 	size := 64
 	for _, m := range msgs {
-		size += len(m.Envelope) + 64
+		size += len(m.Envelope) + 200
 	}
 	out := make([]byte, 0, size)
 	out = append(out, `{"messages":[`...)
@@ -277,21 +307,26 @@ func (h *Handler) readPage(r *http.Request, handle string, since uint64, limit i
 }
 
 func (h *Handler) ack(w http.ResponseWriter, r *http.Request, arg string) {
-	if r.URL.Query().Get("upto") == "" {
+	q, query, _, err := kez.ParseQuery(r.URL.RawQuery, false, "upto")
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	upto, ok := q["upto"]
+	if !ok {
 		writeError(w, http.StatusBadRequest, kez.CodeBadRequest, "upto is required: DELETE /v1/inbox/<handle>?upto=<seq>")
 		return
 	}
-	upto, kerr := parseCursor(r, "upto", 0)
-	if kerr != nil {
-		writeKezError(w, kerr)
+	if !h.readNoBody(w, r) {
 		return
 	}
-	handle, ok := h.authorize(w, r, arg, r.Header.Get("X-KEZ-Auth"), http.StatusUnauthorized,
-		func(handle string, ts int64) string { return kez.AckAuthMessage(handle, upto, ts) })
+	rec, ok := h.authorizeOwner(w, r, arg, http.StatusUnauthorized, func(handle string) signedRequest {
+		return ownerRequest(r, handle, "", query)
+	})
 	if !ok {
 		return
 	}
-	n, err := h.store.Ack(r.Context(), handle, upto)
+	n, err := h.store.Ack(r.Context(), rec.Handle, upto)
 	if err != nil {
 		h.fail(w, r, err)
 		return

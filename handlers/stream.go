@@ -2,6 +2,7 @@ package handlers
 
 import (
 	"context"
+	"math/rand/v2"
 	"net/http"
 	"strconv"
 	"time"
@@ -53,23 +54,39 @@ func lastEventID(r *http.Request) (uint64, bool) {
 	return n, err == nil
 }
 
+// maxAge is how long one stream may live: StreamMaxAge ±10 %, so that the
+// streams of a restart do not all end together.
+func (h *Handler) maxAge() time.Duration {
+	spread := int64(h.cfg.StreamMaxAge / 5)
+	if spread <= 0 {
+		return h.cfg.StreamMaxAge
+	}
+	return h.cfg.StreamMaxAge - time.Duration(spread/2) + time.Duration(rand.Int64N(spread+1))
+}
+
 func (h *Handler) stream(w http.ResponseWriter, r *http.Request, arg string) {
-	since, kerr := parseCursor(r, "since", 0)
-	if kerr != nil {
-		writeKezError(w, kerr)
+	q, query, urlAuth, err := kez.ParseQuery(r.URL.RawQuery, true, "since")
+	if err != nil {
+		h.fail(w, r, err)
 		return
 	}
-	if id, ok := lastEventID(r); ok && id > since {
+	since, signedSince := q["since"]
+	// Last-Event-ID is not signed: it only counts when the signed query
+	// names no cursor (SPEC §2.7).
+	if id, ok := lastEventID(r); ok && !signedSince {
 		since = id
 	}
-	auth := r.URL.Query().Get("auth")
-	if auth == "" {
-		auth = r.Header.Get("X-KEZ-Auth")
-	}
-	handle, ok := h.authorize(w, r, arg, auth, http.StatusBadRequest, kez.StreamAuthMessage)
+	rec, ok := h.authorizeOwner(w, r, arg, http.StatusBadRequest, func(handle string) signedRequest {
+		req := ownerRequest(r, handle, "/stream", query)
+		if req.auth == "" {
+			req.auth = urlAuth // for EventSource, which cannot set headers
+		}
+		return req
+	})
 	if !ok {
 		return
 	}
+	handle := rec.Handle
 
 	if ok, reason := h.streams.take(handle, h.cfg.MaxStreamsPerHandle, h.cfg.MaxStreams); !ok {
 		h.cfg.Counters.rateLimited("streams")
@@ -141,6 +158,10 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request, arg string) {
 
 	ping := time.NewTicker(h.cfg.Keepalive)
 	defer ping.Stop()
+	// One credential is worth one stream for a bounded time: then the
+	// client reconnects with a fresh signature (SPEC §2.7).
+	expiry := time.NewTimer(h.maxAge())
+	defer expiry.Stop()
 	var evs []hub.Event
 	for {
 		select {
@@ -166,6 +187,8 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request, arg string) {
 		case <-sub.Done():
 			// Overflow or hub shut down: end the response; the client
 			// resumes from its last id and storage fills the gap.
+			return
+		case <-expiry.C:
 			return
 		case <-ping.C:
 			sw.raw(": ping\n\n")

@@ -2,7 +2,7 @@ package kez
 
 import "fmt"
 
-// The stable error codes of SPEC §2.9. Servers send them, clients match on them.
+// The stable error codes of SPEC §2.11. Servers send them, clients match on them.
 const (
 	CodeBadRequest       = "bad_request"
 	CodeInvalidHandle    = "invalid_handle"
@@ -25,13 +25,23 @@ const (
 	CodeUnavailable      = "unavailable"
 	CodeInboxFull        = "inbox_full"
 
-	// Beyond SPEC §2.9 (403): registration turned off, or an invite
+	// v2 (SPEC §2.11).
+	CodeBodyTimeout        = "body_timeout"
+	CodeUnknownSender      = "unknown_sender"
+	CodeBlocked            = "blocked"
+	CodeRequestLimit       = "request_limit"
+	CodeHandleCoolingDown  = "handle_cooling_down"
+	CodeFederationRefused  = "federation_refused"
+	CodeSenderUnverified   = "sender_unverified"
+	CodeSenderUnverifiable = "sender_unverifiable"
+
+	// Beyond SPEC §2.11 (403): registration turned off, or an invite
 	// missing, unknown or already used on an invite-only server.
 	CodeRegistrationClosed = "registration_closed"
 	CodeInvalidInvite      = "invalid_invite"
 )
 
-// Error is a protocol error: a stable code from SPEC §2.9 and a message for humans.
+// Error is a protocol error: a stable code from SPEC §2.11 and a message for humans.
 type Error struct {
 	Code    string
 	Message string

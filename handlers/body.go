@@ -1,0 +1,108 @@
+package handlers
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"io"
+	"mime"
+	"net/http"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/kezchat/kez/kez"
+)
+
+// errBodyTimeout: the body did not arrive within BodyTimeout.
+var errBodyTimeout = kez.Errorf("body_timeout", "the request body did not arrive in time")
+
+// body is a request body as read: the bytes and their SHA-256 (hex, "" for
+// an empty body), which request signatures cover (SPEC §2.0).
+type body struct {
+	data []byte
+	hash string
+}
+
+// readJSONBody reads a POST or PUT body of at most limit bytes (tooBig
+// when longer): it must be application/json (415 otherwise, so that a
+// browser cannot send it without a CORS preflight) and arrive whole
+// within BodyTimeout (408 body_timeout). Memory grows with the bytes that
+// arrive, never with what Content-Length announces. An empty body needs no
+// Content-Type. It writes the error and returns ok=false on failure.
+func (h *Handler) readJSONBody(w http.ResponseWriter, r *http.Request, limit int64, tooBig func()) (body, bool) {
+	if r.ContentLength > limit {
+		tooBig()
+		return body{}, false
+	}
+	if r.ContentLength != 0 {
+		mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
+		if err != nil || mt != "application/json" {
+			closeAfter(w)
+			writeError(w, http.StatusUnsupportedMediaType, kez.CodeBadRequest,
+				"the body must be sent as Content-Type: application/json")
+			return body{}, false
+		}
+	}
+	rc := http.NewResponseController(w)
+	deadline := time.Now().Add(h.cfg.BodyTimeout)
+	// Where the writer cannot set a read deadline, closing the body ends a
+	// read that is still waiting when time is up.
+	timer := (*time.Timer)(nil)
+	if err := rc.SetReadDeadline(deadline); err != nil {
+		timer = time.AfterFunc(h.cfg.BodyTimeout, func() { _ = r.Body.Close() })
+	}
+	var buf bytes.Buffer
+	hash := sha256.New()
+	_, err := buf.ReadFrom(io.TeeReader(http.MaxBytesReader(w, r.Body, limit), hash))
+	expired := !time.Now().Before(deadline)
+	if timer != nil {
+		expired = !timer.Stop() || expired
+	} else {
+		_ = rc.SetReadDeadline(time.Time{})
+	}
+	var mbe *http.MaxBytesError
+	switch {
+	case errors.As(err, &mbe):
+		tooBig()
+		return body{}, false
+	case err != nil && (expired || errors.Is(err, os.ErrDeadlineExceeded)):
+		closeAfter(w)
+		writeError(w, http.StatusRequestTimeout, errBodyTimeout.Code,
+			"the request body did not arrive within "+h.cfg.BodyTimeout.String())
+		return body{}, false
+	case err != nil:
+		closeAfter(w)
+		writeError(w, http.StatusBadRequest, kez.CodeBadRequest, "could not read the body")
+		return body{}, false
+	}
+	b := body{data: buf.Bytes()}
+	if len(b.data) > 0 {
+		b.hash = hex.EncodeToString(hash.Sum(nil))
+	}
+	return b, true
+}
+
+// readNoBody reads what should be an empty body (PUT and DELETE on a path
+// that names everything): anything in it is a bad request.
+func (h *Handler) readNoBody(w http.ResponseWriter, r *http.Request) bool {
+	b, ok := h.readJSONBody(w, r, 0, func() {
+		closeAfter(w)
+		writeError(w, http.StatusBadRequest, kez.CodeBadRequest, "this request takes no body")
+	})
+	return ok && len(b.data) == 0
+}
+
+// closeAfter ends the connection after this answer: the rest of a body we
+// refused may still be on its way.
+func closeAfter(w http.ResponseWriter) { w.Header().Set("Connection", "close") }
+
+// tooLarge answers 413 envelope_too_large for a send body over the limit.
+func (h *Handler) tooLarge(w http.ResponseWriter) func() {
+	return func() {
+		closeAfter(w)
+		writeError(w, http.StatusRequestEntityTooLarge, kez.CodeEnvelopeTooLarge,
+			"envelope is larger than "+strconv.FormatInt(h.cfg.MaxEnvelope, 10)+" bytes")
+	}
+}
