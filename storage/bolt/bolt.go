@@ -1,9 +1,32 @@
 // Package bolt is the default KEZ chat backend: one bbolt file, durable
 // appends through a single group-committing writer.
+//
+// # Layout (schema 2)
+//
+//	meta       "schema" → 2 (8 bytes BE); absent or 1: the v1 layout, migrated on Open
+//	handles    handle → Record JSON
+//	primaries  primary → handle
+//	invites    used invite → handle it registered
+//	inboxes    handle → bucket of seq (8 bytes BE) → message value (message.go);
+//	           a large one as a bucket under its seq holding the value under "m"
+//	counts     handle → stored messages that are not requests (8 bytes BE)
+//	state      handle → bucket of the inbox's policy and idempotency keys:
+//	  accepted   key → 1          senders the owner accepted (explicitly or by writing to them)
+//	  blocked    key → 1          senders the owner blocked
+//	  requests   key+seq → 1      the stored requests, by sender
+//	  senders    key → n          unacknowledged requests from that sender (absent: 0)
+//	  nrequests  (a value)        unacknowledged requests in the inbox
+//	  keys       sha256(key+sig) → seq + received_at    idempotency keys (SPEC §2.5)
+//	  times      received_at + seq → sha256(key+sig)     the same, by age, for Expire
+//
+// A key is a primary's 32 raw bytes. Every count changes in the transaction
+// that changes what it counts, so a crash never leaves one wrong.
 package bolt
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -21,11 +44,23 @@ import (
 )
 
 var (
-	bucketHandles   = []byte("handles")   // handle → Record JSON
-	bucketPrimaries = []byte("primaries") // primary → handle
-	bucketInboxes   = []byte("inboxes")   // handle → bucket of seq (8 bytes BE) → received_at (8 bytes BE) + envelope
-	bucketCounts    = []byte("counts")    // handle → number of stored messages (8 bytes BE)
-	bucketInvites   = []byte("invites")   // used invite → handle it registered
+	bucketMeta      = []byte("meta")
+	bucketHandles   = []byte("handles")
+	bucketPrimaries = []byte("primaries")
+	bucketInboxes   = []byte("inboxes")
+	bucketCounts    = []byte("counts")
+	bucketInvites   = []byte("invites")
+	bucketState     = []byte("state")
+
+	stAccepted  = []byte("accepted")
+	stBlocked   = []byte("blocked")
+	stRequests  = []byte("requests")
+	stSenders   = []byte("senders")
+	stNRequests = []byte("nrequests")
+	stKeys      = []byte("keys")
+	stTimes     = []byte("times")
+
+	present = []byte{1} // the value of a set member; never modified
 )
 
 // maxBatch bounds how many appends share one commit, so one fsync never
@@ -55,6 +90,8 @@ type Options struct {
 	// OneCommitPerMessage disables group commit: every append gets its own
 	// transaction and fsync. Only for measuring the naive baseline.
 	OneCommitPerMessage bool
+	// MaxOnce bounds the single-use record kept by Once (0: DefaultMaxOnce).
+	MaxOnce int
 }
 
 // Store is a bbolt-backed storage.Store.
@@ -62,6 +99,7 @@ type Store struct {
 	db     *bolt.DB
 	notify storage.Notify
 	batch  int
+	once   onceSet
 
 	mu     sync.RWMutex // guards closed and sending on queue
 	closed bool
@@ -70,18 +108,24 @@ type Store struct {
 }
 
 type appendReq struct {
-	handle   string
-	envelope []byte
-	maxInbox int
-	msg      storage.Message
-	err      error
-	ready    chan struct{}
+	d     storage.Delivery
+	lim   storage.Limits
+	from  [keyLen]byte // d.From packed
+	to    [keyLen]byte // d.ToPrimary packed, if hasTo
+	hasTo bool
+	idem  [sha256.Size]byte // the idempotency key: sha256(from, sig)
+
+	msg   storage.Message
+	fresh bool
+	err   error
+	ready chan struct{}
 }
 
 // initialMmapSize is 1 GiB where address space is plentiful (64-bit).
 const initialMmapSize = 1 << 30 * (strconv.IntSize / 64)
 
-// Open opens (creating if needed) the database at path.
+// Open opens (creating if needed) the database at path. A file written by
+// the v1 layout is migrated before Open returns (migrate.go).
 func Open(path string, opts Options) (*Store, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, err
@@ -106,19 +150,23 @@ func Open(path string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bucketHandles, bucketPrimaries, bucketInboxes, bucketCounts, bucketInvites} {
+		for _, name := range [][]byte{bucketMeta, bucketHandles, bucketPrimaries, bucketInboxes, bucketCounts, bucketInvites, bucketState} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return err
 			}
 		}
 		return nil
 	})
+	if err == nil {
+		err = migrate(db)
+	}
 	if err != nil {
 		_ = db.Close()
 		return nil, fmt.Errorf("initialize %s: %w", path, err)
 	}
 	s := &Store{db: db, notify: opts.Notify, batch: maxBatch,
 		queue: make(chan *appendReq, maxBatch), done: make(chan struct{})}
+	s.once.init(opts.MaxOnce)
 	if opts.OneCommitPerMessage {
 		s.batch = 1
 	}
@@ -154,6 +202,30 @@ func u64(b []byte) uint64 {
 		return 0
 	}
 	return binary.BigEndian.Uint64(b)
+}
+
+// cat concatenates parts into a new slice (bolt keeps values by reference
+// until the transaction ends, so a value is never a reused buffer).
+func cat(parts ...[]byte) []byte {
+	n := 0
+	for _, p := range parts {
+		n += len(p)
+	}
+	b := make([]byte, 0, n)
+	for _, p := range parts {
+		b = append(b, p...)
+	}
+	return b
+}
+
+// idemKey is the idempotency key of a delivery: its sender and its sig.
+func idemKey(from [keyLen]byte, sig string) [sha256.Size]byte {
+	h := sha256.New()
+	h.Write(from[:])
+	h.Write([]byte(sig))
+	var k [sha256.Size]byte
+	h.Sum(k[:0])
+	return k
 }
 
 // mapErr turns bbolt's "database not open" into storage.ErrClosed.
@@ -206,6 +278,9 @@ func (s *Store) Register(_ context.Context, rec storage.Record, invite string) (
 		if _, err := tx.Bucket(bucketInboxes).CreateBucketIfNotExists([]byte(rec.Handle)); err != nil {
 			return err
 		}
+		if _, err := newWriteTx(tx).inbox(rec.Handle); err != nil { // its state buckets
+			return err
+		}
 		stored, created = rec, true
 		return nil
 	})
@@ -245,18 +320,35 @@ func (s *Store) LookupPrimary(ctx context.Context, primary string) (storage.Reco
 	return s.Lookup(ctx, handle)
 }
 
-// Append queues the envelope for the writer and waits until it is durable.
-func (s *Store) Append(_ context.Context, handle string, envelope []byte, maxInbox int) (storage.Message, error) {
-	req := &appendReq{handle: handle, envelope: envelope, maxInbox: maxInbox, ready: make(chan struct{})}
+// Append checks the delivery, queues it for the writer and waits until it
+// is durable (or refused). What can be worked out without the database
+// (packing keys, hashing the idempotency key) is done here, by the caller's
+// goroutine, so the single writer does only the transaction.
+func (s *Store) Append(_ context.Context, d storage.Delivery, lim storage.Limits) (storage.Message, bool, error) {
+	req := &appendReq{d: d, lim: lim, ready: make(chan struct{})}
+	var err error
+	if req.from, err = packPrimary(d.From); err != nil {
+		return storage.Message{}, false, fmt.Errorf("delivery from: %w", err)
+	}
+	if d.ToPrimary != "" {
+		if req.to, err = packPrimary(d.ToPrimary); err != nil {
+			return storage.Message{}, false, fmt.Errorf("delivery to: %w", err)
+		}
+		req.hasTo = true
+	}
+	if d.Sig == "" {
+		return storage.Message{}, false, errors.New("delivery without sig (the idempotency key)")
+	}
+	req.idem = idemKey(req.from, d.Sig)
 	s.mu.RLock()
 	if s.closed {
 		s.mu.RUnlock()
-		return storage.Message{}, storage.ErrClosed
+		return storage.Message{}, false, storage.ErrClosed
 	}
 	s.queue <- req
 	s.mu.RUnlock()
 	<-req.ready
-	return req.msg, req.err
+	return req.msg, req.fresh, req.err
 }
 
 // writer is the only goroutine that appends. It commits whatever queued up
@@ -321,42 +413,25 @@ func (s *Store) fill(batch *[]*appendReq, wait <-chan time.Time) bool {
 	return false
 }
 
+// commit applies a batch in one transaction, in queue order: each append
+// sees the effects of those before it (counts, idempotency keys,
+// acceptance). A refused append (r.err) does not abort the others; a
+// failing transaction fails them all.
 func (s *Store) commit(batch []*appendReq) {
 	now := time.Now().UnixMilli()
 	err := s.db.Update(func(tx *bolt.Tx) error {
-		inboxes, counts := tx.Bucket(bucketInboxes), tx.Bucket(bucketCounts)
+		w := newWriteTx(tx)
 		for _, r := range batch {
-			r.err = nil
-			b := inboxes.Bucket([]byte(r.handle))
-			if b == nil {
-				r.err = storage.ErrNotFound
-				continue
-			}
-			n := u64(counts.Get([]byte(r.handle)))
-			if r.maxInbox > 0 && n >= uint64(r.maxInbox) {
-				r.err = storage.ErrInboxFull
-				continue
-			}
-			seq, err := b.NextSequence()
-			if err != nil {
+			r.msg, r.fresh, r.err = storage.Message{}, false, nil
+			if err := w.append(r, now); err != nil {
 				return err
 			}
-			val := make([]byte, 8+len(r.envelope))
-			binary.BigEndian.PutUint64(val, uint64(now))
-			copy(val[8:], r.envelope)
-			if err := putMessage(b, seq, val); err != nil {
-				return err
-			}
-			if err := counts.Put([]byte(r.handle), seqKey(n+1)); err != nil {
-				return err
-			}
-			r.msg = storage.Message{Seq: seq, ReceivedAt: now, Envelope: r.envelope}
 		}
 		return nil
 	})
 	for _, r := range batch {
 		if err != nil {
-			r.msg, r.err = storage.Message{}, mapErr(err)
+			r.msg, r.fresh, r.err = storage.Message{}, false, mapErr(err)
 		}
 		close(r.ready)
 	}
@@ -364,10 +439,312 @@ func (s *Store) commit(batch []*appendReq) {
 		return
 	}
 	for _, r := range batch {
-		if r.err == nil {
-			s.notify(r.handle, r.msg)
+		if r.fresh {
+			s.notify(r.d.To, r.msg)
 		}
 	}
+}
+
+// writeTx is a write transaction with the buckets of the inboxes it has
+// touched at hand.
+type writeTx struct {
+	tx      *bolt.Tx
+	counts  *bolt.Bucket
+	inboxes map[string]*inbox
+}
+
+// inbox is an inbox's buckets within one transaction.
+type inbox struct {
+	name     []byte
+	msgs     *bolt.Bucket
+	state    *bolt.Bucket
+	accepted *bolt.Bucket
+	blocked  *bolt.Bucket
+	requests *bolt.Bucket
+	senders  *bolt.Bucket
+	keys     *bolt.Bucket
+	times    *bolt.Bucket
+}
+
+func newWriteTx(tx *bolt.Tx) *writeTx {
+	return &writeTx{tx: tx, counts: tx.Bucket(bucketCounts), inboxes: map[string]*inbox{}}
+}
+
+// inbox returns handle's buckets, creating its state buckets if they are
+// missing, or nil for an unknown handle.
+func (w *writeTx) inbox(handle string) (*inbox, error) {
+	if ix, ok := w.inboxes[handle]; ok {
+		return ix, nil
+	}
+	name := []byte(handle)
+	msgs := w.tx.Bucket(bucketInboxes).Bucket(name)
+	if msgs == nil {
+		w.inboxes[handle] = nil
+		return nil, nil
+	}
+	ix := &inbox{name: name, msgs: msgs}
+	var err error
+	if ix.state, err = bucket(w.tx.Bucket(bucketState), name); err != nil {
+		return nil, err
+	}
+	for _, b := range []struct {
+		dst  **bolt.Bucket
+		name []byte
+	}{{&ix.accepted, stAccepted}, {&ix.blocked, stBlocked}, {&ix.requests, stRequests},
+		{&ix.senders, stSenders}, {&ix.keys, stKeys}, {&ix.times, stTimes}} {
+		if *b.dst, err = bucket(ix.state, b.name); err != nil {
+			return nil, err
+		}
+	}
+	w.inboxes[handle] = ix
+	return ix, nil
+}
+
+// bucket returns the named child of parent, creating it if needed.
+func bucket(parent *bolt.Bucket, name []byte) (*bolt.Bucket, error) {
+	if b := parent.Bucket(name); b != nil {
+		return b, nil
+	}
+	return parent.CreateBucket(name)
+}
+
+// add adds delta to the counter under key, saturating at 0 (a count can
+// only be off after a bug; it never wraps). A zero counter is deleted when
+// drop is set.
+func add(b *bolt.Bucket, key []byte, delta int64, drop bool) error {
+	if delta == 0 {
+		return nil
+	}
+	n := int64(u64(b.Get(key))) + delta
+	if n <= 0 && drop {
+		return b.Delete(key)
+	}
+	return b.Put(key, seqKey(uint64(max(n, 0))))
+}
+
+// append applies one delivery (SPEC §2.5), in the order the contract gives:
+// unknown inbox, duplicate, blocked, request limits or inbox cap, store,
+// then the sender's implicit acceptance of the recipient (§2.9).
+func (w *writeTx) append(r *appendReq, now int64) error {
+	d := &r.d
+	ix, err := w.inbox(d.To)
+	if err != nil {
+		return err
+	}
+	if ix == nil {
+		r.err = storage.ErrNotFound
+		return nil
+	}
+	from := r.from[:]
+	if v := ix.keys.Get(r.idem[:]); len(v) == 16 {
+		seq := u64(v[:8])
+		r.msg = storage.Message{Seq: seq, ReceivedAt: int64(u64(v[8:])), From: d.From, FromAddr: d.FromAddr,
+			Request: ix.requests.Get(cat(from, v[:8])) != nil, Envelope: d.Envelope}
+		return nil
+	}
+	// The owner writing to its own inbox (a copy for its other devices,
+	// SPEC §3) is never a stranger to itself.
+	self := r.hasTo && r.to == r.from
+	if !self && ix.blocked.Get(from) != nil {
+		r.err = storage.ErrBlocked
+		return nil
+	}
+	request := !self && ix.accepted.Get(from) == nil
+	if request {
+		if r.lim.RequestLimit > 0 && u64(ix.senders.Get(from)) >= uint64(r.lim.RequestLimit) {
+			r.err = storage.ErrRequestLimit
+			return nil
+		}
+		if r.lim.MaxRequests > 0 && u64(ix.state.Get(stNRequests)) >= uint64(r.lim.MaxRequests) {
+			r.err = storage.ErrRequestLimit
+			return nil
+		}
+	} else if r.lim.MaxInbox > 0 && u64(w.counts.Get(ix.name)) >= uint64(r.lim.MaxInbox) {
+		r.err = storage.ErrInboxFull
+		return nil
+	}
+
+	seq, err := ix.msgs.NextSequence()
+	if err != nil {
+		return err
+	}
+	var flags byte
+	if request {
+		flags = flagRequest
+	}
+	val := encodeMessage(now, flags, from, d.FromAddr, d.Envelope)
+	if err := putMessage(ix.msgs, seq, val, len(d.Envelope)); err != nil {
+		return err
+	}
+	sk, at := seqKey(seq), seqKey(uint64(now))
+	if err := ix.keys.Put(r.idem[:], cat(sk, at)); err != nil {
+		return err
+	}
+	if err := ix.times.Put(cat(at, sk), cat(r.idem[:])); err != nil {
+		return err
+	}
+	if request {
+		if err := ix.requests.Put(cat(from, sk), present); err != nil {
+			return err
+		}
+		if err := add(ix.senders, from, 1, true); err != nil {
+			return err
+		}
+		err = add(ix.state, stNRequests, 1, false)
+	} else {
+		err = add(w.counts, ix.name, 1, false)
+	}
+	if err != nil {
+		return err
+	}
+	r.fresh = true
+	r.msg = storage.Message{Seq: seq, ReceivedAt: now, From: d.From, FromAddr: d.FromAddr, Request: request, Envelope: d.Envelope}
+
+	// Writing to someone accepts them in one's own inbox, unless blocked.
+	if d.SenderHandle == "" || !r.hasTo || self {
+		return nil
+	}
+	own, err := w.inbox(d.SenderHandle)
+	if err != nil || own == nil {
+		return err
+	}
+	if own.accepted.Get(r.to[:]) != nil || own.blocked.Get(r.to[:]) != nil {
+		return nil
+	}
+	return w.accept(own, r.to[:])
+}
+
+// requestSeqs returns the seqs of the requests from key stored in ix.
+func (ix *inbox) requestSeqs(key []byte) [][]byte {
+	var seqs [][]byte
+	c := ix.requests.Cursor()
+	for k, _ := c.Seek(key); k != nil && bytes.HasPrefix(k, key); k, _ = c.Next() {
+		seqs = append(seqs, append([]byte(nil), k[len(key):]...))
+	}
+	return seqs
+}
+
+// accept makes key a contact of ix's owner: no longer blocked, and its
+// stored requests become ordinary messages (counted against MaxInbox).
+func (w *writeTx) accept(ix *inbox, key []byte) error {
+	if err := ix.blocked.Delete(key); err != nil {
+		return err
+	}
+	if err := ix.accepted.Put(key, present); err != nil {
+		return err
+	}
+	seqs := ix.requestSeqs(key)
+	for _, sk := range seqs {
+		if err := rewriteFlags(ix.msgs, sk, 0); err != nil {
+			return err
+		}
+		if err := ix.requests.Delete(cat(key, sk)); err != nil {
+			return err
+		}
+	}
+	return w.dropRequests(ix, key, len(seqs), true)
+}
+
+// block refuses key in ix: no longer accepted, and its stored requests are
+// deleted (its ordinary messages stay).
+func (w *writeTx) block(ix *inbox, key []byte) error {
+	if err := ix.accepted.Delete(key); err != nil {
+		return err
+	}
+	if err := ix.blocked.Put(key, present); err != nil {
+		return err
+	}
+	seqs := ix.requestSeqs(key)
+	for _, sk := range seqs {
+		if err := deleteMessage(ix.msgs, sk); err != nil {
+			return err
+		}
+		if err := ix.requests.Delete(cat(key, sk)); err != nil {
+			return err
+		}
+	}
+	return w.dropRequests(ix, key, len(seqs), false)
+}
+
+// dropRequests takes n requests from key off ix's request counts; kept
+// means they stay stored as ordinary messages.
+func (w *writeTx) dropRequests(ix *inbox, key []byte, n int, kept bool) error {
+	if n == 0 {
+		return nil
+	}
+	if err := ix.senders.Delete(key); err != nil {
+		return err
+	}
+	if err := add(ix.state, stNRequests, -int64(n), false); err != nil {
+		return err
+	}
+	if kept {
+		return add(w.counts, ix.name, int64(n), false)
+	}
+	return nil
+}
+
+// SetContact changes how handle's inbox treats primary (SPEC §2.9).
+func (s *Store) SetContact(_ context.Context, handle, primary string, state storage.ContactState) error {
+	key, err := packPrimary(primary)
+	if err != nil {
+		return err
+	}
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		w := newWriteTx(tx)
+		ix, err := w.inbox(handle)
+		if err != nil {
+			return err
+		}
+		if ix == nil {
+			return storage.ErrNotFound
+		}
+		switch state {
+		case storage.Accept:
+			return w.accept(ix, key[:])
+		case storage.Unaccept:
+			return ix.accepted.Delete(key[:])
+		case storage.Block:
+			return w.block(ix, key[:])
+		case storage.Unblock:
+			return ix.blocked.Delete(key[:])
+		}
+		return fmt.Errorf("unknown contact state %d", state)
+	})
+	return mapErr(err)
+}
+
+// Contacts returns handle's accepted and blocked senders, each sorted.
+func (s *Store) Contacts(_ context.Context, handle string) (storage.Contacts, error) {
+	c := storage.Contacts{Accepted: []string{}, Blocked: []string{}}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		if tx.Bucket(bucketInboxes).Bucket([]byte(handle)) == nil {
+			return storage.ErrNotFound
+		}
+		st := tx.Bucket(bucketState).Bucket([]byte(handle))
+		if st == nil {
+			return nil
+		}
+		list := func(name []byte, dst *[]string) error {
+			b := st.Bucket(name)
+			if b == nil {
+				return nil
+			}
+			// Bucket order is the raw keys' order, which their lowercase hex keeps.
+			return b.ForEach(func(k, _ []byte) error {
+				*dst = append(*dst, unpackPrimary(k))
+				return nil
+			})
+		}
+		if err := list(stAccepted, &c.Accepted); err != nil {
+			return err
+		}
+		return list(stBlocked, &c.Blocked)
+	})
+	if err != nil {
+		return storage.Contacts{}, mapErr(err)
+	}
+	return c, nil
 }
 
 // Read returns messages with seq > since, ascending: a seek, never a scan.
@@ -382,15 +759,11 @@ func (s *Store) Read(_ context.Context, handle string, since uint64, limit int) 
 		c := b.Cursor()
 		k, v := c.Seek(seqKey(since + 1))
 		for ; k != nil && len(msgs) < limit; k, v = c.Next() {
-			v = messageValue(b, k, v)
-			if len(v) < 8 {
-				return fmt.Errorf("corrupt message %x in inbox %q", k, handle)
+			h, err := decodeMessage(messageValue(b, k, v))
+			if err != nil {
+				return fmt.Errorf("corrupt message %x in inbox %q: %w", k, handle, err)
 			}
-			msgs = append(msgs, storage.Message{
-				Seq:        u64(k),
-				ReceivedAt: int64(binary.BigEndian.Uint64(v)),
-				Envelope:   append([]byte(nil), v[8:]...), // bolt's bytes die with the tx
-			})
+			msgs = append(msgs, h.message(u64(k)))
 		}
 		more = k != nil
 		return nil
@@ -405,60 +778,90 @@ func (s *Store) Read(_ context.Context, handle string, since uint64, limit int) 
 func (s *Store) Ack(_ context.Context, handle string, upto uint64) (int, error) {
 	deleted := 0
 	err := s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketInboxes).Bucket([]byte(handle))
-		if b == nil {
-			return storage.ErrNotFound
-		}
-		n, err := deleteFront(b, func(k, _ []byte) bool { return u64(k) <= upto }, -1)
+		w := newWriteTx(tx)
+		ix, err := w.inbox(handle)
 		if err != nil {
 			return err
 		}
-		deleted = n
-		return adjustCount(tx, handle, n)
+		if ix == nil {
+			return storage.ErrNotFound
+		}
+		deleted, err = w.deleteFront(ix, func(seq uint64, _ header, _ bool) bool { return seq <= upto }, -1)
+		return err
 	})
 	return deleted, mapErr(err)
 }
 
-// deleteFront deletes messages from the oldest while del says so, at most
-// max of them (max < 0: no bound).
-func deleteFront(b *bolt.Bucket, del func(k, v []byte) bool, max int) (int, error) {
-	type stored struct {
+// deleteFront deletes messages from the oldest while del says so (given
+// the seq and the value's header, if it could be decoded), at most max of
+// them (max < 0: no bound), and takes them off the inbox's counts.
+func (w *writeTx) deleteFront(ix *inbox, del func(seq uint64, h header, ok bool) bool, max int) (int, error) {
+	type doomed struct {
 		key       []byte
 		outOfLine bool
+		from      []byte // of a request
 	}
-	var doomed []stored
-	c := b.Cursor()
-	for k, v := c.First(); k != nil && (max < 0 || len(doomed) < max) && del(k, messageValue(b, k, v)); k, v = c.Next() {
-		doomed = append(doomed, stored{append([]byte(nil), k...), v == nil})
+	var gone []doomed
+	c := ix.msgs.Cursor()
+	for k, v := c.First(); k != nil && (max < 0 || len(gone) < max); k, v = c.Next() {
+		h, err := decodeMessage(messageValue(ix.msgs, k, v))
+		if !del(u64(k), h, err == nil) {
+			break
+		}
+		d := doomed{key: append([]byte(nil), k...), outOfLine: v == nil}
+		if err == nil && h.request() && h.flags&flagNoFrom == 0 {
+			d.from = append([]byte(nil), h.from...)
+		}
+		gone = append(gone, d)
 	}
-	for _, d := range doomed {
-		remove := b.Delete
+	ordinary := int64(0)
+	senders := map[string]int64{}
+	for _, d := range gone {
+		remove := ix.msgs.Delete
 		if d.outOfLine {
-			remove = b.DeleteBucket
+			remove = ix.msgs.DeleteBucket
 		}
 		if err := remove(d.key); err != nil {
 			return 0, err
 		}
+		if d.from == nil {
+			ordinary++
+			continue
+		}
+		if err := ix.requests.Delete(cat(d.from, d.key)); err != nil {
+			return 0, err
+		}
+		senders[string(d.from)]++
 	}
-	return len(doomed), nil
+	requests := int64(0)
+	for from, n := range senders {
+		if err := add(ix.senders, []byte(from), -n, true); err != nil {
+			return 0, err
+		}
+		requests += n
+	}
+	if err := add(ix.state, stNRequests, -requests, false); err != nil {
+		return 0, err
+	}
+	return len(gone), add(w.counts, ix.name, -ordinary, false)
 }
 
 // outOfLineFrom is the envelope size from which a message is stored in a
 // bucket of its own. A message is stored under its seq in the inbox bucket
-// as received_at (8 bytes, big-endian) followed by the envelope; a large one
-// instead as a bucket under its seq holding that same value under msgKey.
-// bbolt writes a leaf again, with every value on it, whenever a key is added
-// to it, and a leaf holds at least two values: large envelopes kept in the
-// inbox were written again with later messages (4.4 times their size on
-// average for 256 KiB envelopes), while a bucket of their own is written
-// once. Small ones stay inline, where a bucket would waste most of a page.
+// as its value (message.go); a large one instead as a bucket under its seq
+// holding that same value under msgKey. bbolt writes a leaf again, with
+// every value on it, whenever a key is added to it, and a leaf holds at
+// least two values: large envelopes kept in the inbox were written again
+// with later messages (4.4 times their size on average for 256 KiB
+// envelopes), while a bucket of their own is written once. Small ones stay
+// inline, where a bucket would waste most of a page.
 const outOfLineFrom = 4096
 
 var msgKey = []byte("m")
 
-// putMessage stores a message's value (received_at + envelope) under seq.
-func putMessage(b *bolt.Bucket, seq uint64, val []byte) error {
-	if len(val)-8 < outOfLineFrom {
+// putMessage stores a message's value under seq.
+func putMessage(b *bolt.Bucket, seq uint64, val []byte, envelopeLen int) error {
+	if envelopeLen < outOfLineFrom {
 		return b.Put(seqKey(seq), val)
 	}
 	mb, err := b.CreateBucket(seqKey(seq))
@@ -480,30 +883,65 @@ func messageValue(b *bolt.Bucket, k, v []byte) []byte {
 	return nil
 }
 
-func adjustCount(tx *bolt.Tx, handle string, deleted int) error {
-	if deleted == 0 {
-		return nil
+// deleteMessage deletes the message under seq key sk, wherever it is kept.
+func deleteMessage(b *bolt.Bucket, sk []byte) error {
+	if b.Bucket(sk) != nil {
+		return b.DeleteBucket(sk)
 	}
-	counts := tx.Bucket(bucketCounts)
-	n := u64(counts.Get([]byte(handle)))
-	if uint64(deleted) > n {
-		n = uint64(deleted) // the count can only be behind after a bug; never wrap
-	}
-	return counts.Put([]byte(handle), seqKey(n-uint64(deleted)))
+	return b.Delete(sk)
 }
 
-// Expire deletes messages received before cutoff, in transactions of at most
-// expireChunk deletions so that sends wait for at most one small commit.
+// rewriteFlags stores the message under seq key sk again with its flags
+// (but flagV2) replaced by flags. A missing message is left alone.
+func rewriteFlags(b *bolt.Bucket, sk []byte, flags byte) error {
+	dst := b
+	if mb := b.Bucket(sk); mb != nil {
+		dst, sk = mb, msgKey
+	}
+	v := dst.Get(sk)
+	if len(v) < headerMin || v[8]&flagV2 == 0 {
+		return nil
+	}
+	val := append([]byte(nil), v...) // bolt's bytes are read-only
+	val[8] = flagV2 | flags | val[8]&flagNoFrom
+	return dst.Put(sk, val)
+}
+
+// Expire deletes messages received before cutoff, then forgets the
+// idempotency keys of messages received before it, in transactions of at
+// most expireChunk deletions so that sends wait for at most one small
+// commit. Which inboxes have anything to do is seen from the first entry of
+// each (messages by seq, keys by time): no scan of what stays.
 func (s *Store) Expire(ctx context.Context, cutoff time.Time) (int, error) {
-	limit := uint64(cutoff.UnixMilli())
-	old := func(_, v []byte) bool { return len(v) >= 8 && binary.BigEndian.Uint64(v) < limit }
-	var stale []string
+	ms := cutoff.UnixMilli()
+	if ms <= 0 {
+		return 0, nil
+	}
+	limit := uint64(ms)
+	old := func(_ uint64, h header, ok bool) bool { return ok && h.receivedAt >= 0 && uint64(h.receivedAt) < limit }
+	limitKey := seqKey(limit)
+	var staleMsgs, staleKeys []string
 	err := s.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketInboxes).ForEachBucket(func(name []byte) error {
+		if err := tx.Bucket(bucketInboxes).ForEachBucket(func(name []byte) error {
 			b := tx.Bucket(bucketInboxes).Bucket(name)
 			k, v := b.Cursor().First()
-			if k != nil && old(k, messageValue(b, k, v)) {
-				stale = append(stale, string(name))
+			if k != nil {
+				h, err := decodeMessage(messageValue(b, k, v))
+				if old(0, h, err == nil) {
+					staleMsgs = append(staleMsgs, string(name))
+				}
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketState).ForEachBucket(func(name []byte) error {
+			times := tx.Bucket(bucketState).Bucket(name).Bucket(stTimes)
+			if times == nil {
+				return nil
+			}
+			if k, _ := times.Cursor().First(); k != nil && bytes.Compare(k[:min(8, len(k))], limitKey) < 0 {
+				staleKeys = append(staleKeys, string(name))
 			}
 			return nil
 		})
@@ -512,30 +950,84 @@ func (s *Store) Expire(ctx context.Context, cutoff time.Time) (int, error) {
 		return 0, mapErr(err)
 	}
 	total := 0
-	for _, handle := range stale {
-		for {
-			if err := ctx.Err(); err != nil {
-				return total, err
-			}
-			n := 0
-			err := s.db.Update(func(tx *bolt.Tx) error {
-				b := tx.Bucket(bucketInboxes).Bucket([]byte(handle))
-				var err error
-				if n, err = deleteFront(b, old, expireChunk); err != nil {
+	chunks := func(handles []string, step func(w *writeTx, ix *inbox) (int, error)) error {
+		for _, handle := range handles {
+			for {
+				if err := ctx.Err(); err != nil {
 					return err
 				}
-				return adjustCount(tx, handle, n)
-			})
-			if err != nil {
-				return total, mapErr(err)
+				n := 0
+				err := s.db.Update(func(tx *bolt.Tx) error {
+					w := newWriteTx(tx)
+					ix, err := w.inbox(handle)
+					if err != nil || ix == nil {
+						return err
+					}
+					n, err = step(w, ix)
+					return err
+				})
+				if err != nil {
+					return mapErr(err)
+				}
+				if n < expireChunk {
+					break
+				}
 			}
+		}
+		return nil
+	}
+	err = chunks(staleMsgs, func(w *writeTx, ix *inbox) (int, error) {
+		n, err := w.deleteFront(ix, old, expireChunk)
+		if err == nil {
 			total += n
-			if n < expireChunk {
-				break
+		}
+		return n, err
+	})
+	if err != nil {
+		return total, err
+	}
+	err = chunks(staleKeys, func(_ *writeTx, ix *inbox) (int, error) {
+		return forgetKeys(ix, limitKey, expireChunk)
+	})
+	return total, err
+}
+
+// forgetKeys deletes up to max of ix's idempotency keys whose received_at is
+// before limitKey's, oldest first.
+func forgetKeys(ix *inbox, limitKey []byte, max int) (int, error) {
+	type entry struct{ k, idem []byte }
+	var doomed []entry
+	c := ix.times.Cursor()
+	for k, v := c.First(); k != nil && len(doomed) < max && bytes.Compare(k[:min(8, len(k))], limitKey) < 0; k, v = c.Next() {
+		doomed = append(doomed, entry{append([]byte(nil), k...), append([]byte(nil), v...)})
+	}
+	for _, e := range doomed {
+		if err := ix.times.Delete(e.k); err != nil {
+			return 0, err
+		}
+		// Only the key this entry made: its seq is the same.
+		if v := ix.keys.Get(e.idem); len(v) == 16 && len(e.k) == 16 && bytes.Equal(v[:8], e.k[8:]) {
+			if err := ix.keys.Delete(e.idem); err != nil {
+				return 0, err
 			}
 		}
 	}
-	return total, nil
+	return len(doomed), nil
+}
+
+// Once records key as used until the given time (SPEC §2.0 "Single use").
+// The record is kept in this process's memory (once.go): one process owns
+// a bolt file, and the store outlives Caddy reloads, but a restart forgets
+// it. That reopens a window of auth_skew (60 s) for replaying a request
+// signed before the restart.
+func (s *Store) Once(_ context.Context, key [32]byte, until time.Time) (bool, error) {
+	s.mu.RLock()
+	closed := s.closed
+	s.mu.RUnlock()
+	if closed {
+		return false, storage.ErrClosed
+	}
+	return s.once.use(key, until.UnixNano(), time.Now().UnixNano())
 }
 
 // Ping reads the database.
