@@ -3,16 +3,15 @@ package bolt
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
-
-	bolt "go.etcd.io/bbolt"
 
 	"github.com/kezchat/kez/storage"
 	"github.com/kezchat/kez/storage/storagetest"
@@ -63,8 +62,8 @@ func TestReopenKeepsDataAndSeqs(t *testing.T) {
 	if rec, err := s.Lookup(ctx, "alice"); err != nil || rec.Primary != storagetest.Primary(1) {
 		t.Fatalf("after reopen: %+v %v", rec, err)
 	}
-	m, err := s.Append(ctx, "alice", []byte(`{}`), 0)
-	if err != nil || m.Seq <= last {
+	m, fresh, err := s.Append(ctx, storagetest.Delivery("alice", 2), storage.Limits{})
+	if err != nil || !fresh || m.Seq <= last {
 		t.Fatalf("after reopen and ack, seq %d (last %d): %v", m.Seq, last, err)
 	}
 }
@@ -102,7 +101,7 @@ func TestCloseCommitsQueuedAppends(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for range 20 {
-				m, err := s.Append(ctx, "alice", []byte(`{}`), 0)
+				m, _, err := s.Append(ctx, storagetest.Delivery("alice", 2), storage.Limits{})
 				if err != nil {
 					return
 				}
@@ -152,7 +151,15 @@ func BenchmarkAppendConcurrent(b *testing.B) {
 				b.Fatal(err)
 			}
 			defer s.Close()
+			// bob, a contact, writes to alice (a local sender: each append
+			// also checks bob's acceptance of alice); every append is new.
 			storagetest.Register(b, s, "alice", 1)
+			storagetest.Register(b, s, "bob", 2)
+			if err := s.SetContact(context.Background(), "alice", storagetest.Primary(2), storage.Accept); err != nil {
+				b.Fatal(err)
+			}
+			lim := storage.Limits{RequestLimit: 3, MaxRequests: 100}
+			var sigs atomic.Uint64
 			env := make([]byte, 1024)
 			copy(env, `{"x":"`)
 			for i := 6; i < len(env)-2; i++ {
@@ -164,8 +171,11 @@ func BenchmarkAppendConcurrent(b *testing.B) {
 			b.ResetTimer()
 			b.RunParallel(func(pb *testing.PB) {
 				for pb.Next() {
-					if _, err := s.Append(context.Background(), "alice", env, 0); err != nil {
-						b.Error(err)
+					d := storage.Delivery{To: "alice", From: storagetest.Primary(2), FromAddr: "bob@kez.test",
+						Sig: strconv.FormatUint(sigs.Add(1), 16), Envelope: env,
+						SenderHandle: "bob", ToPrimary: storagetest.Primary(1)}
+					if _, fresh, err := s.Append(context.Background(), d, lim); err != nil || !fresh {
+						b.Error(fresh, err)
 						return
 					}
 				}
@@ -222,7 +232,7 @@ func TestManySendersAppendEverything(t *testing.T) {
 	for i := range senders {
 		wg.Go(func() {
 			for range each {
-				if _, err := s.Append(context.Background(), fmt.Sprintf("u%d", i), []byte(`{}`), 0); err != nil {
+				if _, _, err := s.Append(context.Background(), storagetest.Delivery(fmt.Sprintf("u%d", i), 1000+i), storage.Limits{}); err != nil {
 					t.Error(err)
 					return
 				}
@@ -254,8 +264,11 @@ func TestLargeEnvelopesStoredOutOfLine(t *testing.T) {
 	}
 	sizes := []int{16, outOfLineFrom - 1, outOfLineFrom, 256 << 10, 100, 64 << 10, 20, outOfLineFrom + 1}
 	var seqs []uint64
+	storagetest.Fill(t, s, "alice", 0, 0) // accept the fill sender
 	for _, n := range sizes {
-		m, err := s.Append(ctx, "alice", envelope(n), 0)
+		d := storagetest.Delivery("alice", storagetest.FillSender)
+		d.Envelope = envelope(n)
+		m, _, err := s.Append(ctx, d, storage.Limits{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -301,7 +314,9 @@ func TestLargeEnvelopesStoredOutOfLine(t *testing.T) {
 	}
 	check(3)
 	// The inbox cap counts large messages like small ones.
-	if _, err := s.Append(ctx, "alice", envelope(outOfLineFrom), len(sizes)-3); !errors.Is(err, storage.ErrInboxFull) {
+	full := storagetest.Delivery("alice", storagetest.FillSender)
+	full.Envelope = envelope(outOfLineFrom)
+	if _, _, err := s.Append(ctx, full, storage.Limits{MaxInbox: len(sizes) - 3}); !errors.Is(err, storage.ErrInboxFull) {
 		t.Fatalf("append to a full inbox: %v", err)
 	}
 	if n, err := s.Expire(ctx, time.Now().Add(time.Minute)); err != nil || n != 5 {
@@ -310,7 +325,7 @@ func TestLargeEnvelopesStoredOutOfLine(t *testing.T) {
 	if msgs, _, err := s.Read(ctx, "alice", 0, 100); err != nil || len(msgs) != 0 {
 		t.Fatalf("after expire: %d messages, %v", len(msgs), err)
 	}
-	m, err := s.Append(ctx, "alice", envelope(outOfLineFrom), 0)
+	m, _, err := s.Append(ctx, full, storage.Limits{})
 	if err != nil || m.Seq <= seqs[len(seqs)-1] {
 		t.Fatalf("append after expire: seq %d, %v", m.Seq, err)
 	}
@@ -319,44 +334,5 @@ func TestLargeEnvelopesStoredOutOfLine(t *testing.T) {
 	}
 	if err := Check(path, time.Second); err != nil {
 		t.Fatalf("after expire: %v", err)
-	}
-}
-
-// Files written before large envelopes went out of line keep working.
-func TestLargeEnvelopesStoredInlineBefore(t *testing.T) {
-	ctx := context.Background()
-	s, err := Open(filepath.Join(t.TempDir(), "chat.db"), Options{Timeout: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	storagetest.Register(t, s, "alice", 1)
-	big := []byte(`{"x":"` + strings.Repeat("a", 64<<10) + `"}`)
-	err = s.db.Update(func(tx *bolt.Tx) error { // as the first version stored it
-		b := tx.Bucket(bucketInboxes).Bucket([]byte("alice"))
-		seq, err := b.NextSequence()
-		if err != nil {
-			return err
-		}
-		val := append(make([]byte, 8, 8+len(big)), big...)
-		binary.BigEndian.PutUint64(val, uint64(time.Now().UnixMilli()))
-		if err := b.Put(seqKey(seq), val); err != nil {
-			return err
-		}
-		return tx.Bucket(bucketCounts).Put([]byte("alice"), seqKey(1))
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := s.Append(ctx, "alice", big, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	msgs, _, err := s.Read(ctx, "alice", 0, 10)
-	if err != nil || len(msgs) != 2 || !bytes.Equal(msgs[0].Envelope, big) || !bytes.Equal(msgs[1].Envelope, big) {
-		t.Fatalf("read %d messages, %v", len(msgs), err)
-	}
-	if n, err := s.Ack(ctx, "alice", m.Seq); err != nil || n != 2 {
-		t.Fatalf("ack: %d, %v", n, err)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -30,6 +31,26 @@ func Run(t *testing.T, open Opener) {
 		"UnknownInbox":               testUnknownInbox,
 		"ClosedStoreRefusesRequests": testClosed,
 		"LargeEnvelopes":             testLargeEnvelopes,
+
+		// v2 (v2.go)
+		"MessageFieldsRoundTrip":          testMessageFields,
+		"DuplicateReturnsOriginalReceipt": testDuplicate,
+		"ExpireForgetsIdempotencyKeys":    testExpireForgetsKeys,
+		"Blocked":                         testBlocked,
+		"RequestLimitPerSender":           testRequestLimit,
+		"MaxRequestsPerInbox":             testMaxRequests,
+		"StrangerFloodEndsInRequestLimitWhileContactGetsStored": testStrangerFlood,
+		"ImplicitAcceptanceBySending":                           testImplicitAcceptance,
+		"OwnCopiesAreNotRequests":                               testOwnCopies,
+		"AcceptTurnsRequestsIntoMessages":                       testAccept,
+		"BlockDeletesStoredRequestsOnly":                        testBlockDeletesRequests,
+		"UnacceptAndUnblock":                                    testUnacceptUnblock,
+		"ContactsSorted":                                        testContacts,
+		"AckAndExpireFreeRequestSlots":                          testAckExpireFreeRequests,
+		"ConcurrentAppendsRespectLimits":                        testConcurrentLimits,
+		"ConcurrentDuplicateAppends":                            testConcurrentDuplicates,
+		"OnceSingleUse":                                         testOnce,
+		"OnceConcurrent":                                        testOnceConcurrent,
 	}
 	for name, fn := range tests {
 		t.Run(name, func(t *testing.T) { fn(t, open) })
@@ -52,19 +73,96 @@ func Register(t testing.TB, s storage.Store, handle string, i int) storage.Recor
 	return got
 }
 
-// Fill appends n empty envelopes to handle's inbox (cap maxInbox) and
-// returns their seqs, failing the test on any error.
+// FillSender is the index of the primary Fill sends from (Primary(FillSender)).
+const FillSender = 9999
+
+var sigs atomic.Uint64
+
+// Sig returns a fresh envelope sig (128 hex digits), never returned before
+// in this process.
+func Sig() string { return fmt.Sprintf("%0128x", sigs.Add(1)) }
+
+// Delivery builds a delivery to handle from Primary(from) with a fresh sig
+// and a small envelope naming both (the store does not read it).
+func Delivery(to string, from int) storage.Delivery {
+	sig := Sig()
+	return storage.Delivery{To: to, From: Primary(from), Sig: sig,
+		Envelope: fmt.Appendf(nil, `{"from":%q,"sig":%q}`, Primary(from), sig)}
+}
+
+// Fill accepts Primary(FillSender) in handle's inbox, appends n messages
+// from it (MaxInbox maxInbox) and returns their seqs, failing the test on
+// any error.
 func Fill(t testing.TB, s storage.Store, handle string, n, maxInbox int) []uint64 {
 	t.Helper()
+	ctx := context.Background()
+	if err := s.SetContact(ctx, handle, Primary(FillSender), storage.Accept); err != nil {
+		t.Fatalf("accept the fill sender in %s: %v", handle, err)
+	}
 	seqs := make([]uint64, 0, n)
 	for range n {
-		m, err := s.Append(context.Background(), handle, []byte(`{}`), maxInbox)
-		if err != nil {
-			t.Fatalf("append to %s: %v", handle, err)
+		m, fresh, err := s.Append(ctx, Delivery(handle, FillSender), storage.Limits{MaxInbox: maxInbox})
+		if err != nil || !fresh || m.Request {
+			t.Fatalf("append to %s: fresh=%v request=%v %v", handle, fresh, m.Request, err)
 		}
 		seqs = append(seqs, m.Seq)
 	}
 	return seqs
+}
+
+// send appends d, failing the test unless it is stored anew.
+func send(t testing.TB, s storage.Store, d storage.Delivery, lim storage.Limits) storage.Message {
+	t.Helper()
+	m, fresh, err := s.Append(context.Background(), d, lim)
+	if err != nil || !fresh {
+		t.Fatalf("append to %s from %s: fresh=%v %v", d.To, d.From, fresh, err)
+	}
+	return m
+}
+
+// refused appends d, failing the test unless it is refused with want.
+func refused(t testing.TB, s storage.Store, d storage.Delivery, lim storage.Limits, want error) {
+	t.Helper()
+	if m, fresh, err := s.Append(context.Background(), d, lim); !errors.Is(err, want) {
+		t.Fatalf("append to %s from %s: seq %d fresh=%v err=%v, want %v", d.To, d.From, m.Seq, fresh, err, want)
+	}
+}
+
+// setContact changes a contact list, failing the test on error.
+func setContact(t testing.TB, s storage.Store, handle string, i int, state storage.ContactState) {
+	t.Helper()
+	if err := s.SetContact(context.Background(), handle, Primary(i), state); err != nil {
+		t.Fatalf("SetContact(%s, %d, %d): %v", handle, i, state, err)
+	}
+}
+
+// readAll returns every message in handle's inbox.
+func readAll(t testing.TB, s storage.Store, handle string) []storage.Message {
+	t.Helper()
+	var all []storage.Message
+	for since := uint64(0); ; {
+		page, more, err := s.Read(context.Background(), handle, since, 100)
+		if err != nil {
+			t.Fatalf("read %s: %v", handle, err)
+		}
+		all = append(all, page...)
+		if !more || len(page) == 0 {
+			return all
+		}
+		since = page[len(page)-1].Seq
+	}
+}
+
+// waitFor polls cond for up to 30 s.
+func waitFor(cond func() bool) bool {
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return true
 }
 
 func testRegisterAndLookup(t *testing.T, open Opener) {
@@ -205,10 +303,9 @@ func testAppendReadPaging(t *testing.T, open Opener) {
 	var seqs []uint64
 	before := time.Now().UnixMilli()
 	for i := range n {
-		m, err := s.Append(ctx, "alice", []byte(fmt.Sprintf(`{"i":%d}`, i)), 0)
-		if err != nil {
-			t.Fatal(err)
-		}
+		d := Delivery("alice", 2)
+		d.Envelope = fmt.Appendf(nil, `{"i":%d}`, i)
+		m := send(t, s, d, storage.Limits{})
 		if m.Seq == 0 || (len(seqs) > 0 && m.Seq <= seqs[len(seqs)-1]) {
 			t.Fatalf("seq %d after %v", m.Seq, seqs)
 		}
@@ -217,9 +314,9 @@ func testAppendReadPaging(t *testing.T, open Opener) {
 		}
 		seqs = append(seqs, m.Seq)
 	}
-	if _, err := s.Append(ctx, "bob", []byte(`{"for":"bob"}`), 0); err != nil {
-		t.Fatal(err)
-	}
+	d := Delivery("bob", 1)
+	d.Envelope = []byte(`{"for":"bob"}`)
+	send(t, s, d, storage.Limits{})
 	var got []storage.Message
 	since := uint64(0)
 	for pages := 0; ; pages++ {
@@ -266,9 +363,8 @@ func testSeqNeverReused(t *testing.T, open Opener) {
 	if n, err := s.Ack(ctx, "alice", last); err != nil || n != 3 {
 		t.Fatalf("ack = %d, %v", n, err)
 	}
-	m, err := s.Append(ctx, "alice", []byte(`{}`), 0)
-	if err != nil || m.Seq <= last {
-		t.Fatalf("after ack, seq %d (last was %d), %v", m.Seq, last, err)
+	if m := send(t, s, Delivery("alice", 2), storage.Limits{}); m.Seq <= last {
+		t.Fatalf("after ack, seq %d (last was %d)", m.Seq, last)
 	}
 }
 
@@ -277,18 +373,14 @@ func testInboxCap(t *testing.T, open Opener) {
 	s := open(t, nil)
 	Register(t, s, "alice", 1)
 	last := Fill(t, s, "alice", 3, 3)[2]
-	if _, err := s.Append(ctx, "alice", []byte(`{"dropped":true}`), 3); !errors.Is(err, storage.ErrInboxFull) {
-		t.Fatalf("4th append into a cap of 3: %v", err)
-	}
+	refused(t, s, Delivery("alice", FillSender), storage.Limits{MaxInbox: 3}, storage.ErrInboxFull)
 	if page, _, _ := s.Read(ctx, "alice", 0, 10); len(page) != 3 {
 		t.Fatalf("full inbox holds %d", len(page))
 	}
 	if _, err := s.Ack(ctx, "alice", last-2); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Append(ctx, "alice", []byte(`{}`), 3); err != nil {
-		t.Fatalf("after ack, append: %v", err)
-	}
+	send(t, s, Delivery("alice", FillSender), storage.Limits{MaxInbox: 3})
 }
 
 func testAckAndExpire(t *testing.T, open Opener) {
@@ -306,9 +398,7 @@ func testAckAndExpire(t *testing.T, open Opener) {
 	if page, _, _ := s.Read(ctx, "alice", 0, 10); len(page) != 3 || page[0].Seq != seqs[2] {
 		t.Fatalf("after ack: %+v", page)
 	}
-	if _, err := s.Append(ctx, "bob", []byte(`{}`), 0); err != nil {
-		t.Fatal(err)
-	}
+	send(t, s, Delivery("bob", 1), storage.Limits{})
 	// Nothing is older than an hour ago; everything is older than a second from now.
 	if n, err := s.Expire(ctx, time.Now().Add(-time.Hour)); err != nil || n != 0 {
 		t.Fatalf("expire(-1h) = %d, %v", n, err)
@@ -319,8 +409,8 @@ func testAckAndExpire(t *testing.T, open Opener) {
 	if page, _, _ := s.Read(ctx, "alice", 0, 10); len(page) != 0 {
 		t.Fatalf("after expire: %d messages", len(page))
 	}
-	m, err := s.Append(ctx, "alice", []byte(`{}`), 1)
-	if err != nil || m.Seq <= seqs[4] {
+	m, fresh, err := s.Append(ctx, Delivery("alice", FillSender), storage.Limits{MaxInbox: 1})
+	if err != nil || !fresh || m.Seq <= seqs[4] {
 		t.Fatalf("append after expire: seq %d, %v (cap 1 must count only what is stored)", m.Seq, err)
 	}
 }
@@ -344,7 +434,7 @@ func testNotifyInCommitOrder(t *testing.T, open Opener) {
 			defer wg.Done()
 			to := []string{"alice", "bob"}[i%2]
 			for range each {
-				if _, err := s.Append(ctx, to, []byte(`{}`), 0); err != nil {
+				if _, _, err := s.Append(ctx, Delivery(to, 10+i), storage.Limits{}); err != nil {
 					t.Error(err)
 					return
 				}
@@ -379,7 +469,7 @@ func testNotifyInCommitOrder(t *testing.T, open Opener) {
 func testUnknownInbox(t *testing.T, open Opener) {
 	ctx := context.Background()
 	s := open(t, nil)
-	if _, err := s.Append(ctx, "ghost", []byte(`{}`), 0); !errors.Is(err, storage.ErrNotFound) {
+	if _, _, err := s.Append(ctx, Delivery("ghost", 1), storage.Limits{}); !errors.Is(err, storage.ErrNotFound) {
 		t.Errorf("Append(ghost) = %v", err)
 	}
 	if _, _, err := s.Read(ctx, "ghost", 0, 10); !errors.Is(err, storage.ErrNotFound) {
@@ -387,6 +477,12 @@ func testUnknownInbox(t *testing.T, open Opener) {
 	}
 	if _, err := s.Ack(ctx, "ghost", 10); !errors.Is(err, storage.ErrNotFound) {
 		t.Errorf("Ack(ghost) = %v", err)
+	}
+	if err := s.SetContact(ctx, "ghost", Primary(1), storage.Block); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("SetContact(ghost) = %v", err)
+	}
+	if _, err := s.Contacts(ctx, "ghost"); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("Contacts(ghost) = %v", err)
 	}
 }
 
@@ -403,11 +499,20 @@ func testClosed(t *testing.T, open Opener) {
 	if err := s.Ping(ctx); !errors.Is(err, storage.ErrClosed) {
 		t.Errorf("Ping after close = %v", err)
 	}
-	if _, err := s.Append(ctx, "alice", []byte(`{}`), 0); !errors.Is(err, storage.ErrClosed) {
+	if _, _, err := s.Append(ctx, Delivery("alice", 2), storage.Limits{}); !errors.Is(err, storage.ErrClosed) {
 		t.Errorf("Append after close = %v", err)
 	}
 	if _, err := s.Lookup(ctx, "alice"); !errors.Is(err, storage.ErrClosed) {
 		t.Errorf("Lookup after close = %v", err)
+	}
+	if err := s.SetContact(ctx, "alice", Primary(2), storage.Accept); !errors.Is(err, storage.ErrClosed) {
+		t.Errorf("SetContact after close = %v", err)
+	}
+	if _, err := s.Contacts(ctx, "alice"); !errors.Is(err, storage.ErrClosed) {
+		t.Errorf("Contacts after close = %v", err)
+	}
+	if _, err := s.Once(ctx, [32]byte{1}, time.Now().Add(time.Minute)); !errors.Is(err, storage.ErrClosed) {
+		t.Errorf("Once after close = %v", err)
 	}
 }
 
@@ -439,11 +544,15 @@ func testLargeEnvelopes(t *testing.T, open Opener) {
 	sent := map[uint64]storage.Message{}
 	for i := range n {
 		env := envelopeOf(i, size)
-		m, err := s.Append(ctx, "alice", env, 0)
-		if err != nil {
-			t.Fatalf("append %d bytes: %v", len(env), err)
+		d := Delivery("alice", 2+i%2)
+		d.Envelope, d.FromAddr = env, fmt.Sprintf("sender%d@example.net", i%2)
+		m, fresh, err := s.Append(ctx, d, storage.Limits{})
+		if err != nil || !fresh {
+			t.Fatalf("append %d bytes: fresh=%v %v", len(env), fresh, err)
 		}
-		m.Envelope = env
+		if m.From != d.From || m.FromAddr != d.FromAddr || !m.Request || string(m.Envelope) != string(env) {
+			t.Fatalf("append returned %s %q request=%v", m.From, m.FromAddr, m.Request)
+		}
 		sent[m.Seq] = m
 	}
 	page, more, err := s.Read(ctx, "alice", 0, 100)
@@ -452,7 +561,8 @@ func testLargeEnvelopes(t *testing.T, open Opener) {
 	}
 	same := func(what string, got, want storage.Message) {
 		t.Helper()
-		if string(got.Envelope) != string(want.Envelope) || got.ReceivedAt != want.ReceivedAt {
+		if string(got.Envelope) != string(want.Envelope) || got.ReceivedAt != want.ReceivedAt ||
+			got.From != want.From || got.FromAddr != want.FromAddr || got.Request != want.Request {
 			t.Fatalf("%s seq %d: %d bytes at %d, sent %d bytes at %d", what, got.Seq, len(got.Envelope), got.ReceivedAt, len(want.Envelope), want.ReceivedAt)
 		}
 	}
