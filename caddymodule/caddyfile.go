@@ -44,6 +44,11 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		registration  open               # or closed, or invite <file>
 //		register_rate 30/1h              # per client IP, or off
 //		send_rate     20/1s              # per client IP, or off
+//		sender_rate   20/1s              # per sender key, or off
+//		request_limit 3                  # unacknowledged requests per stranger
+//		max_requests  100                # unacknowledged requests per inbox
+//		body_timeout  10s
+//		stream_max_age 1h
 //		max_streams_per_handle 16
 //		max_streams   50000
 //	}
@@ -110,7 +115,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("max_envelope: %v", err)
 			}
 			h.MaxEnvelope = n
-		case "auth_skew", "register_skew", "keepalive", "retention":
+		case "auth_skew", "register_skew", "keepalive", "retention", "body_timeout", "stream_max_age":
 			val, err := oneArg(d)
 			if err != nil {
 				return err
@@ -120,19 +125,20 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("%s: %q is not a positive duration such as 60s, 5m or 30d", opt, val)
 			}
 			target := map[string]*caddy.Duration{"auth_skew": &h.AuthSkew, "register_skew": &h.RegisterSkew,
-				"keepalive": &h.Keepalive, "retention": &h.Retention}[opt]
+				"keepalive": &h.Keepalive, "retention": &h.Retention, "body_timeout": &h.BodyTimeout,
+				"stream_max_age": &h.StreamMaxAge}[opt]
 			*target = caddy.Duration(dur)
-		case "max_inbox":
+		case "max_inbox", "request_limit", "max_requests":
 			val, err := oneArg(d)
 			if err != nil {
 				return err
 			}
 			n, err := strconv.Atoi(val)
 			if err != nil || n <= 0 {
-				return d.Errf("max_inbox: %q is not a positive number of messages", val)
+				return d.Errf("%s: %q is not a positive number of messages", opt, val)
 			}
-			h.MaxInbox = n
-		case "register_rate", "send_rate":
+			*map[string]*int{"max_inbox": &h.MaxInbox, "request_limit": &h.RequestLimit, "max_requests": &h.MaxRequests}[opt] = n
+		case "register_rate", "send_rate", "sender_rate":
 			val, err := oneArg(d)
 			if err != nil {
 				return err
@@ -140,11 +146,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if _, err := handlers.ParseRate(val); err != nil {
 				return d.Errf("%s: %v", opt, err)
 			}
-			if opt == "register_rate" {
-				h.RegisterRate = val
-			} else {
-				h.SendRate = val
-			}
+			*map[string]*string{"register_rate": &h.RegisterRate, "send_rate": &h.SendRate, "sender_rate": &h.SenderRate}[opt] = val
 		case "max_streams_per_handle", "max_streams":
 			val, err := oneArg(d)
 			if err != nil {
@@ -176,7 +178,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			h.Reserved = append(h.Reserved, args...)
 		default:
-			return d.Errf("unknown kez_chat option %q (known: server, public_url, storage, max_envelope, auth_skew, register_skew, keepalive, retention, max_inbox, reserved, registration, register_rate, send_rate, max_streams_per_handle, max_streams)", opt)
+			return d.Errf("unknown kez_chat option %q (known: server, public_url, storage, max_envelope, auth_skew, register_skew, keepalive, retention, max_inbox, reserved, registration, register_rate, send_rate, sender_rate, request_limit, max_requests, body_timeout, stream_max_age, max_streams_per_handle, max_streams)", opt)
 		}
 		if d.NextBlock(1) {
 			return d.Errf("option %s takes no block", opt)

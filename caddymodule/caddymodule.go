@@ -65,6 +65,20 @@ type Handler struct {
 	RegisterRate string `json:"register_rate,omitempty"`
 	// Messages sent per client IP, as "<n>/<duration>" or "off". Default: 20/1s.
 	SendRate string `json:"send_rate,omitempty"`
+	// Messages sent per sender key, as "<n>/<duration>" or "off".
+	// Default: 20/1s.
+	SenderRate string `json:"sender_rate,omitempty"`
+	// Unacknowledged message requests one stranger may have in an inbox;
+	// more get 429 request_limit. Default: 3.
+	RequestLimit int `json:"request_limit,omitempty"`
+	// Unacknowledged message requests one inbox may hold. Default: 100.
+	MaxRequests int `json:"max_requests,omitempty"`
+	// Time allowed to receive a whole request body; a slower one gets 408
+	// body_timeout. Default: 10s.
+	BodyTimeout caddy.Duration `json:"body_timeout,omitempty"`
+	// How long one stream lives (±10 %) before its client reconnects with
+	// a fresh signature. Default: 1h.
+	StreamMaxAge caddy.Duration `json:"stream_max_age,omitempty"`
 	// Open streams per handle (devices of one user). Default: 16.
 	MaxStreamsPerHandle int `json:"max_streams_per_handle,omitempty"`
 	// Open streams in total. Default: 50000.
@@ -131,6 +145,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return fmt.Errorf("kez_chat: send_rate: %w", err)
 	}
+	senderRate, err := rateOr(h.SenderRate, DefaultSenderRate)
+	if err != nil {
+		return fmt.Errorf("kez_chat: sender_rate: %w", err)
+	}
 	counters, err := initMetrics(ctx.GetMetricsRegistry())
 	if err != nil {
 		return fmt.Errorf("kez_chat: metrics: %w", err)
@@ -142,12 +160,17 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		AuthSkew:     time.Duration(h.AuthSkew),
 		RegisterSkew: time.Duration(h.RegisterSkew),
 		Keepalive:    time.Duration(h.Keepalive),
+		BodyTimeout:  time.Duration(h.BodyTimeout),
+		StreamMaxAge: time.Duration(h.StreamMaxAge),
 		MaxInbox:     h.maxInbox(),
 		Reserved:     reserved,
 		Version:      moduleVersion(),
 
 		RegisterRate:        registerRate,
 		SendRate:            sendRate,
+		SenderRate:          senderRate,
+		RequestLimit:        orDefault(h.RequestLimit, DefaultRequestLimit),
+		MaxRequests:         orDefault(h.MaxRequests, DefaultMaxRequests),
 		MaxStreamsPerHandle: orDefault(h.MaxStreamsPerHandle, DefaultMaxStreamsPerHandle),
 		MaxStreams:          orDefault(h.MaxStreams, DefaultMaxStreams),
 		ClientIP:            clientIP,
@@ -181,6 +204,9 @@ const MaxEnvelopeLimit = 16 << 20
 const (
 	DefaultRegisterRate        = "30/1h"
 	DefaultSendRate            = "20/1s"
+	DefaultSenderRate          = "20/1s"
+	DefaultRequestLimit        = 3
+	DefaultMaxRequests         = 100
 	DefaultMaxStreamsPerHandle = 16
 	DefaultMaxStreams          = 50000
 )
@@ -294,7 +320,8 @@ func (h *Handler) Validate() error {
 	if h.MaxEnvelope > MaxEnvelopeLimit {
 		return fmt.Errorf("kez_chat: max_envelope %d is above the limit of 16 MiB (each send and each stream event holds one in memory)", h.MaxEnvelope)
 	}
-	if h.MaxEnvelope < 0 || h.MaxInbox < 0 || h.AuthSkew < 0 || h.RegisterSkew < 0 || h.Keepalive < 0 || h.Retention < 0 {
+	if h.MaxEnvelope < 0 || h.MaxInbox < 0 || h.AuthSkew < 0 || h.RegisterSkew < 0 || h.Keepalive < 0 || h.Retention < 0 ||
+		h.RequestLimit < 0 || h.MaxRequests < 0 || h.BodyTimeout < 0 || h.StreamMaxAge < 0 {
 		return fmt.Errorf("kez_chat: sizes, counts and durations must not be negative")
 	}
 	for _, r := range h.Reserved {
@@ -314,7 +341,7 @@ func (h *Handler) Validate() error {
 	default:
 		return fmt.Errorf("kez_chat: registration %q must be open, closed or invite", h.Registration)
 	}
-	for name, rate := range map[string]string{"register_rate": h.RegisterRate, "send_rate": h.SendRate} {
+	for name, rate := range map[string]string{"register_rate": h.RegisterRate, "send_rate": h.SendRate, "sender_rate": h.SenderRate} {
 		if rate != "" {
 			if _, err := handlers.ParseRate(rate); err != nil {
 				return fmt.Errorf("kez_chat: %s: %w", name, err)

@@ -17,7 +17,7 @@ import (
 func TestRegistryEndpoints(t *testing.T) {
 	srv := testcaddy.Start(t, testcaddy.Options{KezOptions: "reserved ops"})
 	alice, bob := newUser("alice"), newUser("bob")
-	alicePrimary := kez.FormatPrimary(alice.key.Public().(ed25519.PublicKey))
+	alicePrimary := alice.primary()
 
 	r := do(t, "GET", srv.URL+"/v1/healthz", "")
 	want(t, "healthz", r, 200, "")
@@ -92,7 +92,8 @@ func TestRegistryEndpoints(t *testing.T) {
 	want(t, "webfinger unknown", do(t, "GET", srv.URL+"/.well-known/webfinger?resource=acct:zed@kez.test", ""), 404, "not_found")
 
 	r = do(t, "OPTIONS", srv.URL+"/v1/inbox/alice", "", "Origin", "https://x.example", "Access-Control-Request-Method", "DELETE")
-	if r.status != 204 || r.header.Get("Access-Control-Allow-Headers") != "Content-Type, X-KEZ-Auth" {
+	if r.status != 204 || r.header.Get("Access-Control-Allow-Headers") != "Content-Type, X-KEZ-Auth" ||
+		r.header.Get("Access-Control-Allow-Methods") != "GET, POST, PUT, DELETE" {
 		t.Fatalf("preflight %d %v", r.status, r.header)
 	}
 	// Not ours: the next handler (file_server with the embedded web client) answers.
@@ -100,8 +101,9 @@ func TestRegistryEndpoints(t *testing.T) {
 	if r.status != 200 || !strings.Contains(strings.ToLower(string(r.body)), "<html") {
 		t.Fatalf("site root: %d %.200s", r.status, r.body)
 	}
-	if r := do(t, "GET", srv.URL+"/v1/unknown", ""); r.status != 404 || r.code() != "" {
-		t.Fatalf("unknown /v1 path should reach file_server: %d %s", r.status, r.body)
+	// Under /v1/ everything is the API's: an unknown path is a JSON 404 with CORS (SPEC §2).
+	if r := do(t, "GET", srv.URL+"/v1/unknown", ""); r.status != 404 || r.code() != "not_found" || r.header.Get("Access-Control-Allow-Origin") != "*" {
+		t.Fatalf("unknown /v1 path: %d %v %s", r.status, r.header, r.body)
 	}
 }
 
@@ -148,44 +150,60 @@ func TestRelayEndpoints(t *testing.T) {
 			t.Fatalf("seqs not increasing: %v", seqs)
 		}
 	}
-	want(t, "unknown recipient", do(t, "POST", srv.URL+"/v1/messages", `{"to":"carol","envelope":{}}`), 404, "unknown_recipient")
-	want(t, "other server", do(t, "POST", srv.URL+"/v1/messages", `{"to":"alice@elsewhere.example","envelope":{}}`), 404, "unknown_recipient")
-	want(t, "not an object", do(t, "POST", srv.URL+"/v1/messages", `{"to":"alice","envelope":"x"}`), 400, "bad_request")
-	want(t, "too large", do(t, "POST", srv.URL+"/v1/messages", `{"to":"alice","envelope":{"ct":"`+strings.Repeat("A", 5000)+`"}}`), 413, "envelope_too_large")
-	want(t, "far too large", do(t, "POST", srv.URL+"/v1/messages", `{"to":"alice","envelope":{"ct":"`+strings.Repeat("A", 1<<20)+`"}}`), 413, "envelope_too_large")
+	sender := defaultSender(t, srv.URL)
+	post := func(body string) result { return signed(t, srv.URL, sender, "POST", "/v1/messages", body) }
+	aliceEnv := sealFor(sender, alice.primary(), `{}`)
+	want(t, "unknown recipient", post(`{"to":"carol","envelope":`+aliceEnv+`}`), 404, "unknown_recipient")
+	want(t, "other server", post(`{"to":"alice@elsewhere.example","envelope":`+aliceEnv+`}`), 404, "unknown_recipient")
+	want(t, "not an object", post(`{"to":"alice","envelope":"x"}`), 400, "bad_request")
+	want(t, "envelope.to is bob", post(`{"to":"alice","envelope":`+sealFor(sender, bob.primary(), `{}`)+`}`), 400, "bad_request")
+	want(t, "too large", post(`{"to":"alice","envelope":`+sealFor(sender, alice.primary(), `{"ct":"`+strings.Repeat("A", 5000)+`"}`)+`}`), 413, "envelope_too_large")
+	want(t, "far too large", post(`{"to":"alice","envelope":{"ct":"`+strings.Repeat("A", 1<<20)+`"}}`), 413, "envelope_too_large")
+	want(t, "unsigned", do(t, "POST", srv.URL+"/v1/messages", `{"to":"alice","envelope":`+aliceEnv+`}`), 401, "unauthorized")
+	want(t, "signed by someone else", signed(t, srv.URL, bob, "POST", "/v1/messages", `{"to":"alice","envelope":`+aliceEnv+`}`), 401, "unauthorized")
+	want(t, "text/plain", do(t, "POST", srv.URL+"/v1/messages", `{"to":"alice","envelope":`+aliceEnv+`}`, "Content-Type", "text/plain"), 415, "bad_request")
 
 	msgs, next, more := inbox(t, srv, alice, 0, 10)
-	if len(msgs) != 10 || !more || next != seqs[9] || string(msgs[3].Envelope) != `{"n":3}` {
-		t.Fatalf("page 1: %d more=%v next=%d", len(msgs), more, next)
+	if len(msgs) != 10 || !more || next != seqs[9] || !strings.HasSuffix(string(msgs[3].Envelope), `,"n":3}`) ||
+		msgs[3].From != sender.primary() || msgs[3].FromAddr != sender.handle+"@"+testcaddy.ServerName || msgs[3].Request {
+		t.Fatalf("page 1: %d more=%v next=%d %+v", len(msgs), more, next, msgs[3])
 	}
 	if all := allInbox(t, srv, alice); len(all) != 30 || all[29].Seq != seqs[29] {
 		t.Fatalf("all: %d", len(all))
 	}
 
-	url := srv.URL + "/v1/inbox/alice"
+	url := "/v1/inbox/alice"
 	now := time.Now().Unix()
-	sign := func(key ed25519.PrivateKey, msg string, ts int64) string { return kez.SignAuth(key, msg, ts) }
-	want(t, "missing auth", do(t, "GET", url, ""), 401, "unauthorized")
-	want(t, "stale", do(t, "GET", url, "", "X-KEZ-Auth", sign(alice.key, kez.InboxAuthMessage("alice", 0, now-120), now-120)), 401, "unauthorized")
-	want(t, "wrong key", do(t, "GET", url, "", "X-KEZ-Auth", sign(bob.key, kez.InboxAuthMessage("alice", 0, now), now)), 401, "unauthorized")
-	want(t, "wrong cursor", do(t, "GET", url+"?since=5", "", "X-KEZ-Auth", sign(alice.key, kez.InboxAuthMessage("alice", 0, now), now)), 401, "unauthorized")
-	want(t, "stream signature on inbox", do(t, "GET", url, "", "X-KEZ-Auth", sign(alice.key, kez.StreamAuthMessage("alice", now), now)), 401, "unauthorized")
-	want(t, "bad limit", do(t, "GET", url+"?limit=0", "", "X-KEZ-Auth", sign(alice.key, kez.InboxAuthMessage("alice", 0, now), now)), 400, "bad_request")
-	want(t, "unknown inbox", do(t, "GET", srv.URL+"/v1/inbox/carol", "", "X-KEZ-Auth", sign(alice.key, kez.InboxAuthMessage("carol", 0, now), now)), 404, "not_found")
+	auth := func(u user, method, query string, ts int64) string {
+		return sign(t, srv.URL, u, method, url, query, "", ts)
+	}
+	want(t, "missing auth", do(t, "GET", srv.URL+url, ""), 401, "unauthorized")
+	want(t, "stale", do(t, "GET", srv.URL+url, "", "X-KEZ-Auth", auth(alice, "GET", "", now-120)), 401, "unauthorized")
+	want(t, "wrong key", do(t, "GET", srv.URL+url, "", "X-KEZ-Auth", auth(bob, "GET", "", now)), 401, "unauthorized")
+	want(t, "wrong cursor", do(t, "GET", srv.URL+url+"?since=5", "", "X-KEZ-Auth", auth(alice, "GET", "", now)), 401, "unauthorized")
+	want(t, "another server's signature", do(t, "GET", srv.URL+url, "", "X-KEZ-Auth",
+		(&kez.Request{Server: "other.example", Method: "GET", Path: url}).Sign(alice.key, time.Now())), 401, "unauthorized")
+	want(t, "bad limit", do(t, "GET", srv.URL+url+"?limit=0", "", "X-KEZ-Auth", auth(alice, "GET", "limit=0", now)), 400, "bad_request")
+	want(t, "unsigned parameter", do(t, "GET", srv.URL+url+"?since=0&extra=1", "", "X-KEZ-Auth", auth(alice, "GET", "since=0", now)), 400, "bad_request")
+	want(t, "non-canonical", do(t, "GET", srv.URL+url+"?since=05", "", "X-KEZ-Auth", auth(alice, "GET", "since=5", now)), 400, "bad_request")
+	want(t, "unknown inbox", signed(t, srv.URL, alice, "GET", "/v1/inbox/carol", ""), 404, "not_found")
+	once := auth(alice, "GET", "since=3", now)
+	want(t, "a signed read", do(t, "GET", srv.URL+url+"?since=3", "", "X-KEZ-Auth", once), 200, "")
+	want(t, "the same signature again", do(t, "GET", srv.URL+url+"?since=3", "", "X-KEZ-Auth", once), 401, "unauthorized")
 
-	ack := do(t, "DELETE", fmt.Sprintf("%s?upto=%d", url, seqs[19]), "", "X-KEZ-Auth", sign(alice.key, kez.AckAuthMessage("alice", seqs[19], now), now))
+	ack := signed(t, srv.URL, alice, "DELETE", fmt.Sprintf("%s?upto=%d", url, seqs[19]), "")
 	want(t, "ack", ack, 200, "")
 	if string(ack.body) != `{"deleted":20}` {
 		t.Fatalf("ack %s", ack.body)
 	}
-	want(t, "ack wrong key", do(t, "DELETE", url+"?upto=1", "", "X-KEZ-Auth", sign(bob.key, kez.AckAuthMessage("alice", 1, now), now)), 401, "unauthorized")
+	want(t, "ack wrong key", signed(t, srv.URL, bob, "DELETE", url+"?upto=1", ""), 401, "unauthorized")
 	if rest := allInbox(t, srv, alice); len(rest) != 10 || rest[0].Seq != seqs[20] {
 		t.Fatalf("after ack: %d", len(rest))
 	}
 	for range 40 {
 		send(t, srv, "alice", `{}`)
 	}
-	want(t, "inbox full", do(t, "POST", srv.URL+"/v1/messages", `{"to":"alice","envelope":{}}`), 507, "inbox_full")
+	want(t, "inbox full", post(`{"to":"alice","envelope":`+sealFor(sender, alice.primary(), `{}`)+`}`), 507, "inbox_full")
 	// A seq is never reused: the next one after an ack is above everything seen.
 	if s := send(t, srv, "bob", `{}`); s == 0 {
 		t.Fatal("bob's inbox unaffected by alice's cap")

@@ -3,7 +3,6 @@ package e2e
 import (
 	"fmt"
 	"math/rand/v2"
-	"net/http"
 	"os"
 	"strconv"
 	"strings"
@@ -42,9 +41,29 @@ type sendStats struct {
 	transport atomic.Int64 // no answer at all
 }
 
-// sender sends envelopes {"id":"<prefix>-<n>"} until stop, recording 201s.
+// targets are recipients the test sender may write to: their handles and
+// primaries, each having accepted the sender (see contactOf).
+type targets struct {
+	from      user
+	handles   []string
+	primaries []string
+}
+
+func contactsOf(t *testing.T, base string, handles ...string) targets {
+	t.Helper()
+	tg := targets{handles: handles}
+	for _, h := range handles {
+		var p string
+		tg.from, p = contactOf(t, base, h)
+		tg.primaries = append(tg.primaries, p)
+	}
+	return tg
+}
+
+// sender sends envelopes {"id":"<prefix>-<n>"} until stop, recording 201s
+// (and 200s: the original receipt of a send resent by the transport).
 // A send without an answer ends it, unless keepGoing (the server is still up).
-func sender(t *testing.T, url string, prefix string, to []string, stop <-chan struct{}, a *acked, stats *sendStats, keepGoing bool, wg *sync.WaitGroup) {
+func sender(t *testing.T, url string, prefix string, to targets, stop <-chan struct{}, a *acked, stats *sendStats, keepGoing bool, wg *sync.WaitGroup) {
 	defer wg.Done()
 	for n := 0; ; n++ {
 		select {
@@ -53,11 +72,12 @@ func sender(t *testing.T, url string, prefix string, to []string, stop <-chan st
 		default:
 		}
 		id := fmt.Sprintf("%s-%d", prefix, n)
-		rcpt := to[n%len(to)]
+		i := n % len(to.handles)
+		rcpt := to.handles[i]
 		// As the client library does: Idempotency-Key lets Go's transport
-		// resend a POST that a reload's closing connection never answered.
-		req, _ := http.NewRequest("POST", url+"/v1/messages", strings.NewReader(`{"to":"`+rcpt+`","envelope":{"id":"`+id+`"}}`))
-		req.Header.Set("Content-Type", "application/json")
+		// resend a POST that a reload's closing connection never answered;
+		// a resend of a stored envelope is answered with its receipt.
+		req := sendRequest(t, url, to.from, rcpt, to.primaries[i], `{"id":"`+id+`"}`)
 		req.Header.Set("Idempotency-Key", id)
 		res, err := client.Do(req)
 		if err != nil {
@@ -71,7 +91,7 @@ func sender(t *testing.T, url string, prefix string, to []string, stop <-chan st
 		body := make([]byte, 512)
 		n2, _ := res.Body.Read(body)
 		res.Body.Close()
-		if res.StatusCode == 201 {
+		if res.StatusCode == 201 || res.StatusCode == 200 {
 			fmt.Sscanf(string(body[:n2]), `{"seq":%d`, &out.Seq)
 			a.mu.Lock()
 			a.msgs[id] = ackedMsg{rcpt, out.Seq}
@@ -102,9 +122,10 @@ func TestCrashUnderLoad(t *testing.T) {
 		stop := make(chan struct{})
 		var wg sync.WaitGroup
 		var stats sendStats
+		to := contactsOf(t, srv.URL, handles...)
 		for i := range 32 {
 			wg.Add(1)
-			go sender(t, srv.URL, fmt.Sprintf("r%d-s%d", round, i), handles, stop, a, &stats, false, &wg)
+			go sender(t, srv.URL, fmt.Sprintf("r%d-s%d", round, i), to, stop, a, &stats, false, &wg)
 		}
 		a.mu.Lock()
 		before := len(a.msgs)
@@ -231,9 +252,10 @@ func TestReloadsUnderLoad(t *testing.T) {
 	var senders, readers sync.WaitGroup
 	a := &acked{msgs: map[string]ackedMsg{}}
 	var stats sendStats
+	to := contactsOf(t, srv.URL, "alice", "bob")
 	for i := range 8 {
 		senders.Add(1)
-		go sender(t, srv.URL, fmt.Sprintf("s%d", i), []string{"alice", "bob"}, stopSend, a, &stats, true, &senders)
+		go sender(t, srv.URL, fmt.Sprintf("s%d", i), to, stopSend, a, &stats, true, &senders)
 	}
 	received := make([]*seqLog, 4)
 	for i := range received {
@@ -304,10 +326,11 @@ func TestDiskFull(t *testing.T) {
 	alice := newUser("alice")
 	want(t, "register", register(t, srv, alice), 201, "")
 	big := `{"ct":"` + strings.Repeat("A", 1000<<10) + `"}`
+	from, _ := contactOf(t, srv.URL, "alice")
 	var sent []uint64
 	var status int
 	for range 40 {
-		r := do(t, "POST", srv.URL+"/v1/messages", `{"to":"alice","envelope":`+big+`}`)
+		r := sendAs(t, srv.URL, from, "alice", big)
 		status = r.status
 		if r.status != 201 {
 			if r.status != 503 || r.code() != "unavailable" {

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -60,12 +61,20 @@ func do(t testing.TB, method, url, body string, headers ...string) result {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
 	for i := 0; i+1 < len(headers); i += 2 {
 		req.Header.Set(headers[i], headers[i+1])
 	}
+	return doRequest(t, req)
+}
+
+func doRequest(t testing.TB, req *http.Request) result {
+	t.Helper()
 	res, err := client.Do(req)
 	if err != nil {
-		t.Fatalf("%s %s: %v", method, url, err)
+		t.Fatalf("%s %s: %v", req.Method, req.URL, err)
 	}
 	defer res.Body.Close()
 	b, _ := io.ReadAll(res.Body)
@@ -79,20 +88,141 @@ func want(t testing.TB, what string, r result, status int, code string) {
 	}
 }
 
+func (u user) primary() string { return kez.FormatPrimary(u.key.Public().(ed25519.PublicKey)) }
+
+// known are the users the helpers registered, by primary, so that send can
+// have a recipient accept its sender.
+var known sync.Map // primary → user
+
 func register(t testing.TB, srv *testcaddy.Server, u user) result {
 	t.Helper()
-	reg, err := kez.SignRegistration(u.key, u.handle, testcaddy.ServerName, time.Now())
+	reg, err := kez.SignRegistration(u.key, u.handle, serverName(t, srv.URL), time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
 	b, _ := json.Marshal(reg)
-	return do(t, "POST", srv.URL+"/v1/register", string(b))
+	r := do(t, "POST", srv.URL+"/v1/register", string(b))
+	if r.status == 201 || r.status == 200 {
+		known.Store(u.primary(), u)
+	}
+	return r
 }
 
-// send posts an envelope for to and returns the seq.
-func send(t testing.TB, srv *testcaddy.Server, to, envelope string) uint64 {
+// serverNames caches each server's configured name, which signatures cover.
+var serverNames sync.Map // base URL → name
+
+func serverName(t testing.TB, base string) string {
 	t.Helper()
-	r := do(t, "POST", srv.URL+"/v1/messages", `{"to":"`+to+`","envelope":`+envelope+`}`)
+	if name, ok := serverNames.Load(base); ok {
+		return name.(string)
+	}
+	r := do(t, "GET", base+"/v1/healthz", "")
+	var h struct{ Server string }
+	if err := json.Unmarshal(r.body, &h); err != nil || h.Server == "" {
+		t.Fatalf("healthz of %s: %d %s", base, r.status, r.body)
+	}
+	serverNames.Store(base, h.Server)
+	return h.Server
+}
+
+// sign is the X-KEZ-Auth value of u for a request to base (SPEC §2.0).
+func sign(t testing.TB, base string, u user, method, path, query, body string, ts int64) string {
+	t.Helper()
+	req := kez.Request{Server: serverName(t, base), Method: method, Path: path, Query: query, Body: []byte(body)}
+	return req.Sign(u.key, time.Unix(ts, 0))
+}
+
+// signed sends a request signed by u now.
+func signed(t testing.TB, base string, u user, method, pathAndQuery, body string) result {
+	t.Helper()
+	path, query, _ := strings.Cut(pathAndQuery, "?")
+	return do(t, method, base+pathAndQuery, body, "X-KEZ-Auth", sign(t, base, u, method, path, query, body, time.Now().Unix()))
+}
+
+// senders are the users send writes as, one per server, registered on first use.
+var senders sync.Map // base URL → user
+
+func defaultSender(t testing.TB, base string) user {
+	t.Helper()
+	if u, ok := senders.Load(base); ok {
+		return u.(user)
+	}
+	var id [6]byte
+	_, _ = rand.Read(id[:])
+	u := newUser(fmt.Sprintf("sender-%x", id))
+	want(t, "register the sender", register(t, &testcaddy.Server{URL: base}, u), 201, "")
+	senders.Store(base, u)
+	return u
+}
+
+// accepted remembers which recipients have accepted which senders.
+var accepted sync.Map // recipient primary + sender primary → true
+
+// lookupPrimary is the current primary of handle on base.
+func lookupPrimary(t testing.TB, base, handle string) string {
+	t.Helper()
+	r := do(t, "GET", base+"/v1/u/"+handle, "")
+	want(t, "look up "+handle, r, 200, "")
+	var rec struct{ Primary string }
+	_ = json.Unmarshal(r.body, &rec)
+	return rec.Primary
+}
+
+// contactOf returns the server's test sender and to's primary, having had
+// to (when these helpers registered it) accept the sender, so that its
+// messages are not message requests.
+func contactOf(t testing.TB, base, to string) (sender user, toPrimary string) {
+	t.Helper()
+	sender = defaultSender(t, base)
+	toPrimary = lookupPrimary(t, base, to)
+	if u, ok := known.Load(toPrimary); ok {
+		if _, done := accepted.LoadOrStore(toPrimary+sender.primary(), true); !done {
+			rcpt := u.(user)
+			want(t, "accept the sender", signed(t, base, rcpt, "PUT", "/v1/inbox/"+rcpt.handle+"/contacts/"+sender.primary(), ""), 204, "")
+		}
+	}
+	return sender, toPrimary
+}
+
+// sealFor is a test envelope from sender to the recipient's primary: the
+// members the server reads (from, to, a unique sig) added to fields, a JSON
+// object such as {"n":1}.
+func sealFor(sender user, toPrimary, fields string) string {
+	var id [32]byte
+	_, _ = rand.Read(id[:])
+	head := fmt.Sprintf(`{"from":"%s","to":"%s","sig":"%x"`, sender.primary(), toPrimary, id)
+	if rest := strings.TrimSpace(fields[1:]); rest != "}" {
+		head += ","
+	}
+	return head + fields[1:]
+}
+
+// sendRequest is a signed POST /v1/messages of envelope fields (see
+// sealFor) from sender to the handle to.
+func sendRequest(t testing.TB, base string, sender user, to, toPrimary, fields string) *http.Request {
+	t.Helper()
+	body := `{"to":"` + to + `","envelope":` + sealFor(sender, toPrimary, fields) + `}`
+	req, err := http.NewRequest("POST", base+"/v1/messages", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-KEZ-Auth", sign(t, base, sender, "POST", "/v1/messages", "", body, time.Now().Unix()))
+	return req
+}
+
+// sendAs posts envelope fields from sender to the handle to and returns the answer.
+func sendAs(t testing.TB, base string, sender user, to, fields string) result {
+	t.Helper()
+	return doRequest(t, sendRequest(t, base, sender, to, lookupPrimary(t, base, to), fields))
+}
+
+// send posts envelope fields for to from the server's test sender, a
+// contact of the recipient, and returns the seq.
+func send(t testing.TB, srv *testcaddy.Server, to, fields string) uint64 {
+	t.Helper()
+	sender, toPrimary := contactOf(t, srv.URL, to)
+	r := doRequest(t, sendRequest(t, srv.URL, sender, to, toPrimary, fields))
 	want(t, "send", r, 201, "")
 	var out struct{ Seq uint64 }
 	if err := json.Unmarshal(r.body, &out); err != nil || out.Seq == 0 {
@@ -103,6 +233,9 @@ func send(t testing.TB, srv *testcaddy.Server, to, envelope string) uint64 {
 
 type message struct {
 	Seq        uint64          `json:"seq"`
+	From       string          `json:"from"`
+	FromAddr   string          `json:"from_addr"`
+	Request    bool            `json:"request"`
 	Envelope   json.RawMessage `json:"envelope"`
 	ReceivedAt int64           `json:"received_at"`
 }
@@ -110,9 +243,7 @@ type message struct {
 // inbox reads one page.
 func inbox(t testing.TB, srv *testcaddy.Server, u user, since uint64, limit int) (msgs []message, next uint64, more bool) {
 	t.Helper()
-	ts := time.Now().Unix()
-	r := do(t, "GET", fmt.Sprintf("%s/v1/inbox/%s?since=%d&limit=%d", srv.URL, u.handle, since, limit), "",
-		"X-KEZ-Auth", kez.SignAuth(u.key, kez.InboxAuthMessage(u.handle, since, ts), ts))
+	r := signed(t, srv.URL, u, "GET", fmt.Sprintf("/v1/inbox/%s?limit=%d&since=%d", u.handle, limit, since), "")
 	want(t, "inbox", r, 200, "")
 	var out struct {
 		Messages  []message `json:"messages"`
@@ -163,13 +294,17 @@ func openStream(t testing.TB, srv *testcaddy.Server, u user, since int64, header
 
 func tryStream(t testing.TB, base string, u user, since int64, headers ...string) (*stream, result) {
 	t.Helper()
-	ts := time.Now().Unix()
-	url := base + "/v1/inbox/" + u.handle + "/stream?auth=" + kez.SignAuth(u.key, kez.StreamAuthMessage(u.handle, ts), ts)
+	path, query := "/v1/inbox/"+u.handle+"/stream", ""
 	if since >= 0 {
-		url += fmt.Sprintf("&since=%d", since)
+		query = fmt.Sprintf("since=%d", since)
+	}
+	url := base + path
+	if query != "" {
+		url += "?" + query
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	req, _ := http.NewRequestWithContext(ctx, "GET", url, nil)
+	req.Header.Set("X-KEZ-Auth", sign(t, base, u, "GET", path, query, "", time.Now().Unix()))
 	for i := 0; i+1 < len(headers); i += 2 {
 		req.Header.Set(headers[i], headers[i+1])
 	}
@@ -258,14 +393,6 @@ func (s *stream) waitEnd(t testing.TB, within time.Duration) {
 			t.Fatalf("stream still open after %s", within)
 		}
 	}
-}
-
-func signInbox(u user, since uint64, ts int64) string {
-	return kez.SignAuth(u.key, kez.InboxAuthMessage(u.handle, since, ts), ts)
-}
-
-func signStream(u user, ts int64) string {
-	return kez.SignAuth(u.key, kez.StreamAuthMessage(u.handle, ts), ts)
 }
 
 func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }

@@ -36,6 +36,7 @@ func TestReloadDuringOpenStream(t *testing.T) {
 	var mu sync.Mutex
 	stop := make(chan struct{})
 	senderDone := make(chan struct{})
+	from, alicePrimary := contactOf(t, srv.URL, "alice")
 	go func() {
 		defer close(senderDone)
 		for i := 0; ; i++ {
@@ -44,8 +45,7 @@ func TestReloadDuringOpenStream(t *testing.T) {
 				return
 			default:
 			}
-			res, err := client.Post(srv.URL+"/v1/messages", "application/json",
-				strings.NewReader(fmt.Sprintf(`{"to":"alice","envelope":{"during":%d}}`, i)))
+			res, err := client.Do(sendRequest(t, srv.URL, from, "alice", alicePrimary, fmt.Sprintf(`{"during":%d}`, i)))
 			if err != nil {
 				// A keep-alive connection closed by the reload: the POST was
 				// never read (see TestReloadsUnderLoad); send the next one.
@@ -101,7 +101,7 @@ func TestReloadDuringOpenStream(t *testing.T) {
 	for n := total; n < 60; n++ {
 		send(t, srv, "alice", `{}`)
 	}
-	want(t, "new cap", do(t, "POST", srv.URL+"/v1/messages", `{"to":"alice","envelope":{}}`), 507, "inbox_full")
+	want(t, "new cap", sendAs(t, srv.URL, from, "alice", `{}`), 507, "inbox_full")
 	if stored := allInbox(t, srv, alice); len(stored) != max(total, 60) {
 		t.Fatalf("stored %d after filling to the cap of 60 (had %d)", len(stored), total)
 	}

@@ -35,12 +35,20 @@ func TestAbuseLimitsThroughCaddy(t *testing.T) {
 		t.Fatal("no Retry-After")
 	}
 
-	send(t, srv, "alice", `{}`)
-	send(t, srv, "alice", `{}`)
-	want(t, "third send", do(t, "POST", srv.URL+"/v1/messages", `{"to":"alice","envelope":{}}`), 429, "rate_limited")
-
 	openStream(t, srv, alice, -1)
 	if _, r := tryStream(t, srv.URL, alice, -1); r.status != 429 || r.code() != "rate_limited" || r.header.Get("Retry-After") == "" {
 		t.Fatalf("second stream: %d %s %v", r.status, r.body, r.header)
+	}
+
+	// Sends per client address (the registrations above used up this
+	// address's register_rate, so on a server of their own).
+	srv = testcaddy.Start(t, testcaddy.Options{KezOptions: "send_rate 2/1h"})
+	want(t, "register", register(t, srv, alice), 201, "")
+	send(t, srv, "alice", `{}`)
+	send(t, srv, "alice", `{}`)
+	r = sendAs(t, srv.URL, defaultSender(t, srv.URL), "alice", `{}`)
+	want(t, "third send", r, 429, "rate_limited")
+	if r.header.Get("Retry-After") == "" {
+		t.Fatal("no Retry-After")
 	}
 }

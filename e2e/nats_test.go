@@ -106,12 +106,13 @@ func TestNatsOutageEndsStreamsAndResumes(t *testing.T) {
 		t.Fatalf("before the outage: %+v %v", m, ok)
 	}
 
+	from, alicePrimary := contactOf(t, srv1.URL, "alice")
 	c.Stop(0)
 	s.waitEnd(t, 5*time.Second)
 	start := time.Now()
 	for _, srv := range []*testcaddy.Server{srv1, srv2} {
 		want(t, "healthz during the outage", do(t, "GET", srv.URL+"/v1/healthz", ""), 503, "")
-		want(t, "send during the outage", do(t, "POST", srv.URL+"/v1/messages", `{"to":"alice","envelope":{}}`), 503, "unavailable")
+		want(t, "send during the outage", doRequest(t, sendRequest(t, srv.URL, from, "alice", alicePrimary, `{}`)), 503, "unavailable")
 		if _, r := tryStream(t, srv.URL, alice, -1); r.status != 503 {
 			t.Fatalf("stream during the outage: %d %s", r.status, r.body)
 		}

@@ -34,8 +34,11 @@ func TestReadmeCurlWalkthrough(t *testing.T) {
 	for _, want := range []string{
 		`"address":"alice@localhost"`,
 		`{"seq":1,"to":"alice","received_at":`,
-		`{"messages":[{"seq":1,"envelope":{"v":1,"note":"hello"}`,
+		`{"messages":[{"seq":1,"from":"ed25519:`,
+		`"from_addr":"bob@localhost","request":true,"envelope":{"v":1,"from":"ed25519:`,
+		"\n204\n",
 		"retry: 3000\n\nid: 1\nevent: message\ndata: {\"seq\":1,",
+		`"request":false,"envelope":{"v":1,`,
 		`{"deleted":1}`,
 	} {
 		if !strings.Contains(string(out), want) {

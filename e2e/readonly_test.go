@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/kezchat/kez/internal/testcaddy"
-	"github.com/kezchat/kez/kez"
 	"github.com/kezchat/kez/storage/bolt"
 )
 
@@ -112,14 +111,12 @@ func TestReadOnlyDisk(t *testing.T) {
 
 	disk.fail(t)
 	for i := range 5 {
-		r := do(t, "POST", srv.URL+"/v1/messages", fmt.Sprintf(`{"to":"alice","envelope":{"late":%d}}`, i))
+		r := sendAs(t, srv.URL, defaultSender(t, srv.URL), "alice", fmt.Sprintf(`{"late":%d}`, i))
 		want(t, "send to a read-only disk", r, 503, "unavailable")
 	}
 	want(t, "register on a read-only disk", register(t, srv, bob), 503, "unavailable")
-	ts := time.Now().Unix()
 	want(t, "acknowledge on a read-only disk",
-		do(t, "DELETE", fmt.Sprintf("%s/v1/inbox/alice?upto=%d", srv.URL, sent[len(sent)-1]), "",
-			"X-KEZ-Auth", kez.SignAuth(alice.key, kez.AckAuthMessage("alice", sent[len(sent)-1], ts), ts)), 503, "unavailable")
+		signed(t, srv.URL, alice, "DELETE", fmt.Sprintf("/v1/inbox/alice?upto=%d", sent[len(sent)-1]), ""), 503, "unavailable")
 	want(t, "lookup on a read-only disk", do(t, "GET", srv.URL+"/v1/u/alice", ""), 200, "")
 	var got []uint64
 	for _, m := range allInbox(t, srv, alice) {

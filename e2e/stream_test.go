@@ -39,8 +39,16 @@ func TestStreamErrorsAndHeaders(t *testing.T) {
 	}
 	// An inbox signature replayed as a stream signature.
 	now := time.Now().Unix()
-	inboxAuth := signInbox(alice, 0, now)
+	inboxAuth := sign(t, srv.URL, alice, "GET", "/v1/inbox/alice", "", "", now)
 	want(t, "inbox signature on stream", do(t, "GET", srv.URL+"/v1/inbox/alice/stream?auth="+inboxAuth, ""), 401, "unauthorized")
+	// ?auth= (for EventSource) works, once: a leaked stream URL is worth one stream.
+	streamURL := srv.URL + "/v1/inbox/alice/stream?auth=" + sign(t, srv.URL, alice, "GET", "/v1/inbox/alice/stream", "", "", now)
+	first, err := http.Get(streamURL)
+	if err != nil || first.StatusCode != 200 {
+		t.Fatalf("stream with ?auth=: %v %v", first, err)
+	}
+	first.Body.Close()
+	want(t, "the same stream URL again", do(t, "GET", streamURL, ""), 401, "unauthorized")
 
 	s := openStream(t, srv, alice, -1)
 	h := s.res.Header
@@ -141,8 +149,8 @@ func TestOverflowDisconnects(t *testing.T) {
 	alice := newUser("alice")
 	want(t, "register", register(t, srv, alice), 201, "")
 
-	ts := time.Now().Unix()
-	req, _ := http.NewRequest("GET", srv.URL+"/v1/inbox/alice/stream?auth="+signStream(alice, ts), nil)
+	req, _ := http.NewRequest("GET", srv.URL+"/v1/inbox/alice/stream", nil)
+	req.Header.Set("X-KEZ-Auth", sign(t, srv.URL, alice, "GET", "/v1/inbox/alice/stream", "", "", time.Now().Unix()))
 	res, err := http.DefaultClient.Do(req)
 	if err != nil || res.StatusCode != 200 {
 		t.Fatalf("stream: %v", err)
@@ -190,8 +198,8 @@ func TestBehindEncodeWithCatchAllProxy(t *testing.T) {
 	if r := do(t, "GET", srv.URL+"/somewhere/else", ""); r.status != 502 {
 		t.Fatalf("non-API path: %d, want the proxy's 502", r.status)
 	}
-	ts := time.Now().Unix()
-	req, _ := http.NewRequest("GET", srv.URL+"/v1/inbox/alice/stream?auth="+signStream(alice, ts), nil)
+	req, _ := http.NewRequest("GET", srv.URL+"/v1/inbox/alice/stream", nil)
+	req.Header.Set("X-KEZ-Auth", sign(t, srv.URL, alice, "GET", "/v1/inbox/alice/stream", "", "", time.Now().Unix()))
 	req.Header.Set("Accept-Encoding", "gzip")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
