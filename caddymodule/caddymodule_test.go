@@ -41,6 +41,11 @@ func TestUnmarshalCaddyfileAllOptions(t *testing.T) {
 		send_rate     off
 		max_streams_per_handle 4
 		max_streams   100
+		sender_rate   10/1s
+		request_limit 5
+		max_requests  50
+		body_timeout  3s
+		stream_max_age 30m
 	}`)
 	var h Handler
 	if err := h.UnmarshalCaddyfile(d); err != nil {
@@ -54,6 +59,8 @@ func TestUnmarshalCaddyfileAllOptions(t *testing.T) {
 		MaxInbox: 10000, Reserved: []string{"alice-admin", "ops", "more"},
 		Registration: "invite", InviteFile: "/etc/kez/invites", RegisterRate: "5/1m", SendRate: "off",
 		MaxStreamsPerHandle: 4, MaxStreams: 100,
+		SenderRate: "10/1s", RequestLimit: 5, MaxRequests: 50,
+		BodyTimeout: caddy.Duration(3 * time.Second), StreamMaxAge: caddy.Duration(30 * time.Minute),
 	}
 	if !reflect.DeepEqual(h, want) {
 		t.Fatalf("got  %+v\nwant %+v", h, want)
@@ -76,6 +83,11 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 		"auth_skew soon":            "auth_skew",
 		"retention -1h":             "retention",
 		"max_inbox 0":               "max_inbox",
+		"request_limit 0":           "request_limit",
+		"max_requests x":            "max_requests",
+		"sender_rate fast":          "sender_rate",
+		"body_timeout 0s":           "body_timeout",
+		"stream_max_age forever":    "stream_max_age",
 		"reserved":                  "reserved needs",
 		"server a {\n x\n }":        "takes no block",
 		"storage bolt /x {\n y\n }": `unknown storage bolt option "y"`,
@@ -203,6 +215,8 @@ chat.example.com {
 		max_envelope 1MiB
 		retention 48h
 		reserved ops
+		request_limit 2
+		stream_max_age 10m
 	}
 	file_server
 }`)
@@ -223,7 +237,8 @@ chat.example.com {
 		t.Fatal(err)
 	}
 	want := Handler{Server: "chat.example.com", Storage: &StorageConfig{Bolt: &BoltConfig{Path: "/tmp/kez-test.db"}},
-		MaxEnvelope: 1 << 20, Retention: caddy.Duration(48 * time.Hour), Reserved: []string{"ops"}}
+		MaxEnvelope: 1 << 20, Retention: caddy.Duration(48 * time.Hour), Reserved: []string{"ops"},
+		RequestLimit: 2, StreamMaxAge: caddy.Duration(10 * time.Minute)}
 	if !reflect.DeepEqual(h, want) {
 		t.Fatalf("round trip: %s\ngot  %+v\nwant %+v", raw, h, want)
 	}
