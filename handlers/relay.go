@@ -103,6 +103,11 @@ func (h *Handler) send(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, kez.CodeBadRequest, "envelope.from must be a primary (ed25519:<64 lowercase hex>)")
 		return
 	}
+	if _, server := kez.SplitAddress(in.fromAddr); in.fromAddr != "" && server != h.cfg.Server {
+		// Senders of other servers (SPEC §8) are not verified yet.
+		writeError(w, http.StatusForbidden, kez.CodeFederationRefused, "this server does not accept senders of other servers")
+		return
+	}
 	// The sender: a user of this server, who signed this very request.
 	sender, err := h.store.LookupPrimary(r.Context(), in.header.From)
 	if errors.Is(err, storage.ErrNotFound) {
