@@ -192,6 +192,7 @@ http://127.0.0.1:%d {
 		# Tests send and register faster than one person; limits are tested on their own.
 		register_rate off
 		send_rate off
+		sender_rate off
 		%s
 	}
 	%s
