@@ -230,3 +230,37 @@ func TestNatsConfigsParse(t *testing.T) {
 		}
 	}
 }
+
+// Over NATS the record of used signatures is shared: a request accepted by
+// one instance is refused by the other, and the message-request limits
+// hold across instances.
+func TestNatsReplayAndLimitsAcrossInstances(t *testing.T) {
+	c := natstest.Run(t)
+	opts := testcaddy.Options{Storage: natsStorage(c), KezOptions: "request_limit 3"}
+	srv1, srv2 := testcaddy.Start(t, opts), testcaddy.Start(t, opts)
+	alice, mallory := newUser("alice"), newUser("mallory")
+	want(t, "register alice", register(t, srv1, alice), 201, "")
+	want(t, "register mallory", register(t, srv2, mallory), 201, "")
+	serverName(t, srv2.URL)
+
+	read := sign(t, srv1.URL, alice, "GET", "/v1/inbox/alice", "", "", time.Now().Unix())
+	want(t, "read on 1", do(t, "GET", srv1.URL+"/v1/inbox/alice", "", "X-KEZ-Auth", read), 200, "")
+	want(t, "replayed on 2", do(t, "GET", srv2.URL+"/v1/inbox/alice", "", "X-KEZ-Auth", read), 401, "unauthorized")
+
+	// A stranger's requests through both instances: three in all.
+	alicePrimary := alice.primary()
+	stored := 0
+	for i := range 8 {
+		srv := []*testcaddy.Server{srv1, srv2}[i%2]
+		r := doRequest(t, sendRequest(t, srv.URL, mallory, "alice", alicePrimary, `{}`))
+		switch {
+		case r.status == 201:
+			stored++
+		case r.status != 429 || r.code() != "request_limit":
+			t.Fatalf("request %d: %d %s", i, r.status, r.body)
+		}
+	}
+	if stored != 3 {
+		t.Fatalf("stored %d requests from one stranger across two instances, want 3", stored)
+	}
+}
