@@ -144,12 +144,36 @@ func (l lazyStore) LookupPrimary(ctx context.Context, primary string) (storage.R
 	return s.LookupPrimary(ctx, primary)
 }
 
-func (l lazyStore) Append(ctx context.Context, handle string, envelope []byte, maxInbox int) (storage.Message, error) {
+func (l lazyStore) Append(ctx context.Context, d storage.Delivery, lim storage.Limits) (storage.Message, bool, error) {
 	s, err := l.get()
 	if err != nil {
-		return storage.Message{}, err
+		return storage.Message{}, false, err
 	}
-	return s.Append(ctx, handle, envelope, maxInbox)
+	return s.Append(ctx, d, lim)
+}
+
+func (l lazyStore) SetContact(ctx context.Context, handle, primary string, state storage.ContactState) error {
+	s, err := l.get()
+	if err != nil {
+		return err
+	}
+	return s.SetContact(ctx, handle, primary, state)
+}
+
+func (l lazyStore) Contacts(ctx context.Context, handle string) (storage.Contacts, error) {
+	s, err := l.get()
+	if err != nil {
+		return storage.Contacts{}, err
+	}
+	return s.Contacts(ctx, handle)
+}
+
+func (l lazyStore) Once(ctx context.Context, key [32]byte, until time.Time) (bool, error) {
+	s, err := l.get()
+	if err != nil {
+		return false, err
+	}
+	return s.Once(ctx, key, until)
 }
 
 func (l lazyStore) Read(ctx context.Context, handle string, since uint64, limit int) ([]storage.Message, bool, error) {
