@@ -1,17 +1,17 @@
-// Package client talks to a KEZ chat server (SPEC §2) on behalf of one user:
-// registration, lookups, end-to-end encrypted sends, inbox paging, the live
-// stream and acknowledgement. Every call takes a context; errors from the
-// server are *APIError, unreachable servers are *NetworkError.
+// Package client talks to a KEZ chat server (SPEC §2, protocol v2) on behalf
+// of one user: registration, lookups, end-to-end encrypted sends, inbox
+// paging, the live stream, acknowledgement and the contact lists. Every
+// request that acts for the user is signed (SPEC §2.0) afresh on every
+// attempt. Every call takes a context; errors from the server are *APIError,
+// unreachable servers are *NetworkError, answers that are not what SPEC §2
+// says (unknown or case-variant members, duplicates) are *ProtocolError.
 package client
 
 import (
-	"bytes"
 	"context"
-	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"strings"
@@ -31,8 +31,9 @@ type Options struct {
 	Keys *kez.Keys
 	// Handle is the user's own handle on this server.
 	Handle string
-	// ServerName is the server's name in addresses (the part after @). When
-	// empty it is read once from /v1/healthz.
+	// ServerName is the server's name in addresses (the part after @), which
+	// every request signature covers. When empty it is read once from
+	// /v1/healthz (or taken from the record of a registration).
 	ServerName string
 	// Now is the clock for signed timestamps; nil means time.Now.
 	Now func() time.Time
@@ -48,6 +49,8 @@ type Client struct {
 
 	mu         sync.Mutex
 	serverName string
+
+	stamps stamper // the timestamps of recent signatures, so none repeats
 }
 
 // New makes a client for the server at baseURL, e.g. "https://kez.lat".
@@ -82,17 +85,25 @@ func (c *Client) BaseURL() string { return c.base }
 // Handle is the client's own handle ("" if none was given).
 func (c *Client) Handle() string { return c.handle }
 
+// Keys is the client's identity (nil if none was given).
+func (c *Client) Keys() *kez.Keys { return c.keys }
+
 // Health is the answer of GET /v1/healthz.
 type Health struct {
-	Server  string `json:"server"`
-	Status  string `json:"status"`
-	Version string `json:"version"`
+	Server   string `json:"server"`
+	Status   string `json:"status"`
+	Version  string `json:"version"`
+	Protocol int    `json:"protocol"` // 2 for a v2 server, 0 when not said (v1)
+	LogKey   string `json:"log_key"`  // the verifier key of the binding log (SPEC §5)
 }
 
-// Health asks the server whether it is up, and its name.
+// Health asks the server whether it is up, and its name. It is read
+// leniently (encoding/json): it carries nothing that is signed or shown as
+// someone's words, and operators may add members.
 func (c *Client) Health(ctx context.Context) (*Health, error) {
 	var h Health
-	if err := c.do(ctx, http.MethodGet, "/v1/healthz", "", nil, "", &h); err != nil {
+	_, err := c.do(ctx, &call{method: http.MethodGet, path: "/v1/healthz"}, func(b []byte) error { return json.Unmarshal(b, &h) })
+	if err != nil {
 		return nil, err
 	}
 	if h.Server == "" {
@@ -114,10 +125,17 @@ func (c *Client) ServerName(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	c.mu.Lock()
-	c.serverName = h.Server
-	c.mu.Unlock()
+	c.learnServerName(h.Server)
 	return h.Server, nil
+}
+
+// learnServerName caches the server's name unless one is known already.
+func (c *Client) learnServerName(name string) {
+	c.mu.Lock()
+	if c.serverName == "" {
+		c.serverName = name
+	}
+	c.mu.Unlock()
 }
 
 // Address is the client's own handle@server.
@@ -131,93 +149,3 @@ func (c *Client) Address(ctx context.Context) (string, error) {
 	}
 	return kez.Address(c.handle, name), nil
 }
-
-// ErrNoIdentity is returned by calls that need Options.Keys and Handle.
-var ErrNoIdentity = errors.New("client needs keys and a handle for this call")
-
-// signed makes an auth value for a request by the client's own identity.
-func (c *Client) signed(msg func(handle string, ts int64) string) (string, error) {
-	if c.keys == nil || c.handle == "" {
-		return "", ErrNoIdentity
-	}
-	ts := c.now().Unix()
-	return kez.SignAuth(c.keys.Private(), msg(c.handle, ts), ts), nil
-}
-
-// maxBody bounds a successful answer: an inbox page of 500 envelopes of
-// 256 KiB each, with room for a larger configured envelope limit.
-const maxBody = 512 << 20
-
-// do sends one request and decodes a 2xx JSON answer into out.
-// pathAndQuery must already be escaped.
-func (c *Client) do(ctx context.Context, method, pathAndQuery, auth string, body []byte, contentType string, out any) error {
-	resp, err := c.send(ctx, method, pathAndQuery, auth, body, contentType, "application/json")
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if err := json.NewDecoder(io.LimitReader(resp.Body, maxBody)).Decode(out); err != nil {
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		return &ProtocolError{URL: c.base + pathAndQuery, Reason: "body is not the expected JSON: " + err.Error()}
-	}
-	return nil
-}
-
-// send performs the request and turns transport failures and non-2xx
-// answers into errors; on success the caller owns resp.Body.
-func (c *Client) send(ctx context.Context, method, pathAndQuery, auth string, body []byte, contentType, accept string) (*http.Response, error) {
-	var reader io.Reader
-	if body != nil {
-		reader = bytes.NewReader(body)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, c.base+pathAndQuery, reader)
-	if err != nil {
-		return nil, err
-	}
-	req.Header.Set("Accept", accept)
-	if contentType != "" {
-		req.Header.Set("Content-Type", contentType)
-	}
-	if auth != "" {
-		req.Header.Set("X-KEZ-Auth", auth)
-	}
-	if method == http.MethodPost {
-		// Both POSTs of the API may be sent twice: a registration retry
-		// gets 200 with the same record, and a message stored twice shows
-		// once (clients de-duplicate by id, SPEC §3). Saying so lets Go's
-		// transport resend a POST that went out on a keep-alive connection
-		// the server was closing, as `caddy reload` does, and never answered.
-		req.Header.Set("Idempotency-Key", idempotencyKey())
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
-		return nil, &NetworkError{URL: c.base, Err: unwrapURLError(err)}
-	}
-	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
-		return nil, apiError(resp.StatusCode, resp.Header, b)
-	}
-	return resp, nil
-}
-
-// unwrapURLError drops *url.Error's "Get \"http://…\":" prefix; NetworkError
-// already names the server.
-func unwrapURLError(err error) error {
-	var ue *url.Error
-	if errors.As(err, &ue) {
-		return ue.Err
-	}
-	return err
-}
-
-const jsonType = "application/json; charset=utf-8"
-
-// idempotencyKey names one logical request (the Idempotency-Key header of
-// draft-ietf-httpapi-idempotency-key-header): 128 random bits.
-func idempotencyKey() string { return rand.Text() }

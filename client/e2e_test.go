@@ -2,11 +2,11 @@ package client_test
 
 import (
 	"context"
-	"crypto/ed25519"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -135,6 +135,9 @@ func TestChatBothWaysAndAck(t *testing.T) {
 	srv := clienttest.Start(t, "")
 	ctx := ctxFor(t)
 	alice, bob := user(t, srv, "alice", nil), user(t, srv, "bob", nil)
+	if err := bob.Accept(ctx, mustLookup(t, alice).Primary); err != nil { // no requests here
+		t.Fatal(err)
+	}
 
 	toBob, err := alice.Recipient(ctx, "bob")
 	if err != nil {
@@ -142,7 +145,7 @@ func TestChatBothWaysAndAck(t *testing.T) {
 	}
 	for i := range 3 {
 		rcpt, err := alice.SendTo(ctx, toBob, fmt.Sprintf("hello bob %d", i))
-		if err != nil || rcpt.Seq == 0 || rcpt.ID == "" {
+		if err != nil || rcpt.Seq == 0 || rcpt.ID == "" || rcpt.AlreadyStored {
 			t.Fatalf("send: %+v, %v", rcpt, err)
 		}
 	}
@@ -157,7 +160,7 @@ func TestChatBothWaysAndAck(t *testing.T) {
 	ids := map[string]bool{}
 	for i, r := range got {
 		p := r.Plaintext
-		if p.Text != fmt.Sprintf("hello bob %d", i) || p.FromAddr != "alice@"+srv.Name {
+		if p.Text != fmt.Sprintf("hello bob %d", i) || p.FromAddr != "alice@"+srv.Name || r.FromAddr != "alice@"+srv.Name || r.Request {
 			t.Errorf("message %d = %+v", i, r)
 		}
 		if r.From != mustLookup(t, alice).Primary {
@@ -174,14 +177,18 @@ func TestChatBothWaysAndAck(t *testing.T) {
 	if len(ids) != 3 {
 		t.Errorf("message ids are not unique: %v", ids)
 	}
-	if back := openAll(t, alice); len(back) != 1 || back[0].Plaintext.Text != "hi alice" || back[0].Plaintext.FromAddr != "bob@"+srv.Name {
+	// bob is not alice's contact, but he answers her: not a request.
+	if back := openAll(t, alice); len(back) != 1 || back[0].Plaintext.Text != "hi alice" || back[0].Plaintext.FromAddr != "bob@"+srv.Name || back[0].Request {
 		t.Errorf("alice's inbox = %+v", back)
 	}
 
-	// Paging: one message per page.
-	page, err := bob.Inbox(ctx, 0, 1)
-	if err != nil || len(page.Messages) != 1 || !page.More || page.NextSince != got[0].Seq {
-		t.Fatalf("first page = %+v, %v", page, err)
+	// Paging: one message per page. The same request again at once is
+	// signed anew (the server takes a signature once).
+	for range 3 {
+		page, err := bob.Inbox(ctx, 0, 1)
+		if err != nil || len(page.Messages) != 1 || !page.More || page.NextSince != got[0].Seq {
+			t.Fatalf("first page = %+v, %v", page, err)
+		}
 	}
 
 	// Acknowledge the first two: only the third stays.
@@ -191,6 +198,126 @@ func TestChatBothWaysAndAck(t *testing.T) {
 	}
 	if left := openAll(t, bob); len(left) != 1 || left[0].Seq != got[2].Seq {
 		t.Errorf("after ack: %+v", left)
+	}
+}
+
+// TestRequestsAcceptAndBlock: a stranger's messages are requests, capped at
+// request_limit, until accepted; a blocked sender is refused (SPEC §2.9).
+func TestRequestsAcceptAndBlock(t *testing.T) {
+	srv := clienttest.Start(t, "")
+	ctx := ctxFor(t)
+	alice, bob, carol := user(t, srv, "alice", nil), user(t, srv, "bob", nil), user(t, srv, "carol", nil)
+	alicePrimary, carolPrimary := mustLookup(t, alice).Primary, mustLookup(t, carol).Primary
+
+	for i := range 3 {
+		if _, err := alice.Send(ctx, "bob", fmt.Sprint("request ", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err := alice.Send(ctx, "bob", "one too many")
+	var apiErr *client.APIError
+	if !errors.Is(err, client.ErrRequestLimit) || !errors.As(err, &apiErr) || apiErr.Status != 429 || apiErr.RetryAfter <= 0 {
+		t.Errorf("4th request: %v", err)
+	}
+	for _, r := range openAll(t, bob) {
+		if !r.Request || r.From != alicePrimary {
+			t.Errorf("a stranger's message not marked as a request: %+v", r)
+		}
+	}
+	if err := bob.Accept(ctx, alicePrimary); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := alice.Send(ctx, "bob", "now a contact"); err != nil {
+		t.Fatal(err)
+	}
+	all := openAll(t, bob)
+	if len(all) != 4 {
+		t.Fatalf("bob has %d messages, want 4", len(all))
+	}
+	for _, r := range all {
+		if r.Request {
+			t.Errorf("after accepting, still a request: %+v", r)
+		}
+	}
+
+	if _, err := carol.Send(ctx, "bob", "hi from carol"); err != nil {
+		t.Fatal(err)
+	}
+	if err := bob.Block(ctx, carolPrimary); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := carol.Send(ctx, "bob", "let me in"); !errors.Is(err, client.ErrBlocked) {
+		t.Errorf("blocked send: %v", err)
+	}
+	if n := len(openAll(t, bob)); n != 4 {
+		t.Errorf("carol's request was not deleted by the block: %d messages", n)
+	}
+	contacts, err := bob.Contacts(ctx)
+	if err != nil || fmt.Sprint(contacts.Accepted) != fmt.Sprint([]string{alicePrimary}) || fmt.Sprint(contacts.Blocked) != fmt.Sprint([]string{carolPrimary}) {
+		t.Errorf("contacts = %+v, %v", contacts, err)
+	}
+	if err := bob.Unblock(ctx, carolPrimary); err != nil {
+		t.Fatal(err)
+	}
+	if err := bob.Unaccept(ctx, alicePrimary); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []*client.Client{alice, carol} {
+		rcpt, err := c.Send(ctx, "bob", "strangers again")
+		if err != nil {
+			t.Fatal(err)
+		}
+		page, err := bob.Inbox(ctx, rcpt.Seq-1, 1)
+		if err != nil || len(page.Messages) != 1 || !page.Messages[0].Request {
+			t.Errorf("%s after unaccept/unblock: %+v, %v", c.Handle(), page, err)
+		}
+	}
+	// Alice wrote to bob, so bob's answers are never requests for her.
+	if contacts, err := alice.Contacts(ctx); err != nil || len(contacts.Accepted) != 1 || contacts.Accepted[0] != mustLookup(t, bob).Primary {
+		t.Errorf("alice's contacts = %+v, %v", contacts, err)
+	}
+
+	// A key that is nobody on this server cannot send.
+	nobody, _ := client.New(srv.URL, client.Options{Keys: kez.GenerateKeys(), Handle: "nobody"})
+	r, err := nobody.Recipient(ctx, "bob")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := nobody.PostEnvelope(ctx, "bob", sealTo(t, nobody, r, "hi")); !errors.Is(err, client.ErrUnknownSender) {
+		t.Errorf("unknown sender: %v", err)
+	}
+}
+
+// sealTo seals a text message from c's keys to r.
+func sealTo(t *testing.T, c *client.Client, r *client.Recipient, text string) json.RawMessage {
+	t.Helper()
+	keys := c.Keys()
+	link, err := keys.LinkTo(r.Primary)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env, err := link.Seal(kez.NewTextMessage("", text, time.Now().UnixMilli()).Marshal())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return env.AppendJSON(nil)
+}
+
+// TestSameRequestFromTwoProcesses: two clients of one user (two kez
+// processes) sign the same request in the same second; the server takes the
+// first signature, and the second client, refused, signs again.
+func TestSameRequestFromTwoProcesses(t *testing.T) {
+	srv := clienttest.Start(t, "")
+	keys := kez.GenerateKeys()
+	user(t, srv, "dave", keys)
+	now := time.Now()
+	clock := func() time.Time { return now }
+	ctx := ctxFor(t)
+	for range 2 {
+		c, _ := client.New(srv.URL, client.Options{Keys: keys, Handle: "dave", Now: clock})
+		if _, err := c.Inbox(ctx, 0, 0); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 
@@ -273,62 +400,71 @@ func TestStreamLiveAndAcrossReload(t *testing.T) {
 }
 
 // TestBrowserEnvelopeDecrypts relays the vector envelope, as the browser
-// client produces it, and opens it with bob's vector key.
+// client produces it, signed by alice's vector key, and opens it with bob's.
 func TestBrowserEnvelopeDecrypts(t *testing.T) {
 	v := clienttest.LoadVectors(t)
 	srv := clienttest.Start(t, "")
 	bob := user(t, srv, "bob", keysFromSeed(t, v.Bob.Seed))
-	anon, _ := client.New(srv.URL, client.Options{})
-	if _, err := anon.PostEnvelope(ctxFor(t), "bob", v.Envelope.Envelope); err != nil {
+	alice := user(t, srv, "alice", keysFromSeed(t, v.Alice.Seed))
+	rcpt, err := alice.PostEnvelope(ctxFor(t), "bob", v.Envelope.Envelope)
+	if err != nil {
 		t.Fatal(err)
 	}
+	// The same envelope again (a resend after a lost answer): its receipt.
+	again, err := alice.PostEnvelope(ctxFor(t), "bob", v.Envelope.Envelope)
+	if err != nil || again.Seq != rcpt.Seq || !again.AlreadyStored {
+		t.Errorf("resend = %+v, %v; want seq %d, already stored", again, err, rcpt.Seq)
+	}
 	got := openAll(t, bob)
-	if len(got) != 1 || got[0].From != v.Alice.Primary || got[0].Plaintext.Text != "hello bob" {
+	if len(got) != 1 || got[0].From != v.Alice.Primary || got[0].Plaintext.Text != "hello bob" ||
+		got[0].FromAddr != "alice@"+srv.Name || !got[0].Request {
 		t.Fatalf("opened %+v", got)
 	}
 }
 
-// TestForgedEnvelopesAreRejected relays tampered envelopes through the real
-// server; the recipient must refuse each.
+// TestForgedEnvelopesAreRejected: what the server refuses (a sender that
+// is not the signer, an envelope for someone else) and what it relays but
+// the recipient must refuse (tampered, case-variant members).
 func TestForgedEnvelopesAreRejected(t *testing.T) {
 	v := clienttest.LoadVectors(t)
 	srv := clienttest.Start(t, "")
 	ctx := ctxFor(t)
 	bob := user(t, srv, "bob", keysFromSeed(t, v.Bob.Seed))
-	carol := user(t, srv, "carol", nil)
-	mallory := kez.GenerateKeys()
+	alice := user(t, srv, "alice", keysFromSeed(t, v.Alice.Seed))
+	user(t, srv, "carol", nil)
+	mallory := user(t, srv, "mallory", nil)
 
 	var original kez.Envelope
 	if err := json.Unmarshal(v.Envelope.Envelope, &original); err != nil {
 		t.Fatal(err)
 	}
-	forged := original
-	forged.From = mallory.Primary()
-	forged.Sig = hex.EncodeToString(ed25519.Sign(mallory.Private(), forged.SignedBytes()))
+	// mallory relays alice's envelope as her own send: the server wants
+	// the signature of envelope.from.
+	if _, err := mallory.PostEnvelope(ctx, "bob", v.Envelope.Envelope); !errors.Is(err, client.ErrUnauthorized) {
+		t.Errorf("relayed by another key: %v", err)
+	}
+	// Re-addressed: alice's envelope for bob, sent to carol.
+	if _, err := alice.PostEnvelope(ctx, "carol", v.Envelope.Envelope); !errors.Is(err, client.ErrBadRequest) {
+		t.Errorf("re-addressed: %v", err)
+	}
 	tampered := original
 	tampered.CT = "A" + tampered.CT[1:]
-	anon, _ := client.New(srv.URL, client.Options{})
-	for name, env := range map[string]kez.Envelope{"forged sender": forged, "tampered ct": tampered} {
-		if _, err := anon.PostEnvelope(ctx, "bob", env.AppendJSON(nil)); err != nil {
+	variant := strings.Replace(string(v.Envelope.Envelope), `"nonce"`, `"Nonce"`, 1)
+	for name, env := range map[string][]byte{"tampered ct": tampered.AppendJSON(nil), "case-variant member": []byte(variant)} {
+		if _, err := alice.PostEnvelope(ctx, "bob", env); err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
 	}
-	// Re-addressed: alice's envelope for bob, relayed to carol.
-	if _, err := anon.PostEnvelope(ctx, "carol", v.Envelope.Envelope); err != nil {
+	page, err := bob.Inbox(ctx, 0, 0)
+	if err != nil {
 		t.Fatal(err)
 	}
-	for _, c := range []*client.Client{bob, carol} {
-		page, err := c.Inbox(ctx, 0, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(page.Messages) == 0 {
-			t.Fatalf("%s got nothing", c.Handle())
-		}
-		for _, m := range page.Messages {
-			if r, err := c.Open(m); !errors.Is(err, kez.ErrUndecryptable) {
-				t.Errorf("%s opened forged #%d: %+v, %v", c.Handle(), m.Seq, r, err)
-			}
+	if len(page.Messages) != 2 {
+		t.Fatalf("bob got %d messages, want 2", len(page.Messages))
+	}
+	for _, m := range page.Messages {
+		if r, err := bob.Open(m); !errors.Is(err, kez.ErrUndecryptable) {
+			t.Errorf("opened forged #%d: %+v, %v", m.Seq, r, err)
 		}
 	}
 }
@@ -349,6 +485,11 @@ func TestServerErrors(t *testing.T) {
 	if _, err := alice.Send(ctx, "bob", string(big)); !errors.Is(err, client.ErrEnvelopeTooLarge) {
 		t.Errorf("big send: %v", err)
 	}
+	// A signature for another server is void here.
+	elsewhere, _ := client.New(srv.URL, client.Options{Keys: alice.Keys(), Handle: "alice", ServerName: "evil.example"})
+	if _, err := elsewhere.Inbox(ctx, 0, 0); !errors.Is(err, client.ErrUnauthorized) {
+		t.Errorf("signed for another server: %v", err)
+	}
 	// Someone else's key cannot read alice's inbox.
 	impostor, _ := client.New(srv.URL, client.Options{Keys: kez.GenerateKeys(), Handle: "alice"})
 	if _, err := impostor.Inbox(ctx, 0, 0); !errors.Is(err, client.ErrUnauthorized) {
@@ -366,6 +507,11 @@ func TestServerErrors(t *testing.T) {
 		Now: func() time.Time { return time.Now().Add(time.Hour) }})
 	if _, err := skewed.Register(ctx, "carol"); !errors.Is(err, client.ErrStaleTimestamp) {
 		t.Errorf("skewed register: %v", err)
+	}
+	late, _ := client.New(srv.URL, client.Options{Keys: alice.Keys(), Handle: "alice",
+		Now: func() time.Time { return time.Now().Add(-2 * time.Minute) }})
+	if _, err := late.Inbox(ctx, 0, 0); !errors.Is(err, client.ErrUnauthorized) {
+		t.Errorf("stale signature: %v", err)
 	}
 	var apiErr *client.APIError
 	if _, err := alice.Send(ctx, "nobody", "x"); !errors.As(err, &apiErr) || apiErr.Status != 404 {

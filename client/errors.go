@@ -13,13 +13,14 @@ import (
 )
 
 // APIError is an error answer from a KEZ server: the HTTP status and the
-// stable code and message of SPEC §2.9. Compare with errors.Is against the
-// Err* sentinels, which match on Code alone.
+// stable code and message of SPEC §2.11. Compare with errors.Is against the
+// Err* sentinels, which match on Code alone (ErrUnsupportedMediaType, whose
+// code is the generic bad_request, on the status).
 type APIError struct {
 	Status     int
 	Code       string // "" when the body was not a KEZ error (a proxy page, say)
 	Message    string
-	RetryAfter time.Duration // from Retry-After, for rate_limited and unavailable
+	RetryAfter time.Duration // from Retry-After: rate_limited, request_limit, unavailable
 }
 
 func (e *APIError) Error() string {
@@ -29,10 +30,18 @@ func (e *APIError) Error() string {
 	return fmt.Sprintf("%s: %s (HTTP %d)", e.Code, e.Message, e.Status)
 }
 
-// Is makes errors.Is(err, client.ErrNotFound) and friends match by code.
+// Is makes errors.Is(err, client.ErrNotFound) and friends match by code,
+// and a sentinel without a code by status.
 func (e *APIError) Is(target error) bool {
 	t, ok := target.(*APIError)
-	return ok && t.Code != "" && t.Code == e.Code
+	switch {
+	case !ok:
+		return false
+	case t.Code != "":
+		return t.Code == e.Code
+	default:
+		return t.Status != 0 && t.Status == e.Status
+	}
 }
 
 // Sentinels for the codes a client commonly acts on.
@@ -52,6 +61,21 @@ var (
 	ErrRateLimited      = &APIError{Code: kez.CodeRateLimited}
 	ErrUnavailable      = &APIError{Code: kez.CodeUnavailable}
 	ErrInboxFull        = &APIError{Code: kez.CodeInboxFull}
+
+	// v2 (SPEC §2.5, §2.9).
+
+	// ErrUnknownSender (403): the sending key is not a user of the server.
+	ErrUnknownSender = &APIError{Code: kez.CodeUnknownSender}
+	// ErrBlocked (403): the recipient has blocked the sender.
+	ErrBlocked = &APIError{Code: kez.CodeBlocked}
+	// ErrRequestLimit (429): the sender is not the recipient's contact and
+	// has as many unanswered requests in that inbox as the server allows
+	// (or the inbox holds as many requests as it takes); see RetryAfter.
+	ErrRequestLimit = &APIError{Code: kez.CodeRequestLimit}
+	// ErrBodyTimeout (408): the body did not reach the server in time.
+	ErrBodyTimeout = &APIError{Code: kez.CodeBodyTimeout}
+	// ErrUnsupportedMediaType (415): a body not sent as application/json.
+	ErrUnsupportedMediaType = &APIError{Status: http.StatusUnsupportedMediaType}
 )
 
 // CodeOf returns the KEZ error code in err's chain, or "".
@@ -91,7 +115,7 @@ func (e *ProtocolError) Error() string { return e.URL + ": unexpected answer: " 
 const maxErrorBody = 64 << 10
 
 // apiError turns a non-2xx answer into an *APIError. The body is the
-// SPEC §2.9 JSON when a KEZ server wrote it; anything else keeps the status
+// SPEC §2 error JSON when a KEZ server wrote it; anything else keeps the status
 // and a short excerpt so the user sees what answered instead.
 func apiError(status int, header http.Header, body []byte) *APIError {
 	e := &APIError{Status: status, RetryAfter: retryAfter(header.Get("Retry-After"))}

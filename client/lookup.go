@@ -2,12 +2,17 @@ package client
 
 import (
 	"context"
+	"crypto/ed25519"
+	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
+	"strings"
 	"time"
 
+	"github.com/gowebpki/jcs"
 	"github.com/kezchat/kez/kez"
 )
 
@@ -19,6 +24,12 @@ type Record struct {
 	Primary      string          `json:"primary"`
 	RegisteredAt int64           `json:"registered_at"` // unix seconds
 	Registration json.RawMessage `json:"registration"`
+	// Log is the record's inclusion proof in the server's binding log
+	// (SPEC §5), as served; nil when the server sends none. Not checked yet.
+	Log json.RawMessage `json:"log,omitempty"`
+	// Rotation is the latest signed rotation (SPEC §2.10) when the current
+	// key came by rotation; nil otherwise.
+	Rotation json.RawMessage `json:"rotation,omitempty"`
 }
 
 // Register binds handle to the client's key on this server. Retrying after
@@ -39,20 +50,23 @@ func (c *Client) Register(ctx context.Context, handle string) (*Record, error) {
 	if err != nil {
 		return nil, err
 	}
-	var rec Record
-	if err := c.do(ctx, http.MethodPost, "/v1/register", "", body, jsonType, &rec); err != nil {
+	var rec *Record
+	_, err = c.do(ctx, &call{method: http.MethodPost, path: "/v1/register", body: body, resend: true},
+		func(b []byte) (err error) { rec, err = parseRecord(b); return err })
+	if err != nil {
 		return nil, err
 	}
-	if err := c.checkRecord(&rec, handle, c.keys.Primary()); err != nil {
+	if err := c.checkRecord(rec, handle, c.keys.Primary()); err != nil {
 		return nil, err
 	}
-	return &rec, nil
+	c.learnServerName(rec.Server)
+	return rec, nil
 }
 
 // Lookup finds "alice" or "alice@server" on this server.
 func (c *Client) Lookup(ctx context.Context, who string) (*Record, error) {
 	handle, _ := kez.SplitAddress(who)
-	return c.getRecord(ctx, "/v1/u/"+url.PathEscape(who), handle, "")
+	return c.getRecord(ctx, "/v1/u/"+url.PathEscape(who), kez.ASCIILower(handle), "")
 }
 
 // LookupPrimary finds the handle bound to a primary ("ed25519:<hex>").
@@ -60,20 +74,23 @@ func (c *Client) LookupPrimary(ctx context.Context, primary string) (*Record, er
 	return c.getRecord(ctx, "/v1/by-primary/"+url.PathEscape(primary), "", primary)
 }
 
-func (c *Client) getRecord(ctx context.Context, path, wantHandle, wantPrimary string) (*Record, error) {
-	var rec Record
-	if err := c.do(ctx, http.MethodGet, path, "", nil, "", &rec); err != nil {
+func (c *Client) getRecord(ctx context.Context, escapedPath, wantHandle, wantPrimary string) (*Record, error) {
+	var rec *Record
+	_, err := c.do(ctx, &call{method: http.MethodGet, path: escapedPath, escaped: escapedPath},
+		func(b []byte) (err error) { rec, err = parseRecord(b); return err })
+	if err != nil {
 		return nil, err
 	}
-	if err := c.checkRecord(&rec, wantHandle, wantPrimary); err != nil {
+	if err := c.checkRecord(rec, wantHandle, wantPrimary); err != nil {
 		return nil, err
 	}
-	return &rec, nil
+	return rec, nil
 }
 
 // checkRecord verifies what a server claims: the record is the one asked
 // for, and its registration is signed by its primary for this handle and
-// server. A server can refuse to answer, but it cannot invent a binding.
+// server (or, after a rotation, the rotation to its primary is signed by
+// both keys). A server can refuse to answer, but it cannot invent a binding.
 func (c *Client) checkRecord(rec *Record, wantHandle, wantPrimary string) error {
 	bad := func(format string, args ...any) error {
 		return &ProtocolError{URL: c.base, Reason: fmt.Sprintf("record for %q: ", rec.Handle) + fmt.Sprintf(format, args...)}
@@ -101,8 +118,75 @@ func (c *Client) checkRecord(rec *Record, wantHandle, wantPrimary string) error 
 	if err != nil {
 		return bad("registration does not verify: %v", err)
 	}
-	if p.Handle != rec.Handle || p.Primary != rec.Primary {
-		return bad("registration is for %s / %s, not this record", p.Handle, p.Primary)
+	if p.Handle != rec.Handle {
+		return bad("registration is for %s, not this record", p.Handle)
+	}
+	if len(rec.Rotation) == 0 {
+		if p.Primary != rec.Primary {
+			return bad("registration is for %s, not this record's primary", p.Primary)
+		}
+		return nil
+	}
+	if err := checkRotation(rec); err != nil {
+		return bad("rotation: %v", err)
+	}
+	return nil
+}
+
+// checkRotation verifies a record's rotation object (SPEC §2.10): signed by
+// both its old and its new key over the JCS form of its payload, for this
+// handle and server, to the record's primary. Whether its old key is the
+// registered one, or came by earlier rotations, is for the binding log
+// (SPEC §5) to show.
+func checkRotation(rec *Record) error {
+	f, err := kez.ExactMembers(rec.Rotation, []string{"payload", "signatures"}, nil)
+	if err != nil {
+		return err
+	}
+	pf, err := kez.ExactMembers(f["payload"], []string{"v", "type", "handle", "server", "old", "new", "ts"}, nil)
+	if err != nil {
+		return fmt.Errorf("payload: %v", err)
+	}
+	fields := map[string]string{}
+	for _, name := range []string{"type", "handle", "server", "old", "new"} {
+		if fields[name], err = jsonString(name, pf[name]); err != nil {
+			return err
+		}
+	}
+	switch {
+	case string(pf["v"]) != "2" || fields["type"] != "kez.chat.rotate":
+		return errors.New(`payload is not {"v":2,"type":"kez.chat.rotate"}`)
+	case fields["handle"] != rec.Handle || fields["server"] != rec.Server:
+		return fmt.Errorf("it is for %s@%s", fields["handle"], fields["server"])
+	case fields["new"] != rec.Primary:
+		return fmt.Errorf("it rotates to %s, not to the record's primary", fields["new"])
+	}
+	if _, err := jsonInt("ts", pf["ts"]); err != nil {
+		return err
+	}
+	signed, err := jcs.Transform(f["payload"])
+	if err != nil {
+		return err
+	}
+	sigs, err := kez.ExactMembers(f["signatures"], []string{"old", "new"}, nil)
+	if err != nil {
+		return fmt.Errorf("signatures: %v", err)
+	}
+	for _, which := range []string{"old", "new"} {
+		s, err := kez.ExactMembers(sigs[which], []string{"alg", "sig"}, nil)
+		if err != nil {
+			return fmt.Errorf("signatures.%s: %v", which, err)
+		}
+		alg, err1 := jsonString("alg", s["alg"])
+		sigHex, err2 := jsonString("sig", s["sig"])
+		pub, err3 := kez.ParsePrimary(fields[which])
+		sig, err4 := hex.DecodeString(sigHex)
+		if err := firstError(err1, err2, err3, err4); err != nil {
+			return fmt.Errorf("signatures.%s: %v", which, err)
+		}
+		if alg != "ed25519" || sigHex != strings.ToLower(sigHex) || !ed25519.Verify(pub, signed, sig) {
+			return fmt.Errorf("signatures.%s does not verify", which)
+		}
 	}
 	return nil
 }
@@ -134,7 +218,9 @@ func (c *Client) WebFinger(ctx context.Context, address string) (*JRD, error) {
 	}
 	q := url.Values{"resource": {"acct:" + kez.Address(handle, server)}}
 	var jrd JRD
-	if err := c.do(ctx, http.MethodGet, "/.well-known/webfinger?"+q.Encode(), "", nil, "", &jrd); err != nil {
+	_, err := c.do(ctx, &call{method: http.MethodGet, path: "/.well-known/webfinger", rawQuery: q.Encode()},
+		func(b []byte) error { return json.Unmarshal(b, &jrd) })
+	if err != nil {
 		return nil, err
 	}
 	return &jrd, nil

@@ -20,31 +20,87 @@ func TestEnvelopeBody(t *testing.T) {
 	}
 }
 
+const bobKey = "ed25519:3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c"
+
 func TestParseMessage(t *testing.T) {
-	data := []byte(`{"seq":12,"envelope":{"v":1,"ct":"x"},"received_at":1764115200123,"later":[1,{"a":2}]}`)
+	data := []byte(`{"seq":12,"from":"` + bobKey + `","from_addr":"bob@kez.test","request":true,"envelope":{"v":1,"ct":"x"},"received_at":1764115200123}`)
 	m, err := parseMessage(data)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if m.Seq != 12 || m.ReceivedAt != 1764115200123 || string(m.Envelope) != `{"v":1,"ct":"x"}` {
+	want := Message{Seq: 12, From: bobKey, FromAddr: "bob@kez.test", Request: true, Envelope: json.RawMessage(`{"v":1,"ct":"x"}`), ReceivedAt: 1764115200123}
+	if fmt.Sprint(m) != fmt.Sprint(want) {
 		t.Fatalf("parsed %+v", m)
 	}
 	copy(data, bytes.Repeat([]byte("#"), len(data)))
 	if string(m.Envelope) != `{"v":1,"ct":"x"}` {
 		t.Fatal("the envelope shares the reader's buffer")
 	}
-	// What encoding/json made of it before.
-	var want Message
-	if err := json.Unmarshal([]byte(`{"seq":12,"envelope":{"v":1,"ct":"x"},"received_at":1764115200123}`), &want); err != nil {
-		t.Fatal(err)
+	if m, err := parseMessage([]byte(`{"seq":1,"from":"` + bobKey + `","request":false,"envelope":{},"received_at":1}`)); err != nil || m.FromAddr != "" {
+		t.Errorf("without from_addr: %+v, %v", m, err)
 	}
-	if fmt.Sprint(want) != fmt.Sprint(m) {
-		t.Fatalf("parsed %+v, encoding/json %+v", m, want)
-	}
-	for _, bad := range []string{``, `[]`, `{"seq":-1,"envelope":{}}`, `{"seq":1.5,"envelope":{}}`, `{"seq":"1","envelope":{}}`,
-		`{"seq":1,"received_at":1e3,"envelope":{}}`, `{"seq":1,"seq":2,"envelope":{}}`, `{"seq":1,"envelope":{}`, `{"seq":1} x`} {
+	// What a hostile or broken server might send: each is refused whole.
+	const rest = `"from":"` + bobKey + `","request":false,"envelope":{},"received_at":1`
+	for _, bad := range []string{``, `[]`, `{}`,
+		`{"seq":-1,` + rest + `}`, `{"seq":1.5,` + rest + `}`, `{"seq":"1",` + rest + `}`, `{"seq":0,` + rest + `}`,
+		`{"seq":1,"received_at":1e3,"from":"` + bobKey + `","request":false,"envelope":{}}`,
+		`{"seq":1,"seq":2,` + rest + `}`,                                  // duplicate
+		`{"Seq":1,` + rest + `}`,                                          // case variant
+		`{"seq":1,"SEQ":1,` + rest + `}`,                                  // both spellings
+		`{"seq":1,` + rest + `,"later":[1,{"a":2}]}`,                      // unknown member
+		`{"seq":1,"from":"` + bobKey + `","envelope":{},"received_at":1}`, // no request
+		`{"seq":1,"from":"` + bobKey + `","request":0,"envelope":{},"received_at":1}`,
+		`{"seq":1,"from":1,"request":false,"envelope":{},"received_at":1}`,
+		`{"seq":1,"from":"` + bobKey + `","request":false,"envelope":"{}","received_at":1}`,
+		`{"seq":1,` + rest + `,"from_addr":null}`,
+		`{"seq":1,` + rest + `,"From_addr":"x@y"}`,
+		`{"seq":1,` + rest, `{"seq":1,` + rest + `} x`} {
 		if m, err := parseMessage([]byte(bad)); err == nil {
 			t.Errorf("%q parsed as %+v", bad, m)
+		}
+	}
+}
+
+func TestParseInboxPage(t *testing.T) {
+	msg := func(seq int) string {
+		return fmt.Sprintf(`{"seq":%d,"from":"%s","request":false,"envelope":{},"received_at":1}`, seq, bobKey)
+	}
+	page, err := parseInboxPage([]byte(`{"messages":[` + msg(3) + `,` + msg(5) + `],"next_since":5,"more":true}`))
+	if err != nil || len(page.Messages) != 2 || page.Messages[1].Seq != 5 || page.NextSince != 5 || !page.More {
+		t.Fatalf("page = %+v, %v", page, err)
+	}
+	for _, bad := range []string{
+		`{"messages":[],"next_since":0}`,
+		`{"messages":[],"next_since":0,"more":false,"extra":1}`,
+		`{"messages":[],"Next_since":0,"more":false}`,
+		`{"messages":[],"next_since":0,"next_since":1,"more":false}`,
+		`{"messages":{},"next_since":0,"more":false}`,
+		`{"messages":[` + msg(5) + `,` + msg(3) + `],"next_since":5,"more":false}`,
+		`{"messages":[` + msg(5) + `,` + msg(5) + `],"next_since":5,"more":false}`,
+		`{"messages":[{"seq":1}],"next_since":1,"more":false}`,
+	} {
+		if page, err := parseInboxPage([]byte(bad)); err == nil {
+			t.Errorf("%s parsed as %+v", bad, page)
+		}
+	}
+}
+
+func TestParseReceiptAndContacts(t *testing.T) {
+	if r, err := parseReceipt([]byte(`{"seq":12,"to":"alice","received_at":7}`)); err != nil || r.Seq != 12 || r.To != "alice" || r.ReceivedAt != 7 {
+		t.Errorf("receipt = %+v, %v", r, err)
+	}
+	for _, bad := range []string{`{"seq":12,"to":"alice"}`, `{"seq":12,"To":"alice","received_at":7}`, `{"seq":12,"to":"alice","received_at":7,"x":1}`} {
+		if r, err := parseReceipt([]byte(bad)); err == nil {
+			t.Errorf("%s parsed as %+v", bad, r)
+		}
+	}
+	if c, err := parseContacts([]byte(`{"accepted":["` + bobKey + `"],"blocked":[]}`)); err != nil || len(c.Accepted) != 1 || c.Blocked == nil {
+		t.Errorf("contacts = %+v, %v", c, err)
+	}
+	for _, bad := range []string{`{"accepted":[]}`, `{"accepted":[],"blocked":null}`, `{"accepted":["bob"],"blocked":[]}`,
+		`{"accepted":[],"Blocked":[]}`, `{"accepted":[],"blocked":[],"pending":[]}`} {
+		if c, err := parseContacts([]byte(bad)); err == nil {
+			t.Errorf("%s parsed as %+v", bad, c)
 		}
 	}
 }
@@ -53,7 +109,7 @@ func TestParseMessage(t *testing.T) {
 // encoding/json it replaced.
 func BenchmarkParseMessage(b *testing.B) {
 	for _, size := range []int{1 << 10, 256 << 10} {
-		data := []byte(`{"seq":12,"envelope":{"v":1,"ct":"` + strings.Repeat("A", size) + `"},"received_at":1764115200123}`)
+		data := []byte(`{"seq":12,"from":"` + bobKey + `","from_addr":"bob@kez.test","request":false,"envelope":{"v":1,"ct":"` + strings.Repeat("A", size) + `"},"received_at":1764115200123}`)
 		b.Run(fmt.Sprintf("scan/%dKiB", size>>10), func(b *testing.B) {
 			b.SetBytes(int64(len(data)))
 			for b.Loop() {
@@ -65,7 +121,14 @@ func BenchmarkParseMessage(b *testing.B) {
 		b.Run(fmt.Sprintf("encoding-json/%dKiB", size>>10), func(b *testing.B) {
 			b.SetBytes(int64(len(data)))
 			for b.Loop() {
-				var m Message
+				var m struct {
+					Seq        uint64          `json:"seq"`
+					From       string          `json:"from"`
+					FromAddr   string          `json:"from_addr"`
+					Request    bool            `json:"request"`
+					Envelope   json.RawMessage `json:"envelope"`
+					ReceivedAt int64           `json:"received_at"`
+				}
 				if err := json.Unmarshal(data, &m); err != nil {
 					b.Fatal(err)
 				}

@@ -41,10 +41,14 @@ func (c *Client) RecipientFor(rec *Record) (*Recipient, error) {
 // Receipt is the server's answer to a send (SPEC §2.5), plus the id the
 // message carries inside its envelope.
 type Receipt struct {
-	Seq        uint64 `json:"seq"`
-	To         string `json:"to"`
-	ReceivedAt int64  `json:"received_at"` // unix milliseconds
-	ID         string `json:"-"`
+	Seq        uint64
+	To         string
+	ReceivedAt int64 // unix milliseconds
+	ID         string
+	// AlreadyStored: the server had this very envelope already (an earlier
+	// attempt whose answer was lost) and answered 200 with its original
+	// receipt instead of 201. The message is stored once either way.
+	AlreadyStored bool
 }
 
 // Send looks up the recipient and sends them a text message.
@@ -84,10 +88,11 @@ func (c *Client) SendTo(ctx context.Context, r *Recipient, text string) (*Receip
 	return rcpt, nil
 }
 
-// PostEnvelope relays an already sealed envelope (any JSON object) to "to".
-// It exists for tests and tools (kezbench posts with it); SendTo is the
-// normal way. The envelope is checked as the server will check it, then sent
-// as it is.
+// PostEnvelope relays an already sealed envelope (any JSON object) to "to",
+// signed by the client's key, which the server requires to be the
+// envelope's "from". It exists for tests and tools (kezbench posts with
+// it); SendTo is the normal way. The envelope is checked for strict JSON,
+// then sent as it is.
 func (c *Client) PostEnvelope(ctx context.Context, to string, envelope json.RawMessage) (*Receipt, error) {
 	body, err := envelopeBody(to, envelope)
 	if err != nil {
@@ -113,10 +118,18 @@ func envelopeBody(to string, envelope json.RawMessage) ([]byte, error) {
 	return append(body, '}'), nil
 }
 
+// postMessage sends POST /v1/messages signed by the sender (SPEC §2.5).
+// Sending the same body again is safe: the server stores an envelope once
+// and answers a repeat with its original receipt (200). So a lost answer,
+// a connection closed by a reload, is met by sending again (see call.resend),
+// each attempt with a signature of its own.
 func (c *Client) postMessage(ctx context.Context, body []byte) (*Receipt, error) {
-	var rcpt Receipt
-	if err := c.do(ctx, http.MethodPost, "/v1/messages", "", body, jsonType, &rcpt); err != nil {
+	var rcpt *Receipt
+	status, err := c.do(ctx, &call{method: http.MethodPost, path: "/v1/messages", body: body, signed: true, resend: true},
+		func(b []byte) (err error) { rcpt, err = parseReceipt(b); return err })
+	if err != nil {
 		return nil, err
 	}
-	return &rcpt, nil
+	rcpt.AlreadyStored = status == http.StatusOK
+	return rcpt, nil
 }

@@ -2,17 +2,13 @@ package client
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"math/rand/v2"
 	"mime"
 	"net/http"
 	"strconv"
 	"time"
-
-	"github.com/kezchat/kez/kez"
 )
 
 // StreamOptions tunes Stream. The zero value is ready to use.
@@ -37,13 +33,17 @@ type StreamOptions struct {
 }
 
 // ErrStreamEnded is the reason given to OnDisconnect when the server closed
-// the stream, as it does on reload, shutdown or a full subscriber buffer.
+// the stream, as it does on reload, shutdown, a full subscriber buffer, a
+// change of the binding, and once the stream is stream_max_age old (about an
+// hour, SPEC §2.7). Stream reconnects at once, with a new signature.
 var ErrStreamEnded = errors.New("server ended the stream")
 
 // Stream delivers the inbox live (SPEC §2.7): first the stored messages
 // after opts.Since, then new ones as they arrive, each exactly once and in
 // seq order, to onMessage. It reconnects on its own, with a fresh signature
-// each time and since = the last seq delivered, so nothing is skipped.
+// each time (in the X-KEZ-Auth header, never in the URL) and since = the
+// last seq delivered in the signed query, so nothing is skipped. Message
+// requests (SPEC §2.9) come too, marked Message.Request.
 //
 // Stream returns ctx.Err() when ctx ends, onMessage's error if it returns
 // one, or an error the server will keep giving (unauthorized, not found).
@@ -135,9 +135,8 @@ const healthyAfter = 5 * time.Second
 // streamOnce runs one connection until it ends. healthy reports whether it
 // worked (delivered a message or stayed open), which resets the backoff.
 func (c *Client) streamOnce(ctx context.Context, s *streamState, opts StreamOptions, onMessage func(Message) error) (healthy bool, err error) {
-	auth, err := c.signed(kez.StreamAuthMessage)
-	if err != nil {
-		return false, err
+	if c.keys == nil || c.handle == "" {
+		return false, ErrNoIdentity
 	}
 	connCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -146,8 +145,12 @@ func (c *Client) streamOnce(ctx context.Context, s *streamState, opts StreamOpti
 	idle := time.AfterFunc(opts.IdleTimeout, cancel)
 	defer idle.Stop()
 
-	path := c.inboxPath() + "/stream?since=" + strconv.FormatUint(s.since, 10)
-	resp, err := c.send(connCtx, http.MethodGet, path, auth, nil, "", "text/event-stream")
+	// The signature is in the header, never in the URL (URLs end up in
+	// logs), and covers since: the server honours no unsigned cursor.
+	cl := &call{method: http.MethodGet, path: c.inboxPath() + "/stream", query: map[string]uint64{"since": s.since},
+		signed: true, accept: "text/event-stream"}
+	path := cl.urlPath()
+	resp, err := c.roundTrip(connCtx, cl)
 	if err != nil {
 		return false, c.idleOr(ctx, connCtx, err)
 	}
@@ -181,9 +184,6 @@ func (c *Client) streamOnce(ctx context.Context, s *streamState, opts StreamOpti
 		if err != nil {
 			return ended(&ProtocolError{URL: c.base + path, Reason: "event data is not a message: " + err.Error()})
 		}
-		if m.Seq == 0 {
-			m.Seq, _ = strconv.ParseUint(ev.ID, 10, 64)
-		}
 		if m.Seq <= s.since {
 			if opts.OnReplay != nil {
 				opts.OnReplay(m)
@@ -195,30 +195,6 @@ func (c *Client) streamOnce(ctx context.Context, s *streamState, opts StreamOpti
 		}
 		s.since, delivered = m.Seq, true
 	}
-}
-
-// parseMessage reads the message object of SPEC §2.6 in one pass, without
-// reflection: streams carry every message, some of them 256 KiB. Unknown
-// members are ignored, as encoding/json would; the envelope is copied out
-// of data, which the SSE reader reuses.
-func parseMessage(data []byte) (Message, error) {
-	var m Message
-	err := kez.ScanStrictObject(data, func(key string, value []byte, _ bool) error {
-		var err error
-		switch key {
-		case "seq":
-			m.Seq, err = strconv.ParseUint(string(value), 10, 64)
-		case "received_at":
-			m.ReceivedAt, err = strconv.ParseInt(string(value), 10, 64)
-		case "envelope":
-			m.Envelope = append(json.RawMessage(nil), value...)
-		}
-		if err != nil {
-			return fmt.Errorf("%s: %s is not an integer", key, value)
-		}
-		return nil
-	})
-	return m, err
 }
 
 // errIdle is the reason for a connection the watchdog closed.

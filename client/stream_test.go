@@ -34,8 +34,14 @@ func (f *fakeStreams) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	auth := r.Header.Get("X-KEZ-Auth")
-	err := kez.VerifyAuth(f.keys.Private().Public().(ed25519.PublicKey), auth,
-		func(ts int64) string { return kez.StreamAuthMessage("alice", ts) }, time.Now(), time.Hour)
+	_, query, urlAuth, err := kez.ParseQuery(r.URL.RawQuery, true, "since")
+	if err == nil && urlAuth != "" {
+		err = errors.New("a credential in the URL")
+	}
+	if err == nil {
+		req := kez.Request{Server: "kez.test", Method: "GET", Path: r.URL.Path, Query: query}
+		_, _, err = req.Verify(f.keys.Private().Public().(ed25519.PublicKey), auth, time.Now(), time.Hour)
+	}
 	f.mu.Lock()
 	n := len(f.sinces)
 	f.sinces = append(f.sinces, r.URL.Query().Get("since"))
@@ -54,7 +60,7 @@ func (f *fakeStreams) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func event(w http.ResponseWriter, seq int) {
-	fmt.Fprintf(w, "id: %d\nevent: message\ndata: {\"seq\":%d,\"envelope\":{},\"received_at\":1}\n\n", seq, seq)
+	fmt.Fprintf(w, "id: %d\nevent: message\ndata: {\"seq\":%d,\"from\":\"ed25519:00\",\"request\":false,\"envelope\":{},\"received_at\":1}\n\n", seq, seq)
 }
 
 // tickingClock gives every call a later second, so each signature is fresh.
