@@ -280,6 +280,12 @@ var sendCmd = &command{
 			return errors.New("the server refused the message as too large")
 		case errors.Is(err, client.ErrInboxFull):
 			return fmt.Errorf("%s's inbox is full; try again later", to)
+		case errors.Is(err, client.ErrRequestLimit):
+			return fmt.Errorf("%s has not accepted you as a contact yet, and has as many of your (or everyone's) message requests as the server keeps; wait until they read or accept them", r.Address)
+		case errors.Is(err, client.ErrBlocked):
+			return fmt.Errorf("%s does not accept messages from you", r.Address)
+		case errors.Is(err, client.ErrUnknownSender):
+			return fmt.Errorf("%s does not know your key (was the server reset?); run: kez register %s --server %s", acct.Server, acct.Handle, acct.Server)
 		case err != nil:
 			return err
 		}
@@ -303,27 +309,31 @@ var inboxCmd = &command{
 		}
 		ctx, cancel := context.WithTimeout(ctx, requestTimeout)
 		defer cancel()
-		p := newPrinter(c, e.stdout, cur)
-		since, shown := e.uint("since"), 0
-		for {
-			// A page may end before limit (the server caps its bytes too):
-			// only More says whether another follows.
-			page, err := c.Inbox(ctx, since, int(min(e.uint("limit"), 500)))
-			if err != nil {
-				return notOnServer(err, acct)
+		p := newPrinter(c, cur)
+		var requests []string
+		shown := 0
+		err = e.readInbox(ctx, c, e.uint("since"), int(min(e.uint("limit"), 500)), func(m client.Message) {
+			line := p.format(ctx, m, false)
+			switch {
+			case line == "":
+			case m.Request:
+				requests = append(requests, line) // shown apart, after the contacts' messages
+			default:
+				fmt.Fprintln(e.stdout, line)
+				shown++
 			}
-			for _, m := range page.Messages {
-				if p.print(ctx, m) {
-					shown++
-				}
-			}
-			if !page.More || page.NextSince <= since {
-				break
-			}
-			since = page.NextSince
+		})
+		if err != nil {
+			return notOnServer(err, acct)
 		}
 		if shown == 0 {
 			fmt.Fprintln(e.stdout, "no messages")
+		}
+		if len(requests) > 0 {
+			fmt.Fprintf(e.stdout, "\nmessage requests: %d from senders who are not your contacts (kez accept <who> to let them in, kez block <who> to refuse them)\n", len(requests))
+			for _, line := range requests {
+				fmt.Fprintln(e.stdout, line)
+			}
 		}
 		if p.lastSeq == 0 {
 			return nil
@@ -331,6 +341,25 @@ var inboxCmd = &command{
 		cur.LastSeq = max(cur.LastSeq, p.lastSeq) // never back
 		return cur.save(e.dir)
 	},
+}
+
+// readInbox calls each with every stored message after since, page by page.
+func (e *env) readInbox(ctx context.Context, c *client.Client, since uint64, limit int, each func(client.Message)) error {
+	for {
+		// A page may end before limit (the server caps its bytes too):
+		// only More says whether another follows.
+		page, err := c.Inbox(ctx, since, limit)
+		if err != nil {
+			return err
+		}
+		for _, m := range page.Messages {
+			each(m)
+		}
+		if !page.More || page.NextSince <= since {
+			return nil
+		}
+		since = page.NextSince
+	}
 }
 
 var listenCmd = &command{
@@ -349,23 +378,33 @@ var listenCmd = &command{
 		if e.isSet("since") {
 			since = e.uint("since")
 		}
-		p := newPrinter(c, e.stdout, cur)
-		connected := false
+		p := newPrinter(c, cur)
+		connected, lost := false, false
 		err = c.Stream(ctx, client.StreamOptions{
 			Since: since,
 			OnConnect: func() {
-				if !connected {
+				switch {
+				case !connected:
 					fmt.Fprintf(e.stderr, "listening as %s on %s (Ctrl-C to stop)\n", acct.address(), acct.Server)
-				} else {
+				case lost:
 					fmt.Fprintln(e.stderr, "reconnected")
 				}
-				connected = true
+				connected, lost = true, false
 			},
 			OnDisconnect: func(err error, wait time.Duration) {
+				// The server ends streams now and then (reload, and every
+				// hour or so: SPEC §2.7); Stream reconnects at once, with
+				// nothing lost. Only a failure is news.
+				if errors.Is(err, client.ErrStreamEnded) && !lost {
+					return
+				}
+				lost = true
 				fmt.Fprintf(e.stderr, "connection lost (%s); retrying in %s\n", oneLine(describe(err)), wait.Round(100*time.Millisecond))
 			},
 		}, func(m client.Message) error {
-			p.print(ctx, m)
+			if line := p.format(ctx, m, true); line != "" {
+				fmt.Fprintln(e.stdout, line)
+			}
 			cur.LastSeq = m.Seq
 			return cur.save(e.dir)
 		})
@@ -402,6 +441,176 @@ var ackCmd = &command{
 			return notOnServer(err, acct)
 		}
 		fmt.Fprintf(e.stdout, "deleted %d message(s) up to #%d\n", n, upto)
+		return nil
+	},
+}
+
+var requestsCmd = &command{
+	name:    "requests",
+	minArgs: 0, maxArgs: 0,
+	args: "",
+	run: func(ctx context.Context, e *env, args []string) error {
+		c, acct, cur, err := e.accountCursor(ctx)
+		if err != nil {
+			return err
+		}
+		ctx, cancel := context.WithTimeout(ctx, requestTimeout)
+		defer cancel()
+		type sender struct {
+			primary, first string
+			count          int
+		}
+		var order []*sender
+		bySender := map[string]*sender{}
+		seen := map[string]bool{} // sender|id: a replay counts once
+		err = e.readInbox(ctx, c, 0, 0, func(m client.Message) {
+			if !m.Request {
+				return
+			}
+			s := bySender[m.From]
+			if s == nil {
+				s = &sender{primary: m.From}
+				bySender[m.From] = s
+				order = append(order, s)
+			}
+			got, err := c.Open(m)
+			if err == nil {
+				if seen[got.From+"|"+got.Plaintext.ID] {
+					return
+				}
+				seen[got.From+"|"+got.Plaintext.ID] = true
+			}
+			s.count++
+			if s.first != "" {
+				return
+			}
+			switch {
+			case err != nil:
+				s.first = "[" + err.Error() + "]"
+			case got.Plaintext.Type == kez.PlaintextText:
+				s.first = strconv.Quote(got.Plaintext.Text)
+			default:
+				s.first = "[unsupported message]"
+			}
+		})
+		if err != nil {
+			return notOnServer(err, acct)
+		}
+		if len(order) == 0 {
+			fmt.Fprintln(e.stdout, "no message requests")
+			return nil
+		}
+		p := newPrinter(c, cur)
+		for _, s := range order {
+			name := p.address(ctx, s.primary)
+			who := name
+			if name == "" {
+				name, who = keyName(s.primary), s.primary
+			}
+			first := safeText(s.first)
+			if r := []rune(first); len(r) > 80 {
+				first = string(r[:77]) + "…"
+			}
+			fmt.Fprintf(e.stdout, "%s: %d request(s), first: %s\n    kez accept %s | kez block %s\n", name, s.count, indent(first), who, who)
+		}
+		return nil
+	},
+}
+
+// contactCmd is accept, unaccept, block or unblock.
+func contactCmd(name, does string, act func(*client.Client, context.Context, string) error) *command {
+	return &command{
+		name:    name,
+		minArgs: 1, maxArgs: 1,
+		args: "<handle|handle@server|ed25519:primary>",
+		run: func(ctx context.Context, e *env, args []string) error {
+			c, acct, err := e.accountClient()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(ctx, requestTimeout)
+			defer cancel()
+			primary, name, err := resolve(ctx, c, args[0])
+			if err != nil {
+				return err
+			}
+			if err := act(c, ctx, primary); err != nil {
+				return notOnServer(err, acct)
+			}
+			fmt.Fprintf(e.stdout, does+"\n", name)
+			return nil
+		},
+	}
+}
+
+var (
+	acceptCmd = contactCmd("accept", "accepted %s: their messages are no longer requests",
+		(*client.Client).Accept)
+	unacceptCmd = contactCmd("unaccept", "%s is no longer a contact: their messages are requests again",
+		(*client.Client).Unaccept)
+	blockCmd = contactCmd("block", "blocked %s: their messages are refused and their requests deleted",
+		(*client.Client).Block)
+	unblockCmd = contactCmd("unblock", "unblocked %s: their messages are requests again",
+		(*client.Client).Unblock)
+)
+
+// resolve turns a handle, handle@server or ed25519:primary into a primary
+// and a name to show, looking it up on the server (whose record is signed
+// by the key it names).
+func resolve(ctx context.Context, c *client.Client, who string) (primary, name string, err error) {
+	if strings.HasPrefix(who, kez.PrimaryPrefix) {
+		if !kez.WellFormedPrimary(who) {
+			return "", "", fmt.Errorf("%q is not a primary (ed25519: and 64 lowercase hex digits)", who)
+		}
+		rec, err := c.LookupPrimary(ctx, who)
+		switch {
+		case err == nil:
+			return who, rec.Address, nil
+		case client.IsUnknownUser(err):
+			return who, keyName(who), nil // no handle (any more): the key alone will do
+		default:
+			return "", "", err
+		}
+	}
+	rec, err := c.Lookup(ctx, who)
+	if client.IsUnknownUser(err) {
+		return "", "", fmt.Errorf("no user %q on %s", who, c.BaseURL())
+	}
+	if err != nil {
+		return "", "", err
+	}
+	return rec.Primary, rec.Address, nil
+}
+
+var contactsCmd = &command{
+	name:    "contacts",
+	minArgs: 0, maxArgs: 0,
+	args: "",
+	run: func(ctx context.Context, e *env, args []string) error {
+		c, acct, err := e.accountClient()
+		if err != nil {
+			return err
+		}
+		ctx, cancel := context.WithTimeout(ctx, requestTimeout)
+		defer cancel()
+		lists, err := c.Contacts(ctx)
+		if err != nil {
+			return notOnServer(err, acct)
+		}
+		p := newPrinter(c, nil)
+		for _, l := range []struct {
+			title string
+			keys  []string
+		}{{"accepted (their messages are not requests)", lists.Accepted}, {"blocked", lists.Blocked}} {
+			fmt.Fprintf(e.stdout, "%s: %d\n", l.title, len(l.keys))
+			for _, k := range l.keys {
+				name := p.address(ctx, k)
+				if name == "" {
+					name = keyName(k)
+				}
+				fmt.Fprintf(e.stdout, "  %s  %s\n", name, k)
+			}
+		}
 		return nil
 	},
 }

@@ -3,7 +3,9 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -162,49 +164,70 @@ func TestCLITwoUsersChat(t *testing.T) {
 		t.Errorf("whois nobody = %+v", r)
 	}
 
+	// alice is a stranger to bob: her first message is a request.
 	l := bob.listen()
 	alice.must("sent to bob@"+srv.Name, "send", "bob", "hello", "bob")
-	l.expect(l.stdout, " alice@"+srv.Name+": hello bob")
+	if got := l.expect(l.stdout, "hello bob"); !strings.HasSuffix(got, " request from alice@"+srv.Name+" (not a contact): hello bob") {
+		t.Errorf("a request is shown as %q", got)
+	}
+	bob.must("accepted alice@"+srv.Name, "accept", "alice")
 
 	// Text from stdin; a second line is indented under the first.
 	if r := alice.run("from stdin\nsecond line\n", "send", "bob@"+srv.Name); r.code != 0 {
 		t.Fatalf("send from stdin = %+v", r)
 	}
-	l.expect(l.stdout, ": from stdin")
+	if got := l.expect(l.stdout, ": from stdin"); !strings.HasSuffix(got, " alice@"+srv.Name+": from stdin") {
+		t.Errorf("a contact's message is shown as %q", got)
+	}
 	if got := l.expect(l.stdout, "second line"); got != "    second line" {
 		t.Errorf("continuation line = %q", got)
 	}
 
-	// A reload ends the stream; listen comes back by itself.
+	// A reload ends the stream; listen comes back by itself, quietly.
 	srv.Reload(t)
-	l.expect(l.stderr, "connection lost")
-	l.expect(l.stderr, "reconnected")
 	alice.must("sent", "send", "bob", "after reload")
 	l.expect(l.stdout, ": after reload")
 
-	// What the browser client sends (the vector envelope from alice's
-	// vector key) decrypts; that key has no handle here, so it is named by
-	// the key and what it claims is marked as a claim. A forged one is
-	// reported, never shown as text.
-	anon, _ := client.New(srv.URL, client.Options{})
+	// What the browser client sends (the vector envelope, sealed by
+	// alice's vector key, here the user "valice") decrypts; what it claims
+	// is shown as a claim. A forged one and one with a case-variant member
+	// are reported, never shown as text.
 	ctx := context.Background()
-	if _, err := anon.PostEnvelope(ctx, "bob", v.Envelope.Envelope); err != nil {
+	vkeys, err := loadKeyFromSeed(v.Alice.Seed)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if got := l.expect(l.stdout, ": hello bob"); !strings.HasSuffix(got, ` unknown key d75a 9801 82b1 0ab7… (unverified claim: "alice@kez.example"): hello bob`) {
-		t.Errorf("a sender without a handle is shown as %q", got)
+	valice, _ := client.New(srv.URL, client.Options{Keys: vkeys, Handle: "valice"})
+	if _, err := valice.Register(ctx, "valice"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := valice.PostEnvelope(ctx, "bob", v.Envelope.Envelope); err != nil {
+		t.Fatal(err)
+	}
+	if got := l.expect(l.stdout, ": hello bob"); !strings.HasSuffix(got, ` request from valice@`+srv.Name+` (claims to be "alice@kez.example") (not a contact): hello bob`) {
+		t.Errorf("the vector envelope is shown as %q", got)
 	}
 	var forged kez.Envelope
 	if err := json.Unmarshal(v.Envelope.Envelope, &forged); err != nil {
 		t.Fatal(err)
 	}
 	forged.CT = "L" + forged.CT[1:]
-	if _, err := anon.PostEnvelope(ctx, "bob", forged.AppendJSON(nil)); err != nil {
+	if _, err := valice.PostEnvelope(ctx, "bob", forged.AppendJSON(nil)); err != nil {
 		t.Fatal(err)
 	}
-	l.expect(l.stdout, "[undecryptable envelope: signature does not verify with the sender's key]")
+	l.expect(l.stdout, "request (not a contact): [undecryptable envelope: signature does not verify with the sender's key]")
+	variant := strings.Replace(string(v.Envelope.Envelope), `"ct"`, `"CT"`, 1)
+	if _, err := valice.PostEnvelope(ctx, "bob", json.RawMessage(variant)); err != nil {
+		t.Fatal(err)
+	}
+	l.expect(l.stdout, `[undecryptable envelope: not an envelope object: member "CT" must be spelled "ct"]`)
+	// A fourth request from a stranger is refused by the server.
+	if _, err := valice.Send(ctx, "bob", "anyone there?"); !errors.Is(err, client.ErrRequestLimit) {
+		t.Errorf("fourth request: %v", err)
+	}
 
-	// A registered user claiming to be alice is shown as who they are.
+	// A registered user claiming to be alice is shown as who they are; a
+	// message of a type kez does not know is unsupported, never text.
 	mallory := kez.GenerateKeys()
 	mc, _ := client.New(srv.URL, client.Options{Keys: mallory, Handle: "mallory"})
 	if _, err := mc.Register(ctx, "mallory"); err != nil {
@@ -216,9 +239,33 @@ func TestCLITwoUsersChat(t *testing.T) {
 	if _, err := mc.PostEnvelope(ctx, "bob", env.AppendJSON(nil)); err != nil {
 		t.Fatal(err)
 	}
-	l.expect(l.stdout, fmt.Sprintf("mallory@%s (claims to be \"alice@%s\"): it is me, alice", srv.Name, srv.Name))
+	l.expect(l.stdout, fmt.Sprintf("request from mallory@%s (claims to be \"alice@%s\") (not a contact): it is me, alice", srv.Name, srv.Name))
+	poll, _ := link.Seal([]byte(`{"type":"poll","id":"p-1","sent_at":1,"text":"looks like text"}`))
+	if _, err := mc.PostEnvelope(ctx, "bob", poll.AppendJSON(nil)); err != nil {
+		t.Fatal(err)
+	}
+	l.expect(l.stdout, fmt.Sprintf("request from mallory@%s (not a contact): [unsupported message]", srv.Name))
 	l.quiet()
 	l.stop()
+
+	// Requests, by sender; blocking mallory deletes hers and refuses more.
+	reqs := bob.must("", "requests")
+	for _, want := range []string{"valice@" + srv.Name + ": 3 request(s), first: \"hello bob\"", "mallory@" + srv.Name + ": 2 request(s), first: \"it is me, alice\""} {
+		if !strings.Contains(reqs, want) {
+			t.Errorf("kez requests printed\n%s\nwant a line %q", reqs, want)
+		}
+	}
+	bob.must("blocked mallory@"+srv.Name, "block", "mallory")
+	if _, err := mc.Send(ctx, "bob", "let me in"); !errors.Is(err, client.ErrBlocked) {
+		t.Errorf("blocked send: %v", err)
+	}
+	if r := bob.run("", "requests"); strings.Contains(r.stdout, "mallory") {
+		t.Errorf("after the block, requests still lists mallory:\n%s", r.stdout)
+	}
+	contacts := bob.must("", "contacts")
+	if !strings.Contains(contacts, "alice@"+srv.Name) || !strings.Contains(contacts, "blocked: 1\n  mallory@"+srv.Name) {
+		t.Errorf("contacts:\n%s", contacts)
+	}
 
 	// Restarted, listen resumes after the last message shown.
 	alice.must("sent", "send", "bob", "while you were away")
@@ -227,16 +274,21 @@ func TestCLITwoUsersChat(t *testing.T) {
 	l.quiet()
 	l.stop()
 
-	// The other way round, read with inbox.
+	// The other way round, read with inbox: alice wrote to bob, so bob's
+	// answer is not a request for her.
 	bob.must("sent to alice@"+srv.Name, "send", "alice", "hi alice")
-	alice.must("bob@"+srv.Name+": hi alice", "inbox")
-
-	// Everything bob saw is still stored until he acknowledges it.
-	all := bob.must("hello bob", "inbox")
-	if n := strings.Count(all, "\n#"); n < 6 {
-		t.Errorf("bob's inbox lists %d messages:\n%s", n+1, all)
+	if out := alice.must("bob@"+srv.Name+": hi alice", "inbox"); strings.Contains(out, "request") {
+		t.Errorf("alice's inbox:\n%s", out)
 	}
-	bob.must("deleted 7 message(s) up to #7", "ack")
+
+	// Everything bob saw is still stored until he acknowledges it; the
+	// strangers' messages come last, under their own heading.
+	all := bob.must("hello bob", "inbox")
+	contactsPart, requestsPart, ok := strings.Cut(all, "\nmessage requests: 3 from senders who are not your contacts")
+	if !ok || strings.Count(contactsPart, "#") != 4 || strings.Count(requestsPart, "\n#") != 3 || strings.Contains(contactsPart, "valice") {
+		t.Errorf("bob's inbox:\n%s", all)
+	}
+	bob.must("deleted 7 message(s) up to #", "ack") // mallory's two went with the block
 	bob.must("no messages", "inbox")
 
 	if r := alice.run("", "send", "nobody", "hi"); r.code != 1 || r.stderr != "kez: unknown recipient \"nobody\" on "+srv.Name+"\n" {
@@ -245,11 +297,43 @@ func TestCLITwoUsersChat(t *testing.T) {
 	if r := alice.run("", "send", "bob"); r.code != 1 || !strings.Contains(r.stderr, "nothing to send") {
 		t.Errorf("send without text = %+v", r)
 	}
+	if r := mallory2(t, srv).run("", "send", "bob", "hi"); r.code != 1 || !strings.Contains(r.stderr, "bob@"+srv.Name+" does not accept messages from you") {
+		t.Errorf("blocked send = %+v", r)
+	}
 }
 
-// TestCLIReplayShownOnce: the same envelope stored again under a new seq is
-// shown once, also by a later run, by inbox and by listen.
-func TestCLIReplayShownOnce(t *testing.T) {
+// mallory2 is a kez user with mallory's role: registered, then blocked by bob.
+func mallory2(t *testing.T, srv *clienttest.Server) *user {
+	u := newUser(t)
+	u.must("", "init")
+	u.must("registered", "register", "mallory2", "--server", srv.URL)
+	keys, err := loadKey(u.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bobKeys, err := loadKeyFromSeed(clienttest.LoadVectors(t).Bob.Seed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bc, _ := client.New(srv.URL, client.Options{Keys: bobKeys, Handle: "bob"})
+	if err := bc.Block(context.Background(), keys.Primary()); err != nil {
+		t.Fatal(err)
+	}
+	return u
+}
+
+func loadKeyFromSeed(seedHex string) (*kez.Keys, error) {
+	seed, err := hex.DecodeString(seedHex)
+	if err != nil {
+		return nil, err
+	}
+	return kez.NewKeys(seed)
+}
+
+// TestCLIResendStoredOnce: the same envelope sent again (a resend after a
+// lost answer) is stored once, also after it was acknowledged, so inbox
+// and listen show it once.
+func TestCLIResendStoredOnce(t *testing.T) {
 	srv := clienttest.Start(t, "")
 	alice, bob := newUser(t), newUser(t)
 	alice.must("", "init")
@@ -269,31 +353,66 @@ func TestCLIReplayShownOnce(t *testing.T) {
 	}
 	link, _ := keys.LinkTo(r.Primary)
 	env, _ := link.Seal(kez.NewTextMessage("alice@"+srv.Name, "only once", time.Now().UnixMilli()).Marshal())
-	replay := func() {
+	var first uint64
+	resend := func() {
 		t.Helper()
-		if _, err := ac.PostEnvelope(ctx, "bob", env.AppendJSON(nil)); err != nil {
+		rcpt, err := ac.PostEnvelope(ctx, "bob", env.AppendJSON(nil))
+		if err != nil {
 			t.Fatal(err)
 		}
+		if first == 0 {
+			first = rcpt.Seq
+		} else if rcpt.Seq != first || !rcpt.AlreadyStored {
+			t.Errorf("resend = %+v; want the original receipt (seq %d)", rcpt, first)
+		}
 	}
-	replay()
-	replay()
+	resend()
+	resend()
 	if out := bob.must("only once", "inbox"); strings.Count(out, "only once") != 1 {
-		t.Errorf("inbox shows a replay twice:\n%s", out)
+		t.Errorf("inbox shows a resend twice:\n%s", out)
 	}
-	bob.must("deleted 2 message(s)", "ack")
-	// A later run remembers what was shown.
-	replay()
+	bob.must("deleted 1 message(s)", "ack")
+	resend()
 	if out := bob.must("", "inbox"); strings.Contains(out, "only once") {
-		t.Errorf("a later inbox shows the replay again:\n%s", out)
+		t.Errorf("a later inbox shows the resend again:\n%s", out)
 	}
 	l := bob.listen()
-	replay()
+	resend()
 	alice.must("sent", "send", "bob", "something new")
 	if got := l.expect(l.stdout, "#"); !strings.HasSuffix(got, ": something new") {
-		t.Errorf("listen printed %q first, want the new message (not the replay)", got)
+		t.Errorf("listen printed %q first, want the new message (not the resend)", got)
 	}
 	l.quiet()
 	l.stop()
+}
+
+// TestCLIListenOutlivesStreamMaxAge: the server ends every stream after
+// stream_max_age; listen reconnects with a new signature, silently, and
+// shows every message once.
+func TestCLIListenOutlivesStreamMaxAge(t *testing.T) {
+	if runtime.GOOS == "windows" {
+		t.Skip("uses os.Interrupt on a child process")
+	}
+	srv := clienttest.Start(t, "stream_max_age 1s")
+	alice, bob := newUser(t), newUser(t)
+	alice.must("", "init")
+	bob.must("", "init")
+	alice.must("registered", "register", "alice", "--server", srv.URL)
+	bob.must("registered", "register", "bob", "--server", srv.URL)
+	bob.must("accepted", "accept", "alice")
+	l := bob.listen()
+	for i := range 4 {
+		time.Sleep(700 * time.Millisecond)
+		alice.must("sent", "send", "bob", fmt.Sprint("tick ", i))
+		l.expect(l.stdout, fmt.Sprint(": tick ", i))
+	}
+	l.quiet()
+	l.stop()
+	select {
+	case line := <-l.stderr:
+		t.Errorf("listen wrote %q to stderr; the stream's end is not news", line)
+	default:
+	}
 }
 
 func TestCLIServerGone(t *testing.T) {

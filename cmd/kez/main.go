@@ -5,9 +5,13 @@
 //	kez register <handle> --server URL   claim a handle on a server
 //	kez whois <handle|handle@server>     show a user's primary
 //	kez send <to> [text...]              send a message (text from stdin if none)
-//	kez inbox                            list stored messages
+//	kez inbox                            list stored messages (requests apart)
 //	kez listen                           print messages as they arrive
 //	kez ack [seq]                        delete messages up to seq (default: last shown)
+//	kez requests                         list message requests by sender
+//	kez accept|block <who>               let a sender in, or refuse them
+//	kez unaccept|unblock <who>           undo that
+//	kez contacts                         list accepted and blocked senders
 //
 // Every command takes --config DIR (default: $KEZ_CONFIG_DIR, else the user
 // config dir + /kez).
@@ -49,9 +53,16 @@ usage:
   kez register <handle> --server URL      claim handle on the server at URL
   kez whois <handle|handle@server>        show a user's address and primary
   kez send <to> [text...]                 send text (read from stdin if none)
-  kez inbox [--since N] [--limit N]       list the messages stored for you
+  kez inbox [--since N] [--limit N]       list the messages stored for you; requests apart
   kez listen [--since N]                  print messages live; resumes where it stopped
   kez ack [seq]                           delete messages up to seq (default: the last shown)
+  kez requests                            list message requests (senders who are not contacts)
+  kez accept <who>                        make who a contact: no longer requests
+  kez block <who>                         refuse who's messages, delete their requests
+  kez unaccept <who> | kez unblock <who>  make who a stranger again
+  kez contacts                            list accepted and blocked senders
+
+who is a handle, handle@server or ed25519:<primary>.
 
 every command takes --config DIR (default $KEZ_CONFIG_DIR, else %s)
 `
@@ -65,7 +76,8 @@ type command struct {
 	run              func(ctx context.Context, e *env, args []string) error
 }
 
-var commands = []*command{initCmd, registerCmd, whoisCmd, sendCmd, inboxCmd, listenCmd, ackCmd}
+var commands = []*command{initCmd, registerCmd, whoisCmd, sendCmd, inboxCmd, listenCmd, ackCmd,
+	requestsCmd, acceptCmd, unacceptCmd, blockCmd, unblockCmd, contactsCmd}
 
 // run executes one kez command line and returns the exit code: 0 done,
 // 1 failed, 2 bad usage.

@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/kezchat/kez/client"
+	"github.com/kezchat/kez/kez"
 )
 
 // RFC 8032 TEST 1, alice in testdata/kez-v1.json.
@@ -141,7 +142,7 @@ func TestBadKeyFiles(t *testing.T) {
 func TestNotRegisteredYet(t *testing.T) {
 	dir := t.TempDir()
 	kezRun(t, "", nil, "init", "--config", dir)
-	for _, args := range [][]string{{"send", "bob", "hi"}, {"inbox"}, {"listen"}, {"ack"}} {
+	for _, args := range [][]string{{"send", "bob", "hi"}, {"inbox"}, {"listen"}, {"ack"}, {"requests"}, {"accept", "bob"}, {"block", "bob"}, {"contacts"}} {
 		r := kezRun(t, "", nil, append([]string{"--config", dir}, args...)...)
 		if r.code != 1 || r.stderr != "kez: "+errNotRegistered.Error()+"\n" {
 			t.Errorf("%v = %+v", args, r)
@@ -301,5 +302,134 @@ func TestCursorAndAccountFiles(t *testing.T) {
 	data, _ := os.ReadFile(filepath.Join(dir, accountFile))
 	if json.Unmarshal(data, &raw) != nil || raw["server_name"] != "x" {
 		t.Errorf("account.json = %s", data)
+	}
+}
+
+// bobAt is a config dir for bob, registered on the fake server.
+func bobAt(t *testing.T, f *fakeServer) map[string]string {
+	dir := t.TempDir()
+	if err := saveKey(dir, f.bob, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := saveAccount(dir, &account{Server: f.url, ServerName: fakeName, Handle: "bob", Primary: f.bob.Primary(), RegisteredAt: 1764115200}); err != nil {
+		t.Fatal(err)
+	}
+	return map[string]string{"KEZ_CONFIG_DIR": dir}
+}
+
+// TestInboxShowsRequestsApart: requests come after the contacts' messages,
+// under a heading of their own; what does not open (a case-variant
+// envelope, a message whose signer is not the sender the server vouches
+// for) is shown as undecryptable, an unknown type as unsupported, a copy
+// from one's own key as sent, a receipt not at all.
+func TestInboxShowsRequestsApart(t *testing.T) {
+	bob, alice, carol := kez.GenerateKeys(), kez.GenerateKeys(), kez.GenerateKeys()
+	f := newFakeServer(t, bob)
+	f.register("alice", alice)
+	f.register("carol", carol)
+	aliceAddr, carolAddr := "alice@"+fakeName, "carol@"+fakeName
+
+	f.add(alice.Primary(), false, seal(t, alice, bob.Primary(), text(aliceAddr, "a1", "hello bob")))
+	f.add(carol.Primary(), true, seal(t, carol, bob.Primary(), text(carolAddr, "c1", "hi, I'm carol")))
+	variant := strings.Replace(string(seal(t, alice, bob.Primary(), text(aliceAddr, "a2", "case"))), `"nonce"`, `"Nonce"`, 1)
+	f.add(alice.Primary(), false, []byte(variant))
+	f.add(alice.Primary(), false, seal(t, alice, bob.Primary(), `{"type":"poll","id":"a3","sent_at":1}`))
+	f.add(carol.Primary(), false, seal(t, alice, bob.Primary(), text(aliceAddr, "a4", "whose words?")))
+	copyOf := fmt.Sprintf(`{"type":"copy","id":"b1","sent_at":1,"to":%q,"to_addr":%q,"of":%s}`, alice.Primary(), aliceAddr, text("bob@"+fakeName, "b0", "see you"))
+	f.add(bob.Primary(), false, seal(t, bob, bob.Primary(), copyOf))
+	f.add(alice.Primary(), false, seal(t, alice, bob.Primary(), `{"type":"receipt","id":"a5","sent_at":1,"of":["b0"],"state":"read"}`))
+	f.add(carol.Primary(), true, seal(t, carol, bob.Primary(), text(carolAddr, "c2", "still there?")))
+	f.add(alice.Primary(), false, seal(t, alice, bob.Primary(), `{"type":"copy","id":"a6","sent_at":1,"to":"`+bob.Primary()+`","of":`+text(aliceAddr, "a7", "forged copy")+`}`))
+
+	r := kezRun(t, "", bobAt(t, f), "inbox")
+	if r.code != 0 {
+		t.Fatalf("inbox = %+v", r)
+	}
+	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	want := []string{
+		"#1 @ " + aliceAddr + ": hello bob",
+		"#3 @ [undecryptable envelope: not an envelope object: member \"Nonce\" must be spelled \"nonce\"]",
+		"#4 @ " + aliceAddr + ": [unsupported message]",
+		"#5 @ [undecryptable envelope: the server says it is from " + carol.Primary() + ", the envelope is signed by " + alice.Primary() + "]",
+		"#6 @ you → " + aliceAddr + " (sent from another device): see you",
+		"#9 @ " + aliceAddr + ": [unsupported message]",
+		"",
+		"message requests: 2 from senders who are not your contacts (kez accept <who> to let them in, kez block <who> to refuse them)",
+		"#2 @ " + carolAddr + ": hi, I'm carol",
+		"#8 @ " + carolAddr + ": still there?",
+	}
+	if len(lines) != len(want) {
+		t.Fatalf("inbox printed\n%s\nwant %d lines", r.stdout, len(want))
+	}
+	for i, line := range lines {
+		// "#n <date> <time> rest": drop the time, which the test does not know.
+		if f := strings.SplitN(line, " ", 4); len(f) == 4 && strings.HasPrefix(line, "#") {
+			line = f[0] + " @ " + f[3]
+		}
+		if line != want[i] {
+			t.Errorf("line %d = %q\n   want %q", i+1, line, want[i])
+		}
+	}
+
+	r = kezRun(t, "", bobAt(t, f), "requests")
+	if r.code != 0 || r.stdout != carolAddr+": 2 request(s), first: \"hi, I'm carol\"\n    kez accept "+carolAddr+" | kez block "+carolAddr+"\n" {
+		t.Errorf("requests = %+v", r)
+	}
+}
+
+func TestAcceptAndBlockResolveWho(t *testing.T) {
+	bob, carol := kez.GenerateKeys(), kez.GenerateKeys()
+	f := newFakeServer(t, bob)
+	f.register("carol", carol)
+	env := bobAt(t, f)
+	stranger := kez.GenerateKeys().Primary()
+	for _, c := range []struct {
+		args []string
+		out  string
+		act  string
+	}{
+		{[]string{"accept", "carol"}, "accepted carol@kez.test: their messages are no longer requests\n", "PUT contacts " + carol.Primary()},
+		{[]string{"block", "CAROL@" + fakeName}, "blocked carol@kez.test: their messages are refused and their requests deleted\n", "PUT blocked " + carol.Primary()},
+		{[]string{"unblock", carol.Primary()}, "unblocked carol@kez.test: their messages are requests again\n", "DELETE blocked " + carol.Primary()},
+		{[]string{"unaccept", stranger}, "unknown key " + stranger[8:12] + " " + stranger[12:16] + " " + stranger[16:20] + " " + stranger[20:24] + "… is no longer a contact: their messages are requests again\n", "DELETE contacts " + stranger},
+	} {
+		r := kezRun(t, "", env, c.args...)
+		f.mu.Lock()
+		last := ""
+		if len(f.acts) > 0 {
+			last = f.acts[len(f.acts)-1]
+		}
+		f.mu.Unlock()
+		if r.code != 0 || r.stdout != c.out || last != c.act {
+			t.Errorf("%v = %+v, server saw %q", c.args, r, last)
+		}
+	}
+	for _, who := range []string{"nobody", "ed25519:00"} {
+		if r := kezRun(t, "", env, "block", who); r.code != 1 || !strings.HasPrefix(r.stderr, "kez: ") {
+			t.Errorf("block %s = %+v", who, r)
+		}
+	}
+	if r := kezRun(t, "", env, "contacts"); r.code != 0 || r.stdout != "accepted (their messages are not requests): 0\nblocked: 0\n" {
+		t.Errorf("contacts = %+v", r)
+	}
+}
+
+// TestReplayShownOnce: a v2 server stores an envelope once, but one that
+// relays it again under a new seq does not get it shown twice, not even by
+// a later run.
+func TestReplayShownOnce(t *testing.T) {
+	bob, alice := kez.GenerateKeys(), kez.GenerateKeys()
+	f := newFakeServer(t, bob)
+	f.register("alice", alice)
+	env := seal(t, alice, bob.Primary(), text("alice@"+fakeName, "a1", "only once"))
+	f.add(alice.Primary(), false, env)
+	f.add(alice.Primary(), false, env)
+	cfg := bobAt(t, f)
+	if r := kezRun(t, "", cfg, "inbox"); r.code != 0 || strings.Count(r.stdout, "only once") != 1 {
+		t.Errorf("inbox = %+v", r)
+	}
+	f.add(alice.Primary(), false, env)
+	if r := kezRun(t, "", cfg, "inbox"); r.code != 0 || strings.Count(r.stdout, "only once") != 1 || !strings.Contains(r.stdout, "#1 ") {
+		t.Errorf("a later inbox = %+v; want #1 only", r)
 	}
 }

@@ -2,9 +2,9 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"strings"
 	"time"
 	"unicode"
@@ -13,77 +13,158 @@ import (
 	"github.com/kezchat/kez/kez"
 )
 
-// printer writes messages as one or more terminal lines:
+// printer renders messages as one or more terminal lines:
 //
 //	#12 2026-11-26 09:30:01 alice@localhost: hello bob
 //	#13 2026-11-26 09:30:05 [undecryptable envelope: signature does not verify …]
+//	#14 2026-11-26 09:31:00 request from carol@localhost (not a contact): hi
 //
 // The sender's address comes from the server's record for the primary that
-// signed the envelope, not from what the plaintext claims.
+// signed the envelope (a record signed by that key), not from what the
+// plaintext claims.
 type printer struct {
 	c       *client.Client
-	out     io.Writer
+	self    string            // our own primary: copies are accepted only from it
 	senders map[string]string // primary → verified address, "" if none
 	shown   *cursor           // what was shown, this run and before (replays are skipped)
 	lastSeq uint64
 }
 
-func newPrinter(c *client.Client, out io.Writer, shown *cursor) *printer {
-	return &printer{c: c, out: out, senders: map[string]string{}, shown: shown}
+func newPrinter(c *client.Client, shown *cursor) *printer {
+	self := ""
+	if k := c.Keys(); k != nil {
+		self = k.Primary()
+	}
+	return &printer{c: c, self: self, senders: map[string]string{}, shown: shown}
 }
 
-// print writes m unless it is a message already shown under another seq,
-// and reports whether it wrote anything.
-func (p *printer) print(ctx context.Context, m client.Message) bool {
+// format renders m, or returns "" for a message not to be shown: one
+// already shown under another seq, or a receipt. markRequest names a
+// request as such in its line ("request from … (not a contact)"), for
+// output that does not show requests in a section of their own.
+func (p *printer) format(ctx context.Context, m client.Message, markRequest bool) string {
 	p.lastSeq = max(p.lastSeq, m.Seq)
-	when := time.UnixMilli(m.ReceivedAt).Local().Format("2006-01-02 15:04:05")
+	received := time.UnixMilli(m.ReceivedAt)
+	when := received.Local().Format("2006-01-02 15:04:05")
 	got, err := p.c.Open(m)
 	if err != nil {
-		fmt.Fprintf(p.out, "#%d %s [%s]\n", m.Seq, when, safeText(err.Error()))
-		return true
+		who := ""
+		if m.Request && markRequest {
+			who = "request (not a contact): "
+		}
+		return fmt.Sprintf("#%d %s %s[%s]", m.Seq, when, who, safeText(err.Error()))
 	}
-	if !p.shown.firstShowing(got.From, got.Plaintext.ID, m.Seq) {
-		return false
+	pt := got.Plaintext
+	if !p.shown.firstShowing(got.From, pt.ID, m.Seq) {
+		return ""
 	}
-	from := p.sender(ctx, got.From, got.Plaintext.FromAddr)
-	if got.Plaintext.Type != kez.PlaintextText {
-		fmt.Fprintf(p.out, "#%d %s %s: [a %q message, which this client cannot show]\n", m.Seq, when, from, safeText(got.Plaintext.Type))
-		return true
+	from := p.sender(ctx, got.From, got.FromAddr, pt.FromAddr)
+	if m.Request && markRequest {
+		from = "request from " + from + " (not a contact)"
 	}
-	text := strings.ReplaceAll(safeText(got.Plaintext.Text), "\n", "\n    ")
-	fmt.Fprintf(p.out, "#%d %s %s: %s\n", m.Seq, when, from, text)
-	return true
-}
-
-// sender names who signed: the address the server has bound to the primary,
-// flagged when the plaintext claims another. A primary the server has no
-// handle for is named by its key; what its plaintext claims is shown only as
-// an unverified claim, never as its name.
-func (p *printer) sender(ctx context.Context, primary, claimed string) string {
-	addr, known := p.senders[primary]
-	if !known {
-		ctx, cancel := context.WithTimeout(ctx, requestTimeout)
-		defer cancel()
-		rec, err := p.c.LookupPrimary(ctx, primary)
-		switch {
-		case err == nil:
-			addr = rec.Address
-			p.senders[primary] = addr
-		case client.IsUnknownUser(err):
-			p.senders[primary] = "" // a definite answer; other errors are retried
+	if pt.SentAt != 0 {
+		// The sender's clock, which it signed, when it is far from the
+		// server's: a message held back, or a wrong clock (SPEC §3).
+		if sent := time.UnixMilli(pt.SentAt); sent.Sub(received).Abs() > 5*time.Minute {
+			when += " (sent " + sent.Local().Format("2006-01-02 15:04:05") + ")"
 		}
 	}
-	claimed = safeText(claimed)
-	switch {
-	case addr == "" && claimed == "":
-		return keyName(primary)
-	case addr == "":
-		return fmt.Sprintf("%s (unverified claim: %q)", keyName(primary), claimed)
-	case claimed != addr:
-		return fmt.Sprintf("%s (claims to be %q)", addr, claimed)
+	var text string
+	switch pt.Type {
+	case kez.PlaintextText:
+		text = pt.Text
+	case "receipt":
+		return "" // delivered/read marks: this client keeps no sent messages to mark
+	case "copy":
+		c, ok := parseCopy(got.PlaintextJSON)
+		if !ok || got.From != p.self {
+			return fmt.Sprintf("#%d %s %s: [unsupported message]", m.Seq, when, from)
+		}
+		to := safeText(c.toAddr)
+		if to == "" {
+			to = keyName(c.to)
+		}
+		return fmt.Sprintf("#%d %s you → %s (sent from another device): %s", m.Seq, when, to, indent(safeText(c.text)))
 	default:
+		return fmt.Sprintf("#%d %s %s: [unsupported message]", m.Seq, when, from)
+	}
+	return fmt.Sprintf("#%d %s %s: %s", m.Seq, when, from, indent(safeText(text)))
+}
+
+// indent puts continuation lines under the first.
+func indent(s string) string { return strings.ReplaceAll(s, "\n", "\n    ") }
+
+// copyMessage is the part of a "copy" plaintext (SPEC §3) that is shown: a
+// message one of our other devices sent.
+type copyMessage struct{ to, toAddr, text string }
+
+// parseCopy reads {"type":"copy","id",…,"sent_at",…,"to":…,"to_addr":…,"of":{text}}
+// with exact member names; the copied message must be a text.
+func parseCopy(raw []byte) (copyMessage, bool) {
+	f, err := kez.ExactMembers(raw, []string{"type", "id", "sent_at", "to", "of"}, []string{"to_addr"})
+	if err != nil {
+		return copyMessage{}, false
+	}
+	var c copyMessage
+	if json.Unmarshal(f["to"], &c.to) != nil || !kez.WellFormedPrimary(c.to) {
+		return copyMessage{}, false
+	}
+	if v, ok := f["to_addr"]; ok && json.Unmarshal(v, &c.toAddr) != nil {
+		return copyMessage{}, false
+	}
+	of, err := kez.ParsePlaintext(f["of"])
+	if err != nil || of.Type != kez.PlaintextText {
+		return copyMessage{}, false
+	}
+	c.text = of.Text
+	return c, true
+}
+
+// sender names who signed: the address the server has bound to the primary
+// (in a record that the primary signed), flagged when the plaintext claims
+// another, or when the message object names another. A primary the server
+// has no handle for is named by its key; what its plaintext claims is shown
+// only as an unverified claim, never as its name.
+func (p *printer) sender(ctx context.Context, primary, serverAddr, claimed string) string {
+	addr := p.address(ctx, primary)
+	claimed, serverAddr = safeText(claimed), safeText(serverAddr)
+	name := addr
+	if addr == "" {
+		name = keyName(primary)
+		if serverAddr != "" {
+			name += fmt.Sprintf(" (the server says %q)", serverAddr)
+		}
+	} else if serverAddr != "" && serverAddr != addr {
+		name += fmt.Sprintf(" (the server says %q)", serverAddr)
+	}
+	switch {
+	case claimed == "" || claimed == addr:
+		return name
+	case addr == "":
+		return fmt.Sprintf("%s (unverified claim: %q)", name, claimed)
+	default:
+		return fmt.Sprintf("%s (claims to be %q)", name, claimed)
+	}
+}
+
+// address is the verified address of primary on our server, "" if it has
+// none. Lookups are remembered for the run.
+func (p *printer) address(ctx context.Context, primary string) string {
+	addr, known := p.senders[primary]
+	if known {
 		return addr
 	}
+	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	defer cancel()
+	rec, err := p.c.LookupPrimary(ctx, primary)
+	switch {
+	case err == nil:
+		addr = rec.Address
+		p.senders[primary] = addr
+	case client.IsUnknownUser(err):
+		p.senders[primary] = "" // a definite answer; other errors are retried
+	}
+	return addr
 }
 
 // keyName names a key the server has no handle for by the start of its
@@ -127,6 +208,8 @@ func describe(err error) string {
 			return "the server did not accept your signature: " + apiErr.Message + " (is this computer's clock right?)"
 		case kez.CodeRateLimited:
 			return fmt.Sprintf("the server is limiting your requests; try again in %s", max(apiErr.RetryAfter, time.Second))
+		case kez.CodeBodyTimeout:
+			return "the message did not reach the server in time; check your connection and send it again"
 		case "":
 			return "the server answered " + apiErr.Message
 		}
