@@ -23,10 +23,16 @@ type user struct {
 	idx    int
 	handle string
 	keys   *kez.Keys
-	c      *client.Client // streams, acks
+	c      *client.Client // streams, acks, contacts
+	// send posts this user's messages, signed by its key (SPEC §2.5), over
+	// the fleet's send connections.
+	send *client.Client
 	// lastSeq is the highest seq this user has received in any scenario:
 	// the next scenario's stream starts after it.
 	lastSeq atomic.Uint64
+
+	mu       sync.Mutex
+	accepted map[int]bool // the users (by idx) this one has accepted as contacts
 }
 
 // fleet is the set of users on one server. Users are registered once and
@@ -35,7 +41,6 @@ type fleet struct {
 	url    string
 	server string // the server name in addresses
 	prefix string // handles are <prefix><index>
-	send   *client.Client
 	// sendHTTP carries sends (keep-alive pool sized for the senders);
 	// streamHTTP carries streams (one connection each).
 	sendHTTP, streamHTTP *http.Client
@@ -76,9 +81,11 @@ func newFleet(ctx context.Context, url string, senders int) (*fleet, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", f.url, err)
 	}
+	if h.Protocol < 2 {
+		return nil, fmt.Errorf("%s speaks KEZ protocol %d; kezbench needs 2", f.url, h.Protocol)
+	}
 	f.server = h.Server
-	f.send, err = client.New(f.url, client.Options{HTTPClient: f.sendHTTP, ServerName: f.server})
-	return f, err
+	return f, nil
 }
 
 // ensure registers users until the fleet has n, with a few registrations in
@@ -145,7 +152,54 @@ func (f *fleet) register(ctx context.Context, idx int) (*user, error) {
 			return nil, fmt.Errorf("register %s: %w", handle, err)
 		}
 	}
-	return &user{idx: idx, handle: handle, keys: keys, c: c}, nil
+	send, err := client.New(f.url, client.Options{HTTPClient: f.sendHTTP, Keys: keys, Handle: handle, ServerName: f.server})
+	if err != nil {
+		return nil, err
+	}
+	return &user{idx: idx, handle: handle, keys: keys, c: c, send: send, accepted: map[int]bool{}}, nil
+}
+
+// acceptSenders makes every recipient users[i] accept its sender
+// (sender(users, i)) as a contact, unless it already did: a stranger's
+// messages are requests, of which the server keeps only request_limit
+// (default 3) per sender (SPEC §2.9). Each acceptance is one signed PUT.
+func acceptSenders(ctx context.Context, users []*user, workers int) error {
+	var next atomic.Int64
+	var firstErr error
+	var errOnce sync.Once
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= len(users) || ctx.Err() != nil {
+					return
+				}
+				to, from := users[i], sender(users, i)
+				to.mu.Lock()
+				done := to.accepted[from.idx]
+				to.mu.Unlock()
+				if done {
+					continue
+				}
+				actx, cancel := context.WithTimeout(ctx, 30*time.Second)
+				err := to.c.Accept(actx, from.keys.Primary())
+				cancel()
+				if err != nil {
+					errOnce.Do(func() { firstErr = fmt.Errorf("%s accepts %s: %w", to.handle, from.handle, err) })
+					return
+				}
+				to.mu.Lock()
+				to.accepted[from.idx] = true
+				to.mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if firstErr != nil {
+		return firstErr
+	}
+	return ctx.Err()
 }
 
 // streams is a set of open client.Stream connections feeding a tracker.

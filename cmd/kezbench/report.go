@@ -42,6 +42,9 @@ func printTable(w io.Writer, rep *Report) {
 		if r.Reconnects > 0 {
 			fmt.Fprintf(w, "scenario %s: %d stream reconnects\n", r.ID, r.Reconnects)
 		}
+		if r.AlreadyStored > 0 {
+			fmt.Fprintf(w, "scenario %s: %d sends were sent again after a lost answer and got their original receipt\n", r.ID, r.AlreadyStored)
+		}
 		if r.Delivery.EarlyDeliveries > 0 {
 			fmt.Fprintf(w, "scenario %s: %d messages arrived on the stream before their sender read the 201 (latency counted as 0)\n", r.ID, r.Delivery.EarlyDeliveries)
 		}

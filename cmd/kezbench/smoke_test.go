@@ -24,8 +24,9 @@ func TestSmoke(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts two Caddy processes")
 	}
-	srv := testcaddy.Start(t, testcaddy.Options{})
-	naive := testcaddy.Start(t, testcaddy.Options{BoltBlock: "one_commit_per_message"})
+	// As Caddyfile.bench: senders post back to back.
+	srv := testcaddy.Start(t, testcaddy.Options{KezOptions: "sender_rate off"})
+	naive := testcaddy.Start(t, testcaddy.Options{BoltBlock: "one_commit_per_message", KezOptions: "sender_rate off"})
 	if !strings.Contains(naive.Logs(), "one_commit_per_message") {
 		t.Errorf("the baseline server does not say it commits one message per transaction:\n%s", naive.Logs())
 	}
@@ -121,7 +122,7 @@ func TestCaddyfileBench(t *testing.T) {
 	if err != nil {
 		t.Fatalf("caddy adapt: %v\n%s", err, out)
 	}
-	for _, want := range []string{`"listen":["127.0.0.1:7480"]`, `"listen":["127.0.0.1:7481"]`, `"one_commit_per_message":true`, `"listen":"127.0.0.1:7419"`} {
+	for _, want := range []string{`"listen":["127.0.0.1:7480"]`, `"listen":["127.0.0.1:7481"]`, `"one_commit_per_message":true`, `"listen":"127.0.0.1:7419"`, `"sender_rate":"off"`} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("adapted config lacks %s:\n%s", want, out)
 		}
@@ -167,5 +168,37 @@ func TestTrackerVerdict(t *testing.T) {
 	}
 	if u.lastSeq.Load() != 6 {
 		t.Fatalf("lastSeq %d", u.lastSeq.Load())
+	}
+}
+
+// Every envelope of a pool is distinct (a v2 server stores one envelope
+// once), of the size asked for, from the recipient's sender.
+func TestSealPoolDistinct(t *testing.T) {
+	users := []*user{{idx: 0, handle: "kb-0", keys: kez.GenerateKeys()}, {idx: 1, handle: "kb-1000", keys: kez.GenerateKeys()}}
+	p, err := sealPool(users, "kez.test", 1024, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for i, envs := range p.byRecipient {
+		if len(envs) != 3 {
+			t.Fatalf("recipient %d has %d envelopes", i, len(envs))
+		}
+		for _, env := range envs {
+			if n := len(env); n != 1024 && n != 1023 {
+				t.Errorf("envelope of %d bytes", n)
+			}
+			h, err := kez.ReadEnvelopeHeader(env)
+			if err != nil || h.From != sender(users, i).keys.Primary() || h.To != users[i].keys.Primary() {
+				t.Errorf("envelope for %d: %+v, %v", i, h, err)
+			}
+			if _, _, err := users[i].keys.OpenJSON(env); err != nil {
+				t.Errorf("does not open: %v", err)
+			}
+			seen[h.Sig] = true
+		}
+	}
+	if len(seen) != 6 {
+		t.Errorf("%d distinct envelopes of 6", len(seen))
 	}
 }

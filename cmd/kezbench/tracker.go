@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/kezchat/kez/client"
@@ -17,6 +18,9 @@ import (
 type tracker struct {
 	mu   sync.Mutex
 	msgs map[msgKey]*msgState
+	// alreadyStored counts receipts of envelopes the server had already
+	// (200 to a resend by the client after a lost answer).
+	alreadyStored atomic.Int64
 }
 
 type msgKey struct {
