@@ -449,7 +449,12 @@ func TestForgedEnvelopesAreRejected(t *testing.T) {
 	}
 	tampered := original
 	tampered.CT = "A" + tampered.CT[1:]
-	variant := strings.Replace(string(v.Envelope.Envelope), `"nonce"`, `"Nonce"`, 1)
+	// (A fresh envelope: the server knows a resend by its sig.)
+	r, err := alice.Recipient(ctx, "bob")
+	if err != nil {
+		t.Fatal(err)
+	}
+	variant := strings.Replace(string(sealTo(t, alice, r, "case")), `"nonce"`, `"Nonce"`, 1)
 	for name, env := range map[string][]byte{"tampered ct": tampered.AppendJSON(nil), "case-variant member": []byte(variant)} {
 		if _, err := alice.PostEnvelope(ctx, "bob", env); err != nil {
 			t.Fatalf("%s: %v", name, err)
@@ -566,5 +571,67 @@ func TestStreamAcrossServerCrash(t *testing.T) {
 	cancel()
 	if err := <-done; !errors.Is(err, context.Canceled) {
 		t.Errorf("Stream ended with %v", err)
+	}
+}
+
+// TestStreamOutlivesMaxAge: the server ends every stream after
+// stream_max_age (SPEC §2.7); Stream reconnects with a new signature and
+// since, and delivers every message once, in order.
+func TestStreamOutlivesMaxAge(t *testing.T) {
+	srv := clienttest.Start(t, "stream_max_age 1s")
+	alice, bob := user(t, srv, "alice", nil), user(t, srv, "bob", nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := bob.Accept(ctx, alice.Keys().Primary()); err != nil {
+		t.Fatal(err)
+	}
+	texts := make(chan string, 20)
+	var mu sync.Mutex
+	var connects int
+	var reasons []error
+	done := make(chan error, 1)
+	go func() {
+		done <- bob.Stream(ctx, client.StreamOptions{
+			OnConnect: func() { mu.Lock(); connects++; mu.Unlock() },
+			OnDisconnect: func(err error, _ time.Duration) {
+				mu.Lock()
+				reasons = append(reasons, err)
+				mu.Unlock()
+			},
+		}, func(m client.Message) error {
+			r, err := bob.Open(m)
+			if err != nil {
+				return err
+			}
+			texts <- r.Plaintext.Text
+			return nil
+		})
+	}()
+	const n = 6
+	for i := range n {
+		if _, err := alice.Send(ctx, "bob", fmt.Sprint("tick ", i)); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case got := <-texts:
+			if got != fmt.Sprint("tick ", i) {
+				t.Fatalf("got %q, want tick %d", got, i)
+			}
+		case <-ctx.Done():
+			t.Fatalf("tick %d never came", i)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	cancel()
+	<-done
+	mu.Lock()
+	defer mu.Unlock()
+	if connects < 2 {
+		t.Errorf("%d connections in %d s of 1 s streams", connects, n/2)
+	}
+	for _, err := range reasons {
+		if !errors.Is(err, client.ErrStreamEnded) {
+			t.Errorf("a stream ended by %v", err)
+		}
 	}
 }

@@ -88,6 +88,9 @@ type Received struct {
 	FromAddr  string
 	Request   bool // from a sender who is not a contact yet
 	Plaintext kez.Plaintext
+	// PlaintextJSON is the decrypted plaintext as it was sealed, for types
+	// that kez.Plaintext does not carry (SPEC §3: copy, receipt).
+	PlaintextJSON []byte
 }
 
 // Open verifies and decrypts a message addressed to this client. Every
@@ -111,5 +114,5 @@ func (c *Client) Open(m Message) (*Received, error) {
 		return nil, fmt.Errorf("%w: %v", kez.ErrUndecryptable, err)
 	}
 	return &Received{Seq: m.Seq, ReceivedAt: time.UnixMilli(m.ReceivedAt), From: env.From, FromAddr: m.FromAddr,
-		Request: m.Request, Plaintext: p}, nil
+		Request: m.Request, Plaintext: p, PlaintextJSON: plain}, nil
 }

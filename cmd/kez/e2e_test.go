@@ -207,16 +207,26 @@ func TestCLITwoUsersChat(t *testing.T) {
 	if got := l.expect(l.stdout, ": hello bob"); !strings.HasSuffix(got, ` request from valice@`+srv.Name+` (claims to be "alice@kez.example") (not a contact): hello bob`) {
 		t.Errorf("the vector envelope is shown as %q", got)
 	}
-	var forged kez.Envelope
-	if err := json.Unmarshal(v.Envelope.Envelope, &forged); err != nil {
-		t.Fatal(err)
+	// (Fresh envelopes: the server knows a resend by its sig.)
+	vlink, _ := vkeys.LinkTo(v.Bob.Primary)
+	fresh := func(text string) kez.Envelope {
+		env, err := vlink.Seal(kez.NewTextMessage("alice@kez.example", text, time.Now().UnixMilli()).Marshal())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return *env
 	}
+	forged := fresh("forged")
 	forged.CT = "L" + forged.CT[1:]
+	if forged.CT == fresh("x").CT {
+		t.Fatal("not tampered")
+	}
 	if _, err := valice.PostEnvelope(ctx, "bob", forged.AppendJSON(nil)); err != nil {
 		t.Fatal(err)
 	}
 	l.expect(l.stdout, "request (not a contact): [undecryptable envelope: signature does not verify with the sender's key]")
-	variant := strings.Replace(string(v.Envelope.Envelope), `"ct"`, `"CT"`, 1)
+	caseEnv := fresh("case")
+	variant := strings.Replace(string(caseEnv.AppendJSON(nil)), `"ct"`, `"CT"`, 1)
 	if _, err := valice.PostEnvelope(ctx, "bob", json.RawMessage(variant)); err != nil {
 		t.Fatal(err)
 	}
