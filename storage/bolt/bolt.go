@@ -10,17 +10,24 @@
 //	inboxes    handle → bucket of seq (8 bytes BE) → message value (message.go);
 //	           a large one as a bucket under its seq holding the value under "m"
 //	counts     handle → stored messages that are not requests (8 bytes BE)
-//	state      handle → bucket of the inbox's policy and idempotency keys:
+//	state      handle → bucket of the inbox's policy:
 //	  accepted   key → 1          senders the owner accepted (explicitly or by writing to them)
 //	  blocked    key → 1          senders the owner blocked
 //	  requests   key+seq → 1      the stored requests, by sender
 //	  senders    key → n          unacknowledged requests from that sender (absent: 0)
 //	  nrequests  (a value)        unacknowledged requests in the inbox
-//	  keys       sha256(key+sig) → seq + received_at    idempotency keys (SPEC §2.5)
-//	  times      received_at + seq → sha256(key+sig)     the same, by age, for Expire
+//	idem       idem → seq + received_at   idempotency keys (SPEC §2.5), stored or acknowledged
+//	idem_times received_at + idem → 1     the same by age, for Expire
 //
-// A key is a primary's 32 raw bytes. Every count changes in the transaction
-// that changes what it counts, so a crash never leaves one wrong.
+// A key is a primary's 32 raw bytes; idem is sha256(handle, key, sig).
+// Every count changes in the transaction that changes what it counts, so a
+// crash never leaves one wrong.
+//
+// The idempotency keys are one bucket for all inboxes, not one per inbox:
+// they are hashes, so each append writes one leaf of it at random whatever
+// the layout, and a bucket per inbox would add that bucket's root and its
+// parent's leaf to every commit. Their time index only ever grows at its
+// end, so a batch writes its last leaf once.
 package bolt
 
 import (
@@ -51,14 +58,14 @@ var (
 	bucketCounts    = []byte("counts")
 	bucketInvites   = []byte("invites")
 	bucketState     = []byte("state")
+	bucketIdem      = []byte("idem")
+	bucketIdemTimes = []byte("idem_times")
 
 	stAccepted  = []byte("accepted")
 	stBlocked   = []byte("blocked")
 	stRequests  = []byte("requests")
 	stSenders   = []byte("senders")
 	stNRequests = []byte("nrequests")
-	stKeys      = []byte("keys")
-	stTimes     = []byte("times")
 
 	present = []byte{1} // the value of a set member; never modified
 )
@@ -113,7 +120,7 @@ type appendReq struct {
 	from  [keyLen]byte // d.From packed
 	to    [keyLen]byte // d.ToPrimary packed, if hasTo
 	hasTo bool
-	idem  [sha256.Size]byte // the idempotency key: sha256(from, sig)
+	idem  [sha256.Size]byte // the idempotency key (idemKey)
 
 	msg   storage.Message
 	fresh bool
@@ -150,7 +157,7 @@ func Open(path string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bucketMeta, bucketHandles, bucketPrimaries, bucketInboxes, bucketCounts, bucketInvites, bucketState} {
+		for _, name := range [][]byte{bucketMeta, bucketHandles, bucketPrimaries, bucketInboxes, bucketCounts, bucketInvites, bucketState, bucketIdem, bucketIdemTimes} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return err
 			}
@@ -218,9 +225,12 @@ func cat(parts ...[]byte) []byte {
 	return b
 }
 
-// idemKey is the idempotency key of a delivery: its sender and its sig.
-func idemKey(from [keyLen]byte, sig string) [sha256.Size]byte {
+// idemKey is the idempotency key of a delivery: its inbox, its sender and
+// its sig.
+func idemKey(handle string, from [keyLen]byte, sig string) [sha256.Size]byte {
 	h := sha256.New()
+	h.Write(binary.AppendUvarint(nil, uint64(len(handle))))
+	h.Write([]byte(handle))
 	h.Write(from[:])
 	h.Write([]byte(sig))
 	var k [sha256.Size]byte
@@ -339,7 +349,7 @@ func (s *Store) Append(_ context.Context, d storage.Delivery, lim storage.Limits
 	if d.Sig == "" {
 		return storage.Message{}, false, errors.New("delivery without sig (the idempotency key)")
 	}
-	req.idem = idemKey(req.from, d.Sig)
+	req.idem = idemKey(d.To, req.from, d.Sig)
 	s.mu.RLock()
 	if s.closed {
 		s.mu.RUnlock()
@@ -448,9 +458,11 @@ func (s *Store) commit(batch []*appendReq) {
 // writeTx is a write transaction with the buckets of the inboxes it has
 // touched at hand.
 type writeTx struct {
-	tx      *bolt.Tx
-	counts  *bolt.Bucket
-	inboxes map[string]*inbox
+	tx        *bolt.Tx
+	counts    *bolt.Bucket
+	idem      *bolt.Bucket
+	idemTimes *bolt.Bucket
+	inboxes   map[string]*inbox
 }
 
 // inbox is an inbox's buckets within one transaction.
@@ -462,12 +474,11 @@ type inbox struct {
 	blocked  *bolt.Bucket
 	requests *bolt.Bucket
 	senders  *bolt.Bucket
-	keys     *bolt.Bucket
-	times    *bolt.Bucket
 }
 
 func newWriteTx(tx *bolt.Tx) *writeTx {
-	return &writeTx{tx: tx, counts: tx.Bucket(bucketCounts), inboxes: map[string]*inbox{}}
+	return &writeTx{tx: tx, counts: tx.Bucket(bucketCounts), idem: tx.Bucket(bucketIdem),
+		idemTimes: tx.Bucket(bucketIdemTimes), inboxes: map[string]*inbox{}}
 }
 
 // inbox returns handle's buckets, creating its state buckets if they are
@@ -491,7 +502,7 @@ func (w *writeTx) inbox(handle string) (*inbox, error) {
 		dst  **bolt.Bucket
 		name []byte
 	}{{&ix.accepted, stAccepted}, {&ix.blocked, stBlocked}, {&ix.requests, stRequests},
-		{&ix.senders, stSenders}, {&ix.keys, stKeys}, {&ix.times, stTimes}} {
+		{&ix.senders, stSenders}} {
 		if *b.dst, err = bucket(ix.state, b.name); err != nil {
 			return nil, err
 		}
@@ -522,6 +533,14 @@ func add(b *bolt.Bucket, key []byte, delta int64, drop bool) error {
 	return b.Put(key, seqKey(uint64(max(n, 0))))
 }
 
+// remember records an idempotency key for the message seq sk received at at.
+func (w *writeTx) remember(idem, sk, at []byte) error {
+	if err := w.idem.Put(idem, cat(sk, at)); err != nil {
+		return err
+	}
+	return w.idemTimes.Put(cat(at, idem), present)
+}
+
 // append applies one delivery (SPEC §2.5), in the order the contract gives:
 // unknown inbox, duplicate, blocked, request limits or inbox cap, store,
 // then the sender's implicit acceptance of the recipient (§2.9).
@@ -536,7 +555,7 @@ func (w *writeTx) append(r *appendReq, now int64) error {
 		return nil
 	}
 	from := r.from[:]
-	if v := ix.keys.Get(r.idem[:]); len(v) == 16 {
+	if v := w.idem.Get(r.idem[:]); len(v) == 16 {
 		seq := u64(v[:8])
 		r.msg = storage.Message{Seq: seq, ReceivedAt: int64(u64(v[8:])), From: d.From, FromAddr: d.FromAddr,
 			Request: ix.requests.Get(cat(from, v[:8])) != nil, Envelope: d.Envelope}
@@ -576,11 +595,8 @@ func (w *writeTx) append(r *appendReq, now int64) error {
 	if err := putMessage(ix.msgs, seq, val, len(d.Envelope)); err != nil {
 		return err
 	}
-	sk, at := seqKey(seq), seqKey(uint64(now))
-	if err := ix.keys.Put(r.idem[:], cat(sk, at)); err != nil {
-		return err
-	}
-	if err := ix.times.Put(cat(at, sk), cat(r.idem[:])); err != nil {
+	sk := seqKey(seq)
+	if err := w.remember(r.idem[:], sk, seqKey(uint64(now))); err != nil {
 		return err
 	}
 	if request {
@@ -910,8 +926,9 @@ func rewriteFlags(b *bolt.Bucket, sk []byte, flags byte) error {
 // Expire deletes messages received before cutoff, then forgets the
 // idempotency keys of messages received before it, in transactions of at
 // most expireChunk deletions so that sends wait for at most one small
-// commit. Which inboxes have anything to do is seen from the first entry of
-// each (messages by seq, keys by time): no scan of what stays.
+// commit. What to delete is found from the front: the first message of
+// each inbox (by seq), the first idempotency keys by time; what stays is
+// never scanned.
 func (s *Store) Expire(ctx context.Context, cutoff time.Time) (int, error) {
 	ms := cutoff.UnixMilli()
 	if ms <= 0 {
@@ -919,29 +936,16 @@ func (s *Store) Expire(ctx context.Context, cutoff time.Time) (int, error) {
 	}
 	limit := uint64(ms)
 	old := func(_ uint64, h header, ok bool) bool { return ok && h.receivedAt >= 0 && uint64(h.receivedAt) < limit }
-	limitKey := seqKey(limit)
-	var staleMsgs, staleKeys []string
+	var stale []string
 	err := s.db.View(func(tx *bolt.Tx) error {
-		if err := tx.Bucket(bucketInboxes).ForEachBucket(func(name []byte) error {
+		return tx.Bucket(bucketInboxes).ForEachBucket(func(name []byte) error {
 			b := tx.Bucket(bucketInboxes).Bucket(name)
 			k, v := b.Cursor().First()
 			if k != nil {
 				h, err := decodeMessage(messageValue(b, k, v))
 				if old(0, h, err == nil) {
-					staleMsgs = append(staleMsgs, string(name))
+					stale = append(stale, string(name))
 				}
-			}
-			return nil
-		}); err != nil {
-			return err
-		}
-		return tx.Bucket(bucketState).ForEachBucket(func(name []byte) error {
-			times := tx.Bucket(bucketState).Bucket(name).Bucket(stTimes)
-			if times == nil {
-				return nil
-			}
-			if k, _ := times.Cursor().First(); k != nil && bytes.Compare(k[:min(8, len(k))], limitKey) < 0 {
-				staleKeys = append(staleKeys, string(name))
 			}
 			return nil
 		})
@@ -950,64 +954,63 @@ func (s *Store) Expire(ctx context.Context, cutoff time.Time) (int, error) {
 		return 0, mapErr(err)
 	}
 	total := 0
-	chunks := func(handles []string, step func(w *writeTx, ix *inbox) (int, error)) error {
-		for _, handle := range handles {
-			for {
-				if err := ctx.Err(); err != nil {
-					return err
-				}
-				n := 0
-				err := s.db.Update(func(tx *bolt.Tx) error {
-					w := newWriteTx(tx)
-					ix, err := w.inbox(handle)
-					if err != nil || ix == nil {
-						return err
-					}
-					n, err = step(w, ix)
-					return err
-				})
-				if err != nil {
-					return mapErr(err)
-				}
-				if n < expireChunk {
-					break
-				}
+	// step deletes up to expireChunk things in one transaction and says how many.
+	chunks := func(step func(w *writeTx) (int, error)) error {
+		for {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			n := 0
+			err := s.db.Update(func(tx *bolt.Tx) error {
+				var err error
+				n, err = step(newWriteTx(tx))
+				return err
+			})
+			if err != nil {
+				return mapErr(err)
+			}
+			if n < expireChunk {
+				return nil
 			}
 		}
-		return nil
 	}
-	err = chunks(staleMsgs, func(w *writeTx, ix *inbox) (int, error) {
-		n, err := w.deleteFront(ix, old, expireChunk)
-		if err == nil {
-			total += n
+	for _, handle := range stale {
+		err := chunks(func(w *writeTx) (int, error) {
+			ix, err := w.inbox(handle)
+			if err != nil || ix == nil {
+				return 0, err
+			}
+			n, err := w.deleteFront(ix, old, expireChunk)
+			if err == nil {
+				total += n
+			}
+			return n, err
+		})
+		if err != nil {
+			return total, err
 		}
-		return n, err
-	})
-	if err != nil {
-		return total, err
 	}
-	err = chunks(staleKeys, func(_ *writeTx, ix *inbox) (int, error) {
-		return forgetKeys(ix, limitKey, expireChunk)
-	})
-	return total, err
+	return total, chunks(func(w *writeTx) (int, error) { return w.forgetKeys(seqKey(limit), expireChunk) })
 }
 
-// forgetKeys deletes up to max of ix's idempotency keys whose received_at is
-// before limitKey's, oldest first.
-func forgetKeys(ix *inbox, limitKey []byte, max int) (int, error) {
-	type entry struct{ k, idem []byte }
-	var doomed []entry
-	c := ix.times.Cursor()
-	for k, v := c.First(); k != nil && len(doomed) < max && bytes.Compare(k[:min(8, len(k))], limitKey) < 0; k, v = c.Next() {
-		doomed = append(doomed, entry{append([]byte(nil), k...), append([]byte(nil), v...)})
+// forgetKeys deletes up to max idempotency keys received before limitKey
+// (8 bytes, unix ms), oldest first.
+func (w *writeTx) forgetKeys(limitKey []byte, max int) (int, error) {
+	var doomed [][]byte
+	c := w.idemTimes.Cursor()
+	for k, _ := c.First(); k != nil && len(doomed) < max && bytes.Compare(k[:min(8, len(k))], limitKey) < 0; k, _ = c.Next() {
+		doomed = append(doomed, append([]byte(nil), k...))
 	}
-	for _, e := range doomed {
-		if err := ix.times.Delete(e.k); err != nil {
+	for _, k := range doomed {
+		if err := w.idemTimes.Delete(k); err != nil {
 			return 0, err
 		}
-		// Only the key this entry made: its seq is the same.
-		if v := ix.keys.Get(e.idem); len(v) == 16 && len(e.k) == 16 && bytes.Equal(v[:8], e.k[8:]) {
-			if err := ix.keys.Delete(e.idem); err != nil {
+		if len(k) != 8+sha256.Size {
+			continue
+		}
+		// Only the key this entry made: received at the same time.
+		if v := w.idem.Get(k[8:]); len(v) == 16 && bytes.Equal(v[8:], k[:8]) {
+			if err := w.idem.Delete(k[8:]); err != nil {
 				return 0, err
 			}
 		}

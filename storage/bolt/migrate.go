@@ -99,7 +99,7 @@ func migrateInbox(db *bolt.DB, handle string) error {
 			}
 			done = k == nil
 			for _, m := range todo {
-				if err := migrateMessage(ix, m.key, m.val, m.outOfLine); err != nil {
+				if err := w.migrateMessage(ix, m.key, m.val, m.outOfLine); err != nil {
 					return err
 				}
 			}
@@ -114,7 +114,7 @@ func migrateInbox(db *bolt.DB, handle string) error {
 
 // migrateMessage rewrites one v1 value (received_at + envelope) stored
 // under seq key sk.
-func migrateMessage(ix *inbox, sk, v1 []byte, outOfLine bool) error {
+func (w *writeTx) migrateMessage(ix *inbox, sk, v1 []byte, outOfLine bool) error {
 	at, envelope := v1[:8], v1[8:]
 	var env struct {
 		From string `json:"from"`
@@ -138,12 +138,9 @@ func migrateMessage(ix *inbox, sk, v1 []byte, outOfLine bool) error {
 		return nil
 	}
 	// v1 stored resends again: the first one keeps the key.
-	idem := idemKey(from, env.Sig)
-	if v := ix.keys.Get(idem[:]); len(v) == 16 && u64(v[:8]) != u64(sk) {
+	idem := idemKey(string(ix.name), from, env.Sig)
+	if v := w.idem.Get(idem[:]); len(v) == 16 && u64(v[:8]) != u64(sk) {
 		return nil
 	}
-	if err := ix.keys.Put(idem[:], cat(sk, at)); err != nil {
-		return err
-	}
-	return ix.times.Put(cat(at, sk), cat(idem[:]))
+	return w.remember(idem[:], sk, at)
 }

@@ -88,7 +88,8 @@ func BenchmarkOnce(b *testing.B) {
 			for j := range 4 {
 				k[j] = byte(r.Uint32())
 			}
-			if _, err := o.use(k, i+120e9, i); err != nil {
+			now := i * 1e6 // each goroutine at 1000 requests/s, kept 2 minutes
+			if _, err := o.use(k, now+120e9, now); err != nil {
 				b.Fatal(err)
 			}
 		}
