@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kezchat/kez/storage"
 	"github.com/kezchat/kez/storage/nats/natstest"
 	"github.com/kezchat/kez/storage/storagetest"
 )
@@ -68,6 +69,7 @@ func leaderLoss(t *testing.T, c faultCluster, rounds, senders int) {
 	}
 	s1, s2 := open(t, opts(rec1)), open(t, opts(rec2))
 	storagetest.Register(t, s1, "alice", 1)
+	accept(t, s1, "alice")
 
 	var mu sync.Mutex
 	acked := map[uint64]string{} // seq → envelope
@@ -82,7 +84,7 @@ func leaderLoss(t *testing.T, c faultCluster, rounds, senders int) {
 			s := []*Store{s1, s2}[i%2]
 			for !stop.Load() {
 				env := fmt.Sprintf(`{"n":%d}`, next.Add(1))
-				m, err := s.Append(ctx, "alice", []byte(env), 0)
+				m, _, err := s.Append(ctx, delivery("alice", []byte(env)), storage.Limits{})
 				mu.Lock()
 				if err != nil {
 					failed++

@@ -6,8 +6,6 @@ import (
 	"strings"
 
 	"github.com/nats-io/nats.go/jetstream"
-
-	"github.com/kezchat/kez/storage"
 )
 
 // startFeed starts the ordered consumer that turns every message stored in
@@ -25,7 +23,7 @@ func (s *Store) startFeed(ctx context.Context) error {
 		return fmt.Errorf("nats: reading stream %s: %w", s.inboxName, netErr(err))
 	}
 	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{s.inboxSubj + "*"},
+		FilterSubjects: []string{s.inboxSubj + ">"},
 		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
 		OptStartSeq:    stream.CachedInfo().State.LastSeq + 1,
 	})
@@ -42,17 +40,20 @@ func (s *Store) startFeed(ctx context.Context) error {
 	return nil
 }
 
-// deliver hands one stored message to Notify.
+// deliver hands one stored message to Notify, as Read would return it
+// (Request from this server's cached lists of the inbox: a fresh request
+// is one unless its sender was accepted meanwhile).
 func (s *Store) deliver(msg jetstream.Msg) {
 	meta, err := msg.Metadata()
 	if err != nil {
 		s.log.Warn("inbox feed: message without metadata", "error", err)
 		return
 	}
-	handle, ok := strings.CutPrefix(msg.Subject(), s.inboxSubj)
+	rest, ok := strings.CutPrefix(msg.Subject(), s.inboxSubj)
 	if !ok {
 		return
 	}
+	handle, _, _ := strings.Cut(rest, ".")
 	seq := meta.Sequence.Stream
 	s.mu.Lock()
 	if seq > s.seen[handle] {
@@ -63,5 +64,8 @@ func (s *Store) deliver(msg jetstream.Msg) {
 	if closed {
 		return
 	}
-	s.opts.Notify(handle, storage.Message{Seq: seq, ReceivedAt: receivedAt(msg.Headers(), meta.Timestamp), Envelope: msg.Data()})
+	r := rawMsg{seq: seq, subject: msg.Subject(), hdr: msg.Headers(), data: msg.Data(), time: meta.Timestamp}
+	if m, visible := s.message(handle, r, s.cachedContactsOf(handle)); visible {
+		s.opts.Notify(handle, m)
+	}
 }

@@ -126,6 +126,7 @@ func measureFeed(t *testing.T, c *natstest.Cluster, mode string, size, n int) fe
 	}
 	sender := open(t, Options{URLs: []string{c.URL(0)}, Prefix: prefix, Replicas: 3})
 	storagetest.Register(t, sender, "alice", 1)
+	accept(t, sender, "alice")
 	switch mode {
 	case "consumer":
 		open(t, Options{URLs: []string{c.URL(1)}, Prefix: prefix, Replicas: 3,
@@ -137,7 +138,7 @@ func measureFeed(t *testing.T, c *natstest.Cluster, mode string, size, n int) fe
 			t.Fatal(err)
 		}
 		cfg := st.CachedInfo().Config
-		cfg.RePublish = &jetstream.RePublish{Source: prefix + ".inbox.*", Destination: prefix + ".live.{{wildcard(1)}}", HeadersOnly: !full}
+		cfg.RePublish = &jetstream.RePublish{Source: prefix + ".inbox.*.m", Destination: prefix + ".live.{{wildcard(1)}}", HeadersOnly: !full}
 		if _, err := sender.js.UpdateStream(ctx, cfg); err != nil {
 			t.Fatal(err)
 		}
@@ -174,14 +175,14 @@ func measureFeed(t *testing.T, c *natstest.Cluster, mode string, size, n int) fe
 					// Read until the rung sequence is in: a follower
 					// answering the direct get may not have it yet.
 					for cursor[h] < w {
-						msgs, _, err := recv.readDirect(ctx, prefix+".inbox."+h, cursor[h], 500)
+						msgs, _, err := recv.readDirect(ctx, prefix+".inbox."+h+".>", cursor[h], 500)
 						if err != nil {
 							t.Errorf("re-read: %v", err)
 							return
 						}
 						for _, m := range msgs {
-							record(m.Envelope)
-							cursor[h] = m.Seq
+							record(m.data)
+							cursor[h] = m.seq
 						}
 						if len(msgs) == 0 {
 							time.Sleep(time.Millisecond)
@@ -221,7 +222,7 @@ func measureFeed(t *testing.T, c *natstest.Cluster, mode string, size, n int) fe
 			defer wg.Done()
 			for next.Add(1) <= int64(n) {
 				env := fmt.Appendf(nil, `{"t":%d,"p":"%s"}`, time.Now().UnixNano(), pad)
-				if _, err := sender.Append(ctx, "alice", env, 0); err != nil {
+				if _, _, err := sender.Append(ctx, delivery("alice", env), storage.Limits{}); err != nil {
 					t.Error(err)
 					return
 				}

@@ -2,6 +2,7 @@ package nats
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -10,143 +11,102 @@ import (
 
 	natsio "github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/nats-io/nuid"
 	"github.com/synadia-io/orbit.go/natsext"
 
 	"github.com/kezchat/kez/storage"
 )
 
-// hdrReceivedAt carries the message's received_at (unix ms), stamped by the
-// server that accepted it, so that the 201 answer and later reads agree.
-const hdrReceivedAt = "Kez-Received-At"
+// Headers of a stored message.
+const (
+	// hdrReceivedAt carries the message's received_at (unix ms), stamped by
+	// the server that accepted it, so that the 201 answer and later reads
+	// agree.
+	hdrReceivedAt = "Kez-Received-At"
+	// hdrFrom and hdrFromAddr: the sender as authenticated at receipt.
+	hdrFrom     = "Kez-From"
+	hdrFromAddr = "Kez-From-Addr"
+	// hdrRequest "1": stored as a message request (the sender was not
+	// accepted). Reads compute Request from the current lists, see Read.
+	hdrRequest = "Kez-Request"
+	// hdrAttempt names the Append call that stored a message or record.
+	hdrAttempt = "Kez-Attempt"
+	// hdrSeq: in an idempotency record, the seq of the message.
+	hdrSeq = "Kez-Seq"
+)
 
 // payloadOverhead is room for the subject and headers next to an envelope.
-const payloadOverhead = 512
+const payloadOverhead = 1024
 
 // hdrNumPending is how many matching messages follow, in direct batch get answers.
 const hdrNumPending = "Nats-Num-Pending"
 
-// Append publishes the envelope to the handle's subject and returns once
-// the stream has stored it (on a quorum of replicas, each fsynced as the
-// servers' sync_interval says).
-//
-// The cap: the stream's per-subject limit (Options.MaxInbox, or larger if
-// another server asked for more) is enforced by the server, exactly, even
-// under concurrent sends. A maxInbox smaller than the stream's limit (a
-// server configured lower than the stream, or a test) is enforced here:
-// count, then publish only if the inbox's last sequence is still the one
-// counted, so it is exact as well, at the price of two more requests.
-// maxInbox 0 leaves only the stream's limit.
-func (s *Store) Append(ctx context.Context, handle string, envelope []byte, maxInbox int) (storage.Message, error) {
-	ctx, cancel := context.WithTimeout(ctx, s.timeout)
-	defer cancel()
-	if err := s.check(ctx); err != nil {
-		return storage.Message{}, err
-	}
-	if err := s.exists(ctx, handle); err != nil {
-		return storage.Message{}, err
-	}
-	subj := s.inboxSubj + handle
-	now := time.Now().UnixMilli()
-	msg := natsio.NewMsg(subj)
-	msg.Data = envelope
-	// A fresh id per call: when an answer is lost (leader change, timeout)
-	// the retried publish is recognised by the stream and stored once.
-	msg.Header.Set(jetstream.MsgIDHeader, nuid.Next())
-	msg.Header.Set(hdrReceivedAt, strconv.FormatInt(now, 10))
-	if s.maxPayload > 0 && len(envelope)+payloadOverhead > s.maxPayload {
-		return storage.Message{}, fmt.Errorf("nats: a %d-byte envelope exceeds the servers' max_payload (%d bytes); raise max_payload or lower max_envelope", len(envelope), s.maxPayload)
-	}
-	s.mu.Lock()
-	streamCap := s.streamMI
-	s.mu.Unlock()
-	var ack *pubAck
-	var err error
-	if maxInbox > 0 && (streamCap <= 0 || int64(maxInbox) < streamCap) {
-		ack, err = s.appendCapped(ctx, msg, maxInbox)
-	} else {
-		ack, err = s.publish(ctx, msg)
-	}
-	if err != nil {
-		if isCode(err, errCodeStoreFailed) && strings.Contains(err.Error(), "per subject") {
-			return storage.Message{}, storage.ErrInboxFull
-		}
-		return storage.Message{}, err
-	}
-	return storage.Message{Seq: ack.Seq, ReceivedAt: now, Envelope: envelope}, nil
+// Subjects of an inbox.
+func (s *Store) msgSubj(handle string) string     { return s.inboxSubj + handle + ".m" }
+func (s *Store) inboxFilter(handle string) string { return s.inboxSubj + handle + ".>" }
+func (s *Store) requestsFilter(handle string) string {
+	return s.inboxSubj + handle + ".r.*.*"
+}
+func (s *Store) senderRequestsFilter(handle, primary string) string {
+	return s.inboxSubj + handle + ".r." + senderToken(primary) + ".*"
+}
+func (s *Store) requestSubj(handle, primary string, epoch uint64) string {
+	return s.inboxSubj + handle + ".r." + senderToken(primary) + "." + strconv.FormatUint(epoch, 10)
 }
 
-// appendCapped enforces a cap below the stream's with optimistic
-// concurrency on the inbox's last sequence.
-func (s *Store) appendCapped(ctx context.Context, msg *natsio.Msg, maxInbox int) (*pubAck, error) {
-	for {
-		count, last, err := s.countInbox(ctx, msg.Subject)
-		if err != nil {
-			return nil, err
-		}
-		if count >= uint64(maxInbox) {
-			return nil, storage.ErrInboxFull
-		}
-		msg.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(last, 10))
-		ack, err := s.publish(ctx, msg)
-		if isCode(err, errCodeWrongLastSeq, errCodeWrongLastSeqConst) {
-			continue // another message arrived meanwhile: count again
-		}
-		return ack, err
+// requestOf parses a request subject of handle's inbox.
+func (s *Store) requestOf(handle, subj string) (token string, epoch uint64, ok bool) {
+	rest, ok := strings.CutPrefix(subj, s.inboxSubj+handle+".r.")
+	if !ok {
+		return "", 0, false
 	}
+	token, e, ok := strings.Cut(rest, ".")
+	if !ok {
+		return "", 0, false
+	}
+	epoch, err := strconv.ParseUint(e, 10, 64)
+	return token, epoch, err == nil
 }
 
-// countInbox asks the leader for the sequence of a subject's last message
-// and then how many it holds. In that order the pair is safe to publish on
-// with the last sequence expected: a message stored in between makes the
-// count higher (and the inbox is that full) or the publish fail.
-func (s *Store) countInbox(ctx context.Context, subj string) (count, last uint64, err error) {
-	sm, err := s.leaderGet(ctx, s.inboxName, map[string]any{"last_by_subj": subj})
-	switch {
-	case err == nil:
-		last = sm.Seq
-	case !errors.Is(err, storage.ErrNotFound):
-		return 0, 0, err
-	}
-	var info struct {
-		apiResponse
-		State struct {
-			Subjects map[string]uint64 `json:"subjects"`
-		} `json:"state"`
-	}
-	if err := s.api(ctx, "STREAM.INFO."+s.inboxName, map[string]any{"subjects_filter": subj}, &info); err != nil {
-		return 0, 0, err
-	}
-	return info.State.Subjects[subj], last, nil
-}
+// v1Subj is where v1 stored a handle's messages.
+func (s *Store) v1Subj(handle string) string { return s.inboxSubj + handle }
 
 // publish sends msg to the stream and waits for its acknowledgement,
-// retrying what may succeed later (no leader, lost answer) until ctx ends:
-// the message id makes a retry of a publish that was stored harmless.
+// retrying what may succeed later (no leader, lost answer) until ctx ends.
+// Only for messages that a retry cannot store twice: with a message id,
+// or an expected last subject sequence.
 func (s *Store) publish(ctx context.Context, msg *natsio.Msg) (*pubAck, error) {
 	return retry(ctx, func(ctx context.Context) (*pubAck, error) {
-		reply, err := s.nc.RequestMsgWithContext(ctx, msg)
-		if err != nil {
-			return nil, netErr(err)
-		}
-		return decodeAck(reply)
+		return s.publishOnce(ctx, msg)
 	})
 }
 
-// fromStored decodes a message from the leader get API.
-func (s *Store) fromStored(sm *storedMsg) storage.Message {
-	m := storage.Message{Seq: sm.Seq, ReceivedAt: sm.Time.UnixMilli(), Envelope: sm.Data}
+// publishOnce is one attempt of publish.
+func (s *Store) publishOnce(ctx context.Context, msg *natsio.Msg) (*pubAck, error) {
+	reply, err := s.nc.RequestMsgWithContext(ctx, msg)
+	if err != nil {
+		return nil, netErr(err)
+	}
+	return decodeAck(reply)
+}
+
+// rawMsg is a stored message as a direct or leader get returns it.
+type rawMsg struct {
+	seq     uint64
+	subject string
+	hdr     natsio.Header
+	data    []byte
+	time    time.Time
+}
+
+func rawFromStored(sm *storedMsg) rawMsg {
+	m := rawMsg{seq: sm.Seq, subject: sm.Subject, data: sm.Data, time: sm.Time}
 	if len(sm.Header) > 0 {
-		if h, err := decodeHeaders(sm.Header); err == nil {
-			if at, err := strconv.ParseInt(h.Get(hdrReceivedAt), 10, 64); err == nil {
-				m.ReceivedAt = at
-			}
-		}
+		m.hdr, _ = decodeHeaders(sm.Header)
 	}
 	return m
 }
 
-// receivedAt reads the stamp of a delivered or directly fetched message.
+// receivedAt reads the stamp of a stored message.
 func receivedAt(h natsio.Header, fallback time.Time) int64 {
 	if at, err := strconv.ParseInt(h.Get(hdrReceivedAt), 10, 64); err == nil {
 		return at
@@ -154,13 +114,55 @@ func receivedAt(h natsio.Header, fallback time.Time) int64 {
 	return fallback.UnixMilli()
 }
 
-// Read returns up to limit messages with seq > since in one direct batch
-// get by subject. Any replica may answer a direct get, and a follower can
-// lag the leader by a few messages; so when the answer stops short of the
-// last message the feed has delivered for this inbox (or on the first read
-// of an inbox by this server), the rest is read from the leader. A stream
-// that subscribed to the hub before calling Read thus never misses a
-// message the feed delivered before it subscribed.
+// envelopeFrom reads the sender of a v1 message, stored without headers.
+func envelopeFrom(env []byte) (from, fromAddr string) {
+	var e struct {
+		From     string `json:"from"`
+		FromAddr string `json:"from_addr"`
+	}
+	_ = json.Unmarshal(env, &e)
+	return e.From, e.FromAddr
+}
+
+// message turns a stored message of handle's inbox into what callers see.
+// Whether a message stored as a request still is one is computed from the
+// lists as they are now (see contactList: accepting a sender turns its
+// stored requests into messages for good). A request of a blocked sender
+// is not shown (visible false): Block deletes them, this covers one stored
+// concurrently. contacts nil: not known here, a request is shown as one.
+func (s *Store) message(handle string, r rawMsg, contacts *contactList) (m storage.Message, visible bool) {
+	m = storage.Message{Seq: r.seq, ReceivedAt: receivedAt(r.hdr, r.time), Envelope: r.data}
+	rest := strings.TrimPrefix(r.subject, s.inboxSubj+handle)
+	if rest == "" { // v1: no headers; never a request
+		m.From, m.FromAddr = envelopeFrom(r.data)
+		return m, true
+	}
+	m.From, m.FromAddr = r.hdr.Get(hdrFrom), r.hdr.Get(hdrFromAddr)
+	if m.From == "" {
+		m.From, _ = envelopeFrom(r.data)
+	}
+	if _, epoch, ok := s.requestOf(handle, r.subject); ok {
+		m.Request = true
+		if contacts != nil {
+			if contacts.hidden(m.From, epoch) {
+				return m, false
+			}
+			m.Request = contacts.isRequest(m.From, epoch)
+		}
+	}
+	return m, true
+}
+
+// isRequestSubj reports whether subj is a request in handle's inbox.
+func (s *Store) isRequestSubj(handle, subj string) bool {
+	return strings.HasPrefix(subj, s.inboxSubj+handle+".r.")
+}
+
+// Read returns up to limit messages with seq > since. Both kinds of
+// message come in one seek by the filter <prefix>.inbox.<handle>.> (a
+// direct batch get: any replica answers), completed from the leader when
+// it may be stale (see readFilter); v1 messages, if the inbox still has
+// some, before them.
 func (s *Store) Read(ctx context.Context, handle string, since uint64, limit int) ([]storage.Message, bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
@@ -173,20 +175,122 @@ func (s *Store) Read(ctx context.Context, handle string, since uint64, limit int
 	if limit <= 0 {
 		return nil, false, nil
 	}
-	subj := s.inboxSubj + handle
+	var out []storage.Message
+	for {
+		raws, more, err := s.readPage(ctx, handle, since, limit-len(out))
+		if err != nil {
+			return nil, false, err
+		}
+		var contacts *contactList
+		for _, r := range raws {
+			if s.isRequestSubj(handle, r.subject) {
+				if contacts, err = s.contactsOf(ctx, handle); err != nil {
+					return nil, false, err
+				}
+				break
+			}
+		}
+		for _, r := range raws {
+			if m, ok := s.message(handle, r, contacts); ok {
+				out = append(out, m)
+			}
+		}
+		// Go on only past hidden messages, so a page is never empty
+		// while more follow.
+		if !more || len(out) == limit || len(raws) == 0 {
+			return out, more, nil
+		}
+		since = raws[len(raws)-1].seq
+	}
+}
+
+// readPage reads up to limit stored messages of handle with seq > since:
+// v1 ones first (all older than any other), then the rest.
+func (s *Store) readPage(ctx context.Context, handle string, since uint64, limit int) ([]rawMsg, bool, error) {
+	v1, err := s.v1LastOf(ctx, handle)
+	if err != nil {
+		return nil, false, err
+	}
+	var raws []rawMsg
+	if since < v1 {
+		var more bool
+		raws, more, err = s.readFilter(ctx, handle, s.v1Subj(handle), since, limit, false)
+		if err != nil {
+			return nil, false, err
+		}
+		if len(raws) == 0 && !more && since == 0 {
+			s.setV1Last(handle, 0) // acknowledged or expired meanwhile
+		}
+		if len(raws) == limit {
+			if !more {
+				rest, _, err := s.readFilter(ctx, handle, s.inboxFilter(handle), since, 1, true)
+				if err != nil {
+					return nil, false, err
+				}
+				more = len(rest) > 0
+			}
+			return raws, more, nil
+		}
+	}
+	rest, more, err := s.readFilter(ctx, handle, s.inboxFilter(handle), since, limit-len(raws), true)
+	if err != nil {
+		return nil, false, err
+	}
+	return append(raws, rest...), more, nil
+}
+
+// v1LastOf returns the seq of handle's last v1 message, 0 if it has none:
+// asked of the leader once per inbox, on streams that held v1 messages.
+// v1 messages are never added, so the answer only ever goes down to 0.
+func (s *Store) v1LastOf(ctx context.Context, handle string) (uint64, error) {
+	s.mu.Lock()
+	all := s.v1Last
+	v, ok := s.v1[handle]
+	s.mu.Unlock()
+	if all == 0 || ok {
+		return v, nil
+	}
+	sm, err := s.leaderGet(ctx, s.inboxName, map[string]any{"last_by_subj": s.v1Subj(handle)})
+	switch {
+	case err == nil:
+		v = sm.Seq
+	case errors.Is(err, storage.ErrNotFound):
+		v = 0
+	default:
+		return 0, err
+	}
+	s.setV1Last(handle, v)
+	return v, nil
+}
+
+func (s *Store) setV1Last(handle string, seq uint64) {
+	s.mu.Lock()
+	s.v1[handle] = seq
+	s.mu.Unlock()
+}
+
+// readFilter returns up to limit messages on filter with seq > since in
+// one direct batch get. Any replica may answer a direct get, and a
+// follower can lag the leader by a few messages; so when the answer stops
+// short of the last message the feed has delivered for this inbox (or on
+// the first read of an inbox by this server, or when fromFeed is false),
+// the rest is read from the leader. A stream that subscribed to the hub
+// before calling Read thus never misses a message the feed delivered
+// before it subscribed.
+func (s *Store) readFilter(ctx context.Context, handle, filter string, since uint64, limit int, fromFeed bool) ([]rawMsg, bool, error) {
 	s.mu.Lock()
 	seen := s.seen[handle]
 	verified, checked := s.verified[handle]
 	s.mu.Unlock()
-	msgs, more, err := s.readDirect(ctx, subj, since, limit)
+	msgs, more, err := s.readDirect(ctx, filter, since, limit)
 	if err != nil {
 		return nil, false, err
 	}
 	last := since
 	if len(msgs) > 0 {
-		last = msgs[len(msgs)-1].Seq
+		last = msgs[len(msgs)-1].seq
 	}
-	if more || (checked && seen <= max(last, verified)) {
+	if more || (fromFeed && checked && seen <= max(last, verified)) {
 		return msgs, more, nil
 	}
 	// Possibly stale, or the first read of this inbox here (the feed only
@@ -194,49 +298,51 @@ func (s *Store) Read(ctx context.Context, handle string, since uint64, limit int
 	// that is catching up answers direct gets once 90% synchronized):
 	// finish from the leader. Usually one request that finds nothing.
 	for len(msgs) < limit {
-		sm, err := s.leaderGet(ctx, s.inboxName, map[string]any{"seq": last + 1, "next_by_subj": subj})
+		sm, err := s.leaderGet(ctx, s.inboxName, map[string]any{"seq": last + 1, "next_by_subj": filter})
 		if errors.Is(err, storage.ErrNotFound) {
 			break
 		}
 		if err != nil {
 			return nil, false, err
 		}
-		m := s.fromStored(sm)
+		m := rawFromStored(sm)
 		msgs = append(msgs, m)
-		last = m.Seq
+		last = m.seq
 	}
 	if len(msgs) == limit {
-		_, err := s.leaderGet(ctx, s.inboxName, map[string]any{"seq": last + 1, "next_by_subj": subj})
+		_, err := s.leaderGet(ctx, s.inboxName, map[string]any{"seq": last + 1, "next_by_subj": filter})
 		if err != nil && !errors.Is(err, storage.ErrNotFound) {
 			return nil, false, err
 		}
 		more = err == nil
 	}
-	s.mu.Lock()
-	s.verified[handle] = max(s.verified[handle], seen, last)
-	s.mu.Unlock()
+	if fromFeed {
+		s.mu.Lock()
+		s.verified[handle] = max(s.verified[handle], seen, last)
+		s.mu.Unlock()
+	}
 	return msgs, more, nil
 }
 
-// readDirect is one direct batch get: up to limit messages of subj from
+// readDirect is one direct batch get: up to limit messages on filter from
 // sequence since+1, and whether more are stored.
-func (s *Store) readDirect(ctx context.Context, subj string, since uint64, limit int) ([]storage.Message, bool, error) {
+func (s *Store) readDirect(ctx context.Context, filter string, since uint64, limit int) ([]rawMsg, bool, error) {
 	type page struct {
-		msgs []storage.Message
+		msgs []rawMsg
 		more bool
 	}
 	// A large page may take long to transfer: each attempt gets what is
 	// left of the call; only failures that come at once are retried.
 	p, err := retryEach(ctx, s.timeout, func(ctx context.Context) (page, error) {
-		msgs, more, err := s.readDirectOnce(ctx, subj, since, limit)
+		msgs, more, err := s.readDirectOnce(ctx, filter, since, limit)
 		return page{msgs, more}, err
 	})
 	return p.msgs, p.more, err
 }
 
-func (s *Store) readDirectOnce(ctx context.Context, subj string, since uint64, limit int) ([]storage.Message, bool, error) {
+func (s *Store) readDirectOnce(ctx context.Context, filter string, since uint64, limit int) ([]rawMsg, bool, error) {
 	req := natsio.NewMsg(s.apiPrefix + "DIRECT.GET." + s.inboxName)
-	req.Data = fmt.Appendf(nil, `{"seq":%d,"next_by_subj":%q,"batch":%d}`, since+1, subj, limit)
+	req.Data = fmt.Appendf(nil, `{"seq":%d,"next_by_subj":%q,"batch":%d}`, since+1, filter, limit)
 	var status, desc, pending string
 	replies, err := natsext.RequestManyMsg(ctx, s.nc, req, natsext.RequestManySentinel(func(m *natsio.Msg) bool {
 		if st := m.Header.Get("Status"); st != "" && len(m.Data) == 0 {
@@ -248,7 +354,7 @@ func (s *Store) readDirectOnce(ctx context.Context, subj string, since uint64, l
 	if err != nil {
 		return nil, false, netErr(err)
 	}
-	var msgs []storage.Message
+	var msgs []rawMsg
 	for m, err := range replies {
 		if err != nil {
 			return nil, false, netErr(err)
@@ -258,7 +364,7 @@ func (s *Store) readDirectOnce(ctx context.Context, subj string, since uint64, l
 			return nil, false, fmt.Errorf("nats: direct get answer without a sequence")
 		}
 		ts, _ := time.Parse(time.RFC3339Nano, m.Header.Get(jetstream.TimeStampHeaer))
-		msgs = append(msgs, storage.Message{Seq: seq, ReceivedAt: receivedAt(m.Header, ts), Envelope: m.Data})
+		msgs = append(msgs, rawMsg{seq: seq, subject: m.Header.Get(jetstream.SubjectHeader), hdr: m.Header, data: m.Data, time: ts})
 	}
 	switch status {
 	case "404":
@@ -275,7 +381,27 @@ func (s *Store) readDirectOnce(ctx context.Context, subj string, since uint64, l
 	return nil, false, fmt.Errorf("nats: direct get: %s %s", status, desc)
 }
 
-// Ack purges the handle's subject below upto+1: one request to the leader.
+// purge deletes the messages on filter with a seq below `below` (0: all)
+// and returns how many: one request to the leader.
+func (s *Store) purge(ctx context.Context, filter string, below uint64) (int, error) {
+	req := map[string]any{"filter": filter}
+	if below > 0 {
+		req["seq"] = below
+	}
+	var resp struct {
+		apiResponse
+		Purged uint64 `json:"purged"`
+	}
+	if err := s.api(ctx, "STREAM.PURGE."+s.inboxName, req, &resp); err != nil {
+		return 0, err
+	}
+	return int(resp.Purged), nil
+}
+
+// Ack purges the handle's messages (and requests) below upto+1: one
+// request to the leader (two while the inbox holds v1 messages). The
+// idempotency records stay: an acknowledged message is still recognised
+// when sent again.
 func (s *Store) Ack(ctx context.Context, handle string, upto uint64) (int, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
@@ -288,29 +414,61 @@ func (s *Store) Ack(ctx context.Context, handle string, upto uint64) (int, error
 	if upto == 0 {
 		return 0, nil
 	}
-	req := map[string]any{"filter": s.inboxSubj + handle}
+	below := uint64(0)
 	if upto < ^uint64(0) {
-		req["seq"] = upto + 1 // purges below seq
+		below = upto + 1
 	}
-	var resp struct {
-		apiResponse
-		Purged uint64 `json:"purged"`
-	}
-	if err := s.api(ctx, "STREAM.PURGE."+s.inboxName, req, &resp); err != nil {
+	n, err := s.purge(ctx, s.inboxFilter(handle), below)
+	if err != nil {
 		return 0, err
 	}
-	return int(resp.Purged), nil
+	v1, err := s.v1LastOf(ctx, handle)
+	if err != nil {
+		return 0, err
+	}
+	if v1 > 0 {
+		n1, err := s.purge(ctx, s.v1Subj(handle), below)
+		if err != nil {
+			return 0, err
+		}
+		n += n1
+		if upto >= v1 {
+			s.setV1Last(handle, 0)
+		}
+	}
+	// Requests accepted since, up to upto, are gone: the stream's cap on
+	// messages is exact again once none is left.
+	c, err := s.contactsOf(ctx, handle)
+	if err != nil {
+		return 0, err
+	}
+	if c.converted > 0 && upto >= c.converted {
+		_, err := s.updateContacts(ctx, handle, func(c *contactList) bool {
+			if c.converted == 0 || c.converted > upto {
+				return false
+			}
+			c.converted = 0
+			return true
+		})
+		if err != nil {
+			return 0, err
+		}
+	}
+	return n, nil
 }
 
-// Expire purges every inbox message stored before cutoff. The stream's
-// MaxAge does the same on its own; this pass also applies a retention
-// shorter than the stream's (see Options.Retention) and serves tests.
+// Expire purges every inbox message stored before cutoff, and the
+// idempotency records written before it. The stream's MaxAge does the
+// same on its own; this pass also applies a retention shorter than the
+// stream's (see Options.Retention) and serves tests.
 func (s *Store) Expire(ctx context.Context, cutoff time.Time) (int, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	if err := s.check(ctx); err != nil {
 		return 0, err
 	}
+	// Records of messages stored here go first: each follows its message.
+	s.waitRecords(ctx, "")
 	var info struct {
 		apiResponse
 		State jetstream.StreamState `json:"state"`
@@ -330,12 +488,12 @@ func (s *Store) Expire(ctx context.Context, cutoff time.Time) (int, error) {
 	case !errors.Is(err, storage.ErrNotFound):
 		return 0, err
 	}
-	var resp struct {
-		apiResponse
-		Purged uint64 `json:"purged"`
-	}
-	if err := s.api(ctx, "STREAM.PURGE."+s.inboxName, map[string]any{"filter": s.inboxSubj + "*", "seq": upto}, &resp); err != nil {
+	n, err := s.purge(ctx, s.inboxSubj+">", upto)
+	if err != nil {
 		return 0, err
 	}
-	return int(resp.Purged), nil
+	if _, err := s.purge(ctx, s.idsSubj+">", upto); err != nil {
+		return 0, err
+	}
+	return n, nil
 }

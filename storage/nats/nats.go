@@ -5,9 +5,24 @@
 //     h.<handle>, p.<primary with ':' as '.'> and i.<invite, base64url>; a
 //     registration writes its two or three keys in one atomic batch where
 //     every key must not exist yet (expected last subject sequence 0);
-//   - the inboxes are one stream, <prefix>_inbox, over <prefix>.inbox.<handle>;
-//     a message's seq is its stream sequence, retention is the stream's
-//     MaxAge and the inbox cap its per-subject limit with discard-new;
+//   - the inboxes are one stream, <prefix>_inbox. A handle's messages from
+//     accepted senders are on <prefix>.inbox.<handle>.m, its message
+//     requests (SPEC §2.5) on <prefix>.inbox.<handle>.r.<sender token>, so
+//     a read is one seek by the filter <prefix>.inbox.<handle>.> and a
+//     message's seq is its stream sequence: one increasing sequence per
+//     inbox. Retention is the stream's MaxAge, the inbox cap (max_inbox) its
+//     per-subject limit with discard-new, which thus counts only messages
+//     from accepted senders. v1 messages (on <prefix>.inbox.<handle>, all
+//     stored before the stream was moved to these subjects) are read too;
+//   - the idempotency records of stored messages, in the same stream under
+//     <prefix>.ids.<handle>.<key>.* (key: hash of sender and signature),
+//     outlive acknowledgement and go with retention (see Append);
+//   - contact lists are a KV bucket, <prefix>_contacts: one key per handle,
+//     {"accepted":[…],"blocked":[…]}, changed with optimistic concurrency and
+//     cached by every server, kept fresh by a watch on the bucket;
+//   - the single-use record of signed requests is a KV bucket, <prefix>_used,
+//     one key per signature hash, each with its own TTL (nats-server 2.11+
+//     per-message TTL), created only if absent;
 //   - live delivery: every server reads the inbox stream with an ordered
 //     consumer and calls Notify for each message, whoever stored it.
 //
@@ -51,8 +66,9 @@ type Options struct {
 	// TLSCA is a PEM file of the certificate authorities that sign the
 	// servers' TLS certificates (tls:// URLs).
 	TLSCA string
-	// Prefix names the streams and subjects (<prefix>_inbox,
-	// <prefix>.inbox.<handle>, <prefix>_registry). Default "kez".
+	// Prefix names the streams, buckets and subjects (<prefix>_inbox,
+	// <prefix>.inbox.<handle>…, <prefix>_registry, <prefix>_contacts,
+	// <prefix>_used). Default "kez".
 	Prefix string
 	// Replicas of each stream (1, 3 or 5). Default 1.
 	Replicas int
@@ -60,7 +76,7 @@ type Options struct {
 	Retention time.Duration
 	// MaxInbox is the inbox stream's per-subject limit, enforced by the
 	// server with discard-new-per-subject. 0: unlimited. See Append for how
-	// it relates to Append's maxInbox.
+	// it relates to Limits.MaxInbox.
 	MaxInbox int
 	// Timeout bounds every call to the cluster. Default 5s.
 	Timeout time.Duration
@@ -89,17 +105,26 @@ type Store struct {
 	timeout    time.Duration
 	inboxName  string // stream
 	inboxSubj  string // <prefix>.inbox.
+	idsSubj    string // <prefix>.ids.
 	bucket     string // KV bucket
 	regName    string // KV_<bucket>
 	regSubj    string // $KV.<bucket>.
 	apiPrefix  string // $JS.API.
 	maxPayload int
 
+	contactsBucket string // <prefix>_contacts
+	contactsName   string // KV_<prefix>_contacts
+	contactsSubj   string // $KV.<prefix>_contacts.
+	usedBucket     string // <prefix>_used
+	usedName       string // KV_<prefix>_used
+	usedSubj       string // $KV.<prefix>_used.
+
 	setupMu   sync.Mutex
 	ready     bool
 	lastSetup time.Time
 	setupErr  error
 	feed      jetstream.ConsumeContext
+	watch     jetstream.ConsumeContext // contact list changes
 
 	mu       sync.Mutex
 	closed   bool
@@ -107,6 +132,14 @@ type Store struct {
 	seen     map[string]uint64 // per inbox, the last seq the feed delivered
 	verified map[string]uint64 // per inbox, seqs up to which a leader read confirmed what is stored
 	streamMI int64             // the inbox stream's per-subject limit as last seen (-1: none)
+	v1Last   uint64            // no v1 message has a higher seq (0: none ever stored)
+	v1       map[string]uint64 // per inbox, the seq of its last v1 message (0: none)
+
+	cmu      sync.Mutex
+	contacts map[string]*cachedContacts // contact lists in use here, by handle
+
+	recMu   sync.Mutex
+	records map[string]chan struct{} // idempotency records being written, by subject
 }
 
 // ValidPrefix reports whether p can name the streams and subjects.
@@ -154,15 +187,25 @@ func Open(opts Options) (*Store, error) {
 		timeout:   opts.Timeout,
 		inboxName: opts.Prefix + "_inbox",
 		inboxSubj: opts.Prefix + ".inbox.",
+		idsSubj:   opts.Prefix + ".ids.",
 		bucket:    opts.Prefix + "_registry",
 		apiPrefix: "$JS.API.",
 		handles:   map[string]bool{},
 		seen:      map[string]uint64{},
 		verified:  map[string]uint64{},
+		v1:        map[string]uint64{},
 		streamMI:  -1,
+		contacts:  map[string]*cachedContacts{},
+		records:   map[string]chan struct{}{},
 	}
 	s.regName = "KV_" + s.bucket
 	s.regSubj = "$KV." + s.bucket + "."
+	s.contactsBucket = opts.Prefix + "_contacts"
+	s.contactsName = "KV_" + s.contactsBucket
+	s.contactsSubj = "$KV." + s.contactsBucket + "."
+	s.usedBucket = opts.Prefix + "_used"
+	s.usedName = "KV_" + s.usedBucket
+	s.usedSubj = "$KV." + s.usedBucket + "."
 
 	name := opts.Name
 	if name == "" {
@@ -183,6 +226,9 @@ func Open(opts Options) (*Store, error) {
 		natsio.MaxPingsOutstanding(2),
 		natsio.DisconnectErrHandler(func(_ *natsio.Conn, err error) {
 			s.log.Warn("lost the connection to NATS", "error", err)
+			// Changes made meanwhile may reach the watch late: look
+			// contact lists up again once back.
+			s.forgetContacts()
 			if opts.Disconnected != nil {
 				opts.Disconnected(err)
 			}
@@ -263,6 +309,9 @@ func (s *Store) setup(ctx context.Context) error {
 	}
 	s.lastSetup = time.Now()
 	err := s.ensureStreams(ctx)
+	if err == nil && s.watch == nil {
+		err = s.startWatch(ctx)
+	}
 	if err == nil {
 		err = s.startFeed(ctx)
 	}
@@ -309,9 +358,15 @@ func (s *Store) Close() error {
 	}
 	s.closed = true
 	s.mu.Unlock()
+	wctx, wcancel := context.WithTimeout(context.Background(), s.timeout)
+	s.waitRecords(wctx, "")
+	wcancel()
 	s.setupMu.Lock()
 	if s.feed != nil {
 		s.feed.Stop()
+	}
+	if s.watch != nil {
+		s.watch.Stop()
 	}
 	s.setupMu.Unlock()
 	s.nc.Close()
@@ -326,6 +381,12 @@ func (s *Store) InboxStream() string { return s.inboxName }
 
 // RegistryStream is the name of the registry's KV stream.
 func (s *Store) RegistryStream() string { return s.regName }
+
+// ContactsStream is the name of the contact lists' KV stream.
+func (s *Store) ContactsStream() string { return s.contactsName }
+
+// UsedStream is the name of the single-use record's KV stream.
+func (s *Store) UsedStream() string { return s.usedName }
 
 // Ping reads the registry stream's state from its leader.
 func (s *Store) Ping(ctx context.Context) error {

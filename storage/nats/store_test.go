@@ -42,6 +42,20 @@ func (r *recorder) count(handle string) int {
 	return len(r.seqs[handle])
 }
 
+// delivery is a message to handle from storagetest's fill sender (whom
+// accept makes a contact of handle), with a fresh sig.
+func delivery(handle string, env []byte) storage.Delivery {
+	return storage.Delivery{To: handle, From: storagetest.Primary(storagetest.FillSender), Sig: storagetest.Sig(), Envelope: env}
+}
+
+// accept makes storagetest's fill sender a contact of handle.
+func accept(t testing.TB, s storage.Store, handle string) {
+	t.Helper()
+	if err := s.SetContact(context.Background(), handle, storagetest.Primary(storagetest.FillSender), storage.Accept); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // waitFor polls cond for up to d.
 func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 	t.Helper()
@@ -77,6 +91,7 @@ func TestFeedAcrossServers(t *testing.T) {
 	s1 := open(t, Options{URLs: []string{c.URL(0)}, Prefix: "feed", Replicas: 3, Notify: rec1.notify})
 	s2 := open(t, Options{URLs: []string{c.URL(1)}, Prefix: "feed", Replicas: 3, Notify: rec2.notify})
 	storagetest.Register(t, s1, "alice", 1)
+	accept(t, s1, "alice")
 	if _, err := s2.Lookup(ctx, "alice"); err != nil {
 		t.Fatalf("registered through s1, looked up through s2: %v", err)
 	}
@@ -87,7 +102,7 @@ func TestFeedAcrossServers(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			s := []*Store{s1, s2}[i%2]
-			if _, err := s.Append(ctx, "alice", fmt.Appendf(nil, `{"i":%d}`, i), 0); err != nil {
+			if _, _, err := s.Append(ctx, delivery("alice", fmt.Appendf(nil, `{"i":%d}`, i)), storage.Limits{}); err != nil {
 				t.Error(err)
 			}
 		}()
@@ -112,7 +127,7 @@ func TestFeedAcrossServers(t *testing.T) {
 		}
 	}
 	// A message sent through s1 reaches s2's feed with its envelope.
-	m, err := s1.Append(ctx, "alice", []byte(`{"last":true}`), 0)
+	m, _, err := s1.Append(ctx, delivery("alice", []byte(`{"last":true}`)), storage.Limits{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,9 +149,10 @@ func TestReadCompletesFromLeaderWhenBehindTheFeed(t *testing.T) {
 	ctx := context.Background()
 	s := open(t, Options{URLs: c.URLs(), Prefix: "stale", Notify: func(string, storage.Message) {}})
 	storagetest.Register(t, s, "alice", 1)
+	accept(t, s, "alice")
 	var seqs []uint64
 	for range 3 {
-		m, err := s.Append(ctx, "alice", []byte(`{}`), 0)
+		m, _, err := s.Append(ctx, delivery("alice", []byte(`{}`)), storage.Limits{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -194,7 +210,7 @@ func TestUnreachableFailsFastThenRecovers(t *testing.T) {
 	if _, err := s.Lookup(ctx, "alice"); !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("Lookup = %v", err)
 	}
-	if _, err := s.Append(ctx, "alice", []byte(`{}`), 0); !errors.Is(err, ErrUnavailable) {
+	if _, _, err := s.Append(ctx, delivery("alice", []byte(`{}`)), storage.Limits{}); !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("Append = %v", err)
 	}
 	if d := time.Since(start); d > time.Second { // not the 2 s Timeout each
@@ -284,11 +300,13 @@ func TestStreamCapUnderConcurrency(t *testing.T) {
 	c := natstest.Run(t)
 	s := open(t, Options{URLs: c.URLs(), Prefix: "cap", MaxInbox: 5})
 	storagetest.Register(t, s, "alice", 1)
+	accept(t, s, "alice")
 	if stored, full := appendRace(t, s, "alice", 12, 5); stored != 5 || full != 7 {
 		t.Fatalf("stored %d, refused %d", stored, full)
 	}
 	// A lower per-call cap is exact too, even when racing.
 	storagetest.Register(t, s, "bob", 2)
+	accept(t, s, "bob")
 	if stored, full := appendRace(t, s, "bob", 8, 3); stored != 3 || full != 5 {
 		t.Fatalf("per-call cap 3: stored %d, refused %d", stored, full)
 	}
@@ -302,7 +320,7 @@ func appendRace(t *testing.T, s *Store, handle string, n, maxInbox int) (stored,
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, err := s.Append(context.Background(), handle, []byte(`{}`), maxInbox)
+			_, _, err := s.Append(context.Background(), delivery(handle, []byte(`{}`)), storage.Limits{MaxInbox: maxInbox})
 			mu.Lock()
 			defer mu.Unlock()
 			switch {
@@ -347,7 +365,7 @@ func TestRegistryKeys(t *testing.T) {
 		if _, err := s.Lookup(ctx, h); !errors.Is(err, storage.ErrNotFound) {
 			t.Errorf("Lookup(%q) = %v", h, err)
 		}
-		if _, err := s.Append(ctx, h, []byte(`{}`), 0); !errors.Is(err, storage.ErrNotFound) {
+		if _, _, err := s.Append(ctx, delivery(h, []byte(`{}`)), storage.Limits{}); !errors.Is(err, storage.ErrNotFound) {
 			t.Errorf("Append(%q) = %v", h, err)
 		}
 	}
@@ -374,7 +392,7 @@ func TestRestartKeepsDataAndSeqs(t *testing.T) {
 	if rec, err := s.Lookup(ctx, "alice"); err != nil || rec.Primary != storagetest.Primary(1) {
 		t.Fatalf("after restart: %+v %v", rec, err)
 	}
-	m, err := s.Append(ctx, "alice", []byte(`{}`), 0)
+	m, _, err := s.Append(ctx, delivery("alice", []byte(`{}`)), storage.Limits{})
 	if err != nil || m.Seq <= last {
 		t.Fatalf("after restart and ack, seq %d (last %d): %v", m.Seq, last, err)
 	}

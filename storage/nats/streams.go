@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -118,12 +120,14 @@ func temporary(err error) bool {
 		errors.Is(err, jetstream.ErrNoStreamResponse)
 }
 
-// inboxConfig is the inbox stream as this configuration wants it.
+// inboxConfig is the inbox stream as this configuration wants it: the
+// inboxes under <prefix>.inbox.> and the idempotency records of their
+// messages under <prefix>.ids.> (see the package comment).
 func (s *Store) inboxConfig() jetstream.StreamConfig {
 	cfg := jetstream.StreamConfig{
 		Name:              s.inboxName,
-		Description:       "KEZ chat inboxes: one subject per handle; seq is the stream sequence",
-		Subjects:          []string{s.inboxSubj + "*"},
+		Description:       "KEZ chat inboxes: <prefix>.inbox.<handle>.m (messages), .r.<sender> (message requests); <prefix>.ids.<handle>.<key>.* (idempotency records); seq is the stream sequence",
+		Subjects:          []string{s.inboxSubj + ">", s.idsSubj + ">"},
 		Storage:           jetstream.FileStorage,
 		Replicas:          s.opts.Replicas,
 		Retention:         jetstream.LimitsPolicy,
@@ -136,12 +140,45 @@ func (s *Store) inboxConfig() jetstream.StreamConfig {
 		Duplicates:        dedupeWindow,
 		AllowDirect:       true,
 		DenyDelete:        true,
+		// Created for v2: no message is stored under a v1 subject.
+		Metadata: map[string]string{metaV1LastSeq: "0"},
 	}
 	if s.opts.MaxInbox > 0 {
 		cfg.MaxMsgsPerSubject = int64(s.opts.MaxInbox)
 		cfg.DiscardNewPerSubject = true
 	}
 	return cfg
+}
+
+// metaV1LastSeq is the inbox stream's metadata key for the last sequence
+// stored before the stream was moved from v1's subjects (<prefix>.inbox.*,
+// one subject per handle) to v2's: messages under a v1 subject all have a
+// sequence at most this, and none is added after it. "0" for a stream
+// created for v2.
+const metaV1LastSeq = "kez_v1_last_seq"
+
+// kvConfig is the stream of a KV bucket as nats.go creates them (history
+// 1), so `nats kv` tools work on it. ttl allows per-key TTLs (Nats-TTL).
+func (s *Store) kvConfig(bucket, desc string, ttl bool) jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:              "KV_" + bucket,
+		Description:       desc,
+		Subjects:          []string{"$KV." + bucket + ".>"},
+		Storage:           jetstream.FileStorage,
+		Replicas:          s.opts.Replicas,
+		Retention:         jetstream.LimitsPolicy,
+		Discard:           jetstream.DiscardNew,
+		MaxMsgs:           -1,
+		MaxBytes:          -1,
+		MaxMsgSize:        -1,
+		MaxConsumers:      -1,
+		MaxMsgsPerSubject: 1,
+		Duplicates:        dedupeWindow,
+		AllowRollup:       true,
+		DenyDelete:        true,
+		AllowDirect:       true,
+		AllowMsgTTL:       ttl,
+	}
 }
 
 // registryConfig is the registry bucket's stream: a KV bucket (history 1,
@@ -169,19 +206,31 @@ func (s *Store) registryConfig() jetstream.StreamConfig {
 	}
 }
 
-// ensureStreams creates both streams, or updates them to this
+// ensureStreams creates the streams and buckets, or updates them to this
 // configuration without ever lowering a limit another server (or an
 // operator) has raised: a lower limit asked for is logged and not applied.
 func (s *Store) ensureStreams(ctx context.Context) error {
 	if _, err := s.ensure(ctx, s.registryConfig()); err != nil {
 		return err
 	}
+	if _, err := s.ensure(ctx, s.kvConfig(s.contactsBucket, "KEZ chat contact lists: <handle> → {accepted, blocked}", false)); err != nil {
+		return err
+	}
+	if _, err := s.ensure(ctx, s.kvConfig(s.usedBucket, "KEZ chat single-use record of signed requests: <sha256 hex>, each with a TTL", true)); err != nil {
+		return err
+	}
 	info, err := s.ensure(ctx, s.inboxConfig())
 	if err != nil {
 		return err
 	}
+	v1Last, err := strconv.ParseUint(info.Config.Metadata[metaV1LastSeq], 10, 64)
+	if err != nil {
+		// Not set by us: assume anything may be under a v1 subject.
+		v1Last = info.State.LastSeq
+	}
 	s.mu.Lock()
 	s.streamMI = info.Config.MaxMsgsPerSubject
+	s.v1Last = v1Last
 	s.mu.Unlock()
 	return nil
 }
@@ -217,11 +266,21 @@ func (s *Store) ensure(ctx context.Context, want jetstream.StreamConfig) (*jetst
 	}
 	info := stream.CachedInfo()
 	have := info.Config
-	if !slices.Equal(have.Subjects, want.Subjects) {
+	next := have
+	if want.Name == s.inboxName && slices.Equal(have.Subjects, []string{s.inboxSubj + "*"}) {
+		// A v1 inbox stream: its messages stay where they are (v1
+		// subjects, read as before), new ones go to v2 subjects.
+		next.Subjects = want.Subjects
+		next.Metadata = maps.Clone(have.Metadata)
+		if next.Metadata == nil {
+			next.Metadata = map[string]string{}
+		}
+		next.Metadata[metaV1LastSeq] = strconv.FormatUint(info.State.LastSeq, 10)
+		s.log.Info("moving the NATS inbox stream to v2 subjects; v1 messages stay readable", "stream", want.Name, "v1_last_seq", info.State.LastSeq)
+	} else if !slices.Equal(have.Subjects, want.Subjects) {
 		return nil, fmt.Errorf("nats: stream %s exists with subjects %v, not %v: is another application using it? choose another prefix (storage nats { stream <prefix> })",
 			want.Name, have.Subjects, want.Subjects)
 	}
-	next := have
 	var kept []string
 	if want.Replicas > have.Replicas {
 		next.Replicas = want.Replicas
@@ -253,6 +312,7 @@ func (s *Store) ensure(ctx context.Context, want jetstream.StreamConfig) (*jetst
 	}
 	next.AllowDirect = true
 	next.AllowAtomicPublish = next.AllowAtomicPublish || want.AllowAtomicPublish
+	next.AllowMsgTTL = next.AllowMsgTTL || want.AllowMsgTTL
 	if len(kept) > 0 {
 		s.log.Warn("NATS stream keeps limits higher than this configuration asks for; they are never lowered automatically (lower them with `nats stream edit` if you mean it)",
 			"stream", want.Name, "kept", strings.Join(kept, ", "))
@@ -270,7 +330,8 @@ func (s *Store) ensure(ctx context.Context, want jetstream.StreamConfig) (*jetst
 }
 
 func sameConfig(a, b jetstream.StreamConfig) bool {
-	return a.Replicas == b.Replicas && a.MaxAge == b.MaxAge && a.MaxMsgsPerSubject == b.MaxMsgsPerSubject &&
+	return slices.Equal(a.Subjects, b.Subjects) && a.Metadata[metaV1LastSeq] == b.Metadata[metaV1LastSeq] && a.AllowMsgTTL == b.AllowMsgTTL &&
+		a.Replicas == b.Replicas && a.MaxAge == b.MaxAge && a.MaxMsgsPerSubject == b.MaxMsgsPerSubject &&
 		a.Discard == b.Discard && a.DiscardNewPerSubject == b.DiscardNewPerSubject && a.Duplicates == b.Duplicates &&
 		a.AllowDirect == b.AllowDirect && a.AllowAtomicPublish == b.AllowAtomicPublish
 }
