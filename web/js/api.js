@@ -1,8 +1,10 @@
 // The HTTP side of SPEC §2: where the API is, and one function per endpoint.
 
-import { ackAuthMessage, authValue, inboxAuthMessage, streamAuthMessage } from './kez.js';
+import { utf8 } from './encoding.js';
+import { bodySha256, canonicalQuery, signRequest } from './kez.js';
+import { parseStrict } from './strictjson.js';
 
-/** ApiError carries the server's stable error code (SPEC §2.9). */
+/** ApiError carries the server's stable error code (SPEC §2.11). */
 export class ApiError extends Error {
   constructor(status, code, message, retryAfter) {
     super(message || code || `HTTP ${status}`);
@@ -54,6 +56,7 @@ export class Api {
     this.base = base; // absolute URL ending in "/"
     this.server = server; // the server name from healthz, e.g. "kez.lat"
     this.clockOffsetMs = 0; // server clock − local clock, when it matters
+    this.lastTs = new Map(); // signed request (without ts) → the last ts it was signed with
   }
 
   /** discover tries each candidate base until one answers /v1/healthz. */
@@ -65,6 +68,7 @@ export class Api {
         const h = await api.health();
         if (h && typeof h.server === 'string' && h.server) {
           api.server = h.server;
+          api.protocol = h.protocol;
           return api;
         }
       } catch (e) {
@@ -86,38 +90,77 @@ export class Api {
     return Date.now() + this.clockOffsetMs;
   }
 
-  async request(method, path, { body, auth, signal } = {}) {
+  /**
+   * authTs picks the ts to sign a request with: now, but later than any ts
+   * this page signed the very same request with. Ed25519 is deterministic,
+   * so the same request in the same second would give the same signature,
+   * which the server takes only once (SPEC §2.0).
+   */
+  authTs(key) {
+    let ts = this.nowSec();
+    const last = this.lastTs.get(key);
+    if (last !== undefined && last >= ts) ts = last + 1;
+    this.lastTs.set(key, ts);
+    if (this.lastTs.size > 500) {
+      const old = ts - 600;
+      for (const [k, t] of this.lastTs) if (t < old) this.lastTs.delete(k);
+    }
+    return ts;
+  }
+
+  /**
+   * fetchSigned sends one request and returns the Response. path is the API
+   * path without the leading "/" (v1/inbox/alice); query maps names to
+   * non-negative integers; body is a JSON value, sent as the exact bytes
+   * that are hashed. With signer (an identity), the request carries
+   * X-KEZ-Auth, signed afresh for every attempt: a signature refused as
+   * "already used" (another tab made the same request in the same second)
+   * is made again with a later ts.
+   */
+  async fetchSigned(method, path, { query, body, signer, signal, accept } = {}) {
+    const q = canonicalQuery(query || {});
+    const bytes = body === undefined ? undefined : utf8(JSON.stringify(body));
     const headers = {};
-    if (body !== undefined) headers['Content-Type'] = 'application/json';
-    if (auth) headers['X-KEZ-Auth'] = auth;
-    let res;
-    try {
-      res = await fetch(this.url(path), {
-        method,
-        headers,
-        body: body === undefined ? undefined : JSON.stringify(body),
-        cache: 'no-store',
-        signal,
-      });
-    } catch (e) {
-      if (e.name === 'AbortError') throw e;
-      throw new ApiError(0, 'network', 'cannot reach the server');
-    }
-    this.learnClock(res);
-    let data = null;
-    const text = await res.text();
-    if (text) {
-      try {
-        data = JSON.parse(text);
-      } catch {
-        data = null;
+    if (accept) headers.Accept = accept;
+    // POST and PUT always say JSON (SPEC §2: else 415), even without a body.
+    if (bytes !== undefined || method === 'POST' || method === 'PUT') headers['Content-Type'] = 'application/json';
+    const signedPath = '/' + path;
+    const bodyHash = signer ? await bodySha256(bytes) : '';
+    const url = this.url(path) + (q ? '?' + q : '');
+    for (let attempt = 0; ; attempt++) {
+      if (signer) {
+        const req = { server: this.server, method, path: signedPath, query: q, bodyHash };
+        const ts = this.authTs(JSON.stringify(req));
+        headers['X-KEZ-Auth'] = await signRequest(signer, req, ts);
       }
+      let res;
+      try {
+        res = await fetch(url, { method, headers, body: bytes, cache: 'no-store', signal });
+      } catch (e) {
+        if (e.name === 'AbortError') throw e;
+        throw new ApiError(0, 'network', 'cannot reach the server');
+      }
+      this.learnClock(res);
+      if (res.ok) return res;
+      const err = await errorOf(res);
+      if (signer && err.status === 401 && /already used/i.test(err.message) && attempt < 2) continue;
+      throw err;
     }
-    if (!res.ok) {
-      const err = data && data.error;
-      throw new ApiError(res.status, err && err.code, err && err.message, res.headers.get('Retry-After'));
+  }
+
+  /** request is fetchSigned for a JSON answer, parsed strictly; 204 gives {}. */
+  async request(method, path, opts = {}) {
+    const res = await this.fetchSigned(method, path, opts);
+    if (res.status === 204) return {};
+    const text = await res.text();
+    let data = null;
+    try {
+      data = parseStrict(text);
+    } catch {
+      data = null;
     }
-    if (data === null) throw new ApiError(res.status, 'bad_response', 'the server did not answer with JSON');
+    if (data === null || typeof data !== 'object') throw new ApiError(res.status, 'bad_response', 'the server did not answer with JSON');
+    data[STATUS] = res.status;
     return data;
   }
 
@@ -149,8 +192,16 @@ export class Api {
     return this.request('POST', 'v1/register', { body });
   }
 
-  send(to, envelope) {
-    return this.request('POST', 'v1/messages', { body: { to, envelope } });
+  /**
+   * send posts an envelope, signed by its sender (SPEC §2.5). The receipt
+   * {seq, to, received_at} comes with 201 for a new message and with 200
+   * when the server already had this very envelope (a resend after a lost
+   * answer): both mean delivered. receipt.again tells them apart.
+   */
+  async send(identity, to, envelope) {
+    const r = await this.request('POST', 'v1/messages', { body: { to, envelope }, signer: identity });
+    r.again = r[STATUS] === 200;
+    return r;
   }
 
   /**
@@ -158,22 +209,83 @@ export class Api {
    * bound: the server may end a page sooner (by count or by bytes), so only
    * `more` says whether another page follows.
    */
-  async inbox(identity, handle, since, limit = 500) {
-    const ts = this.nowSec();
-    const auth = await authValue(identity, inboxAuthMessage(handle, since, ts), ts);
-    return this.request('GET', `v1/inbox/${handle}?since=${since}&limit=${limit}`, { auth });
+  inbox(identity, handle, since, limit = 500) {
+    return this.request('GET', `v1/inbox/${lower(handle)}`, { query: { since, limit }, signer: identity });
   }
 
-  async ack(identity, handle, upto) {
-    const ts = this.nowSec();
-    const auth = await authValue(identity, ackAuthMessage(handle, upto, ts), ts);
-    return this.request('DELETE', `v1/inbox/${handle}?upto=${upto}`, { auth });
+  ack(identity, handle, upto) {
+    return this.request('DELETE', `v1/inbox/${lower(handle)}`, { query: { upto }, signer: identity });
   }
 
-  /** streamURL returns a freshly signed URL for the inbox event stream. */
-  async streamURL(identity, handle, since) {
-    const ts = this.nowSec();
-    const auth = await authValue(identity, streamAuthMessage(handle, ts), ts);
-    return this.url(`v1/inbox/${handle}/stream?since=${since}&auth=${encodeURIComponent(auth)}`);
+  /**
+   * stream opens the inbox event stream (SPEC §2.7) with the signature in
+   * the X-KEZ-Auth header, never in the URL. It resolves with the Response
+   * once the server has answered 200 with text/event-stream.
+   */
+  async stream(identity, handle, since, signal) {
+    const res = await this.fetchSigned('GET', `v1/inbox/${lower(handle)}/stream`, {
+      query: { since },
+      signer: identity,
+      signal,
+      accept: 'text/event-stream',
+    });
+    const type = res.headers.get('Content-Type') || '';
+    if (!/^text\/event-stream\b/i.test(type) || !res.body) {
+      res.body?.cancel?.().catch?.(() => {});
+      throw new ApiError(res.status, 'bad_response', 'the server did not answer with an event stream');
+    }
+    return res;
   }
+
+  // ---- contacts: accept and block (SPEC §2.9) ----
+
+  contacts(identity, handle) {
+    return this.request('GET', `v1/inbox/${lower(handle)}/contacts`, { signer: identity });
+  }
+
+  accept(identity, handle, primary) {
+    return this.request('PUT', `v1/inbox/${lower(handle)}/contacts/${checkPrimary(primary)}`, { signer: identity });
+  }
+
+  unaccept(identity, handle, primary) {
+    return this.request('DELETE', `v1/inbox/${lower(handle)}/contacts/${checkPrimary(primary)}`, { signer: identity });
+  }
+
+  block(identity, handle, primary) {
+    return this.request('PUT', `v1/inbox/${lower(handle)}/blocked/${checkPrimary(primary)}`, { signer: identity });
+  }
+
+  unblock(identity, handle, primary) {
+    return this.request('DELETE', `v1/inbox/${lower(handle)}/blocked/${checkPrimary(primary)}`, { signer: identity });
+  }
+}
+
+/** STATUS is where request() leaves the HTTP status on what it returns. */
+export const STATUS = Symbol('http status');
+
+// Paths name handles lower-cased, as the server routes them (SPEC §2.0).
+const lower = (handle) => {
+  const h = String(handle).toLowerCase();
+  if (!/^[a-z0-9][a-z0-9_-]{1,31}$/.test(h)) throw new TypeError(`not a handle: ${handle}`);
+  return h;
+};
+
+// A primary goes into a path as it is: "ed25519:" and 64 lowercase hex.
+const checkPrimary = (p) => {
+  if (typeof p !== 'string' || !/^ed25519:[0-9a-f]{64}$/.test(p)) throw new TypeError('not a primary');
+  return p;
+};
+
+/** errorOf reads the server's error object (SPEC §2) from a failed response. */
+async function errorOf(res) {
+  let err = null;
+  try {
+    const data = parseStrict(await res.text());
+    err = data && typeof data.error === 'object' ? data.error : null;
+  } catch {
+    err = null;
+  }
+  const code = err && typeof err.code === 'string' ? err.code : undefined;
+  const message = err && typeof err.message === 'string' ? err.message : undefined;
+  return new ApiError(res.status, code, message, res.headers.get('Retry-After'));
 }

@@ -1,10 +1,14 @@
-// Live inbox: an EventSource on /v1/inbox/{handle}/stream with a freshly
-// signed URL on every (re)connect, resumed from the last processed seq, plus
-// the acknowledgement policy. Messages are handed to `ingest` strictly in seq
-// order, one at a time; the cursor advances only after ingest resolved, so a
-// crash or reload never skips a message and a replay never duplicates one.
+// Live inbox: the event stream of /v1/inbox/{handle}/stream, read over
+// fetch() with a freshly signed X-KEZ-Auth header on every (re)connect
+// (never a credential in the URL), resumed from the last processed seq,
+// plus the acknowledgement policy. Messages are handed to `ingest` strictly
+// in seq order, one at a time; the cursor advances only after ingest
+// resolved, so a crash or reload never skips a message and a replay never
+// duplicates one.
 
 import { ApiError } from './api.js';
+import { readEvents, SSEParser } from './sse.js';
+import { parseStrict } from './strictjson.js';
 
 export const STATUS = { connecting: 'connecting', live: 'live', reconnecting: 'reconnecting', offline: 'offline', error: 'error' };
 
@@ -21,16 +25,23 @@ const ACK_EVERY = 3600 * 1000;
 const RECEIPT_PAGE = 1000;
 
 /**
- * HEARTBEAT: EventSource hides the server's ": ping" comments, so a
- * connection that died silently (a sleeping laptop, a NAT that forgot us)
- * would look live forever. While live, an authenticated GET every
- * HEARTBEAT both catches up and proves the server is there; if it fails,
- * the stream is torn down and reopened.
+ * IDLE: the server sends a ": ping" comment every 15 s (its keepalive), and
+ * fetch() shows us those bytes. A stream that brings nothing for IDLE died
+ * silently (a sleeping laptop, a NAT that forgot us): it is dropped,
+ * caught up on and opened again.
  */
-export const HEARTBEAT = 60 * 1000;
+export const IDLE = 75 * 1000;
 
-/** backoff is the wait before reconnect attempt n: 1 s doubling to 15 s, ±25 %. */
-export const backoff = (n) => Math.min(15000, 1000 * 2 ** n) * (0.75 + Math.random() / 2);
+/**
+ * A stream the server ends by itself (stream_max_age, about an hour; a
+ * Caddy reload) is opened again at once, without showing a status change.
+ * One that ends sooner than QUICK_END after opening counts as a failure, so
+ * a server that keeps closing streams is not hammered.
+ */
+export const QUICK_END = 10 * 1000;
+
+/** backoff is the wait before reconnect attempt n: base (1 s, or the server's retry:) doubling to 15 s, ±25 %. */
+export const backoff = (n, base = 1000) => Math.min(15000, Math.max(500, base) * 2 ** n) * (0.75 + Math.random() / 2);
 
 export class Inbox {
   /**
@@ -47,16 +58,20 @@ export class Inbox {
    *   prune: (upto: number) => Promise<void>}} o.receipts  the receipts, ascending by seq, for ACK_POLICY
    * @param {() => Promise<string>} o.ackMode  'week' (default) or 'immediate'
    * @param {{get: () => Promise<number>, set: (n: number) => Promise<void>}} o.acked
-   * @param {(attempt: number) => number} [o.backoff]  reconnect delay in ms (tests)
+   * @param {(attempt: number, retryMs: number) => number} [o.backoff]  reconnect delay in ms (tests)
+   * @param {number} [o.idle]  see IDLE (tests)
+   * @param {number} [o.quickEnd]  see QUICK_END (tests)
    */
   constructor(o) {
     Object.assign(this, o);
-    this.es = null;
+    this.conn = null; // the AbortController of the open stream
     this.broken = null; // the error of a failed save, until the stream is resumed
     this.since = 0;
     this.queue = Promise.resolve();
     this.attempt = 0;
     this.timer = null;
+    this.idleTimer = null;
+    this.retryMs = 1000; // the server's "retry:" field
     this.stopped = true;
     this.status = null;
     this.lastAckRun = 0;
@@ -67,6 +82,7 @@ export class Inbox {
   }
 
   setStatus(s, detail) {
+    if (s === this.status && !detail) return;
     this.status = s;
     this.onStatus(s, detail);
   }
@@ -84,69 +100,85 @@ export class Inbox {
     this.stopped = true;
     clearTimeout(this.timer);
     clearTimeout(this.ackTimer);
-    clearTimeout(this.beat);
-    if (this.es) this.es.close();
-    this.es = null;
+    this.close();
     removeEventListener('online', this.onOnline);
     document.removeEventListener('visibilitychange', this.onVisible);
+  }
+
+  /** close drops the open stream, if any; its reader then ends quietly. */
+  close() {
+    clearTimeout(this.idleTimer);
+    const c = this.conn;
+    this.conn = null;
+    if (c) c.abort();
   }
 
   async connect() {
     if (this.stopped) return;
     clearTimeout(this.timer);
     this.broken = null; // the stream below resumes at this.since, before the failed item
-    if (this.es) this.es.close();
-    let url;
+    this.close();
+    const ctl = new AbortController();
+    this.conn = ctl;
+    let res;
     try {
-      url = await this.api.streamURL(this.identity, this.handle, this.since);
+      res = await this.api.stream(this.identity, this.handle, this.since, ctl.signal);
     } catch (e) {
+      if (this.conn !== ctl) return; // closed meanwhile
+      this.conn = null;
       this.fail(e);
       return;
     }
-    if (this.stopped) return;
-    const es = new EventSource(url);
-    this.es = es;
-    es.onopen = () => {
-      if (this.es !== es) return;
-      this.attempt = 0;
-      this.setStatus(STATUS.live);
-      this.armHeartbeat();
-      this.maybeAck();
-    };
-    es.addEventListener('message', (ev) => {
-      if (this.es !== es) return;
-      let item;
-      try {
-        item = JSON.parse(ev.data);
-      } catch {
-        return; // not ours to show; the seq cursor is unaffected
-      }
-      this.enqueue([item]).catch(() => {}); // a failure has already broken the stream off
+    if (this.conn !== ctl || this.stopped) {
+      res.body?.cancel?.().catch(() => {});
+      return;
+    }
+    const opened = Date.now();
+    this.attempt = 0;
+    this.setStatus(STATUS.live);
+    this.armIdle(ctl);
+    this.maybeAck();
+    const parser = new SSEParser({
+      onEvent: (ev) => {
+        if (this.conn !== ctl || ev.type !== 'message') return;
+        let item;
+        try {
+          item = parseStrict(ev.data);
+        } catch {
+          return; // not ours to show; the seq cursor is unaffected
+        }
+        this.enqueue([item]).catch(() => {}); // a failure has already broken the stream off
+      },
+      onRetry: (ms) => (this.retryMs = Math.min(ms, 60000)),
     });
-    es.onerror = () => {
-      if (this.es !== es) return;
-      // Never let EventSource retry on its own: its URL carries a signature
-      // that expires in a minute, and its since= is the one we opened with.
-      es.close();
-      this.es = null;
-      this.recover();
-    };
+    let clean = true;
+    try {
+      await readEvents(res.body, parser, () => {
+        if (this.conn === ctl) this.armIdle(ctl);
+      });
+    } catch {
+      clean = false;
+    }
+    if (this.conn !== ctl) return; // closed on purpose: stop, breakOff, idle, a newer connect
+    this.conn = null;
+    clearTimeout(this.idleTimer);
+    if (clean && Date.now() - opened >= (this.quickEnd ?? QUICK_END)) {
+      // The server ended a stream that lived its time (stream_max_age, a
+      // reload): open the next one with a fresh signature, quietly.
+      this.connect();
+      return;
+    }
+    this.recover();
   }
 
-  armHeartbeat() {
-    clearTimeout(this.beat);
-    this.beat = setTimeout(async () => {
-      if (this.stopped || !this.es) return;
-      try {
-        await this.catchUp();
-        this.armHeartbeat();
-      } catch {
-        if (this.broken) return; // breakOff closed the stream and scheduled the reconnect
-        if (this.es) this.es.close();
-        this.es = null;
-        this.recover();
-      }
-    }, HEARTBEAT);
+  /** armIdle (re)starts the watchdog of the open stream: see IDLE. */
+  armIdle(ctl) {
+    clearTimeout(this.idleTimer);
+    this.idleTimer = setTimeout(() => {
+      if (this.conn !== ctl || this.stopped) return;
+      this.close();
+      this.recover();
+    }, this.idle || IDLE);
   }
 
   /**
@@ -185,9 +217,7 @@ export class Inbox {
     if (this.broken) return;
     this.broken = e;
     console.error('kez: could not save incoming message', e);
-    clearTimeout(this.beat);
-    if (this.es) this.es.close();
-    this.es = null;
+    this.close();
     this.setStatus(STATUS.reconnecting, 'Could not save an incoming message; retrying.');
     this.reconnectSoon();
   }
@@ -249,7 +279,7 @@ export class Inbox {
     if (this.stopped) return;
     clearTimeout(this.timer);
     if (delay === undefined) {
-      delay = (this.backoff || backoff)(this.attempt);
+      delay = (this.backoff || backoff)(this.attempt, this.retryMs);
       this.attempt++;
     }
     if (this.status === STATUS.live) this.setStatus(STATUS.reconnecting);

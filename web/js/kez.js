@@ -3,6 +3,7 @@
 
 import { edwardsToMontgomery, InvalidKeyError } from './curve.js';
 import { concat, equalBytes, fromB64url, fromHex, fromUtf8, jcs, toB64url, toHex, utf8 } from './encoding.js';
+import { checkMembers, parseStrict, StrictJSONError } from './strictjson.js';
 
 const subtle = globalThis.crypto.subtle;
 
@@ -10,6 +11,7 @@ export const PRIMARY_PREFIX = 'ed25519:';
 export const HANDLE_RE = /^[a-z0-9][a-z0-9_-]{1,31}$/;
 export const ENVELOPE_INFO = 'kez-chat-msg-v1';
 export const REGISTER_TYPE = 'kez.chat.register';
+export const ROTATE_TYPE = 'kez.chat.rotate';
 
 // PKCS#8 wrappers (RFC 8410) for a raw 32-byte private key.
 const PKCS8_ED25519 = fromHex('302e020100300506032b657004220420');
@@ -100,54 +102,130 @@ export async function signRegistration(identity, handle, server, ts) {
   return { payload, signature: { alg: 'ed25519', sig: toHex(sig) } };
 }
 
+// Member names of what a handle record carries (SPEC §2.3, §2.10, §5).
+const RECORD_MEMBERS = {
+  required: ['handle', 'server', 'address', 'primary', 'registered_at', 'registration'],
+  optional: ['rotation', 'log'],
+  allowUnknown: true, // the server may add members; none may pose as a known one
+  what: 'handle record',
+};
+const SIGNATURE_MEMBERS = { required: ['alg', 'sig'] };
+
+function exact(obj, spec, what) {
+  try {
+    return checkMembers(obj, { ...spec, what: what || spec.what });
+  } catch (e) {
+    throw new ProtocolError('bad_request', e.message);
+  }
+}
+
+function sigBytes(signature, what) {
+  exact(signature, SIGNATURE_MEMBERS, what);
+  if (signature.alg !== 'ed25519') throw new ProtocolError('unsupported_alg', `${what} is not an ed25519 signature`);
+  try {
+    return fromHex(signature.sig);
+  } catch {
+    throw new ProtocolError('bad_signature', `${what} is not hex`);
+  }
+}
+
 /**
- * verifyRecord checks a handle record from GET /v1/u or /v1/by-primary: the
- * registration is a v1 kez.chat.register payload with a valid handle, signed
- * by the primary, naming the same handle, primary and server.
+ * verifyRecord checks a handle record from GET /v1/u or /v1/by-primary: its
+ * member names are exact (SPEC §1); the registration is a v1
+ * kez.chat.register payload with a valid handle, signed by the primary it
+ * names, for the same handle and server; and the record's primary is that
+ * one, or, when the record carries a rotation (SPEC §2.10), the new key of
+ * a rotation of this handle signed by both its old and its new key.
  * It returns the record, or throws ProtocolError.
  */
 export async function verifyRecord(record, expect = {}) {
-  const reg = record && record.registration;
-  const p = reg && reg.payload;
-  if (!p || !reg.signature || reg.signature.alg !== 'ed25519') {
-    throw new ProtocolError('bad_signature', 'the server sent a handle record without an ed25519 registration');
-  }
+  exact(record, RECORD_MEMBERS);
+  const reg = exact(record.registration, { required: ['payload', 'signature'], optional: ['invite'] }, 'registration');
+  const p = exact(reg.payload, { required: ['v', 'type', 'handle', 'server', 'primary', 'ts'] }, 'registration payload');
+  const sig = sigBytes(reg.signature, 'the registration signature');
   if (p.v !== 1 || p.type !== REGISTER_TYPE) {
     throw new ProtocolError('bad_request', 'the registration is not a v1 kez.chat.register payload');
   }
   if (!validHandle(p.handle)) throw new ProtocolError('invalid_handle', 'the registration names an invalid handle');
-  if (p.handle !== record.handle || p.primary !== record.primary || p.server !== record.server) {
+  if (!Number.isSafeInteger(p.ts)) throw new ProtocolError('bad_request', 'the registration has no valid ts');
+  if (p.handle !== record.handle || p.server !== record.server) {
     throw new ProtocolError('bad_signature', 'the handle record does not match its signed registration');
   }
   if (expect.handle && record.handle !== expect.handle) throw new ProtocolError('bad_request', 'the server answered for another handle');
   if (expect.primary && record.primary !== expect.primary) throw new ProtocolError('bad_request', 'the server answered for another key');
-  let sig;
-  try {
-    sig = fromHex(reg.signature.sig);
-  } catch {
-    throw new ProtocolError('bad_signature', 'registration signature is not hex');
-  }
-  const pub = parsePrimary(record.primary);
-  if (!(await verify(pub, utf8(jcs(p)), sig))) {
+  if (!(await verify(parsePrimary(p.primary), utf8(jcs(p)), sig))) {
     throw new ProtocolError('bad_signature', 'the registration signature does not verify');
   }
+  if (record.rotation === undefined) {
+    if (p.primary !== record.primary) throw new ProtocolError('bad_signature', 'the handle record does not match its signed registration');
+    return record;
+  }
+  const rot = exact(record.rotation, { required: ['payload', 'signatures'] }, 'rotation');
+  const rp = exact(rot.payload, { required: ['v', 'type', 'handle', 'server', 'old', 'new', 'ts'] }, 'rotation payload');
+  const sigs = exact(rot.signatures, { required: ['old', 'new'] }, 'rotation signatures');
+  if (rp.v !== 2 || rp.type !== ROTATE_TYPE) throw new ProtocolError('bad_request', 'the rotation is not a v2 kez.chat.rotate payload');
+  if (rp.handle !== record.handle || rp.server !== record.server || rp.new !== record.primary || rp.old === rp.new) {
+    throw new ProtocolError('bad_signature', 'the handle record does not match its signed rotation');
+  }
+  if (!Number.isSafeInteger(rp.ts) || rp.ts < p.ts) throw new ProtocolError('bad_request', 'the rotation has no valid ts');
+  const signed = utf8(jcs(rp));
+  const oldSig = sigBytes(sigs.old, 'the rotation signature of the old key');
+  const newSig = sigBytes(sigs.new, 'the rotation signature of the new key');
+  if (!(await verify(parsePrimary(rp.old), signed, oldSig)) || !(await verify(parsePrimary(rp.new), signed, newSig))) {
+    throw new ProtocolError('bad_signature', 'the rotation signatures do not verify');
+  }
+  // The rotations between the registered key and rp.old are in the server's
+  // binding log (SPEC §5), which this client does not read yet.
   return record;
 }
 
-// ---- request authentication (SPEC §2.6–2.8) ----
+// ---- request authentication (SPEC §2.0) ----
 
-const dec = (n) => {
-  if (!Number.isSafeInteger(n) || n < 0) throw new TypeError('cursor must be a non-negative integer');
+export const AUTH_PREFIX = 'kez-auth-v2';
+
+const dec = (n, what = 'value') => {
+  if (!Number.isSafeInteger(n) || n < 0) throw new TypeError(`${what} must be a non-negative integer`);
   return String(n);
 };
 
-export const inboxAuthMessage = (handle, since, ts) => `GET\n/v1/inbox/${handle}\nsince=${dec(since)}\n${dec(ts)}`;
-export const streamAuthMessage = (handle, ts) => `GET\n/v1/inbox/${handle}/stream\n${dec(ts)}`;
-export const ackAuthMessage = (handle, upto, ts) => `DELETE\n/v1/inbox/${handle}\nupto=${dec(upto)}\n${dec(ts)}`;
+/**
+ * canonicalQuery writes query parameters as SPEC §2.0's <query>: name=value
+ * with canonical decimal values, sorted by name, joined by "&"; "" for none.
+ * Members whose value is undefined or null are left out; "auth" is never signed.
+ */
+export function canonicalQuery(params = {}) {
+  return Object.keys(params)
+    .filter((k) => params[k] !== undefined && params[k] !== null)
+    .sort()
+    .map((k) => {
+      if (k === 'auth' || !/^[a-z_]+$/.test(k)) throw new TypeError(`query parameter ${k} cannot be signed`);
+      return `${k}=${dec(params[k], k)}`;
+    })
+    .join('&');
+}
 
-/** authValue signs an auth message and returns "<ts>:<sig hex>". */
-export async function authValue(identity, message, ts) {
-  return `${ts}:${toHex(await sign(identity.signKey, message))}`;
+/** bodySha256 is the lowercase hex SHA-256 of the exact body bytes, "" for none. */
+export async function bodySha256(body) {
+  if (body === undefined || body === null || body.length === 0) return '';
+  const bytes = typeof body === 'string' ? utf8(body) : body;
+  return toHex(new Uint8Array(await subtle.digest('SHA-256', bytes)));
+}
+
+/**
+ * authMessage is the string a request signature covers:
+ * kez-auth-v2\n<server>\n<METHOD>\n<path>\n<query>\n<body_sha256>\n<unix_ts>.
+ */
+export function authMessage({ server, method, path, query = '', bodyHash = '', ts }) {
+  if (typeof server !== 'string' || !server) throw new TypeError('the server name is needed to sign a request');
+  if (!/^[A-Z]+$/.test(method)) throw new TypeError('method must be upper case');
+  if (typeof path !== 'string' || !path.startsWith('/v1/')) throw new TypeError('path must start with /v1/');
+  if (/[\n?#]/.test(path) || /\n/.test(query) || !/^(|[0-9a-f]{64})$/.test(bodyHash)) throw new TypeError('malformed request to sign');
+  return [AUTH_PREFIX, server, method, path, query, bodyHash, dec(ts, 'ts')].join('\n');
+}
+
+/** signRequest returns the X-KEZ-Auth value "<ts>:<sig hex>" for a request at ts. */
+export async function signRequest(identity, req, ts) {
+  return `${ts}:${toHex(await sign(identity.signKey, authMessage({ ...req, ts })))}`;
 }
 
 // ---- envelope (SPEC §3) ----
@@ -198,7 +276,7 @@ export async function sealEnvelope(identity, toPrimary, plaintext, nonce) {
  * throws ProtocolError saying which step failed.
  */
 export async function openEnvelope(identity, env) {
-  if (!env || typeof env !== 'object' || Array.isArray(env)) throw new ProtocolError('bad_request', 'envelope is not an object');
+  exact(env, ENVELOPE_MEMBERS);
   const { v, from, to, nonce, ct, sig } = env;
   if (v !== 1) throw new ProtocolError('bad_request', 'unsupported envelope version');
   if ([from, to, nonce, ct, sig].some((f) => typeof f !== 'string')) throw new ProtocolError('bad_request', 'envelope field missing');
@@ -230,14 +308,53 @@ export async function openEnvelope(identity, env) {
   }
   let plaintext;
   try {
-    plaintext = JSON.parse(fromUtf8(pt));
-  } catch {
-    throw new ProtocolError('bad_request', 'plaintext is not JSON');
+    plaintext = parseStrict(fromUtf8(pt), { throwOnProblem: true });
+  } catch (e) {
+    throw new ProtocolError('bad_request', e instanceof StrictJSONError ? `plaintext: ${e.message}` : 'plaintext is not UTF-8');
   }
-  if (!plaintext || typeof plaintext !== 'object' || typeof plaintext.id !== 'string' || plaintext.id === '') {
-    throw new ProtocolError('bad_request', 'plaintext lacks an id');
-  }
+  checkPlaintext(plaintext);
   return { from, plaintext };
+}
+
+/** ENVELOPE_MEMBERS: an envelope has these members, spelled exactly, and no others (SPEC §1, §3). */
+export const ENVELOPE_MEMBERS = { required: ['v', 'from', 'to', 'nonce', 'ct', 'sig'], what: 'envelope' };
+
+/** PLAINTEXT_NAMES are the member names of the plaintext types this client knows (SPEC §3). */
+export const PLAINTEXT_NAMES = ['type', 'id', 'text', 'sent_at', 'from_addr', 'of', 'state', 'to', 'to_addr'];
+
+/**
+ * checkPlaintext checks a decrypted plaintext: exact member names (none
+ * repeated, none a case variant of another or of a known name; unknown
+ * names are let through for types to come), a non-empty string id, and for
+ * the known types the members they need. A type this client does not know
+ * passes: it is shown as an unsupported message. Throws ProtocolError.
+ */
+export function checkPlaintext(pt, what = 'plaintext') {
+  exact(pt, { required: ['id'], optional: PLAINTEXT_NAMES.filter((n) => n !== 'id'), allowUnknown: true }, what);
+  const bad = (msg) => {
+    throw new ProtocolError('bad_request', `${what}: ${msg}`);
+  };
+  if (typeof pt.id !== 'string' || pt.id === '') bad('lacks an id');
+  if (pt.type !== undefined && typeof pt.type !== 'string') bad('type is not a string');
+  if (pt.sent_at !== undefined && !Number.isSafeInteger(pt.sent_at)) bad('sent_at is not an integer');
+  if (pt.from_addr !== undefined && typeof pt.from_addr !== 'string') bad('from_addr is not a string');
+  switch (pt.type) {
+    case 'text':
+      if (typeof pt.text !== 'string') bad('a text message without text');
+      break;
+    case 'receipt':
+      if (!Array.isArray(pt.of) || !pt.of.every((id) => typeof id === 'string')) bad('a receipt without ids');
+      if (pt.state !== 'delivered' && pt.state !== 'read') bad('a receipt of an unknown state');
+      break;
+    case 'copy':
+      if (typeof pt.to !== 'string' || !pt.of || typeof pt.of !== 'object') bad('a copy without its message');
+      checkPlaintext(pt.of, `${what} copy`);
+      if (pt.of.type !== 'text') bad('a copy of something other than a text');
+      break;
+    default:
+    // Unknown types are shown as unsupported, never as text.
+  }
+  return pt;
 }
 
 export { equalBytes };

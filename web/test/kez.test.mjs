@@ -1,5 +1,5 @@
 // Unit tests of the protocol code against the cross-language vectors
-// (testdata/kez-v1.json). Run: node --test web/test/
+// (testdata/kez-v1.json, testdata/kez-v2.json). Run: node --test web/test/
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
@@ -8,8 +8,10 @@ import { fileURLToPath } from 'node:url';
 import { edwardsToMontgomery, InvalidKeyError } from '../js/curve.js';
 import { fromB64url, fromHex, jcs, toB64url, toHex, utf8 } from '../js/encoding.js';
 import * as kez from '../js/kez.js';
+import { parseStrict } from '../js/strictjson.js';
 
 const V = JSON.parse(readFileSync(fileURLToPath(new URL('../../testdata/kez-v1.json', import.meta.url)), 'utf8'));
+const V2 = JSON.parse(readFileSync(fileURLToPath(new URL('../../testdata/kez-v2.json', import.meta.url)), 'utf8'));
 const subtle = globalThis.crypto.subtle;
 
 test('x25519 secret is the clamped half of SHA-512(seed)', async () => {
@@ -131,20 +133,90 @@ test('handle records are verified', async () => {
   await assert.rejects(kez.verifyRecord(upper), /not hex/);
 });
 
-test('auth strings and signatures', async () => {
-  const id = await kez.identityFromSeed(fromHex(V.alice.Seed));
-  const ts = 1764115200;
-  const cases = [
-    [kez.inboxAuthMessage('alice', 0, ts), V.auth.inbox_since_0],
-    [kez.inboxAuthMessage('alice', 7, ts), V.auth.inbox_since_7],
-    [kez.streamAuthMessage('alice', ts), V.auth.stream],
-    [kez.ackAuthMessage('alice', 5, ts), V.auth.ack_upto_5],
-  ];
-  for (const [msg, want] of cases) {
-    assert.equal(msg, want.message);
-    assert.equal(await kez.authValue(id, msg, ts), want.header);
+test('v2 request auth: every vector of kez-v2.json (SPEC §2.0)', async () => {
+  const ids = {};
+  for (const [name, k] of Object.entries(V2.keys)) ids[name] = await kez.identityFromSeed(fromHex(k.seed));
+  const names = Object.keys(V2.auth).sort();
+  assert.deepEqual(names, ['ack', 'contacts_get', 'contacts_put', 'inbox', 'inbox_no_query', 'send', 'stream']);
+  for (const name of names) {
+    const c = V2.auth[name];
+    // The URL as sent splits into the routed path and the canonical query.
+    const url = new URL(c.url, 'http://x');
+    assert.equal(decodeURIComponent(url.pathname), c.path, name);
+    const params = Object.fromEntries([...url.searchParams].filter(([k]) => k !== 'auth').map(([k, v]) => [k, Number(v)]));
+    assert.equal(kez.canonicalQuery(params), c.query, name);
+    assert.equal(await kez.bodySha256(c.body === '' ? undefined : utf8(c.body)), c.body_sha256, name);
+    assert.equal(await kez.bodySha256(''), '');
+    const req = { server: V2.server, method: c.method, path: c.path, query: c.query, bodyHash: c.body_sha256 };
+    assert.equal(kez.authMessage({ ...req, ts: c.ts }), c.message, name);
+    assert.equal(await kez.signRequest(ids[c.signer], req, c.ts), c.header, name);
+    assert.equal(c.header, `${c.ts}:${c.sig}`);
   }
-  assert.throws(() => kez.inboxAuthMessage('alice', -1, ts));
+  // The send body is the JSON the client writes: {"to":…,"envelope":…}.
+  const send = V2.auth.send;
+  const env = JSON.parse(send.body).envelope;
+  assert.equal(JSON.stringify({ to: 'bob', envelope: JSON.parse(jcs(env)) }), send.body);
+});
+
+test('v2 auth: query canonical form, and what cannot be signed', () => {
+  assert.equal(kez.canonicalQuery({ since: 5, limit: 50 }), 'limit=50&since=5');
+  assert.equal(kez.canonicalQuery({}), '');
+  assert.equal(kez.canonicalQuery({ since: 0, limit: undefined }), 'since=0');
+  assert.throws(() => kez.canonicalQuery({ since: -1 }));
+  assert.throws(() => kez.canonicalQuery({ since: 1.5 }));
+  assert.throws(() => kez.canonicalQuery({ since: '05' }));
+  assert.throws(() => kez.canonicalQuery({ auth: 1 }));
+  const base = { server: 'kez.example', method: 'GET', path: '/v1/inbox/alice', ts: 1 };
+  assert.throws(() => kez.authMessage({ ...base, server: '' }), /server/);
+  assert.throws(() => kez.authMessage({ ...base, method: 'get' }));
+  assert.throws(() => kez.authMessage({ ...base, path: '/v1/inbox/alice?since=1' }));
+  assert.throws(() => kez.authMessage({ ...base, bodyHash: 'ABC' }));
+  assert.throws(() => kez.authMessage({ ...base, ts: -1 }));
+});
+
+test('a rotated handle record verifies (SPEC §2.10); a forged rotation does not', async () => {
+  const R = V2.rotation;
+  assert.equal(jcs(R.body.payload), R.signed_bytes_jcs);
+  const rec = {
+    handle: 'alice', server: 'kez.example', address: 'alice@kez.example',
+    primary: R.new, registered_at: 1764115200, registration: V.registration.body, rotation: R.body,
+  };
+  await kez.verifyRecord(structuredClone(rec), { primary: R.new });
+  // Without the rotation, the registration does not bind the new key.
+  const bare = structuredClone(rec);
+  delete bare.rotation;
+  await assert.rejects(kez.verifyRecord(bare), /does not match/);
+  const oneSig = structuredClone(rec);
+  oneSig.rotation.signatures.new = oneSig.rotation.signatures.old;
+  await assert.rejects(kez.verifyRecord(oneSig), /do not verify/);
+  const other = structuredClone(rec);
+  other.primary = V2.keys.bob.primary;
+  await assert.rejects(kez.verifyRecord(other), /does not match/);
+  const caseVariant = structuredClone(rec);
+  caseVariant.rotation.signatures = { Old: rec.rotation.signatures.old, new: rec.rotation.signatures.new };
+  await assert.rejects(kez.verifyRecord(caseVariant), /spelled "old"/);
+});
+
+test('handle records: exact member names (SPEC §1)', async () => {
+  const body = JSON.stringify({
+    handle: 'alice', server: 'kez.example', address: 'alice@kez.example',
+    primary: V.alice.Primary, registered_at: 1764115200, registration: V.registration.body,
+  });
+  await kez.verifyRecord(parseStrict(body));
+  // A record may gain members (the server's "log", say), never a case variant of a known one.
+  await kez.verifyRecord(parseStrict(body.replace('{', '{"log":{},"extra":1,')));
+  const hostile = {
+    'duplicate primary': body.replace('{', `{"primary":"${V.bob.Primary}",`),
+    'case variant next to the name': body.replace('{', '{"Handle":"bob",'),
+    'case variant in the payload': body.replace('"handle":"alice","primary"', '"Handle":"alice","primary"'),
+    'escaped duplicate in the payload': body.replace('"ts":1764115200', '"ts":1764115200,"\\u0074s":1'),
+    'unknown member in the signed payload': body.replace('"ts":1764115200', '"ts":1764115200,"note":"x"'),
+    'Sig instead of sig': body.replace('"sig":', '"Sig":'),
+  };
+  for (const [name, text] of Object.entries(hostile)) {
+    assert.notEqual(text, body, name);
+    await assert.rejects(kez.verifyRecord(parseStrict(text)), kez.ProtocolError, name);
+  }
 });
 
 test('envelope: seal reproduces the vector, open recovers the plaintext', async () => {
