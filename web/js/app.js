@@ -151,6 +151,14 @@ function friendly(e, context = '') {
         return 'This message is too long to send.';
       case 'inbox_full':
         return 'Their inbox is full; they need to catch up before you can send more.';
+      case 'request_limit':
+        return 'They haven’t accepted your messages yet, and you’ve sent as many as they can get until they do.';
+      case 'blocked':
+        return 'They do not accept your messages.';
+      case 'unknown_sender':
+        return 'The server doesn’t know your key right now.';
+      case 'body_timeout':
+        return 'The connection was too slow; try again.';
       case 'stale_timestamp':
       case 'unauthorized':
         return 'The server rejected our signature — is this device’s clock right?';
@@ -607,6 +615,7 @@ async function enterChat() {
   await routeFromHash();
 
   await startInbox();
+  syncContacts();
   $('ack-immediate').checked = (await db.getMeta('ackMode', 'week')) === 'immediate';
   if (!state.active && !narrow.matches) $('start-input').focus();
 }
@@ -897,7 +906,13 @@ function renderConversations(list) {
   const ul = $('convo-list');
   ul.replaceChildren();
   let unread = 0;
+  const requests = [];
   for (const c of list) {
+    if (isRequest(c)) {
+      if (c.lastAt) requests.push(c);
+      continue;
+    }
+    if (isBlocked(c)) continue;
     if (!c.lastAt && c.peer !== state.active && !c.handle) continue;
     unread += c.unread || 0;
     const name = displayName(c);
@@ -929,7 +944,209 @@ function renderConversations(list) {
     ul.append(el('li', {}, btn));
   }
   $('convo-empty').hidden = ul.children.length > 0;
-  document.title = unread ? `(${unread}) KEZ chat` : 'KEZ chat';
+  const waiting = unread + requests.length;
+  document.title = waiting ? `(${waiting}) KEZ chat` : 'KEZ chat';
+  renderRequests(requests);
+}
+
+// ---- message requests (SPEC §2.5, §2.9) ----
+
+let requestsShown = '';
+
+/**
+ * renderRequests lists the strangers who wrote, each with what they wrote
+ * and Accept, Block and Delete. It is redrawn only when something changed,
+ * so focus and screen readers are not disturbed by every refresh.
+ */
+async function renderRequests(convs) {
+  const box = $('requests');
+  const sig = JSON.stringify(convs.map((c) => [c.peer, c.lastAt, c.handle, c.unread]));
+  if (sig === requestsShown) return;
+  requestsShown = sig;
+  const ul = $('requests-list');
+  if (!convs.length) {
+    ul.replaceChildren();
+    box.hidden = true;
+    return;
+  }
+  const items = [];
+  for (const [i, c] of convs.entries()) {
+    const name = displayName(c);
+    const msgs = await db.messagesFor(c.peer);
+    const nameId = `request-${i}-name`;
+    const texts = msgs.map((m) => {
+      if (m.status === 'bad') return el('li', { class: 'notice', text: '⚠ A message that could not be verified or decrypted (not shown)' });
+      if (m.text === null || m.text === undefined) return el('li', { class: 'notice', text: 'Unsupported message' });
+      return el('li', { text: m.text });
+    });
+    const act = (label, cls, fn) =>
+      el('button', { type: 'button', class: `btn small ${cls}`, 'aria-label': `${label} ${name}`, onclick: (ev) => fn(c.peer, ev.currentTarget), text: label });
+    const li = el(
+      'li',
+      { class: 'request', 'data-peer': c.peer },
+      el(
+        'article',
+        { 'aria-labelledby': nameId },
+        el(
+          'div',
+          { class: 'row' },
+          el('span', { class: 'avatar small', 'aria-hidden': 'true' }),
+          el(
+            'div',
+            { class: 'who' },
+            el('h3', { id: nameId, text: name }),
+            el('p', { class: 'muted small-text', text: c.address || `Key ${fingerprint(c.peer)}` }),
+          ),
+        ),
+        el('ul', { class: 'request-msgs', 'aria-label': `Messages from ${name}` }, texts),
+        el('div', { class: 'row wrap' }, act('Accept', 'primary', acceptRequest), act('Block', 'danger', blockRequest), act('Delete', '', deleteRequest)),
+      ),
+    );
+    paintAvatar(li.querySelector('.avatar'), avatarName(c), c.peer);
+    items.push(li);
+  }
+  if (requestsShown !== sig) return; // a newer render is on its way
+  ul.replaceChildren(...items);
+  $('requests-count').textContent = String(convs.length);
+  $('requests-count').setAttribute('aria-label', convs.length === 1 ? '1 request' : `${convs.length} requests`);
+  box.hidden = false;
+}
+
+/** afterRequestAction moves focus somewhere sensible once a request left the list. */
+function focusAfterRequest() {
+  const next = document.querySelector('#requests-list button');
+  if (next) next.focus();
+  else $('start-input').focus();
+}
+
+async function acceptRequest(peer, btn) {
+  setBusy(btn, true, 'Accepting…');
+  try {
+    await state.api.accept(state.me, state.me.handle, peer);
+    acceptedHere.add(peer);
+    const n = (await db.messagesFor(peer)).length;
+    await db.upsertConversation(peer, { state: 'accepted', unread: n });
+    await loadConversations();
+    if (channel) channel.postMessage({ type: 'changed' });
+    toast(`You accepted ${displayName(state.convos.get(peer))}.`);
+    openConversation(peer);
+  } catch (e) {
+    toast(friendly(e, 'Could not accept'));
+    setBusy(btn, false);
+  }
+}
+
+async function blockRequest(peer, btn) {
+  setBusy(btn, true, 'Blocking…');
+  try {
+    await state.api.block(state.me, state.me.handle, peer);
+    const name = displayName(state.convos.get(peer));
+    await db.dropConversation(peer, { state: 'blocked', blockedAt: Date.now() });
+    await loadConversations();
+    if (channel) channel.postMessage({ type: 'changed' });
+    toast(`Blocked ${name}. You can unblock them in Your KEZ.`);
+    focusAfterRequest();
+  } catch (e) {
+    toast(friendly(e, 'Could not block'));
+    setBusy(btn, false);
+  }
+}
+
+async function deleteRequest(peer) {
+  const name = displayName(state.convos.get(peer));
+  await db.dropConversation(peer);
+  await loadConversations();
+  if (channel) channel.postMessage({ type: 'changed' });
+  toast(`Deleted the requests of ${name}. If they write again, it shows here again.`);
+  focusAfterRequest();
+}
+
+// ---- the blocked list ("Your KEZ") ----
+
+/**
+ * renderBlocked lists who is blocked: the server's list (SPEC §2.9) when it
+ * answers, with what this browser blocked, each with Unblock.
+ */
+async function renderBlocked() {
+  const me = state.me;
+  const peers = new Set((await db.listConversations()).filter(isBlocked).map((c) => c.peer));
+  try {
+    const r = await state.api.contacts(me, me.handle);
+    if (Array.isArray(r.blocked)) for (const p of r.blocked) if (looksLikePrimary(p)) peers.add(p);
+  } catch {
+    /* offline: what this browser knows */
+  }
+  const ul = $('blocked-list');
+  const items = [];
+  for (const peer of peers) {
+    let conv = await db.getConversation(peer);
+    if (!conv || !conv.handle) {
+      await resolvePeer(peer, undefined, { init: { state: 'blocked' } });
+      conv = await db.getConversation(peer);
+    }
+    if (conv && !isBlocked(conv)) await db.dropConversation(peer, { state: 'blocked' }); // blocked on another device
+    const name = displayName(conv || { peer });
+    items.push(
+      el(
+        'li',
+        {},
+        el('span', { class: 'name', text: conv && conv.address ? `${name} (${conv.address})` : name }),
+        el('button', { type: 'button', class: 'btn small', 'aria-label': `Unblock ${name}`, onclick: (ev) => unblock(peer, name, ev.currentTarget), text: 'Unblock' }),
+      ),
+    );
+  }
+  ul.replaceChildren(...items);
+  $('blocked-empty').hidden = items.length > 0;
+}
+
+async function unblock(peer, name, btn) {
+  setBusy(btn, true, 'Unblocking…');
+  try {
+    await state.api.unblock(state.me, state.me.handle, peer);
+    await db.dropConversation(peer);
+    await loadConversations();
+    toast(`Unblocked ${name}. Their next messages arrive as requests.`);
+    await renderBlocked();
+    const next = document.querySelector('#blocked-list button');
+    (next || $('me-close')).focus();
+  } catch (e) {
+    toast(friendly(e, 'Could not unblock'));
+    setBusy(btn, false);
+  }
+}
+
+/**
+ * syncContacts runs when the chat opens: senders blocked on another device
+ * are blocked here too, requests accepted elsewhere become chats, and, once,
+ * the chats this browser had before v2 are accepted on the server, so the
+ * people we already talk to are not capped as strangers.
+ */
+async function syncContacts() {
+  const me = state.me;
+  let r;
+  try {
+    r = await state.api.contacts(me, me.handle);
+  } catch {
+    return; // next time
+  }
+  const accepted = new Set(Array.isArray(r.accepted) ? r.accepted : []);
+  const blocked = new Set(Array.isArray(r.blocked) ? r.blocked : []);
+  const migrated = await db.getMeta('v2contacts', false);
+  let changed = false;
+  for (const c of await db.listConversations()) {
+    if (!looksLikePrimary(c.peer) || isBlocked(c)) continue;
+    if (blocked.has(c.peer)) {
+      await db.dropConversation(c.peer, { state: 'blocked' });
+      changed = true;
+    } else if (isRequest(c) && accepted.has(c.peer)) {
+      await db.upsertConversation(c.peer, { state: 'accepted' });
+      changed = true;
+    } else if (!migrated && !isRequest(c) && c.handle && !accepted.has(c.peer)) {
+      acceptOnServer(c.peer);
+    }
+  }
+  if (!migrated) await db.setMeta('v2contacts', true);
+  if (changed) await loadConversations();
 }
 
 /**
@@ -937,12 +1154,13 @@ function renderConversations(list) {
  * handle, asking the server (GET /v1/by-primary) and checking the signed
  * registration. It returns true when the conversation changed.
  */
-async function resolvePeer(peer, claimed, { again = false } = {}) {
+async function resolvePeer(peer, claimed, { again = false, init = null } = {}) {
   if (peer === UNVERIFIED) {
     if (!state.convos.has(peer)) await db.upsertConversation(peer, {});
     return true;
   }
-  const cur = await db.getConversation(peer);
+  let cur = await db.getConversation(peer);
+  if (!cur && init) cur = await db.upsertConversation(peer, init);
   if (cur && cur.handle && !again) return false;
   try {
     const rec = await kez.verifyRecord(await state.api.byPrimary(peer), { primary: peer });
@@ -1006,7 +1224,13 @@ $('start-form').addEventListener('submit', async (ev) => {
   try {
     const rec = await kez.verifyRecord(await state.api.lookup(handle), { handle });
     if (rec.primary === state.me.primary) return fail('That’s you!');
-    await db.upsertConversation(rec.primary, { handle: rec.handle, address: rec.address, server: rec.server, notFound: false });
+    const cur = await db.getConversation(rec.primary);
+    if (isBlocked(cur)) {
+      return fail(`You blocked @${rec.handle}. To write to them, unblock them first in Your KEZ (the button with your handle, top right).`);
+    }
+    // Writing to someone accepts them (SPEC §2.9): their requests become this chat.
+    await db.upsertConversation(rec.primary, { handle: rec.handle, address: rec.address, server: rec.server, notFound: false, state: 'accepted' });
+    if (isRequest(cur)) acceptOnServer(rec.primary);
     input.value = '';
     await loadConversations();
     openConversation(rec.primary);
@@ -1037,6 +1261,8 @@ async function routeFromHash() {
   if (!m) return setActive(null);
   const key = decodeURIComponent(m[1]);
   for (const c of state.convos.values()) {
+    // Requests open from the Requests list only: accepting them comes first.
+    if (isRequest(c) || isBlocked(c)) continue;
     if (c.handle === key || c.peer === key) return setActive(c.peer);
   }
   return setActive(null);
@@ -1115,11 +1341,19 @@ function fillMessage(li, m) {
       el('span', { class: 'muted', text: m.reason ? `(${m.reason})` : '' }),
     );
   } else if (m.text === null || m.text === undefined) {
-    body = el('p', { class: 'text notice', text: 'This message uses a format this app can’t show yet.' });
+    // SPEC §3: a type this client does not know is never shown as text.
+    body = el('p', { class: 'text notice unsupported', text: 'Unsupported message — this app can’t show this kind of message yet.' });
   } else {
     body = el('p', { class: 'text', text: m.text });
   }
   const meta = el('span', { class: 'meta' }, time);
+  // The signed sent_at, when it differs from the server's time of arrival by more than a few minutes.
+  if (m.dir === 'in' && Number.isSafeInteger(m.sentAt) && m.at && Math.abs(m.sentAt - m.at) > 5 * 60000) {
+    const sent = new Date(m.sentAt);
+    if (!Number.isNaN(sent.getTime())) {
+      meta.prepend(el('span', { class: 'sent-at', title: `Sent ${sent.toLocaleString()} (by the sender’s clock)`, text: `sent ${sent.toLocaleString()} ·` }));
+    }
+  }
   const conv = state.convos.get(m.peer);
   // What the sender says they are, when the server's record does not back it.
   const claim =
@@ -1129,6 +1363,8 @@ function fillMessage(li, m) {
   if (m.dir === 'out') {
     if (m.status === 'sending') meta.append(el('span', { class: 'state', text: 'Sending…' }));
     else if (m.status === 'sent') meta.append(el('span', { class: 'state sent', 'aria-label': 'sent', text: '✓' }));
+    else if (m.status === 'delivered') meta.append(el('span', { class: 'state sent', 'aria-label': 'delivered', text: '✓✓' }));
+    else if (m.status === 'read') meta.append(el('span', { class: 'state sent', 'aria-label': 'read', text: '✓✓ read' }));
     else if (m.status === 'failed') {
       meta.append(
         el('span', { class: 'state failed', text: m.error || 'Not sent.' }),
@@ -1203,34 +1439,68 @@ function looksLikePrimary(s) {
   return typeof s === 'string' && /^ed25519:[0-9a-f]{64}$/.test(s);
 }
 
-/** ingest handles one inbox item {seq, envelope, received_at}; called in seq order. */
+// Control and bidi-override characters could disguise a claimed address; they become U+FFFD.
+const cleanClaim = (s) =>
+  typeof s === 'string' && s ? s.slice(0, 100).replace(/[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g, '\ufffd') : null;
+
+/** isRequestState: the conversation holds message requests of a stranger (SPEC §2.9). */
+const isRequest = (conv) => !!conv && conv.state === 'request';
+const isBlocked = (conv) => !!conv && conv.state === 'blocked';
+
+/**
+ * placeSender files a message of an authenticated sender (the server's
+ * `from`, SPEC §2.5): under Requests when the server says it is a request
+ * and we have not accepted the sender here, else as a chat. A request from
+ * someone we already talk to here (a chat from before v2, or one we opened
+ * without writing yet) is accepted on the server too, so their next ones
+ * are not capped. Returns the conversation state, or null for a blocked sender.
+ */
+async function placeSender(peer, request, claimed) {
+  const cur = await db.getConversation(peer);
+  if (isBlocked(cur)) return null;
+  let st;
+  if (!cur) st = request ? 'request' : 'accepted';
+  else if (isRequest(cur)) st = request ? 'request' : 'accepted'; // accepted meanwhile (another device)
+  else st = 'accepted';
+  if (!cur || cur.state !== st) await db.upsertConversation(peer, { state: st });
+  if (request && st === 'accepted') acceptOnServer(peer);
+  await resolvePeer(peer, claimed);
+  return st;
+}
+
+const acceptedHere = new Set(); // primaries this page accepted on the server already
+function acceptOnServer(peer) {
+  if (acceptedHere.has(peer)) return;
+  acceptedHere.add(peer);
+  state.api.accept(state.me, state.me.handle, peer).catch((e) => {
+    acceptedHere.delete(peer);
+    console.warn('kez: could not accept a contact on the server', e);
+  });
+}
+
+/**
+ * ingest handles one inbox item, a message object {seq, from, request,
+ * envelope, received_at} (SPEC §2.5); called in seq order. Anything that
+ * fails a check is stored as undecryptable, never shown as text.
+ */
 async function ingest(item) {
-  const env = item.envelope;
   const at = Number.isSafeInteger(item.received_at) ? item.received_at : state.api.nowMs();
+  const request = item.request === true;
   let opened;
   try {
-    opened = await kez.openEnvelope(state.me, env);
+    kez.checkMessage(item);
+    opened = await kez.openEnvelope(state.me, item.envelope);
   } catch (e) {
-    // Filed under the claimed sender only if we already talk to them;
-    // otherwise an unverifiable claim gets no conversation of its own.
-    const claimed = env && looksLikePrimary(env.from) ? env.from : null;
-    const peer = claimed && state.convos.has(claimed) ? claimed : UNVERIFIED;
-    await resolvePeer(peer);
-    const isNew = await db.addMessage(
-      { key: `bad|${item.seq}|${at}`, peer, dir: 'in', id: `seq-${item.seq}`, status: 'bad', reason: e.message, at, seq: item.seq },
-      { active: isActive(peer) },
-    );
-    if (isNew) afterIncoming(peer, null);
-    return;
+    return ingestBad(item, at, request, e);
   }
   const { from, plaintext: pt } = opened;
-  // Control and bidi-override characters could disguise the claim; they become U+FFFD.
-  const claimed =
-    typeof pt.from_addr === 'string' && pt.from_addr
-      ? pt.from_addr.slice(0, 100).replace(/[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g, '\ufffd')
-      : null;
-  await resolvePeer(from, claimed);
-  const text = pt.type === 'text' && typeof pt.text === 'string' ? pt.text : null;
+  const claimed = cleanClaim(pt.from_addr);
+  if (pt.type === 'receipt') return ingestReceipt(from, pt, request);
+  if (pt.type === 'copy') return ingestCopy(item, from, pt, at);
+  const st = await placeSender(from, request, claimed);
+  if (!st) return; // blocked: dropped; the cursor moves on
+  // Only a text is shown as text; any other type as "unsupported" (SPEC §3).
+  const text = pt.type === 'text' ? pt.text : null;
   const isNew = await db.addMessage(
     {
       key: `${from}|${from}|${pt.id}`,
@@ -1238,15 +1508,90 @@ async function ingest(item) {
       dir: 'in',
       id: pt.id,
       text,
+      type: typeof pt.type === 'string' ? pt.type.slice(0, 40) : null,
       status: 'ok',
       at,
       sentAt: Number.isSafeInteger(pt.sent_at) ? pt.sent_at : null,
       claimed,
       seq: item.seq,
+      request: st === 'request',
     },
     { active: isActive(from) },
   );
-  if (isNew) afterIncoming(from, text);
+  if (isNew) afterIncoming(from, text, st === 'request');
+}
+
+/**
+ * ingestBad stores an item that failed a check. It is filed under the
+ * sender the server authenticated when the envelope names the same one:
+ * in Requests for a stranger's request, in their chat if we have one. A
+ * blocked sender's is dropped. Anything else goes to "Unverified messages":
+ * an unverifiable claim gets no conversation of its own.
+ */
+async function ingestBad(item, at, request, e) {
+  const env = item && item.envelope;
+  const sender = looksLikePrimary(item.from) && env && typeof env === 'object' && env.from === item.from ? item.from : null;
+  let peer = UNVERIFIED;
+  let st = 'accepted';
+  if (sender) {
+    const cur = await db.getConversation(sender);
+    if (isBlocked(cur)) return;
+    if (request && !(cur && !isRequest(cur))) {
+      peer = sender;
+      st = 'request';
+      if (!cur) await db.upsertConversation(sender, { state: 'request' });
+    } else if (cur) peer = sender;
+  }
+  await resolvePeer(peer);
+  const seq = Number.isSafeInteger(item.seq) ? item.seq : 0;
+  const isNew = await db.addMessage(
+    { key: `bad|${seq}|${at}`, peer, dir: 'in', id: `seq-${seq}`, status: 'bad', reason: e.message, at, seq, request: st === 'request' },
+    { active: isActive(peer) },
+  );
+  if (isNew) afterIncoming(peer, null, st === 'request');
+}
+
+/** ingestReceipt marks our messages delivered or read (SPEC §3); only a chat's own peer can. */
+async function ingestReceipt(from, pt, request) {
+  const conv = await db.getConversation(from);
+  if (request || !conv || isRequest(conv) || isBlocked(conv)) return;
+  const rank = { sent: 0, delivered: 1, read: 2 };
+  let changed = false;
+  for (const id of pt.of.slice(0, 500)) {
+    const m = await db.getMessage(`${from}|${state.me.primary}|${id}`);
+    if (m && m.dir === 'out' && (m.status === 'sent' || m.status === 'delivered') && rank[pt.state] > rank[m.status]) {
+      await db.updateMessage(m.key, { status: pt.state });
+      changed = true;
+    }
+  }
+  if (changed && state.active === from) await renderThread(from);
+}
+
+/** ingestCopy shows a message one of our other devices sent (SPEC §3); only our own key may send one. */
+async function ingestCopy(item, from, pt, at) {
+  if (from !== state.me.primary || !looksLikePrimary(pt.to) || pt.to === state.me.primary) {
+    return ingestBad(item, at, false, new Error('a copy that is not from this account'));
+  }
+  const peer = pt.to;
+  const cur = await db.getConversation(peer);
+  if (!cur || isRequest(cur)) await db.upsertConversation(peer, { state: 'accepted' });
+  await resolvePeer(peer);
+  const of = pt.of;
+  const isNew = await db.addMessage(
+    {
+      key: `${peer}|${state.me.primary}|${of.id}`,
+      peer,
+      dir: 'out',
+      id: of.id,
+      text: of.text,
+      status: 'sent',
+      at: Number.isSafeInteger(of.sent_at) ? of.sent_at : at,
+      seq: item.seq,
+      copy: true,
+    },
+    { active: true },
+  );
+  if (isNew) afterIncoming(peer, of.text, false, true);
 }
 
 function isActive(peer) {
@@ -1257,10 +1602,11 @@ function isActive(peer) {
 // the screen is refreshed once per burst, not once per message.
 const arrived = { peers: new Map(), timer: null };
 
-function afterIncoming(peer, text) {
-  const cur = arrived.peers.get(peer) || { count: 0, readable: true };
-  cur.count++;
+function afterIncoming(peer, text, request = false, own = false) {
+  const cur = arrived.peers.get(peer) || { count: 0, readable: true, request, own };
+  if (!own) cur.count++;
   cur.readable = text !== undefined && text !== null;
+  cur.request = request;
   arrived.peers.set(peer, cur);
   if (!arrived.timer) arrived.timer = setTimeout(flushIncoming, 60);
 }
@@ -1271,11 +1617,12 @@ async function flushIncoming() {
   arrived.timer = null;
   await loadConversations();
   if (peers.has(state.active)) await renderThread(state.active);
-  const others = [...peers].filter(([p]) => p !== state.active);
+  const others = [...peers].filter(([p, v]) => p !== state.active && v.count > 0);
   if (others.length === 1) {
-    const [peer, { count, readable }] = others[0];
+    const [peer, { count, readable, request }] = others[0];
     const name = displayName(state.convos.get(peer));
     if (peer === UNVERIFIED) toast('A message arrived that could not be verified');
+    else if (request) toast(`Message request from ${name}`);
     else if (count > 1) toast(`${count} new messages from ${name}`);
     else toast(readable ? `New message from ${name}` : `A message from ${name} could not be read`);
   } else if (others.length > 1) {
@@ -1303,17 +1650,61 @@ async function sendText(peer, text) {
   await deliver(msg);
 }
 
+/**
+ * sendProblem words why a send failed and whether it is retried by itself
+ * (once the connection is live again, or after the server's Retry-After).
+ * The message and its envelope are kept either way: Retry sends it again.
+ */
+function sendProblem(e, to) {
+  const who = to ? `@${to}` : 'They';
+  if (!(e instanceof ApiError)) return { error: friendly(e, 'Not sent'), retryable: false };
+  switch (e.code) {
+    case 'network':
+      return { error: 'Not sent yet — can’t reach the server; it goes out once the connection is back.', retryable: true };
+    case 'request_limit':
+      return {
+        error: `Not sent yet — ${who} hasn’t accepted your messages, and you’ve sent as many as they can get until they do. It is kept and tried again later.`,
+        retryable: true,
+        later: true,
+      };
+    case 'blocked':
+      return { error: `Not sent — ${who} does not accept your messages.`, retryable: false };
+    case 'unknown_sender':
+      recheckBinding();
+      return { error: 'Not sent — the server doesn’t know your key right now. It goes out once you are registered again.', retryable: true };
+    case 'body_timeout':
+      return { error: 'Not sent yet — the connection was too slow; it goes out once the connection is back.', retryable: true };
+    case 'unknown_recipient':
+      return { error: `Not sent — ${who} is no longer registered on this server.`, retryable: false };
+    default:
+      if (e.status === 415) return { error: 'Not sent — the server refused the request’s format (415). Reload the page.', retryable: false };
+      if (e.status === 429 || e.status >= 500) {
+        return { error: 'Not sent yet — the server is busy; it goes out once the connection is back.', retryable: true, later: e.status === 429 };
+      }
+      return { error: friendly(e), retryable: false };
+  }
+}
+
+let laterTimer;
+/** resendLater retries kept sends after the server's Retry-After (bounded), while the page is open. */
+function resendLater(retryAfter) {
+  const s = Number.parseInt(retryAfter, 10);
+  const ms = Math.min(600, Math.max(5, Number.isFinite(s) ? s : 60)) * 1000;
+  clearTimeout(laterTimer);
+  laterTimer = setTimeout(resendFailed, ms);
+}
+
 async function deliver(msg) {
   let fields;
   try {
-    const r = await state.api.send(msg.to, msg.envelope);
-    fields = { status: 'sent', seq: r.seq, envelope: null, error: null };
+    // Signed afresh on every attempt (SPEC §2.0). A resend of an envelope
+    // the server already has is answered 200 with the original receipt.
+    const r = await state.api.send(state.me, msg.to, msg.envelope);
+    fields = { status: 'sent', seq: r.seq, envelope: null, error: null, retryable: false };
   } catch (e) {
-    // Network trouble, overload and rate limits pass: such sends are
-    // retried by themselves once the connection is live again.
-    const retryable = e instanceof ApiError && (e.status === 0 || e.status === 429 || e.status >= 500);
-    const error = retryable ? `Not sent yet — ${e.status === 0 ? 'can’t reach the server' : 'the server is busy'}; it goes out once the connection is back.` : friendly(e);
-    fields = { status: 'failed', error, retryable };
+    const p = sendProblem(e, msg.to);
+    fields = { status: 'failed', error: p.error, retryable: p.retryable, code: e instanceof ApiError ? e.code : null };
+    if (p.later) resendLater(e.retryAfter);
   }
   await db.updateMessage(msg.key, fields);
   if (channel) channel.postMessage({ type: 'changed', peer: msg.peer });
@@ -1378,6 +1769,7 @@ $('me-copy').addEventListener('click', copyAddress);
 $('me-open').addEventListener('click', () => {
   updateBackupWarning();
   $('me-dialog').showModal();
+  renderBlocked();
 });
 $('me-close').addEventListener('click', () => $('me-dialog').close());
 $('me-backup').addEventListener('click', () => {

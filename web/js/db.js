@@ -1,5 +1,7 @@
 // Local storage in IndexedDB: the identity (non-extractable CryptoKeys, which
-// IndexedDB stores as opaque structured clones), conversations, the message
+// IndexedDB stores as opaque structured clones), conversations (each with a
+// state: 'request' for a stranger's message requests, 'blocked', or
+// accepted, which records of version 1 without a state are), the message
 // history (sent and received), small settings such as the inbox cursor, and
 // receipts: (seq, received_at) of every inbox item saved here and not yet
 // acknowledged, which the acknowledgement policy reads.
@@ -200,7 +202,8 @@ export async function addMessage(msg, { active = false } = {}) {
   const cur = (await req(cs.get(msg.peer))) || { peer: msg.peer, lastAt: 0, lastText: '', unread: 0, createdAt: Date.now() };
   if (msg.at >= (cur.lastAt || 0)) {
     cur.lastAt = msg.at;
-    cur.lastText = msg.status === 'bad' ? 'Message could not be decrypted' : msg.text || '';
+    cur.lastText =
+      msg.status === 'bad' ? 'Message could not be decrypted' : msg.text === null || msg.text === undefined ? 'Unsupported message' : msg.text;
     cur.lastDir = msg.dir;
   }
   if (msg.dir === 'in' && !active) cur.unread = (cur.unread || 0) + 1;
@@ -231,4 +234,25 @@ export async function messagesFor(peer) {
 export async function messagesWithStatus(status) {
   const { s } = await store('messages');
   return req(s.index('status').getAll(status));
+}
+
+/**
+ * dropConversation deletes a conversation's messages; with keep, its record
+ * stays with those fields merged (a blocked sender keeps its name and
+ * state), else the record goes too. One transaction.
+ */
+export async function dropConversation(peer, keep = null) {
+  const db = await open();
+  const tx = db.transaction(['messages', 'conversations'], 'readwrite');
+  const ms = tx.objectStore('messages');
+  const cs = tx.objectStore('conversations');
+  const keys = await req(ms.index('peerAt').getAllKeys(IDBKeyRange.bound([peer, -Infinity], [peer, Infinity])));
+  for (const k of keys) ms.delete(k);
+  if (keep) {
+    const cur = (await req(cs.get(peer))) || { peer, createdAt: Date.now() };
+    cs.put({ ...cur, ...keep, peer, lastAt: 0, lastText: '', lastDir: null, unread: 0 });
+  } else {
+    cs.delete(peer);
+  }
+  return done(tx);
 }

@@ -316,6 +316,36 @@ export async function openEnvelope(identity, env) {
   return { from, plaintext };
 }
 
+/** MESSAGE_MEMBERS: a message object of the inbox and the stream (SPEC §2.5). */
+export const MESSAGE_MEMBERS = {
+  required: ['seq', 'from', 'request', 'envelope', 'received_at'],
+  optional: ['from_addr'],
+  allowUnknown: true, // the server may add members; none may pose as a known one
+  what: 'message',
+};
+
+/**
+ * checkMessage checks a message object from the inbox or the stream: exact
+ * member names, their types, and that the sender the server authenticated
+ * (from) is the one the envelope names. Throws ProtocolError; the envelope
+ * itself is checked by openEnvelope.
+ */
+export function checkMessage(item) {
+  exact(item, MESSAGE_MEMBERS);
+  const bad = (msg) => {
+    throw new ProtocolError('bad_request', `message: ${msg}`);
+  };
+  if (!Number.isSafeInteger(item.seq) || item.seq <= 0) bad('seq is not a positive integer');
+  if (typeof item.from !== 'string' || !/^ed25519:[0-9a-f]{64}$/.test(item.from)) bad('from is not a primary');
+  if (typeof item.request !== 'boolean') bad('request is not a boolean');
+  if (!Number.isSafeInteger(item.received_at)) bad('received_at is not an integer');
+  if (item.from_addr !== undefined && typeof item.from_addr !== 'string') bad('from_addr is not a string');
+  const env = item.envelope;
+  if (!env || typeof env !== 'object' || Array.isArray(env)) bad('envelope is not an object');
+  if (env.from !== item.from) bad('the envelope names another sender than the server authenticated');
+  return item;
+}
+
 /** ENVELOPE_MEMBERS: an envelope has these members, spelled exactly, and no others (SPEC §1, §3). */
 export const ENVELOPE_MEMBERS = { required: ['v', 'from', 'to', 'nonce', 'ct', 'sig'], what: 'envelope' };
 
