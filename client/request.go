@@ -48,6 +48,11 @@ type call struct {
 	idempotencyKey string
 }
 
+// maxReused bounds the attempts of a signed call refused as "signature
+// already used": each is signed one second later than the last, so this
+// many processes of one user may sign the same request in the same second.
+const maxReused = 5
+
 // resendWaits are the pauses before the second and third attempt of a
 // resendable call that met a network error.
 var resendWaits = []time.Duration{250 * time.Millisecond, time.Second}
@@ -86,12 +91,14 @@ func (c *Client) do(ctx context.Context, cl *call, parse func([]byte) error) (in
 // roundTrip runs the attempts of a call until one is answered with 2xx or
 // another attempt would not help. On success the caller owns resp.Body.
 //
-// A signed call refused with 401 is signed again and tried once more: the
+// A signed call refused with 401 is signed again and tried once more, and
+// up to maxReused times while the server says the signature was used: the
 // server accepts a signature once (SPEC §2.0), and the refused one may have
 // been spent by an attempt that never came back, which Go's transport
 // resends as it was (it does so for a GET on a keep-alive connection that
-// closes unanswered), or by another process of the same user that signed
-// the same request in the same second. A 401 means the server did nothing.
+// closes unanswered), or by other processes of the same user that signed
+// the same request in the same second (kez inbox, then kez requests). Each
+// new attempt is signed a second later. A 401 means the server did nothing.
 func (c *Client) roundTrip(ctx context.Context, cl *call) (*http.Response, error) {
 	for attempt := 0; ; attempt++ {
 		resp, err := c.attempt(ctx, cl)
@@ -104,7 +111,8 @@ func (c *Client) roundTrip(ctx context.Context, cl *call) (*http.Response, error
 		var apiErr *APIError
 		var netErr *NetworkError
 		switch {
-		case cl.signed && attempt == 0 && errors.As(err, &apiErr) && apiErr.Status == http.StatusUnauthorized:
+		case cl.signed && errors.As(err, &apiErr) && apiErr.Status == http.StatusUnauthorized &&
+			(attempt == 0 || attempt+1 < maxReused && strings.Contains(apiErr.Message, "already used")):
 			continue
 		case cl.resend && attempt < len(resendWaits) && errors.As(err, &netErr):
 			select {

@@ -131,9 +131,14 @@ func TestUnauthorizedSignedAgainOnce(t *testing.T) {
 		auths = append(auths, r.Header.Get("X-KEZ-Auth"))
 		n := len(auths)
 		mu.Unlock()
-		if n == 1 || r.URL.Path == "/v1/inbox/mallory" {
+		switch {
+		case n == 1 || r.URL.Path == "/v1/inbox/eve":
 			w.WriteHeader(http.StatusUnauthorized)
-			fmt.Fprint(w, `{"error":{"code":"unauthorized","message":"signature already used"}}`)
+			fmt.Fprint(w, `{"error":{"code":"unauthorized","message":"signature already used: sign every request afresh"}}`)
+			return
+		case r.URL.Path == "/v1/inbox/mallory":
+			w.WriteHeader(http.StatusUnauthorized)
+			fmt.Fprint(w, `{"error":{"code":"unauthorized","message":"auth signature does not verify for this key, server and request"}}`)
 			return
 		}
 		fmt.Fprint(w, `{"messages":[],"next_since":0,"more":false}`)
@@ -157,9 +162,26 @@ func TestUnauthorizedSignedAgainOnce(t *testing.T) {
 		t.Errorf("inbox = %v", err)
 	}
 	mu.Lock()
-	defer mu.Unlock()
 	if len(auths) != 2 {
 		t.Errorf("%d attempts, want 2", len(auths))
+	}
+	auths = nil
+	mu.Unlock()
+	// "Already used" again and again (other processes signing the same
+	// request in the same second): a few more seconds, then the error.
+	e, _ := New(srv.URL, Options{Keys: kez.GenerateKeys(), Handle: "eve", ServerName: "kez.test", Now: func() time.Time { return now }})
+	if _, err := e.Inbox(context.Background(), 0, 0); !errors.Is(err, ErrUnauthorized) {
+		t.Errorf("inbox = %v", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(auths) != maxReused {
+		t.Errorf("%d attempts, want %d", len(auths), maxReused)
+	}
+	for i, a := range auths {
+		if !strings.HasPrefix(a, fmt.Sprint(now.Unix()+int64(i), ":")) {
+			t.Errorf("attempt %d signed as %s, want at %d", i, a, now.Unix()+int64(i))
+		}
 	}
 }
 
