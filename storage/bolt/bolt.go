@@ -476,9 +476,17 @@ type inbox struct {
 	senders  *bolt.Bucket
 }
 
+// appendOnly is the FillPercent of buckets whose keys only ever grow
+// (messages by seq, idempotency keys by time): a split leaves the left page
+// full instead of half empty, as nothing will be inserted into it again.
+// Half the pages for the same messages, so half the pages written per commit.
+const appendOnly = 1.0
+
 func newWriteTx(tx *bolt.Tx) *writeTx {
-	return &writeTx{tx: tx, counts: tx.Bucket(bucketCounts), idem: tx.Bucket(bucketIdem),
+	w := &writeTx{tx: tx, counts: tx.Bucket(bucketCounts), idem: tx.Bucket(bucketIdem),
 		idemTimes: tx.Bucket(bucketIdemTimes), inboxes: map[string]*inbox{}}
+	w.idemTimes.FillPercent = appendOnly
+	return w
 }
 
 // inbox returns handle's buckets, creating its state buckets if they are
@@ -493,6 +501,7 @@ func (w *writeTx) inbox(handle string) (*inbox, error) {
 		w.inboxes[handle] = nil
 		return nil, nil
 	}
+	msgs.FillPercent = appendOnly
 	ix := &inbox{name: name, msgs: msgs}
 	var err error
 	if ix.state, err = bucket(w.tx.Bucket(bucketState), name); err != nil {
