@@ -31,7 +31,8 @@ const (
 //
 // and each gets its idempotency key (from, envelope's "sig"), kept for
 // retention like any other, so a resend across the upgrade is not stored
-// twice. Every inbox gets its (empty) contact lists.
+// twice. Every inbox gets its (empty) contact lists, and its count of
+// messages is set from what it holds.
 //
 // It works in small transactions; each message value says which layout it
 // has, so a migration cut short by a crash resumes where it was. The schema
@@ -70,6 +71,7 @@ func migrate(db *bolt.DB) error {
 
 func migrateInbox(db *bolt.DB, handle string) error {
 	next := uint64(0)
+	stored := uint64(0) // messages seen, all ordinary: nothing is appended before the schema is written
 	for done := false; !done; {
 		err := db.Update(func(tx *bolt.Tx) error {
 			w := newWriteTx(tx)
@@ -91,6 +93,9 @@ func migrateInbox(db *bolt.DB, handle string) error {
 				scanned++
 				next = u64(k) + 1
 				val := messageValue(ix.msgs, k, v)
+				if len(k) == 8 && len(val) >= 9 {
+					stored++
+				}
 				if len(k) != 8 || len(val) < 9 || val[8]&flagV2 != 0 {
 					continue // migrated already (or not a message)
 				}
@@ -102,6 +107,9 @@ func migrateInbox(db *bolt.DB, handle string) error {
 				if err := w.migrateMessage(ix, m.key, m.val, m.outOfLine); err != nil {
 					return err
 				}
+			}
+			if done { // the count, from what is stored
+				return w.counts.Put(ix.name, seqKey(stored))
 			}
 			return nil
 		})

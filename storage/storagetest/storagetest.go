@@ -1,5 +1,8 @@
 // Package storagetest is the conformance suite every storage.Store backend
-// must pass: what SPEC §2 requires of the registry and the inboxes.
+// must pass: what SPEC §2 requires of the registry and the inboxes, and
+// the v2 rules (v2.go): idempotent deliveries, message requests and their
+// limits, contact lists, single-use signatures. It uses nothing but the
+// storage.Store interface, so every backend runs the same cases.
 package storagetest
 
 import (
