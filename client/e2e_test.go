@@ -635,3 +635,57 @@ func TestStreamOutlivesMaxAge(t *testing.T) {
 		}
 	}
 }
+
+// TestSendsAcrossReloads: sends keep going while Caddy reloads. Each
+// attempt is signed afresh; a send whose connection the reload closes is
+// sent again (by Go's transport, or by the client after a network error)
+// and stored once: the server answers a known envelope with its receipt.
+func TestSendsAcrossReloads(t *testing.T) {
+	srv := clienttest.Start(t, "sender_rate off")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	bob := user(t, srv, "bob", nil)
+	const senders, each = 4, 30
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	seqs := map[uint64]bool{}
+	resent := 0
+	for i := range senders {
+		c := user(t, srv, fmt.Sprint("sender", i), nil)
+		if err := bob.Accept(ctx, c.Keys().Primary()); err != nil {
+			t.Fatal(err)
+		}
+		r, err := c.Recipient(ctx, "bob")
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Go(func() {
+			for k := range each {
+				rcpt, err := c.SendTo(ctx, r, fmt.Sprint(i, "/", k))
+				if err != nil {
+					t.Errorf("sender %d, message %d: %v", i, k, err)
+					return
+				}
+				mu.Lock()
+				if seqs[rcpt.Seq] {
+					t.Errorf("seq %d given twice", rcpt.Seq)
+				}
+				seqs[rcpt.Seq] = true
+				if rcpt.AlreadyStored {
+					resent++
+				}
+				mu.Unlock()
+				time.Sleep(20 * time.Millisecond)
+			}
+		})
+	}
+	for range 3 {
+		time.Sleep(300 * time.Millisecond)
+		srv.Reload(t)
+	}
+	wg.Wait()
+	if got := openAll(t, bob); len(got) != senders*each {
+		t.Errorf("bob has %d messages, want %d", len(got), senders*each)
+	}
+	t.Logf("%d sends answered with an earlier receipt", resent)
+}
