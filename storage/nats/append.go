@@ -33,31 +33,43 @@ const (
 //     message is stored, answers: the message is published only if no
 //     record of its key exists (expected last sequence 0 on
 //     <prefix>.ids.<handle>.<key>.*), checked by the stream. Records go
-//     with retention (the stream's MaxAge, Expire), not with Ack.
+//     with retention (the stream's MaxAge, Expire), not with Ack. A key
+//     Expire forgot while the stream still knows the id (tests; retention
+//     under 2 min) is stored again under the id <handle>/<key>~<old seq>.
+//     Without a signature there is no key: no dedupe.
 //   - Blocked: from the recipient's cached lists, confirmed by the leader
 //     before refusing. A request also checks the leader's lists after it
-//     is stored and deletes the sender's requests if a Block came between.
+//     is stored, and deletes the sender's requests if a Block came between.
 //   - Accepted senders (the common case): published to
 //     <prefix>.inbox.<handle>.m, whose cap is the stream's per-subject
 //     limit with discard-new, exact under any concurrency: one round trip,
-//     plus the record, written asynchronously. A Limits.MaxInbox lower
-//     than the stream's limit (or an inbox still holding v1 messages) is
-//     counted instead, as below.
+//     plus the record, published without waiting for it. When that limit
+//     does not count everything MaxInbox must count (Limits.MaxInbox below
+//     the stream's limit, requests accepted since they were stored, v1
+//     messages), the message is counted as below instead.
 //   - Requests, and counted caps: the key is claimed first (a pending
 //     record, created only if absent, so concurrent copies wait for the
 //     first one's outcome); then the leader counts (the filter's last
 //     sequence, then per-subject totals) and the message is published with
-//     Nats-Expected-Last-Subject-Sequence on the filter
-//     (<prefix>.inbox.<handle>.r.* for requests: one check covers the
-//     per-sender and the per-inbox limit), so a request stored meanwhile
-//     through any server makes it fail and count again. Requests from
-//     senders accepted since they were stored do not count.
+//     Nats-Expected-Last-Subject-Sequence on that filter
+//     (<prefix>.inbox.<handle>.r.*.* for requests: one check covers the
+//     per-sender and the per-inbox limit, whatever the subject), so that a
+//     request stored meanwhile through any server makes it fail and count
+//     again. (Every request publish carries that check while a limit is
+//     set: a replicated stream only sees requests in flight through it.)
+//     Requests accepted since they were stored count as messages.
 //
 // What the cache can let through: a send through server B in the few
 // milliseconds before B's watch brings a change made through server A
 // (Unaccept, Block) is treated as from a contact: stored as an ordinary
-// message (which Block would not delete either). Everything else is
-// decided on the leader's state.
+// message (which Block would not delete either). Decisions against a
+// sender (blocked, a request, over a limit) are made on the leader's
+// state.
+//
+// Round trips: a contact's message 1 (and one record published without
+// waiting); a request 7 (lists, claim, last sequence, counts, publish,
+// record, lists again); a counted message 6 (claim, last sequence, lists,
+// counts, publish, record).
 func (s *Store) Append(ctx context.Context, d storage.Delivery, lim storage.Limits) (storage.Message, bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
@@ -110,6 +122,7 @@ func (s *Store) Append(ctx context.Context, d storage.Delivery, lim storage.Limi
 			m, fresh, err = op.direct(ctx)
 		}
 	default:
+		op.leader = contacts
 		op.epoch = contacts.epochs[d.From]
 		op.subj = s.requestSubj(d.To, d.From, op.epoch)
 		if lim.RequestLimit > 0 || lim.MaxRequests > 0 {
@@ -174,6 +187,9 @@ type appendOp struct {
 	request bool
 	epoch   uint64 // a request's epoch of its sender
 	subj    string
+	// leader: the recipient's lists just read from the leader, for the
+	// first count (later ones read them again).
+	leader *contactList
 }
 
 // countsInbox reports whether an accepted sender's message must be
@@ -446,15 +462,17 @@ func (op *appendOp) count(ctx context.Context) (filter string, last uint64, full
 	case !errors.Is(err, storage.ErrNotFound):
 		return "", 0, false, err
 	}
-	contacts, err := s.loadContacts(ctx, to)
-	if err != nil {
-		return "", 0, false, err
-	}
-	var requests map[string]uint64
-	if op.request || contacts.converted > 0 {
-		if requests, err = s.subjectCounts(ctx, s.requestsFilter(to)); err != nil {
+	contacts := op.leader
+	op.leader = nil
+	if contacts == nil {
+		if contacts, err = s.loadContacts(ctx, to); err != nil {
 			return "", 0, false, err
 		}
+	}
+	// One answer for every subject of the inbox: messages and requests.
+	counts, err := s.subjectCounts(ctx, s.inboxFilter(to))
+	if err != nil {
+		return "", 0, false, err
 	}
 	// Who each request subject is from, and whether it still is one.
 	type sender struct {
@@ -479,7 +497,7 @@ func (op *appendOp) count(ctx context.Context) (filter string, last uint64, full
 		of(p).epoch = e
 	}
 	var mine, pending, converted uint64
-	for subj, n := range requests {
+	for subj, n := range counts {
 		token, epoch, ok := s.requestOf(to, subj)
 		if !ok {
 			continue
@@ -504,11 +522,7 @@ func (op *appendOp) count(ctx context.Context) (filter string, last uint64, full
 			op.lim.MaxRequests > 0 && pending >= uint64(op.lim.MaxRequests)
 		return filter, last, full, nil
 	}
-	msgs, err := s.subjectCounts(ctx, op.subj)
-	if err != nil {
-		return "", 0, false, err
-	}
-	n := msgs[op.subj] + converted
+	n := counts[op.subj] + converted
 	if v1, err := s.v1LastOf(ctx, to); err != nil {
 		return "", 0, false, err
 	} else if v1 > 0 {
