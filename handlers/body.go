@@ -29,21 +29,13 @@ type body struct {
 // when longer): it must be application/json (415 otherwise, so that a
 // browser cannot send it without a CORS preflight) and arrive whole
 // within BodyTimeout (408 body_timeout). Memory grows with the bytes that
-// arrive, never with what Content-Length announces. An empty body needs no
-// Content-Type. It writes the error and returns ok=false on failure.
+// arrive, never with what Content-Length announces; a body announced
+// larger than limit is still read up to limit, so that the client, still
+// sending, can read the 413. An empty body needs no Content-Type. It
+// writes the error and returns ok=false on failure.
 func (h *Handler) readJSONBody(w http.ResponseWriter, r *http.Request, limit int64, tooBig func()) (body, bool) {
-	if r.ContentLength > limit {
-		tooBig()
+	if !jsonContentType(w, r) {
 		return body{}, false
-	}
-	if r.ContentLength != 0 {
-		mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
-		if err != nil || mt != "application/json" {
-			closeAfter(w)
-			writeError(w, http.StatusUnsupportedMediaType, kez.CodeBadRequest,
-				"the body must be sent as Content-Type: application/json")
-			return body{}, false
-		}
 	}
 	rc := http.NewResponseController(w)
 	deadline := time.Now().Add(h.cfg.BodyTimeout)
@@ -59,7 +51,11 @@ func (h *Handler) readJSONBody(w http.ResponseWriter, r *http.Request, limit int
 	expired := !time.Now().Before(deadline)
 	if timer != nil {
 		expired = !timer.Stop() || expired
-	} else {
+	} else if err == nil {
+		// The body is in: the connection may serve more requests. After a
+		// failure the deadline stays, so that net/http's attempt to drain
+		// the rest of the body before answering gives up at once instead
+		// of waiting for a client that sends nothing.
 		_ = rc.SetReadDeadline(time.Time{})
 	}
 	var mbe *http.MaxBytesError
@@ -82,6 +78,22 @@ func (h *Handler) readJSONBody(w http.ResponseWriter, r *http.Request, limit int
 		b.hash = hex.EncodeToString(hash.Sum(nil))
 	}
 	return b, true
+}
+
+// jsonContentType checks that a request with a body says it is
+// application/json, else answers 415 and returns false.
+func jsonContentType(w http.ResponseWriter, r *http.Request) bool {
+	if r.ContentLength == 0 {
+		return true
+	}
+	mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if err != nil || mt != "application/json" {
+		closeAfter(w)
+		writeError(w, http.StatusUnsupportedMediaType, kez.CodeBadRequest,
+			"the body must be sent as Content-Type: application/json")
+		return false
+	}
+	return true
 }
 
 // readNoBody reads what should be an empty body (PUT and DELETE on a path

@@ -80,6 +80,9 @@ func (h *Handler) send(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
+	if !jsonContentType(w, r) {
+		return
+	}
 	auth := r.Header.Get("X-KEZ-Auth")
 	if auth == "" {
 		writeError(w, http.StatusUnauthorized, kez.CodeUnauthorized,
