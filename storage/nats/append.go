@@ -87,8 +87,7 @@ func (s *Store) Append(ctx context.Context, d storage.Delivery, lim storage.Limi
 	}
 	op := &appendOp{s: s, d: d, lim: lim, now: time.Now().UnixMilli(), attempt: nuid.Next()}
 	if d.Sig != "" {
-		sum := sha256.Sum256([]byte(d.From + "\x00" + d.Sig))
-		op.key = base64.RawURLEncoding.EncodeToString(sum[:])
+		op.key = idemKey(d.From, d.Sig)
 	}
 	// The owner writing to its own inbox (a copy for its other devices,
 	// SPEC §3) is never a stranger there.
@@ -174,6 +173,12 @@ func (op *appendOp) recheck(ctx context.Context, seq uint64) error {
 		return err
 	}
 	return nil
+}
+
+// idemKey is the idempotency key of a delivery: a subject token.
+func idemKey(from, sig string) string {
+	sum := sha256.Sum256([]byte(from + "\x00" + sig))
+	return base64.RawURLEncoding.EncodeToString(sum[:])
 }
 
 // appendOp is one Append call.
@@ -314,9 +319,9 @@ func (op *appendOp) direct(ctx context.Context) (storage.Message, bool, error) {
 }
 
 // duplicate finds the original of a message the stream recognised by its
-// id as stored at seq. forgotten: neither the original nor its record is
-// left (Expire forgot the key within the dedupe window): store it again,
-// under another id.
+// id as stored at seq. forgotten: Expire forgot the key while the stream
+// still knows the id (a cutoff within the dedupe window: tests, or a
+// retention that short): store it again, under another id.
 func (op *appendOp) duplicate(ctx context.Context, seq uint64) (m storage.Message, fresh, forgotten bool, err error) {
 	rec, err := op.resolve(ctx)
 	if err != nil {
@@ -334,10 +339,17 @@ func (op *appendOp) duplicate(ctx context.Context, seq uint64) (m storage.Messag
 			op.s.writeRecordAsync(op.d.To, op.key, seq, at, r.hdr.Get(hdrAttempt))
 		}
 		return op.stored(seq, at), r.hdr.Get(hdrAttempt) == op.attempt, false, nil
-	case err == nil, errors.Is(err, storage.ErrNotFound):
+	case err != nil && !errors.Is(err, storage.ErrNotFound):
+		return storage.Message{}, false, false, err
+	}
+	if op.s.expiredTo.Load() > time.Now().Add(-dedupeWindow).UnixMilli() {
 		return storage.Message{}, false, true, nil
 	}
-	return storage.Message{}, false, false, err
+	// Acknowledged, and its record lost with the server that stored it:
+	// still a copy. Its received_at is lost too; this answer's stands
+	// for it from now on.
+	op.s.writeRecordAsync(op.d.To, op.key, seq, op.now, "")
+	return op.stored(seq, op.now), false, false, nil
 }
 
 // refuse returns err unless d is a copy of a stored message, checked

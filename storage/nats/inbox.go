@@ -469,6 +469,12 @@ func (s *Store) Expire(ctx context.Context, cutoff time.Time) (int, error) {
 	}
 	// Records of messages stored here go first: each follows its message.
 	s.waitRecords(ctx, "")
+	for {
+		to := s.expiredTo.Load()
+		if cutoff.UnixMilli() <= to || s.expiredTo.CompareAndSwap(to, cutoff.UnixMilli()) {
+			break
+		}
+	}
 	var info struct {
 		apiResponse
 		State jetstream.StreamState `json:"state"`

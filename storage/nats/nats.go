@@ -7,10 +7,10 @@
 //     every key must not exist yet (expected last subject sequence 0);
 //   - the inboxes are one stream, <prefix>_inbox. A handle's messages from
 //     accepted senders are on <prefix>.inbox.<handle>.m, its message
-//     requests (SPEC §2.5) on <prefix>.inbox.<handle>.r.<sender token>, so
-//     a read is one seek by the filter <prefix>.inbox.<handle>.> and a
-//     message's seq is its stream sequence: one increasing sequence per
-//     inbox. Retention is the stream's MaxAge, the inbox cap (max_inbox) its
+//     requests (SPEC §2.5) on <prefix>.inbox.<handle>.r.<sender>.<epoch>
+//     (see contacts.go), so a read is one seek by the filter
+//     <prefix>.inbox.<handle>.> and a message's seq is its stream
+//     sequence: one increasing sequence per inbox. Retention is the stream's MaxAge, the inbox cap (max_inbox) its
 //     per-subject limit with discard-new, which thus counts only messages
 //     from accepted senders. v1 messages (on <prefix>.inbox.<handle>, all
 //     stored before the stream was moved to these subjects) are read too;
@@ -37,6 +37,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	natsio "github.com/nats-io/nats.go"
@@ -138,8 +139,9 @@ type Store struct {
 	cmu      sync.Mutex
 	contacts map[string]*cachedContacts // contact lists in use here, by handle
 
-	recMu   sync.Mutex
-	records map[string]chan struct{} // idempotency records being written, by subject
+	recMu     sync.Mutex
+	records   map[string]chan struct{} // idempotency records being written, by subject
+	expiredTo atomic.Int64             // the latest cutoff Expire applied here (unix ms)
 }
 
 // ValidPrefix reports whether p can name the streams and subjects.

@@ -38,6 +38,7 @@ func TestTwoServersV2(t *testing.T) {
 	t.Run("MaxInbox", func(t *testing.T) { twoServersMaxInbox(t, c) })
 	t.Run("Duplicates", func(t *testing.T) { twoServersDuplicates(t, c) })
 	t.Run("DedupeAfterTheMsgIDWindow", func(t *testing.T) { dedupeAfterWindow(t, c) })
+	t.Run("RecordLostWithItsServer", func(t *testing.T) { recordLost(t, c) })
 	t.Run("Once", func(t *testing.T) { twoServersOnce(t, c) })
 	t.Run("Contacts", func(t *testing.T) { twoServersContacts(t, c) })
 }
@@ -235,6 +236,40 @@ func dedupeAfterWindow(t *testing.T, c *natstest.Cluster) {
 	msgs, _, err := s2.Read(ctx, "alice", 0, 100)
 	if err != nil || len(msgs) != 2 {
 		t.Fatalf("%d stored, %v", len(msgs), err)
+	}
+}
+
+// The server that stored a message dies before writing its record, and
+// the recipient acknowledges it: a resend within the dedupe window,
+// through another server, is still a copy (the stream knows its id).
+func recordLost(t *testing.T, c *natstest.Cluster) {
+	ctx := context.Background()
+	s1, s2 := pair(t, c, "lost2", Options{}, nil, nil)
+	storagetest.Register(t, s1, "alice", 1)
+	accept(t, s1, "alice")
+	d := delivery("alice", []byte(`{}`))
+	m, fresh, err := s1.Append(ctx, d, storage.Limits{})
+	if err != nil || !fresh {
+		t.Fatalf("fresh=%v %v", fresh, err)
+	}
+	s1.waitRecords(ctx, "")
+	if n, err := s1.purge(ctx, s1.doneSubj("alice", idemKey(d.From, d.Sig)), 0); err != nil || n != 1 {
+		t.Fatalf("removing the record: %d %v", n, err)
+	}
+	if _, err := s1.Ack(ctx, "alice", m.Seq); err != nil {
+		t.Fatal(err)
+	}
+	again, fresh, err := s2.Append(ctx, d, storage.Limits{})
+	if err != nil || fresh || again.Seq != m.Seq {
+		t.Fatalf("resend: seq %d fresh=%v %v; want seq %d", again.Seq, fresh, err, m.Seq)
+	}
+	if msgs, _, err := s2.Read(ctx, "alice", 0, 10); err != nil || len(msgs) != 0 {
+		t.Fatalf("stored again: %d %v", len(msgs), err)
+	}
+	// The record is written again: later copies get the same receipt.
+	s2.waitRecords(ctx, "")
+	if rec, err := s2.findRecord(ctx, "alice", idemKey(d.From, d.Sig)); err != nil || rec == nil || !rec.done || rec.msgSeq != m.Seq || rec.at != again.ReceivedAt {
+		t.Fatalf("record: %+v %v", rec, err)
 	}
 }
 
