@@ -698,8 +698,12 @@ async function checkBinding() {
 async function adoptBinding(rec) {
   await stopInbox();
   await db.resetInbox();
+  // The server's contact lists went with its data: accept our chats there again.
+  acceptedHere.clear();
+  await db.setMeta('v2contacts', false);
   await saveMe({ handle: rec.handle, address: rec.address || `${rec.handle}@${state.me.server}`, registeredTs: registeredTs(rec) });
   showMe();
+  syncContacts();
   if (channel) channel.postMessage({ type: 'rebound' });
   // The reset server forgot everyone: names we knew may now belong to other
   // keys. Ask again; a peer not back yet is named by key until they are.

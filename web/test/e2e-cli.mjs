@@ -1,6 +1,7 @@
 // The browser and the terminal client (cmd/kez) talk to each other: a
-// message from `kez send` shows in the browser, and a browser message
-// decrypts in `kez inbox`. Used by e2e.mjs.
+// message from `kez send` shows in the browser (a request, as termie is a
+// stranger to bob, until bob accepts), and a browser message decrypts in
+// `kez inbox` (no request there: termie wrote to bob first). Used by e2e.mjs.
 
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
@@ -24,10 +25,12 @@ export async function cliInterop({ REPO, tmp, base, server, bob, send }) {
   kez('register', 'termie', '--server', base);
   kez('send', `bob@${server}`, 'hello from the terminal');
 
-  // The browser shows it under the sender's verified handle.
-  const row = bob.locator('#convo-list .convo', { hasText: 'termie' });
-  await row.waitFor();
-  await row.click();
+  // termie is a stranger to bob: the browser shows a message request under
+  // the sender's verified handle (SPEC §2.9), and Accept makes it a chat.
+  const item = bob.locator('#requests-list > li', { has: bob.getByRole('heading', { name: 'termie', exact: true }) });
+  await item.getByText('hello from the terminal').waitFor();
+  await item.getByRole('button', { name: 'Accept termie' }).click();
+  await bob.getByRole('heading', { name: 'termie', exact: true }).waitFor();
   await bob.locator('#messages li.msg.in .text', { hasText: 'hello from the terminal' }).waitFor();
 
   await send(bob, 'hello from the browser');

@@ -19,6 +19,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 
+import { Api, ApiError } from '../js/api.js';
 import * as kez from '../js/kez.js';
 
 const REPO = fileURLToPath(new URL('../../', import.meta.url));
@@ -116,6 +117,7 @@ async function newPage(name, { width = 1200, height = 800 } = {}) {
   contexts.push(context);
   const page = await context.newPage();
   page.kezName = name;
+  page.on('request', (r) => pageRequests.push({ page: name, url: r.url(), method: r.method(), auth: r.headers()['x-kez-auth'] }));
   page.on('pageerror', (e) => console.error(`[${name}] page error:`, e));
   page.on('console', (m) => {
     // 4xx answers are what several steps provoke on purpose.
@@ -175,6 +177,47 @@ async function send(page, text) {
 const bubbles = (page) => page.locator('#messages li.msg');
 const bubbleTexts = (page) => page.locator('#messages li.msg .text').allInnerTexts();
 
+// ---- users driven from node, through the server's API (SPEC §2) ----
+
+let napi; // an Api of the client's own code, talking to the server from node
+
+/** nodeUser registers a new key under handle, for messages sent from the test itself. */
+async function nodeUser(handle) {
+  const id = await kez.identityFromSeed(kez.newSeed());
+  const r = await fetch(`${base}/v1/register`, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify(await kez.signRegistration(id, handle, SERVER, Math.floor(Date.now() / 1000))),
+  });
+  assert.equal(r.status, 201, `register ${handle}`);
+  const send = async (to, plaintext, tamper) => {
+    const rec = await (await fetch(`${base}/v1/u/${to}`)).json();
+    let env = await kez.sealEnvelope(id, rec.primary, plaintext);
+    if (tamper) env = tamper(env);
+    return napi.send(id, to, env);
+  };
+  return { id, handle, send };
+}
+
+/** sendStatus is the HTTP status (and code) of a send from node: 201, 200, or the error's. */
+async function sendStatus(p) {
+  try {
+    const r = await p;
+    return r.again ? 200 : 201;
+  } catch (e) {
+    if (!(e instanceof ApiError)) throw e;
+    return `${e.status} ${e.code}`;
+  }
+}
+
+const text = (t, id = crypto.randomUUID(), extra = {}) => ({ type: 'text', text: t, id, sent_at: Date.now(), ...extra });
+
+/** requestItem is the entry of one sender in the Requests area. */
+const requestItem = (page, name) => page.locator('#requests-list > li', { has: page.getByRole('heading', { name, exact: true }) });
+
+// Every request the pages make, to check that none carries a credential in its URL.
+const pageRequests = [];
+
 before(async () => {
   caddyBin = process.env.KEZ_CADDY;
   if (!caddyBin) {
@@ -186,6 +229,7 @@ before(async () => {
   adminPort = await freePort();
   base = `http://127.0.0.1:${port}`;
   await startCaddy();
+  napi = new Api(base + '/', SERVER);
   browser = await chromium.launch({
     executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
     args: [
@@ -316,13 +360,22 @@ test('they chat both ways, live', async () => {
   await send(bob, 'hi alice 👋');
   await bob.locator('#messages li.msg.out[data-status="sent"]').waitFor();
 
-  // Alice has no conversation open: it appears in her list, named, unread.
+  // Bob is a stranger to alice: his message waits in her Requests (SPEC
+  // §2.9), named by his verified handle, not in her chats.
+  const item = requestItem(alice, 'bob');
+  await item.getByText('hi alice 👋').waitFor();
+  await alice.locator('#requests-count').getByText('1').waitFor();
+  assert.equal(await alice.locator('#convo-list .convo').count(), 0);
+  assert.doesNotMatch(await alice.locator('#requests').innerText(), /ed25519/);
+  // Keyboard: Tab reaches Accept, Enter accepts and opens the chat.
+  await item.getByRole('button', { name: 'Accept bob' }).focus();
+  await alice.keyboard.press('Enter');
+  await alice.getByRole('heading', { name: 'bob', exact: true }).waitFor();
+  await alice.locator('#messages li.msg.in .text', { hasText: 'hi alice 👋' }).waitFor();
+  assert.equal(await alice.locator('#requests').isHidden(), true);
   const row = alice.locator('#convo-list .convo', { hasText: 'bob' });
   await row.waitFor();
-  await row.locator('.badge').getByText('1').waitFor();
   assert.doesNotMatch(await alice.locator('#convo-list').innerText(), /ed25519|[0-9a-f]{16}/);
-  await row.click();
-  await alice.locator('#messages li.msg.in .text', { hasText: 'hi alice 👋' }).waitFor();
 
   // Shift+Enter makes a new line; Enter sends.
   const box = alice.locator('#compose-input');
@@ -416,58 +469,6 @@ test('a config reload (streams end, clients come back) loses and duplicates noth
   assert.equal(await bubbles(alice).count(), before + 2);
 });
 
-test('an envelope that fails verification is shown as such, never as text', async () => {
-  // Sealed by a stranger for alice, then tampered with after signing.
-  const stranger = await kez.identityFromSeed(kez.newSeed());
-  const aliceRec = await (await fetch(`${base}/v1/u/alice`)).json();
-  const env = await kez.sealEnvelope(stranger, aliceRec.primary, { type: 'text', text: 'TAMPERED SECRET', id: 'evil-1', sent_at: Date.now() });
-  env.ct = env.ct.slice(0, -2) + (env.ct.endsWith('AA') ? 'BB' : 'AA');
-  const r = await fetch(`${base}/v1/messages`, {
-    method: 'POST',
-    headers: { 'Content-Type': 'application/json' },
-    body: JSON.stringify({ to: 'alice', envelope: env }),
-  });
-  assert.equal(r.status, 201);
-  const row = alice.locator('#convo-list .convo', { hasText: 'Unverified messages' });
-  await row.waitFor();
-  await row.click();
-  await alice.getByText('could not be verified or decrypted').waitFor();
-  assert.doesNotMatch(await alice.locator('#messages').innerText(), /TAMPERED SECRET/);
-  await shot(alice, '06-undecryptable.png');
-});
-
-test('a replayed envelope shows once; an unregistered sender is named by key, its claim marked unverified', async () => {
-  const stranger = await kez.identityFromSeed(kez.newSeed());
-  const aliceRec = await (await fetch(`${base}/v1/u/alice`)).json();
-  // A key with no handle claims an address that looks like a real user's.
-  const pt = { type: 'text', text: 'hi from nowhere', id: 'dup-1', sent_at: Date.now(), from_addr: `bob@${SERVER}` };
-  const env = await kez.sealEnvelope(stranger, aliceRec.primary, pt);
-  for (let i = 0; i < 2; i++) {
-    const r = await fetch(`${base}/v1/messages`, {
-      method: 'POST',
-      headers: { 'Content-Type': 'application/json' },
-      body: JSON.stringify({ to: 'alice', envelope: env }),
-    });
-    assert.equal(r.status, 201);
-  }
-  const hex = stranger.primary.slice('ed25519:'.length);
-  const name = `Unknown key ${hex.slice(0, 16).match(/.{4}/g).join(' ')}…`;
-  const row = alice.locator('#convo-list .convo', { hasText: name });
-  await row.waitFor();
-  assert.doesNotMatch(await row.innerText(), /bob@/, 'the claimed address must not name the conversation');
-  await row.click();
-  await alice.locator('#messages .text', { hasText: 'hi from nowhere' }).waitFor();
-  assert.equal(await alice.locator('#thread-title').innerText(), name);
-  const sub = await alice.locator('#thread-sub').getAttribute('title');
-  assert.ok(sub.includes(`Key ${hex.slice(0, 32).match(/.{4}/g).join(' ')}`) && !sub.includes('bob@'), sub);
-  await alice.locator('#messages .claim', { hasText: `Claims to be “bob@${SERVER}” — unverified` }).waitFor();
-  await alice.waitForTimeout(300);
-  assert.equal(await bubbles(alice).count(), 1);
-  assert.equal(await alice.locator('#compose-input').isDisabled(), true);
-  await shot(alice, '06-unknown-key.png');
-  await alice.locator('#convo-list .convo', { hasText: 'bob' }).click();
-});
-
 test('a backup restores alice in a third browser, with her inbox', async () => {
   const carol = await newPage('alice-2');
   aliceTwo = carol;
@@ -532,6 +533,198 @@ test('keyboard only: start a chat and send without the mouse', async () => {
   await bob.locator('#messages li.msg.out[data-status="sent"]', { hasText: 'typed with the keyboard' }).waitFor();
 });
 
+let mallory, eve;
+
+test('a stranger’s messages wait in Requests, apart from the chats; Accept makes them a chat', async () => {
+  mallory = await nodeUser('mallory');
+  const first = text('hello from a stranger');
+  const env = await kez.sealEnvelope(mallory.id, (await (await fetch(`${base}/v1/u/alice`)).json()).primary, first);
+  const r1 = await napi.send(mallory.id, 'alice', env);
+  // The same envelope again (a resend after a lost answer): the original receipt, 200.
+  const r2 = await napi.send(mallory.id, 'alice', env);
+  assert.deepEqual([r2.again, r2.seq], [true, r1.seq]);
+  // Claims to be bob; and one whose signature was broken after signing.
+  await mallory.send('alice', text('it is me, bob', undefined, { from_addr: `bob@${SERVER}` }));
+  assert.equal(await sendStatus(mallory.send('alice', text('TAMPERED SECRET'), (e) => ({ ...e, ct: e.ct.slice(0, -2) + (e.ct.endsWith('AA') ? 'BB' : 'AA') }))), 201);
+
+  const item = requestItem(alice, 'mallory');
+  await item.waitFor();
+  await item.getByText('hello from a stranger').waitFor();
+  await item.getByText('it is me, bob').waitFor();
+  await item.getByText('could not be verified or decrypted').waitFor();
+  const box = alice.getByRole('region', { name: /Message requests/ });
+  assert.equal(await box.locator('.badge').innerText(), String(await alice.locator('#requests-list > li').count()));
+  assert.doesNotMatch(await alice.locator('#convo-list').innerText(), /mallory/, 'a request is not a chat');
+  assert.doesNotMatch(await alice.locator('body').innerText(), /TAMPERED SECRET/);
+  assert.equal(await item.getByText('hello from a stranger').count(), 1, 'the resend shows once');
+  await shot(alice, '06-requests.png');
+
+  await item.getByRole('button', { name: 'Accept mallory' }).click();
+  await alice.getByRole('heading', { name: 'mallory', exact: true }).waitFor();
+  await alice.locator('#convo-list .convo', { hasText: 'mallory' }).waitFor();
+  assert.equal(await requestItem(alice, 'mallory').count(), 0);
+  await alice.locator('#messages li.msg.bad').getByText('could not be verified or decrypted').waitFor();
+  assert.deepEqual(await alice.locator('#messages li.msg:not(.bad) .text').allInnerTexts(), ['hello from a stranger', 'it is me, bob']);
+  // What a registered sender claims beyond its own address is marked, never a name.
+  await alice.locator('#messages .claim', { hasText: `Claims to be “bob@${SERVER}” — unverified` }).waitFor();
+  // The server knows: mallory is a contact now, so her next message is no request.
+  const contacts = await alice.evaluate(async () => {
+    const s = globalThis.kezApp.state;
+    return s.api.contacts(s.me, s.me.handle);
+  });
+  assert.ok(contacts.accepted.includes(mallory.id.primary), JSON.stringify(contacts));
+  await mallory.send('alice', text('now we are contacts'));
+  await alice.locator('#messages .text', { hasText: 'now we are contacts' }).waitFor();
+  assert.equal(await requestItem(alice, 'mallory').count(), 0);
+  await shot(alice, '06-accepted.png');
+});
+
+test('hostile envelopes and plaintexts are shown as undecryptable or unsupported, never as text', async () => {
+  const before = await alice.locator('#messages li.msg.bad').count();
+  // A case variant of "ct" the server lets through (it reads only from and to).
+  const variant = (e) => {
+    const { ct, ...rest } = e;
+    return { ...rest, CT: ct };
+  };
+  assert.equal(await sendStatus(mallory.send('alice', text('CASE VARIANT SECRET'), variant)), 201);
+  // Plaintexts with a second "text", or a "Text" next to "text".
+  const me = (await (await fetch(`${base}/v1/u/alice`)).json()).primary;
+  for (const raw of [
+    `{"type":"text","text":"innocent","id":"${crypto.randomUUID()}","text":"EVIL DUPLICATE"}`,
+    `{"type":"text","text":"innocent","Text":"EVIL VARIANT","id":"${crypto.randomUUID()}"}`,
+    `{"type":"text","te\\u0078t":"EVIL ESCAPE","text":"innocent","id":"${crypto.randomUUID()}"}`,
+  ]) {
+    await napi.send(mallory.id, 'alice', await kez.sealEnvelope(mallory.id, me, raw));
+  }
+  await mallory.send('alice', { type: 'poll', id: crypto.randomUUID(), question: 'POLL QUESTION?' });
+  await alice.locator('#messages li.msg.bad').nth(before + 3).waitFor();
+  await alice.locator('#messages .unsupported').getByText('Unsupported message').waitFor();
+  await alice.waitForTimeout(300);
+  // "te\u0078t" is "text" spelled with an escape: a duplicate too.
+  assert.equal(await alice.locator('#messages li.msg.bad').count(), before + 4);
+  const shown = await alice.locator('#messages').innerText();
+  assert.doesNotMatch(shown, /CASE VARIANT SECRET|EVIL|POLL QUESTION|innocent/);
+  await shot(alice, '06-undecryptable.png');
+});
+
+test('Block removes a stranger’s requests and refuses their next message; Unblock in Your KEZ; Delete', async () => {
+  eve = await nodeUser('eve');
+  await eve.send('alice', text('buy my stuff'));
+  const item = requestItem(alice, 'eve');
+  await item.getByText('buy my stuff').waitFor();
+  await item.getByRole('button', { name: 'Block eve' }).click();
+  await item.waitFor({ state: 'detached' });
+  await alice.locator('#toast').getByText('Blocked eve').waitFor();
+  assert.equal(await sendStatus(eve.send('alice', text('let me in'))), '403 blocked');
+
+  // A reload keeps all of it: chats, requests elsewhere, the block.
+  await alice.reload();
+  await alice.locator('#conn[data-status="live"]').waitFor();
+  await alice.locator('#convo-list .convo', { hasText: 'mallory' }).waitFor();
+  assert.equal(await requestItem(alice, 'eve').count(), 0);
+  assert.doesNotMatch(await alice.locator('#convo-list').innerText(), /eve/);
+
+  await alice.getByRole('button', { name: /@alice/ }).click();
+  const dialog = alice.getByRole('dialog', { name: 'Your KEZ' });
+  const blocked = dialog.getByRole('list', { name: 'Blocked' });
+  await blocked.getByText(`eve (eve@${SERVER})`).waitFor();
+  await shot(alice, '07-blocked.png');
+  await dialog.getByRole('button', { name: 'Unblock eve' }).click();
+  await dialog.getByText('You haven’t blocked anyone.').waitFor();
+  await alice.keyboard.press('Escape');
+  // A stranger again: requests.
+  assert.equal(await sendStatus(eve.send('alice', text('thanks for unblocking'))), 201);
+  const again = requestItem(alice, 'eve');
+  await again.getByText('thanks for unblocking').waitFor();
+  assert.equal(await again.getByText('buy my stuff').count(), 0, 'blocking deleted the old requests');
+  await again.getByRole('button', { name: 'Delete eve' }).click();
+  await again.waitFor({ state: 'detached' });
+  assert.doesNotMatch(await alice.locator('#convo-list').innerText(), /eve/);
+});
+
+test('a stranger over the request limit: the message is kept, marked, and goes out once accepted', async () => {
+  const zed = await newPage('zed');
+  await zed.goto(base + '/');
+  await createAccount(zed, 'zed', { backup: 'skip' });
+  await startChat(zed, 'alice');
+  for (const t of ['z one', 'z two', 'z three']) {
+    await send(zed, t);
+    await zed.locator('#messages li.msg.out[data-status="sent"]', { hasText: t }).waitFor();
+  }
+  await send(zed, 'z four');
+  const failed = zed.locator('#messages li.msg.out[data-status="failed"]', { hasText: 'z four' });
+  await failed.getByText('hasn’t accepted your messages').waitFor();
+  await shot(zed, '08-request-limit.png');
+  // Alice sees three requests and accepts.
+  const item = requestItem(alice, 'zed');
+  await item.getByText('z three').waitFor();
+  await item.getByRole('button', { name: 'Accept zed' }).click();
+  await alice.getByRole('heading', { name: 'zed', exact: true }).waitFor();
+  // The kept message goes out on Retry (or by itself later), signed afresh.
+  await failed.getByRole('button', { name: 'Retry' }).click();
+  await zed.locator('#messages li.msg.out[data-status="sent"]', { hasText: 'z four' }).waitFor();
+  await alice.locator('#messages .text', { hasText: 'z four' }).waitFor();
+  assert.deepEqual(await bubbleTexts(alice), ['z one', 'z two', 'z three', 'z four']);
+  // Alice's answer reaches zed as a chat message: writing to alice accepted her.
+  await send(alice, 'welcome, zed');
+  await zed.locator('#messages .text', { hasText: 'welcome, zed' }).waitFor();
+  assert.equal(await zed.locator('#requests').isHidden(), true);
+  await zed.context().close();
+});
+
+test('a browser with state from before v2 keeps its key, chats and history, and signs v2', async () => {
+  const page = await newPage('olga');
+  await page.goto(base + '/v1/healthz'); // the app's origin, without the app
+  const bobPrimary = await bob.evaluate(() => globalThis.kezApp.state.me.primary);
+  await page.evaluate(
+    async ({ server, bobPrimary }) => {
+      const kez = await import('/js/kez.js');
+      const db = await import('/js/db.js');
+      const id = await kez.identityFromSeed(kez.newSeed());
+      const body = await kez.signRegistration(id, 'olga', server, Math.floor(Date.now() / 1000));
+      const r = await fetch('/v1/register', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body) });
+      if (r.status !== 201) throw new Error('register: ' + r.status);
+      // What a browser of the v1 client kept: no conversation states, no contact sync.
+      await db.putIdentity({
+        handle: 'olga', server, address: `olga@${server}`, primary: id.primary, publicKey: id.publicKey,
+        signKey: id.signKey, dhKey: id.dhKey, createdAt: Date.now(), registeredTs: body.payload.ts, backedUp: true,
+      });
+      const at = Date.now() - 60000;
+      await db.upsertConversation(bobPrimary, { handle: 'bob', address: `bob@${server}`, server, notFound: false });
+      await db.addMessage({ key: `${bobPrimary}|${bobPrimary}|v1-old`, peer: bobPrimary, dir: 'in', id: 'v1-old', text: 'from the v1 days', status: 'ok', at, seq: 1 });
+      await db.setMeta('cursor', 0);
+    },
+    { server: SERVER, bobPrimary },
+  );
+  await page.goto(base + '/');
+  await page.locator('#conn[data-status="live"]').waitFor();
+  await page.locator('#my-address').getByText(`olga@${SERVER}`).waitFor();
+  const row = page.locator('#convo-list .convo', { hasText: 'bob' });
+  await row.locator('.convo-preview', { hasText: 'from the v1 days' }).waitFor();
+  // Bob writes: a chat message, not a request, and olga's answer reaches him.
+  await startChat(bob, 'olga');
+  await send(bob, 'hello olga, in v2');
+  await row.click();
+  await page.locator('#messages .text', { hasText: 'hello olga, in v2' }).waitFor();
+  assert.deepEqual(await bubbleTexts(page), ['from the v1 days', 'hello olga, in v2']);
+  assert.equal(await page.locator('#requests').isHidden(), true);
+  await send(page, 'v2 from an old browser');
+  await bob.locator('#messages .text', { hasText: 'v2 from an old browser' }).waitFor();
+  await page.context().close();
+});
+
+test('streams and every other request carry the credential in a header, never in the URL', async () => {
+  const withAuth = pageRequests.filter((r) => /auth=/i.test(r.url));
+  assert.deepEqual(withAuth, []);
+  const streams = pageRequests.filter((r) => /\/v1\/inbox\/[^/]+\/stream/.test(r.url));
+  assert.ok(streams.length >= 4, `${streams.length} stream requests`);
+  for (const r of streams) assert.match(r.auth || '', /^\d+:[0-9a-f]{128}$/, r.url);
+  for (const r of pageRequests.filter((r) => /\/v1\/inbox\//.test(r.url) && r.method !== 'OPTIONS')) {
+    assert.match(r.auth || '', /^\d+:[0-9a-f]{128}$/, `${r.method} ${r.url}`);
+  }
+  assert.ok(pageRequests.some((r) => r.method === 'POST' && r.url.endsWith('/v1/messages') && r.auth), 'sends are signed');
+});
+
 test('the "Your KEZ" panel shows the address with a copy button', async () => {
   await alice.getByRole('button', { name: /@alice/ }).click();
   const dialog = alice.getByRole('dialog', { name: 'Your KEZ' });
@@ -557,6 +750,8 @@ test('acknowledgement: kept for other devices by default, deleted at once when a
   await bob.getByRole('button', { name: /@bob/ }).click();
   await bob.getByLabel(/This is my only device/).check();
   await bob.keyboard.press('Escape');
+  await alice.locator('#convo-list .convo').filter({ has: alice.locator('.convo-name', { hasText: /^bob$/ }) }).click();
+  await alice.getByRole('heading', { name: 'bob', exact: true }).waitFor();
   await send(alice, 'ack me');
   await bob.locator('#convo-list .convo', { hasText: 'alice' }).locator('.convo-preview', { hasText: 'ack me' }).waitFor();
   const end = Date.now() + 15000;
