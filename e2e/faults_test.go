@@ -356,8 +356,8 @@ func TestDiskFull(t *testing.T) {
 	var got []uint64
 	for _, m := range allInbox(t, srv, alice) {
 		got = append(got, m.Seq)
-		if len(m.Envelope) != len(big) {
-			t.Fatalf("message %d is %d bytes, sent %d", m.Seq, len(m.Envelope), len(big))
+		if sentLen := len(sealFor(from, alice.primary(), big)); len(m.Envelope) != sentLen {
+			t.Fatalf("message %d is %d bytes, sent %d", m.Seq, len(m.Envelope), sentLen)
 		}
 	}
 	checkExactlyOnce(t, got, sent)

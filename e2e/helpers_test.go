@@ -145,12 +145,19 @@ var lastSigned = struct {
 func signed(t testing.TB, base string, u user, method, pathAndQuery, body string) result {
 	t.Helper()
 	path, query, _ := strings.Cut(pathAndQuery, "?")
+	ts := freshTS(base, u, method, pathAndQuery, body)
+	return do(t, method, base+pathAndQuery, body, "X-KEZ-Auth", sign(t, base, u, method, path, query, body, ts))
+}
+
+// freshTS is now, or one second after the last time the same request was
+// signed at, whichever is later.
+func freshTS(base string, u user, method, pathAndQuery, body string) int64 {
 	key := strings.Join([]string{base, string(u.key), method, pathAndQuery, body}, "\n")
 	lastSigned.Lock()
+	defer lastSigned.Unlock()
 	ts := max(time.Now().Unix(), lastSigned.ts[key]+1)
 	lastSigned.ts[key] = ts
-	lastSigned.Unlock()
-	return do(t, method, base+pathAndQuery, body, "X-KEZ-Auth", sign(t, base, u, method, path, query, body, ts))
+	return ts
 }
 
 // senders are the users send writes as, one per server, registered on first use.
@@ -318,7 +325,11 @@ func tryStream(t testing.TB, base string, u user, since int64, headers ...string
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	req, _ := http.NewRequestWithContext(ctx, "GET", url, nil)
-	req.Header.Set("X-KEZ-Auth", sign(t, base, u, "GET", path, query, "", time.Now().Unix()))
+	pathAndQuery := path
+	if query != "" {
+		pathAndQuery += "?" + query
+	}
+	req.Header.Set("X-KEZ-Auth", sign(t, base, u, "GET", path, query, "", freshTS(base, u, "GET", pathAndQuery, "")))
 	for i := 0; i+1 < len(headers); i += 2 {
 		req.Header.Set(headers[i], headers[i+1])
 	}

@@ -79,7 +79,7 @@ func TestTwoInstancesShareNats(t *testing.T) {
 		if len(got) == total/2 {
 			// The client reconnects, through the load balancer, to the other instance.
 			s.close()
-			s = openStream(t, srv1, alice, 0, "Last-Event-ID", fmt.Sprint(got[len(got)-1]))
+			s = openStream(t, srv1, alice, -1, "Last-Event-ID", fmt.Sprint(got[len(got)-1]))
 		}
 	}
 	<-done
@@ -130,7 +130,7 @@ func TestNatsOutageEndsStreamsAndResumes(t *testing.T) {
 	for i := range 5 {
 		sent = append(sent, send(t, []*testcaddy.Server{srv1, srv2}[i%2], "alice", fmt.Sprintf(`{"after":%d}`, i)))
 	}
-	s = openStream(t, srv2, alice, 0, "Last-Event-ID", fmt.Sprint(first))
+	s = openStream(t, srv2, alice, -1, "Last-Event-ID", fmt.Sprint(first))
 	checkExactlyOnce(t, s.seqs(t, len(sent), 10*time.Second), sent)
 	// And live delivery works again across instances.
 	live := send(t, srv1, "alice", `{"live":true}`)
