@@ -145,14 +145,16 @@ var lastSigned = struct {
 func signed(t testing.TB, base string, u user, method, pathAndQuery, body string) result {
 	t.Helper()
 	path, query, _ := strings.Cut(pathAndQuery, "?")
-	ts := freshTS(base, u, method, pathAndQuery, body)
+	ts := freshTS(t, base, u, method, pathAndQuery, body)
 	return do(t, method, base+pathAndQuery, body, "X-KEZ-Auth", sign(t, base, u, method, path, query, body, ts))
 }
 
 // freshTS is now, or one second after the last time the same request was
-// signed at, whichever is later.
-func freshTS(base string, u user, method, pathAndQuery, body string) int64 {
-	key := strings.Join([]string{base, string(u.key), method, pathAndQuery, body}, "\n")
+// signed at for the same server name (instances on one NATS share it, and
+// the record of used signatures), whichever is later.
+func freshTS(t testing.TB, base string, u user, method, pathAndQuery, body string) int64 {
+	t.Helper()
+	key := strings.Join([]string{serverName(t, base), string(u.key), method, pathAndQuery, body}, "\n")
 	lastSigned.Lock()
 	defer lastSigned.Unlock()
 	ts := max(time.Now().Unix(), lastSigned.ts[key]+1)
@@ -329,7 +331,7 @@ func tryStream(t testing.TB, base string, u user, since int64, headers ...string
 	if query != "" {
 		pathAndQuery += "?" + query
 	}
-	req.Header.Set("X-KEZ-Auth", sign(t, base, u, "GET", path, query, "", freshTS(base, u, "GET", pathAndQuery, "")))
+	req.Header.Set("X-KEZ-Auth", sign(t, base, u, "GET", path, query, "", freshTS(t, base, u, "GET", pathAndQuery, "")))
 	for i := 0; i+1 < len(headers); i += 2 {
 		req.Header.Set(headers[i], headers[i+1])
 	}

@@ -43,7 +43,7 @@ func TestStreamErrorsAndHeaders(t *testing.T) {
 	want(t, "inbox signature on stream", do(t, "GET", srv.URL+"/v1/inbox/alice/stream?auth="+inboxAuth, ""), 401, "unauthorized")
 	// ?auth= (for EventSource) works, once: a leaked stream URL is worth one stream.
 	streamURL := srv.URL + "/v1/inbox/alice/stream?auth=" + sign(t, srv.URL, alice, "GET", "/v1/inbox/alice/stream", "", "",
-		freshTS(srv.URL, alice, "GET", "/v1/inbox/alice/stream", ""))
+		freshTS(t, srv.URL, alice, "GET", "/v1/inbox/alice/stream", ""))
 	first, err := http.Get(streamURL)
 	if err != nil || first.StatusCode != 200 {
 		t.Fatalf("stream with ?auth=: %v %v", first, err)
