@@ -35,10 +35,11 @@ export const IDLE = 75 * 1000;
 /**
  * A stream the server ends by itself (stream_max_age, about an hour; a
  * Caddy reload) is opened again at once, without showing a status change.
- * One that ends sooner than QUICK_END after opening counts as a failure, so
- * a server that keeps closing streams is not hammered.
+ * One that ends sooner than QUICK_END after opening counts as a failure
+ * (catch up, back off), so a server that keeps closing streams at once is
+ * not hammered.
  */
-export const QUICK_END = 10 * 1000;
+export const QUICK_END = 1000;
 
 /** backoff is the wait before reconnect attempt n: base (1 s, or the server's retry:) doubling to 15 s, ±25 %. */
 export const backoff = (n, base = 1000) => Math.min(15000, Math.max(500, base) * 2 ** n) * (0.75 + Math.random() / 2);

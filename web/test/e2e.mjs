@@ -47,7 +47,7 @@ function freePort() {
   });
 }
 
-function caddyfile(keepalive = '5s') {
+function caddyfile(keepalive = '5s', extra = '') {
   return `{
 	admin 127.0.0.1:${adminPort}
 	auto_https off
@@ -59,7 +59,7 @@ http://127.0.0.1:${port} {
 	kez_chat {
 		server ${SERVER}
 		storage bolt ${join(tmp, 'chat.db')}
-		keepalive ${keepalive}
+		keepalive ${keepalive}${extra}
 	}
 	# The client mounted under a sub-path, the API at /v1 on the same host.
 	redir /chat /chat/
@@ -454,7 +454,8 @@ test('a server restart loses and duplicates nothing', async () => {
 test('a config reload (streams end, clients come back) loses and duplicates nothing', async () => {
   const before = await bubbles(alice).count();
   // A changed option, so Caddy really swaps the handler.
-  writeFileSync(join(tmp, 'Caddyfile'), caddyfile('7s'));
+  // Streams now end every 3 s (stream_max_age), until the server reset test starts Caddy afresh.
+  writeFileSync(join(tmp, 'Caddyfile'), caddyfile('7s', '\n\t\tstream_max_age 3s'));
   execFileSync(caddyBin, ['reload', '--config', join(tmp, 'Caddyfile'), '--adapter', 'caddyfile', '--address', `127.0.0.1:${adminPort}`], {
     env: { ...process.env, XDG_DATA_HOME: join(tmp, 'data'), XDG_CONFIG_HOME: join(tmp, 'config'), HOME: tmp },
     stdio: 'pipe',
@@ -467,6 +468,30 @@ test('a config reload (streams end, clients come back) loses and duplicates noth
   await alice.locator('#messages .text', { hasText: 'and once more' }).waitFor();
   await alice.waitForTimeout(300);
   assert.equal(await bubbles(alice).count(), before + 2);
+});
+
+test('streams that end after stream_max_age come back quietly, signed afresh, with nothing lost', async () => {
+  await alice.evaluate(() => {
+    const conn = document.getElementById('conn');
+    globalThis.seenStatus = [];
+    new MutationObserver(() => globalThis.seenStatus.push(conn.dataset.status)).observe(conn, { attributes: true, attributeFilter: ['data-status'] });
+  });
+  const streams = () => pageRequests.filter((r) => r.page === 'alice' && /\/stream\?/.test(r.url));
+  const before = streams().length;
+  const texts = [];
+  for (let i = 0; i < 4; i++) {
+    texts.push(`through the max age ${i}`);
+    await send(bob, texts.at(-1));
+    await alice.locator('#messages .text', { hasText: texts.at(-1) }).waitFor();
+    await alice.waitForTimeout(2000);
+  }
+  const fresh = streams().slice(before);
+  assert.ok(fresh.length >= 2, `${fresh.length} new streams in 8 s with stream_max_age 3s`);
+  assert.equal(new Set(fresh.map((r) => r.auth)).size, fresh.length, 'every stream is signed afresh');
+  const seen = await alice.evaluate(() => globalThis.seenStatus);
+  assert.deepEqual(seen.filter((s) => s !== 'live'), [], `status changes: ${seen.join(', ')}`);
+  const shown = await bubbleTexts(alice);
+  for (const t of texts) assert.equal(shown.filter((x) => x === t).length, 1, t);
 });
 
 test('a backup restores alice in a third browser, with her inbox', async () => {
