@@ -217,6 +217,14 @@ async function boot() {
     $('offline-retry').focus();
     return;
   }
+  if (state.api.protocol !== 2) {
+    // A v1 server would refuse every v2 signature; say so instead of failing request by request.
+    return fatal(
+      'This server speaks another KEZ protocol',
+      `${state.api.server} speaks protocol ${state.api.protocol ?? 1}; this page speaks protocol 2. The server and this page come from different versions: reload the page, or ask the operator to upgrade.`,
+      true,
+    );
+  }
   for (const n of document.querySelectorAll('.server-name')) n.textContent = state.api.server;
   let rec;
   try {
