@@ -8,6 +8,8 @@ import (
 	"encoding/json"
 	"errors"
 	"time"
+
+	"golang.org/x/mod/sumdb/tlog"
 )
 
 // Errors every backend returns for the same conditions; anything else means
@@ -21,6 +23,8 @@ var (
 	ErrClosed       = errors.New("storage closed")
 	// ErrBlocked: the recipient has blocked the sender (SPEC §2.9).
 	ErrBlocked = errors.New("sender is blocked")
+	// ErrCoolingDown: the handle was deleted less than handle_cooldown ago.
+	ErrCoolingDown = errors.New("handle is cooling down after a deletion")
 	// ErrRequestLimit: a stranger's message would exceed Limits.RequestLimit
 	// or Limits.MaxRequests (SPEC §2.5).
 	ErrRequestLimit = errors.New("too many message requests")
@@ -33,6 +37,12 @@ type Record struct {
 	Primary      string          `json:"primary"`
 	RegisteredAt int64           `json:"registered_at"` // unix seconds
 	Registration json.RawMessage `json:"registration"`
+	// Rotation is the latest signed rotation (its JCS form, as logged) that
+	// made Primary the handle's key; nil when Primary came by registration.
+	Rotation json.RawMessage `json:"rotation,omitempty"`
+	// LogIndex is the binding log leaf of the object that made the current
+	// binding: the registration, or the rotation if there is one (SPEC §5).
+	LogIndex int64 `json:"log_index"`
 }
 
 // Message is one stored envelope in an inbox.
@@ -106,7 +116,26 @@ type Store interface {
 	// created=false; otherwise ErrHandleTaken or ErrPrimaryTaken. A non-empty
 	// invite (an opaque key, e.g. a token's hash) is consumed in the same
 	// transaction, once ever: ErrInviteUsed the second time.
+	//
+	// A new binding appends rec.Registration (already JCS) to the binding
+	// log in the same durable transaction and returns the record with its
+	// LogIndex; an idempotent retry appends nothing. A handle deleted less
+	// than its cooldown ago is ErrCoolingDown.
 	Register(ctx context.Context, rec Record, invite string) (stored Record, created bool, err error)
+	// Rotate moves handle from its current primary old to new, in one
+	// durable transaction with the log append of rotation (the JCS form of
+	// the signed rotation object, SPEC §2.10): ErrNotFound unless handle
+	// is bound to old, ErrPrimaryTaken if new is bound to any handle. The
+	// inbox stays; every inbox's acceptance or block of old moves to new
+	// (SPEC §2.9). It returns the new record (Rotation set, LogIndex of
+	// the rotation leaf; Registration and RegisteredAt kept).
+	Rotate(ctx context.Context, handle, old, new string, rotation []byte) (Record, error)
+	// Delete ends handle's binding to primary (ErrNotFound unless bound to
+	// it), deletes its inbox and contact lists, holds the handle until
+	// cooldownUntil (Register answers ErrCoolingDown meanwhile) and appends
+	// deletion (the JCS form of the signed deletion object) to the log, all
+	// in one durable transaction. It returns the deletion's log index.
+	Delete(ctx context.Context, handle, primary string, deletion []byte, cooldownUntil time.Time) (index int64, err error)
 	// Lookup returns the record of a handle, or ErrNotFound.
 	Lookup(ctx context.Context, handle string) (Record, error)
 	// LookupPrimary returns the record bound to a primary, or ErrNotFound.
@@ -143,6 +172,23 @@ type Store interface {
 	// was seen before. With several servers on one backend the record is
 	// shared by all of them. Memory is bounded by what is unexpired.
 	Once(ctx context.Context, key [32]byte, until time.Time) (fresh bool, err error)
+
+	// The binding log (SPEC §5): an append-only Merkle tree of every
+	// registration, rotation and deletion, shared by every server on the
+	// backend, never rewritten. Leaves are numbered from 0.
+
+	// LogSize is the number of leaves.
+	LogSize(ctx context.Context) (int64, error)
+	// LogHashes returns the stored hashes at the given tlog.StoredHashIndex
+	// positions (a tlog.HashReader); every index must be below
+	// tlog.StoredHashCount(LogSize).
+	LogHashes(ctx context.Context, indexes []int64) ([]tlog.Hash, error)
+	// LogEntries returns the data of up to n leaves from start.
+	LogEntries(ctx context.Context, start int64, n int) ([][]byte, error)
+	// LogKey returns the log's note signer key (note.GenerateKey form,
+	// named <server>/kez-log), made on first use and kept, one for every
+	// server on the backend.
+	LogKey(ctx context.Context, name string) (signerKey string, err error)
 
 	// Ping reports whether the storage can be read.
 	Ping(ctx context.Context) error
