@@ -107,6 +107,8 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) {
 		writeError(w, http.StatusConflict, kez.CodePrimaryTaken, "this primary is already bound to another handle")
 	case errors.Is(err, storage.ErrInboxFull):
 		writeError(w, http.StatusInsufficientStorage, kez.CodeInboxFull, "the recipient's inbox is full")
+	case errors.Is(err, storage.ErrCoolingDown):
+		writeError(w, http.StatusConflict, kez.CodeHandleCoolingDown, "this handle was deleted recently and cannot be registered again yet")
 	case errors.Is(err, storage.ErrBlocked):
 		writeError(w, http.StatusForbidden, kez.CodeBlocked, "the recipient does not accept messages from you")
 	case errors.Is(err, storage.ErrRequestLimit):

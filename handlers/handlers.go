@@ -18,18 +18,20 @@ import (
 
 // Config is the server's protocol configuration (SPEC §4).
 type Config struct {
-	Server       string           // the domain in addresses, e.g. kez.lat
-	PublicURL    string           // base of links in WebFinger answers; default https://<Server>
-	MaxEnvelope  int64            // largest envelope accepted, in bytes
-	AuthSkew     time.Duration    // allowed clock difference for X-KEZ-Auth
-	RegisterSkew time.Duration    // allowed clock difference for registrations
-	Keepalive    time.Duration    // interval of ": ping" comments on streams
-	BodyTimeout  time.Duration    // time allowed to receive a whole request body
-	StreamMaxAge time.Duration    // a stream ends after this (±10 %); clients reconnect
-	MaxInbox     int              // messages an inbox may hold (0 = no cap)
-	Reserved     map[string]bool  // handles nobody may register
-	Version      string           // reported by /v1/healthz
-	Now          func() time.Time // the clock; default time.Now (tests pin it)
+	Server       string        // the domain in addresses, e.g. kez.lat
+	PublicURL    string        // base of links in WebFinger answers; default https://<Server>
+	MaxEnvelope  int64         // largest envelope accepted, in bytes
+	AuthSkew     time.Duration // allowed clock difference for X-KEZ-Auth
+	RegisterSkew time.Duration // allowed clock difference for registrations
+	Keepalive    time.Duration // interval of ": ping" comments on streams
+	BodyTimeout  time.Duration // time allowed to receive a whole request body
+	StreamMaxAge time.Duration // a stream ends after this (±10 %); clients reconnect
+	// HandleCooldown is how long a deleted handle stays unregistrable.
+	HandleCooldown time.Duration
+	MaxInbox       int              // messages an inbox may hold (0 = no cap)
+	Reserved       map[string]bool  // handles nobody may register
+	Version        string           // reported by /v1/healthz
+	Now            func() time.Time // the clock; default time.Now (tests pin it)
 
 	// Abuse limits; the zero values mean no limit.
 	RegisterRate        Rate                         // registration attempts per client IP
@@ -105,8 +107,11 @@ const (
 	DefaultKeepalive    = 15 * time.Second
 	DefaultBodyTimeout  = 10 * time.Second
 	DefaultStreamMaxAge = time.Hour
-	DefaultRetention    = 30 * 24 * time.Hour
-	DefaultMaxInbox     = 10000
+	// DefaultHandleCooldown keeps a deleted handle from a newcomer while
+	// contacts may still trust it (SPEC §1).
+	DefaultHandleCooldown = 30 * 24 * time.Hour
+	DefaultRetention      = 30 * 24 * time.Hour
+	DefaultMaxInbox       = 10000
 )
 
 // WithDefaults fills unset fields.
@@ -136,6 +141,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.StreamMaxAge <= 0 {
 		c.StreamMaxAge = DefaultStreamMaxAge
+	}
+	if c.HandleCooldown <= 0 {
+		c.HandleCooldown = DefaultHandleCooldown
 	}
 	c.RequestLimit = max(c.RequestLimit, 0)
 	c.MaxRequests = max(c.MaxRequests, 0)
@@ -171,6 +179,8 @@ type Handler struct {
 
 	stopped context.Context // done once Close is called
 	stop    context.CancelFunc
+
+	binlog transparency // signs and proves the binding log
 
 	registerLimit *limiter
 	sendLimit     *limiter
@@ -220,6 +230,18 @@ func (h *Handler) Route(r *http.Request) http.Handler {
 		return h.methods(map[string]http.HandlerFunc{"POST": h.send})
 	case "/.well-known/webfinger":
 		return h.methods(map[string]http.HandlerFunc{"GET": h.webfinger})
+	case "/v1/rotate":
+		return h.methods(map[string]http.HandlerFunc{"POST": h.rotate})
+	case "/v1/delete":
+		return h.methods(map[string]http.HandlerFunc{"POST": h.deleteAccount})
+	case "/v1/log/key":
+		return h.methods(map[string]http.HandlerFunc{"GET": h.logKey})
+	case "/v1/log/checkpoint":
+		return h.methods(map[string]http.HandlerFunc{"GET": h.logCheckpoint})
+	case "/v1/log/entries":
+		return h.methods(map[string]http.HandlerFunc{"GET": h.logEntries})
+	case "/v1/log/consistency":
+		return h.methods(map[string]http.HandlerFunc{"GET": h.logConsistency})
 	}
 	if rest, ok := strings.CutPrefix(p, "/v1/u/"); ok && isSegment(rest) {
 		return h.methods(map[string]http.HandlerFunc{"GET": h.withArg(rest, h.lookup)})

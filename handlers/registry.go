@@ -18,7 +18,8 @@ import (
 // maxRegistrationBody bounds POST /v1/register; a real one is about 400 bytes.
 const maxRegistrationBody = 16 << 10
 
-// record is the handle record of SPEC §2.3.
+// record is the handle record of SPEC §2.3 with the proof of its log leaf
+// (§5) and, when the key came by rotation, the latest rotation (§2.10).
 type record struct {
 	Handle       string          `json:"handle"`
 	Server       string          `json:"server"`
@@ -26,15 +27,27 @@ type record struct {
 	Primary      string          `json:"primary"`
 	RegisteredAt int64           `json:"registered_at"`
 	Registration json.RawMessage `json:"registration"`
+	Rotation     json.RawMessage `json:"rotation,omitempty"`
+	Log          *logProof       `json:"log"`
 }
 
-func (h *Handler) record(rec storage.Record) record {
-	return record{Handle: rec.Handle, Server: h.cfg.Server, Address: kez.Address(rec.Handle, h.cfg.Server),
-		Primary: rec.Primary, RegisteredAt: rec.RegisteredAt, Registration: rec.Registration}
+// writeRecord answers with rec and the inclusion proof of its log leaf in
+// the latest checkpoint.
+func (h *Handler) writeRecord(w http.ResponseWriter, r *http.Request, status int, rec storage.Record) {
+	proof, err := h.proveLeaf(r.Context(), rec.LogIndex)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	writeJSON(w, status, record{Handle: rec.Handle, Server: h.cfg.Server, Address: kez.Address(rec.Handle, h.cfg.Server),
+		Primary: rec.Primary, RegisteredAt: rec.RegisteredAt, Registration: rec.Registration, Rotation: rec.Rotation, Log: proof})
 }
 
 func (h *Handler) healthz(w http.ResponseWriter, r *http.Request) {
 	resp := map[string]any{"server": h.cfg.Server, "status": "ok", "version": h.cfg.Version, "protocol": 2}
+	if _, vkey, err := h.logSigner(r.Context()); err == nil {
+		resp["log_key"] = vkey
+	}
 	status := http.StatusOK
 	if err := h.store.Ping(r.Context()); err != nil {
 		h.log.Error("health check: storage unreadable", "error", err)
@@ -71,7 +84,7 @@ func (h *Handler) register(w http.ResponseWriter, r *http.Request) {
 		// when exactly this binding exists (SPEC §2.2).
 		if reg != nil {
 			if rec, lerr := h.store.Lookup(r.Context(), payload.Handle); lerr == nil && rec.Primary == payload.Primary {
-				writeJSON(w, http.StatusOK, h.record(rec))
+				h.writeRecord(w, r, http.StatusOK, rec)
 				return
 			}
 		}
@@ -94,13 +107,15 @@ func (h *Handler) register(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusConflict, kez.CodeHandleTaken, "handle \""+payload.Handle+"\" is already registered")
 	case errors.Is(err, storage.ErrPrimaryTaken):
 		writeError(w, http.StatusConflict, kez.CodePrimaryTaken, "this primary is already bound to another handle")
+	case errors.Is(err, storage.ErrCoolingDown):
+		writeError(w, http.StatusConflict, kez.CodeHandleCoolingDown, "handle \""+payload.Handle+"\" was deleted recently and cannot be registered again yet")
 	case err != nil:
 		h.fail(w, r, err)
 	case created:
 		h.cfg.Counters.registered()
-		writeJSON(w, http.StatusCreated, h.record(stored))
+		h.writeRecord(w, r, http.StatusCreated, stored)
 	default:
-		writeJSON(w, http.StatusOK, h.record(stored)) // the same binding again: an idempotent retry
+		h.writeRecord(w, r, http.StatusOK, stored) // the same binding again: an idempotent retry
 	}
 }
 
@@ -156,7 +171,7 @@ func (h *Handler) lookup(w http.ResponseWriter, r *http.Request, arg string) {
 		h.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, h.record(rec))
+	h.writeRecord(w, r, http.StatusOK, rec)
 }
 
 func (h *Handler) lookupPrimary(w http.ResponseWriter, r *http.Request, primary string) {
@@ -173,7 +188,7 @@ func (h *Handler) lookupPrimary(w http.ResponseWriter, r *http.Request, primary 
 		h.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, h.record(rec))
+	h.writeRecord(w, r, http.StatusOK, rec)
 }
 
 // webfinger answers RFC 7033 queries for acct:handle@server.
