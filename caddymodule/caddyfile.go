@@ -49,6 +49,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_requests  100                # unacknowledged requests per inbox
 //		body_timeout  10s
 //		stream_max_age 1h
+//		handle_cooldown 720h             # a deleted handle stays unregistrable
 //		max_streams_per_handle 16
 //		max_streams   50000
 //	}
@@ -115,7 +116,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("max_envelope: %v", err)
 			}
 			h.MaxEnvelope = n
-		case "auth_skew", "register_skew", "keepalive", "retention", "body_timeout", "stream_max_age":
+		case "auth_skew", "register_skew", "keepalive", "retention", "body_timeout", "stream_max_age", "handle_cooldown":
 			val, err := oneArg(d)
 			if err != nil {
 				return err
@@ -126,7 +127,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			target := map[string]*caddy.Duration{"auth_skew": &h.AuthSkew, "register_skew": &h.RegisterSkew,
 				"keepalive": &h.Keepalive, "retention": &h.Retention, "body_timeout": &h.BodyTimeout,
-				"stream_max_age": &h.StreamMaxAge}[opt]
+				"stream_max_age": &h.StreamMaxAge, "handle_cooldown": &h.HandleCooldown}[opt]
 			*target = caddy.Duration(dur)
 		case "max_inbox", "request_limit", "max_requests":
 			val, err := oneArg(d)
@@ -178,7 +179,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			h.Reserved = append(h.Reserved, args...)
 		default:
-			return d.Errf("unknown kez_chat option %q (known: server, public_url, storage, max_envelope, auth_skew, register_skew, keepalive, retention, max_inbox, reserved, registration, register_rate, send_rate, sender_rate, request_limit, max_requests, body_timeout, stream_max_age, max_streams_per_handle, max_streams)", opt)
+			return d.Errf("unknown kez_chat option %q (known: server, public_url, storage, max_envelope, auth_skew, register_skew, keepalive, retention, max_inbox, reserved, registration, register_rate, send_rate, sender_rate, request_limit, max_requests, body_timeout, stream_max_age, handle_cooldown, max_streams_per_handle, max_streams)", opt)
 		}
 		if d.NextBlock(1) {
 			return d.Errf("option %s takes no block", opt)

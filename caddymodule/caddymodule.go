@@ -79,6 +79,9 @@ type Handler struct {
 	// How long one stream lives (±10 %) before its client reconnects with
 	// a fresh signature. Default: 1h.
 	StreamMaxAge caddy.Duration `json:"stream_max_age,omitempty"`
+	// How long a deleted handle cannot be registered again, so nobody
+	// steps into a name that contacts still trust. Default: 720h (30 days).
+	HandleCooldown caddy.Duration `json:"handle_cooldown,omitempty"`
 	// Open streams per handle (devices of one user). Default: 16.
 	MaxStreamsPerHandle int `json:"max_streams_per_handle,omitempty"`
 	// Open streams in total. Default: 50000.
@@ -154,17 +157,18 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("kez_chat: metrics: %w", err)
 	}
 	h.api = handlers.New(handlers.Config{
-		Server:       h.Server,
-		PublicURL:    h.PublicURL,
-		MaxEnvelope:  h.MaxEnvelope,
-		AuthSkew:     time.Duration(h.AuthSkew),
-		RegisterSkew: time.Duration(h.RegisterSkew),
-		Keepalive:    time.Duration(h.Keepalive),
-		BodyTimeout:  time.Duration(h.BodyTimeout),
-		StreamMaxAge: time.Duration(h.StreamMaxAge),
-		MaxInbox:     h.maxInbox(),
-		Reserved:     reserved,
-		Version:      moduleVersion(),
+		Server:         h.Server,
+		PublicURL:      h.PublicURL,
+		MaxEnvelope:    h.MaxEnvelope,
+		AuthSkew:       time.Duration(h.AuthSkew),
+		RegisterSkew:   time.Duration(h.RegisterSkew),
+		Keepalive:      time.Duration(h.Keepalive),
+		BodyTimeout:    time.Duration(h.BodyTimeout),
+		StreamMaxAge:   time.Duration(h.StreamMaxAge),
+		HandleCooldown: time.Duration(h.HandleCooldown),
+		MaxInbox:       h.maxInbox(),
+		Reserved:       reserved,
+		Version:        moduleVersion(),
 
 		RegisterRate:        registerRate,
 		SendRate:            sendRate,
@@ -321,7 +325,7 @@ func (h *Handler) Validate() error {
 		return fmt.Errorf("kez_chat: max_envelope %d is above the limit of 16 MiB (each send and each stream event holds one in memory)", h.MaxEnvelope)
 	}
 	if h.MaxEnvelope < 0 || h.MaxInbox < 0 || h.AuthSkew < 0 || h.RegisterSkew < 0 || h.Keepalive < 0 || h.Retention < 0 ||
-		h.RequestLimit < 0 || h.MaxRequests < 0 || h.BodyTimeout < 0 || h.StreamMaxAge < 0 {
+		h.RequestLimit < 0 || h.MaxRequests < 0 || h.BodyTimeout < 0 || h.StreamMaxAge < 0 || h.HandleCooldown < 0 {
 		return fmt.Errorf("kez_chat: sizes, counts and durations must not be negative")
 	}
 	for _, r := range h.Reserved {

@@ -46,6 +46,7 @@ func TestUnmarshalCaddyfileAllOptions(t *testing.T) {
 		max_requests  50
 		body_timeout  3s
 		stream_max_age 30m
+		handle_cooldown 48h
 	}`)
 	var h Handler
 	if err := h.UnmarshalCaddyfile(d); err != nil {
@@ -61,6 +62,7 @@ func TestUnmarshalCaddyfileAllOptions(t *testing.T) {
 		MaxStreamsPerHandle: 4, MaxStreams: 100,
 		SenderRate: "10/1s", RequestLimit: 5, MaxRequests: 50,
 		BodyTimeout: caddy.Duration(3 * time.Second), StreamMaxAge: caddy.Duration(30 * time.Minute),
+		HandleCooldown: caddy.Duration(48 * time.Hour),
 	}
 	if !reflect.DeepEqual(h, want) {
 		t.Fatalf("got  %+v\nwant %+v", h, want)
