@@ -56,6 +56,34 @@ export function fromB64url(s) {
   return out;
 }
 
+/** toB64 writes bytes as standard base64 with padding (RFC 4648 §4). */
+export function toB64(bytes) {
+  let bin = '';
+  for (const b of bytes) bin += String.fromCharCode(b);
+  return btoa(bin);
+}
+
+/**
+ * fromB64 parses standard base64 with padding (RFC 4648 §4), as tlog and
+ * C2SP notes write it, in its one canonical form: no other alphabet, no
+ * whitespace, padding exactly as needed, unused low bits zero.
+ */
+export function fromB64(s) {
+  if (typeof s !== 'string' || s.length % 4 !== 0 || !/^[A-Za-z0-9+/]*={0,2}$/.test(s)) {
+    throw new TypeError('not a base64 string');
+  }
+  let bin;
+  try {
+    bin = atob(s);
+  } catch {
+    throw new TypeError('not a base64 string');
+  }
+  const out = new Uint8Array(bin.length);
+  for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
+  if (toB64(out) !== s) throw new TypeError('not canonical base64 (non-zero trailing bits)');
+  return out;
+}
+
 /** concat joins byte arrays. */
 export function concat(...parts) {
   const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
