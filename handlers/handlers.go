@@ -59,7 +59,7 @@ type Counters struct {
 	Registered      func()                  // a new handle is bound
 	StreamOpened    func()
 	StreamClosed    func()
-	RateLimited     func(limit string) // "register", "send" or "streams"
+	RateLimited     func(limit string) // "register", "send", "sender" or "streams"
 }
 
 func (c Counters) messageAccepted(n int) {

@@ -82,68 +82,61 @@ func TestRateLimitsAnswer429(t *testing.T) {
 		c.SendRate = Rate{N: 3, Per: time.Hour}
 		c.ClientIP = func(r *http.Request) string { return r.Header.Get("X-Test-Client") }
 	})
-	expect(t, "register 1", e.register(aliceKey, "alice"), 201, "")
-	expect(t, "register 2 (a failure still counts)", e.register(aliceKey, "Bad"), 400, "invalid_handle")
-	r := e.register(bobKey, "bob")
+	expect(t, "register 1", e.register(alice, "alice"), 201, "")
+	expect(t, "register 2 (a failure still counts)", e.register(alice, "Bad"), 400, "invalid_handle")
+	r := e.register(bob, "bob")
 	expect(t, "register 3", r, 429, "rate_limited")
 	if ra := r.header.Get("Retry-After"); ra == "" || ra == "0" {
 		t.Fatalf("Retry-After = %q", ra)
 	}
 	// Another client address has its own budget.
-	reg, _ := kez.SignRegistration(bobKey, "bob", serverName, time.Now())
+	reg, _ := kez.SignRegistration(bob.Private(), "bob", serverName, time.Now())
 	b, _ := json.Marshal(reg)
 	expect(t, "register from elsewhere", e.do("POST", "/v1/register", strings.NewReader(string(b)), "X-Test-Client", "10.0.0.2"), 201, "")
 
 	for range 3 {
-		expect(t, "send", e.send("alice", `{}`), 201, "")
+		expect(t, "send", e.send(bob, "alice", envl(bob, alice)), 201, "")
 	}
-	r = e.send("alice", `{}`)
+	r = e.send(bob, "alice", envl(bob, alice))
 	expect(t, "4th send", r, 429, "rate_limited")
 	if r.header.Get("Retry-After") == "" || r.header.Get("Access-Control-Expose-Headers") != "Retry-After" {
 		t.Fatalf("headers %v", r.header)
 	}
+	// The per-IP limit counts attempts, signed or not: alice from the same
+	// address is refused too, and from another address she is not.
+	expect(t, "alice, same address", e.send(alice, "bob", envl(alice, bob)), 429, "rate_limited")
+	expect(t, "alice, other address", e.post(alice, `{"to":"bob","envelope":`+envl(alice, bob)+`}`, "X-Test-Client", "10.0.0.9"), 201, "")
 }
 
 func TestStreamLimits(t *testing.T) {
 	e := newEnv(t, func(c *Config) { c.MaxStreamsPerHandle = 2; c.MaxStreams = 3 })
-	expect(t, "register", e.register(aliceKey, "alice"), 201, "")
-	expect(t, "register bob", e.register(bobKey, "bob"), 201, "")
-	a1, _ := e.openStream(t, "alice", "")
+	e.users(alice, "alice", bob, "bob")
+	a1, _ := e.openStream(t, alice, "alice", "")
 	if a1 == nil {
 		t.Fatal("first stream refused")
 	}
-	a1.next()
-	a2, _ := e.openStream(t, "alice", "")
-	a2.next()
-	_, r := e.openStream(t, "alice", "")
+	a1.start(t)
+	a2, _ := e.openStream(t, alice, "alice", "")
+	a2.start(t)
+	_, r := e.openStream(t, alice, "alice", "")
 	expect(t, "third stream for alice", r, 429, "rate_limited")
+	if r.header.Get("Retry-After") == "" {
+		t.Fatal("no Retry-After")
+	}
 
-	ts := time.Now().Unix()
-	streamAs := func(key ed25519.PrivateKey, handle string) resp {
-		return e.do("GET", "/v1/inbox/"+handle+"/stream?auth="+kez.SignAuth(key, kez.StreamAuthMessage(handle, ts), ts), nil)
+	// bob's first stream is the third in total.
+	b1, r := e.openStream(t, bob, "bob", "")
+	if b1 == nil {
+		t.Fatalf("bob's stream: %d %s", r.status, r.body)
 	}
-	// bob's first stream is the third in total; run it in the background.
-	bobDone := make(chan resp, 1)
-	go func() {
-		req, _ := http.NewRequest("GET", e.srv.URL+"/v1/inbox/bob/stream?auth="+kez.SignAuth(bobKey, kez.StreamAuthMessage("bob", ts), ts), nil)
-		res, err := e.srv.Client().Do(req)
-		if err == nil {
-			bobDone <- resp{status: res.StatusCode}
-			buf := make([]byte, 64)
-			_, _ = res.Body.Read(buf)
-			<-t.Context().Done()
-			res.Body.Close()
-		}
-	}()
-	if r := <-bobDone; r.status != 200 {
-		t.Fatalf("bob's stream: %d", r.status)
-	}
-	expect(t, "fourth in total", streamAs(bobKey, "bob"), 429, "rate_limited")
+	b1.start(t)
+	_, r = e.openStream(t, bob, "bob", "")
+	expect(t, "fourth in total", r, 429, "rate_limited")
 	// Closing one of alice's frees a slot.
 	a1.res.Body.Close()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		c, r := e.openStream(t, "alice", "")
+		c, r := e.openStream(t, alice, "alice", "")
 		if c != nil {
 			break
 		}
@@ -156,7 +149,7 @@ func TestStreamLimits(t *testing.T) {
 
 func TestRegistrationModes(t *testing.T) {
 	closed := newEnv(t, func(c *Config) { c.Registration = RegistrationClosed })
-	expect(t, "closed", closed.register(aliceKey, "alice"), 403, "registration_closed")
+	expect(t, "closed", closed.register(alice, "alice"), 403, "registration_closed")
 
 	invites := filepath.Join(t.TempDir(), "invites")
 	if err := os.WriteFile(invites, []byte("# one token per line\ntoken-one-aaaaaaaaaaaa\n\n  token-two-bbbbbbbbbbbb  \n"), 0o600); err != nil {
@@ -169,17 +162,17 @@ func TestRegistrationModes(t *testing.T) {
 		b, _ := json.Marshal(reg)
 		return e.do("POST", "/v1/register", strings.NewReader(string(b)))
 	}
-	expect(t, "no invite", withInvite(aliceKey, "alice", ""), 403, "invalid_invite")
-	expect(t, "unknown invite", withInvite(aliceKey, "alice", "token-three"), 403, "invalid_invite")
-	expect(t, "comment is not an invite", withInvite(aliceKey, "alice", "# one token per line"), 403, "invalid_invite")
-	r := withInvite(aliceKey, "alice", "token-one-aaaaaaaaaaaa")
+	expect(t, "no invite", withInvite(alice.Private(), "alice", ""), 403, "invalid_invite")
+	expect(t, "unknown invite", withInvite(alice.Private(), "alice", "token-three"), 403, "invalid_invite")
+	expect(t, "comment is not an invite", withInvite(alice.Private(), "alice", "# one token per line"), 403, "invalid_invite")
+	r := withInvite(alice.Private(), "alice", "token-one-aaaaaaaaaaaa")
 	expect(t, "valid invite", r, 201, "")
 	if strings.Contains(string(r.body), "token-one") {
 		t.Fatalf("the invite is stored in the record: %s", r.body)
 	}
-	expect(t, "idempotent retry", withInvite(aliceKey, "alice", "token-one-aaaaaaaaaaaa"), 200, "")
-	expect(t, "used invite", withInvite(bobKey, "bob", "token-one-aaaaaaaaaaaa"), 403, "invalid_invite")
-	expect(t, "second token (spaces trimmed)", withInvite(bobKey, "bob", "token-two-bbbbbbbbbbbb"), 201, "")
+	expect(t, "idempotent retry", withInvite(alice.Private(), "alice", "token-one-aaaaaaaaaaaa"), 200, "")
+	expect(t, "used invite", withInvite(bob.Private(), "bob", "token-one-aaaaaaaaaaaa"), 403, "invalid_invite")
+	expect(t, "second token (spaces trimmed)", withInvite(bob.Private(), "bob", "token-two-bbbbbbbbbbbb"), 201, "")
 	// Invites added to the file work at once, without a restart.
 	_, carol, _ := ed25519.GenerateKey(rand.Reader)
 	f, _ := os.OpenFile(invites, os.O_APPEND|os.O_WRONLY, 0)
