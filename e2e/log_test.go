@@ -3,9 +3,9 @@ package e2e
 import (
 	"bytes"
 	"encoding/base64"
-	"io"
 	"encoding/json"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"strconv"
 	"strings"
