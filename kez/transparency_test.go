@@ -45,15 +45,15 @@ type logVectors struct {
 			Proof    []string
 		}
 		EntriesResponse json.RawMessage `json:"entries_response"`
-		LookupLogBob     json.RawMessage `json:"lookup_log_bob"`
+		LookupLogBob    json.RawMessage `json:"lookup_log_bob"`
 	}
 	Rotation struct {
-		Body         json.RawMessage
-		LeafDataJCS  string `json:"leaf_data_jcs"`
-		LeafHash     string `json:"leaf_hash"`
-		SignedBytes  string `json:"signed_bytes_jcs"`
-		Old, New     string
-		TS           int64
+		Body        json.RawMessage
+		LeafDataJCS string `json:"leaf_data_jcs"`
+		LeafHash    string `json:"leaf_hash"`
+		SignedBytes string `json:"signed_bytes_jcs"`
+		Old, New    string
+		TS          int64
 	}
 	Deletion struct {
 		Body        json.RawMessage
