@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"golang.org/x/mod/sumdb/tlog"
 
 	"github.com/kezchat/kez/handlers"
 	"github.com/kezchat/kez/hub"
@@ -126,6 +127,54 @@ func (l lazyStore) Register(ctx context.Context, rec storage.Record, invite stri
 		return storage.Record{}, false, err
 	}
 	return s.Register(ctx, rec, invite)
+}
+
+func (l lazyStore) Rotate(ctx context.Context, handle, old, new string, rotation []byte) (storage.Record, error) {
+	s, err := l.get()
+	if err != nil {
+		return storage.Record{}, err
+	}
+	return s.Rotate(ctx, handle, old, new, rotation)
+}
+
+func (l lazyStore) Delete(ctx context.Context, handle, primary string, deletion []byte, cooldownUntil time.Time) (int64, error) {
+	s, err := l.get()
+	if err != nil {
+		return 0, err
+	}
+	return s.Delete(ctx, handle, primary, deletion, cooldownUntil)
+}
+
+func (l lazyStore) LogSize(ctx context.Context) (int64, error) {
+	s, err := l.get()
+	if err != nil {
+		return 0, err
+	}
+	return s.LogSize(ctx)
+}
+
+func (l lazyStore) LogHashes(ctx context.Context, indexes []int64) ([]tlog.Hash, error) {
+	s, err := l.get()
+	if err != nil {
+		return nil, err
+	}
+	return s.LogHashes(ctx, indexes)
+}
+
+func (l lazyStore) LogEntries(ctx context.Context, start int64, n int) ([][]byte, error) {
+	s, err := l.get()
+	if err != nil {
+		return nil, err
+	}
+	return s.LogEntries(ctx, start, n)
+}
+
+func (l lazyStore) LogKey(ctx context.Context, name string) (string, error) {
+	s, err := l.get()
+	if err != nil {
+		return "", err
+	}
+	return s.LogKey(ctx, name)
 }
 
 func (l lazyStore) Lookup(ctx context.Context, handle string) (storage.Record, error) {

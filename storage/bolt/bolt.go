@@ -1,9 +1,10 @@
 // Package bolt is the default KEZ chat backend: one bbolt file, durable
 // appends through a single group-committing writer.
 //
-// # Layout (schema 2)
+// # Layout (schema 3)
 //
-//	meta       "schema" → 2 (8 bytes BE); absent or 1: the v1 layout, migrated on Open
+//	meta       "schema" → 3 (8 bytes BE); absent or 1: the v1 layout, 2: v2 without the log
+//	           (both migrated on Open, migrate.go); "log_key" → the log's note signer key
 //	handles    handle → Record JSON
 //	primaries  primary → handle
 //	invites    used invite → handle it registered
@@ -16,18 +17,29 @@
 //	  requests   key+seq → 1      the stored requests, by sender
 //	  senders    key → n          unacknowledged requests from that sender (absent: 0)
 //	  nrequests  (a value)        unacknowledged requests in the inbox
+//	  floor      (a value)        the inbox's sequence when it was made again after a
+//	                              deletion: idempotency keys of seqs up to it are void
+//	listers    key+handle → 1     handle's inbox accepts or blocks key (the reverse of
+//	                              accepted and blocked, so a rotation finds them, §2.9)
 //	idem       idem → seq + received_at   idempotency keys (SPEC §2.5), stored or acknowledged
 //	idem_times received_at + idem → 1     the same by age, for Expire
+//	cooldown   handle → until (unix ms) + seq   a deleted handle (SPEC §2.10): held until
+//	                              then, and its inbox's sequence, so a seq is never reused
+//	log_data   leaf index → data               the binding log (SPEC §5, log.go)
+//	log_hashes tlog.StoredHashIndex → hash     its tree
 //
 // A key is a primary's 32 raw bytes; idem is sha256(handle, key, sig).
 // Every count changes in the transaction that changes what it counts, so a
-// crash never leaves one wrong.
+// crash never leaves one wrong; every binding changes in the transaction
+// that appends its log leaf.
 //
 // The idempotency keys are one bucket for all inboxes, not one per inbox:
 // they are hashes, so each append writes one leaf of it at random whatever
 // the layout, and a bucket per inbox would add that bucket's root and its
 // parent's leaf to every commit. Their time index only ever grows at its
-// end, so a batch writes its last leaf once.
+// end, so a batch writes its last leaf once. Being hashes, an inbox's keys
+// cannot be found to delete them with the inbox: the floor voids them
+// instead, and retention removes them like any other.
 package bolt
 
 import (
@@ -42,6 +54,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -60,12 +73,15 @@ var (
 	bucketState     = []byte("state")
 	bucketIdem      = []byte("idem")
 	bucketIdemTimes = []byte("idem_times")
+	bucketListers   = []byte("listers")
+	bucketCooldown  = []byte("cooldown")
 
 	stAccepted  = []byte("accepted")
 	stBlocked   = []byte("blocked")
 	stRequests  = []byte("requests")
 	stSenders   = []byte("senders")
 	stNRequests = []byte("nrequests")
+	stFloor     = []byte("floor")
 
 	present = []byte{1} // the value of a set member; never modified
 )
@@ -112,6 +128,11 @@ type Store struct {
 	closed bool
 	queue  chan *appendReq
 	done   chan struct{} // closed when the writer has finished
+
+	logSize atomic.Int64 // leaves known durable (log.go)
+	cache   logCache
+	keyMu   sync.Mutex // guards logKey
+	logKey  string
 }
 
 type appendReq struct {
@@ -157,7 +178,8 @@ func Open(path string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bucketMeta, bucketHandles, bucketPrimaries, bucketInboxes, bucketCounts, bucketInvites, bucketState, bucketIdem, bucketIdemTimes} {
+		for _, name := range [][]byte{bucketMeta, bucketHandles, bucketPrimaries, bucketInboxes, bucketCounts, bucketInvites,
+			bucketState, bucketIdem, bucketIdemTimes, bucketListers, bucketCooldown, bucketLogData, bucketLogHashes} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return err
 			}
@@ -167,12 +189,17 @@ func Open(path string, opts Options) (*Store, error) {
 	if err == nil {
 		err = migrate(db)
 	}
+	var size int64
+	if err == nil {
+		err = db.View(func(tx *bolt.Tx) error { size = logSize(tx); return nil })
+	}
 	if err != nil {
 		_ = db.Close()
 		return nil, fmt.Errorf("initialize %s: %w", path, err)
 	}
 	s := &Store{db: db, notify: opts.Notify, batch: maxBatch,
 		queue: make(chan *appendReq, maxBatch), done: make(chan struct{})}
+	s.logSize.Store(size)
 	s.once.init(opts.MaxOnce)
 	if opts.OneCommitPerMessage {
 		s.batch = 1
@@ -246,20 +273,76 @@ func mapErr(err error) error {
 	return err
 }
 
-// Register binds a handle and a primary in one transaction.
+// marshalRecord encodes a record as stored. Its raw members (registration,
+// rotation) are kept byte for byte: no HTML escaping, as they are logged.
+func marshalRecord(rec storage.Record) ([]byte, error) {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(rec); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(b.Bytes(), []byte("\n")), nil
+}
+
+func getRecord(handles *bolt.Bucket, handle string) (storage.Record, bool, error) {
+	var rec storage.Record
+	raw := handles.Get([]byte(handle))
+	if raw == nil {
+		return rec, false, nil
+	}
+	if err := json.Unmarshal(raw, &rec); err != nil {
+		return rec, false, fmt.Errorf("decode record %q: %w", handle, err)
+	}
+	return rec, true, nil
+}
+
+// update runs fn in a write transaction and, once it is durable, makes
+// the leaves it appended visible to LogSize.
+func (s *Store) update(fn func(w *writeTx) error) error {
+	var appended int64
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		w := newWriteTx(tx)
+		if err := fn(w); err != nil {
+			return err
+		}
+		appended = w.logSize
+		return nil
+	})
+	if err != nil {
+		return mapErr(err)
+	}
+	if appended > 0 {
+		s.noteSize(appended)
+	}
+	return nil
+}
+
+// Register binds a handle and a primary and appends the registration to
+// the log, in one transaction.
 func (s *Store) Register(_ context.Context, rec storage.Record, invite string) (storage.Record, bool, error) {
 	var stored storage.Record
 	created := false
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(w *writeTx) error {
+		tx := w.tx
 		handles, primaries := tx.Bucket(bucketHandles), tx.Bucket(bucketPrimaries)
-		if existing := handles.Get([]byte(rec.Handle)); existing != nil {
-			if err := json.Unmarshal(existing, &stored); err != nil {
-				return fmt.Errorf("decode record %q: %w", rec.Handle, err)
-			}
-			if stored.Primary == rec.Primary {
-				return nil // an idempotent retry
+		existing, ok, err := getRecord(handles, rec.Handle)
+		if err != nil {
+			return err
+		}
+		if ok {
+			if existing.Primary == rec.Primary {
+				stored = existing
+				return nil // an idempotent retry: nothing appended
 			}
 			return storage.ErrHandleTaken
+		}
+		var cooldown []byte // until + seq of a deleted handle
+		if v := tx.Bucket(bucketCooldown).Get([]byte(rec.Handle)); len(v) == 16 {
+			if int64(u64(v[:8])) > time.Now().UnixMilli() {
+				return storage.ErrCoolingDown
+			}
+			cooldown = v
 		}
 		if primaries.Get([]byte(rec.Primary)) != nil {
 			return storage.ErrPrimaryTaken
@@ -273,7 +356,11 @@ func (s *Store) Register(_ context.Context, rec storage.Record, invite string) (
 				return err
 			}
 		}
-		raw, err := json.Marshal(rec)
+		rec.Rotation = nil
+		if rec.LogIndex, err = w.logAppend(rec.Registration); err != nil {
+			return err
+		}
+		raw, err := marshalRecord(rec)
 		if err != nil {
 			return err
 		}
@@ -283,21 +370,197 @@ func (s *Store) Register(_ context.Context, rec storage.Record, invite string) (
 		if err := primaries.Put([]byte(rec.Primary), []byte(rec.Handle)); err != nil {
 			return err
 		}
-		// Seqs come from the inbox bucket's own sequence, which survives
-		// deletions, so the bucket is created once and never removed.
-		if _, err := tx.Bucket(bucketInboxes).CreateBucketIfNotExists([]byte(rec.Handle)); err != nil {
+		// Seqs come from the inbox bucket's own sequence. A deleted inbox's
+		// sequence waited in its cooldown record: the new inbox goes on from
+		// it, and the old inbox's idempotency keys (all at seqs up to it)
+		// are void.
+		ib, err := tx.Bucket(bucketInboxes).CreateBucketIfNotExists([]byte(rec.Handle))
+		if err != nil {
 			return err
 		}
-		if _, err := newWriteTx(tx).inbox(rec.Handle); err != nil { // its state buckets
+		ix, err := w.inbox(rec.Handle) // its state buckets
+		if err != nil {
 			return err
+		}
+		if cooldown != nil {
+			seq := u64(cooldown[8:])
+			if err := ib.SetSequence(max(seq, ib.Sequence())); err != nil {
+				return err
+			}
+			if err := ix.state.Put(stFloor, seqKey(seq)); err != nil {
+				return err
+			}
+			ix.floor = seq
+			if err := tx.Bucket(bucketCooldown).Delete([]byte(rec.Handle)); err != nil {
+				return err
+			}
 		}
 		stored, created = rec, true
 		return nil
 	})
 	if err != nil {
-		return storage.Record{}, false, mapErr(err)
+		return storage.Record{}, false, err
 	}
 	return stored, created, nil
+}
+
+// Rotate moves handle from old to new (SPEC §2.10) and appends the
+// rotation to the log, in one transaction. Every inbox that accepts or
+// blocks old (found by the listers index, never by a scan) treats new the
+// same way from then on (§2.9): see moveListing.
+func (s *Store) Rotate(_ context.Context, handle, old, new string, rotation []byte) (storage.Record, error) {
+	oldKey, err := packPrimary(old)
+	if err != nil {
+		return storage.Record{}, err
+	}
+	newKey, err := packPrimary(new)
+	if err != nil {
+		return storage.Record{}, err
+	}
+	var rec storage.Record
+	err = s.update(func(w *writeTx) error {
+		tx := w.tx
+		handles, primaries := tx.Bucket(bucketHandles), tx.Bucket(bucketPrimaries)
+		cur, ok, err := getRecord(handles, handle)
+		if err != nil {
+			return err
+		}
+		if !ok || cur.Primary != old {
+			return storage.ErrNotFound
+		}
+		if primaries.Get([]byte(new)) != nil {
+			return storage.ErrPrimaryTaken
+		}
+		cur.Primary = new
+		cur.Rotation = append(json.RawMessage(nil), rotation...)
+		if cur.LogIndex, err = w.logAppend(rotation); err != nil {
+			return err
+		}
+		raw, err := marshalRecord(cur)
+		if err != nil {
+			return err
+		}
+		if err := handles.Put([]byte(handle), raw); err != nil {
+			return err
+		}
+		if err := primaries.Delete([]byte(old)); err != nil {
+			return err
+		}
+		if err := primaries.Put([]byte(new), []byte(handle)); err != nil {
+			return err
+		}
+		// Who lists old: collected first, as moving changes the index.
+		var listers []string
+		c := w.listers.Cursor()
+		for k, _ := c.Seek(oldKey[:]); k != nil && bytes.HasPrefix(k, oldKey[:]); k, _ = c.Next() {
+			listers = append(listers, string(k[keyLen:]))
+		}
+		for _, h := range listers {
+			if err := w.moveListing(h, oldKey[:], newKey[:]); err != nil {
+				return err
+			}
+		}
+		rec = cur
+		return nil
+	})
+	if err != nil {
+		return storage.Record{}, err
+	}
+	return rec, nil
+}
+
+// moveListing moves handle's acceptance or block of old to new. A block
+// wins: if the inbox blocked either key, new ends up blocked (its stored
+// requests deleted); otherwise new ends up accepted (its stored requests,
+// if it had sent any as a stranger, become messages). old has no stored
+// requests there (acceptance and blocks leave none); requests that old
+// left in inboxes that neither accept nor block it stay what they are,
+// messages from old, counted against old (see Rotate in the README).
+func (w *writeTx) moveListing(handle string, old, new []byte) error {
+	ix, err := w.inbox(handle)
+	if err != nil {
+		return err
+	}
+	if ix == nil { // a stale entry; Delete removes them, so never expected
+		return w.listers.Delete(cat(old, []byte(handle)))
+	}
+	blocked := ix.blocked.Get(old) != nil || ix.blocked.Get(new) != nil
+	accepted := ix.accepted.Get(old) != nil
+	if err := ix.accepted.Delete(old); err != nil {
+		return err
+	}
+	if err := ix.blocked.Delete(old); err != nil {
+		return err
+	}
+	if err := w.listers.Delete(cat(old, ix.name)); err != nil {
+		return err
+	}
+	switch {
+	case blocked:
+		return w.block(ix, new)
+	case accepted && ix.accepted.Get(new) == nil:
+		return w.accept(ix, new)
+	}
+	return nil
+}
+
+// Delete ends handle's binding to primary (SPEC §2.10): its record, inbox,
+// counts and contact lists go, the handle is held until cooldownUntil (the
+// record keeping the inbox's sequence too), and the deletion is appended
+// to the log, in one transaction.
+func (s *Store) Delete(_ context.Context, handle, primary string, deletion []byte, cooldownUntil time.Time) (int64, error) {
+	var index int64
+	err := s.update(func(w *writeTx) error {
+		tx := w.tx
+		handles := tx.Bucket(bucketHandles)
+		cur, ok, err := getRecord(handles, handle)
+		if err != nil {
+			return err
+		}
+		if !ok || cur.Primary != primary {
+			return storage.ErrNotFound
+		}
+		if err := handles.Delete([]byte(handle)); err != nil {
+			return err
+		}
+		if err := tx.Bucket(bucketPrimaries).Delete([]byte(primary)); err != nil {
+			return err
+		}
+		name := []byte(handle)
+		seq := uint64(0)
+		ix, err := w.inbox(handle)
+		if err != nil {
+			return err
+		}
+		if ix != nil {
+			seq = ix.msgs.Sequence()
+			for _, list := range []*bolt.Bucket{ix.accepted, ix.blocked} {
+				if err := list.ForEach(func(k, _ []byte) error { return w.listers.Delete(cat(k, name)) }); err != nil {
+					return err
+				}
+			}
+			if err := tx.Bucket(bucketInboxes).DeleteBucket(name); err != nil {
+				return err
+			}
+			if err := tx.Bucket(bucketState).DeleteBucket(name); err != nil {
+				return err
+			}
+			delete(w.inboxes, handle)
+		}
+		if err := w.counts.Delete(name); err != nil {
+			return err
+		}
+		until := max(cooldownUntil.UnixMilli(), 0)
+		if err := tx.Bucket(bucketCooldown).Put(name, cat(seqKey(uint64(until)), seqKey(seq))); err != nil {
+			return err
+		}
+		index, err = w.logAppend(deletion)
+		return err
+	})
+	if err != nil {
+		return 0, err
+	}
+	return index, nil
 }
 
 // Lookup returns a handle's record.
@@ -462,7 +725,9 @@ type writeTx struct {
 	counts    *bolt.Bucket
 	idem      *bolt.Bucket
 	idemTimes *bolt.Bucket
+	listers   *bolt.Bucket
 	inboxes   map[string]*inbox
+	logSize   int64 // after the last leaf appended in this transaction; 0: none
 }
 
 // inbox is an inbox's buckets within one transaction.
@@ -474,6 +739,7 @@ type inbox struct {
 	blocked  *bolt.Bucket
 	requests *bolt.Bucket
 	senders  *bolt.Bucket
+	floor    uint64 // idempotency keys of seqs up to it belong to a deleted inbox
 }
 
 // appendOnly is the FillPercent of buckets whose keys only ever grow
@@ -484,7 +750,7 @@ const appendOnly = 1.0
 
 func newWriteTx(tx *bolt.Tx) *writeTx {
 	w := &writeTx{tx: tx, counts: tx.Bucket(bucketCounts), idem: tx.Bucket(bucketIdem),
-		idemTimes: tx.Bucket(bucketIdemTimes), inboxes: map[string]*inbox{}}
+		idemTimes: tx.Bucket(bucketIdemTimes), listers: tx.Bucket(bucketListers), inboxes: map[string]*inbox{}}
 	w.idemTimes.FillPercent = appendOnly
 	return w
 }
@@ -516,6 +782,7 @@ func (w *writeTx) inbox(handle string) (*inbox, error) {
 			return nil, err
 		}
 	}
+	ix.floor = u64(ix.state.Get(stFloor))
 	w.inboxes[handle] = ix
 	return ix, nil
 }
@@ -564,7 +831,14 @@ func (w *writeTx) append(r *appendReq, now int64) error {
 		return nil
 	}
 	from := r.from[:]
-	if v := w.idem.Get(r.idem[:]); len(v) == 16 {
+	v := w.idem.Get(r.idem[:])
+	if len(v) == 16 && u64(v[:8]) <= ix.floor {
+		// The key of a deleted inbox's message: void. Its time entry goes
+		// now, as remember below replaces the key.
+		if err := w.idemTimes.Delete(cat(v[8:], r.idem[:])); err != nil {
+			return err
+		}
+	} else if len(v) == 16 {
 		seq := u64(v[:8])
 		r.msg = storage.Message{Seq: seq, ReceivedAt: int64(u64(v[8:])), From: d.From, FromAddr: d.FromAddr,
 			Request: ix.requests.Get(cat(from, v[:8])) != nil, Envelope: d.Envelope}
@@ -636,6 +910,12 @@ func (w *writeTx) append(r *appendReq, now int64) error {
 	if own.accepted.Get(r.to[:]) != nil || own.blocked.Get(r.to[:]) != nil {
 		return nil
 	}
+	// ToPrimary was looked up before this commit: if the recipient has
+	// rotated (or been deleted) since, its old key is not accepted, as the
+	// rotation has already moved the lists and would miss this entry.
+	if h := w.tx.Bucket(bucketPrimaries).Get([]byte(d.ToPrimary)); string(h) != d.To {
+		return nil
+	}
 	return w.accept(own, r.to[:])
 }
 
@@ -658,6 +938,9 @@ func (w *writeTx) accept(ix *inbox, key []byte) error {
 	if err := ix.accepted.Put(key, present); err != nil {
 		return err
 	}
+	if err := w.listers.Put(cat(key, ix.name), present); err != nil {
+		return err
+	}
 	seqs := ix.requestSeqs(key)
 	for _, sk := range seqs {
 		if err := rewriteFlags(ix.msgs, sk, 0); err != nil {
@@ -677,6 +960,9 @@ func (w *writeTx) block(ix *inbox, key []byte) error {
 		return err
 	}
 	if err := ix.blocked.Put(key, present); err != nil {
+		return err
+	}
+	if err := w.listers.Put(cat(key, ix.name), present); err != nil {
 		return err
 	}
 	seqs := ix.requestSeqs(key)
@@ -709,6 +995,21 @@ func (w *writeTx) dropRequests(ix *inbox, key []byte, n int, kept bool) error {
 	return nil
 }
 
+// unlist takes key off one of ix's lists (accepted or blocked), and off the
+// listers index unless the other list still has it.
+func (w *writeTx) unlist(ix *inbox, list *bolt.Bucket, key []byte) error {
+	if list.Get(key) == nil {
+		return nil
+	}
+	if err := list.Delete(key); err != nil {
+		return err
+	}
+	if ix.accepted.Get(key) != nil || ix.blocked.Get(key) != nil {
+		return nil
+	}
+	return w.listers.Delete(cat(key, ix.name))
+}
+
 // SetContact changes how handle's inbox treats primary (SPEC §2.9).
 func (s *Store) SetContact(_ context.Context, handle, primary string, state storage.ContactState) error {
 	key, err := packPrimary(primary)
@@ -728,11 +1029,11 @@ func (s *Store) SetContact(_ context.Context, handle, primary string, state stor
 		case storage.Accept:
 			return w.accept(ix, key[:])
 		case storage.Unaccept:
-			return ix.accepted.Delete(key[:])
+			return w.unlist(ix, ix.accepted, key[:])
 		case storage.Block:
 			return w.block(ix, key[:])
 		case storage.Unblock:
-			return ix.blocked.Delete(key[:])
+			return w.unlist(ix, ix.blocked, key[:])
 		}
 		return fmt.Errorf("unknown contact state %d", state)
 	})

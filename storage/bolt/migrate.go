@@ -1,16 +1,23 @@
 package bolt
 
 import (
+	"bytes"
+	"cmp"
 	"encoding/json"
 	"fmt"
+	"slices"
 
+	"github.com/gowebpki/jcs"
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/kezchat/kez/storage"
 )
 
 // schemaVersion is the layout this package writes (see the package doc).
 // Version 1 (no meta bucket) stored received_at + envelope per message and
-// nothing else per inbox.
-const schemaVersion = 2
+// nothing else per inbox; version 2 had no binding log, no listers index
+// and no cooldown records.
+const schemaVersion = 3
 
 var metaSchema = []byte("schema")
 
@@ -20,7 +27,37 @@ const (
 	migrateBytes = 16 << 20
 )
 
-// migrate brings a database to schemaVersion, once: v1 messages are
+// migrate brings a database to schemaVersion, once: first v1 to v2
+// (migrateV1), then v2 to v3 (migrateV2).
+func migrate(db *bolt.DB) error {
+	var schema uint64
+	err := db.View(func(tx *bolt.Tx) error {
+		schema = u64(tx.Bucket(bucketMeta).Get(metaSchema))
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	switch {
+	case schema == schemaVersion:
+		return nil
+	case schema > schemaVersion:
+		return fmt.Errorf("database schema %d is newer than this version (%d)", schema, schemaVersion)
+	}
+	if schema < 2 {
+		if err := migrateV1(db); err != nil {
+			return err
+		}
+	}
+	if err := migrateV2(db); err != nil {
+		return err
+	}
+	return db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketMeta).Put(metaSchema, seqKey(schemaVersion))
+	})
+}
+
+// migrateV1 brings a v1 database to schema 2, once: v1 messages are
 // rewritten in the v2 layout with
 //   - from: the envelope's "from" member as stored (it was validated on the
 //     way in); if it cannot be read, the message is kept with no From,
@@ -37,14 +74,9 @@ const (
 // It works in small transactions; each message value says which layout it
 // has, so a migration cut short by a crash resumes where it was. The schema
 // is written last.
-func migrate(db *bolt.DB) error {
-	var schema uint64
+func migrateV1(db *bolt.DB) error {
 	var handles []string
 	err := db.View(func(tx *bolt.Tx) error {
-		schema = u64(tx.Bucket(bucketMeta).Get(metaSchema))
-		if schema >= schemaVersion {
-			return nil
-		}
 		return tx.Bucket(bucketInboxes).ForEachBucket(func(name []byte) error {
 			handles = append(handles, string(name))
 			return nil
@@ -53,20 +85,128 @@ func migrate(db *bolt.DB) error {
 	if err != nil {
 		return err
 	}
-	switch {
-	case schema == schemaVersion:
-		return nil
-	case schema > schemaVersion:
-		return fmt.Errorf("database schema %d is newer than this version (%d)", schema, schemaVersion)
-	}
 	for _, handle := range handles {
 		if err := migrateInbox(db, handle); err != nil {
 			return fmt.Errorf("migrate inbox %q: %w", handle, err)
 		}
 	}
 	return db.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketMeta).Put(metaSchema, seqKey(schemaVersion))
+		return tx.Bucket(bucketMeta).Put(metaSchema, seqKey(2))
 	})
+}
+
+// migrateV2 brings a schema 2 database to schema 3:
+//   - the listers index is built from every inbox's accepted and blocked
+//     lists (puts of what is there: running it again changes nothing);
+//   - every binding gets its log leaf, as v2 had no log: the registrations
+//     are appended in the order of (registered_at, handle), each record
+//     getting its LogIndex, its Registration in JCS form (it already is,
+//     as v2 stored it; the leaf and the record must be the same bytes).
+//
+// A record counts as logged when the leaf at its LogIndex is its
+// registration, so a migration cut short appends only what is missing, in
+// the same order: the leaves are the same whenever it finishes. Both parts
+// work in transactions of at most migrateChunk records or inboxes.
+func migrateV2(db *bolt.DB) error {
+	var inboxes [][]byte
+	err := db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketState).ForEachBucket(func(name []byte) error {
+			inboxes = append(inboxes, bytes.Clone(name))
+			return nil
+		})
+	})
+	if err != nil {
+		return err
+	}
+	for chunk := range slices.Chunk(inboxes, migrateChunk) {
+		err := db.Update(func(tx *bolt.Tx) error {
+			listers := tx.Bucket(bucketListers)
+			for _, name := range chunk {
+				st := tx.Bucket(bucketState).Bucket(name)
+				for _, list := range [][]byte{stAccepted, stBlocked} {
+					b := st.Bucket(list)
+					if b == nil {
+						continue
+					}
+					if err := b.ForEach(func(k, _ []byte) error { return listers.Put(cat(k, name), present) }); err != nil {
+						return err
+					}
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("index contact lists: %w", err)
+		}
+	}
+
+	type binding struct {
+		at     int64
+		handle string
+	}
+	var todo []binding
+	err = db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketHandles).ForEach(func(k, v []byte) error {
+			var rec storage.Record
+			if err := json.Unmarshal(v, &rec); err != nil {
+				return fmt.Errorf("decode record %q: %w", k, err)
+			}
+			if !logged(tx, rec) {
+				todo = append(todo, binding{rec.RegisteredAt, string(k)})
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return err
+	}
+	slices.SortFunc(todo, func(a, b binding) int {
+		return cmp.Or(cmp.Compare(a.at, b.at), cmp.Compare(a.handle, b.handle))
+	})
+	for chunk := range slices.Chunk(todo, migrateChunk) {
+		err := db.Update(func(tx *bolt.Tx) error {
+			w := newWriteTx(tx)
+			handles := tx.Bucket(bucketHandles)
+			for _, b := range chunk {
+				rec, ok, err := getRecord(handles, b.handle)
+				if err != nil {
+					return err
+				}
+				if !ok || logged(tx, rec) {
+					continue
+				}
+				if canonical, err := jcs.Transform(rec.Registration); err == nil {
+					rec.Registration = canonical
+				}
+				if rec.LogIndex, err = w.logAppend(rec.Registration); err != nil {
+					return err
+				}
+				raw, err := marshalRecord(rec)
+				if err != nil {
+					return err
+				}
+				if err := handles.Put([]byte(b.handle), raw); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("log the existing bindings: %w", err)
+		}
+	}
+	return nil
+}
+
+// logged reports whether rec's leaf is in the log: the leaf at its
+// LogIndex is the object that made its binding.
+func logged(tx *bolt.Tx, rec storage.Record) bool {
+	made := rec.Registration
+	if rec.Rotation != nil {
+		made = rec.Rotation
+	}
+	leaf := tx.Bucket(bucketLogData).Get(seqKey(uint64(rec.LogIndex)))
+	return leaf != nil && rec.LogIndex >= 0 && bytes.Equal(leaf, made)
 }
 
 func migrateInbox(db *bolt.DB, handle string) error {
