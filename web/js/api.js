@@ -69,6 +69,7 @@ export class Api {
         if (h && typeof h.server === 'string' && h.server) {
           api.server = h.server;
           api.protocol = h.protocol;
+          api.logKeyFromHealth = typeof h.log_key === 'string' ? h.log_key : null;
           return api;
         }
       } catch (e) {
@@ -190,6 +191,42 @@ export class Api {
 
   register(body) {
     return this.request('POST', 'v1/register', { body });
+  }
+
+  // ---- rotation and deletion (SPEC §2.10): the bodies carry their own signatures ----
+
+  rotate(body) {
+    return this.request('POST', 'v1/rotate', { body });
+  }
+
+  deleteAccount(body) {
+    return this.request('POST', 'v1/delete', { body });
+  }
+
+  // ---- the binding log (SPEC §5) ----
+
+  /** text fetches a text/plain answer. */
+  async text(path) {
+    const res = await this.fetchSigned('GET', path, { accept: 'text/plain' });
+    const type = res.headers.get('Content-Type') || '';
+    if (!/^text\/plain\b/i.test(type)) throw new ApiError(res.status, 'bad_response', `the server did not answer ${path} with text`);
+    return res.text();
+  }
+
+  logKey() {
+    return this.text('v1/log/key');
+  }
+
+  logCheckpoint() {
+    return this.text('v1/log/checkpoint');
+  }
+
+  logEntries(start, limit) {
+    return this.request('GET', 'v1/log/entries', { query: { start, limit } });
+  }
+
+  logConsistency(old, nu) {
+    return this.request('GET', 'v1/log/consistency', { query: { old, new: nu } });
   }
 
   /**

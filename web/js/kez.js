@@ -12,6 +12,7 @@ export const HANDLE_RE = /^[a-z0-9][a-z0-9_-]{1,31}$/;
 export const ENVELOPE_INFO = 'kez-chat-msg-v1';
 export const REGISTER_TYPE = 'kez.chat.register';
 export const ROTATE_TYPE = 'kez.chat.rotate';
+export const DELETE_TYPE = 'kez.chat.delete';
 
 // PKCS#8 wrappers (RFC 8410) for a raw 32-byte private key.
 const PKCS8_ED25519 = fromHex('302e020100300506032b657004220420');
@@ -175,8 +176,88 @@ export async function verifyRecord(record, expect = {}) {
     throw new ProtocolError('bad_signature', 'the rotation signatures do not verify');
   }
   // The rotations between the registered key and rp.old are in the server's
-  // binding log (SPEC §5), which this client does not read yet.
+  // binding log (SPEC §5); trust.js follows them where it needs to.
   return record;
+}
+
+// ---- rotation and deletion (SPEC §2.10) ----
+
+/** signRotation returns the body of POST /v1/rotate: handle moves from oldId's key to newId's; both sign. */
+export async function signRotation(oldId, newId, handle, server, ts) {
+  const payload = { v: 2, type: ROTATE_TYPE, handle, server, old: oldId.primary, new: newId.primary, ts };
+  const signed = jcs(payload);
+  const [o, n] = await Promise.all([sign(oldId.signKey, signed), sign(newId.signKey, signed)]);
+  return { payload, signatures: { old: { alg: 'ed25519', sig: toHex(o) }, new: { alg: 'ed25519', sig: toHex(n) } } };
+}
+
+/** signDeletion returns the body of POST /v1/delete: identity ends its binding to handle. */
+export async function signDeletion(identity, handle, server, ts) {
+  const payload = { v: 2, type: DELETE_TYPE, handle, server, primary: identity.primary, ts };
+  const sig = await sign(identity.signKey, jcs(payload));
+  return { payload, signature: { alg: 'ed25519', sig: toHex(sig) } };
+}
+
+/**
+ * recordLeaf is the log leaf data of the object that made a record's
+ * binding (SPEC §5): the JCS form of its rotation when it has one, else of
+ * its registration ({payload, signature}, as the server stores it).
+ */
+export function recordLeaf(record) {
+  if (record.rotation !== undefined) return jcs({ payload: record.rotation.payload, signatures: record.rotation.signatures });
+  return jcs({ payload: record.registration.payload, signature: record.registration.signature });
+}
+
+/**
+ * readLogEntry reads one leaf of the binding log (its JSON text) and
+ * checks it as a signed object: a registration (signed by its primary), a
+ * rotation (signed by its old and new key) or a deletion (signed by its
+ * primary), with exact member names. It returns {kind: 'register' |
+ * 'rotate' | 'delete', handle, server, ts, primary | old+new, valid}, where
+ * valid says every signature verifies; anything else throws ProtocolError.
+ */
+export async function readLogEntry(text) {
+  let obj;
+  try {
+    obj = parseStrict(text, { throwOnProblem: true });
+  } catch (e) {
+    throw new ProtocolError('bad_request', `log entry: ${e.message}`);
+  }
+  if (!obj || typeof obj !== 'object' || Array.isArray(obj)) throw new ProtocolError('bad_request', 'log entry: not an object');
+  const p = obj.payload;
+  const type = p && typeof p === 'object' ? p.type : undefined;
+  const check = async (key, sig, signed) => {
+    try {
+      return await verify(parsePrimary(key), signed, sigBytes(sig, 'a log entry signature'));
+    } catch {
+      return false;
+    }
+  };
+  if (type === REGISTER_TYPE) {
+    exact(obj, { required: ['payload', 'signature'] }, 'log entry');
+    exact(p, { required: ['v', 'type', 'handle', 'server', 'primary', 'ts'] }, 'log entry payload');
+    if (p.v !== 1 || typeof p.handle !== 'string' || typeof p.primary !== 'string') throw new ProtocolError('bad_request', 'log entry: a malformed registration');
+    const valid = await check(p.primary, obj.signature, utf8(jcs(p)));
+    return { kind: 'register', handle: p.handle, server: p.server, ts: p.ts, primary: p.primary, valid };
+  }
+  if (type === ROTATE_TYPE) {
+    exact(obj, { required: ['payload', 'signatures'] }, 'log entry');
+    exact(p, { required: ['v', 'type', 'handle', 'server', 'old', 'new', 'ts'] }, 'log entry payload');
+    const sigs = exact(obj.signatures, { required: ['old', 'new'] }, 'log entry signatures');
+    if (p.v !== 2 || typeof p.handle !== 'string' || typeof p.old !== 'string' || typeof p.new !== 'string') {
+      throw new ProtocolError('bad_request', 'log entry: a malformed rotation');
+    }
+    const signed = utf8(jcs(p));
+    const valid = p.old !== p.new && (await check(p.old, sigs.old, signed)) && (await check(p.new, sigs.new, signed));
+    return { kind: 'rotate', handle: p.handle, server: p.server, ts: p.ts, old: p.old, new: p.new, valid };
+  }
+  if (type === DELETE_TYPE) {
+    exact(obj, { required: ['payload', 'signature'] }, 'log entry');
+    exact(p, { required: ['v', 'type', 'handle', 'server', 'primary', 'ts'] }, 'log entry payload');
+    if (p.v !== 2 || typeof p.handle !== 'string' || typeof p.primary !== 'string') throw new ProtocolError('bad_request', 'log entry: a malformed deletion');
+    const valid = await check(p.primary, obj.signature, utf8(jcs(p)));
+    return { kind: 'delete', handle: p.handle, server: p.server, ts: p.ts, primary: p.primary, valid };
+  }
+  throw new ProtocolError('bad_request', 'log entry: not a registration, rotation or deletion');
 }
 
 // ---- request authentication (SPEC §2.0) ----
