@@ -1,7 +1,8 @@
 // Package storagetest is the conformance suite every storage.Store backend
 // must pass: what SPEC §2 requires of the registry and the inboxes, and
 // the v2 rules (v2.go): idempotent deliveries, message requests and their
-// limits, contact lists, single-use signatures. It uses nothing but the
+// limits, contact lists, single-use signatures; and the trust rules
+// (trust.go): the binding log, rotation, deletion and the handle cooldown. It uses nothing but the
 // storage.Store interface, so every backend runs the same cases.
 package storagetest
 
@@ -54,6 +55,9 @@ func Run(t *testing.T, open Opener) {
 		"ConcurrentDuplicateAppends":                            testConcurrentDuplicates,
 		"OnceSingleUse":                                         testOnce,
 		"OnceConcurrent":                                        testOnceConcurrent,
+	}
+	for name, fn := range trustTests() {
+		tests[name] = fn
 	}
 	for name, fn := range tests {
 		t.Run(name, func(t *testing.T) { fn(t, open) })
