@@ -12,7 +12,7 @@ import (
 	"time"
 )
 
-//go:embed index.html app.css icon.svg js
+//go:embed index.html app.css icon.svg js vendor
 var files embed.FS
 
 // loaded is the modification time reported for every embedded file. Embedded

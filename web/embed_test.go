@@ -10,7 +10,7 @@ import (
 
 func TestFSHasTheClient(t *testing.T) {
 	fsys := FS()
-	if err := fstest.TestFS(fsys, "index.html", "app.css", "icon.svg", "js/app.js", "js/kez.js", "js/curve.js", "js/encoding.js"); err != nil {
+	if err := fstest.TestFS(fsys, "index.html", "app.css", "icon.svg", "js/app.js", "js/kez.js", "js/curve.js", "js/encoding.js", "js/tlog.js", "js/trust.js", "js/safety.js", "js/qr.js", "vendor/qrcode-generator-2.0.4.mjs", "vendor/LICENSE-qrcode-generator.txt"); err != nil {
 		t.Fatal(err)
 	}
 	for _, hidden := range []string{"embed.go", "test", "package.json", "node_modules"} {
