@@ -831,13 +831,11 @@ func (w *writeTx) append(r *appendReq, now int64) error {
 		return nil
 	}
 	from := r.from[:]
-	v := w.idem.Get(r.idem[:])
-	if len(v) == 16 && u64(v[:8]) <= ix.floor {
-		// The key of a deleted inbox's message: void. Its time entry goes
-		// now, as remember below replaces the key.
-		if err := w.idemTimes.Delete(cat(v[8:], r.idem[:])); err != nil {
-			return err
-		}
+	// A key of a deleted inbox's message (seq up to the floor) is void: it
+	// is replaced if this one is stored.
+	var void []byte
+	if v := w.idem.Get(r.idem[:]); len(v) == 16 && u64(v[:8]) <= ix.floor {
+		void = cat(v[8:], r.idem[:]) // its time entry
 	} else if len(v) == 16 {
 		seq := u64(v[:8])
 		r.msg = storage.Message{Seq: seq, ReceivedAt: int64(u64(v[8:])), From: d.From, FromAddr: d.FromAddr,
@@ -879,6 +877,11 @@ func (w *writeTx) append(r *appendReq, now int64) error {
 		return err
 	}
 	sk := seqKey(seq)
+	if void != nil {
+		if err := w.idemTimes.Delete(void); err != nil {
+			return err
+		}
+	}
 	if err := w.remember(r.idem[:], sk, seqKey(uint64(now))); err != nil {
 		return err
 	}
