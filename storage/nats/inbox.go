@@ -341,8 +341,15 @@ func (s *Store) readDirect(ctx context.Context, filter string, since uint64, lim
 }
 
 func (s *Store) readDirectOnce(ctx context.Context, filter string, since uint64, limit int) ([]rawMsg, bool, error) {
-	req := natsio.NewMsg(s.apiPrefix + "DIRECT.GET." + s.inboxName)
-	req.Data = fmt.Appendf(nil, `{"seq":%d,"next_by_subj":%q,"batch":%d}`, since+1, filter, limit)
+	req := fmt.Appendf(nil, `{"seq":%d,"next_by_subj":%q,"batch":%d}`, since+1, filter, limit)
+	return s.directBatch(ctx, s.inboxName, req)
+}
+
+// directBatch is one batched direct get on stream (any replica answers):
+// the messages the request selects, and whether more are pending.
+func (s *Store) directBatch(ctx context.Context, stream string, body []byte) ([]rawMsg, bool, error) {
+	req := natsio.NewMsg(s.apiPrefix + "DIRECT.GET." + stream)
+	req.Data = body
 	var status, desc, pending string
 	replies, err := natsext.RequestManyMsg(ctx, s.nc, req, natsext.RequestManySentinel(func(m *natsio.Msg) bool {
 		if st := m.Header.Get("Status"); st != "" && len(m.Data) == 0 {

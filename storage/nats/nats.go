@@ -42,6 +42,7 @@ import (
 
 	natsio "github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/mod/sumdb/tlog"
 
 	"github.com/kezchat/kez/storage"
 )
@@ -126,10 +127,12 @@ type Store struct {
 	setupErr  error
 	feed      jetstream.ConsumeContext
 	watch     jetstream.ConsumeContext // contact list changes
+	bindings  jetstream.ConsumeContext // rotations and deletions (registry.go)
 
 	mu       sync.Mutex
 	closed   bool
-	handles  map[string]bool   // handles known to be registered (never unregistered)
+	handles  map[string]bool   // handles known to be registered (until deleted)
+	changed  map[string]uint64 // per handle, the seq of its last rotation or deletion seen here
 	seen     map[string]uint64 // per inbox, the last seq the feed delivered
 	verified map[string]uint64 // per inbox, seqs up to which a leader read confirmed what is stored
 	streamMI int64             // the inbox stream's per-subject limit as last seen (-1: none)
@@ -142,6 +145,20 @@ type Store struct {
 	recMu     sync.Mutex
 	records   map[string]chan struct{} // idempotency records being written, by subject
 	expiredTo atomic.Int64             // the latest cutoff Expire applied here (unix ms)
+
+	// The binding log (log.go, jobs.go).
+	lmu        sync.Mutex
+	head       *logHead            // the newest head seen here
+	hashes     map[int64]tlog.Hash // stored hashes, by index (bounded)
+	entries    map[int64][]byte    // leaf data, by index (bounded)
+	entryBytes int
+	logKeys    map[string]string // signer keys, by name
+	logSem     chan struct{}     // one append at a time from this server
+	logOnce    sync.Once
+	logReady   chan struct{} // closed once every binding has its leaf
+	jobMu      sync.Mutex
+	stopCtx    context.Context // ends with Close
+	stop       context.CancelFunc
 }
 
 // ValidPrefix reports whether p can name the streams and subjects.
@@ -193,6 +210,12 @@ func Open(opts Options) (*Store, error) {
 		bucket:    opts.Prefix + "_registry",
 		apiPrefix: "$JS.API.",
 		handles:   map[string]bool{},
+		changed:   map[string]uint64{},
+		hashes:    map[int64]tlog.Hash{},
+		entries:   map[int64][]byte{},
+		logKeys:   map[string]string{},
+		logSem:    make(chan struct{}, 1),
+		logReady:  make(chan struct{}),
 		seen:      map[string]uint64{},
 		verified:  map[string]uint64{},
 		v1:        map[string]uint64{},
@@ -200,6 +223,7 @@ func Open(opts Options) (*Store, error) {
 		contacts:  map[string]*cachedContacts{},
 		records:   map[string]chan struct{}{},
 	}
+	s.stopCtx, s.stop = context.WithCancel(context.Background())
 	s.regName = "KV_" + s.bucket
 	s.regSubj = "$KV." + s.bucket + "."
 	s.contactsBucket = opts.Prefix + "_contacts"
@@ -314,6 +338,9 @@ func (s *Store) setup(ctx context.Context) error {
 	if err == nil && s.watch == nil {
 		err = s.startWatch(ctx)
 	}
+	if err == nil && s.bindings == nil {
+		err = s.startBindingWatch(ctx)
+	}
 	if err == nil {
 		err = s.startFeed(ctx)
 	}
@@ -327,6 +354,7 @@ func (s *Store) setup(ctx context.Context) error {
 			"max_payload", s.maxPayload, "max_envelope", s.opts.MaxEnvelope)
 	}
 	s.ready = true
+	s.startLogWork()
 	return nil
 }
 
@@ -360,6 +388,7 @@ func (s *Store) Close() error {
 	}
 	s.closed = true
 	s.mu.Unlock()
+	s.stop()
 	wctx, wcancel := context.WithTimeout(context.Background(), s.timeout)
 	s.waitRecords(wctx, "")
 	wcancel()
@@ -369,6 +398,9 @@ func (s *Store) Close() error {
 	}
 	if s.watch != nil {
 		s.watch.Stop()
+	}
+	if s.bindings != nil {
+		s.bindings.Stop()
 	}
 	s.setupMu.Unlock()
 	s.nc.Close()

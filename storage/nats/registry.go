@@ -1,12 +1,14 @@
 package nats
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	natsio "github.com/nats-io/nats.go"
@@ -134,84 +136,289 @@ func isCode(err error, codes ...jetstream.ErrorCode) bool {
 	return false
 }
 
-// Register claims the handle key, the primary key and the invite key in
-// one atomic batch, each only if it has never been written. When the batch
-// is refused, leader reads tell which claim failed.
+// Register appends rec.Registration to the binding log in one atomic
+// batch with the handle key, the primary key and the invite key (see
+// appendLog), each claimed only if it was never written, or (handle and
+// primary) at the revision of the delete marker a deletion or rotation
+// left. When the batch fails a claim, leader reads tell which.
 func (s *Store) Register(ctx context.Context, rec storage.Record, invite string) (storage.Record, bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
-	if err := s.check(ctx); err != nil {
+	if err := s.checkLog(ctx); err != nil {
 		return storage.Record{}, false, err
 	}
 	if !validToken(rec.Handle) {
 		return storage.Record{}, false, fmt.Errorf("nats: handle %q cannot be a subject token", rec.Handle)
 	}
-	raw, err := json.Marshal(rec)
-	if err != nil {
-		return storage.Record{}, false, err
-	}
-	lastErr := errors.New("nats: a competing registration did not settle")
-	for attempt := 0; ; attempt++ {
-		if attempt > 0 {
-			if err := sleep(ctx, time.Duration(min(attempt, 10))*20*time.Millisecond); err != nil {
-				return storage.Record{}, false, lastErr
+	attempt := nuid.Next()
+	// The revisions the two keys are claimed at: 0 (never written), or
+	// their delete marker's.
+	var hRev, pRev uint64
+	purged := false
+	for round := 0; ; round++ {
+		var stored storage.Record
+		_, _, err := s.appendLog(ctx, rec.Registration, func(n int64) ([]*natsio.Msg, error) {
+			stored = rec
+			stored.LogIndex = n
+			raw, err := encodeRecord(stored)
+			if err != nil {
+				return nil, err
 			}
-		}
-		claims := []*natsio.Msg{
-			s.claim(handleKey(rec.Handle), raw),
-			s.claim(primaryKey(rec.Primary), []byte(rec.Handle)),
-		}
-		if invite != "" {
-			claims = append(claims, s.claim(inviteKey(invite), []byte(rec.Handle)))
-		}
-		_, err := s.publishBatch(ctx, claims)
+			h := s.put(handleKey(rec.Handle), raw, hRev)
+			h.Header.Set(hdrBindingOp, "register")
+			h.Header.Set(hdrAttempt, attempt)
+			msgs := []*natsio.Msg{h, s.put(primaryKey(rec.Primary), []byte(rec.Handle), pRev)}
+			if invite != "" {
+				msgs = append(msgs, s.claim(inviteKey(invite), []byte(rec.Handle)))
+			}
+			return msgs, nil
+		})
 		if err == nil {
 			s.known(rec.Handle)
-			return rec, true, nil
+			return stored, true, nil
 		}
-		if !isCode(err, errCodeWrongLastSeq, errCodeWrongLastSeqConst) {
-			if temporary(err) && !errors.Is(err, ErrUnavailable) {
-				lastErr = err
-				continue // the commit may have landed: the next round sees it
-			}
+		if !errors.Is(err, errBinding) {
 			return storage.Record{}, false, err
 		}
-		// A key exists already: find out which, from the leader.
-		if data, err := s.getKey(ctx, handleKey(rec.Handle), true); err == nil {
-			var stored storage.Record
-			if err := json.Unmarshal(data, &stored); err != nil {
-				return storage.Record{}, false, fmt.Errorf("nats: decode record %q: %w", rec.Handle, err)
+		// A claim failed: find out which, from the leader.
+		before := [2]uint64{hRev, pRev}
+		h, err := s.leaderKey(ctx, handleKey(rec.Handle))
+		if err != nil {
+			return storage.Record{}, false, err
+		}
+		switch {
+		case h.live():
+			cur, _, err := decodeRecord(h.data)
+			if err != nil {
+				return storage.Record{}, false, err
 			}
 			s.known(rec.Handle)
-			if stored.Primary == rec.Primary {
-				return stored, false, nil // an idempotent retry
+			if cur.Primary == rec.Primary {
+				// An idempotent retry, or this call's batch whose
+				// answer was lost.
+				return cur, h.hdr.Get(hdrAttempt) == attempt, nil
 			}
 			return storage.Record{}, false, storage.ErrHandleTaken
-		} else if !errors.Is(err, storage.ErrNotFound) {
+		case h.deleted:
+			if until, _ := strconv.ParseInt(h.hdr.Get(hdrCooldown), 10, 64); time.Now().UnixMilli() < until {
+				return storage.Record{}, false, storage.ErrCoolingDown
+			}
+			if !purged {
+				// Whatever a server that had not yet learnt of the
+				// deletion stored after its purge goes now.
+				if err := s.purgeInbox(ctx, rec.Handle); err != nil {
+					return storage.Record{}, false, err
+				}
+				purged = true
+			}
+			hRev = h.seq
+		default:
+			hRev = 0
+		}
+		p, err := s.leaderKey(ctx, primaryKey(rec.Primary))
+		if err != nil {
 			return storage.Record{}, false, err
 		}
-		if _, err := s.getKey(ctx, primaryKey(rec.Primary), true); err == nil {
+		switch {
+		case p.live():
 			return storage.Record{}, false, storage.ErrPrimaryTaken
-		} else if !errors.Is(err, storage.ErrNotFound) {
-			return storage.Record{}, false, err
+		case p.deleted:
+			pRev = p.seq
+		default:
+			pRev = 0
 		}
 		if invite != "" {
-			if _, err := s.getKey(ctx, inviteKey(invite), true); err == nil {
+			i, err := s.leaderKey(ctx, inviteKey(invite))
+			if err != nil {
+				return storage.Record{}, false, err
+			}
+			if i.seq > 0 {
 				return storage.Record{}, false, storage.ErrInviteUsed
-			} else if !errors.Is(err, storage.ErrNotFound) {
+			}
+		}
+		if before == [2]uint64{hRev, pRev} {
+			// The winner of a race is not applied yet: look again.
+			if err := sleep(ctx, backoff(round)); err != nil {
 				return storage.Record{}, false, err
 			}
 		}
-		// The winner of a race is not applied yet; look again.
 	}
 }
 
-// claim is a KV put that only succeeds if the key was never written.
-func (s *Store) claim(key string, value []byte) *natsio.Msg {
+// Rotate moves handle from old to new in one atomic batch with the log
+// append of rotation: the record rewritten at the revision it was read at
+// (Primary new, Rotation, LogIndex), old's primary key deleted, new's
+// claimed (never written, or at its delete marker), and the job that then
+// moves every acceptance and block of old to new (see jobs.go), which
+// runs before Rotate returns; if it fails, it is left to the background.
+func (s *Store) Rotate(ctx context.Context, handle, old, new string, rotation []byte) (storage.Record, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	if err := s.checkLog(ctx); err != nil {
+		return storage.Record{}, err
+	}
+	if !validToken(handle) {
+		return storage.Record{}, storage.ErrNotFound
+	}
+	attempt := nuid.Next()
+	job := jobDoc{Op: "rotate", Handle: handle, Old: old, New: new}
+	for round := 0; ; round++ {
+		h, err := s.leaderKey(ctx, handleKey(handle))
+		if err != nil {
+			return storage.Record{}, err
+		}
+		if !h.live() {
+			return storage.Record{}, storage.ErrNotFound
+		}
+		rec, _, err := decodeRecord(h.data)
+		if err != nil {
+			return storage.Record{}, err
+		}
+		if rec.Primary != old {
+			if rec.Primary == new && h.hdr.Get(hdrAttempt) == attempt {
+				return rec, nil // this call's batch, whose answer was lost
+			}
+			return storage.Record{}, storage.ErrNotFound
+		}
+		if new == old {
+			return storage.Record{}, storage.ErrPrimaryTaken
+		}
+		p, err := s.leaderKey(ctx, primaryKey(new))
+		if err != nil {
+			return storage.Record{}, err
+		}
+		if p.live() {
+			return storage.Record{}, storage.ErrPrimaryTaken
+		}
+		var out storage.Record
+		n, first, err := s.appendLog(ctx, rotation, func(n int64) ([]*natsio.Msg, error) {
+			out = rec
+			out.Primary, out.Rotation, out.LogIndex = new, rotation, n
+			raw, err := encodeRecord(out)
+			if err != nil {
+				return nil, err
+			}
+			hm := s.put(handleKey(handle), raw, h.seq)
+			hm.Header.Set(hdrBindingOp, "rotate")
+			hm.Header.Set(hdrAttempt, attempt)
+			jm, err := s.jobMsg(n, job)
+			if err != nil {
+				return nil, err
+			}
+			// old's key needs no check of its own: it changes only with
+			// the handle's record, which is checked.
+			return []*natsio.Msg{hm, s.tombstone(primaryKey(old)), s.put(primaryKey(new), []byte(handle), p.seq), jm}, nil
+		})
+		if errors.Is(err, errBinding) {
+			if err := sleep(ctx, backoff(round)); err != nil {
+				return storage.Record{}, err
+			}
+			continue
+		}
+		if err != nil {
+			return storage.Record{}, err
+		}
+		s.noteChanged(handle, first)
+		if err := s.runJob(ctx, n, job); err != nil {
+			s.log.Warn("rotation: moving acceptances and blocks to the new key failed; retried in the background", "handle", handle, "index", n, "error", err)
+		}
+		return out, nil
+	}
+}
+
+// Delete ends handle's binding in one atomic batch with the log append of
+// deletion: the record replaced by a delete marker (at the revision it
+// was read at) that holds the cooldown's end and the deletion's index,
+// the primary key deleted, and the job that then purges the inbox and
+// the contact list (see jobs.go), run before Delete returns.
+func (s *Store) Delete(ctx context.Context, handle, primary string, deletion []byte, cooldownUntil time.Time) (int64, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	if err := s.checkLog(ctx); err != nil {
+		return 0, err
+	}
+	if !validToken(handle) {
+		return 0, storage.ErrNotFound
+	}
+	attempt := nuid.Next()
+	job := jobDoc{Op: "delete", Handle: handle}
+	for round := 0; ; round++ {
+		h, err := s.leaderKey(ctx, handleKey(handle))
+		if err != nil {
+			return 0, err
+		}
+		if h.deleted && h.hdr.Get(hdrAttempt) == attempt {
+			return strconv.ParseInt(h.hdr.Get(hdrLogIndex), 10, 64) // this call's, answer lost
+		}
+		if !h.live() {
+			return 0, storage.ErrNotFound
+		}
+		rec, _, err := decodeRecord(h.data)
+		if err != nil {
+			return 0, err
+		}
+		if rec.Primary != primary {
+			return 0, storage.ErrNotFound
+		}
+		n, first, err := s.appendLog(ctx, deletion, func(n int64) ([]*natsio.Msg, error) {
+			hm := s.tombstone(handleKey(handle))
+			hm.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(h.seq, 10))
+			hm.Header.Set(hdrBindingOp, "delete")
+			hm.Header.Set(hdrAttempt, attempt)
+			hm.Header.Set(hdrLogIndex, strconv.FormatInt(n, 10))
+			hm.Header.Set(hdrCooldown, strconv.FormatInt(cooldownUntil.UnixMilli(), 10))
+			jm, err := s.jobMsg(n, job)
+			if err != nil {
+				return nil, err
+			}
+			return []*natsio.Msg{hm, s.tombstone(primaryKey(primary)), jm}, nil
+		})
+		if errors.Is(err, errBinding) {
+			if err := sleep(ctx, backoff(round)); err != nil {
+				return 0, err
+			}
+			continue
+		}
+		if err != nil {
+			return 0, err
+		}
+		s.noteChanged(handle, first)
+		s.forgetInbox(handle)
+		if err := s.runJob(ctx, n, job); err != nil {
+			s.log.Warn("deletion: purging the inbox failed; retried in the background", "handle", handle, "index", n, "error", err)
+		}
+		return n, nil
+	}
+}
+
+// put is a KV put at revision rev (0: only if the key was never written).
+func (s *Store) put(key string, value []byte, rev uint64) *natsio.Msg {
 	m := natsio.NewMsg(s.regSubj + key)
 	m.Data = value
-	m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, "0")
+	m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(rev, 10))
 	return m
+}
+
+// claim is a KV put that only succeeds if the key was never written.
+func (s *Store) claim(key string, value []byte) *natsio.Msg { return s.put(key, value, 0) }
+
+// tombstone is a KV delete marker.
+func (s *Store) tombstone(key string) *natsio.Msg {
+	m := natsio.NewMsg(s.regSubj + key)
+	m.Header.Set(hdrKVOp, "DEL")
+	return m
+}
+
+// encodeRecord is a record's JSON with its signed objects as they are
+// (no HTML escaping).
+func encodeRecord(r storage.Record) ([]byte, error) {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(r); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(b.Bytes(), []byte("\n")), nil
 }
 
 func sleep(ctx context.Context, d time.Duration) error {
@@ -257,6 +464,12 @@ func (s *Store) leaderGet(ctx context.Context, stream string, req map[string]any
 // a miss (or when leader is set) from the leader, so that a key written
 // through another server a moment ago is never reported missing.
 func (s *Store) getKey(ctx context.Context, key string, leader bool) ([]byte, error) {
+	data, _, err := s.getKeySeq(ctx, key, leader)
+	return data, err
+}
+
+// getKeySeq is getKey, with the sequence of the message read.
+func (s *Store) getKeySeq(ctx context.Context, key string, leader bool) ([]byte, uint64, error) {
 	subj := s.regSubj + key
 	if !leader {
 		m, err := retry(ctx, func(ctx context.Context) (*natsio.Msg, error) {
@@ -264,33 +477,33 @@ func (s *Store) getKey(ctx context.Context, key string, leader bool) ([]byte, er
 			return m, netErr(err)
 		})
 		if err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 		switch status := m.Header.Get("Status"); {
-		case status == "" && !kvDeleted(m.Header.Get("KV-Operation")):
-			return m.Data, nil
+		case status == "" && !kvDeleted(m.Header.Get(hdrKVOp)):
+			seq, _ := strconv.ParseUint(m.Header.Get(jetstream.SequenceHeader), 10, 64)
+			return m.Data, seq, nil
 		case status != "" && status != "404":
-			return nil, fmt.Errorf("nats: direct get %s: %s %s", key, status, m.Header.Get("Description"))
+			return nil, 0, fmt.Errorf("nats: direct get %s: %s %s", key, status, m.Header.Get("Description"))
 		}
 	}
-	sm, err := s.leaderGet(ctx, s.regName, map[string]any{"last_by_subj": subj})
+	k, err := s.leaderKey(ctx, key)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	if len(sm.Header) > 0 {
-		if h, err := decodeHeaders(sm.Header); err == nil && kvDeleted(h.Get("KV-Operation")) {
-			return nil, storage.ErrNotFound
-		}
+	if !k.live() {
+		return nil, 0, storage.ErrNotFound
 	}
-	return sm.Data, nil
+	return k.data, k.seq, nil
 }
 
 func kvDeleted(op string) bool { return op == "DEL" || op == "PURGE" }
 
 func decodeHeaders(raw []byte) (natsio.Header, error) { return natsio.DecodeHeadersMsg(raw) }
 
-// known remembers a registered handle: registrations are never undone, so
-// appends and reads to it skip the registry from now on.
+// known remembers a registered handle, so that appends and reads to it
+// skip the registry. A deletion, made here or seen by the bindings watch,
+// forgets it (forgetInbox).
 func (s *Store) known(handle string) {
 	s.mu.Lock()
 	s.handles[handle] = true
@@ -315,42 +528,122 @@ func (s *Store) exists(ctx context.Context, handle string) error {
 	return nil
 }
 
+// noteChanged records that handle's record was rotated or deleted by the
+// message at seq: a replica's answer older than that is stale, and
+// lookups of handle ask the leader until replicas have it.
+func (s *Store) noteChanged(handle string, seq uint64) {
+	s.mu.Lock()
+	if seq > s.changed[handle] {
+		s.changed[handle] = seq
+	}
+	s.mu.Unlock()
+}
+
+func (s *Store) changedAt(handle string) uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.changed[handle]
+}
+
 // Lookup returns a handle's record.
 func (s *Store) Lookup(ctx context.Context, handle string) (storage.Record, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
-	if err := s.check(ctx); err != nil {
+	if err := s.checkLog(ctx); err != nil {
 		return storage.Record{}, err
 	}
-	return s.lookup(ctx, handle)
+	return s.lookup(ctx, handle, false)
 }
 
-func (s *Store) lookup(ctx context.Context, handle string) (storage.Record, error) {
+// lookup reads a record by direct get, or from the leader when leader is
+// set or the replica's answer predates a rotation or deletion known here.
+func (s *Store) lookup(ctx context.Context, handle string, leader bool) (storage.Record, error) {
 	if !validToken(handle) {
 		return storage.Record{}, storage.ErrNotFound
 	}
-	data, err := s.getKey(ctx, handleKey(handle), false)
+	data, seq, err := s.getKeySeq(ctx, handleKey(handle), leader)
+	if err == nil && !leader && seq < s.changedAt(handle) {
+		data, _, err = s.getKeySeq(ctx, handleKey(handle), true)
+	}
 	if err != nil {
 		return storage.Record{}, err
 	}
-	var rec storage.Record
-	if err := json.Unmarshal(data, &rec); err != nil {
-		return storage.Record{}, fmt.Errorf("nats: decode record %q: %w", handle, err)
+	rec, _, err := decodeRecord(data)
+	if err != nil {
+		return storage.Record{}, fmt.Errorf("nats: record %q: %w", handle, err)
 	}
 	s.known(handle)
 	return rec, nil
 }
 
-// LookupPrimary returns the record bound to a primary.
+// LookupPrimary returns the record bound to a primary. The primary key
+// and the record are two reads: when they disagree (a replica behind a
+// rotation), both are read again from the leader.
 func (s *Store) LookupPrimary(ctx context.Context, primary string) (storage.Record, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
-	if err := s.check(ctx); err != nil {
+	if err := s.checkLog(ctx); err != nil {
 		return storage.Record{}, err
 	}
-	handle, err := s.getKey(ctx, primaryKey(primary), false)
+	for _, leader := range []bool{false, true} {
+		handle, err := s.getKey(ctx, primaryKey(primary), leader)
+		if err != nil {
+			return storage.Record{}, err
+		}
+		rec, err := s.lookup(ctx, string(handle), leader)
+		if err == nil && rec.Primary == primary {
+			return rec, nil
+		}
+		if err != nil && !isNotFound(err) {
+			return storage.Record{}, err
+		}
+	}
+	return storage.Record{}, storage.ErrNotFound
+}
+
+// startBindingWatch starts the ordered consumer (headers only) on the
+// handles' records that tells this server of rotations and deletions made
+// through any server: a deleted handle is forgotten (its inbox refuses
+// appends from then on), and lookups of a changed one skip replicas that
+// have not caught up yet.
+func (s *Store) startBindingWatch(ctx context.Context) error {
+	stream, err := s.js.Stream(ctx, s.regName)
 	if err != nil {
-		return storage.Record{}, err
+		return fmt.Errorf("nats: reading stream %s: %w", s.regName, netErr(err))
 	}
-	return s.lookup(ctx, string(handle))
+	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{s.regSubj + "h.>"},
+		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:    stream.CachedInfo().State.LastSeq + 1,
+		HeadersOnly:    true,
+	})
+	if err != nil {
+		return fmt.Errorf("nats: creating the bindings watch: %w", netErr(err))
+	}
+	cc, err := cons.Consume(s.bindingChanged, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+		s.log.Debug("bindings watch", "error", err)
+	}))
+	if err != nil {
+		return fmt.Errorf("nats: starting the bindings watch: %w", netErr(err))
+	}
+	s.bindings = cc
+	return nil
+}
+
+func (s *Store) bindingChanged(msg jetstream.Msg) {
+	meta, err := msg.Metadata()
+	if err != nil {
+		return
+	}
+	handle, ok := strings.CutPrefix(msg.Subject(), s.regSubj+"h.")
+	if !ok {
+		return
+	}
+	deleted := kvDeleted(msg.Headers().Get(hdrKVOp))
+	if deleted || msg.Headers().Get(hdrBindingOp) == "rotate" {
+		s.noteChanged(handle, meta.Sequence.Stream)
+	}
+	if deleted {
+		s.forgetInbox(handle)
+	}
 }
