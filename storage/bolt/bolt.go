@@ -40,6 +40,29 @@
 // end, so a batch writes its last leaf once. Being hashes, an inbox's keys
 // cannot be found to delete them with the inbox: the floor voids them
 // instead, and retention removes them like any other.
+//
+// # Rotation and deletion (SPEC §2.9, §2.10)
+//
+// Rotate moves the record, the primaries entry and every inbox's
+// acceptance or block of the old key (found through listers, which accept,
+// block, unaccept, unblock and implicit acceptance keep exact) in one
+// transaction with the log leaf. An inbox that had both keys listed ends
+// with the new key blocked if either was blocked, else accepted.
+// Requests the old key left in inboxes that neither accept nor block it
+// are not moved: a stored message keeps the sender it was authenticated
+// as, so they stay requests from the old key, counted against its
+// per-sender limit until acknowledged or expired; the new key starts with
+// its own request_limit there (max_requests still bounds the inbox). An
+// implicit acceptance whose ToPrimary is no longer the recipient's key when
+// it commits (the recipient rotated meanwhile) is skipped.
+//
+// Delete removes the record, the primaries entry, the inbox bucket, its
+// state bucket (contacts, request bookkeeping), its count and its listers
+// entries; other inboxes' lists of the deleted key stay theirs. The
+// cooldown record holds the handle until cooldownUntil, compared with this
+// machine's clock at registration; it also keeps the inbox's sequence, so a
+// new registration of the handle goes on from it (a seq is never reused)
+// and sets the floor that voids the old idempotency keys.
 package bolt
 
 import (
@@ -475,7 +498,7 @@ func (s *Store) Rotate(_ context.Context, handle, old, new string, rotation []by
 // if it had sent any as a stranger, become messages). old has no stored
 // requests there (acceptance and blocks leave none); requests that old
 // left in inboxes that neither accept nor block it stay what they are,
-// messages from old, counted against old (see Rotate in the README).
+// messages from old, counted against old (see the package doc).
 func (w *writeTx) moveListing(handle string, old, new []byte) error {
 	ix, err := w.inbox(handle)
 	if err != nil {

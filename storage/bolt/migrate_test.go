@@ -152,6 +152,15 @@ func TestMigrateV1(t *testing.T) {
 	if c, err := s.Contacts(ctx, "alice"); err != nil || len(c.Accepted)+len(c.Blocked) != 0 {
 		t.Fatalf("contacts after migration: %+v %v", c, err)
 	}
+	// Both bindings are logged, same registered_at: in handle order.
+	if data, err := s.LogEntries(ctx, 0, 10); err != nil || len(data) != 2 ||
+		string(data[0]) != `{"payload":{"handle":"alice"}}` || string(data[1]) != `{"payload":{"handle":"bob"}}` {
+		t.Fatalf("log after migration: %q %v", data, err)
+	}
+	if rec, err := s.Lookup(ctx, "bob"); err != nil || rec.LogIndex != 1 {
+		t.Fatalf("bob after migration: %+v %v", rec, err)
+	}
+	checkState(t, s)
 	// Resends of v1 messages get their original receipt (the first one's).
 	for _, m := range []v1Message{alice[0], alice[2], alice[3]} {
 		d := storage.Delivery{To: "alice", From: storagetest.Primary(2), Sig: sig(1), Envelope: m.envelope}
