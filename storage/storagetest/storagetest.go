@@ -521,6 +521,7 @@ func testClosed(t *testing.T, open Opener) {
 	if _, err := s.Once(ctx, [32]byte{1}, time.Now().Add(time.Minute)); !errors.Is(err, storage.ErrClosed) {
 		t.Errorf("Once after close = %v", err)
 	}
+	closedTrust(t, s)
 }
 
 // envelopeOf builds a compact JSON object of exactly size bytes.

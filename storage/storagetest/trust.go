@@ -686,3 +686,22 @@ func testConcurrentLog(t *testing.T, open Opener) {
 	}
 	t.Logf("%d checkpoints, sizes %d..%d, all consistent with the final tree", len(cps), cps[0].size, cps[len(cps)-1].size)
 }
+
+// closedTrust checks that the trust methods of a closed store (which had
+// alice registered with Primary(1)) answer ErrClosed.
+func closedTrust(t *testing.T, s storage.Store) {
+	ctx := context.Background()
+	errs := map[string]error{}
+	_, errs["Rotate"] = s.Rotate(ctx, "alice", Primary(1), Primary(2), rotation("alice", Primary(1), Primary(2)))
+	_, errs["Delete"] = s.Delete(ctx, "alice", Primary(1), deletion("alice", Primary(1)), time.Now())
+	_, errs["LogSize"] = s.LogSize(ctx)
+	_, errs["LogHashes"] = s.LogHashes(ctx, []int64{0})
+	_, errs["LogEntries"] = s.LogEntries(ctx, 0, 1)
+	_, errs["LogKey"] = s.LogKey(ctx, "kez.example/kez-log")
+	_, _, errs["Register"] = s.Register(ctx, storage.Record{Handle: "bob", Primary: Primary(2), Registration: registration("bob", 2)}, "")
+	for op, err := range errs {
+		if !errors.Is(err, storage.ErrClosed) {
+			t.Errorf("%s after close = %v", op, err)
+		}
+	}
+}
