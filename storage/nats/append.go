@@ -345,6 +345,13 @@ func (op *appendOp) duplicate(ctx context.Context, seq uint64) (m storage.Messag
 	if op.s.expiredTo.Load() > time.Now().Add(-dedupeWindow).UnixMilli() {
 		return storage.Message{}, false, true, nil
 	}
+	// The original was in an inbox of the handle deleted since (then
+	// registered again): a new message here.
+	if floor, err := op.s.inboxFloor(ctx, op.d.To); err != nil {
+		return storage.Message{}, false, false, err
+	} else if seq <= floor {
+		return storage.Message{}, false, true, nil
+	}
 	// Acknowledged, and its record lost with the server that stored it:
 	// still a copy. Its received_at is lost too; this answer's stands
 	// for it from now on.

@@ -3,7 +3,6 @@ package nats
 import (
 	"context"
 	"crypto/rand"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -32,7 +31,7 @@ import (
 //	log.head          {"size":n,"frontier":[…]}: the log's size and the
 //	                  hashes of its maximal complete subtrees (what the
 //	                  next append and the tree hash need)
-//	log.key.<name>    the note signer key of each log name (base64url)
+//	log.key           the log's note signer key (note.GenerateKey form)
 //	log.legacy        set once the registrations stored before the log
 //	                  have their leaves (see migrateLegacy)
 //	job.<n>           work that follows the change of leaf n (see jobs.go)
@@ -56,11 +55,11 @@ import (
 
 // Registry keys and headers of the log.
 const (
-	leafPrefix   = "leaf."
-	headKey      = "log.head"
-	legacyKey    = "log.legacy"
-	logKeyPrefix = "log.key."
-	jobPrefix    = "job."
+	leafPrefix = "leaf."
+	headKey    = "log.head"
+	legacyKey  = "log.legacy"
+	logKeyName = "log.key"
+	jobPrefix  = "job."
 
 	hdrLogHashes = "Kez-Log-Hashes"
 	hdrLogIndex  = "Kez-Log-Index"
@@ -570,9 +569,11 @@ func (s *Store) LogEntries(ctx context.Context, start int64, n int) ([][]byte, e
 	return out, nil
 }
 
-// LogKey returns the note signer key of the log named name, one for every
-// server: made by the first server that asks, stored only if no other
-// server stored one first (create-only), else that one is used.
+// LogKey returns the log's note signer key, one for every server: made by
+// the first server that asks, stored at log.key only if no other server
+// stored one first (create-only), else that one is used. The log has one
+// key: asked under another name than the stored key's, it is an error
+// (the server name changed: the log would need a new origin).
 func (s *Store) LogKey(ctx context.Context, name string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
@@ -580,40 +581,50 @@ func (s *Store) LogKey(ctx context.Context, name string) (string, error) {
 		return "", err
 	}
 	s.lmu.Lock()
-	k, ok := s.logKeys[name]
+	k := s.logKey
 	s.lmu.Unlock()
-	if ok {
-		return k, nil
+	if k == "" {
+		var err error
+		if k, err = s.loadLogKey(ctx, name); err != nil {
+			return "", err
+		}
 	}
-	key := logKeyPrefix + base64.RawURLEncoding.EncodeToString([]byte(name))
-	data, err := s.getKey(ctx, key, false)
+	signer, err := note.NewSigner(k)
+	if err != nil {
+		return "", fmt.Errorf("nats: the stored log key is not a note signer key: %w", err)
+	}
+	if signer.Name() != name {
+		return "", fmt.Errorf("nats: the log key is named %q, not %q: the server name changed since it was made", signer.Name(), name)
+	}
+	s.lmu.Lock()
+	s.logKey = k
+	s.lmu.Unlock()
+	return k, nil
+}
+
+// loadLogKey reads log.key, making it (named name) if there is none.
+func (s *Store) loadLogKey(ctx context.Context, name string) (string, error) {
+	data, err := s.getKey(ctx, logKeyName, false)
 	for round := 0; isNotFound(err); round++ {
 		skey, _, gerr := note.GenerateKey(rand.Reader, name)
 		if gerr != nil {
 			return "", fmt.Errorf("nats: log key for %q: %w", name, gerr)
 		}
-		if _, err = s.publish(ctx, s.claim(key, []byte(skey))); err == nil {
-			data = []byte(skey)
-			break
+		if _, err = s.publish(ctx, s.claim(logKeyName, []byte(skey))); err == nil {
+			return skey, nil
 		}
 		if !isCode(err, errCodeWrongLastSeq, errCodeWrongLastSeqConst) {
 			break
 		}
 		// Another server stores one (or this one did, and the answer
 		// was lost): use it, once the leader has it.
-		if data, err = s.getKey(ctx, key, true); isNotFound(err) {
+		if data, err = s.getKey(ctx, logKeyName, true); isNotFound(err) {
 			if serr := sleep(ctx, backoff(round)); serr != nil {
 				return "", serr
 			}
 		}
 	}
-	if signer, err := note.NewSigner(string(data)); err != nil || signer.Name() != name {
-		return "", fmt.Errorf("nats: the stored log key for %q is not a signer key of that name", name)
-	}
-	s.lmu.Lock()
-	s.logKeys[name] = string(data)
-	s.lmu.Unlock()
-	return string(data), nil
+	return string(data), err
 }
 
 // checkLog is check, then waits for the log to hold every binding (see
@@ -760,7 +771,7 @@ func (s *Store) logLegacy(ctx context.Context, rec storage.Record, seq uint64) e
 		_, _, err := s.appendLog(ctx, rec.Registration, func(n int64) ([]*natsio.Msg, error) {
 			r := rec
 			r.LogIndex = n
-			raw, err := encodeRecord(r)
+			raw, err := encodeRecord(r, 0)
 			if err != nil {
 				return nil, err
 			}

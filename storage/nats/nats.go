@@ -152,8 +152,8 @@ type Store struct {
 	hashes     map[int64]tlog.Hash // stored hashes, by index (bounded)
 	entries    map[int64][]byte    // leaf data, by index (bounded)
 	entryBytes int
-	logKeys    map[string]string // signer keys, by name
-	logSem     chan struct{}     // one append at a time from this server
+	logKey     string        // the signer key, once read
+	logSem     chan struct{} // one append at a time from this server
 	logOnce    sync.Once
 	logReady   chan struct{} // closed once every binding has its leaf
 	jobMu      sync.Mutex
@@ -213,7 +213,6 @@ func Open(opts Options) (*Store, error) {
 		changed:   map[string]uint64{},
 		hashes:    map[int64]tlog.Hash{},
 		entries:   map[int64][]byte{},
-		logKeys:   map[string]string{},
 		logSem:    make(chan struct{}, 1),
 		logReady:  make(chan struct{}),
 		seen:      map[string]uint64{},

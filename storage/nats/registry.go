@@ -153,14 +153,14 @@ func (s *Store) Register(ctx context.Context, rec storage.Record, invite string)
 	attempt := nuid.Next()
 	// The revisions the two keys are claimed at: 0 (never written), or
 	// their delete marker's.
-	var hRev, pRev uint64
+	var hRev, pRev, floor uint64
 	purged := false
 	for round := 0; ; round++ {
 		var stored storage.Record
 		_, _, err := s.appendLog(ctx, rec.Registration, func(n int64) ([]*natsio.Msg, error) {
 			stored = rec
 			stored.LogIndex = n
-			raw, err := encodeRecord(stored)
+			raw, err := encodeRecord(stored, floor)
 			if err != nil {
 				return nil, err
 			}
@@ -209,7 +209,14 @@ func (s *Store) Register(ctx context.Context, rec storage.Record, invite string)
 				if err := s.purgeInbox(ctx, rec.Handle); err != nil {
 					return storage.Record{}, false, err
 				}
-				purged = true
+				var info struct {
+					apiResponse
+					State jetstream.StreamState `json:"state"`
+				}
+				if err := s.api(ctx, "STREAM.INFO."+s.inboxName, nil, &info); err != nil {
+					return storage.Record{}, false, err
+				}
+				floor, purged = info.State.LastSeq, true
 			}
 			hRev = h.seq
 		default:
@@ -294,7 +301,7 @@ func (s *Store) Rotate(ctx context.Context, handle, old, new string, rotation []
 		n, first, err := s.appendLog(ctx, rotation, func(n int64) ([]*natsio.Msg, error) {
 			out = rec
 			out.Primary, out.Rotation, out.LogIndex = new, rotation, n
-			raw, err := encodeRecord(out)
+			raw, err := encodeRecord(out, recordFloor(h.data))
 			if err != nil {
 				return nil, err
 			}
@@ -409,13 +416,32 @@ func (s *Store) tombstone(key string) *natsio.Msg {
 	return m
 }
 
+// storedRecord is a record as the registry holds it. InboxFloor, set when
+// a handle is registered again after a deletion, is the inbox stream's
+// last sequence once the old inbox was purged: a copy of an envelope the
+// old inbox held (seq at most the floor, still known to the stream's
+// dedupe window) is a new message for the new one.
+type storedRecord struct {
+	storage.Record
+	InboxFloor uint64 `json:"inbox_floor,omitempty"`
+}
+
+// recordFloor reads a stored record's InboxFloor.
+func recordFloor(data []byte) uint64 {
+	var r struct {
+		InboxFloor uint64 `json:"inbox_floor"`
+	}
+	_ = json.Unmarshal(data, &r)
+	return r.InboxFloor
+}
+
 // encodeRecord is a record's JSON with its signed objects as they are
 // (no HTML escaping).
-func encodeRecord(r storage.Record) ([]byte, error) {
+func encodeRecord(r storage.Record, floor uint64) ([]byte, error) {
 	var b bytes.Buffer
 	enc := json.NewEncoder(&b)
 	enc.SetEscapeHTML(false)
-	if err := enc.Encode(r); err != nil {
+	if err := enc.Encode(storedRecord{r, floor}); err != nil {
 		return nil, err
 	}
 	return bytes.TrimSuffix(b.Bytes(), []byte("\n")), nil
@@ -646,4 +672,13 @@ func (s *Store) bindingChanged(msg jetstream.Msg) {
 	if deleted {
 		s.forgetInbox(handle)
 	}
+}
+
+// inboxFloor is the InboxFloor of handle's record, from the leader.
+func (s *Store) inboxFloor(ctx context.Context, handle string) (uint64, error) {
+	k, err := s.leaderKey(ctx, handleKey(handle))
+	if err != nil || !k.live() {
+		return 0, err
+	}
+	return recordFloor(k.data), nil
 }

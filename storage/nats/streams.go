@@ -187,7 +187,7 @@ func (s *Store) kvConfig(bucket, desc string, ttl bool) jetstream.StreamConfig {
 func (s *Store) registryConfig() jetstream.StreamConfig {
 	return jetstream.StreamConfig{
 		Name:               s.regName,
-		Description:        "KEZ chat registry (KV bucket " + s.bucket + "): h.<handle>, p.<primary>, i.<invite>; the binding log: leaf.<n>, log.head, log.key.<name>, log.legacy, job.<n>",
+		Description:        "KEZ chat registry (KV bucket " + s.bucket + "): h.<handle>, p.<primary>, i.<invite>; the binding log: leaf.<n>, log.head, log.key, log.legacy, job.<n>",
 		Subjects:           []string{s.regSubj + ">"},
 		Storage:            jetstream.FileStorage,
 		Replicas:           s.opts.Replicas,
