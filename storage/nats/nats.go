@@ -4,7 +4,17 @@
 //   - the registry is a KV bucket, <prefix>_registry, whose keys are
 //     h.<handle>, p.<primary with ':' as '.'> and i.<invite, base64url>; a
 //     registration writes its two or three keys in one atomic batch where
-//     every key must not exist yet (expected last subject sequence 0);
+//     every key must not exist yet (expected last subject sequence 0), or
+//     be the delete marker a deletion or rotation left (at its sequence);
+//     a deleted handle's delete marker holds the end of its cooldown;
+//   - the binding log (SPEC §5) is in the same bucket: leaf.<n> (the leaf
+//     data, its tlog stored hashes in a header), log.head (size, subtree
+//     hashes), log.key (the note signer key), job.<n>. Every registration,
+//     rotation and deletion is one atomic batch of its binding keys, its
+//     leaf and log.head at the revision it was read at, which serialises
+//     the appends of every server into one sequence (see log.go); what a
+//     rotation or deletion changes outside the registry (contact lists,
+//     the inbox) follows as a job (jobs.go);
 //   - the inboxes are one stream, <prefix>_inbox. A handle's messages from
 //     accepted senders are on <prefix>.inbox.<handle>.m, its message
 //     requests (SPEC §2.5) on <prefix>.inbox.<handle>.r.<sender>.<epoch>
@@ -24,7 +34,9 @@
 //     one key per signature hash, each with its own TTL (nats-server 2.11+
 //     per-message TTL), created only if absent;
 //   - live delivery: every server reads the inbox stream with an ordered
-//     consumer and calls Notify for each message, whoever stored it.
+//     consumer and calls Notify for each message, whoever stored it; a
+//     second one (headers only) on the handles' records tells it of
+//     deletions and rotations made through other servers.
 //
 // Every call is bounded by Options.Timeout, and fails at once while the
 // connection is down, so a request never hangs on an unreachable cluster.
