@@ -37,18 +37,33 @@ type Options struct {
 	ServerName string
 	// Now is the clock for signed timestamps; nil means time.Now.
 	Now func() time.Time
+
+	// Trust keeps what the client learns about the server's binding log
+	// and its contacts' keys (SPEC §5, §6) between runs; nil keeps it in
+	// memory for the life of the Client only.
+	Trust TrustStore
+	// LogKey is the server's log verifier key as the user got it from a
+	// source they trust; empty means it is pinned at first contact from
+	// GET /v1/log/key. A key already pinned that differs is an error.
+	LogKey string
+	// OldKeys are the user's earlier keys on this server (after a
+	// rotation), kept to open messages sealed to them before it.
+	OldKeys []*kez.Keys
 }
 
 // Client is a KEZ client bound to one server. It is safe for concurrent use.
 type Client struct {
 	base   string // without a trailing slash
 	http   *http.Client
-	keys   *kez.Keys
 	handle string
 	now    func() time.Time
+	trust  TrustStore
+	logKey string
 
 	mu         sync.Mutex
 	serverName string
+	keys       *kez.Keys   // changed by Rotate
+	oldKeys    []*kez.Keys // keys before rotations, to open older messages
 
 	stamps stamper // the timestamps of recent signatures, so none repeats
 }
@@ -66,9 +81,15 @@ func New(baseURL string, o Options) (*Client, error) {
 		base:       strings.TrimRight(u.String(), "/"),
 		http:       o.HTTPClient,
 		keys:       o.Keys,
+		oldKeys:    o.OldKeys,
 		handle:     strings.ToLower(o.Handle),
 		now:        o.Now,
 		serverName: o.ServerName,
+		trust:      o.Trust,
+		logKey:     strings.TrimSpace(o.LogKey),
+	}
+	if c.trust == nil {
+		c.trust = MemoryTrust()
 	}
 	if c.http == nil {
 		c.http = &http.Client{}
@@ -85,8 +106,13 @@ func (c *Client) BaseURL() string { return c.base }
 // Handle is the client's own handle ("" if none was given).
 func (c *Client) Handle() string { return c.handle }
 
-// Keys is the client's identity (nil if none was given).
-func (c *Client) Keys() *kez.Keys { return c.keys }
+// Keys is the client's identity (nil if none was given); after Rotate, the
+// new key.
+func (c *Client) Keys() *kez.Keys {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.keys
+}
 
 // Health is the answer of GET /v1/healthz.
 type Health struct {

@@ -99,10 +99,11 @@ type Received struct {
 // key that signed the envelope: the server vouches for one sender and
 // relays the words of another.
 func (c *Client) Open(m Message) (*Received, error) {
-	if c.keys == nil {
+	keys := c.keysFor(m.Envelope)
+	if keys == nil {
 		return nil, ErrNoIdentity
 	}
-	env, plain, err := c.keys.OpenJSON(m.Envelope)
+	env, plain, err := keys.OpenJSON(m.Envelope)
 	if err != nil {
 		return nil, err
 	}
@@ -115,4 +116,20 @@ func (c *Client) Open(m Message) (*Received, error) {
 	}
 	return &Received{Seq: m.Seq, ReceivedAt: time.UnixMilli(m.ReceivedAt), From: env.From, FromAddr: m.FromAddr,
 		Request: m.Request, Plaintext: p, PlaintextJSON: plain}, nil
+}
+
+// keysFor picks the key an envelope is sealed to: the current one, or an
+// earlier one (Options.OldKeys, or the key before Rotate) for messages sent
+// before a rotation. Anything else is left to the current key to refuse.
+func (c *Client) keysFor(envelope []byte) *kez.Keys {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if h, err := kez.ReadEnvelopeHeader(envelope); err == nil && c.keys != nil && h.To != c.keys.Primary() {
+		for _, k := range c.oldKeys {
+			if k.Primary() == h.To {
+				return k
+			}
+		}
+	}
+	return c.keys
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -30,24 +31,35 @@ type Record struct {
 	// Rotation is the latest signed rotation (SPEC §2.10) when the current
 	// key came by rotation; nil otherwise.
 	Rotation json.RawMessage `json:"rotation,omitempty"`
+
+	// LogIndex is the leaf of the record's binding, and Checkpoint the
+	// checkpoint (signed by the pinned log key) in which its inclusion
+	// proof verified. Every record the client returns has both.
+	LogIndex   int64           `json:"-"`
+	Checkpoint *kez.Checkpoint `json:"-"`
 }
 
 // Register binds handle to the client's key on this server. Retrying after
 // a lost answer is safe: the server answers 200 with the same record.
 func (c *Client) Register(ctx context.Context, handle string) (*Record, error) {
-	if c.keys == nil {
+	keys := c.Keys()
+	if keys == nil {
 		return nil, ErrNoIdentity
 	}
 	name, err := c.ServerName(ctx)
 	if err != nil {
 		return nil, err
 	}
-	reg, err := kez.SignRegistration(c.keys.Private(), handle, name, c.now())
+	reg, err := kez.SignRegistration(keys.Private(), handle, name, c.now())
 	if err != nil {
 		return nil, err
 	}
 	body, err := json.Marshal(reg)
 	if err != nil {
+		return nil, err
+	}
+	// First contact: the log key is pinned before anything is bound.
+	if _, err := c.logVerifier(ctx); err != nil {
 		return nil, err
 	}
 	var rec *Record
@@ -56,11 +68,37 @@ func (c *Client) Register(ctx context.Context, handle string) (*Record, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := c.checkRecord(rec, handle, c.keys.Primary()); err != nil {
+	if err := c.checkRecord(rec, handle, keys.Primary()); err != nil {
 		return nil, err
 	}
-	c.learnServerName(rec.Server)
+	if err := c.proveRecord(ctx, rec, "your registration of "+handle); err != nil {
+		return nil, err
+	}
+	err = c.trust.Update(func(st *TrustState) error {
+		if st.Self == nil || st.Self.Handle != rec.Handle || st.Self.Deleted || !slices.Contains(st.Self.Keys, rec.Primary) {
+			st.Self = &Self{Handle: rec.Handle, Keys: []string{rec.Primary}, Since: rec.LogIndex}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
 	return rec, nil
+}
+
+// proveRecord checks a record's leaf (its rotation, else its registration)
+// in the binding log (SPEC §5) and notes where it is.
+func (c *Client) proveRecord(ctx context.Context, rec *Record, what string) error {
+	leaf, err := recordLeaf(rec)
+	if err != nil {
+		return &ProtocolError{URL: c.base, Reason: what + ": " + err.Error()}
+	}
+	lp, cp, err := c.proveLeaf(ctx, what, leaf, rec.Log)
+	if err != nil {
+		return err
+	}
+	rec.LogIndex, rec.Checkpoint = lp.Index, cp
+	return nil
 }
 
 // Lookup finds "alice" or "alice@server" on this server.
@@ -74,6 +112,9 @@ func (c *Client) LookupPrimary(ctx context.Context, primary string) (*Record, er
 	return c.getRecord(ctx, "/v1/by-primary/"+url.PathEscape(primary), "", primary)
 }
 
+// getRecord fetches a record and checks it: signed by its key(s), the
+// one asked for, on this server, and its leaf proven in a checkpoint of
+// the pinned log that is consistent with every checkpoint seen before.
 func (c *Client) getRecord(ctx context.Context, escapedPath, wantHandle, wantPrimary string) (*Record, error) {
 	var rec *Record
 	_, err := c.do(ctx, &call{method: http.MethodGet, path: escapedPath, escaped: escapedPath},
@@ -82,6 +123,16 @@ func (c *Client) getRecord(ctx context.Context, escapedPath, wantHandle, wantPri
 		return nil, err
 	}
 	if err := c.checkRecord(rec, wantHandle, wantPrimary); err != nil {
+		return nil, err
+	}
+	name, err := c.ServerName(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if rec.Server != name {
+		return nil, &ProtocolError{URL: c.base, Reason: fmt.Sprintf("record for %q is for server %q, not %q", rec.Handle, rec.Server, name)}
+	}
+	if err := c.proveRecord(ctx, rec, rec.Handle+"'s record (key "+shortKey(rec.Primary)+")"); err != nil {
 		return nil, err
 	}
 	return rec, nil

@@ -196,7 +196,8 @@ func (cl *call) urlPath() string {
 // canonical query and the body's hash, at a timestamp this client has not
 // used for the same request, so the signed string is new every time.
 func (c *Client) sign(ctx context.Context, cl *call) (string, error) {
-	if c.keys == nil {
+	keys := c.Keys()
+	if keys == nil {
 		return "", ErrNoIdentity
 	}
 	server, err := c.ServerName(ctx)
@@ -206,7 +207,7 @@ func (c *Client) sign(ctx context.Context, cl *call) (string, error) {
 	req := kez.Request{Server: server, Method: cl.method, Path: cl.path, Query: kez.CanonicalQuery(cl.query),
 		BodyHash: kez.BodySHA256(cl.body)}
 	ts := c.stamps.next(kez.OnceKey(req.Message(0)), c.now().Unix())
-	return req.Sign(c.keys.Private(), time.Unix(ts, 0)), nil
+	return req.Sign(keys.Private(), time.Unix(ts, 0)), nil
 }
 
 // stamper hands out signature timestamps: the current second, unless this

@@ -13,25 +13,20 @@ import (
 // messages: the lookup and the key agreement are done once.
 type Recipient struct {
 	Record
-	link *kez.Link
+	// Contact is the trust in the key (set by Recipient, nil from
+	// RecipientFor): its Status and the rotation Notices to show.
+	Contact *Contact
+	link    *kez.Link
 }
 
-// Recipient looks up "bob" or "bob@server" and prepares encryption to them.
-// A user that does not exist gives an error for which IsUnknownUser is true.
-func (c *Client) Recipient(ctx context.Context, to string) (*Recipient, error) {
-	rec, err := c.Lookup(ctx, to)
-	if err != nil {
-		return nil, err
-	}
-	return c.RecipientFor(rec)
-}
-
-// RecipientFor prepares encryption to an already looked-up record.
+// RecipientFor prepares encryption to an already looked-up record. It does
+// not check the record against the contact's pinned key: Recipient does.
 func (c *Client) RecipientFor(rec *Record) (*Recipient, error) {
-	if c.keys == nil {
+	keys := c.Keys()
+	if keys == nil {
 		return nil, ErrNoIdentity
 	}
-	link, err := c.keys.LinkTo(rec.Primary)
+	link, err := keys.LinkTo(rec.Primary)
 	if err != nil {
 		return nil, err
 	}

@@ -135,7 +135,7 @@ const healthyAfter = 5 * time.Second
 // streamOnce runs one connection until it ends. healthy reports whether it
 // worked (delivered a message or stayed open), which resets the backoff.
 func (c *Client) streamOnce(ctx context.Context, s *streamState, opts StreamOptions, onMessage func(Message) error) (healthy bool, err error) {
-	if c.keys == nil || c.handle == "" {
+	if c.Keys() == nil || c.handle == "" {
 		return false, ErrNoIdentity
 	}
 	connCtx, cancel := context.WithCancel(ctx)
