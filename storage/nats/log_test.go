@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -755,4 +756,55 @@ func TestRegisterCost(t *testing.T) {
 	}
 	t.Logf("R3 on 3 in-process nodes\n| registering | registrations/s | messages to NATS per registration | answers per registration |\n| --- | --- | --- | --- |\n%s",
 		strings.Join(rows, "\n"))
+}
+
+// A batch whose answer is lost (stored, but the commit timed out) is
+// recognised on the next round: Register, Rotate and Delete report what
+// they did, run their jobs, and the log holds each change once.
+func TestLostBatchAnswers(t *testing.T) {
+	c := natstest.Run(t)
+	ctx := context.Background()
+	s := open(t, Options{URLs: c.URLs(), Prefix: "lost"})
+	storagetest.Register(t, s, "bob", 2)
+	var lose atomic.Int32
+	s.batchFault = func(ack *pubAck, err error) (*pubAck, error) {
+		if err == nil && lose.Add(-1) >= 0 {
+			return nil, netErr(natsio.ErrTimeout)
+		}
+		return ack, err
+	}
+	lose.Store(1)
+	rec, created, err := s.Register(ctx, record("alice", 1), "")
+	if err != nil || !created || rec.LogIndex != 1 {
+		t.Fatalf("register: %+v %v %v", rec, created, err)
+	}
+	if err := s.SetContact(ctx, "bob", storagetest.Primary(1), storage.Accept); err != nil {
+		t.Fatal(err)
+	}
+	lose.Store(1)
+	rot := rotation("alice", storagetest.Primary(1), storagetest.Primary(4))
+	if rec, err = s.Rotate(ctx, "alice", storagetest.Primary(1), storagetest.Primary(4), rot); err != nil || rec.LogIndex != 2 || rec.Primary != storagetest.Primary(4) {
+		t.Fatalf("rotate: %+v %v", rec, err)
+	}
+	if got, err := s.Contacts(ctx, "bob"); err != nil || !slices.Equal(got.Accepted, []string{storagetest.Primary(4)}) {
+		t.Fatalf("bob's lists: %+v %v", got, err)
+	}
+	storagetest.Fill(t, s, "alice", 2, 0)
+	lose.Store(1)
+	if n, err := s.Delete(ctx, "alice", storagetest.Primary(4), []byte(`{"d":1}`), time.Now().Add(time.Hour)); err != nil || n != 3 {
+		t.Fatalf("delete: %d %v", n, err)
+	}
+	if _, err := s.Lookup(ctx, "alice"); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("lookup: %v", err)
+	}
+	if got := logSize(t, s); got != 4 {
+		t.Fatalf("size %d", got)
+	}
+	if info, err := s.subjectCounts(ctx, s.inboxFilter("alice")); err != nil || len(info) != 0 {
+		t.Fatalf("alice's inbox after the deletion: %v %v", info, err)
+	}
+	entries, err := s.LogEntries(ctx, 0, 10)
+	if err != nil || len(entries) != 4 || string(entries[2]) != string(rot) || string(entries[3]) != `{"d":1}` {
+		t.Fatalf("entries %q %v", entries, err)
+	}
 }

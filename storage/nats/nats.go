@@ -171,6 +171,9 @@ type Store struct {
 	jobMu      sync.Mutex
 	stopCtx    context.Context // ends with Close
 	stop       context.CancelFunc
+
+	// batchFault, in tests, changes what a batch commit answered.
+	batchFault func(*pubAck, error) (*pubAck, error)
 }
 
 // ValidPrefix reports whether p can name the streams and subjects.

@@ -118,7 +118,11 @@ func (s *Store) publishBatch(ctx context.Context, msgs []*natsio.Msg) (*pubAck, 
 		if err != nil {
 			return nil, netErr(err)
 		}
-		return decodeAck(reply)
+		ack, err := decodeAck(reply)
+		if s.batchFault != nil {
+			return s.batchFault(ack, err)
+		}
+		return ack, err
 	}
 	return nil, errors.New("nats: empty batch")
 }
@@ -283,7 +287,12 @@ func (s *Store) Rotate(ctx context.Context, handle, old, new string, rotation []
 		}
 		if rec.Primary != old {
 			if rec.Primary == new && h.hdr.Get(hdrAttempt) == attempt {
-				return rec, nil // this call's batch, whose answer was lost
+				// This call's batch, whose answer was lost.
+				s.noteChanged(handle, h.seq)
+				if err := s.runJob(ctx, rec.LogIndex, job); err != nil {
+					s.log.Warn("rotation: moving acceptances and blocks to the new key failed; retried in the background", "handle", handle, "index", rec.LogIndex, "error", err)
+				}
+				return rec, nil
 			}
 			return storage.Record{}, storage.ErrNotFound
 		}
@@ -355,7 +364,17 @@ func (s *Store) Delete(ctx context.Context, handle, primary string, deletion []b
 			return 0, err
 		}
 		if h.deleted && h.hdr.Get(hdrAttempt) == attempt {
-			return strconv.ParseInt(h.hdr.Get(hdrLogIndex), 10, 64) // this call's, answer lost
+			// This call's batch, whose answer was lost.
+			n, err := strconv.ParseInt(h.hdr.Get(hdrLogIndex), 10, 64)
+			if err != nil {
+				return 0, err
+			}
+			s.noteChanged(handle, h.seq)
+			s.forgetInbox(handle)
+			if err := s.runJob(ctx, n, job); err != nil {
+				s.log.Warn("deletion: purging the inbox failed; retried in the background", "handle", handle, "index", n, "error", err)
+			}
+			return n, nil
 		}
 		if !h.live() {
 			return 0, storage.ErrNotFound
