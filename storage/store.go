@@ -119,8 +119,9 @@ type Store interface {
 	//
 	// A new binding appends rec.Registration (already JCS) to the binding
 	// log in the same durable transaction and returns the record with its
-	// LogIndex; an idempotent retry appends nothing. A handle deleted less
-	// than its cooldown ago is ErrCoolingDown.
+	// LogIndex; an idempotent retry appends nothing. A handle whose
+	// deletion's cooldownUntil is after rec.RegisteredAt (the server's
+	// clock) is ErrCoolingDown.
 	Register(ctx context.Context, rec Record, invite string) (stored Record, created bool, err error)
 	// Rotate moves handle from its current primary old to new, in one
 	// durable transaction with the log append of rotation (the JCS form of

@@ -59,8 +59,8 @@
 // Delete removes the record, the primaries entry, the inbox bucket, its
 // state bucket (contacts, request bookkeeping), its count and its listers
 // entries; other inboxes' lists of the deleted key stay theirs. The
-// cooldown record holds the handle until cooldownUntil, compared with this
-// machine's clock at registration; it also keeps the inbox's sequence, so a
+// cooldown record holds the handle until cooldownUntil, compared with the
+// registration's RegisteredAt (the server's clock); it also keeps the inbox's sequence, so a
 // new registration of the handle goes on from it (a seq is never reused)
 // and sets the floor that voids the old idempotency keys.
 package bolt
@@ -362,7 +362,8 @@ func (s *Store) Register(_ context.Context, rec storage.Record, invite string) (
 		}
 		var cooldown []byte // until + seq of a deleted handle
 		if v := tx.Bucket(bucketCooldown).Get([]byte(rec.Handle)); len(v) == 16 {
-			if int64(u64(v[:8])) > time.Now().UnixMilli() {
+			// The server's time of this registration, its clock (which tests pin).
+			if int64(u64(v[:8])) > rec.RegisteredAt*1000 {
 				return storage.ErrCoolingDown
 			}
 			cooldown = v

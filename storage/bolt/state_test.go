@@ -307,7 +307,7 @@ func TestStateStaysConsistent(t *testing.T) {
 						if _, err := s.Delete(ctx, h, storagetest.Primary(keys[to]), fmt.Appendf(nil, `{"delete":%d}`, next), time.Now().Add(-time.Second)); err != nil {
 							t.Error(err)
 						}
-						if _, _, err := s.Register(ctx, storage.Record{Handle: h, Primary: storagetest.Primary(next),
+						if _, _, err := s.Register(ctx, storage.Record{Handle: h, Primary: storagetest.Primary(next), RegisteredAt: time.Now().Unix(),
 							Registration: fmt.Appendf(nil, `{"register":%d}`, next)}, ""); err != nil {
 							t.Error(err)
 						}
