@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gowebpki/jcs"
 	"github.com/kezchat/kez/client"
 	"github.com/kezchat/kez/client/clienttest"
 	"github.com/kezchat/kez/kez"
@@ -110,17 +111,41 @@ func TestHostileRecords(t *testing.T) {
 		return `{"handle":"alice","server":"` + v.Server + `","address":"alice@` + v.Server + `","primary":"` + primary +
 			`","registered_at":1764115200,"registration":` + string(reg.Stored()) + extra + `}`
 	}
-	lookup := func(body string) (*client.Record, error) {
-		c, _ := client.New(fixed(t, 200, nil, body), client.Options{})
+	// A server with a real log holding alice's registration and rotation,
+	// whose lookups of alice answer body.
+	f := clienttest.NewFake(t, v.Server)
+	f.Append(reg.Stored())
+	rotationLeaf, err := jcs.Transform(v.Rotation.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Append(rotationLeaf)
+	var body string
+	f.Intercept = func(w http.ResponseWriter, r *http.Request) bool {
+		if r.URL.Path != "/v1/u/alice" {
+			return false
+		}
+		fmt.Fprint(w, body)
+		return true
+	}
+	lookup := func(b string) (*client.Record, error) {
+		body = b
+		c, _ := client.New(f.URL, client.Options{})
 		return c.Lookup(context.Background(), "alice")
 	}
-	good := record(alice.Primary(), "")
-	if rec, err := lookup(good); err != nil || rec.Primary != alice.Primary() {
+	good := record(alice.Primary(), `,"log":`+f.Proof(0))
+	if rec, err := lookup(good); err != nil || rec.Primary != alice.Primary() || rec.LogIndex != 0 {
 		t.Fatalf("honest record: %+v, %v", rec, err)
 	}
-	log := `,"log":{"index":0,"checkpoint":"x","inclusion":[]}`
-	rotated := record(v.Rotation.New, log+`,"rotation":`+string(v.Rotation.Body))
-	if rec, err := lookup(rotated); err != nil || rec.Primary != v.Rotation.New || len(rec.Rotation) == 0 || len(rec.Log) == 0 {
+	var le *client.LogError
+	if rec, err := lookup(record(alice.Primary(), "")); !errors.As(err, &le) || !strings.Contains(err.Error(), "without a log proof") {
+		t.Fatalf("record without a proof: %+v, %v", rec, err)
+	}
+	if rec, err := lookup(record(alice.Primary(), `,"log":`+f.Proof(1))); !errors.As(err, &le) {
+		t.Fatalf("record with the proof of another leaf: %+v, %v", rec, err)
+	}
+	rotated := record(v.Rotation.New, `,"log":`+f.Proof(1)+`,"rotation":`+string(v.Rotation.Body))
+	if rec, err := lookup(rotated); err != nil || rec.Primary != v.Rotation.New || len(rec.Rotation) == 0 || rec.LogIndex != 1 {
 		t.Fatalf("rotated record: %+v, %v", rec, err)
 	}
 	var compact bytes.Buffer

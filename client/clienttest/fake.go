@@ -453,3 +453,24 @@ func (f *Fake) Leaf(i int64) []byte {
 
 // B64 is standard base64, as the log's entries carry data.
 func B64(b []byte) string { return base64.StdEncoding.EncodeToString(b) }
+
+// Proof is the "log" member (JSON) for leaf index in the current tree.
+func (f *Fake) Proof(index int64) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	b, err := json.Marshal(f.logMember(index))
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return string(b)
+}
+
+// RegisteredAt is the registered_at of handle's record (0 when unbound).
+func (f *Fake) RegisteredAt(handle string) int64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if b := f.lookupLocked(handle); b != nil {
+		return b.registeredAt
+	}
+	return 0
+}

@@ -36,8 +36,21 @@ func (e *env) uint(name string) uint64 {
 }
 
 // newClient makes a client for server, with an identity when keys is set.
+// What it learns about the server's log and its users' keys is kept in the
+// config dir (trust/), shared by every kez process of this config.
 func (e *env) newClient(server string, keys *kez.Keys, handle, serverName string) (*client.Client, error) {
-	return client.New(server, client.Options{HTTPClient: e.http, Keys: keys, Handle: handle, ServerName: serverName})
+	return e.newClientWith(server, client.Options{Keys: keys, Handle: handle, ServerName: serverName})
+}
+
+func (e *env) newClientWith(server string, o client.Options) (*client.Client, error) {
+	o.HTTPClient = e.http
+	o.Trust = newFileTrust(e.dir, strings.TrimRight(server, "/"))
+	if o.LogKey == "" {
+		if acct, err := loadAccount(e.dir); err == nil && strings.TrimRight(acct.Server, "/") == strings.TrimRight(server, "/") {
+			o.LogKey = acct.LogKey
+		}
+	}
+	return client.New(server, o)
 }
 
 // accountClient is the client of the registered user, for commands that
@@ -54,7 +67,11 @@ func (e *env) accountClient() (*client.Client, *account, error) {
 	if acct.Primary != keys.Primary() {
 		return nil, nil, fmt.Errorf("%s was registered with another key; run: kez register <handle> --server %s", acct.address(), acct.Server)
 	}
-	c, err := e.newClient(acct.Server, keys, acct.Handle, acct.ServerName)
+	old, err := loadOldKeys(e.dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	c, err := e.newClientWith(acct.Server, client.Options{Keys: keys, Handle: acct.Handle, ServerName: acct.ServerName, OldKeys: old, LogKey: acct.LogKey})
 	return c, acct, err
 }
 
@@ -93,6 +110,7 @@ func (e *env) accountCursor(ctx context.Context) (*client.Client, *account, *cur
 	if err != nil {
 		return nil, nil, nil, err
 	}
+	e.checkTrust(ctx, c)
 	return c, acct, cur, nil
 }
 
@@ -151,6 +169,7 @@ var registerCmd = &command{
 	args: "<handle> --server URL",
 	flags: func(fs *flag.FlagSet) {
 		fs.String("server", "", "the server's base URL, e.g. http://localhost:8080 (default: the one you registered with)")
+		fs.String("log-key", "", "the server's log key, if you got it from a source you trust (default: pinned from the server at first contact)")
 	},
 	run: func(ctx context.Context, e *env, args []string) error {
 		handle := strings.ToLower(args[0])
@@ -165,7 +184,7 @@ var registerCmd = &command{
 		if err != nil {
 			return err
 		}
-		c, err := e.newClient(server, keys, handle, "")
+		c, err := e.newClientWith(server, client.Options{Keys: keys, Handle: handle, LogKey: e.str("log-key")})
 		if err != nil {
 			return err
 		}
@@ -185,11 +204,15 @@ var registerCmd = &command{
 		case err != nil:
 			return err
 		}
-		acct := &account{Server: c.BaseURL(), ServerName: rec.Server, Handle: rec.Handle, Primary: keys.Primary(), RegisteredAt: rec.RegisteredAt}
+		logKey, err := c.PinnedLogKey()
+		if err != nil {
+			return err
+		}
+		acct := &account{Server: c.BaseURL(), ServerName: rec.Server, Handle: rec.Handle, Primary: keys.Primary(), RegisteredAt: rec.RegisteredAt, LogKey: logKey}
 		if err := saveAccount(e.dir, acct); err != nil {
 			return err
 		}
-		fmt.Fprintf(e.stdout, "registered %s\n", rec.Address)
+		fmt.Fprintf(e.stdout, "registered %s\nlog key %s (pinned: every checkpoint of this server must be signed by it)\n", rec.Address, logKey)
 		return nil
 	},
 }
@@ -221,23 +244,55 @@ var whoisCmd = &command{
 		if err != nil {
 			return err
 		}
-		c, err := e.newClient(server, nil, "", "")
-		if err != nil {
+		var c *client.Client
+		if acct, aerr := loadAccount(e.dir); aerr == nil && strings.TrimRight(acct.Server, "/") == strings.TrimRight(server, "/") {
+			if c, _, err = e.accountClient(); err != nil {
+				return err
+			}
+			e.checkTrust(ctx, c)
+		} else if c, err = e.newClient(server, nil, "", ""); err != nil {
 			return err
 		}
 		ctx, cancel := context.WithTimeout(ctx, requestTimeout)
 		defer cancel()
-		rec, err := c.Lookup(ctx, args[0])
+		ct, err := c.PeekContact(ctx, args[0])
 		if client.IsUnknownUser(err) {
 			return fmt.Errorf("no user %q on %s", args[0], server)
 		}
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(e.stdout, "address     %s\nprimary     %s\nregistered  %s\nverified    the registration is signed by this primary\n",
-			rec.Address, rec.Primary, time.Unix(rec.RegisteredAt, 0).UTC().Format("2006-01-02 15:04:05 UTC"))
+		fmt.Fprintf(e.stdout, "address     %s\nprimary     %s\nregistered  %s\n", ct.Address, ct.Primary,
+			time.Unix(ct.RegisteredAt, 0).UTC().Format("2006-01-02 15:04:05 UTC"))
+		how := "registration"
+		if len(ct.Rotation) > 0 {
+			how = "rotation"
+		}
+		fmt.Fprintf(e.stdout, "signed      the %s is signed by this key\nlog         entry %d of %d, inclusion proven under the pinned log key; it is the handle's latest change\n",
+			how, ct.LogIndex, ct.Checkpoint.Size)
+		fmt.Fprintf(e.stdout, "trust       %s\n", pinStatus(ct, c))
 		return nil
 	},
+}
+
+// pinStatus says how far the user can trust a contact's key, and never
+// "verified" unless they compared its safety number.
+func pinStatus(ct *client.Contact, c *client.Client) string {
+	self := c.Keys() != nil && c.Keys().Primary() == ct.Primary
+	switch {
+	case self:
+		return "this is your own key"
+	case ct.Status == client.ContactUnpinned:
+		return "not pinned yet: the key is pinned when you first write or read " + ct.Handle + "; NOT verified (kez verify " + ct.Handle + ")"
+	case ct.Status == client.ContactChanged:
+		return fmt.Sprintf("KEY CHANGED from the pinned %s (%s); sending is blocked until you accept it: kez accept-key %s, or compare safety numbers: kez verify %s",
+			ct.Pin.Primary, ct.Pin.Changed.How, ct.Handle, ct.Handle)
+	case ct.Verified():
+		return fmt.Sprintf("verified: you compared the safety number of this key on %s", when(ct.Pin.VerifiedAt))
+	case ct.Pin.Verified != "":
+		return fmt.Sprintf("pinned; you verified an earlier key (%s), and this one came by rotations it signed; the safety number changed: NOT verified (kez verify %s)", ct.Pin.Verified, ct.Handle)
+	}
+	return fmt.Sprintf("pinned on first use (%s); NOT verified: compare safety numbers with kez verify %s", when(ct.Pin.PinnedAt), ct.Handle)
 }
 
 // maxText bounds a message so its envelope stays under the server's
@@ -267,13 +322,22 @@ var sendCmd = &command{
 		if err != nil {
 			return err
 		}
+		e.checkTrust(ctx, c)
 		ctx, cancel := context.WithTimeout(ctx, requestTimeout)
 		defer cancel()
 		r, err := c.Recipient(ctx, to)
 		if err == nil {
+			for _, n := range r.Contact.Notices {
+				fmt.Fprintf(e.stderr, "notice: %s\n", n)
+			}
+			if r.Contact.Status == client.ContactNew {
+				fmt.Fprintf(e.stderr, "first message to %s: key %s pinned (compare safety numbers: kez verify %s)\n", r.Address, r.Primary, r.Handle)
+			}
 			_, err = c.SendTo(ctx, r, text)
 		}
 		switch {
+		case client.IsTrustFailure(err):
+			return keyChangedAdvice(err)
 		case client.IsUnknownUser(err):
 			return fmt.Errorf("unknown recipient %q on %s", to, acct.ServerName)
 		case errors.Is(err, client.ErrEnvelopeTooLarge):
@@ -528,6 +592,7 @@ func contactCmd(name, does string, act func(*client.Client, context.Context, str
 			if err != nil {
 				return err
 			}
+			e.checkTrust(ctx, c)
 			ctx, cancel := context.WithTimeout(ctx, requestTimeout)
 			defer cancel()
 			primary, name, err := resolve(ctx, c, args[0])
@@ -591,6 +656,7 @@ var contactsCmd = &command{
 		if err != nil {
 			return err
 		}
+		e.checkTrust(ctx, c)
 		ctx, cancel := context.WithTimeout(ctx, requestTimeout)
 		defer cancel()
 		lists, err := c.Contacts(ctx)

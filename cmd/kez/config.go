@@ -16,12 +16,17 @@ import (
 	"github.com/kezchat/kez/kez"
 )
 
-// The config dir holds three small JSON files:
+// The config dir holds small JSON files:
 //
-//	key.json      the seed, the only secret (0600)
-//	account.json  which server and handle this key is registered as
-//	cursor.json   the last seq shown, so listen resumes across restarts, and
-//	              which recent messages were shown, so a replay is not
+//	key.json       the seed, the only secret (0600)
+//	account.json   which server and handle this key is registered as, and the
+//	               server's log key pinned at registration
+//	cursor.json    the last seq shown, so listen resumes across restarts, and
+//	               which recent messages were shown, so a replay is not
+//	trust/*.json   per server: the pinned log key, the largest checkpoint, the
+//	               log read so far, contacts' pinned keys, kept warnings
+//	old-keys.json  keys replaced by kez rotate (0600), until --forget-old
+//	key.next.json  the key a rotation in progress moves to (0600)
 const (
 	keyFile     = "key.json"
 	accountFile = "account.json"
@@ -61,18 +66,28 @@ func saveKey(dir string, keys *kez.Keys, force bool) error {
 			return fmt.Errorf("a key already exists in %s; pass --force to replace it (the old identity is lost unless you kept its seed)", path)
 		}
 	}
+	return writeKeyAt(dir, keyFile, keys)
+}
+
+// writeKeyAt writes a key file (seed and primary, 0600).
+func writeKeyAt(dir, name string, keys *kez.Keys) error {
 	data, _ := json.MarshalIndent(keyFileJSON{Seed: hex.EncodeToString(keys.Seed()), Primary: keys.Primary()}, "", "  ")
-	return writeFileAtomic(dir, keyFile, append(data, '\n'), 0o600)
+	return writeFileAtomic(dir, name, append(data, '\n'), 0o600)
 }
 
 // loadKey reads and checks the key file: private to its owner, a 32-byte
 // seed, and the primary it claims.
 func loadKey(dir string) (*kez.Keys, error) {
 	path := filepath.Join(dir, keyFile)
-	info, err := os.Stat(path)
-	if errors.Is(err, fs.ErrNotExist) {
+	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("%w in %s; run: kez init", errNoKey, dir)
 	}
+	return loadKeyAt(path)
+}
+
+// loadKeyAt reads and checks one key file.
+func loadKeyAt(path string) (*kez.Keys, error) {
+	info, err := os.Stat(path)
 	if err != nil {
 		return nil, fmt.Errorf("key file: %v", err)
 	}
@@ -110,6 +125,9 @@ type account struct {
 	// RegisteredAt is when the server made the binding: a different one
 	// means the server was reset and the binding made anew.
 	RegisteredAt int64 `json:"registered_at,omitempty"`
+	// LogKey is the server's log verifier key, pinned at registration
+	// (SPEC §5). Every checkpoint must be signed by it.
+	LogKey string `json:"log_key,omitempty"`
 }
 
 func (a *account) address() string { return kez.Address(a.Handle, a.ServerName) }

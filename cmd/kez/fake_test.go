@@ -5,25 +5,25 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/kezchat/kez/client/clienttest"
 	"github.com/kezchat/kez/kez"
 )
 
 // fakeServer is a KEZ server in miniature for printer and command tests
-// that need no Caddy: records of registered users, one inbox (bob's) with
-// scripted message objects, and the contact endpoints. It checks every
-// signature of bob's requests.
+// that need no Caddy: clienttest.Fake (registrations, lookups with their
+// log proofs, the binding log) plus one inbox (bob's) with scripted
+// message objects, and the contact endpoints. It checks every signature of
+// bob's requests.
 type fakeServer struct {
-	t       *testing.T
-	url     string
-	bob     *kez.Keys
-	records map[string]string // primary → record JSON
-	handles map[string]string // handle → primary
+	*clienttest.Fake
+	t   *testing.T
+	url string
+	bob *kez.Keys
 
 	mu       sync.Mutex
 	messages []string // message objects, in seq order
@@ -33,24 +33,15 @@ type fakeServer struct {
 const fakeName = "kez.test"
 
 func newFakeServer(t *testing.T, bob *kez.Keys) *fakeServer {
-	f := &fakeServer{t: t, bob: bob, records: map[string]string{}, handles: map[string]string{}}
-	srv := httptest.NewServer(f)
-	t.Cleanup(srv.Close)
-	f.url = srv.URL
+	f := &fakeServer{Fake: clienttest.NewFake(t, fakeName), t: t, bob: bob}
+	f.url = f.URL
+	f.Intercept = f.inbox
 	f.register("bob", bob)
 	return f
 }
 
-// register gives keys the handle, as the server's record signed by keys.
-func (f *fakeServer) register(handle string, keys *kez.Keys) {
-	reg, err := kez.SignRegistration(keys.Private(), handle, fakeName, time.Unix(1764115200, 0))
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	f.records[keys.Primary()] = fmt.Sprintf(`{"handle":%q,"server":%q,"address":"%s@%s","primary":%q,"registered_at":1764115200,"registration":%s}`,
-		handle, fakeName, handle, fakeName, keys.Primary(), reg.Stored())
-	f.handles[handle] = keys.Primary()
-}
+// register gives keys the handle, logged.
+func (f *fakeServer) register(handle string, keys *kez.Keys) { f.Register(keys, handle) }
 
 // add stores a message object for bob.
 func (f *fakeServer) add(from string, request bool, envelope []byte) {
@@ -61,32 +52,15 @@ func (f *fakeServer) add(from string, request bool, envelope []byte) {
 		seq, from, request, envelope, time.Now().UnixMilli()))
 }
 
-func (f *fakeServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+// inbox serves bob's inbox and contacts; everything else goes to the Fake.
+func (f *fakeServer) inbox(w http.ResponseWriter, r *http.Request) bool {
+	path := r.URL.Path
+	if !strings.HasPrefix(path, "/v1/inbox/bob") {
+		return false
+	}
 	fail := func(status int, code string) {
 		w.WriteHeader(status)
 		fmt.Fprintf(w, `{"error":{"code":%q,"message":"fake"}}`, code)
-	}
-	path := r.URL.Path
-	if p, ok := strings.CutPrefix(path, "/v1/by-primary/"); ok {
-		if rec, ok := f.records[p]; ok {
-			fmt.Fprint(w, rec)
-			return
-		}
-		fail(404, "not_found")
-		return
-	}
-	if h, ok := strings.CutPrefix(path, "/v1/u/"); ok {
-		h, _, _ = strings.Cut(strings.ToLower(h), "@")
-		if rec, ok := f.records[f.handles[h]]; ok {
-			fmt.Fprint(w, rec)
-			return
-		}
-		fail(404, "not_found")
-		return
-	}
-	if !strings.HasPrefix(path, "/v1/inbox/bob") {
-		fail(404, "not_found")
-		return
 	}
 	_, query, _, err := kez.ParseQuery(r.URL.RawQuery, false, "since", "limit", "upto")
 	if err == nil {
@@ -96,7 +70,7 @@ func (f *fakeServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		f.t.Errorf("%s %s: %v", r.Method, r.URL, err)
 		fail(401, "unauthorized")
-		return
+		return true
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -117,6 +91,7 @@ func (f *fakeServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	default:
 		fail(404, "not_found")
 	}
+	return true
 }
 
 // seal seals plaintext from sender to recipient and returns the envelope JSON.

@@ -12,6 +12,11 @@
 //	kez accept|block <who>               let a sender in, or refuse them
 //	kez unaccept|unblock <who>           undo that
 //	kez contacts                         list accepted and blocked senders
+//	kez verify <who> [--yes]             show the safety number; mark verified
+//	kez accept-key <who>                 accept a contact's changed key
+//	kez rotate [--forget-old]            replace your key (old and new sign)
+//	kez delete --yes                     delete your account
+//	kez log verify|handle <h>|status     check the server's binding log
 //
 // Every command takes --config DIR (default: $KEZ_CONFIG_DIR, else the user
 // config dir + /kez).
@@ -62,6 +67,16 @@ usage:
   kez unaccept <who> | kez unblock <who>  make who a stranger again
   kez contacts                            list accepted and blocked senders
 
+trust (the server's binding log, pinned keys, safety numbers):
+  kez whois <who>                         a user's key, how it is pinned, whether you verified it
+  kez verify <who> [--yes]                show your safety number with who; --yes: it matches, mark verified
+  kez accept-key <who>                    accept who's changed key (sending to it is blocked until then)
+  kez rotate [--forget-old]               replace your key: old and new sign, contacts follow with a notice
+  kez delete [--yes]                      delete your account on the server (says what it does first)
+  kez log verify                          download the whole log and check every entry and the tree
+  kez log handle <h>                      a handle's history: registrations, rotations, deletions
+  kez log status | dismiss | reset --yes  what is kept about the log; hide warnings; forget the log
+
 who is a handle, handle@server or ed25519:<primary>.
 
 every command takes --config DIR (default $KEZ_CONFIG_DIR, else %s)
@@ -77,7 +92,8 @@ type command struct {
 }
 
 var commands = []*command{initCmd, registerCmd, whoisCmd, sendCmd, inboxCmd, listenCmd, ackCmd,
-	requestsCmd, acceptCmd, unacceptCmd, blockCmd, unblockCmd, contactsCmd}
+	requestsCmd, acceptCmd, unacceptCmd, blockCmd, unblockCmd, contactsCmd,
+	verifyCmd, acceptKeyCmd, rotateCmd, deleteCmd, logCmd}
 
 // run executes one kez command line and returns the exit code: 0 done,
 // 1 failed, 2 bad usage.

@@ -311,7 +311,7 @@ func bobAt(t *testing.T, f *fakeServer) map[string]string {
 	if err := saveKey(dir, f.bob, false); err != nil {
 		t.Fatal(err)
 	}
-	if err := saveAccount(dir, &account{Server: f.url, ServerName: fakeName, Handle: "bob", Primary: f.bob.Primary(), RegisteredAt: 1764115200}); err != nil {
+	if err := saveAccount(dir, &account{Server: f.url, ServerName: fakeName, Handle: "bob", Primary: f.bob.Primary(), RegisteredAt: f.RegisteredAt("bob")}); err != nil {
 		t.Fatal(err)
 	}
 	return map[string]string{"KEZ_CONFIG_DIR": dir}

@@ -24,10 +24,18 @@ import (
 // plaintext claims.
 type printer struct {
 	c       *client.Client
-	self    string            // our own primary: copies are accepted only from it
-	senders map[string]string // primary → verified address, "" if none
-	shown   *cursor           // what was shown, this run and before (replays are skipped)
+	self    string             // our own primary: copies are accepted only from it
+	senders map[string]*sender // primary → its verified address and trust
+	shown   *cursor            // what was shown, this run and before (replays are skipped)
 	lastSeq uint64
+}
+
+// sender is what the printer knows of a key that signed a message.
+type sender struct {
+	addr string // the address the log binds it to now, "" if none
+	// mark is shown after the name: a key that is not the pinned one, an
+	// earlier key of a contact, a record the log does not back.
+	mark string
 }
 
 func newPrinter(c *client.Client, shown *cursor) *printer {
@@ -35,7 +43,7 @@ func newPrinter(c *client.Client, shown *cursor) *printer {
 	if k := c.Keys(); k != nil {
 		self = k.Primary()
 	}
-	return &printer{c: c, self: self, senders: map[string]string{}, shown: shown}
+	return &printer{c: c, self: self, senders: map[string]*sender{}, shown: shown}
 }
 
 // format renders m, or returns "" for a message not to be shown: one
@@ -58,7 +66,17 @@ func (p *printer) format(ctx context.Context, m client.Message, markRequest bool
 	if !p.shown.firstShowing(got.From, pt.ID, m.Seq) {
 		return ""
 	}
-	from := p.sender(ctx, got.From, got.FromAddr, pt.FromAddr)
+	from, notices := p.sender(ctx, got.From, got.FromAddr, pt.FromAddr)
+	line := p.formatText(m, got, pt, from, when, markRequest)
+	if line == "" {
+		return strings.TrimSuffix(notices, "\n")
+	}
+	return notices + line
+}
+
+// formatText is format for a message that opened and is to be shown.
+func (p *printer) formatText(m client.Message, got *client.Received, pt kez.Plaintext, from, when string, markRequest bool) string {
+	received := time.UnixMilli(m.ReceivedAt)
 	if m.Request && markRequest {
 		from = "request from " + from + " (not a contact)"
 	}
@@ -121,14 +139,18 @@ func parseCopy(raw []byte) (copyMessage, bool) {
 }
 
 // sender names who signed: the address the server has bound to the primary
-// (in a record that the primary signed), flagged when the plaintext claims
-// another, or when the message object names another. A primary the server
-// has no handle for is named by its key; what its plaintext claims is shown
-// only as an unverified claim, never as its name.
-func (p *printer) sender(ctx context.Context, primary, serverAddr, claimed string) string {
-	addr := p.address(ctx, primary)
+// (in a record that the primary signed and that the log proves is the
+// current binding), flagged when the plaintext claims another, or when the
+// message object names another, and marked when the key is not the one
+// pinned for that address. A primary the server has no handle for is named
+// by its key (or as an earlier key of a contact); what its plaintext claims
+// is shown only as an unverified claim, never as its name. notices are
+// lines to print before the message: the sender's rotations followed.
+func (p *printer) sender(ctx context.Context, primary, serverAddr, claimed string) (name, notices string) {
+	s, notices := p.lookup(ctx, primary)
+	addr := s.addr
 	claimed, serverAddr = safeText(claimed), safeText(serverAddr)
-	name := addr
+	name = addr
 	if addr == "" {
 		name = keyName(primary)
 		if serverAddr != "" {
@@ -137,34 +159,57 @@ func (p *printer) sender(ctx context.Context, primary, serverAddr, claimed strin
 	} else if serverAddr != "" && serverAddr != addr {
 		name += fmt.Sprintf(" (the server says %q)", serverAddr)
 	}
+	name += s.mark
 	switch {
 	case claimed == "" || claimed == addr:
-		return name
+		return name, notices
 	case addr == "":
-		return fmt.Sprintf("%s (unverified claim: %q)", name, claimed)
+		return fmt.Sprintf("%s (unverified claim: %q)", name, claimed), notices
 	default:
-		return fmt.Sprintf("%s (claims to be %q)", name, claimed)
+		return fmt.Sprintf("%s (claims to be %q)", name, claimed), notices
 	}
 }
 
 // address is the verified address of primary on our server, "" if it has
-// none. Lookups are remembered for the run.
+// none.
 func (p *printer) address(ctx context.Context, primary string) string {
-	addr, known := p.senders[primary]
-	if known {
-		return addr
+	s, _ := p.lookup(ctx, primary)
+	return s.addr
+}
+
+// lookup finds who primary is, once per run: the record bound to it,
+// checked in the log and against the pin of its handle (pinned now if it
+// is the first use). Rotation notices come back once, as lines.
+func (p *printer) lookup(ctx context.Context, primary string) (*sender, string) {
+	if s, known := p.senders[primary]; known {
+		return s, ""
 	}
 	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
 	defer cancel()
-	rec, err := p.c.LookupPrimary(ctx, primary)
+	s := &sender{}
+	notices := ""
+	ct, err := p.c.ContactByPrimary(ctx, primary, primary != p.self)
 	switch {
 	case err == nil:
-		addr = rec.Address
-		p.senders[primary] = addr
+		s.addr = ct.Address
+		for _, n := range ct.Notices {
+			notices += "notice: " + n.String() + "\n"
+		}
+		if ct.Status == client.ContactChanged {
+			s.mark = fmt.Sprintf(" [NEW KEY, not accepted: %s; kez accept-key %s, or kez verify %s]", ct.Pin.Changed.How, ct.Handle, ct.Handle)
+		}
+		p.senders[primary] = s
 	case client.IsUnknownUser(err):
-		p.senders[primary] = "" // a definite answer; other errors are retried
+		// No handle now: an earlier key of a contact, or a stranger's.
+		if h, how := p.c.PinnedHandle(primary); h != "" && how == "previous" {
+			s.mark = fmt.Sprintf(" [an earlier key of %s]", h)
+		}
+		p.senders[primary] = s // a definite answer; other errors are retried
+	case client.IsTrustFailure(err):
+		s.mark = " [the server's log does not back its record: " + oneLine(err.Error()) + "]"
+		p.senders[primary] = s
 	}
-	return addr
+	return s, notices
 }
 
 // keyName names a key the server has no handle for by the start of its
