@@ -468,7 +468,9 @@ func (c *Client) ReadLog(ctx context.Context, each func(e *kez.LogEntry)) (*LogR
 	var f kez.LogFrontier
 	handles := map[string]string{}   // handle → key ("" deleted)
 	primaries := map[string]string{} // key → handle
-	violation := func(format string, args ...any) { rep.Violations = append(rep.Violations, fmt.Sprintf(format, args...)) }
+	violation := func(format string, args ...any) {
+		rep.Violations = append(rep.Violations, fmt.Sprintf(format, args...))
+	}
 	prefixDiffers := false
 	err = c.readEntries(ctx, 0, cp.Size, func(index int64, data []byte) error {
 		if err := f.Append(data); err != nil {
