@@ -63,7 +63,8 @@ const (
 
 	hdrLogHashes = "Kez-Log-Hashes"
 	hdrLogIndex  = "Kez-Log-Index"
-	// hdrCooldown: on a handle's tombstone, the end of its cooldown (unix s).
+	// hdrCooldown: on a handle's tombstone, the end of its cooldown (unix
+	// ms), compared with a new registration's RegisteredAt.
 	hdrCooldown = "Kez-Cooldown-Until"
 	// hdrBindingOp: on a handle's record, the change that wrote it.
 	hdrBindingOp = "Kez-Op"

@@ -438,7 +438,10 @@ func TestRotateDeleteCooldown(t *testing.T) {
 	if _, err := s1.Delete(ctx, "alice", alice.Primary, []byte(`{"d":0}`), time.Now()); !errors.Is(err, storage.ErrNotFound) {
 		t.Fatalf("delete with the old key: %v", err)
 	}
-	cooldown := time.Now().Add(1500 * time.Millisecond)
+	// The cooldown ends a second after the registered_at of the
+	// registration to come (the server's clock).
+	again := record("alice", 5)
+	cooldown := time.Unix(again.RegisteredAt+1, 0)
 	n, err := s1.Delete(ctx, "alice", newKey, []byte(`{"d":1}`), cooldown)
 	if err != nil || n != 4 {
 		t.Fatalf("delete: %d %v", n, err)
@@ -458,15 +461,16 @@ func TestRotateDeleteCooldown(t *testing.T) {
 		_, _, err := s2.Append(ctx, storagetest.Delivery("alice", 2), storage.Limits{})
 		return errors.Is(err, storage.ErrNotFound)
 	})
-	if _, _, err := s2.Register(ctx, record("alice", 5), ""); !errors.Is(err, storage.ErrCoolingDown) {
+	if _, _, err := s2.Register(ctx, again, ""); !errors.Is(err, storage.ErrCoolingDown) {
 		t.Fatalf("register during the cooldown: %v", err)
 	}
+	again.RegisteredAt++ // when the cooldown ends: registrable
+
 	if n := logSize(t, s1); n != 5 {
 		t.Fatalf("size %d after the deletion", n)
 	}
-	time.Sleep(time.Until(cooldown))
 	// The deleted key is free again, like the handle.
-	rec, created, err := s2.Register(ctx, record("alice", 5), "")
+	rec, created, err := s2.Register(ctx, again, "")
 	if err != nil || !created || rec.LogIndex != 5 {
 		t.Fatalf("register after the cooldown: %+v %v %v", rec, created, err)
 	}

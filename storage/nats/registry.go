@@ -204,7 +204,9 @@ func (s *Store) Register(ctx context.Context, rec storage.Record, invite string)
 			}
 			return storage.Record{}, false, storage.ErrHandleTaken
 		case h.deleted:
-			if until, _ := strconv.ParseInt(h.hdr.Get(hdrCooldown), 10, 64); time.Now().UnixMilli() < until {
+			// Cooling down while the cooldown ends after RegisteredAt:
+			// the time the server accepted the registration.
+			if until, _ := strconv.ParseInt(h.hdr.Get(hdrCooldown), 10, 64); until > rec.RegisteredAt*1000 {
 				return storage.Record{}, false, storage.ErrCoolingDown
 			}
 			if !purged {
