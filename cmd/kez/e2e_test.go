@@ -483,6 +483,14 @@ func TestCLIServerReset(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	laptop.must("registered bob@", "register", "bob", "--server", srv.URL)
+	// A reset server has a new log under a new key: alice's kez, which
+	// pinned the old one, refuses it until she says she knows why.
+	if r := alice.run("", "register", "alice", "--server", srv.URL); r.code != 1 ||
+		!strings.Contains(r.stderr, "not signed by the pinned log key") || !strings.Contains(r.stderr, "kez log reset --yes") {
+		t.Errorf("register on the reset server with the old log key pinned = %+v", r)
+	}
+	alice.must("forgot the log", "log", "reset", "--yes")
+	bob.must("forgot the log", "log", "reset", "--yes")
 	alice.must("registered", "register", "alice", "--server", srv.URL)
 	alice.must("sent", "send", "bob", "after the reset 1")
 	alice.must("sent", "send", "bob", "after the reset 2")

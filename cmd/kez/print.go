@@ -242,7 +242,12 @@ func describe(err error) string {
 	var netErr *client.NetworkError
 	var protoErr *client.ProtocolError
 	var apiErr *client.APIError
+	var logErr *client.LogError
 	switch {
+	case errors.As(err, &logErr) && strings.Contains(logErr.Reason, "not signed by the pinned log key"):
+		return err.Error() + ". The server signs its log with another key than the one pinned at first contact: " +
+			"it was reset, or it is not the server you registered with, or someone is in between. " +
+			"If you know it was reset: kez log reset --yes (kez log status shows what is kept)"
 	case errors.As(err, &netErr):
 		return fmt.Sprintf("cannot reach the server at %s (%v)", netErr.URL, netErr.Err)
 	case errors.As(err, &protoErr):

@@ -35,7 +35,8 @@ func (e *env) checkTrust(ctx context.Context, c *client.Client) {
 		fmt.Fprintf(e.stderr, "kez: WARNING: %s\n", oneLine(fe.Error()))
 	case err != nil && client.IsTrustFailure(err):
 		// Kept as a warning, printed below.
-	case err != nil:
+	case err != nil && !errors.As(err, new(*client.NetworkError)):
+		// An unreachable server is the command's own error to report.
 		fmt.Fprintf(e.stderr, "kez: could not check the server's log: %s\n", oneLine(describe(err)))
 	}
 	e.printWarnings(c)
