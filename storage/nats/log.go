@@ -71,10 +71,12 @@ const (
 	hdrKVOp      = "KV-Operation"
 )
 
-// Cache bounds: stored hashes (32 bytes each) and leaf data (bytes).
+// Cache bounds: stored hashes (about 80 bytes each with the map, so some
+// 20 MiB; proofs and tree hashes mostly read the same upper nodes) and
+// leaf data (bytes). Beyond them, random entries are dropped.
 const (
-	hashCacheMax  = 1 << 20
-	entryCacheMax = 32 << 20
+	hashCacheMax  = 1 << 18
+	entryCacheMax = 16 << 20
 	// maxLeavesPerGet is what one direct multi-get may ask (the server
 	// answers at most 1024).
 	maxLeavesPerGet = 1000
