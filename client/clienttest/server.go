@@ -66,3 +66,7 @@ func (s *Server) Reset(t testing.TB) {
 	}
 	s.caddy.Start(t, s.options())
 }
+
+// DBPath is the server's bolt database file (stop or crash the server
+// before touching it).
+func (s *Server) DBPath() string { return s.caddy.DBPath }
