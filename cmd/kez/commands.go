@@ -339,6 +339,11 @@ var sendCmd = &command{
 		case client.IsTrustFailure(err):
 			return keyChangedAdvice(err)
 		case client.IsUnknownUser(err):
+			if st, serr := c.TrustState(); serr == nil {
+				if p := st.Contacts[kez.ASCIILower(strings.TrimSuffix(to, "@"+acct.ServerName))]; p != nil && p.Changed != nil && p.Changed.Primary == "" {
+					return fmt.Errorf("%s is gone: %s", to, p.Changed.How)
+				}
+			}
 			return fmt.Errorf("unknown recipient %q on %s", to, acct.ServerName)
 		case errors.Is(err, client.ErrEnvelopeTooLarge):
 			return errors.New("the server refused the message as too large")
