@@ -69,7 +69,7 @@ func (h *Handler) logSigner(ctx context.Context) (note.Signer, string, error) {
 // VerifierKey derives the note verifier key of a signer key made by
 // note.GenerateKey (PRIVATE+KEY+<name>+<hash>+<base64 of 0x01 ‖ seed>).
 func VerifierKey(skey string) (string, error) {
-	parts := strings.Split(skey, "+")
+	parts := strings.SplitN(skey, "+", 5) // base64 may hold "+" too
 	if len(parts) != 5 || parts[0] != "PRIVATE" || parts[1] != "KEY" {
 		return "", errors.New("malformed log signer key")
 	}

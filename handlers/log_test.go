@@ -18,8 +18,10 @@ import (
 // of testdata/kez-v2.json.
 type logVectors struct {
 	Checkpoint struct {
-		Note, SignerKey, VerifierKey, Text string
-		Size                               int64
+		Note, Text  string
+		SignerKey   string `json:"signer_key"`
+		VerifierKey string `json:"verifier_key"`
+		Size        int64
 	}
 	Log struct {
 		Leaves []struct {
