@@ -5,8 +5,12 @@
 import { Api, ApiError, setOverride } from './api.js';
 import { BackupError, createBackup, MIN_PASSPHRASE, openBackup, parseBackup } from './backup.js';
 import * as db from './db.js';
+import { jcs } from './encoding.js';
 import { Inbox, STATUS } from './inbox.js';
 import * as kez from './kez.js';
+import { qrSvg, safetyPayload } from './qr.js';
+import { groups, safetyNumber } from './safety.js';
+import { keyLabel, Trust, TrustError } from './trust.js';
 
 const $ = (id) => document.getElementById(id);
 
@@ -19,6 +23,7 @@ const state = {
   convos: new Map(), // peer primary → conversation record
   rendered: { peer: null, keys: new Map(), lastAt: -Infinity },
   inbox: null,
+  trust: null, // trust.js: the pinned log key, checkpoints, monitoring
 };
 
 // The conversation of messages whose sender could not be verified. Its key
@@ -226,6 +231,22 @@ async function boot() {
     );
   }
   for (const n of document.querySelectorAll('.server-name')) n.textContent = state.api.server;
+  // The server's log key is pinned at first contact (SPEC §5), before any record is used.
+  state.trust = new Trust({
+    api: state.api,
+    server: state.api.server,
+    store: { get: (k) => db.getMeta(k), set: (k, v) => db.setMeta(k, v) },
+    onWarning: () => {
+      renderTrustWarnings();
+      if (channel) channel.postMessage({ type: 'trust' });
+    },
+  });
+  try {
+    await state.trust.start(state.api.logKeyFromHealth);
+  } catch (e) {
+    // Unreachable now: records are checked against the key pinned before, or fail.
+    console.warn('kez: could not read the server’s log key', e);
+  }
   let rec;
   try {
     rec = await db.getIdentity();
@@ -252,6 +273,26 @@ async function boot() {
 
 /** registeredTs is the ts of the signed registration a handle record carries. */
 const registeredTs = (rec) => (rec && rec.registration && rec.registration.payload ? rec.registration.payload.ts : undefined);
+
+/** verified checks a record's signatures and its place in the server's log (trust.js). */
+const verified = (rec, expect) => state.trust.verifyRecord(rec, expect);
+
+/**
+ * verifyOwn checks a record of our own key (a receipt of registration or
+ * rotation, or a lookup) and starts monitoring our bindings from its leaf.
+ * A failed log check is a lasting warning but does not stop the account,
+ * which exists on the server either way.
+ */
+async function verifyOwn(rec, primary) {
+  try {
+    const v = await verified(rec, { primary });
+    await state.trust.startMonitor(v.verifiedLog);
+    return v;
+  } catch (e) {
+    if (e instanceof TrustError) return rec;
+    throw e;
+  }
+}
 
 /** account is what IndexedDB keeps about us: the record and the CryptoKeys. */
 function account(rec, identity, extra) {
@@ -325,6 +366,7 @@ $('create-form').addEventListener('submit', async (ev) => {
     if (invite) body.invite = invite; // invite-only servers; not part of what is signed
     const rec = await api.register(body);
     if (rec.primary !== identity.primary) throw new Error('the server registered a different key');
+    await verifyOwn(rec, identity.primary);
     state.me = account(rec, identity, { backedUp: false });
     await db.putIdentity(state.me);
     state.seed = seed;
@@ -478,6 +520,7 @@ $('backup-copy').addEventListener('click', async () => {
 });
 
 function leaveBackup() {
+  $('backup-rotated').hidden = true;
   $('backup-pass').value = '';
   $('backup-pass2').value = '';
   const box = $('backup-text');
@@ -572,14 +615,14 @@ $('restore-form').addEventListener('submit', async (ev) => {
     const api = state.api;
     let rec;
     try {
-      rec = await kez.verifyRecord(await api.byPrimary(identity.primary), { primary: identity.primary });
+      rec = await verifyOwn(await api.byPrimary(identity.primary), identity.primary);
     } catch (e) {
       if (!(e instanceof ApiError && e.status === 404)) throw e;
       // The server does not know this key (a new or reset server): claim the
       // handle again with the same key.
       const body = await kez.signRegistration(identity, b.handle, api.server, api.nowSec());
       try {
-        rec = await api.register(body);
+        rec = await verifyOwn(await api.register(body), identity.primary);
       } catch (e2) {
         if (e2 instanceof ApiError && e2.code === 'handle_taken') {
           throw new Error(`this server no longer has @${b.handle} for this key, and someone else has taken it`);
@@ -624,6 +667,8 @@ async function enterChat() {
 
   await startInbox();
   syncContacts();
+  renderTrustWarnings();
+  healDuplicates();
   $('ack-immediate').checked = (await db.getMeta('ackMode', 'week')) === 'immediate';
   if (!state.active && !narrow.matches) $('start-input').focus();
 }
@@ -675,15 +720,16 @@ async function checkBinding() {
   const me = state.me;
   let rec;
   try {
-    rec = await kez.verifyRecord(await state.api.byPrimary(me.primary), { primary: me.primary });
+    rec = await verified(await state.api.byPrimary(me.primary), { primary: me.primary });
   } catch (e) {
     if (e instanceof ApiError && e.status === 404) {
       showGone();
       return 'gone';
     }
-    return 'unknown'; // unreachable or unwell: the inbox retries on its own
+    return 'unknown'; // unreachable, unwell, or a record that failed the log check (a warning shows)
   }
   hideGone();
+  state.trust.startMonitor(rec.verifiedLog).then(() => runMonitor(), () => {});
   const ts = registeredTs(rec);
   if (me.registeredTs === undefined) {
     // An account saved before the ts was kept: this binding is the one we know.
@@ -715,8 +761,8 @@ async function adoptBinding(rec) {
   if (channel) channel.postMessage({ type: 'rebound' });
   // The reset server forgot everyone: names we knew may now belong to other
   // keys. Ask again; a peer not back yet is named by key until they are.
-  for (const peer of state.convos.keys()) {
-    if (peer !== UNVERIFIED) resolvePeer(peer, undefined, { again: true }).then(maybeRefresh);
+  for (const [peer, c] of state.convos) {
+    if (peer !== UNVERIFIED && !isStub(c)) resolvePeer(peer, undefined, { again: true }).then(maybeRefresh);
   }
 }
 
@@ -801,11 +847,11 @@ $('gone-form').addEventListener('submit', async (ev) => {
     if (invite) body.invite = invite;
     let rec;
     try {
-      rec = await api.register(body);
+      rec = await verifyOwn(await api.register(body), state.me.primary);
     } catch (e) {
       // Another of our browsers may have been quicker, under any handle.
       if (!(e instanceof ApiError && e.code === 'primary_taken')) throw e;
-      rec = await kez.verifyRecord(await api.byPrimary(state.me.primary), { primary: state.me.primary });
+      rec = await verifyOwn(await api.byPrimary(state.me.primary), state.me.primary);
     }
     hideGone();
     await adoptBinding(rec);
@@ -897,7 +943,7 @@ async function loadConversations() {
   state.convos = new Map(list.map((c) => [c.peer, c]));
   renderConversations(list);
   // Retry names we could not resolve before (network errors).
-  for (const c of list) if (!c.handle && c.peer !== UNVERIFIED && !c.notFound) resolvePeer(c.peer, c.claimed).then(maybeRefresh);
+  for (const c of list) if (!c.handle && !isStub(c) && c.peer !== UNVERIFIED && !c.notFound) resolvePeer(c.peer, c.claimed).then(maybeRefresh);
 }
 
 let refreshQueued = false;
@@ -907,6 +953,11 @@ function maybeRefresh(changed) {
   queueMicrotask(async () => {
     refreshQueued = false;
     await loadConversations();
+    // The open chat moved to another key (a followed rotation, an accepted change).
+    if (state.active && isStub(state.convos.get(state.active))) {
+      const id = await convIdOf(state.active);
+      if (state.convos.has(id)) return setActive(id);
+    }
     if (state.active && state.convos.has(state.active)) {
       renderThreadHeader(state.active);
       await renderThread(state.active);
@@ -920,6 +971,7 @@ function renderConversations(list) {
   let unread = 0;
   const requests = [];
   for (const c of list) {
+    if (isStub(c)) continue;
     if (isRequest(c)) {
       if (c.lastAt) requests.push(c);
       continue;
@@ -942,7 +994,12 @@ function renderConversations(list) {
       el(
         'span',
         { class: 'convo-main' },
-        el('span', { class: c.handle || c.peer === UNVERIFIED ? 'convo-name' : 'convo-name key-name', text: name }),
+        el(
+          'span',
+          { class: c.handle || c.peer === UNVERIFIED ? 'convo-name' : 'convo-name key-name', text: name },
+          isVerified(c) ? el('span', { class: 'verified-mark', title: 'Verified', text: '✓', 'aria-label': ', verified' }) : null,
+          c.changed ? el('span', { class: 'changed-mark', title: 'Key changed', text: '⚠', 'aria-label': ', key changed' }) : null,
+        ),
         el('span', { class: 'convo-preview', text: preview }),
       ),
       el(
@@ -1146,7 +1203,7 @@ async function syncContacts() {
   const migrated = await db.getMeta('v2contacts', false);
   let changed = false;
   for (const c of await db.listConversations()) {
-    if (!looksLikePrimary(c.peer) || isBlocked(c)) continue;
+    if (!looksLikePrimary(c.peer) || isBlocked(c) || isStub(c)) continue;
     if (blocked.has(c.peer)) {
       await db.dropConversation(c.peer, { state: 'blocked' });
       changed = true;
@@ -1172,12 +1229,20 @@ async function resolvePeer(peer, claimed, { again = false, init = null } = {}) {
     return true;
   }
   let cur = await db.getConversation(peer);
+  if (isStub(cur)) return false;
   if (!cur && init) cur = await db.upsertConversation(peer, init);
   if (cur && cur.handle && !again) return false;
   try {
-    const rec = await kez.verifyRecord(await state.api.byPrimary(peer), { primary: peer });
+    const rec = await verified(await state.api.byPrimary(peer), { primary: peer });
+    // Never two chats for one handle: a key whose handle we know under another
+    // key is that contact's new key, followed or flagged (SPEC §6).
+    const holder = await convWithHandle(rec.handle, peer);
+    if (holder) {
+      await applyRecord(holder, rec);
+      return true;
+    }
     if (cur && cur.handle === rec.handle && cur.notFound === false) return false;
-    await db.upsertConversation(peer, { handle: rec.handle, address: rec.address, server: rec.server, notFound: false });
+    await db.upsertConversation(peer, { handle: rec.handle, address: rec.address, server: rec.server, notFound: false, pinIndex: rec.verifiedLog.index });
     return true;
   } catch (e) {
     const notFound = e instanceof ApiError && e.status === 404;
@@ -1191,6 +1256,221 @@ async function resolvePeer(peer, claimed, { again = false, init = null } = {}) {
       return true;
     }
     return false;
+  }
+}
+
+// ---- contacts' keys (SPEC §6) ----
+
+/** isStub: a key whose messages belong in another conversation (db.moveConversation). */
+const isStub = (conv) => !!conv && conv.state === 'moved';
+
+/** convIdOf is the conversation a key's messages belong in: its own, or where its stub points. */
+async function convIdOf(primary) {
+  let id = primary;
+  for (let i = 0; i < 16; i++) {
+    const c = await db.getConversation(id);
+    if (!isStub(c) || !c.movedTo) return id;
+    id = c.movedTo;
+  }
+  return id;
+}
+
+/** convWithHandle finds the conversation (not a stub) that holds handle, other than except. */
+async function convWithHandle(handle, except) {
+  for (const c of await db.listConversations()) {
+    if (!isStub(c) && c.handle === handle && c.peer !== except && c.peer !== UNVERIFIED) return c;
+  }
+  return null;
+}
+
+/** keyHistory lists the keys a conversation had: {primary, how: first|rotation|accepted, at}. */
+const keyHistory = (conv) => (Array.isArray(conv.keys) && conv.keys.length ? conv.keys : [{ primary: conv.peer, how: 'first', at: conv.createdAt || null }]);
+
+const isVerified = (conv) => !!conv && !!conv.verified && conv.verified === conv.peer && !conv.changed;
+
+let contactChain = Promise.resolve();
+/** contactLocked runs key-change handling one at a time (a burst of messages and an open chat may race). */
+function contactLocked(fn) {
+  const run = contactChain.then(fn);
+  contactChain = run.catch(() => {});
+  return run;
+}
+
+/** addNotice puts a line of the app's own into a conversation (not a message of anyone's). */
+async function addNotice(peer, id, text, level = 'info') {
+  await db.addMessage({ key: `${peer}|sys|${id}`, peer, dir: 'sys', id, text, level, status: 'ok', at: state.api.nowMs() }, { active: true });
+}
+
+/**
+ * applyRecord compares a verified record of a contact's handle with the
+ * key pinned in their conversation (the conversation's own key): the same
+ * key; a rotation chain signed by the pinned key, which is followed with a
+ * notice; or any other change, which blocks sending until the user
+ * accepts the new key. Returns 'same', 'rotation' or 'changed'.
+ */
+function applyRecord(conv, rec) {
+  return contactLocked(async () => {
+    conv = await db.getConversation(conv.peer);
+    if (!conv || isStub(conv)) return 'gone';
+    if (rec.primary === conv.peer) {
+      const fields = {};
+      if (!Number.isSafeInteger(conv.pinIndex) && rec.verifiedLog) fields.pinIndex = rec.verifiedLog.index;
+      if (conv.gone) fields.gone = false;
+      if (Object.keys(fields).length) await db.upsertConversation(conv.peer, fields);
+      return 'same';
+    }
+    if (conv.changed && conv.changed.primary === rec.primary) return 'changed';
+    let f;
+    try {
+      f = await state.trust.followKey({ primary: conv.peer, index: Number.isSafeInteger(conv.pinIndex) ? conv.pinIndex : null }, rec);
+    } catch (e) {
+      if (!(e instanceof TrustError)) throw e; // unreachable: decided at the next look
+      f = { kind: 'changed', reason: 'unknown' };
+    }
+    if (f.kind === 'rotation') {
+      await followRotation(conv, rec, f.chain);
+      return 'rotation';
+    }
+    await flagChange(conv, rec, f.reason);
+    return 'changed';
+  });
+}
+
+/** followRotation moves a conversation to the contact's rotated key, with a notice. */
+async function followRotation(conv, rec, chain) {
+  const name = `@${rec.handle}`;
+  const now = Date.now();
+  const keys = [...keyHistory(conv), ...chain.slice(1).map((primary) => ({ primary, how: 'rotation', at: now }))];
+  const wasVerified = isVerified(conv);
+  await db.moveConversation(conv.peer, rec.primary, {
+    handle: rec.handle,
+    address: rec.address,
+    server: rec.server,
+    notFound: false,
+    gone: false,
+    pinIndex: rec.verifiedLog.index,
+    keys,
+    verified: null,
+    changed: null,
+  });
+  if (state.active === conv.peer) state.active = rec.primary;
+  await addNotice(
+    rec.primary,
+    `rot-${rec.verifiedLog.index}`,
+    `${name} replaced their key. The new key is signed by the key you knew and published in the server’s log, so this chat continues with it. ` +
+      (wasVerified ? 'You had verified them: the safety number changed, so compare it again to verify the new key.' : 'Your safety number with them changed.'),
+  );
+  if (channel) channel.postMessage({ type: 'changed' });
+  resealFailed(rec.primary);
+}
+
+/** changeReason words how a contact's key changed other than by a rotation. */
+function changeReason(reason, name) {
+  switch (reason) {
+    case 'deleted':
+      return `The account you knew was deleted, and ${name} was registered again with a new key. It may be someone else.`;
+    case 'registered':
+      return `${name} is now registered with another key, and no rotation signed by the key you knew leads to it.`;
+    default:
+      return `The server now gives another key for ${name}, and no rotation signed by the key you knew leads to it.`;
+  }
+}
+
+/**
+ * flagChange marks a key change that was not a rotation signed by the
+ * pinned key: sending stops until the user accepts the new key, and the
+ * new key's messages (a chat of its own included) are put in this one,
+ * marked. Never two chats for one handle.
+ */
+async function flagChange(conv, rec, reason) {
+  const name = `@${rec.handle}`;
+  const changed = { primary: rec.primary, index: rec.verifiedLog ? rec.verifiedLog.index : null, reason, at: Date.now(), wasVerified: isVerified(conv) };
+  await db.upsertConversation(conv.peer, { changed });
+  const other = await db.getConversation(rec.primary);
+  if (other && !isStub(other) && !isBlocked(other)) {
+    await db.moveConversation(rec.primary, conv.peer, {}, { mark: { keyNote: 'new' }, keepTarget: true });
+  } else if (!other) {
+    await db.upsertConversation(rec.primary, { state: 'moved', movedTo: conv.peer, handle: rec.handle });
+  } else if (isStub(other) && other.movedTo !== conv.peer) {
+    await db.upsertConversation(rec.primary, { movedTo: conv.peer });
+  }
+  await addNotice(
+    conv.peer,
+    `chg-${rec.primary.slice(8, 40)}`,
+    `${name}’s key changed — not by a rotation signed by the key you knew. ${changeReason(reason, name)} New key: ${keyLabel(rec.primary)}`,
+    'warn',
+  );
+  if (channel) channel.postMessage({ type: 'changed' });
+}
+
+/**
+ * acceptChange makes the new key of a flagged change the conversation's
+ * key (and, with verify, a verified one): sending resumes to it.
+ */
+async function acceptChange(peer, { verify = false } = {}) {
+  return contactLocked(async () => {
+    const conv = await db.getConversation(peer);
+    const ch = conv && conv.changed;
+    if (!ch) return peer;
+    const name = conv.handle ? `@${conv.handle}` : displayName(conv);
+    const now = Date.now();
+    await db.moveConversation(peer, ch.primary, {
+      pinIndex: ch.index,
+      keys: [...keyHistory(conv), { primary: ch.primary, how: 'accepted', at: now, reason: ch.reason }],
+      changed: null,
+      verified: verify ? ch.primary : null,
+      verifiedAt: verify ? now : null,
+    });
+    if (state.active === peer) state.active = ch.primary;
+    acceptOnServer(ch.primary); // its messages came as requests
+    await addNotice(
+      ch.primary,
+      `acc-${ch.primary.slice(8, 40)}`,
+      verify ? `You compared safety numbers and accepted ${name}’s new key. Messages go to it from now on.` : `You accepted ${name}’s new key. Messages go to it from now on.`,
+    );
+    if (channel) channel.postMessage({ type: 'changed' });
+    return ch.primary;
+  });
+}
+
+/**
+ * checkContact looks a contact's handle up again and applies what the
+ * verified record says (applyRecord). A handle the server no longer has is
+ * marked gone. Returns the outcome, or null when nothing could be learnt.
+ */
+async function checkContact(peer) {
+  const conv = await db.getConversation(peer);
+  if (!conv || isStub(conv) || !conv.handle || peer === UNVERIFIED || isBlocked(conv)) return null;
+  let rec;
+  try {
+    rec = await verified(await state.api.lookup(conv.handle), { handle: conv.handle });
+  } catch (e) {
+    if (e instanceof ApiError && e.status === 404) {
+      if (!conv.gone) {
+        await db.upsertConversation(peer, { gone: true });
+        maybeRefresh(true);
+      }
+      return 'gone';
+    }
+    return null; // unreachable, or a record that failed the log check (a warning shows)
+  }
+  let r;
+  try {
+    r = await applyRecord(conv, rec);
+  } catch {
+    return null;
+  }
+  if (r !== 'same' || conv.gone) maybeRefresh(true);
+  return r;
+}
+
+/** healDuplicates: chats kept by an older version for one handle under two keys are checked again. */
+async function healDuplicates() {
+  const seen = new Map();
+  for (const c of (await db.listConversations()).sort((a, b) => (a.createdAt || 0) - (b.createdAt || 0))) {
+    if (isStub(c) || !c.handle || isBlocked(c) || c.peer === UNVERIFIED) continue;
+    if (seen.has(c.handle)) checkContact(seen.get(c.handle));
+    else seen.set(c.handle, c.peer);
   }
 }
 
@@ -1234,20 +1514,45 @@ $('start-form').addEventListener('submit', async (ev) => {
   const btn = $('start-btn');
   setBusy(btn, true, '…');
   try {
-    const rec = await kez.verifyRecord(await state.api.lookup(handle), { handle });
+    const rec = await verified(await state.api.lookup(handle), { handle });
     if (rec.primary === state.me.primary) return fail('That’s you!');
-    const cur = await db.getConversation(rec.primary);
-    if (isBlocked(cur)) {
-      return fail(`You blocked @${rec.handle}. To write to them, unblock them first in Your KEZ (the button with your handle, top right).`);
+    // A handle we already know is the same chat, whatever key the server gives now (SPEC §6).
+    const holder = await convWithHandle(rec.handle, null);
+    const blockedMsg = `You blocked @${rec.handle}. To write to them, unblock them first in Your KEZ (the button with your handle, top right).`;
+    if (holder) {
+      if (isBlocked(holder)) return fail(blockedMsg);
+      await applyRecord(holder, rec);
+      const id = await convIdOf(holder.peer);
+      const conv = await db.getConversation(id);
+      if (isRequest(conv) && !conv.changed) {
+        await db.upsertConversation(id, { state: 'accepted' });
+        acceptOnServer(id);
+      }
+      input.value = '';
+      await loadConversations();
+      openConversation(id);
+      return;
     }
+    const id = await convIdOf(rec.primary);
+    const cur = await db.getConversation(id);
+    if (isBlocked(cur)) return fail(blockedMsg);
     // Writing to someone accepts them (SPEC §2.9): their requests become this chat.
-    await db.upsertConversation(rec.primary, { handle: rec.handle, address: rec.address, server: rec.server, notFound: false, state: 'accepted' });
+    // The key is pinned with the log leaf that bound it (SPEC §6).
+    await db.upsertConversation(rec.primary, {
+      handle: rec.handle,
+      address: rec.address,
+      server: rec.server,
+      notFound: false,
+      state: 'accepted',
+      pinIndex: rec.verifiedLog.index,
+    });
     if (isRequest(cur)) acceptOnServer(rec.primary);
     input.value = '';
     await loadConversations();
     openConversation(rec.primary);
   } catch (e) {
     if (e instanceof ApiError && e.status === 404) fail(`No one is registered as @${handle} on ${state.api.server}. Check the spelling.`);
+    else if (e instanceof TrustError) fail(`The server’s answer for @${handle} failed verification, so it was not used. ${e.message}`);
     else fail(friendly(e));
   } finally {
     setBusy(btn, false);
@@ -1274,7 +1579,7 @@ async function routeFromHash() {
   const key = decodeURIComponent(m[1]);
   for (const c of state.convos.values()) {
     // Requests open from the Requests list only: accepting them comes first.
-    if (isRequest(c) || isBlocked(c)) continue;
+    if (isRequest(c) || isBlocked(c) || isStub(c)) continue;
     if (c.handle === key || c.peer === key) return setActive(c.peer);
   }
   return setActive(null);
@@ -1302,6 +1607,8 @@ async function setActive(peer) {
   await renderThread(peer, true);
   if (narrow.matches) $('thread-title').focus();
   else if (canReply) $('compose-input').focus();
+  // Is the key we pinned still theirs? (SPEC §6; a change shows here at once.)
+  checkContact(peer);
 }
 
 /** renderThreadHeader names the open conversation; it returns whether we can reply. */
@@ -1310,20 +1617,51 @@ function renderThreadHeader(peer) {
   const name = displayName(conv);
   $('thread-title').textContent = name;
   // What an unregistered key claims to be is shown on its messages only.
-  $('thread-sub').textContent = conv.address
-    ? conv.address
-    : conv.peer === UNVERIFIED
-      ? 'Messages whose sender could not be verified'
-      : `Not registered on this server — you can’t reply. Key ${fingerprint(peer)}`;
+  $('thread-sub').textContent = conv.gone
+    ? `${conv.address || '@' + conv.handle} is no longer registered on this server.`
+    : conv.address
+      ? conv.address
+      : conv.peer === UNVERIFIED
+        ? 'Messages whose sender could not be verified'
+        : `Not registered on this server — you can’t reply. Key ${fingerprint(peer)}`;
   $('thread-sub').title = $('thread-sub').textContent;
   paintAvatar($('thread-avatar'), avatarName(conv), peer);
-  const canReply = !!conv.handle;
+  const changed = !!conv.changed;
+  const canReply = !!conv.handle && !changed && !conv.gone;
   $('thread-e2e').hidden = peer === UNVERIFIED;
+  $('thread-verified').hidden = !isVerified(conv);
+  $('contact-open').hidden = peer === UNVERIFIED;
+  $('contact-open').setAttribute('aria-label', `Safety number and keys of ${name}`);
+  renderKeyChange(conv);
+  const why = changed
+    ? `Sending is paused: ${name}’s key changed`
+    : conv.gone
+      ? `${name} is no longer registered here`
+      : 'You can’t reply to this sender';
   $('compose-input').disabled = !canReply;
   $('send-btn').disabled = !canReply;
-  $('compose-label').textContent = canReply ? `Message @${conv.handle}` : 'You can’t reply to this sender';
-  $('compose-input').placeholder = canReply ? `Message @${conv.handle}` : 'You can’t reply to this sender';
+  $('compose-label').textContent = canReply ? `Message @${conv.handle}` : why;
+  $('compose-input').placeholder = canReply ? `Message @${conv.handle}` : why;
   return canReply;
+}
+
+/** renderKeyChange shows the blocking warning of a key change that was not a signed rotation (SPEC §6). */
+function renderKeyChange(conv) {
+  const box = $('keychange');
+  const ch = conv && conv.changed;
+  if (!ch) {
+    box.hidden = true;
+    return;
+  }
+  const name = conv.handle ? `@${conv.handle}` : displayName(conv);
+  $('keychange-title').textContent = `${conv.handle || name}’s key changed — not by a rotation signed by the key you knew`;
+  $('keychange-detail').textContent =
+    `${changeReason(ch.reason, name)} Sending is paused until you accept the new key; messages from it are marked.` +
+    (ch.wasVerified ? ` You had verified ${name}: compare safety numbers with the new key and mark it verified to continue.` : '');
+  $('keychange-keys').textContent = `Key you knew: ${keyLabel(conv.peer)} · New key: ${keyLabel(ch.primary)}`;
+  $('keychange-accept').hidden = !!ch.wasVerified;
+  $('keychange-accept').setAttribute('aria-label', `Accept the new key of ${name}`);
+  box.hidden = false;
 }
 
 $('back-btn').addEventListener('click', () => {
@@ -1335,12 +1673,19 @@ $('thread-title').tabIndex = -1;
 // ---- the thread ----
 
 function messageNode(m) {
-  const li = el('li', { class: `msg ${m.dir}${m.status === 'bad' ? ' bad' : ''}`, 'data-key': m.key });
+  const cls = `msg ${m.dir}${m.status === 'bad' ? ' bad' : ''}${m.keyNote === 'new' ? ' newkey' : ''}${m.dir === 'sys' && m.level === 'warn' ? ' warnnote' : ''}`;
+  const li = el('li', { class: cls, 'data-key': m.key });
   fillMessage(li, m);
   return li;
 }
 
 function fillMessage(li, m) {
+  if (m.dir === 'sys') {
+    // The app's own notes in a conversation: key rotations, changes, verification.
+    li.replaceChildren(el('p', { class: 'sys-note', role: m.level === 'warn' ? 'note' : null, text: (m.level === 'warn' ? '⚠ ' : '') + m.text }));
+    li.dataset.status = m.status;
+    return;
+  }
   const when = m.at ? new Date(m.at) : null;
   const time = when ? el('time', { datetime: when.toISOString(), title: when.toLocaleString(), text: timeFmt.format(when) }) : null;
   const who = el('span', { class: 'visually-hidden', text: m.dir === 'out' ? 'You: ' : `${displayName(state.convos.get(m.peer))}: ` });
@@ -1372,6 +1717,14 @@ function fillMessage(li, m) {
     m.dir === 'in' && m.claimed && conv && !(conv.handle && conv.address === m.claimed)
       ? el('p', { class: 'claim muted', text: claimNote(m.claimed) })
       : null;
+  // Which key sent it, when it is not the contact's key of now (SPEC §6).
+  const from = m.from ? keyLabel(m.from) : '';
+  const keyNote =
+    m.dir !== 'in' || !m.keyNote
+      ? null
+      : m.keyNote === 'new'
+        ? el('p', { class: 'keynote', text: `⚠ From a new key (${from}) — not the key you knew` })
+        : el('p', { class: 'claim muted', text: `From an earlier key of this contact (${from})` });
   if (m.dir === 'out') {
     if (m.status === 'sending') meta.append(el('span', { class: 'state', text: 'Sending…' }));
     else if (m.status === 'sent') meta.append(el('span', { class: 'state sent', 'aria-label': 'sent', text: '✓' }));
@@ -1384,7 +1737,7 @@ function fillMessage(li, m) {
       );
     }
   }
-  li.replaceChildren(el('div', { class: 'bubble' }, who, claim, body, meta));
+  li.replaceChildren(el('div', { class: 'bubble' }, who, keyNote, claim, body, meta));
   li.dataset.status = m.status;
 }
 
@@ -1467,18 +1820,43 @@ const isBlocked = (conv) => !!conv && conv.state === 'blocked';
  * without writing yet) is accepted on the server too, so their next ones
  * are not capped. Returns the conversation state, or null for a blocked sender.
  */
-async function placeSender(peer, request, claimed) {
-  const cur = await db.getConversation(peer);
+async function placeSender(from, request, claimed) {
+  let peer = await convIdOf(from);
+  let cur = await db.getConversation(peer);
   if (isBlocked(cur)) return null;
-  let st;
-  if (!cur) st = request ? 'request' : 'accepted';
-  else if (isRequest(cur)) st = request ? 'request' : 'accepted'; // accepted meanwhile (another device)
-  else st = 'accepted';
-  if (!cur || cur.state !== st) await db.upsertConversation(peer, { state: st });
-  if (request && st === 'accepted') acceptOnServer(peer);
-  await resolvePeer(peer, claimed);
-  return st;
+  if (peer === from) {
+    let st;
+    if (!cur) st = request ? 'request' : 'accepted';
+    else if (isRequest(cur)) st = request ? 'request' : 'accepted'; // accepted meanwhile (another device)
+    else st = 'accepted';
+    if (!cur || cur.state !== st) await db.upsertConversation(from, { state: st });
+    // A new key may turn out to be a known contact's (rotated, or changed): resolvePeer files it.
+    await resolvePeer(from, claimed);
+    peer = await convIdOf(from);
+    cur = await db.getConversation(peer);
+    if (isBlocked(cur)) return null;
+    if (peer === from && request && !isRequest(cur)) acceptOnServer(from);
+  }
+  // A key of a contact whose conversation has another key now: an earlier key
+  // (rotated away from), or a new key the user has not accepted yet.
+  return { peer, st: isRequest(cur) ? 'request' : 'accepted', conv: cur };
 }
+
+/** keyNoteOf says which key of a contact sent a message: null (the pinned one), 'new' (not accepted) or 'old'. */
+function keyNoteOf(conv, peer, from) {
+  if (from === peer) return null;
+  return conv && conv.changed && conv.changed.primary === from ? 'new' : 'old';
+}
+
+/** identityFor picks the key an envelope is sealed for: ours, or one we replaced (SPEC §2.10). */
+function identityFor(env) {
+  const to = env && typeof env === 'object' ? env.to : null;
+  if (to === state.me.primary || !Array.isArray(state.me.pastKeys)) return state.me;
+  return state.me.pastKeys.find((k) => k.primary === to) || state.me;
+}
+
+/** myKeys: our primary and the ones this browser replaced. */
+const myKeys = () => [state.me.primary, ...(state.me.pastKeys || []).map((k) => k.primary)];
 
 const acceptedHere = new Set(); // primaries this page accepted on the server already
 function acceptOnServer(peer) {
@@ -1501,7 +1879,7 @@ async function ingest(item) {
   let opened;
   try {
     kez.checkMessage(item);
-    opened = await kez.openEnvelope(state.me, item.envelope);
+    opened = await kez.openEnvelope(identityFor(item.envelope), item.envelope);
   } catch (e) {
     return ingestBad(item, at, request, e);
   }
@@ -1509,14 +1887,17 @@ async function ingest(item) {
   const claimed = cleanClaim(pt.from_addr);
   if (pt.type === 'receipt') return ingestReceipt(from, pt, request);
   if (pt.type === 'copy') return ingestCopy(item, from, pt, at);
-  const st = await placeSender(from, request, claimed);
-  if (!st) return; // blocked: dropped; the cursor moves on
+  const place = await placeSender(from, request, claimed);
+  if (!place) return; // blocked: dropped; the cursor moves on
+  const { peer, st } = place;
   // Only a text is shown as text; any other type as "unsupported" (SPEC §3).
   const text = pt.type === 'text' ? pt.text : null;
   const isNew = await db.addMessage(
     {
-      key: `${from}|${from}|${pt.id}`,
-      peer: from,
+      key: `${peer}|${from}|${pt.id}`,
+      peer,
+      from,
+      keyNote: keyNoteOf(place.conv, peer, from),
       dir: 'in',
       id: pt.id,
       text,
@@ -1528,9 +1909,9 @@ async function ingest(item) {
       seq: item.seq,
       request: st === 'request',
     },
-    { active: isActive(from) },
+    { active: isActive(peer) },
   );
-  if (isNew) afterIncoming(from, text, st === 'request');
+  if (isNew) afterIncoming(peer, text, st === 'request');
 }
 
 /**
@@ -1546,13 +1927,14 @@ async function ingestBad(item, at, request, e) {
   let peer = UNVERIFIED;
   let st = 'accepted';
   if (sender) {
-    const cur = await db.getConversation(sender);
+    const id = await convIdOf(sender);
+    const cur = await db.getConversation(id);
     if (isBlocked(cur)) return;
     if (request && !(cur && !isRequest(cur))) {
-      peer = sender;
+      peer = id;
       st = 'request';
-      if (!cur) await db.upsertConversation(sender, { state: 'request' });
-    } else if (cur) peer = sender;
+      if (!cur) await db.upsertConversation(id, { state: 'request' });
+    } else if (cur) peer = id;
   }
   await resolvePeer(peer);
   const seq = Number.isSafeInteger(item.seq) ? item.seq : 0;
@@ -1565,26 +1947,30 @@ async function ingestBad(item, at, request, e) {
 
 /** ingestReceipt marks our messages delivered or read (SPEC §3); only a chat's own peer can. */
 async function ingestReceipt(from, pt, request) {
-  const conv = await db.getConversation(from);
+  const peer = await convIdOf(from);
+  const conv = await db.getConversation(peer);
   if (request || !conv || isRequest(conv) || isBlocked(conv)) return;
+  if (keyNoteOf(conv, peer, from) === 'new') return; // a key the user has not accepted
   const rank = { sent: 0, delivered: 1, read: 2 };
   let changed = false;
+  const mine = myKeys();
   for (const id of pt.of.slice(0, 500)) {
-    const m = await db.getMessage(`${from}|${state.me.primary}|${id}`);
+    let m = null;
+    for (const k of mine) if (!m) m = await db.getMessage(`${peer}|${k}|${id}`);
     if (m && m.dir === 'out' && (m.status === 'sent' || m.status === 'delivered') && rank[pt.state] > rank[m.status]) {
       await db.updateMessage(m.key, { status: pt.state });
       changed = true;
     }
   }
-  if (changed && state.active === from) await renderThread(from);
+  if (changed && state.active === peer) await renderThread(peer);
 }
 
 /** ingestCopy shows a message one of our other devices sent (SPEC §3); only our own key may send one. */
 async function ingestCopy(item, from, pt, at) {
-  if (from !== state.me.primary || !looksLikePrimary(pt.to) || pt.to === state.me.primary) {
+  if (!myKeys().includes(from) || !looksLikePrimary(pt.to) || myKeys().includes(pt.to)) {
     return ingestBad(item, at, false, new Error('a copy that is not from this account'));
   }
-  const peer = pt.to;
+  const peer = await convIdOf(pt.to);
   const cur = await db.getConversation(peer);
   if (!cur || isRequest(cur)) await db.upsertConversation(peer, { state: 'accepted' });
   await resolvePeer(peer);
@@ -1648,8 +2034,13 @@ async function flushIncoming() {
 const MAX_TEXT = 60000;
 
 async function sendText(peer, text) {
-  const conv = state.convos.get(peer);
-  if (!conv || !conv.handle) return;
+  const conv = await db.getConversation(peer);
+  if (!conv || !conv.handle || isStub(conv)) return;
+  if (conv.changed) {
+    // Sending to a changed key waits for the user (SPEC §6).
+    toast(`Not sent: @${conv.handle}’s key changed. Accept the new key first.`);
+    throw new Error('key changed');
+  }
   const me = state.me;
   const id = crypto.randomUUID();
   const now = state.api.nowMs();
@@ -1687,7 +2078,13 @@ function sendProblem(e, to) {
     case 'body_timeout':
       return { error: 'Not sent yet — the connection was too slow; it goes out once the connection is back.', retryable: true };
     case 'unknown_recipient':
-      return { error: `Not sent — ${who} is no longer registered on this server.`, retryable: false };
+      return { error: `Not sent — ${who} is no longer registered on this server.`, retryable: false, recheck: true };
+    case 'bad_request':
+      if (/current primary/i.test(e.message)) {
+        // The server has another key for them now: look again (SPEC §6); a rotation is followed and this is sent again.
+        return { error: `Not sent — the server has another key for ${who} now. Checking it…`, retryable: false, recheck: true };
+      }
+      return { error: friendly(e), retryable: false };
     default:
       if (e.status === 415) return { error: 'Not sent — the server refused the request’s format (415). Reload the page.', retryable: false };
       if (e.status === 429 || e.status >= 500) {
@@ -1717,6 +2114,7 @@ async function deliver(msg) {
     const p = sendProblem(e, msg.to);
     fields = { status: 'failed', error: p.error, retryable: p.retryable, code: e instanceof ApiError ? e.code : null };
     if (p.later) resendLater(e.retryAfter);
+    if (p.recheck) setTimeout(() => checkContact(msg.peer), 0);
   }
   await db.updateMessage(msg.key, fields);
   if (channel) channel.postMessage({ type: 'changed', peer: msg.peer });
@@ -1726,11 +2124,30 @@ async function deliver(msg) {
 async function retry(key) {
   const m = await db.getMessage(key);
   if (!m || m.status !== 'failed' || !m.envelope) return;
-  await db.updateMessage(key, { status: 'sending', error: null });
+  const conv = await db.getConversation(m.peer);
+  if (!conv || isStub(conv) || !conv.handle) return;
+  if (conv.changed) {
+    toast(`Not sent: @${conv.handle}’s key changed. Accept the new key first.`);
+    return;
+  }
+  let envelope = m.envelope;
+  if (envelope.to !== m.peer || envelope.from !== state.me.primary) {
+    // Their key (a followed rotation, an accepted change) or ours changed since:
+    // seal the same plaintext, with its id, for the keys of now.
+    if (typeof m.text !== 'string') return;
+    envelope = await kez.sealEnvelope(state.me, m.peer, { type: 'text', text: m.text, id: m.id, sent_at: m.at, from_addr: state.me.address });
+  }
+  await db.updateMessage(key, { status: 'sending', error: null, envelope });
   await renderThread(m.peer);
   // The same envelope and plaintext id: if the first attempt did arrive,
   // the recipient drops the copy.
-  await deliver({ ...m, status: 'sending' });
+  await deliver({ ...m, envelope, to: conv.handle, status: 'sending' });
+}
+
+/** resealFailed sends again what failed to a contact whose key was just followed. */
+async function resealFailed(peer) {
+  const failed = (await db.messagesFor(peer)).filter((m) => m.dir === 'out' && m.status === 'failed' && m.envelope && m.envelope.to !== peer);
+  for (const m of failed) await retry(m.key);
 }
 
 const compose = $('compose-input');
@@ -1778,10 +2195,12 @@ async function copyAddress() {
 
 $('copy-address').addEventListener('click', copyAddress);
 $('me-copy').addEventListener('click', copyAddress);
-$('me-open').addEventListener('click', () => {
+$('me-open').addEventListener('click', async () => {
   updateBackupWarning();
+  $('log-check-result').textContent = '';
   $('me-dialog').showModal();
   renderBlocked();
+  renderLogSection(await state.trust.status());
 });
 $('me-close').addEventListener('click', () => $('me-dialog').close());
 $('me-backup').addEventListener('click', () => {
@@ -1808,6 +2227,311 @@ $('me-remove').addEventListener('click', async () => {
   location.reload();
 });
 
+// ---- key changes, safety numbers, verification (SPEC §6) ----
+
+$('keychange-accept').addEventListener('click', async () => {
+  const peer = state.active;
+  const conv = state.convos.get(peer);
+  if (!conv || !conv.changed) return;
+  const name = conv.handle ? `@${conv.handle}` : displayName(conv);
+  const ok = confirm(
+    `Accept the new key for ${name}?\n\n${changeReason(conv.changed.reason, name)}\n\nWhat you send from now on can be read only by whoever holds the new key. If you can, compare safety numbers with ${name} first.`,
+  );
+  if (!ok) return;
+  const id = await acceptChange(peer);
+  await loadConversations();
+  await setActive(id);
+  toast(`You accepted ${name}’s new key.`);
+});
+
+$('keychange-compare').addEventListener('click', () => openContact(state.active));
+$('contact-open').addEventListener('click', () => openContact(state.active));
+$('contact-close').addEventListener('click', () => $('contact-dialog').close());
+
+const safetyCache = new Map();
+async function safetyFor(a, b) {
+  const k = a < b ? `${a}|${b}` : `${b}|${a}`;
+  if (!safetyCache.has(k)) safetyCache.set(k, safetyNumber(a, b));
+  return safetyCache.get(k);
+}
+
+let contactShown = null;
+
+/**
+ * openContact shows the contact panel: the safety number with the
+ * contact's key (the new one, while a change waits) in 12 groups and as a
+ * QR code, whether they are verified, and the keys they had.
+ */
+async function openContact(peer) {
+  const conv = state.convos.get(peer);
+  if (!conv || peer === UNVERIFIED) return;
+  contactShown = peer;
+  const ch = conv.changed;
+  const key = ch ? ch.primary : peer;
+  const name = displayName(conv);
+  $('contact-title').textContent = name;
+  $('contact-address').textContent = conv.address || 'Not registered on this server';
+  const st = $('contact-state');
+  if (ch) {
+    st.textContent = `⚠ ${conv.handle || name}’s key changed — not by a rotation signed by the key you knew. The number below is for the new key.`;
+    st.className = 'contact-state bad';
+  } else if (isVerified(conv)) {
+    st.textContent = `✓ Verified${conv.verifiedAt ? ` on ${new Date(conv.verifiedAt).toLocaleDateString()}` : ''}: you compared safety numbers with this key.`;
+    st.className = 'contact-state ok';
+  } else {
+    st.textContent = 'Not verified yet.';
+    st.className = 'contact-state';
+  }
+  $('safety-title').textContent = ch ? 'Safety number with the new key' : 'Safety number';
+  $('contact-key').textContent = fingerprint(key, 64);
+  $('contact-keys').replaceChildren(
+    ...keyHistory(conv).map((k) =>
+      el('li', {
+        text: `${k.how === 'first' ? 'First key' : k.how === 'rotation' ? 'Rotated to' : 'Accepted change to'} ${keyLabel(k.primary)}${k.at ? ` — ${new Date(k.at).toLocaleDateString()}` : ''}`,
+      }),
+    ),
+    ch ? el('li', { text: `Waiting for you: new key ${keyLabel(ch.primary)} — ${new Date(ch.at).toLocaleDateString()}` }) : null,
+  );
+  const verifyBtn = $('contact-verify');
+  verifyBtn.textContent = ch ? 'Mark the new key as verified' : 'Mark as verified';
+  verifyBtn.hidden = !ch && isVerified(conv);
+  $('contact-unverify').hidden = !!ch || !isVerified(conv);
+  $('safety-digits').replaceChildren(el('span', { class: 'muted', text: 'Computing…' }));
+  $('safety-qr').replaceChildren();
+  if (!$('contact-dialog').open) $('contact-dialog').showModal();
+  const number = await safetyFor(state.me.primary, key);
+  if (contactShown !== peer) return;
+  const g = groups(number);
+  const digits = $('safety-digits');
+  digits.setAttribute('aria-label', `Safety number: ${g.join(' ')}`);
+  digits.dataset.number = number;
+  digits.replaceChildren(...g.map((x) => el('span', { text: x })));
+  $('safety-qr').replaceChildren(qrSvg(document, safetyPayload(number), { label: `QR code of your safety number with ${name}` }));
+}
+
+$('contact-verify').addEventListener('click', async () => {
+  const peer = contactShown;
+  const conv = peer && (await db.getConversation(peer));
+  if (!conv) return;
+  const name = displayName(conv);
+  let id = peer;
+  if (conv.changed) {
+    id = await acceptChange(peer, { verify: true });
+  } else {
+    await db.upsertConversation(peer, { verified: peer, verifiedAt: Date.now() });
+    await addNotice(peer, `ver-${Date.now()}`, `You marked ${name} as verified: you compared your safety number with theirs.`);
+  }
+  if (channel) channel.postMessage({ type: 'changed' });
+  await loadConversations();
+  if (state.active === peer || state.active === id) await setActive(id);
+  await openContact(id);
+  toast(`${name} is verified.`);
+  $('contact-unverify').focus();
+});
+
+$('contact-unverify').addEventListener('click', async () => {
+  const peer = contactShown;
+  if (!peer) return;
+  await db.upsertConversation(peer, { verified: null, verifiedAt: null });
+  if (channel) channel.postMessage({ type: 'changed' });
+  await loadConversations();
+  if (state.active === peer) renderThreadHeader(peer);
+  await openContact(peer);
+  $('contact-verify').focus();
+});
+
+// ---- the server's log: warnings, monitoring (SPEC §5) ----
+
+/** renderTrustWarnings shows the warnings not hidden yet, at the top of the chat list. */
+async function renderTrustWarnings() {
+  if (!state.trust) return;
+  const st = await state.trust.status();
+  const shown = st.warnings.filter((w) => !w.hidden);
+  $('trust-warn-list').replaceChildren(...shown.map((w) => el('li', { text: w.text })));
+  $('trust-warn').hidden = !shown.length;
+  $('trust-newkey').hidden = !st.newKey;
+  if ($('me-dialog').open) renderLogSection(st);
+}
+
+function renderLogSection(st) {
+  $('log-key').textContent = st.vkey || 'none pinned yet';
+  $('log-size').textContent = st.size === null ? 'none yet' : `${st.size} entries`;
+  $('log-checked').textContent =
+    st.checked === null ? 'not yet' : `up to entry ${st.checked}${st.checkedAt ? `, ${new Date(st.checkedAt).toLocaleString()}` : ''}`;
+  $('log-warnings').replaceChildren(
+    ...st.warnings
+      .slice()
+      .reverse()
+      .map((w) => el('li', {}, el('time', { datetime: new Date(w.at).toISOString(), text: new Date(w.at).toLocaleString() }), ' ', w.text)),
+  );
+}
+
+$('trust-hide').addEventListener('click', async () => {
+  await state.trust.hideWarnings();
+  await renderTrustWarnings();
+  $('start-input').focus();
+});
+
+$('trust-newkey').addEventListener('click', async () => {
+  const st = await state.trust.status();
+  if (!st.newKey) return;
+  const ok = confirm(
+    `Trust the server’s new log key?\n\nPinned: ${st.vkey}\nNew: ${st.newKey}\n\nDo this only if the server’s operator told you that the server was reset. A server that wants to show you false keys would also present a new log key. Your contacts’ keys stay pinned either way.`,
+  );
+  if (!ok) return;
+  await state.trust.acceptNewLogKey();
+  await state.trust.hideWarnings();
+  await renderTrustWarnings();
+  recheckBinding();
+});
+
+let monitorTimer;
+const MONITOR_EVERY = 10 * 60 * 1000;
+
+/**
+ * runMonitor reads the log entries since the last checked one (trust.js)
+ * and warns at once about any that binds our handle or key to something we
+ * did not sign. It runs when the chat opens and every ten minutes.
+ */
+async function runMonitor() {
+  clearTimeout(monitorTimer);
+  monitorTimer = setTimeout(runMonitor, MONITOR_EVERY);
+  if (!state.trust || !state.me) return null;
+  try {
+    const r = await state.trust.monitor({ handle: state.me.handle, keys: myKeys() });
+    for (const n of r.notices) {
+      if (n.kind === 'rotated_elsewhere') {
+        await state.trust.warn(
+          'self',
+          `The server’s log (entry ${n.index}) shows that @${state.me.handle} moved to key ${keyLabel(n.to)}, signed with your key — from another device with your backup? This browser’s key no longer receives your messages. If that was not you, someone has your key.`,
+        );
+      } else if (n.kind === 'deleted_elsewhere') {
+        await state.trust.warn('self', `The server’s log (entry ${n.index}) shows that @${state.me.handle} was deleted, signed with your key — from another device? If that was not you, someone has your key.`);
+      }
+    }
+    return r;
+  } catch (e) {
+    if (!(e instanceof TrustError)) console.warn('kez: log monitoring', e);
+    return e instanceof TrustError ? { error: e } : null;
+  }
+}
+
+$('log-check').addEventListener('click', async () => {
+  const btn = $('log-check');
+  const out = $('log-check-result');
+  setBusy(btn, true, 'Checking…');
+  out.textContent = '';
+  try {
+    await state.trust.latest().catch((e) => {
+      if (!(e instanceof TrustError)) throw e;
+    });
+    const r = await runMonitor();
+    if (!r) out.textContent = 'The log could not be read now. Try again later.';
+    else if (r.error) out.textContent = `The check failed: ${r.error.message}`;
+    else if (r.checked === null) out.textContent = 'Your own entry in the log is not known yet.';
+    else if (r.alerts.length) out.textContent = `Checked up to entry ${r.checked}: ${r.alerts.length} entr${r.alerts.length === 1 ? 'y binds' : 'ies bind'} your handle or key to something you did not sign. See the warnings.`;
+    else out.textContent = `Checked up to entry ${r.checked}: nothing binds your handle or key to anything you did not sign.`;
+  } catch (e) {
+    out.textContent = friendly(e, 'Could not check the log');
+  } finally {
+    setBusy(btn, false);
+    renderLogSection(await state.trust.status());
+  }
+});
+
+// ---- replace my key, delete my account (SPEC §2.10) ----
+
+$('me-rotate').addEventListener('click', () => {
+  $('rotate-error').textContent = '';
+  $('rotate-dialog').showModal();
+  $('rotate-cancel').focus();
+});
+$('rotate-cancel').addEventListener('click', () => $('rotate-dialog').close());
+
+$('rotate-confirm').addEventListener('click', async () => {
+  const btn = $('rotate-confirm');
+  const err = $('rotate-error');
+  err.textContent = '';
+  setBusy(btn, true, 'Replacing…');
+  const me = state.me;
+  const api = state.api;
+  try {
+    const seed = kez.newSeed();
+    const next = await kez.identityFromSeed(seed);
+    const body = await kez.signRotation(me, next, me.handle, api.server, api.nowSec());
+    await stopInbox();
+    let rec;
+    try {
+      rec = await api.rotate(body);
+    } catch (e) {
+      startInbox();
+      throw e;
+    }
+    if (rec.primary !== next.primary) throw new Error('the server answered with another key');
+    await verifyOwn(rec, next.primary); // a failed log check is a warning; the rotation happened
+    const past = [{ primary: me.primary, publicKey: me.publicKey, signKey: me.signKey, dhKey: me.dhKey, until: Date.now() }, ...(me.pastKeys || [])];
+    await saveMe({
+      primary: next.primary,
+      publicKey: next.publicKey,
+      signKey: next.signKey,
+      dhKey: next.dhKey,
+      pastKeys: past.slice(0, 20),
+      backedUp: false,
+      rotatedAt: Date.now(),
+    });
+    if (channel) channel.postMessage({ type: 'identity' });
+    $('me-fpr').textContent = fingerprint(state.me.primary);
+    state.seed = seed;
+    $('rotate-dialog').close();
+    $('me-dialog').close();
+    await startInbox({ checked: false });
+    resendFailed();
+    $('backup-rotated').hidden = false;
+    showBackup(false);
+    updateBackupWarning();
+  } catch (e) {
+    err.textContent = e instanceof ApiError && e.code === 'stale_timestamp' ? 'This device’s clock is too far from the server’s. Fix the clock and try again.' : friendly(e, 'Could not replace your key');
+  } finally {
+    setBusy(btn, false);
+  }
+});
+
+$('me-delete').addEventListener('click', () => {
+  $('delete-error').textContent = '';
+  $('delete-confirm-input').value = '';
+  $('delete-confirm').disabled = true;
+  for (const n of document.querySelectorAll('.me-plain-handle')) n.textContent = state.me.handle;
+  $('delete-dialog').showModal();
+  $('delete-confirm-input').focus();
+});
+$('delete-cancel').addEventListener('click', () => $('delete-dialog').close());
+$('delete-confirm-input').addEventListener('input', (ev) => {
+  $('delete-confirm').disabled = ev.target.value.trim().replace(/^@/, '').toLowerCase() !== state.me.handle;
+});
+
+$('delete-form').addEventListener('submit', async (ev) => {
+  ev.preventDefault();
+  if ($('delete-confirm-input').value.trim().replace(/^@/, '').toLowerCase() !== state.me.handle) return;
+  const btn = $('delete-confirm');
+  setBusy(btn, true, 'Deleting…');
+  const me = state.me;
+  try {
+    const body = await kez.signDeletion(me, me.handle, state.api.server, state.api.nowSec());
+    const r = await state.api.deleteAccount(body);
+    if (r.deleted !== true) throw new Error('the server did not confirm the deletion');
+    // The deletion is in the log like every binding change; a failed proof is a warning.
+    await state.trust.verifyReceipt(r.log, jcs(body), 'the deletion of your account').catch(() => {});
+    await stopInbox();
+    await db.wipe();
+    if (channel) channel.postMessage({ type: 'wiped' });
+    location.hash = '';
+    location.reload();
+  } catch (e) {
+    $('delete-error').textContent = e instanceof ApiError && e.code === 'stale_timestamp' ? 'This device’s clock is too far from the server’s. Fix the clock and try again.' : friendly(e, 'Could not delete your account');
+    setBusy(btn, false);
+  }
+});
+
 // ---- offline screen ----
 
 $('offline-retry').addEventListener('click', boot);
@@ -1825,6 +2549,8 @@ if (channel) {
     if (!state.me) return;
     if (ev.data && ev.data.type === 'wiped') return location.reload();
     if (ev.data && ev.data.type === 'rebound') return recheckBinding();
+    if (ev.data && ev.data.type === 'identity') return location.reload(); // our key was replaced in another tab
+    if (ev.data && ev.data.type === 'trust') return renderTrustWarnings();
     await loadConversations();
     if (state.active) await renderThread(state.active);
   };

@@ -1,7 +1,9 @@
 // Local storage in IndexedDB: the identity (non-extractable CryptoKeys, which
 // IndexedDB stores as opaque structured clones), conversations (each with a
-// state: 'request' for a stranger's message requests, 'blocked', or
-// accepted, which records of version 1 without a state are), the message
+// state: 'request' for a stranger's message requests, 'blocked', 'moved'
+// for a key whose messages belong in another conversation (a contact's
+// earlier or not yet accepted key, SPEC §6), or accepted, which records of
+// version 1 without a state are), the message
 // history (sent and received), small settings such as the inbox cursor, and
 // receipts: (seq, received_at) of every inbox item saved here and not yet
 // acknowledged, which the acknowledgement policy reads.
@@ -254,5 +256,48 @@ export async function dropConversation(peer, keep = null) {
   } else {
     cs.delete(peer);
   }
+  return done(tx);
+}
+
+/**
+ * moveConversation moves everything of conversation `from` into `to`, in
+ * one transaction: its messages (keys that start with `from|` are renamed,
+ * and `mark` is merged into each), and its record, which becomes a stub
+ * {state: 'moved', movedTo: to}; other stubs that pointed at `from` point
+ * at `to`. With keepTarget the record of `to` stays as it is (plus
+ * fields); otherwise `to` takes the record of `from` (plus fields), keeping
+ * what `to` had for unread counts and the last message.
+ */
+export async function moveConversation(from, to, fields = {}, { mark = null, keepTarget = false } = {}) {
+  if (from === to) return;
+  const db = await open();
+  const tx = db.transaction(['messages', 'conversations'], 'readwrite');
+  const ms = tx.objectStore('messages');
+  const cs = tx.objectStore('conversations');
+  const msgs = await req(ms.index('peerAt').getAll(IDBKeyRange.bound([from, -Infinity], [from, Infinity])));
+  for (const m of msgs) {
+    const key = m.key.startsWith(from + '|') ? to + m.key.slice(from.length) : m.key;
+    ms.delete(m.key);
+    const exists = await req(ms.getKey(key));
+    if (exists === undefined) ms.put({ ...m, ...(mark || {}), key, peer: to });
+  }
+  const src = (await req(cs.get(from))) || { peer: from, createdAt: Date.now() };
+  const dst = await req(cs.get(to));
+  const live = dst && dst.state !== 'moved' ? dst : null;
+  const base = keepTarget && live ? live : { ...src };
+  const next = { ...base, ...fields, peer: to };
+  next.unread = (src.unread || 0) + (live ? live.unread || 0 : 0);
+  const other = keepTarget ? src : live;
+  if (other && (other.lastAt || 0) > (next.lastAt || 0)) {
+    next.lastAt = other.lastAt;
+    next.lastText = other.lastText;
+    next.lastDir = other.lastDir;
+  }
+  delete next.movedTo;
+  if (next.state === 'moved') next.state = 'accepted';
+  cs.put(next);
+  cs.put({ peer: from, state: 'moved', movedTo: to, movedAt: Date.now(), handle: src.handle || null });
+  const all = await req(cs.getAll());
+  for (const c of all) if (c.state === 'moved' && c.movedTo === from && c.peer !== to) cs.put({ ...c, movedTo: to });
   return done(tx);
 }
