@@ -191,16 +191,21 @@ func (c *Client) advance(ctx context.Context, v note.Verifier, cp *kez.Checkpoin
 			if cur.Checkpoint != st.Checkpoint || cur.Scan.Size < st.Scan.Size {
 				return errTrustConflict
 			}
+			changed := false
 			if largest == nil || cp.Size > largest.Size {
-				cur.Checkpoint = cp.Note
+				cur.Checkpoint, changed = cp.Note, true
 			}
 			if scanned != nil && scanned.frontier.Size > cur.Scan.Size {
+				changed = true
 				for _, it := range scanned.items {
 					if it.index >= cur.Scan.Size {
 						cur.apply(it, ownHashes, c.now())
 					}
 				}
 				cur.Scan = scanned.frontier
+			}
+			if !changed {
+				return ErrNoChange
 			}
 			return nil
 		})

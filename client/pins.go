@@ -105,11 +105,14 @@ func (c *Client) contactFor(ctx context.Context, rec *Record, pin bool) (*Contac
 		switch {
 		case p == nil && !pin:
 			ct.Status = ContactUnpinned
-			return nil
+			return ErrNoChange
 		case p == nil:
 			p = &Pin{Handle: rec.Handle, Primary: rec.Primary, Index: rec.LogIndex, PinnedAt: c.now().Unix()}
 			st.Contacts[rec.Handle] = p
 			ct.Status = ContactNew
+		case rec.Primary == p.Primary && p.Changed == nil && len(p.Notices) == 0:
+			ct.Status, ct.Pin = ContactPinned, *p
+			return ErrNoChange
 		case rec.Primary == p.Primary:
 			p.Changed = nil
 			ct.Status = ContactPinned

@@ -153,11 +153,16 @@ type KeyChange struct {
 
 // TrustStore keeps a TrustState between runs. Update must be atomic with
 // respect to other users of the same store (other processes too): it reads
-// the current state, runs fn on it and saves it if fn returns nil.
+// the current state, runs fn on it and saves it if fn returns nil. When fn
+// returns ErrNoChange, nothing is saved and Update returns nil.
 type TrustStore interface {
 	Load() (*TrustState, error)
 	Update(fn func(*TrustState) error) error
 }
+
+// ErrNoChange, returned by an Update function, means it changed nothing:
+// the store need not write.
+var ErrNoChange = errors.New("trust state unchanged")
 
 // MemoryTrust is a TrustStore that keeps the state in memory only:
 // nothing is remembered after the process ends.
@@ -181,7 +186,9 @@ func (m *memoryTrust) Update(fn func(*TrustState) error) error {
 	if err != nil {
 		return err
 	}
-	if err := fn(st); err != nil {
+	if err := fn(st); errors.Is(err, ErrNoChange) {
+		return nil
+	} else if err != nil {
 		return err
 	}
 	b, err := json.Marshal(st)

@@ -91,6 +91,8 @@ func (e *env) accountCursor(ctx context.Context) (*client.Client, *account, *cur
 	cancel()
 	switch {
 	case errors.Is(err, client.ErrNotFound):
+		// The log may say why: a deletion, or a binding made behind our back.
+		e.checkTrust(ctx, c)
 		return nil, nil, nil, notOnServer(err, acct)
 	case err != nil:
 		// Unreachable or unwell: the command itself will say so, or retry.

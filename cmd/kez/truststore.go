@@ -91,7 +91,9 @@ func (f *fileTrust) Update(fn func(*client.TrustState) error) error {
 	if err != nil {
 		return err
 	}
-	if err := fn(st); err != nil {
+	if err := fn(st); errors.Is(err, client.ErrNoChange) {
+		return nil
+	} else if err != nil {
 		return err
 	}
 	data, err := json.MarshalIndent(st, "", " ")
