@@ -451,6 +451,9 @@ var listenCmd = &command{
 		}
 		p := newPrinter(c, cur)
 		connected, lost := false, false
+		watchCtx, stopWatch := context.WithCancel(ctx)
+		defer stopWatch()
+		go e.watchTrust(watchCtx, c)
 		err = c.Stream(ctx, client.StreamOptions{
 			Since: since,
 			OnConnect: func() {

@@ -25,32 +25,71 @@ import (
 // stderr: a fork (every time until kez log reset), kept warnings (until
 // kez log dismiss) and contacts' rotations (once). It never fails the
 // command: what needs the log refuses on its own.
-func (e *env) checkTrust(ctx context.Context, c *client.Client) {
+func (e *env) checkTrust(ctx context.Context, c *client.Client) { e.reportTrust(ctx, c, nil) }
+
+// listenMonitorEvery is how often kez listen reads the log again.
+const listenMonitorEvery = 5 * time.Minute
+
+// watchTrust runs the monitor every listenMonitorEvery until ctx ends,
+// printing only what it has not printed in this run.
+func (e *env) watchTrust(ctx context.Context, c *client.Client) {
+	seen := map[string]bool{}
+	if st, err := c.TrustState(); err == nil {
+		for _, w := range st.Warnings {
+			seen[w.Text] = true // printed when listen started
+		}
+	}
+	t := time.NewTicker(listenMonitorEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			e.reportTrust(ctx, c, seen)
+		}
+	}
+}
+
+// reportTrust is checkTrust; with seen, a warning or fork already printed
+// (its text in seen) is not printed again.
+func (e *env) reportTrust(ctx context.Context, c *client.Client, seen map[string]bool) {
 	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
 	defer cancel()
 	_, err := c.Monitor(ctx)
 	var fe *client.ForkError
 	switch {
 	case errors.As(err, &fe):
-		fmt.Fprintf(e.stderr, "kez: WARNING: %s\n", oneLine(fe.Error()))
+		if seen == nil || !seen[fe.Error()] {
+			fmt.Fprintf(e.stderr, "kez: WARNING: %s\n", oneLine(fe.Error()))
+		}
+		if seen != nil {
+			seen[fe.Error()] = true
+		}
 	case err != nil && client.IsTrustFailure(err):
 		// Kept as a warning, printed below.
 	case err != nil && !errors.As(err, new(*client.NetworkError)):
 		// An unreachable server is the command's own error to report.
 		fmt.Fprintf(e.stderr, "kez: could not check the server's log: %s\n", oneLine(describe(err)))
 	}
-	e.printWarnings(c)
+	e.printWarnings(c, seen)
 	e.printNotices(c)
 }
 
-// printWarnings prints the kept warnings.
-func (e *env) printWarnings(c *client.Client) {
+// printWarnings prints the kept warnings (those not in seen, when given).
+func (e *env) printWarnings(c *client.Client, seen map[string]bool) {
 	st, err := c.TrustState()
 	if err != nil {
 		fmt.Fprintf(e.stderr, "kez: %v\n", err)
 		return
 	}
 	for _, w := range st.Warnings {
+		if seen != nil {
+			if seen[w.Text] {
+				continue
+			}
+			seen[w.Text] = true
+		}
 		fmt.Fprintf(e.stderr, "kez: warning: %s (seen %s; kez log dismiss hides it)\n", oneLine(w.Text), when(w.SeenAt))
 	}
 }
