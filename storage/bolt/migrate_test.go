@@ -73,9 +73,9 @@ func writeV1(t *testing.T, path string, inboxes map[string][]v1Message, primarie
 				val := binary.BigEndian.AppendUint64(nil, uint64(m.receivedAt))
 				val = append(val, m.envelope...)
 				if m.outOfLine {
-					mb, err := ib.CreateBucket(seqKey(m.seq))
-					if err != nil {
-						return err
+					mb, cerr := ib.CreateBucket(seqKey(m.seq))
+					if cerr != nil {
+						return cerr
 					}
 					err = mb.Put([]byte("m"), val)
 				} else {
