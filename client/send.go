@@ -1,9 +1,12 @@
 package client
 
 import (
+	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 
 	"github.com/kezchat/kez/kez"
@@ -126,5 +129,48 @@ func (c *Client) postMessage(ctx context.Context, body []byte) (*Receipt, error)
 		return nil, err
 	}
 	rcpt.AlreadyStored = status == http.StatusOK
+	return rcpt, nil
+}
+
+// PostSigned posts body, a whole POST /v1/messages body, with auth as its
+// X-KEZ-Auth: a signature the caller made beforehand with kez.Request.Sign
+// over this very body, whose timestamp must be within the server's
+// auth_skew of the moment the request arrives. A send's signature may be
+// presented again (a resent envelope gets its original receipt), so Go's
+// transport may resend the request on a keep-alive connection that closed
+// unanswered; nothing else is retried. It exists for load tools, which
+// sign ahead so that their own signing is not part of what they measure;
+// SendTo and PostEnvelope sign each attempt afresh.
+func (c *Client) PostSigned(ctx context.Context, body []byte, auth string) (*Receipt, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.base+"/v1/messages", bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Accept", "application/json")
+	req.Header.Set("Content-Type", jsonType)
+	req.Header.Set("X-KEZ-Auth", auth)
+	req.Header.Set("Idempotency-Key", rand.Text())
+	resp, err := c.http.Do(req)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, &NetworkError{URL: c.base, Err: unwrapURLError(err)}
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
+	switch {
+	case ctx.Err() != nil:
+		return nil, ctx.Err()
+	case err != nil:
+		return nil, &NetworkError{URL: c.base, Err: unwrapURLError(err)}
+	case resp.StatusCode < 200 || resp.StatusCode > 299:
+		return nil, apiError(resp.StatusCode, resp.Header, b)
+	}
+	rcpt, err := parseReceipt(b)
+	if err != nil {
+		return nil, &ProtocolError{URL: c.base + "/v1/messages", Reason: err.Error()}
+	}
+	rcpt.AlreadyStored = resp.StatusCode == http.StatusOK
 	return rcpt, nil
 }

@@ -5,11 +5,11 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
-	"io"
 	"mime"
 	"net/http"
 	"os"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/kezchat/kez/kez"
@@ -45,9 +45,9 @@ func (h *Handler) readJSONBody(w http.ResponseWriter, r *http.Request, limit int
 	if err := rc.SetReadDeadline(deadline); err != nil {
 		timer = time.AfterFunc(h.cfg.BodyTimeout, func() { _ = r.Body.Close() })
 	}
-	var buf bytes.Buffer
-	hash := sha256.New()
-	_, err := buf.ReadFrom(io.TeeReader(http.MaxBytesReader(w, r.Body, limit), hash))
+	buf := bodyBuffers.Get().(*bytes.Buffer)
+	defer putBodyBuffer(buf)
+	_, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, limit))
 	expired := !time.Now().Before(deadline)
 	if timer != nil {
 		expired = !timer.Stop() || expired
@@ -73,11 +73,34 @@ func (h *Handler) readJSONBody(w http.ResponseWriter, r *http.Request, limit int
 		writeError(w, http.StatusBadRequest, kez.CodeBadRequest, "could not read the body")
 		return body{}, false
 	}
-	b := body{data: buf.Bytes()}
-	if len(b.data) > 0 {
-		b.hash = hex.EncodeToString(hash.Sum(nil))
+	// The body leaves in a slice of its own size: the scratch buffer goes
+	// back to the pool, and what the handler keeps (the envelope, on its
+	// way to storage and the hub) is exactly the bytes that came.
+	if buf.Len() == 0 {
+		return body{}, true
 	}
+	b := body{data: bytes.Clone(buf.Bytes())}
+	sum := sha256.Sum256(b.data)
+	b.hash = hex.EncodeToString(sum[:])
 	return b, true
+}
+
+// bodyBuffers are scratch buffers that request bodies are read into. A
+// body grows its buffer as its bytes arrive, whatever it announced; read
+// into a fresh bytes.Buffer, a 1 KiB body cost four allocations of 3.5 KiB
+// in all, and a 256 KiB one a MiB.
+var bodyBuffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// maxPooledBody bounds the buffers kept for reuse: one that grew for a
+// larger body is left to the garbage collector.
+const maxPooledBody = 1 << 20
+
+func putBodyBuffer(buf *bytes.Buffer) {
+	if buf.Cap() > maxPooledBody {
+		return
+	}
+	buf.Reset()
+	bodyBuffers.Put(buf)
 }
 
 // jsonContentType checks that a request with a body says it is
@@ -86,7 +109,11 @@ func jsonContentType(w http.ResponseWriter, r *http.Request) bool {
 	if r.ContentLength == 0 {
 		return true
 	}
-	mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	ct := r.Header.Get("Content-Type")
+	if ct == "application/json" || ct == "application/json; charset=utf-8" {
+		return true // what clients send, accepted without parsing it
+	}
+	mt, _, err := mime.ParseMediaType(ct)
 	if err != nil || mt != "application/json" {
 		closeAfter(w)
 		writeError(w, http.StatusUnsupportedMediaType, kez.CodeBadRequest,

@@ -187,6 +187,9 @@ type Handler struct {
 	senderLimit   *limiter
 	streams       streamSlots
 
+	// keys checks request signatures, keeping senders' keys expanded.
+	keys *kez.KeyVerifier
+
 	mu      sync.Mutex
 	servers map[*http.Server]context.Context // done when that server begins to shut down
 }
@@ -201,7 +204,7 @@ func New(cfg Config, store storage.Store, h *hub.Hub, log *slog.Logger) *Handler
 	return &Handler{stopped: stopped, stop: stop, cfg: cfg, store: store, hub: h, log: log,
 		servers:       map[*http.Server]context.Context{},
 		registerLimit: newLimiter(cfg.RegisterRate), sendLimit: newLimiter(cfg.SendRate), senderLimit: newLimiter(cfg.SenderRate),
-		streams: streamSlots{perHandle: map[string]int{}}}
+		streams: streamSlots{perHandle: map[string]int{}}, keys: kez.NewKeyVerifier(0)}
 }
 
 // Close ends every open stream of this handler; the store and hub stay open.

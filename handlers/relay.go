@@ -6,8 +6,12 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
+	"strings"
+	"unicode/utf8"
 
 	"github.com/kezchat/kez/hub"
 	"github.com/kezchat/kez/kez"
@@ -76,9 +80,11 @@ func (h *Handler) send(w http.ResponseWriter, r *http.Request) {
 		rateLimited(w, wait, "too many messages from your address")
 		return
 	}
-	if _, _, _, err := kez.ParseQuery(r.URL.RawQuery, false); err != nil {
-		h.fail(w, r, err)
-		return
+	if r.URL.RawQuery != "" { // sends take no query; "" passes without building a map
+		if _, _, _, err := kez.ParseQuery(r.URL.RawQuery, false); err != nil {
+			h.fail(w, r, err)
+			return
+		}
 	}
 	if !jsonContentType(w, r) {
 		return
@@ -192,22 +198,56 @@ func (s *sendBody) idempotencyKey() string {
 	return "sha256:" + hex.EncodeToString(sum[:])
 }
 
+// sendMembers are the members of a send body, required first.
+var sendMembers = [...]string{"to", "envelope", "from_addr"}
+
+const requiredSendMembers = 2
+
 // parseSend reads {"to":…,"envelope":{…},"from_addr":…} with exact member
-// names, in one strict pass that finds the members without decoding them.
+// names (the rules of kez.ExactMembers, with its messages), in one strict
+// pass that finds the members without decoding them, then reads the
+// envelope's header (kez.ReadEnvelopeHeader's rules and messages). Neither
+// allocates for member names that are lower-case ASCII, as they are.
 func parseSend(data []byte, maxEnvelope int64) (*sendBody, error) {
-	members, err := kez.ExactMembers(data, []string{"to", "envelope"}, []string{"from_addr"})
+	in := &sendBody{}
+	var values [len(sendMembers)][]byte
+	compact := true
+	err := kez.ScanStrictObject(data, func(key string, value []byte, isCompact bool) error {
+		i := slices.Index(sendMembers[:], key)
+		if i < 0 {
+			for _, name := range sendMembers {
+				if sameFold(key, name) {
+					return fmt.Errorf("member %.40q must be spelled %q", key, name)
+				}
+			}
+			return fmt.Errorf("unknown member %.40q", key)
+		}
+		values[i] = value // the scan refuses duplicates
+		if i == 1 {
+			compact = isCompact
+		}
+		return nil
+	})
+	if err == nil {
+		for i, name := range sendMembers[:requiredSendMembers] {
+			if values[i] == nil {
+				err = fmt.Errorf("member %q is missing", name)
+				break
+			}
+		}
+	}
 	if err != nil {
 		return nil, kez.Errorf(kez.CodeBadRequest, "body must be {\"to\":…, \"envelope\":{…}}: %v", err)
 	}
-	in := &sendBody{envelope: members["envelope"]}
-	for name, dst := range map[string]*string{"to": &in.to, "from_addr": &in.fromAddr} {
-		if v, ok := members[name]; ok {
+	for i, dst := range [...]*string{&in.to, nil, &in.fromAddr} {
+		if v := values[i]; dst != nil && v != nil {
 			if v[0] != '"' {
-				return nil, kez.Errorf(kez.CodeBadRequest, "%q must be a string", name)
+				return nil, kez.Errorf(kez.CodeBadRequest, "%q must be a string", sendMembers[i])
 			}
 			*dst = jsonString(v)
 		}
 	}
+	in.envelope = values[1]
 	if in.to == "" {
 		return nil, kez.Errorf(kez.CodeBadRequest, "\"to\" is required")
 	}
@@ -217,12 +257,12 @@ func parseSend(data []byte, maxEnvelope int64) (*sendBody, error) {
 	if int64(len(in.envelope)) > maxEnvelope {
 		return nil, kez.Errorf(kez.CodeEnvelopeTooLarge, "envelope is larger than %d bytes", maxEnvelope)
 	}
-	if in.header, err = kez.ReadEnvelopeHeader(in.envelope); err != nil {
+	if in.header, err = readEnvelopeHeader(in.envelope); err != nil {
 		return nil, kez.Errorf(kez.CodeBadRequest, "envelope: %v", err)
 	}
 	// Stored compact: one line, so it can go into an SSE data field as is.
 	// Clients send it compact already; then it is stored as it came.
-	if bytes.ContainsAny(in.envelope, " \t\r\n") {
+	if !compact {
 		var buf bytes.Buffer
 		buf.Grow(len(in.envelope))
 		if err := json.Compact(&buf, in.envelope); err != nil {
@@ -231,6 +271,87 @@ func parseSend(data []byte, maxEnvelope int64) (*sendBody, error) {
 		in.envelope = buf.Bytes()
 	}
 	return in, nil
+}
+
+// readEnvelopeHeader is kez.ReadEnvelopeHeader (same rules, same errors)
+// without allocating for member names that are lower-case ASCII.
+func readEnvelopeHeader(envelope []byte) (kez.EnvelopeHeader, error) {
+	var h kez.EnvelopeHeader
+	var haveFrom, haveTo bool
+	type seenKey struct{ key, folded string }
+	var small [8]seenKey
+	seen := small[:0]
+	err := kez.ScanStrictObject(envelope, func(key string, value []byte, _ bool) error {
+		f := foldKey(key)
+		for _, s := range seen {
+			if s.folded == f {
+				return fmt.Errorf("members %.40q and %.40q differ only by case", s.key, key)
+			}
+		}
+		seen = append(seen, seenKey{key, f})
+		switch key {
+		case "from", "to", "sig":
+			if len(value) == 0 || value[0] != '"' {
+				return fmt.Errorf("envelope member %q must be a string", key)
+			}
+			s := jsonString(value)
+			switch key {
+			case "from":
+				h.From, haveFrom = s, true
+			case "to":
+				h.To, haveTo = s, true
+			default:
+				h.Sig = s
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return kez.EnvelopeHeader{}, err
+	}
+	if !haveFrom || !haveTo {
+		return kez.EnvelopeHeader{}, fmt.Errorf(`envelope must have string members "from" and "to"`)
+	}
+	return h, nil
+}
+
+// foldKey is kez's folding of member names: names that Unicode case
+// folding treats as equal ("Text", "TEXT", "text"; the Kelvin sign and
+// "k"; "ſ" and "s"; "ı" and "i") map to one key. A lower-case ASCII name
+// is its own key, with no allocation.
+func foldKey(s string) string {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c >= utf8.RuneSelf || 'A' <= c && c <= 'Z' {
+			return strings.ToLower(strings.ToUpper(s))
+		}
+	}
+	return s
+}
+
+// sameFold reports whether foldKey(key) == name, for a lower-case ASCII name.
+func sameFold(key, name string) bool {
+	if len(key) == len(name) {
+		ascii := true
+		for i := 0; i < len(key); i++ {
+			c := key[i]
+			if c >= utf8.RuneSelf {
+				ascii = false
+				break
+			}
+			if 'A' <= c && c <= 'Z' {
+				c += 'a' - 'A'
+			}
+			if c != name[i] {
+				return false
+			}
+		}
+		if ascii {
+			return true
+		}
+	}
+	// A non-ASCII key may fold to an ASCII name ("ſ" to "s"), and need
+	// not be as long.
+	return foldKey(key) == name
 }
 
 func (h *Handler) inbox(w http.ResponseWriter, r *http.Request, arg string) {

@@ -38,9 +38,11 @@ for target in $(go test -list '^Fuzz' ./kez | grep '^Fuzz'); do
 	before=$(inputs "$target")
 	if ! fuzz "$target"; then
 		# On a loaded machine Go's fuzzing engine can drop a starved worker
-		# and fail with no input to show (golang/go#56238); try once more.
-		# A real failure writes its input under kez/testdata/fuzz and stops here.
-		if [[ $(inputs "$target") == "$before" ]] && grep -q 'fuzzing process hung or terminated unexpectedly' "$fuzz_log"; then
+		# (golang/go#56238) or miss its own deadline while stopping the workers
+		# ("context deadline exceeded"), and fail with no input to show; try
+		# once more. A real failure writes its input under kez/testdata/fuzz
+		# and stops here.
+		if [[ $(inputs "$target") == "$before" ]] && grep -qE 'fuzzing process hung or terminated unexpectedly|^    context deadline exceeded$' "$fuzz_log"; then
 			echo "$target: the fuzzing engine lost a worker without a failing input; running it again"
 			fuzz "$target" || { tail -30 "$fuzz_log"; echo "fuzz target $target failed"; exit 1; }
 		else

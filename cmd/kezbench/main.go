@@ -13,7 +13,9 @@
 // Every send is a v2 send: signed by its sender (SPEC §2.0), to a recipient
 // that has accepted the sender as a contact (so it is not a capped message
 // request), with an envelope of its own, sealed before the clock starts
-// (the server stores an envelope once, SPEC §2.5). Every accepted message
+// (the server stores an envelope once, SPEC §2.5), and signed before the
+// clock starts too, at a timestamp that stays within the server's
+// auth_skew (60 s) through the sending window. Every accepted message
 // must arrive exactly once on its recipient's stream with the bytes that
 // were sent; errors are counted. It prints a table and
 // writes the figures as JSON. Every phase is bounded in count and time. See

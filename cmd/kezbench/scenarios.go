@@ -49,6 +49,13 @@ type Result struct {
 	// client sent them again after a lost answer (SPEC §2.5).
 	AlreadyStored int `json:"already_stored,omitempty"`
 
+	// SignSeconds is how long signing the sends took, before the clock
+	// started; SignedLate counts sends signed while the clock ran, because
+	// their pre-made signature would have been too old (a -duration longer
+	// than the server's auth_skew allows).
+	SignSeconds float64 `json:"sign_s,omitempty"`
+	SignedLate  int     `json:"signed_late,omitempty"`
+
 	Delivery   Delivery       `json:"delivery"`
 	Errors     int            `json:"errors"`
 	ErrorCodes map[string]int `json:"error_codes,omitempty"`
@@ -105,14 +112,17 @@ type bench struct {
 	log func(format string, args ...any)
 }
 
-// post sends env from one user to another, signed by the sender as every
-// v2 send is (the accept latency includes signing the request and hashing
-// its body), and records the receipt in t.
-func (b *bench) post(ctx context.Context, t *tracker, errs *errCount, from, to *user, env []byte) (time.Duration, bool) {
+// post sends the k-th send of p to its recipient users[i], signed by the
+// sender as every v2 send is, with the signature made before the clock
+// started (pool.sign), and records the receipt in t. The accept latency
+// does not include signing, as it does not include sealing.
+func (b *bench) post(ctx context.Context, t *tracker, errs *errCount, p *pool, i, k int) (time.Duration, bool) {
 	pctx, cancel := context.WithTimeout(ctx, b.cfg.RequestTimeout)
 	defer cancel()
+	from, to, s := sender(p.users, i), p.users[i], &p.byRecipient[i][k]
+	auth := p.auth(i, s)
 	start := time.Now()
-	rcpt, err := from.send.PostEnvelope(pctx, to.handle, env)
+	rcpt, err := from.send.PostSigned(pctx, s.body, auth)
 	at := time.Now()
 	if err != nil {
 		if ctx.Err() == nil {
@@ -120,7 +130,7 @@ func (b *bench) post(ctx context.Context, t *tracker, errs *errCount, from, to *
 		}
 		return 0, false
 	}
-	t.accepted(to, rcpt.Seq, env, start, at)
+	t.accepted(to, rcpt.Seq, s.env, start, at)
 	if rcpt.AlreadyStored {
 		t.alreadyStored.Add(1)
 	}
@@ -130,7 +140,7 @@ func (b *bench) post(ctx context.Context, t *tracker, errs *errCount, from, to *
 // finish summarizes the accept latencies (one slice per sender), waits for
 // deliveries, checks them, closes the streams and acknowledges everything,
 // so the next scenario starts from empty inboxes.
-func (b *bench) finish(ctx context.Context, r *Result, t *tracker, st *streams, users []*user, accept [][]time.Duration) {
+func (b *bench) finish(ctx context.Context, r *Result, t *tracker, st *streams, p *pool, users []*user, accept [][]time.Duration) {
 	var all []time.Duration
 	for _, l := range accept {
 		all = append(all, l...)
@@ -142,6 +152,10 @@ func (b *bench) finish(ctx context.Context, r *Result, t *tracker, st *streams, 
 	r.DeliveryLat = summarize(lat)
 	r.Reconnects = int(st.drops.Load())
 	r.AlreadyStored = int(t.alreadyStored.Load())
+	if r.SignedLate = int(p.signedLate.Load()); r.SignedLate > 0 {
+		r.Note = strings.TrimSpace(r.Note + " " + strconv.Itoa(r.SignedLate) +
+			" sends were signed while the clock ran: the window outlasted their pre-made signatures (auth_skew)")
+	}
 	st.close()
 	if bad := ackAll(ctx, users, 16); bad > 0 {
 		r.Note = strings.TrimSpace(r.Note + " " + strconv.Itoa(bad) + " acknowledgements failed")
@@ -150,8 +164,10 @@ func (b *bench) finish(ctx context.Context, r *Result, t *tracker, st *streams, 
 
 // prepare registers n users (if the fleet has fewer), makes each accept
 // the user who sends to it (so that its messages are not requests), seals
-// perLink distinct envelopes of size bytes for each, and opens their streams.
-func (b *bench) prepare(ctx context.Context, f *fleet, n, size, perLink int) ([]*user, *pool, *tracker, *streams, error) {
+// perLink distinct envelopes of size bytes for each, opens their streams,
+// and signs the sends for a sending window of the given length, which
+// starts when prepare returns.
+func (b *bench) prepare(ctx context.Context, r *Result, f *fleet, n, size, perLink int, window time.Duration) ([]*user, *pool, *tracker, *streams, error) {
 	if err := f.ensure(ctx, n, b.progress("registered")); err != nil {
 		return nil, nil, nil, nil, err
 	}
@@ -171,7 +187,20 @@ func (b *bench) prepare(ctx context.Context, f *fleet, n, size, perLink int) ([]
 	if err != nil {
 		return nil, nil, nil, nil, err
 	}
+	b.signAhead(r, p, window)
 	return users, p, t, st, nil
+}
+
+// signAhead signs p's sends for a window starting now (pool.sign) and
+// reports how long it took.
+func (b *bench) signAhead(r *Result, p *pool, window time.Duration) {
+	n := 0
+	for _, sends := range p.byRecipient {
+		n += len(sends)
+	}
+	took := p.sign(window)
+	r.SignSeconds += took.Seconds()
+	b.log("  signed %d sends ahead in %.1fs", n, took.Seconds())
 }
 
 // maxRate is scenarios 1 and 4 (and 1's naive baseline): senders users each
@@ -183,7 +212,7 @@ func (b *bench) maxRate(ctx context.Context, r *Result, f *fleet, senders, size,
 	r.URL, r.Senders, r.EnvelopeBytes = f.url, senders, size
 	total := min(int64(maxMsgs), b.cfg.SealBudget/int64(size))
 	perLink := int(max((total+int64(senders)-1)/int64(senders), 1))
-	users, p, t, st, err := b.prepare(ctx, f, senders, size, perLink)
+	users, p, t, st, err := b.prepare(ctx, r, f, senders, size, perLink, b.cfg.Duration)
 	if err != nil {
 		return err
 	}
@@ -196,26 +225,25 @@ func (b *bench) maxRate(ctx context.Context, r *Result, f *fleet, senders, size,
 	deadline := start.Add(b.cfg.Duration)
 	var dry atomic.Int64 // senders that used up their envelopes
 	var wg sync.WaitGroup
-	for i, to := range users {
-		envs, from := p.byRecipient[i], sender(users, i)
+	for i := range users {
+		sends := p.byRecipient[i]
 		wg.Go(func() {
 			for k := 0; time.Now().Before(deadline) && ctx.Err() == nil; k++ {
-				if k == len(envs) {
+				if k == len(sends) {
 					dry.Add(1)
 					return
 				}
 				if attempts.Add(1) > int64(maxMsgs) {
 					return
 				}
-				env := envs[k]
-				lat, ok := b.post(ctx, t, &errs, from, to, env)
+				lat, ok := b.post(ctx, t, &errs, p, i, k)
 				if !ok {
 					time.Sleep(10 * time.Millisecond) // do not spin on a failing server
 					continue
 				}
 				lats[i] = append(lats[i], lat)
 				accepted.Add(1)
-				sentBytes.Add(int64(len(env)))
+				sentBytes.Add(int64(len(sends[k].env)))
 			}
 		})
 	}
@@ -231,7 +259,7 @@ func (b *bench) maxRate(ctx context.Context, r *Result, f *fleet, senders, size,
 	r.MsgsPerSec = float64(r.Accepted) / elapsed.Seconds()
 	r.MiBPerSec = float64(sentBytes.Load()) / (1 << 20) / elapsed.Seconds()
 	errs.into(r)
-	b.finish(ctx, r, t, st, users, lats)
+	b.finish(ctx, r, t, st, p, users, lats)
 	return ctx.Err()
 }
 
@@ -243,7 +271,7 @@ func (b *bench) fixedRate(ctx context.Context, r *Result, f *fleet) error {
 	total := int(float64(rate) * b.cfg.RateDuration.Seconds())
 	r.URL, r.TargetRate, r.Recipients, r.EnvelopeBytes = f.url, rate, n, b.cfg.EnvelopeSize
 	perLink := max((total+n-1)/n, 1) // each envelope is sent once
-	users, p, t, st, err := b.prepare(ctx, f, n, b.cfg.EnvelopeSize, perLink)
+	users, p, t, st, err := b.prepare(ctx, r, f, n, b.cfg.EnvelopeSize, perLink, b.cfg.RateDuration)
 	if err != nil {
 		return err
 	}
@@ -264,9 +292,7 @@ func (b *bench) fixedRate(ctx context.Context, r *Result, f *fleet) error {
 				if lag := int64(time.Since(j.due)); lag > maxLag.Load() {
 					maxLag.Store(lag) // racy max is fine for a report
 				}
-				to, from := users[j.i%n], sender(users, j.i%n)
-				envs := p.byRecipient[j.i%n]
-				lat, ok := b.post(ctx, t, &errs, from, to, envs[j.i/n])
+				lat, ok := b.post(ctx, t, &errs, p, j.i%n, j.i/n)
 				if ok {
 					lats[w] = append(lats[w], lat)
 					accepted.Add(1)
@@ -300,7 +326,7 @@ func (b *bench) fixedRate(ctx context.Context, r *Result, f *fleet) error {
 	r.MsgsPerSec = float64(r.Accepted) / elapsed.Seconds()
 	r.MaxLagMs = ms(time.Duration(maxLag.Load()))
 	errs.into(r)
-	b.finish(ctx, r, t, st, users, lats)
+	b.finish(ctx, r, t, st, p, users, lats)
 	return ctx.Err()
 }
 
@@ -344,6 +370,7 @@ func (b *bench) idleStreams(ctx context.Context, r *Result, f *fleet) error {
 		r.AnonPerStream = float64(after.anon-before.anon) / float64(n)
 	}
 	// Every stream must still be live: one message each.
+	b.signAhead(r, p, time.Minute)
 	var errs errCount
 	var next, accepted atomic.Int64
 	var wg sync.WaitGroup
@@ -354,7 +381,7 @@ func (b *bench) idleStreams(ctx context.Context, r *Result, f *fleet) error {
 				if i >= n || ctx.Err() != nil {
 					return
 				}
-				if _, ok := b.post(ctx, t, &errs, sender(users, i), users[i], p.byRecipient[i][0]); ok {
+				if _, ok := b.post(ctx, t, &errs, p, i, 0); ok {
 					accepted.Add(1)
 				}
 			}
@@ -363,7 +390,7 @@ func (b *bench) idleStreams(ctx context.Context, r *Result, f *fleet) error {
 	wg.Wait()
 	r.Attempts, r.Accepted = n, int(accepted.Load())
 	errs.into(r)
-	b.finish(ctx, r, t, st, users, nil)
+	b.finish(ctx, r, t, st, p, users, nil)
 	return ctx.Err()
 }
 

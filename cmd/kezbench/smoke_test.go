@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"encoding/json"
 	"os"
 	"os/exec"
@@ -172,21 +173,30 @@ func TestTrackerVerdict(t *testing.T) {
 }
 
 // Every envelope of a pool is distinct (a v2 server stores one envelope
-// once), of the size asked for, from the recipient's sender.
+// once), of the size asked for, from the recipient's sender, in a body
+// addressed to the recipient; once signed, every send carries the
+// sender's signature over its body, at a timestamp within the window.
 func TestSealPoolDistinct(t *testing.T) {
 	users := []*user{{idx: 0, handle: "kb-0", keys: kez.GenerateKeys()}, {idx: 1, handle: "kb-1000", keys: kez.GenerateKeys()}}
 	p, err := sealPool(users, "kez.test", 1024, 3)
 	if err != nil {
 		t.Fatal(err)
 	}
+	before := time.Now()
+	p.sign(10 * time.Second)
 	seen := map[string]bool{}
-	for i, envs := range p.byRecipient {
-		if len(envs) != 3 {
-			t.Fatalf("recipient %d has %d envelopes", i, len(envs))
+	for i, sends := range p.byRecipient {
+		if len(sends) != 3 {
+			t.Fatalf("recipient %d has %d envelopes", i, len(sends))
 		}
-		for _, env := range envs {
+		for k := range sends {
+			s := &sends[k]
+			env := s.env
 			if n := len(env); n != 1024 && n != 1023 {
 				t.Errorf("envelope of %d bytes", n)
+			}
+			if want := `{"to":"` + users[i].handle + `","envelope":` + string(env) + `}`; string(s.body) != want {
+				t.Errorf("body %.80s…, want %.80s…", s.body, want)
 			}
 			h, err := kez.ReadEnvelopeHeader(env)
 			if err != nil || h.From != sender(users, i).keys.Primary() || h.To != users[i].keys.Primary() {
@@ -196,9 +206,26 @@ func TestSealPoolDistinct(t *testing.T) {
 				t.Errorf("does not open: %v", err)
 			}
 			seen[h.Sig] = true
+			req := p.request(s)
+			pub := sender(users, i).keys.Private().Public().(ed25519.PublicKey)
+			ts, _, err := req.Verify(pub, s.auth, before.Add(5*time.Second), time.Second)
+			if err != nil {
+				t.Errorf("send %d/%d: %v", i, k, err)
+			}
+			if p.auth(i, s) != s.auth {
+				t.Errorf("send %d/%d: signed again within its window", i, k)
+			}
+			if d := ts - before.Unix(); d < 4 || d > 6 {
+				t.Errorf("send %d/%d signed at now%+ds, want the middle of the 10s window", i, k, d)
+			}
 		}
 	}
 	if len(seen) != 6 {
 		t.Errorf("%d distinct envelopes of 6", len(seen))
+	}
+	// Past its window a send is signed afresh, and counted.
+	p.validUntil = time.Now()
+	if a := p.auth(0, &p.byRecipient[0][0]); a == p.byRecipient[0][0].auth || p.signedLate.Load() != 1 {
+		t.Errorf("a send past its window was not signed again (%d late)", p.signedLate.Load())
 	}
 }
