@@ -718,18 +718,31 @@ async function startInbox({ checked = false } = {}) {
  */
 async function checkBinding() {
   const me = state.me;
-  let rec;
+  let raw;
   try {
-    rec = await verified(await state.api.byPrimary(me.primary), { primary: me.primary });
+    raw = await state.api.byPrimary(me.primary);
   } catch (e) {
     if (e instanceof ApiError && e.status === 404) {
       showGone();
       return 'gone';
     }
-    return 'unknown'; // unreachable, unwell, or a record that failed the log check (a warning shows)
+    return 'unknown'; // unreachable or unwell: the inbox retries on its own
+  }
+  let rec;
+  try {
+    rec = await verified(raw, { primary: me.primary });
+    state.trust.startMonitor(rec.verifiedLog).then(() => runMonitor(), () => {});
+  } catch (e) {
+    if (!(e instanceof TrustError)) return 'unknown';
+    // Not in the log we trust (a warning shows). It is still our own key's
+    // signed registration, which is all the inbox needs to know.
+    try {
+      rec = await kez.verifyRecord(raw, { primary: me.primary });
+    } catch {
+      return 'unknown';
+    }
   }
   hideGone();
-  state.trust.startMonitor(rec.verifiedLog).then(() => runMonitor(), () => {});
   const ts = registeredTs(rec);
   if (me.registeredTs === undefined) {
     // An account saved before the ts was kept: this binding is the one we know.
@@ -1361,6 +1374,7 @@ async function followRotation(conv, rec, chain) {
       (wasVerified ? 'You had verified them: the safety number changed, so compare it again to verify the new key.' : 'Your safety number with them changed.'),
   );
   if (channel) channel.postMessage({ type: 'changed' });
+  maybeRefresh(true);
   resealFailed(rec.primary);
 }
 
@@ -1401,6 +1415,7 @@ async function flagChange(conv, rec, reason) {
     'warn',
   );
   if (channel) channel.postMessage({ type: 'changed' });
+  maybeRefresh(true);
 }
 
 /**
@@ -1429,6 +1444,7 @@ async function acceptChange(peer, { verify = false } = {}) {
       verify ? `You compared safety numbers and accepted ${name}’s new key. Messages go to it from now on.` : `You accepted ${name}’s new key. Messages go to it from now on.`,
     );
     if (channel) channel.postMessage({ type: 'changed' });
+    maybeRefresh(true);
     return ch.primary;
   });
 }
@@ -2290,7 +2306,7 @@ async function openContact(peer) {
         text: `${k.how === 'first' ? 'First key' : k.how === 'rotation' ? 'Rotated to' : 'Accepted change to'} ${keyLabel(k.primary)}${k.at ? ` — ${new Date(k.at).toLocaleDateString()}` : ''}`,
       }),
     ),
-    ch ? el('li', { text: `Waiting for you: new key ${keyLabel(ch.primary)} — ${new Date(ch.at).toLocaleDateString()}` }) : null,
+    ...(ch ? [el('li', { text: `Waiting for you: new key ${keyLabel(ch.primary)} — ${new Date(ch.at).toLocaleDateString()}` })] : []),
   );
   const verifyBtn = $('contact-verify');
   verifyBtn.textContent = ch ? 'Mark the new key as verified' : 'Mark as verified';
@@ -2382,7 +2398,12 @@ $('trust-newkey').addEventListener('click', async () => {
   await state.trust.acceptNewLogKey();
   await state.trust.hideWarnings();
   await renderTrustWarnings();
-  recheckBinding();
+  await recheckBinding();
+  // Names that could not be checked under the old key are looked up again.
+  for (const [peer, c] of state.convos) {
+    if (peer !== UNVERIFIED && !isStub(c)) resolvePeer(peer, undefined, { again: true }).then(maybeRefresh);
+  }
+  toast('The new log key is pinned.');
 });
 
 let monitorTimer;

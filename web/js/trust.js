@@ -204,8 +204,29 @@ export class Trust {
       return await openCheckpoint(note, this.verifier, this.origin);
     } catch (e) {
       if (!(e instanceof LogError)) throw e;
+      if (e.code === 'unknown_key') await this.keyChangedUnlocked();
       return this.fail('checkpoint', `The checkpoint of ${what} failed verification: ${e.message}.`);
     }
+  }
+
+  /**
+   * keyChangedUnlocked asks the server for its log key after a checkpoint
+   * not signed by the pinned one: a server that now presents another key
+   * (a reset, or a lie) gets the log key warning, and the user may accept it.
+   */
+  async keyChangedUnlocked() {
+    let served;
+    try {
+      served = (await this.api.logKey()).trim();
+    } catch {
+      return;
+    }
+    if (!served || served === this.state.vkey || served === this.state.newKey) return;
+    this.state.newKey = served;
+    await this.warnUnlocked(
+      'log_key',
+      `The server’s log key changed. This browser pinned “${this.state.vkey}” and the server now presents “${served}”. Records it signs with the new key are not trusted.`,
+    );
   }
 
   /**

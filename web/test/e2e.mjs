@@ -894,6 +894,15 @@ test('interop with the kez CLI', { skip: !existsSync(cliSource) && !process.env.
 });
 
 
+/** trustNewLogKey accepts the new log key of a reset server from the warning it causes. */
+async function trustNewLogKey(page) {
+  const banner = page.getByRole('alert').filter({ has: page.getByRole('heading', { name: 'The server’s answers did not verify' }) });
+  await banner.getByText('The server’s log key changed').first().waitFor({ timeout: 30000 });
+  page.once('dialog', (d) => d.accept());
+  await banner.getByRole('button', { name: 'Trust the new log key…' }).click();
+  await banner.waitFor({ state: 'hidden' });
+}
+
 test('a server reset: register again from the banner; messages arrive though seqs start over', async () => {
   const before = await alice.evaluate(async () => (await import('/js/db.js')).getMeta('cursor', 0));
   assert.ok(before > 1, `alice's cursor is ${before}: the test needs one past the first seq`);
@@ -910,6 +919,8 @@ test('a server reset: register again from the banner; messages arrive though seq
   await gone.waitFor({ state: 'hidden' });
   await alice.locator('#conn[data-status="live"]').waitFor({ timeout: 30000 });
   assert.equal(await alice.evaluate(async () => (await import('/js/db.js')).getMeta('cursor', 0)), 0);
+  // A reset server has a new log key (SPEC §5): never taken silently; the user accepts it.
+  await trustNewLogKey(alice);
 
   // Bob's handle is taken meanwhile by someone else: he picks another.
   const squatter = await kez.identityFromSeed(kez.newSeed());
@@ -926,6 +937,7 @@ test('a server reset: register again from the banner; messages arrive though seq
   await bob.getByRole('button', { name: 'Register again' }).click();
   await bob.locator('#my-address').getByText(`bob2@${SERVER}`).waitFor();
   await bob.locator('#conn[data-status="live"]').waitFor({ timeout: 30000 });
+  await trustNewLogKey(bob);
 
   // Seq 1 on the new server, far below alice's old cursor, still arrives.
   await startChat(bob, 'alice');
@@ -939,6 +951,7 @@ test('a server reset: register again from the banner; messages arrive though seq
   // starts its inbox over instead of skipping to its old cursor.
   await aliceTwo.reload();
   await aliceTwo.locator('#conn[data-status="live"]').waitFor({ timeout: 30000 });
+  await trustNewLogKey(aliceTwo);
   assert.equal(await aliceTwo.locator('#gone').isHidden(), true);
   await aliceTwo.locator('#convo-list .convo', { hasText: 'bob2' }).click();
   await aliceTwo.locator('#messages .text', { hasText: 'after the server reset' }).waitFor({ timeout: 30000 });

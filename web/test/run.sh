@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Tests of the web client: unit tests (node --test, protocol crypto against
-# testdata/kez-v1.json) and end-to-end tests in headless Chromium against a
+# testdata/kez-v1.json and kez-v2.json) and end-to-end tests in headless Chromium against a
 # Caddy built from ./cmd/caddy. Installs what it needs: playwright-core from
 # npm (dev only, no browser download) and Debian's chromium if absent.
 #
@@ -30,5 +30,5 @@ if [[ $what == all || $what == e2e ]]; then
 		(cd "$here" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
 	fi
 	mkdir -p "$repo/test-artifacts"
-	(cd "$here" && node --test --test-concurrency=1 test/e2e.mjs)
+	(cd "$here" && node --test --test-concurrency=1 test/e2e.mjs test/e2e-trust.mjs)
 fi

@@ -1,0 +1,462 @@
+// End-to-end tests of trust in the web client (SPEC §5, §6, §2.10) in real
+// Chromium against a real Caddy built from ./cmd/caddy: a proxy that lies
+// about bob's key is refused with a lasting warning; safety numbers are the
+// same on both sides, with a QR code, and mark a contact verified; bob's
+// rotation is followed with a notice and the chat continues; a deleted and
+// re-registered handle blocks sending until the new key is accepted (or,
+// for a verified contact, verified), never a second chat; Replace my key and
+// Delete my account. Run through web/test/run.sh e2e, or:
+//
+//   node --test web/test/e2e-trust.mjs
+//
+// Environment: KEZ_CADDY (a prebuilt binary; default: go build), CHROMIUM
+// (default /usr/bin/chromium), KEZ_ARTIFACTS (screenshots).
+
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync, spawn } from 'node:child_process';
+import { mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer as createHttpServer, request as httpRequest } from 'node:http';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+import { Api } from '../js/api.js';
+import * as kez from '../js/kez.js';
+
+const REPO = fileURLToPath(new URL('../../', import.meta.url));
+const ARTIFACTS = process.env.KEZ_ARTIFACTS || join(REPO, 'test-artifacts');
+const SERVER = 'kez.test';
+const COOLDOWN_S = 2;
+
+const tmp = mkdtempSync(join(tmpdir(), 'kez-e2e-trust-'));
+let caddyBin;
+let caddy;
+let port;
+let base; // Caddy
+let proxy;
+let proxyBase; // the lying proxy in front of Caddy
+let browser;
+let napi;
+const contexts = [];
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const p = s.address().port;
+      s.close(() => resolve(p));
+    });
+  });
+}
+
+async function startCaddy() {
+  writeFileSync(
+    join(tmp, 'Caddyfile'),
+    `{
+	admin off
+	auto_https off
+	persist_config off
+	filesystem kezweb kez_web
+}
+
+http://127.0.0.1:${port} {
+	kez_chat {
+		server ${SERVER}
+		storage bolt ${join(tmp, 'chat.db')}
+		handle_cooldown ${COOLDOWN_S}s
+	}
+	file_server {
+		fs kezweb
+	}
+}
+`,
+  );
+  const env = { ...process.env, XDG_DATA_HOME: join(tmp, 'data'), XDG_CONFIG_HOME: join(tmp, 'config'), HOME: tmp };
+  const log = openSync(join(tmp, 'caddy.log'), 'a');
+  caddy = spawn(caddyBin, ['run', '--config', join(tmp, 'Caddyfile'), '--adapter', 'caddyfile'], { env, stdio: ['ignore', log, log] });
+  caddy.exitPromise = new Promise((resolve) => caddy.once('exit', resolve));
+  const end = Date.now() + 20000;
+  for (;;) {
+    try {
+      if ((await fetch(`${base}/v1/healthz`)).ok) return;
+    } catch {
+      /* not yet */
+    }
+    if (Date.now() > end) throw new Error('caddy did not start:\n' + readFileSync(join(tmp, 'caddy.log'), 'utf8').slice(-3000));
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+// ---- the lying proxy: forwards everything, and answers /v1/u/<handle> with a key of its own ----
+
+const lies = new Map(); // handle → identity whose key the proxy substitutes
+
+function startProxy(listenPort) {
+  proxy = createHttpServer((req, res) => {
+    const chunks = [];
+    req.on('data', (c) => chunks.push(c));
+    req.on('end', async () => {
+      const m = /^\/v1\/u\/([a-z0-9_-]+)$/.exec(req.url);
+      if (req.method === 'GET' && m && lies.has(m[1])) {
+        // The real record, with its real log proof, but another key: the
+        // registration is validly self-signed by the proxy's key.
+        const real = await (await fetch(base + req.url)).json();
+        const fake = await kez.signRegistration(lies.get(m[1]), m[1], SERVER, Math.floor(Date.now() / 1000));
+        const body = JSON.stringify({ ...real, primary: fake.payload.primary, registration: fake, rotation: undefined });
+        res.writeHead(200, { 'Content-Type': 'application/json; charset=utf-8', 'Access-Control-Allow-Origin': '*' });
+        res.end(body);
+        return;
+      }
+      const up = httpRequest(
+        { host: '127.0.0.1', port, method: req.method, path: req.url, headers: { ...req.headers, host: `127.0.0.1:${port}` } },
+        (r) => {
+          res.writeHead(r.statusCode, r.headers);
+          r.pipe(res);
+        },
+      );
+      up.on('error', () => res.destroy());
+      res.on('close', () => up.destroy());
+      up.end(Buffer.concat(chunks));
+    });
+  });
+  return new Promise((resolve) => proxy.listen(listenPort, '127.0.0.1', resolve));
+}
+
+async function newPage(name) {
+  const context = await browser.newContext({ viewport: { width: 1200, height: 850 } });
+  context.setDefaultTimeout(15000);
+  contexts.push(context);
+  const page = await context.newPage();
+  page.on('pageerror', (e) => console.error(`[${name}] page error:`, e));
+  page.on('console', (m) => {
+    if (m.type() === 'error' && !/status of 4\d\d/.test(m.text())) console.error(`[${name}] console:`, m.text());
+  });
+  return page;
+}
+
+async function shot(page, file) {
+  mkdirSync(ARTIFACTS, { recursive: true });
+  await page.screenshot({ path: join(ARTIFACTS, file) });
+}
+
+async function createAccount(page, handle) {
+  await page.getByLabel('Choose a handle').fill(handle);
+  await page.getByRole('button', { name: 'Create my KEZ' }).click();
+  await page.getByRole('heading', { name: 'Save a backup of your key' }).waitFor();
+  page.once('dialog', (d) => d.accept());
+  await page.getByRole('button', { name: 'Skip for now' }).click();
+  await page.locator('#conn[data-status="live"]').waitFor();
+}
+
+async function startChat(page, who) {
+  await page.getByLabel('Start a chat').fill(who);
+  await page.getByRole('button', { name: 'Chat', exact: true }).click();
+}
+
+async function send(page, text) {
+  const box = page.locator('#compose-input');
+  await box.fill(text);
+  await box.press('Enter');
+}
+
+const inText = (page, text) => page.locator('#messages li.msg.in .text', { hasText: text });
+const convoRows = (page, name) => page.locator('#convo-list .convo', { has: page.locator('.convo-name', { hasText: new RegExp(`^${name}`) }) });
+const trustBanner = (page) => page.getByRole('alert').filter({ has: page.getByRole('heading', { name: 'The server’s answers did not verify' }) });
+
+/** nodeUser registers a key under handle from node, to write from the test itself. */
+async function nodeUser(handle) {
+  const id = await kez.identityFromSeed(kez.newSeed());
+  const r = await napi.register(await kez.signRegistration(id, handle, SERVER, napi.nowSec()));
+  assert.equal(r.primary, id.primary);
+  const sendTo = async (to, text) => {
+    const rec = await (await fetch(`${base}/v1/u/${to}`)).json();
+    const env = await kez.sealEnvelope(id, rec.primary, { type: 'text', text, id: crypto.randomUUID(), sent_at: Date.now(), from_addr: `${handle}@${SERVER}` });
+    return napi.send(id, to, env);
+  };
+  const remove = async () => {
+    const r2 = await napi.deleteAccount(await kez.signDeletion(id, handle, SERVER, napi.nowSec()));
+    assert.equal(r2.deleted, true);
+  };
+  return { id, handle, send: sendTo, remove };
+}
+
+/** registerWhenFree registers handle once its cooldown is over. */
+async function registerWhenFree(handle) {
+  const end = Date.now() + (COOLDOWN_S + 10) * 1000;
+  for (;;) {
+    try {
+      return await nodeUser(handle);
+    } catch (e) {
+      if (e.code !== 'handle_cooling_down' || Date.now() > end) throw e;
+      await new Promise((r) => setTimeout(r, 300));
+    }
+  }
+}
+
+before(async () => {
+  caddyBin = process.env.KEZ_CADDY;
+  if (!caddyBin) {
+    caddyBin = join(tmp, 'caddy');
+    execFileSync('go', ['build', '-o', caddyBin, './cmd/caddy'], { cwd: REPO, stdio: 'inherit' });
+  }
+  port = await freePort();
+  base = `http://127.0.0.1:${port}`;
+  await startCaddy();
+  const pp = await freePort();
+  await startProxy(pp);
+  proxyBase = `http://127.0.0.1:${pp}`;
+  napi = new Api(base + '/', SERVER);
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'],
+  });
+});
+
+after(async () => {
+  for (const c of contexts) await c.close().catch(() => {});
+  if (browser) await browser.close().catch(() => {});
+  if (proxy) proxy.close();
+  if (caddy && caddy.exitCode === null) {
+    caddy.kill('SIGTERM');
+    await caddy.exitPromise;
+  }
+  if (!process.env.KEZ_KEEP_TMP) rmSync(tmp, { recursive: true, force: true });
+});
+
+let alice, bob;
+
+test('alice and bob chat; the log key is pinned at first contact', async () => {
+  alice = await newPage('alice');
+  await alice.goto(base + '/');
+  await createAccount(alice, 'alice');
+  bob = await newPage('bob');
+  await bob.goto(base + '/');
+  await createAccount(bob, 'bob');
+  await startChat(bob, 'alice');
+  await send(bob, 'hi alice');
+  await alice.locator('#requests-list').getByRole('button', { name: 'Accept bob' }).click();
+  await inText(alice, 'hi alice').waitFor();
+  await send(alice, 'hi bob');
+  await inText(bob, 'hi bob').waitFor();
+  // Your KEZ → Server log names the pinned key, the log size, and our own entries checked.
+  const health = await (await fetch(`${base}/v1/healthz`)).json();
+  await alice.getByRole('button', { name: /your account and backup/ }).click();
+  const dialog = alice.getByRole('dialog', { name: 'Your KEZ' });
+  await dialog.locator('#log-key').getByText(health.log_key).waitFor();
+  await dialog.getByRole('button', { name: 'Check the log now' }).click();
+  await dialog.locator('#log-check-result').getByText('nothing binds your handle or key to anything you did not sign').waitFor();
+  await dialog.getByRole('button', { name: 'Close' }).click();
+  assert.equal(await trustBanner(alice).count(), 0);
+});
+
+test('a proxy that substitutes bob’s key is refused, with a warning that stays', async () => {
+  const carol = await newPage('carol');
+  await carol.goto(proxyBase + '/');
+  await createAccount(carol, 'carol');
+  lies.set('bob', await kez.identityFromSeed(kez.newSeed()));
+  try {
+    await startChat(carol, 'bob');
+    await carol.locator('#start-error').getByText('The server’s answer for @bob failed verification, so it was not used').waitFor();
+    const banner = trustBanner(carol);
+    await banner.waitFor();
+    await banner.getByText(/record of @bob .* not in the server’s signed log/).waitFor();
+    assert.equal(await carol.locator('#convo-list .convo').count(), 0, 'no chat with the substituted key');
+    await shot(carol, 'trust-01-proxy-refused.png');
+    // Never a silent retry: still refused, and the warning is still there after a reload.
+    await carol.reload();
+    await carol.locator('#conn[data-status="live"]').waitFor();
+    await trustBanner(carol).getByText(/record of @bob/).waitFor();
+    await startChat(carol, 'bob');
+    await carol.locator('#start-error').getByText('failed verification').waitFor();
+    // Hidden, it is kept in Your KEZ → Server log.
+    await carol.getByRole('button', { name: 'Hide (kept in Your KEZ)' }).click();
+    await trustBanner(carol).waitFor({ state: 'hidden' });
+    await carol.getByRole('button', { name: /your account and backup/ }).click();
+    await carol.locator('#log-warnings').getByText(/record of @bob/).first().waitFor();
+    await carol.getByRole('button', { name: 'Close' }).click();
+  } finally {
+    lies.delete('bob');
+  }
+  // Without the lie, bob is found with his real key.
+  await startChat(carol, 'bob');
+  await carol.getByRole('heading', { name: 'bob', exact: true }).waitFor();
+});
+
+/** safetyOf opens the contact panel of the open chat and returns the digits and the QR payload. */
+async function safetyOf(page) {
+  await page.getByRole('button', { name: /^Safety number and keys of/ }).click();
+  const dialog = page.getByRole('dialog');
+  await dialog.locator('#safety-digits[data-number]').waitFor();
+  await dialog.locator('#safety-qr svg[role="img"]').waitFor();
+  const digits = await dialog.locator('#safety-digits').getAttribute('data-number');
+  const groups = await dialog.locator('#safety-digits span').allInnerTexts();
+  const qr = await dialog.locator('#safety-qr svg').getAttribute('data-payload');
+  return { digits, groups, qr, dialog };
+}
+
+test('the safety number is the same on both sides, with a QR code; Mark as verified', async () => {
+  const a = await safetyOf(alice);
+  const b = await safetyOf(bob);
+  assert.match(a.digits, /^\d{60}$/);
+  assert.equal(a.digits, b.digits);
+  assert.equal(a.groups.length, 12);
+  assert.deepEqual(a.groups, a.digits.match(/.{5}/g));
+  assert.equal(a.qr, `kez-safety-number:1:${a.digits}`);
+  assert.equal(a.qr, b.qr);
+  assert.equal(await a.dialog.getByRole('img', { name: 'QR code of your safety number with bob' }).count(), 1);
+  await shot(alice, 'trust-02-safety-number.png');
+  await a.dialog.getByRole('button', { name: 'Mark as verified' }).click();
+  await a.dialog.getByText('✓ Verified').waitFor();
+  await a.dialog.getByRole('button', { name: 'Remove verification' }).waitFor();
+  await alice.keyboard.press('Escape');
+  await b.dialog.getByRole('button', { name: 'Close' }).click();
+  await alice.locator('#thread-verified').getByText('✓ Verified').waitFor();
+  await convoRows(alice, 'bob').locator('.verified-mark').waitFor();
+  await alice.locator('#messages .sys-note', { hasText: 'You marked bob as verified' }).waitFor();
+});
+
+test('bob replaces his key: alice follows the signed rotation with a notice, and the chat continues', async () => {
+  await bob.getByRole('button', { name: /your account and backup/ }).click();
+  await bob.getByRole('button', { name: 'Replace my key…' }).click();
+  const d = bob.getByRole('dialog', { name: 'Replace my key?' });
+  await d.getByText('Your backup stops working.').waitFor();
+  await shot(bob, 'trust-03-replace-key.png');
+  const before = await bob.evaluate(() => globalThis.kezApp.state.me.primary);
+  await d.getByRole('button', { name: 'Replace my key' }).click();
+  // The backup is offered again for the new key.
+  await bob.getByRole('heading', { name: 'Save a backup of your key' }).waitFor();
+  await bob.getByText('Your key was replaced. Backups of your old key no longer work').waitFor();
+  await bob.getByRole('button', { name: 'Cancel' }).click();
+  const after = await bob.evaluate(() => globalThis.kezApp.state.me.primary);
+  assert.notEqual(after, before);
+  const rec = await (await fetch(`${base}/v1/u/bob`)).json();
+  assert.equal(rec.primary, after);
+  assert.equal(rec.rotation.payload.old, before);
+  await bob.locator('#conn[data-status="live"]').waitFor();
+
+  // A message alice sent before she knew the new key is sealed for the old one: bob still reads it.
+  await send(bob, 'my new key');
+  await inText(alice, 'my new key').waitFor();
+  await alice.locator('#messages .sys-note', { hasText: 'bob replaced their key' }).waitFor();
+  await alice.locator('#messages .sys-note', { hasText: 'compare it again' }).waitFor();
+  assert.equal(await convoRows(alice, 'bob').count(), 1, 'one chat for bob');
+  await alice.locator('#thread-verified').waitFor({ state: 'hidden' }); // the verification was of the old key
+  assert.equal(await alice.locator('#keychange').isHidden(), true, 'no blocking warning for a signed rotation');
+  // The earlier messages are still in this chat.
+  await inText(alice, 'hi alice').waitFor();
+  await shot(alice, 'trust-04-rotation-notice.png');
+  await send(alice, 'got your new key');
+  await inText(bob, 'got your new key').waitFor();
+  assert.equal(await alice.locator('#messages li.msg.out[data-status="failed"]').count(), 0);
+  // alice verifies bob's new key, for the next step.
+  const s = await safetyOf(alice);
+  await s.dialog.getByRole('button', { name: 'Mark as verified' }).click();
+  await s.dialog.getByText('✓ Verified').waitFor();
+  await alice.keyboard.press('Escape');
+});
+
+test('bob deletes his account; a new “bob” is a blocking warning in the same chat, never a silent switch', async () => {
+  await bob.getByRole('button', { name: /your account and backup/ }).click();
+  await bob.getByRole('button', { name: 'Delete my account…' }).click();
+  const d = bob.getByRole('dialog', { name: 'Delete my account?' });
+  await d.getByText('This cannot be undone.').waitFor();
+  const confirmBtn = d.getByRole('button', { name: 'Delete my account' });
+  assert.equal(await confirmBtn.isDisabled(), true);
+  await d.getByLabel(/To confirm, type your handle/).fill('bob');
+  await shot(bob, 'trust-05-delete-account.png');
+  await confirmBtn.click();
+  await bob.getByRole('heading', { name: 'Create your KEZ' }).waitFor();
+  assert.equal((await fetch(`${base}/v1/u/bob`)).status, 404);
+  // The handle is held for the cooldown.
+  const early = await kez.identityFromSeed(kez.newSeed());
+  const r = await fetch(`${base}/v1/register`, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify(await kez.signRegistration(early, 'bob', SERVER, Math.floor(Date.now() / 1000))),
+  });
+  assert.equal(r.status, 409);
+
+  // Someone else registers bob after the cooldown and writes to alice.
+  const newbob = await registerWhenFree('bob');
+  await newbob.send('alice', 'it is me, bob, honest');
+  const title = `bob’s key changed — not by a rotation signed by the key you knew`;
+  const warning = alice.getByRole('alert').filter({ has: alice.getByRole('heading', { name: title }) });
+  await warning.waitFor();
+  await warning.getByText('The account you knew was deleted, and @bob was registered again with a new key').waitFor();
+  // The newcomer's message is in bob's chat, marked; there is no second chat.
+  await alice.locator('#messages li.msg.in.newkey', { hasText: 'it is me, bob, honest' }).getByText('From a new key').waitFor();
+  assert.equal(await convoRows(alice, 'bob').count(), 1, 'never two chats named bob');
+  assert.equal(await alice.locator('#requests').isHidden(), true);
+  // Sending is disabled; alice had verified bob, so only verifying the new key lets her continue.
+  assert.equal(await alice.locator('#compose-input').isDisabled(), true);
+  assert.match(await alice.locator('#compose-input').getAttribute('placeholder'), /Sending is paused/);
+  assert.equal(await warning.getByRole('button', { name: /Accept the new key/ }).isHidden(), true);
+  await convoRows(alice, 'bob').locator('.changed-mark').waitFor();
+  await shot(alice, 'trust-06-key-changed-blocked.png');
+  // After a reload the warning is still there.
+  await alice.reload();
+  await warning.waitFor();
+  assert.equal(await alice.locator('#compose-input').isDisabled(), true);
+  // Compare safety numbers: the number of the new key, verified by the user.
+  await warning.getByRole('button', { name: 'Compare safety numbers' }).click();
+  const dialog = alice.getByRole('dialog');
+  await dialog.getByRole('heading', { name: 'Safety number with the new key' }).waitFor();
+  await dialog.locator('#safety-digits[data-number]').waitFor();
+  await dialog.getByRole('button', { name: 'Mark the new key as verified' }).click();
+  await dialog.getByText('✓ Verified').waitFor();
+  await alice.keyboard.press('Escape');
+  await warning.waitFor({ state: 'hidden' });
+  assert.equal(await alice.locator('#compose-input').isDisabled(), false);
+  await alice.locator('#messages .sys-note', { hasText: 'accepted @bob’s new key' }).waitFor();
+  assert.equal(await convoRows(alice, 'bob').count(), 1);
+  // What alice writes now goes to the new key (the server takes only its current key).
+  await send(alice, 'welcome, new bob');
+  await alice.locator('#messages li.msg.out[data-status="sent"]', { hasText: 'welcome, new bob' }).waitFor();
+});
+
+test('a contact re-registered behind an open chat: alice’s send is refused by the server, the chat is blocked, Accept resumes', async () => {
+  const dave = await nodeUser('dave');
+  await startChat(alice, 'dave');
+  await alice.getByRole('heading', { name: 'dave', exact: true }).waitFor();
+  await send(alice, 'hello dave');
+  await alice.locator('#messages li.msg.out[data-status="sent"]', { hasText: 'hello dave' }).waitFor();
+  await dave.remove();
+  await registerWhenFree('dave');
+  // The envelope is sealed for the key alice pinned; the server refuses it for the new one.
+  await send(alice, 'are you still there?');
+  const warning = alice.getByRole('alert').filter({ has: alice.getByRole('heading', { name: /^dave’s key changed/ }) });
+  await warning.waitFor();
+  await alice.locator('#messages li.msg.out[data-status="failed"]', { hasText: 'are you still there?' }).waitFor();
+  assert.equal(await alice.locator('#compose-input').isDisabled(), true);
+  assert.equal(await convoRows(alice, 'dave').count(), 1);
+  // Accept, after a confirmation that says what it means.
+  let asked = '';
+  alice.once('dialog', (dlg) => {
+    asked = dlg.message();
+    dlg.accept();
+  });
+  await warning.getByRole('button', { name: 'Accept the new key of @dave' }).click();
+  await warning.waitFor({ state: 'hidden' });
+  assert.match(asked, /Accept the new key for @dave\?/);
+  assert.equal(await alice.locator('#compose-input').isDisabled(), false);
+  // The failed message is not sent to the newcomer by itself.
+  assert.equal(await alice.locator('#messages li.msg.out[data-status="failed"]', { hasText: 'are you still there?' }).count(), 1);
+  await send(alice, 'hello new dave');
+  await alice.locator('#messages li.msg.out[data-status="sent"]', { hasText: 'hello new dave' }).waitFor();
+});
+
+test('keyboard: the contact panel opens, is labelled, and closes with Escape', async () => {
+  await alice.locator('#convo-list .convo', { hasText: 'bob' }).click();
+  await alice.getByRole('button', { name: 'Safety number and keys of bob' }).focus();
+  await alice.keyboard.press('Enter');
+  const dialog = alice.getByRole('dialog', { name: 'bob' });
+  await dialog.waitFor();
+  await dialog.locator('#safety-digits[data-number]').waitFor();
+  assert.match(await dialog.locator('#safety-digits').getAttribute('aria-label'), /^Safety number: (\d{5} ){11}\d{5}$/);
+  await alice.keyboard.press('Escape');
+  await dialog.waitFor({ state: 'hidden' });
+});
