@@ -2572,8 +2572,7 @@ if (channel) {
     if (ev.data && ev.data.type === 'rebound') return recheckBinding();
     if (ev.data && ev.data.type === 'identity') return location.reload(); // our key was replaced in another tab
     if (ev.data && ev.data.type === 'trust') return renderTrustWarnings();
-    await loadConversations();
-    if (state.active) await renderThread(state.active);
+    maybeRefresh(true); // the list, and the open chat's header and thread (a key may have changed)
   };
 }
 

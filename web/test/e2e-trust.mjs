@@ -25,6 +25,8 @@ import { chromium } from 'playwright-core';
 
 import { Api } from '../js/api.js';
 import * as kez from '../js/kez.js';
+import { leafHash } from '../js/tlog.js';
+import { FakeLog } from './fakelog.mjs';
 
 const REPO = fileURLToPath(new URL('../../', import.meta.url));
 const ARTIFACTS = process.env.KEZ_ARTIFACTS || join(REPO, 'test-artifacts');
@@ -126,6 +128,95 @@ function startProxy(listenPort) {
   return new Promise((resolve) => proxy.listen(listenPort, '127.0.0.1', resolve));
 }
 
+// ---- a dishonest server: Caddy behind a front that keeps a log of its own ----
+
+/**
+ * startDishonest puts a front before Caddy that is the server as far as
+ * the browser knows: it has its own log key (in /v1/healthz and
+ * /v1/log/key) and its own log, a copy of Caddy's into which the test can
+ * slip entries or rewrite history; every record's log proof is made anew
+ * in that log. Everything else passes through.
+ */
+async function startDishonest() {
+  const log = await FakeLog.create(SERVER, new Uint8Array(32).fill(77));
+  const map = new Map(); // Caddy's leaf → this log's leaf
+  let realSize = 0;
+  const sync = async () => {
+    const cp = await (await fetch(`${base}/v1/log/checkpoint`)).text();
+    const size = Number(cp.split('\n')[1]);
+    while (realSize < size) {
+      const r = await (await fetch(`${base}/v1/log/entries?limit=1000&start=${realSize}`)).json();
+      for (const e of r.entries) {
+        map.set(e.index, await log.append(Buffer.from(e.data, 'base64').toString('utf8')));
+        realSize = e.index + 1;
+      }
+    }
+  };
+  const api = log.api();
+  const cors = { 'Access-Control-Allow-Origin': '*' };
+  const server = createHttpServer((req, res) => {
+    const chunks = [];
+    req.on('data', (c) => chunks.push(c));
+    req.on('end', async () => {
+      try {
+        const url = new URL(req.url, 'http://x');
+        const q = (k) => Number(url.searchParams.get(k));
+        const text = (t) => {
+          res.writeHead(200, { ...cors, 'Content-Type': 'text/plain; charset=utf-8' });
+          res.end(t);
+        };
+        const json = (status, v) => {
+          res.writeHead(status, { ...cors, 'Content-Type': 'application/json; charset=utf-8' });
+          res.end(JSON.stringify(v));
+        };
+        if (url.pathname === '/v1/log/key') return text(log.signer.vkey + '\n');
+        if (url.pathname === '/v1/log/checkpoint') {
+          await sync();
+          return text(await log.checkpoint());
+        }
+        if (url.pathname === '/v1/log/entries') {
+          await sync();
+          return json(200, await api.logEntries(q('start'), q('limit')));
+        }
+        if (url.pathname === '/v1/log/consistency') return json(200, await api.logConsistency(q('old'), q('new')));
+        const rewrite = url.pathname === '/v1/healthz' || /^\/v1\/(u|by-primary)\/|^\/v1\/(register|rotate|delete)$/.test(url.pathname);
+        const up = await fetch(base + req.url, {
+          method: req.method,
+          headers: Object.fromEntries(Object.entries(req.headers).filter(([k]) => !['host', 'connection', 'content-length'].includes(k))),
+          body: ['GET', 'HEAD'].includes(req.method) ? undefined : Buffer.concat(chunks),
+        });
+        if (!rewrite || !up.ok || /event-stream/.test(up.headers.get('content-type') || '')) {
+          const headers = Object.fromEntries([...up.headers].filter(([k]) => !['content-length', 'content-encoding', 'transfer-encoding', 'connection'].includes(k)));
+          res.writeHead(up.status, headers);
+          if (!up.body) return res.end();
+          const reader = up.body.getReader();
+          res.on('close', () => reader.cancel().catch(() => {}));
+          for (;;) {
+            const { done, value } = await reader.read();
+            if (done) return res.end();
+            res.write(value);
+          }
+        }
+        const v = await up.json();
+        if (url.pathname === '/v1/healthz') v.log_key = log.signer.vkey;
+        else if (v.log && Number.isInteger(v.log.index)) {
+          await sync();
+          v.log = await log.logOf(map.get(v.log.index));
+        }
+        return json(up.status, v);
+      } catch (e) {
+        if (!res.headersSent) res.writeHead(502);
+        res.end();
+      }
+    });
+  });
+  const p = await freePort();
+  await new Promise((resolve) => server.listen(p, '127.0.0.1', resolve));
+  dishonest.push(server);
+  return { log, base: `http://127.0.0.1:${p}`, sync };
+}
+const dishonest = [];
+
 async function newPage(name) {
   const context = await browser.newContext({ viewport: { width: 1200, height: 850 } });
   context.setDefaultTimeout(15000);
@@ -165,7 +256,7 @@ async function send(page, text) {
 
 const inText = (page, text) => page.locator('#messages li.msg.in .text', { hasText: text });
 const convoRows = (page, name) => page.locator('#convo-list .convo', { has: page.locator('.convo-name', { hasText: new RegExp(`^${name}`) }) });
-const trustBanner = (page) => page.getByRole('alert').filter({ has: page.getByRole('heading', { name: 'The server’s answers did not verify' }) });
+const trustBanner = (page) => page.getByRole('alert').filter({ has: page.getByRole('heading', { name: 'Warning about the server’s key log' }) });
 
 /** nodeUser registers a key under handle from node, to write from the test itself. */
 async function nodeUser(handle) {
@@ -220,6 +311,7 @@ after(async () => {
   for (const c of contexts) await c.close().catch(() => {});
   if (browser) await browser.close().catch(() => {});
   if (proxy) proxy.close();
+  for (const d of dishonest) d.close();
   if (caddy && caddy.exitCode === null) {
     caddy.kill('SIGTERM');
     await caddy.exitPromise;
@@ -459,4 +551,39 @@ test('keyboard: the contact panel opens, is labelled, and closes with Escape', a
   assert.match(await dialog.locator('#safety-digits').getAttribute('aria-label'), /^Safety number: (\d{5} ){11}\d{5}$/);
   await alice.keyboard.press('Escape');
   await dialog.waitFor({ state: 'hidden' });
+});
+
+test('a server that binds erin’s handle to another key behind her back is reported by her browser at its next start; a rewritten log is a fork', async () => {
+  const d = await startDishonest();
+  const erin = await newPage('erin');
+  await erin.goto(d.base + '/');
+  await createAccount(erin, 'erin');
+  await erin.getByRole('button', { name: /your account and backup/ }).click();
+  await erin.locator('#log-key').getByText(d.log.signer.vkey).waitFor();
+  await erin.getByRole('button', { name: 'Check the log now' }).click();
+  await erin.locator('#log-check-result').getByText('nothing binds your handle or key').waitFor();
+  await erin.getByRole('button', { name: 'Close' }).click();
+  // The server binds erin to mallory's key (a registration mallory signed) and says nothing.
+  await d.sync();
+  const mallory = await kez.identityFromSeed(kez.newSeed());
+  const forged = await d.log.append(await kez.signRegistration(mallory, 'erin', SERVER, Math.floor(Date.now() / 1000)));
+  await erin.reload();
+  await erin.locator('#conn[data-status="live"]').waitFor();
+  const banner = trustBanner(erin);
+  await banner.getByText(new RegExp(`log \\(entry ${forged}\\) registers @erin with key .* which you did not sign`)).waitFor();
+  await shot(erin, 'trust-07-self-monitor.png');
+  // The server now rewrites its history: a leaf erin has seen is replaced.
+  const old = d.log.leaves[forged];
+  d.log.leaves[forged] = old.replace('"erin"', '"eris"');
+  d.log.hashes[forged] = await leafHash(d.log.leaves[forged]);
+  await d.log.append('{"payload":{"handle":"zed"}}');
+  await erin.getByRole('button', { name: /your account and backup/ }).click();
+  await erin.getByRole('button', { name: 'Check the log now' }).click();
+  await erin.locator('#log-check-result').getByText('The check failed').waitFor();
+  await erin.getByRole('button', { name: 'Close' }).click();
+  await banner.getByText(/The server showed two histories of its log/).waitFor();
+  // Kept: a reload shows it again.
+  await erin.reload();
+  await erin.locator('#conn[data-status="live"]').waitFor();
+  await banner.getByText(/two histories/).waitFor();
 });

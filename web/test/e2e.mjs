@@ -896,7 +896,7 @@ test('interop with the kez CLI', { skip: !existsSync(cliSource) && !process.env.
 
 /** trustNewLogKey accepts the new log key of a reset server from the warning it causes. */
 async function trustNewLogKey(page) {
-  const banner = page.getByRole('alert').filter({ has: page.getByRole('heading', { name: 'The server’s answers did not verify' }) });
+  const banner = page.getByRole('alert').filter({ has: page.getByRole('heading', { name: 'Warning about the server’s key log' }) });
   await banner.getByText('The server’s log key changed').first().waitFor({ timeout: 30000 });
   page.once('dialog', (d) => d.accept());
   await banner.getByRole('button', { name: 'Trust the new log key…' }).click();
