@@ -723,6 +723,8 @@ async function checkBinding() {
     raw = await state.api.byPrimary(me.primary);
   } catch (e) {
     if (e instanceof ApiError && e.status === 404) {
+      // A rotation of ours whose answer was lost: the server binds the new key.
+      if (await finishPendingRotation().catch(() => false)) return checkBinding();
       showGone();
       return 'gone';
     }
@@ -2469,6 +2471,49 @@ $('me-rotate').addEventListener('click', () => {
 });
 $('rotate-cancel').addEventListener('click', () => $('rotate-dialog').close());
 
+/**
+ * adoptKey makes a key the server now binds to our handle by a rotation
+ * ours (rec verified or not) this browser's key; the one it replaces is
+ * kept for what was sealed for it.
+ */
+async function adoptKey(next, rec) {
+  const me = state.me;
+  await verifyOwn(rec, next.primary); // a failed log check is a warning; the rotation happened
+  const past = [{ primary: me.primary, publicKey: me.publicKey, signKey: me.signKey, dhKey: me.dhKey, until: Date.now() }, ...(me.pastKeys || [])];
+  await saveMe({
+    primary: next.primary,
+    publicKey: next.publicKey,
+    signKey: next.signKey,
+    dhKey: next.dhKey,
+    pastKeys: past.slice(0, 20),
+    pendingKey: null,
+    backedUp: false,
+    rotatedAt: Date.now(),
+  });
+  if (channel) channel.postMessage({ type: 'identity' });
+  $('me-fpr').textContent = fingerprint(state.me.primary);
+}
+
+/**
+ * finishPendingRotation runs when the server does not know our key: a
+ * rotation whose answer was lost (a closed tab, a dropped connection) may
+ * have moved us to the key saved before it was sent. Returns true if so.
+ */
+async function finishPendingRotation() {
+  const next = state.me.pendingKey;
+  if (!next) return false;
+  let rec;
+  try {
+    rec = await state.api.byPrimary(next.primary);
+  } catch (e) {
+    if (e instanceof ApiError && e.status === 404) await saveMe({ pendingKey: null });
+    return false;
+  }
+  if (rec.handle !== state.me.handle) return false;
+  await adoptKey(next, rec);
+  return true;
+}
+
 $('rotate-confirm').addEventListener('click', async () => {
   const btn = $('rotate-confirm');
   const err = $('rotate-error');
@@ -2480,28 +2525,24 @@ $('rotate-confirm').addEventListener('click', async () => {
     const seed = kez.newSeed();
     const next = await kez.identityFromSeed(seed);
     const body = await kez.signRotation(me, next, me.handle, api.server, api.nowSec());
+    // Kept before it is sent: if the answer is lost, the server may already bind the new key.
+    await saveMe({ pendingKey: { primary: next.primary, publicKey: next.publicKey, signKey: next.signKey, dhKey: next.dhKey } });
     await stopInbox();
     let rec;
     try {
       rec = await api.rotate(body);
     } catch (e) {
-      startInbox();
-      throw e;
+      if (!(await finishPendingRotation().catch(() => false))) {
+        if (e instanceof ApiError && e.status >= 400 && e.status < 500) await saveMe({ pendingKey: null });
+        startInbox();
+        throw e;
+      }
+      rec = null;
     }
-    if (rec.primary !== next.primary) throw new Error('the server answered with another key');
-    await verifyOwn(rec, next.primary); // a failed log check is a warning; the rotation happened
-    const past = [{ primary: me.primary, publicKey: me.publicKey, signKey: me.signKey, dhKey: me.dhKey, until: Date.now() }, ...(me.pastKeys || [])];
-    await saveMe({
-      primary: next.primary,
-      publicKey: next.publicKey,
-      signKey: next.signKey,
-      dhKey: next.dhKey,
-      pastKeys: past.slice(0, 20),
-      backedUp: false,
-      rotatedAt: Date.now(),
-    });
-    if (channel) channel.postMessage({ type: 'identity' });
-    $('me-fpr').textContent = fingerprint(state.me.primary);
+    if (rec) {
+      if (rec.primary !== next.primary) throw new Error('the server answered with another key');
+      await adoptKey(next, rec);
+    }
     state.seed = seed;
     $('rotate-dialog').close();
     $('me-dialog').close();

@@ -587,3 +587,25 @@ test('a server that binds erin’s handle to another key behind her back is repo
   await erin.locator('#conn[data-status="live"]').waitFor();
   await banner.getByText(/two histories/).waitFor();
 });
+
+test('Replace my key when the server’s answer is lost: the browser finds its new key bound and keeps it', async () => {
+  const frank = await newPage('frank');
+  await frank.goto(base + '/');
+  await createAccount(frank, 'frank');
+  // The rotation reaches the server; its answer never reaches the page.
+  await frank.route('**/v1/rotate', async (route) => {
+    await route.fetch();
+    await route.abort('connectionreset');
+  });
+  await frank.getByRole('button', { name: /your account and backup/ }).click();
+  await frank.getByRole('button', { name: 'Replace my key…' }).click();
+  await frank.getByRole('dialog', { name: 'Replace my key?' }).getByRole('button', { name: 'Replace my key' }).click();
+  await frank.getByText('Your key was replaced. Backups of your old key no longer work').waitFor();
+  const mine = await frank.evaluate(() => globalThis.kezApp.state.me.primary);
+  assert.equal((await (await fetch(`${base}/v1/u/frank`)).json()).primary, mine);
+  await frank.getByRole('button', { name: 'Cancel' }).click();
+  await frank.locator('#conn[data-status="live"]').waitFor();
+  await frank.reload();
+  await frank.locator('#conn[data-status="live"]').waitFor();
+  assert.equal(await frank.locator('#gone').isHidden(), true);
+});
