@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -58,133 +59,198 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.Errf("kez_chat takes no arguments on its line; put options in a block, e.g. kez_chat { server %s }", d.Val())
 	}
-	for d.NextBlock(0) {
+	options := h.caddyfileOptions()
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		opt := d.Val()
-		switch opt {
-		case "server", "public_url":
-			val, err := oneArg(d)
-			if err != nil {
-				return err
-			}
-			if opt == "server" {
-				h.Server = val
-			} else {
-				h.PublicURL = val
-			}
-		case "storage":
-			if !d.NextArg() {
-				return d.Errf("storage needs a backend: storage bolt <path>, or storage nats <url>...")
-			}
-			switch d.Val() {
-			case "bolt":
-				path := ""
-				if d.NextArg() {
-					path = d.Val()
-				}
-				if d.NextArg() {
-					return d.Errf("storage bolt takes one path, got extra %q", d.Val())
-				}
-				cfg := &BoltConfig{Path: path}
-				for d.NextBlock(1) {
-					switch d.Val() {
-					case "one_commit_per_message": // the naive baseline, for benchmarks only
-						if d.NextArg() {
-							return d.Errf("one_commit_per_message takes no value")
-						}
-						cfg.OneCommitPerMessage = true
-					default:
-						return d.Errf("unknown storage bolt option %q (known: one_commit_per_message)", d.Val())
-					}
-				}
-				h.Storage = &StorageConfig{Bolt: cfg}
-			case "nats":
-				cfg, err := parseNatsStorage(d)
-				if err != nil {
-					return err
-				}
-				h.Storage = &StorageConfig{Nats: cfg}
-			default:
-				return d.Errf("unknown storage backend %q (supported: bolt, nats)", d.Val())
-			}
-		case "max_envelope":
-			val, err := oneArg(d)
-			if err != nil {
-				return err
-			}
-			n, err := parseSize(val)
-			if err != nil {
-				return d.Errf("max_envelope: %v", err)
-			}
-			h.MaxEnvelope = n
-		case "auth_skew", "register_skew", "keepalive", "retention", "body_timeout", "stream_max_age", "handle_cooldown":
-			val, err := oneArg(d)
-			if err != nil {
-				return err
-			}
-			dur, err := caddy.ParseDuration(val)
-			if err != nil || dur <= 0 {
-				return d.Errf("%s: %q is not a positive duration such as 60s, 5m or 30d", opt, val)
-			}
-			target := map[string]*caddy.Duration{"auth_skew": &h.AuthSkew, "register_skew": &h.RegisterSkew,
-				"keepalive": &h.Keepalive, "retention": &h.Retention, "body_timeout": &h.BodyTimeout,
-				"stream_max_age": &h.StreamMaxAge, "handle_cooldown": &h.HandleCooldown}[opt]
-			*target = caddy.Duration(dur)
-		case "max_inbox", "request_limit", "max_requests":
-			val, err := oneArg(d)
-			if err != nil {
-				return err
-			}
-			n, err := strconv.Atoi(val)
-			if err != nil || n <= 0 {
-				return d.Errf("%s: %q is not a positive number of messages", opt, val)
-			}
-			*map[string]*int{"max_inbox": &h.MaxInbox, "request_limit": &h.RequestLimit, "max_requests": &h.MaxRequests}[opt] = n
-		case "register_rate", "send_rate", "sender_rate":
-			val, err := oneArg(d)
-			if err != nil {
-				return err
-			}
-			if _, err := handlers.ParseRate(val); err != nil {
-				return d.Errf("%s: %v", opt, err)
-			}
-			*map[string]*string{"register_rate": &h.RegisterRate, "send_rate": &h.SendRate, "sender_rate": &h.SenderRate}[opt] = val
-		case "max_streams_per_handle", "max_streams":
-			val, err := oneArg(d)
-			if err != nil {
-				return err
-			}
-			n, err := strconv.Atoi(val)
-			if err != nil || n <= 0 {
-				return d.Errf("%s: %q is not a positive number of streams", opt, val)
-			}
-			if opt == "max_streams" {
-				h.MaxStreams = n
-			} else {
-				h.MaxStreamsPerHandle = n
-			}
-		case "registration":
-			args := d.RemainingArgs()
-			switch {
-			case len(args) == 1 && (args[0] == handlers.RegistrationOpen || args[0] == handlers.RegistrationClosed):
-				h.Registration, h.InviteFile = args[0], ""
-			case len(args) == 2 && args[0] == handlers.RegistrationInvite:
-				h.Registration, h.InviteFile = args[0], args[1]
-			default:
-				return d.Errf("registration takes open, closed, or invite <file of tokens>")
-			}
-		case "reserved":
-			args := d.RemainingArgs()
-			if len(args) == 0 {
-				return d.Errf("reserved needs at least one handle")
-			}
-			h.Reserved = append(h.Reserved, args...)
-		default:
-			return d.Errf("unknown kez_chat option %q (known: server, public_url, storage, max_envelope, auth_skew, register_skew, keepalive, retention, max_inbox, reserved, registration, register_rate, send_rate, sender_rate, request_limit, max_requests, body_timeout, stream_max_age, handle_cooldown, max_streams_per_handle, max_streams)", opt)
+		parse, ok := options[opt]
+		if !ok {
+			return d.Errf("unknown kez_chat option %q (known: %s)", opt, strings.Join(optionNames(options), ", "))
 		}
-		if d.NextBlock(1) {
+		// A repeated option would silently override the first (storage
+		// bolt, then storage nats): refuse it, as Caddy's own directives do.
+		if seen[opt] && opt != "reserved" {
+			return d.Errf("%s already specified", opt)
+		}
+		seen[opt] = true
+		if err := parse(d); err != nil {
+			return err
+		}
+		if d.NextBlock(nesting + 1) {
 			return d.Errf("option %s takes no block", opt)
 		}
 	}
+	return nil
+}
+
+// caddyfileOptions maps each option of the kez_chat block to the function
+// that reads its arguments (the dispenser on the option's name) into h.
+func (h *Handler) caddyfileOptions() map[string]func(*caddyfile.Dispenser) error {
+	return map[string]func(*caddyfile.Dispenser) error{
+		"server":                 stringOption(&h.Server),
+		"public_url":             stringOption(&h.PublicURL),
+		"storage":                h.parseStorage,
+		"max_envelope":           sizeOption(&h.MaxEnvelope),
+		"auth_skew":              durationOption(&h.AuthSkew),
+		"register_skew":          durationOption(&h.RegisterSkew),
+		"keepalive":              durationOption(&h.Keepalive),
+		"retention":              durationOption(&h.Retention),
+		"body_timeout":           durationOption(&h.BodyTimeout),
+		"stream_max_age":         durationOption(&h.StreamMaxAge),
+		"handle_cooldown":        durationOption(&h.HandleCooldown),
+		"max_inbox":              countOption(&h.MaxInbox, "messages"),
+		"request_limit":          countOption(&h.RequestLimit, "messages"),
+		"max_requests":           countOption(&h.MaxRequests, "messages"),
+		"max_streams_per_handle": countOption(&h.MaxStreamsPerHandle, "streams"),
+		"max_streams":            countOption(&h.MaxStreams, "streams"),
+		"register_rate":          rateOption(&h.RegisterRate),
+		"send_rate":              rateOption(&h.SendRate),
+		"sender_rate":            rateOption(&h.SenderRate),
+		"registration":           h.parseRegistration,
+		"reserved":               h.parseReserved,
+	}
+}
+
+func optionNames(options map[string]func(*caddyfile.Dispenser) error) []string {
+	names := make([]string, 0, len(options))
+	for n := range options {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return names
+}
+
+func stringOption(dst *string) func(*caddyfile.Dispenser) error {
+	return func(d *caddyfile.Dispenser) (err error) {
+		*dst, err = oneArg(d)
+		return err
+	}
+}
+
+func sizeOption(dst *int64) func(*caddyfile.Dispenser) error {
+	return func(d *caddyfile.Dispenser) error {
+		opt := d.Val()
+		val, err := oneArg(d)
+		if err != nil {
+			return err
+		}
+		n, err := parseSize(val)
+		if err != nil {
+			return d.Errf("%s: %v", opt, err)
+		}
+		*dst = n
+		return nil
+	}
+}
+
+func durationOption(dst *caddy.Duration) func(*caddyfile.Dispenser) error {
+	return func(d *caddyfile.Dispenser) error {
+		opt := d.Val()
+		val, err := oneArg(d)
+		if err != nil {
+			return err
+		}
+		dur, err := caddy.ParseDuration(val)
+		if err != nil || dur <= 0 {
+			return d.Errf("%s: %q is not a positive duration such as 60s, 5m or 30d", opt, val)
+		}
+		*dst = caddy.Duration(dur)
+		return nil
+	}
+}
+
+func countOption(dst *int, what string) func(*caddyfile.Dispenser) error {
+	return func(d *caddyfile.Dispenser) error {
+		opt := d.Val()
+		val, err := oneArg(d)
+		if err != nil {
+			return err
+		}
+		n, err := strconv.Atoi(val)
+		if err != nil || n <= 0 {
+			return d.Errf("%s: %q is not a positive number of %s", opt, val, what)
+		}
+		*dst = n
+		return nil
+	}
+}
+
+func rateOption(dst *string) func(*caddyfile.Dispenser) error {
+	return func(d *caddyfile.Dispenser) error {
+		opt := d.Val()
+		val, err := oneArg(d)
+		if err != nil {
+			return err
+		}
+		if _, err := handlers.ParseRate(val); err != nil {
+			return d.Errf("%s: %v", opt, err)
+		}
+		*dst = val
+		return nil
+	}
+}
+
+// parseStorage reads storage bolt [<path>] [{ one_commit_per_message }] or
+// storage nats <url>... { ... }.
+func (h *Handler) parseStorage(d *caddyfile.Dispenser) error {
+	if !d.NextArg() {
+		return d.Errf("storage needs a backend: storage bolt <path>, or storage nats <url>...")
+	}
+	switch d.Val() {
+	case "bolt":
+		path := ""
+		if d.NextArg() {
+			path = d.Val()
+		}
+		if d.NextArg() {
+			return d.Errf("storage bolt takes one path, got extra %q", d.Val())
+		}
+		cfg := &BoltConfig{Path: path}
+		for nesting := d.Nesting(); d.NextBlock(nesting); {
+			switch d.Val() {
+			case "one_commit_per_message": // the naive baseline, for benchmarks only
+				if d.NextArg() {
+					return d.Errf("one_commit_per_message takes no value")
+				}
+				cfg.OneCommitPerMessage = true
+			default:
+				return d.Errf("unknown storage bolt option %q (known: one_commit_per_message)", d.Val())
+			}
+		}
+		h.Storage = &StorageConfig{Bolt: cfg}
+	case "nats":
+		cfg, err := parseNatsStorage(d)
+		if err != nil {
+			return err
+		}
+		h.Storage = &StorageConfig{Nats: cfg}
+	default:
+		return d.Errf("unknown storage backend %q (supported: bolt, nats)", d.Val())
+	}
+	return nil
+}
+
+// parseRegistration reads registration open|closed|invite <file>.
+func (h *Handler) parseRegistration(d *caddyfile.Dispenser) error {
+	args := d.RemainingArgs()
+	switch {
+	case len(args) == 1 && (args[0] == handlers.RegistrationOpen || args[0] == handlers.RegistrationClosed):
+		h.Registration, h.InviteFile = args[0], ""
+	case len(args) == 2 && args[0] == handlers.RegistrationInvite:
+		h.Registration, h.InviteFile = args[0], args[1]
+	default:
+		return d.Errf("registration takes open, closed, or invite <file of tokens>")
+	}
+	return nil
+}
+
+// parseReserved reads reserved <handle>...; it may be given more than once.
+func (h *Handler) parseReserved(d *caddyfile.Dispenser) error {
+	args := d.RemainingArgs()
+	if len(args) == 0 {
+		return d.Errf("reserved needs at least one handle")
+	}
+	h.Reserved = append(h.Reserved, args...)
 	return nil
 }
 

@@ -94,6 +94,11 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 		"server a {\n x\n }":        "takes no block",
 		"storage bolt /x {\n y\n }": `unknown storage bolt option "y"`,
 		"storage bolt /x {\n one_commit_per_message yes\n }": "takes no value",
+		// Repeats would silently override: refused like Caddy's own directives do.
+		"storage bolt /a\nstorage nats nats://127.0.0.1:4222": "storage already specified",
+		"server a\nserver b":            "server already specified",
+		"max_inbox 5\nmax_inbox 6":      "max_inbox already specified",
+		"send_rate off\nsend_rate 1/1s": "send_rate already specified",
 	}
 	for input, want := range cases {
 		var h Handler

@@ -51,7 +51,7 @@ func parseNatsStorage(d *caddyfile.Dispenser) (*NatsConfig, error) {
 	if len(cfg.URLs) == 0 {
 		return nil, d.Errf("storage nats needs at least one server URL, e.g. storage nats nats://127.0.0.1:4222")
 	}
-	for d.NextBlock(1) {
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		opt := d.Val()
 		val, err := oneArg(d)
 		if err != nil {

@@ -24,6 +24,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -189,10 +190,6 @@ http://127.0.0.1:%d {
 		server %s
 		public_url %s
 		%s
-		# Tests send and register faster than one person; limits are tested on their own.
-		register_rate off
-		send_rate off
-		sender_rate off
 		%s
 	}
 	%s
@@ -200,7 +197,21 @@ http://127.0.0.1:%d {
 		fs kezweb
 	}
 }
-`, s.AdminAddr, opts.Global, s.Port, name, s.URL, storageLine(s.DBPath, opts), opts.KezOptions, opts.SiteExtra)
+`, s.AdminAddr, opts.Global, s.Port, name, s.URL, storageLine(s.DBPath, opts), kezOptions(opts.KezOptions), opts.SiteExtra)
+}
+
+// kezOptions are the test's options plus the rate limits turned off where
+// the test does not set them: tests send and register faster than one
+// person, and limits are tested on their own. (kez_chat refuses an option
+// given twice.)
+func kezOptions(extra string) string {
+	lines := []string{extra}
+	for _, opt := range []string{"register_rate", "send_rate", "sender_rate"} {
+		if !regexp.MustCompile(`(?m)^\s*` + opt + `\s`).MatchString(extra) {
+			lines = append(lines, opt+" off")
+		}
+	}
+	return strings.Join(lines, "\n\t\t")
 }
 
 func storageLine(dbPath string, opts Options) string {
