@@ -2364,7 +2364,8 @@ $('contact-unverify').addEventListener('click', async () => {
 async function renderTrustWarnings() {
   if (!state.trust) return;
   const st = await state.trust.status();
-  const shown = st.warnings.filter((w) => !w.hidden);
+  // A new log key waiting for the user keeps its warning (and its button) in view.
+  const shown = st.warnings.filter((w) => !w.hidden || (st.newKey && w.kind === 'log_key'));
   $('trust-warn-list').replaceChildren(...shown.map((w) => el('li', { text: w.text })));
   $('trust-warn').hidden = !shown.length;
   $('trust-newkey').hidden = !st.newKey;

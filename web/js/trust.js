@@ -93,6 +93,7 @@ export class Trust {
     if (w) {
       w.lastAt = this.now();
       w.count = (w.count || 1) + 1;
+      w.hidden = false; // seen again: shown again
     } else {
       this.state.warnings.push({ id: `${this.now()}-${this.state.warnings.length}`, kind, text, at: this.now(), lastAt: this.now(), count: 1, hidden: false });
       if (this.state.warnings.length > 50) this.state.warnings.splice(0, this.state.warnings.length - 50);
@@ -153,6 +154,10 @@ export class Trust {
         this.verifier = parsed;
         await this.save();
         return { pinned: served, ok: true, fresh: true };
+      }
+      if (served === this.state.vkey && this.state.newKey) {
+        this.state.newKey = null; // the server is back to the pinned key
+        await this.save();
       }
       if (served !== this.state.vkey) {
         this.state.newKey = served;

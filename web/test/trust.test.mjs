@@ -84,6 +84,11 @@ test('a proxy that substitutes bob’s key is refused with a lasting warning', a
   assert.ok(warned.length >= 4);
   const st = await trust.status();
   assert.ok(st.warnings.some((w) => w.kind === 'inclusion' && /not in the server’s signed log/.test(w.text) && /@bob/.test(w.text)));
+  // Hidden warnings come back when the same thing is seen again.
+  await trust.hideWarnings();
+  assert.ok((await trust.warnings()).every((w) => w.hidden));
+  await assert.rejects(trust.verifyRecord(forged, { handle: 'bob' }), isTrust('inclusion'));
+  assert.ok((await trust.warnings()).some((w) => w.kind === 'inclusion' && !w.hidden && w.count >= 2));
   // The warnings are kept: a new page (a new Trust on the same store) still has them.
   const again = new Trust({ api: log.api(), server: SERVER, store });
   assert.ok((await again.warnings()).length >= 4);
