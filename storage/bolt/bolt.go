@@ -80,7 +80,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
 
 	"github.com/kezchat/kez/storage"
@@ -142,7 +142,7 @@ type Options struct {
 
 // Store is a bbolt-backed storage.Store.
 type Store struct {
-	db     *bolt.DB
+	db     *bbolt.DB
 	notify storage.Notify
 	batch  int
 	once   onceSet
@@ -181,12 +181,12 @@ func Open(path string, opts Options) (*Store, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, err
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{
+	db, err := bbolt.Open(path, 0o600, &bbolt.Options{
 		Timeout: opts.Timeout,
 		// The freelist is rebuilt on open instead of written on every commit:
 		// cheaper commits for an append-heavy workload.
 		NoFreelistSync: true,
-		FreelistType:   bolt.FreelistMapType,
+		FreelistType:   bbolt.FreelistMapType,
 		// Map address space for a 1 GiB file up front (it costs no memory):
 		// growing the map means unmapping first, and if mapping again then
 		// fails (ext4 refuses mmap once an error made it read-only) bbolt is
@@ -200,7 +200,7 @@ func Open(path string, opts Options) (*Store, error) {
 		}
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
-	err = db.Update(func(tx *bolt.Tx) error {
+	err = db.Update(func(tx *bbolt.Tx) error {
 		for _, name := range [][]byte{bucketMeta, bucketHandles, bucketPrimaries, bucketInboxes, bucketCounts, bucketInvites,
 			bucketState, bucketIdem, bucketIdemTimes, bucketListers, bucketCooldown, bucketLogData, bucketLogHashes} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
@@ -214,7 +214,7 @@ func Open(path string, opts Options) (*Store, error) {
 	}
 	var size int64
 	if err == nil {
-		err = db.View(func(tx *bolt.Tx) error { size = logSize(tx); return nil })
+		err = db.View(func(tx *bbolt.Tx) error { size = logSize(tx); return nil })
 	}
 	if err != nil {
 		_ = db.Close()
@@ -308,7 +308,7 @@ func marshalRecord(rec storage.Record) ([]byte, error) {
 	return bytes.TrimSuffix(b.Bytes(), []byte("\n")), nil
 }
 
-func getRecord(handles *bolt.Bucket, handle string) (storage.Record, bool, error) {
+func getRecord(handles *bbolt.Bucket, handle string) (storage.Record, bool, error) {
 	var rec storage.Record
 	raw := handles.Get([]byte(handle))
 	if raw == nil {
@@ -324,7 +324,7 @@ func getRecord(handles *bolt.Bucket, handle string) (storage.Record, bool, error
 // the leaves it appended visible to LogSize.
 func (s *Store) update(fn func(w *writeTx) error) error {
 	var appended int64
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(func(tx *bbolt.Tx) error {
 		w := newWriteTx(tx)
 		if err := fn(w); err != nil {
 			return err
@@ -558,7 +558,7 @@ func (s *Store) Delete(_ context.Context, handle, primary string, deletion []byt
 		}
 		if ix != nil {
 			seq = ix.msgs.Sequence()
-			for _, list := range []*bolt.Bucket{ix.accepted, ix.blocked} {
+			for _, list := range []*bbolt.Bucket{ix.accepted, ix.blocked} {
 				if err := list.ForEach(func(k, _ []byte) error { return w.listers.Delete(cat(k, name)) }); err != nil {
 					return err
 				}
@@ -590,7 +590,7 @@ func (s *Store) Delete(_ context.Context, handle, primary string, deletion []byt
 // Lookup returns a handle's record.
 func (s *Store) Lookup(_ context.Context, handle string) (storage.Record, error) {
 	var rec storage.Record
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(func(tx *bbolt.Tx) error {
 		raw := tx.Bucket(bucketHandles).Get([]byte(handle))
 		if raw == nil {
 			return storage.ErrNotFound
@@ -603,7 +603,7 @@ func (s *Store) Lookup(_ context.Context, handle string) (storage.Record, error)
 // LookupPrimary returns the record bound to a primary.
 func (s *Store) LookupPrimary(ctx context.Context, primary string) (storage.Record, error) {
 	var handle string
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(func(tx *bbolt.Tx) error {
 		h := tx.Bucket(bucketPrimaries).Get([]byte(primary))
 		if h == nil {
 			return storage.ErrNotFound
@@ -716,7 +716,7 @@ func (s *Store) fill(batch *[]*appendReq, wait <-chan time.Time) bool {
 // failing transaction fails them all.
 func (s *Store) commit(batch []*appendReq) {
 	now := time.Now().UnixMilli()
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(func(tx *bbolt.Tx) error {
 		w := newWriteTx(tx)
 		for _, r := range batch {
 			r.msg, r.fresh, r.err = storage.Message{}, false, nil
@@ -745,11 +745,11 @@ func (s *Store) commit(batch []*appendReq) {
 // writeTx is a write transaction with the buckets of the inboxes it has
 // touched at hand.
 type writeTx struct {
-	tx        *bolt.Tx
-	counts    *bolt.Bucket
-	idem      *bolt.Bucket
-	idemTimes *bolt.Bucket
-	listers   *bolt.Bucket
+	tx        *bbolt.Tx
+	counts    *bbolt.Bucket
+	idem      *bbolt.Bucket
+	idemTimes *bbolt.Bucket
+	listers   *bbolt.Bucket
 	inboxes   map[string]*inbox
 	logSize   int64 // after the last leaf appended in this transaction; 0: none
 }
@@ -757,12 +757,12 @@ type writeTx struct {
 // inbox is an inbox's buckets within one transaction.
 type inbox struct {
 	name     []byte
-	msgs     *bolt.Bucket
-	state    *bolt.Bucket
-	accepted *bolt.Bucket
-	blocked  *bolt.Bucket
-	requests *bolt.Bucket
-	senders  *bolt.Bucket
+	msgs     *bbolt.Bucket
+	state    *bbolt.Bucket
+	accepted *bbolt.Bucket
+	blocked  *bbolt.Bucket
+	requests *bbolt.Bucket
+	senders  *bbolt.Bucket
 	floor    uint64 // idempotency keys of seqs up to it belong to a deleted inbox
 }
 
@@ -772,7 +772,7 @@ type inbox struct {
 // Half the pages for the same messages, so half the pages written per commit.
 const appendOnly = 1.0
 
-func newWriteTx(tx *bolt.Tx) *writeTx {
+func newWriteTx(tx *bbolt.Tx) *writeTx {
 	w := &writeTx{tx: tx, counts: tx.Bucket(bucketCounts), idem: tx.Bucket(bucketIdem),
 		idemTimes: tx.Bucket(bucketIdemTimes), listers: tx.Bucket(bucketListers), inboxes: map[string]*inbox{}}
 	w.idemTimes.FillPercent = appendOnly
@@ -798,7 +798,7 @@ func (w *writeTx) inbox(handle string) (*inbox, error) {
 		return nil, err
 	}
 	for _, b := range []struct {
-		dst  **bolt.Bucket
+		dst  **bbolt.Bucket
 		name []byte
 	}{{&ix.accepted, stAccepted}, {&ix.blocked, stBlocked}, {&ix.requests, stRequests},
 		{&ix.senders, stSenders}} {
@@ -812,7 +812,7 @@ func (w *writeTx) inbox(handle string) (*inbox, error) {
 }
 
 // bucket returns the named child of parent, creating it if needed.
-func bucket(parent *bolt.Bucket, name []byte) (*bolt.Bucket, error) {
+func bucket(parent *bbolt.Bucket, name []byte) (*bbolt.Bucket, error) {
 	if b := parent.Bucket(name); b != nil {
 		return b, nil
 	}
@@ -822,7 +822,7 @@ func bucket(parent *bolt.Bucket, name []byte) (*bolt.Bucket, error) {
 // add adds delta to the counter under key, saturating at 0 (a count can
 // only be off after a bug; it never wraps). A zero counter is deleted when
 // drop is set.
-func add(b *bolt.Bucket, key []byte, delta int64, drop bool) error {
+func add(b *bbolt.Bucket, key []byte, delta int64, drop bool) error {
 	if delta == 0 {
 		return nil
 	}
@@ -1024,7 +1024,7 @@ func (w *writeTx) dropRequests(ix *inbox, key []byte, n int, kept bool) error {
 
 // unlist takes key off one of ix's lists (accepted or blocked), and off the
 // listers index unless the other list still has it.
-func (w *writeTx) unlist(ix *inbox, list *bolt.Bucket, key []byte) error {
+func (w *writeTx) unlist(ix *inbox, list *bbolt.Bucket, key []byte) error {
 	if list.Get(key) == nil {
 		return nil
 	}
@@ -1043,7 +1043,7 @@ func (s *Store) SetContact(_ context.Context, handle, primary string, state stor
 	if err != nil {
 		return err
 	}
-	err = s.db.Update(func(tx *bolt.Tx) error {
+	err = s.db.Update(func(tx *bbolt.Tx) error {
 		w := newWriteTx(tx)
 		ix, err := w.inbox(handle)
 		if err != nil {
@@ -1070,7 +1070,7 @@ func (s *Store) SetContact(_ context.Context, handle, primary string, state stor
 // Contacts returns handle's accepted and blocked senders, each sorted.
 func (s *Store) Contacts(_ context.Context, handle string) (storage.Contacts, error) {
 	c := storage.Contacts{Accepted: []string{}, Blocked: []string{}}
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(func(tx *bbolt.Tx) error {
 		if tx.Bucket(bucketInboxes).Bucket([]byte(handle)) == nil {
 			return storage.ErrNotFound
 		}
@@ -1104,7 +1104,7 @@ func (s *Store) Contacts(_ context.Context, handle string) (storage.Contacts, er
 func (s *Store) Read(_ context.Context, handle string, since uint64, limit int) ([]storage.Message, bool, error) {
 	var msgs []storage.Message
 	more := false
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(func(tx *bbolt.Tx) error {
 		b := tx.Bucket(bucketInboxes).Bucket([]byte(handle))
 		if b == nil {
 			return storage.ErrNotFound
@@ -1130,7 +1130,7 @@ func (s *Store) Read(_ context.Context, handle string, since uint64, limit int) 
 // Ack deletes every message with seq <= upto.
 func (s *Store) Ack(_ context.Context, handle string, upto uint64) (int, error) {
 	deleted := 0
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(func(tx *bbolt.Tx) error {
 		w := newWriteTx(tx)
 		ix, err := w.inbox(handle)
 		if err != nil {
@@ -1213,7 +1213,7 @@ const outOfLineFrom = 4096
 var msgKey = []byte("m")
 
 // putMessage stores a message's value under seq.
-func putMessage(b *bolt.Bucket, seq uint64, val []byte, envelopeLen int) error {
+func putMessage(b *bbolt.Bucket, seq uint64, val []byte, envelopeLen int) error {
 	if envelopeLen < outOfLineFrom {
 		return b.Put(seqKey(seq), val)
 	}
@@ -1226,7 +1226,7 @@ func putMessage(b *bolt.Bucket, seq uint64, val []byte, envelopeLen int) error {
 
 // messageValue is the value of the message a cursor of an inbox stands on:
 // v itself, or for a message stored out of line (v == nil), its bucket's.
-func messageValue(b *bolt.Bucket, k, v []byte) []byte {
+func messageValue(b *bbolt.Bucket, k, v []byte) []byte {
 	if v != nil {
 		return v
 	}
@@ -1237,7 +1237,7 @@ func messageValue(b *bolt.Bucket, k, v []byte) []byte {
 }
 
 // deleteMessage deletes the message under seq key sk, wherever it is kept.
-func deleteMessage(b *bolt.Bucket, sk []byte) error {
+func deleteMessage(b *bbolt.Bucket, sk []byte) error {
 	if b.Bucket(sk) != nil {
 		return b.DeleteBucket(sk)
 	}
@@ -1246,7 +1246,7 @@ func deleteMessage(b *bolt.Bucket, sk []byte) error {
 
 // rewriteFlags stores the message under seq key sk again with its flags
 // (but flagV2) replaced by flags. A missing message is left alone.
-func rewriteFlags(b *bolt.Bucket, sk []byte, flags byte) error {
+func rewriteFlags(b *bbolt.Bucket, sk []byte, flags byte) error {
 	dst := b
 	if mb := b.Bucket(sk); mb != nil {
 		dst, sk = mb, msgKey
@@ -1274,7 +1274,7 @@ func (s *Store) Expire(ctx context.Context, cutoff time.Time) (int, error) {
 	limit := uint64(ms)
 	old := func(_ uint64, h header, ok bool) bool { return ok && h.receivedAt >= 0 && uint64(h.receivedAt) < limit }
 	var stale []string
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(func(tx *bbolt.Tx) error {
 		return tx.Bucket(bucketInboxes).ForEachBucket(func(name []byte) error {
 			b := tx.Bucket(bucketInboxes).Bucket(name)
 			k, v := b.Cursor().First()
@@ -1298,7 +1298,7 @@ func (s *Store) Expire(ctx context.Context, cutoff time.Time) (int, error) {
 				return err
 			}
 			n := 0
-			err := s.db.Update(func(tx *bolt.Tx) error {
+			err := s.db.Update(func(tx *bbolt.Tx) error {
 				var err error
 				n, err = step(newWriteTx(tx))
 				return err
@@ -1372,7 +1372,7 @@ func (s *Store) Once(_ context.Context, key [32]byte, until time.Time) (bool, er
 
 // Ping reads the database.
 func (s *Store) Ping(context.Context) error {
-	return mapErr(s.db.View(func(tx *bolt.Tx) error {
+	return mapErr(s.db.View(func(tx *bbolt.Tx) error {
 		if tx.Bucket(bucketHandles) == nil {
 			return errors.New("handles bucket missing")
 		}
@@ -1385,12 +1385,12 @@ var _ storage.Store = (*Store)(nil)
 // Check opens the file at path read-only and verifies bbolt's invariants
 // (page references, freelist, ordering). For tests and operators after a crash.
 func Check(path string, timeout time.Duration) error {
-	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: timeout})
+	db, err := bbolt.Open(path, 0o600, &bbolt.Options{ReadOnly: true, Timeout: timeout})
 	if err != nil {
 		return err
 	}
 	defer db.Close()
-	return db.View(func(tx *bolt.Tx) error {
+	return db.View(func(tx *bbolt.Tx) error {
 		var first error
 		for err := range tx.Check() { // drain: the checker stops only at the end
 			if first == nil {

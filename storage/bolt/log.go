@@ -15,7 +15,7 @@ import (
 	"fmt"
 	"sync"
 
-	bolt "go.etcd.io/bbolt"
+	"go.etcd.io/bbolt"
 	"golang.org/x/mod/sumdb/note"
 	"golang.org/x/mod/sumdb/tlog"
 
@@ -32,7 +32,7 @@ var (
 // logSize is the number of leaves in tx: one past the last leaf's index, so
 // the size can never disagree with the leaves (and no counter page is
 // written per append).
-func logSize(tx *bolt.Tx) int64 {
+func logSize(tx *bbolt.Tx) int64 {
 	k, _ := tx.Bucket(bucketLogData).Cursor().Last()
 	if k == nil {
 		return 0
@@ -41,7 +41,7 @@ func logSize(tx *bolt.Tx) int64 {
 }
 
 // txHashes reads stored hashes within one transaction.
-type txHashes struct{ b *bolt.Bucket }
+type txHashes struct{ b *bbolt.Bucket }
 
 func (r txHashes) ReadHashes(indexes []int64) ([]tlog.Hash, error) {
 	out := make([]tlog.Hash, len(indexes))
@@ -189,7 +189,7 @@ func (s *Store) LogHashes(_ context.Context, indexes []int64) ([]tlog.Hash, erro
 	if len(missing) == 0 {
 		return out, nil
 	}
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(func(tx *bbolt.Tx) error {
 		b := tx.Bucket(bucketLogHashes)
 		for _, i := range missing {
 			v := b.Get(seqKey(uint64(indexes[i])))
@@ -238,7 +238,7 @@ func (s *Store) LogEntries(_ context.Context, start int64, n int) ([][]byte, err
 		return out, nil
 	}
 	var read []int64
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(func(tx *bbolt.Tx) error {
 		c := tx.Bucket(bucketLogData).Cursor()
 		i := first
 		for k, v := c.Seek(seqKey(uint64(first))); i < end; k, v = c.Next() {
@@ -274,7 +274,7 @@ func (s *Store) LogKey(_ context.Context, name string) (string, error) {
 	s.keyMu.Lock()
 	defer s.keyMu.Unlock()
 	if s.logKey == "" {
-		err := s.db.View(func(tx *bolt.Tx) error {
+		err := s.db.View(func(tx *bbolt.Tx) error {
 			s.logKey = string(tx.Bucket(bucketMeta).Get(metaLogKey))
 			return nil
 		})
@@ -287,7 +287,7 @@ func (s *Store) LogKey(_ context.Context, name string) (string, error) {
 		if err != nil {
 			return "", err
 		}
-		err = s.db.Update(func(tx *bolt.Tx) error {
+		err = s.db.Update(func(tx *bbolt.Tx) error {
 			meta := tx.Bucket(bucketMeta)
 			if v := meta.Get(metaLogKey); v != nil { // only this process writes; still, never replace one
 				s.logKey = string(v)

@@ -8,7 +8,7 @@ import (
 	"slices"
 
 	"github.com/gowebpki/jcs"
-	bolt "go.etcd.io/bbolt"
+	"go.etcd.io/bbolt"
 
 	"github.com/kezchat/kez/storage"
 )
@@ -29,9 +29,9 @@ const (
 
 // migrate brings a database to schemaVersion, once: first v1 to v2
 // (migrateV1), then v2 to v3 (migrateV2).
-func migrate(db *bolt.DB) error {
+func migrate(db *bbolt.DB) error {
 	var schema uint64
-	err := db.View(func(tx *bolt.Tx) error {
+	err := db.View(func(tx *bbolt.Tx) error {
 		schema = u64(tx.Bucket(bucketMeta).Get(metaSchema))
 		return nil
 	})
@@ -52,7 +52,7 @@ func migrate(db *bolt.DB) error {
 	if err := migrateV2(db); err != nil {
 		return err
 	}
-	return db.Update(func(tx *bolt.Tx) error {
+	return db.Update(func(tx *bbolt.Tx) error {
 		return tx.Bucket(bucketMeta).Put(metaSchema, seqKey(schemaVersion))
 	})
 }
@@ -74,9 +74,9 @@ func migrate(db *bolt.DB) error {
 // It works in small transactions; each message value says which layout it
 // has, so a migration cut short by a crash resumes where it was. The schema
 // is written last.
-func migrateV1(db *bolt.DB) error {
+func migrateV1(db *bbolt.DB) error {
 	var handles []string
-	err := db.View(func(tx *bolt.Tx) error {
+	err := db.View(func(tx *bbolt.Tx) error {
 		return tx.Bucket(bucketInboxes).ForEachBucket(func(name []byte) error {
 			handles = append(handles, string(name))
 			return nil
@@ -90,7 +90,7 @@ func migrateV1(db *bolt.DB) error {
 			return fmt.Errorf("migrate inbox %q: %w", handle, err)
 		}
 	}
-	return db.Update(func(tx *bolt.Tx) error {
+	return db.Update(func(tx *bbolt.Tx) error {
 		return tx.Bucket(bucketMeta).Put(metaSchema, seqKey(2))
 	})
 }
@@ -107,9 +107,9 @@ func migrateV1(db *bolt.DB) error {
 // registration, so a migration cut short appends only what is missing, in
 // the same order: the leaves are the same whenever it finishes. Both parts
 // work in transactions of at most migrateChunk records or inboxes.
-func migrateV2(db *bolt.DB) error {
+func migrateV2(db *bbolt.DB) error {
 	var inboxes [][]byte
-	err := db.View(func(tx *bolt.Tx) error {
+	err := db.View(func(tx *bbolt.Tx) error {
 		return tx.Bucket(bucketState).ForEachBucket(func(name []byte) error {
 			inboxes = append(inboxes, bytes.Clone(name))
 			return nil
@@ -119,7 +119,7 @@ func migrateV2(db *bolt.DB) error {
 		return err
 	}
 	for chunk := range slices.Chunk(inboxes, migrateChunk) {
-		err := db.Update(func(tx *bolt.Tx) error {
+		err := db.Update(func(tx *bbolt.Tx) error {
 			listers := tx.Bucket(bucketListers)
 			for _, name := range chunk {
 				st := tx.Bucket(bucketState).Bucket(name)
@@ -145,7 +145,7 @@ func migrateV2(db *bolt.DB) error {
 		handle string
 	}
 	var todo []binding
-	err = db.View(func(tx *bolt.Tx) error {
+	err = db.View(func(tx *bbolt.Tx) error {
 		return tx.Bucket(bucketHandles).ForEach(func(k, v []byte) error {
 			var rec storage.Record
 			if err := json.Unmarshal(v, &rec); err != nil {
@@ -164,7 +164,7 @@ func migrateV2(db *bolt.DB) error {
 		return cmp.Or(cmp.Compare(a.at, b.at), cmp.Compare(a.handle, b.handle))
 	})
 	for chunk := range slices.Chunk(todo, migrateChunk) {
-		err := db.Update(func(tx *bolt.Tx) error {
+		err := db.Update(func(tx *bbolt.Tx) error {
 			w := newWriteTx(tx)
 			handles := tx.Bucket(bucketHandles)
 			for _, b := range chunk {
@@ -200,7 +200,7 @@ func migrateV2(db *bolt.DB) error {
 
 // logged reports whether rec's leaf is in the log: the leaf at its
 // LogIndex is the object that made its binding.
-func logged(tx *bolt.Tx, rec storage.Record) bool {
+func logged(tx *bbolt.Tx, rec storage.Record) bool {
 	made := rec.Registration
 	if rec.Rotation != nil {
 		made = rec.Rotation
@@ -209,11 +209,11 @@ func logged(tx *bolt.Tx, rec storage.Record) bool {
 	return leaf != nil && rec.LogIndex >= 0 && bytes.Equal(leaf, made)
 }
 
-func migrateInbox(db *bolt.DB, handle string) error {
+func migrateInbox(db *bbolt.DB, handle string) error {
 	next := uint64(0)
 	stored := uint64(0) // messages seen, all ordinary: nothing is appended before the schema is written
 	for done := false; !done; {
-		err := db.Update(func(tx *bolt.Tx) error {
+		err := db.Update(func(tx *bbolt.Tx) error {
 			w := newWriteTx(tx)
 			ix, err := w.inbox(handle)
 			if err != nil || ix == nil {

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"go.etcd.io/bbolt"
 
 	"github.com/kezchat/kez/storage"
 	"github.com/kezchat/kez/storage/storagetest"
@@ -38,13 +38,13 @@ func v1Envelope(from, to int, sig string, size int) []byte {
 // a bucket holding that under "m"), counts; no meta bucket.
 func writeV1(t *testing.T, path string, inboxes map[string][]v1Message, primaries map[string]int) {
 	t.Helper()
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
+	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	err = db.Update(func(tx *bolt.Tx) error {
-		bs := map[string]*bolt.Bucket{}
+	err = db.Update(func(tx *bbolt.Tx) error {
+		bs := map[string]*bbolt.Bucket{}
 		for _, name := range []string{"handles", "primaries", "inboxes", "counts", "invites"} {
 			b, err := tx.CreateBucket([]byte(name))
 			if err != nil {
@@ -200,11 +200,11 @@ func TestMigrateV1(t *testing.T) {
 
 	// Cut short: the schema not yet written and one message still in the
 	// v1 layout. Opening again finishes the job without changing the rest.
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
+	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = db.Update(func(tx *bolt.Tx) error {
+	err = db.Update(func(tx *bbolt.Tx) error {
 		if err := tx.Bucket(bucketMeta).Delete(metaSchema); err != nil {
 			return err
 		}
@@ -243,11 +243,11 @@ func TestNewerSchemaRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.Close()
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
+	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Put(metaSchema, seqKey(schemaVersion+1)) })
+	err = db.Update(func(tx *bbolt.Tx) error { return tx.Bucket(bucketMeta).Put(metaSchema, seqKey(schemaVersion+1)) })
 	db.Close()
 	if err != nil {
 		t.Fatal(err)

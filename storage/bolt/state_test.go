@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"go.etcd.io/bbolt"
 	"golang.org/x/mod/sumdb/tlog"
 
 	"github.com/kezchat/kez/storage"
@@ -23,7 +23,7 @@ import (
 // fails the test where a stored count or index disagrees.
 func checkState(t *testing.T, s *Store) {
 	t.Helper()
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(func(tx *bbolt.Tx) error {
 		return tx.Bucket(bucketInboxes).ForEachBucket(func(name []byte) error {
 			msgs := tx.Bucket(bucketInboxes).Bucket(name)
 			st := tx.Bucket(bucketState).Bucket(name)
@@ -83,7 +83,7 @@ func checkState(t *testing.T, s *Store) {
 		})
 	})
 	if err == nil {
-		err = s.db.View(func(tx *bolt.Tx) error {
+		err = s.db.View(func(tx *bbolt.Tx) error {
 			// Idempotency keys and their time index point at each other.
 			idem, times := tx.Bucket(bucketIdem), tx.Bucket(bucketIdemTimes)
 			if idem.Stats().KeyN != times.Stats().KeyN {
@@ -98,7 +98,7 @@ func checkState(t *testing.T, s *Store) {
 		})
 	}
 	if err == nil {
-		err = s.db.View(func(tx *bolt.Tx) error { return checkTrust(tx, s.logSize.Load()) })
+		err = s.db.View(func(tx *bbolt.Tx) error { return checkTrust(tx, s.logSize.Load()) })
 	}
 	if err != nil {
 		t.Fatal(err)
@@ -110,7 +110,7 @@ func checkState(t *testing.T, s *Store) {
 // inbox belongs to a handle; the index is exactly the lists; the log's
 // leaves are numbered without a gap, its stored hashes are the tree of
 // those leaves, and LogSize says how many there are.
-func checkTrust(tx *bolt.Tx, size int64) error {
+func checkTrust(tx *bbolt.Tx, size int64) error {
 	handles, primaries := tx.Bucket(bucketHandles), tx.Bucket(bucketPrimaries)
 	if h, p := handles.Stats().KeyN, primaries.Stats().KeyN; h != p {
 		return fmt.Errorf("%d handles, %d primaries", h, p)
@@ -334,7 +334,7 @@ func TestStateStaysConsistent(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkState(t, s)
-	err = s.db.View(func(tx *bolt.Tx) error {
+	err = s.db.View(func(tx *bbolt.Tx) error {
 		if n := tx.Bucket(bucketIdem).Stats().KeyN; n != 0 {
 			return fmt.Errorf("%d idempotency keys after retention", n)
 		}

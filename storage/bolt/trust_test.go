@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/gowebpki/jcs"
-	bolt "go.etcd.io/bbolt"
+	"go.etcd.io/bbolt"
 	"golang.org/x/mod/sumdb/tlog"
 
 	"github.com/kezchat/kez/storage"
@@ -114,12 +114,12 @@ func TestImplicitAcceptanceOfARotatedKey(t *testing.T) {
 // index, no cooldown records, records without log_index.
 func downgrade(t *testing.T, path string) {
 	t.Helper()
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
+	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	err = db.Update(func(tx *bolt.Tx) error {
+	err = db.Update(func(tx *bbolt.Tx) error {
 		for _, b := range [][]byte{bucketLogData, bucketLogHashes, bucketListers, bucketCooldown} {
 			if err := tx.DeleteBucket(b); err != nil {
 				return err
@@ -199,11 +199,11 @@ func testMigrateV2(t *testing.T, done int) {
 	s.Close()
 	downgrade(t, path)
 	if done > 0 { // a migration cut short: the first leaves are in
-		db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
+		db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: time.Second})
 		if err != nil {
 			t.Fatal(err)
 		}
-		err = db.Update(func(tx *bolt.Tx) error {
+		err = db.Update(func(tx *bbolt.Tx) error {
 			if _, err := tx.CreateBucketIfNotExists(bucketListers); err != nil {
 				return err
 			}
@@ -276,7 +276,7 @@ func testMigrateV2(t *testing.T, done int) {
 		t.Fatalf("log size %d after reopen, want 5", n)
 	}
 	checkState(t, s)
-	err = s.db.View(func(tx *bolt.Tx) error {
+	err = s.db.View(func(tx *bbolt.Tx) error {
 		if v := u64(tx.Bucket(bucketMeta).Get(metaSchema)); v != schemaVersion {
 			return fmt.Errorf("schema %d", v)
 		}
