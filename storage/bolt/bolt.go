@@ -4,7 +4,8 @@
 // # Layout (schema 3)
 //
 //	meta       "schema" → 3 (8 bytes BE); absent or 1: the v1 layout, 2: v2 without the log
-//	           (both migrated on Open, migrate.go); "log_key" → the log's note signer key
+//	           (both migrated on Open, migrate.go); "log_key" → the log's note signer key;
+//	           "server" → the server name the handles belong to (Options.Server)
 //	handles    handle → Record JSON
 //	primaries  primary → handle
 //	invites    used invite → handle it registered
@@ -127,6 +128,11 @@ const expireChunk = 1000
 // ErrLocked means another process holds the database file.
 var ErrLocked = errors.New("database file is locked by another process")
 
+// ErrOtherServer means the database belongs to another server name.
+var ErrOtherServer = errors.New("database belongs to another server name")
+
+var metaServer = []byte("server")
+
 // Options configure Open.
 type Options struct {
 	// Timeout bounds the wait for the file lock held by another process.
@@ -138,6 +144,11 @@ type Options struct {
 	OneCommitPerMessage bool
 	// MaxOnce bounds the single-use record kept by Once (0: DefaultMaxOnce).
 	MaxOnce int
+	// Server is the server name the handles belong to (alice@Server). The
+	// first Open that names one records it in the file; an Open naming
+	// another fails with ErrOtherServer, so two servers never mix their
+	// handles in one file. Empty: not checked.
+	Server string
 }
 
 // Store is a bbolt-backed storage.Store.
@@ -207,7 +218,7 @@ func Open(path string, opts Options) (*Store, error) {
 				return err
 			}
 		}
-		return nil
+		return checkServer(tx.Bucket(bucketMeta), opts.Server)
 	})
 	if err == nil {
 		err = migrate(db)
@@ -229,6 +240,21 @@ func Open(path string, opts Options) (*Store, error) {
 	}
 	go s.writer()
 	return s, nil
+}
+
+// checkServer records server as the database's server name, or checks it
+// against the one recorded.
+func checkServer(meta *bbolt.Bucket, server string) error {
+	if server == "" {
+		return nil
+	}
+	if had := meta.Get(metaServer); had != nil {
+		if string(had) != server {
+			return fmt.Errorf("%w: it holds the handles of %q, not %q", ErrOtherServer, had, server)
+		}
+		return nil
+	}
+	return meta.Put(metaServer, []byte(server))
 }
 
 // Path is the database file's path.
