@@ -1,41 +1,18 @@
 package kez
 
 import (
+	"bytes"
 	"crypto/ed25519"
 	"encoding/hex"
 	"errors"
-	"math/big"
 	"strings"
+
+	"filippo.io/edwards25519"
+	"filippo.io/edwards25519/field"
 )
 
 // PrimaryPrefix starts every primary: "ed25519:" followed by 64 lowercase hex digits.
 const PrimaryPrefix = "ed25519:"
-
-var (
-	fieldP = new(big.Int).Sub(new(big.Int).Lsh(big.NewInt(1), 255), big.NewInt(19))
-	// edwardsD is -121665/121666 mod p, the twisted Edwards curve constant.
-	edwardsD = func() *big.Int {
-		num := new(big.Int).Sub(fieldP, big.NewInt(121665))
-		den := new(big.Int).ModInverse(big.NewInt(121666), fieldP)
-		return num.Mul(num, den).Mod(num, fieldP)
-	}()
-	// smallOrderU are the Montgomery u-coordinates of the points of order 2, 4
-	// and 8 (the identity has no u-coordinate and is caught before).
-	smallOrderU = []*big.Int{
-		big.NewInt(0),
-		big.NewInt(1),
-		mustBig("325606250916557431795983626356110631294008115727848805560023387167927233504"),
-		mustBig("39382357235489614581723060781553021112529911719440698176882885853963445705823"),
-	}
-)
-
-func mustBig(s string) *big.Int {
-	n, ok := new(big.Int).SetString(s, 10)
-	if !ok {
-		panic("kez: bad constant " + s)
-	}
-	return n
-}
 
 // ErrInvalidKey is returned for a public key that is not a usable Ed25519 point.
 var ErrInvalidKey = errors.New("not a valid ed25519 public key")
@@ -81,51 +58,29 @@ func EdwardsToMontgomery(pub []byte) ([]byte, error) {
 	if len(pub) != ed25519.PublicKeySize {
 		return nil, ErrInvalidKey
 	}
-	le := make([]byte, 32)
-	copy(le, pub)
-	sign := le[31] >> 7
-	le[31] &= 0x7f
-	y := new(big.Int).SetBytes(reverse(le))
-	if y.Cmp(fieldP) >= 0 {
-		return nil, ErrInvalidKey // non-canonical y
-	}
-	// x² = (y² − 1) / (d·y² + 1); the point exists only if that is a square.
-	y2 := new(big.Int).Mul(y, y)
-	y2.Mod(y2, fieldP)
-	num := new(big.Int).Sub(y2, big.NewInt(1))
-	num.Mod(num, fieldP)
-	den := new(big.Int).Mul(edwardsD, y2)
-	den.Add(den, big.NewInt(1)).Mod(den, fieldP)
-	x2 := new(big.Int).Mul(num, new(big.Int).ModInverse(den, fieldP))
-	x2.Mod(x2, fieldP)
-	if x2.Sign() == 0 {
-		if sign == 1 {
-			return nil, ErrInvalidKey // x = 0 has no negative encoding
-		}
-	} else if new(big.Int).ModSqrt(x2, fieldP) == nil {
+	var pt edwards25519.Point
+	if _, err := pt.SetBytes(pub); err != nil || !canonicalY(pub) {
 		return nil, ErrInvalidKey
 	}
-	one := big.NewInt(1)
-	if y.Cmp(one) == 0 {
-		return nil, ErrInvalidKey // the identity
+	// Small order (1, 2, 4 or 8): eight times the point is the identity.
+	// This also refuses x = 0 with the sign bit set, which SetBytes
+	// accepts: x = 0 only at the identity and the point of order 2.
+	var p8 edwards25519.Point
+	if p8.MultByCofactor(&pt).Equal(identity) == 1 {
+		return nil, ErrInvalidKey
 	}
-	u := new(big.Int).Add(one, y)
-	oneMinusY := new(big.Int).Sub(one, y)
-	oneMinusY.Mod(oneMinusY, fieldP)
-	u.Mul(u, new(big.Int).ModInverse(oneMinusY, fieldP)).Mod(u, fieldP)
-	for _, bad := range smallOrderU {
-		if u.Cmp(bad) == 0 {
-			return nil, ErrInvalidKey
-		}
-	}
-	out := make([]byte, 32)
-	u.FillBytes(out)
-	return reverse(out), nil
+	return pt.BytesMontgomery(), nil
 }
 
-func reverse(b []byte) []byte {
-	for i, j := 0, len(b)-1; i < j; i, j = i+1, j-1 {
-		b[i], b[j] = b[j], b[i]
+var identity = edwards25519.NewIdentityPoint()
+
+// canonicalY reports whether the y in pub is below p: it is when y
+// re-encodes to itself (SetBytes reduces y ≥ p, and ignores the sign bit).
+func canonicalY(pub []byte) bool {
+	var y field.Element
+	if _, err := y.SetBytes(pub); err != nil {
+		return false
 	}
-	return b
+	enc := y.Bytes()
+	return bytes.Equal(enc[:31], pub[:31]) && enc[31] == pub[31]&0x7f
 }
