@@ -17,9 +17,17 @@ import (
 )
 
 // Config is the server's protocol configuration (SPEC §4).
+//
+// Zero values: a zero limit (MaxInbox, RequestLimit, MaxRequests,
+// MaxStreamsPerHandle, MaxStreams and the three Rates) is off, no bound at
+// all. A zero protocol parameter (MaxEnvelope, AuthSkew, RegisterSkew,
+// Keepalive, BodyTimeout, StreamMaxAge, HandleCooldown) takes its SPEC §4
+// default, the Default* constants: none of them is ever off. The Caddy
+// module fills in its own defaults for the limits (package caddymodule)
+// and passes every value explicitly.
 type Config struct {
 	Server       string        // the domain in addresses, e.g. kez.lat
-	PublicURL    string        // base of links in WebFinger answers; default https://<Server>
+	PublicURL    string        // base of links in WebFinger answers; default DefaultPublicURL(Server)
 	MaxEnvelope  int64         // largest envelope accepted, in bytes
 	AuthSkew     time.Duration // allowed clock difference for X-KEZ-Auth
 	RegisterSkew time.Duration // allowed clock difference for registrations
@@ -42,6 +50,11 @@ type Config struct {
 	MaxStreamsPerHandle int                          // open streams per handle
 	MaxStreams          int                          // open streams in total
 	ClientIP            func(r *http.Request) string // the client's address; default RemoteIP
+
+	// RateState keeps the rate limits' buckets; nil: a new one. Pass the
+	// same one to the Handler that replaces this one on a reload, so the
+	// reload does not refill every client's allowance.
+	RateState *RateState
 
 	// Registration is "open" (default), "closed", or "invite": then each
 	// registration needs a one-use token listed in InviteFile.
@@ -99,7 +112,9 @@ const (
 	RegistrationInvite = "invite"
 )
 
-// Defaults of SPEC §4.
+// Defaults of SPEC §4, applied by WithDefaults to zero fields. (The abuse
+// limits' defaults, retention and max_inbox, belong to the Caddy module:
+// here a zero limit is no limit.)
 const (
 	DefaultMaxEnvelope  = 256 << 10
 	DefaultAuthSkew     = 60 * time.Second
@@ -110,15 +125,21 @@ const (
 	// DefaultHandleCooldown keeps a deleted handle from a newcomer while
 	// contacts may still trust it (SPEC §1).
 	DefaultHandleCooldown = 30 * 24 * time.Hour
-	DefaultRetention      = 30 * 24 * time.Hour
-	DefaultMaxInbox       = 10000
+
+	// Deprecated: the Caddy module's defaults (caddymodule.DefaultRetention
+	// and DefaultMaxInbox); here a zero MaxInbox is no cap.
+	DefaultRetention = 30 * 24 * time.Hour
+	DefaultMaxInbox  = 10000
 )
+
+// DefaultPublicURL is the PublicURL of a server that sets none.
+func DefaultPublicURL(server string) string { return "https://" + server }
 
 // WithDefaults fills unset fields.
 func (c Config) WithDefaults() Config {
 	c.Server = kez.ASCIILower(c.Server)
 	if c.PublicURL == "" {
-		c.PublicURL = "https://" + c.Server
+		c.PublicURL = DefaultPublicURL(c.Server)
 	}
 	c.PublicURL = strings.TrimRight(c.PublicURL, "/")
 	if c.Now == nil {
@@ -167,6 +188,9 @@ func (c Config) WithDefaults() Config {
 	if c.Version == "" {
 		c.Version = "devel"
 	}
+	if c.RateState == nil {
+		c.RateState = NewRateState()
+	}
 	return c
 }
 
@@ -203,8 +227,10 @@ func New(cfg Config, store storage.Store, h *hub.Hub, log *slog.Logger) *Handler
 	stopped, stop := context.WithCancel(context.Background())
 	return &Handler{stopped: stopped, stop: stop, cfg: cfg, store: store, hub: h, log: log,
 		servers:       map[*http.Server]context.Context{},
-		registerLimit: newLimiter(cfg.RegisterRate), sendLimit: newLimiter(cfg.SendRate), senderLimit: newLimiter(cfg.SenderRate),
-		streams: streamSlots{perHandle: map[string]int{}}, keys: kez.NewKeyVerifier(0)}
+		registerLimit: newLimiter(cfg.RegisterRate, &cfg.RateState.register),
+		sendLimit:     newLimiter(cfg.SendRate, &cfg.RateState.send),
+		senderLimit:   newLimiter(cfg.SenderRate, &cfg.RateState.sender),
+		streams:       streamSlots{perHandle: map[string]int{}}, keys: kez.NewKeyVerifier(0)}
 }
 
 // Close ends every open stream of this handler; the store and hub stay open.

@@ -42,12 +42,26 @@ func (r Rate) String() string {
 	return strconv.Itoa(r.N) + "/" + r.Per.String()
 }
 
-// limiter is a token bucket per key (a client IP). Buckets that have
-// refilled are swept, so memory follows the number of recently active keys.
-type limiter struct {
-	rate      Rate
+// RateState is what the rate limits remember: a token bucket per client for
+// each limit (registrations, sends per address, sends per sender key). A
+// Handler has its own unless Config.RateState names one. A host that builds
+// a new Handler on every configuration reload (Caddy's module) passes the
+// same RateState to each, so that a reload does not hand every client a full
+// allowance again; the new configuration's rates apply to the kept buckets.
+type RateState struct {
+	register, send, sender buckets
+}
+
+// NewRateState returns an empty RateState: every client starts with a full
+// bucket.
+func NewRateState() *RateState { return &RateState{} }
+
+// buckets are token buckets by key (a client IP or a sender key). Buckets
+// that have refilled are swept, so memory follows the number of recently
+// active keys.
+type buckets struct {
 	mu        sync.Mutex
-	buckets   map[string]*bucket
+	m         map[string]*bucket
 	lastSweep time.Time
 }
 
@@ -56,7 +70,13 @@ type bucket struct {
 	last   time.Time
 }
 
-func newLimiter(r Rate) *limiter { return &limiter{rate: r, buckets: map[string]*bucket{}} }
+// limiter applies one configuration's Rate to buckets that may outlive it.
+type limiter struct {
+	rate Rate
+	b    *buckets
+}
+
+func newLimiter(r Rate, b *buckets) *limiter { return &limiter{rate: r, b: b} }
 
 // allow takes a token for key, or says how long until one is available.
 func (l *limiter) allow(key string, now time.Time) (bool, time.Duration) {
@@ -64,30 +84,37 @@ func (l *limiter) allow(key string, now time.Time) (bool, time.Duration) {
 		return true, 0
 	}
 	perToken := float64(l.rate.Per) / float64(l.rate.N)
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if now.Sub(l.lastSweep) > l.rate.Per {
-		l.sweep(now, perToken)
+	full := float64(l.rate.N)
+	b := l.b
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.m == nil {
+		b.m = map[string]*bucket{}
 	}
-	b := l.buckets[key]
-	if b == nil {
-		b = &bucket{tokens: float64(l.rate.N), last: now}
-		l.buckets[key] = b
+	if now.Sub(b.lastSweep) > l.rate.Per {
+		b.sweep(now, perToken, full)
 	}
-	b.tokens = math.Min(float64(l.rate.N), b.tokens+float64(now.Sub(b.last))/perToken)
-	b.last = now
-	if b.tokens >= 1 {
-		b.tokens--
+	k := b.m[key]
+	if k == nil {
+		k = &bucket{tokens: full, last: now}
+		b.m[key] = k
+	}
+	// A reload may have lowered the rate: a bucket never holds more than
+	// the current burst.
+	k.tokens = math.Min(full, k.tokens+float64(now.Sub(k.last))/perToken)
+	k.last = now
+	if k.tokens >= 1 {
+		k.tokens--
 		return true, 0
 	}
-	return false, time.Duration((1 - b.tokens) * perToken)
+	return false, time.Duration((1 - k.tokens) * perToken)
 }
 
-func (l *limiter) sweep(now time.Time, perToken float64) {
-	l.lastSweep = now
-	for k, b := range l.buckets {
-		if b.tokens+float64(now.Sub(b.last))/perToken >= float64(l.rate.N) {
-			delete(l.buckets, k)
+func (b *buckets) sweep(now time.Time, perToken, full float64) {
+	b.lastSweep = now
+	for key, k := range b.m {
+		if k.tokens+float64(now.Sub(k.last))/perToken >= full {
+			delete(b.m, key)
 		}
 	}
 }

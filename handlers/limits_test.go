@@ -32,7 +32,7 @@ func TestParseRate(t *testing.T) {
 }
 
 func TestLimiterBurstAndRefill(t *testing.T) {
-	l := newLimiter(Rate{N: 3, Per: 3 * time.Second})
+	l := newLimiter(Rate{N: 3, Per: 3 * time.Second}, new(buckets))
 	now := time.Unix(1000, 0)
 	for i := range 3 {
 		if ok, _ := l.allow("a", now); !ok {
@@ -52,12 +52,46 @@ func TestLimiterBurstAndRefill(t *testing.T) {
 	// Long idle: buckets are swept, and a swept key starts full again.
 	later := now.Add(time.Hour)
 	l.allow("c", later)
-	if _, kept := l.buckets["a"]; kept {
+	if _, kept := l.b.m["a"]; kept {
 		t.Fatal("idle bucket not swept")
 	}
 	var nilLimiter *limiter
 	if ok, _ := nilLimiter.allow("x", now); !ok {
 		t.Fatal("nil limiter must allow")
+	}
+}
+
+// A RateState passed to the next Handler (a reload) keeps each client's
+// bucket: a reload does not refill it, and the new rate applies to it.
+func TestRateStateOutlivesHandler(t *testing.T) {
+	state := NewRateState()
+	now := time.Unix(1000, 0)
+	old := newLimiter(Rate{N: 2, Per: time.Hour}, &state.register)
+	for range 2 {
+		if ok, _ := old.allow("a", now); !ok {
+			t.Fatal("burst refused")
+		}
+	}
+	same := newLimiter(Rate{N: 2, Per: time.Hour}, &state.register)
+	if ok, _ := same.allow("a", now); ok {
+		t.Fatal("the next configuration's limiter refilled the bucket")
+	}
+	// A higher rate adds nothing at once; a lower one caps what is kept.
+	higher := newLimiter(Rate{N: 10, Per: time.Hour}, &state.register)
+	if ok, _ := higher.allow("a", now); ok {
+		t.Fatal("a higher rate refilled the bucket")
+	}
+	if ok, _ := higher.allow("b", now); !ok {
+		t.Fatal("a new client is refused")
+	}
+	lower := newLimiter(Rate{N: 1, Per: time.Hour}, &state.register)
+	lower.allow("b", now) // b had 9 tokens left: capped to 1, and taken
+	if ok, _ := lower.allow("b", now); ok {
+		t.Fatal("a lower rate kept more than its burst")
+	}
+	// The limits' buckets are separate.
+	if ok, _ := newLimiter(Rate{N: 1, Per: time.Hour}, &state.send).allow("a", now); !ok {
+		t.Fatal("the send limit shares the register limit's buckets")
 	}
 }
 
