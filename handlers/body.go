@@ -8,15 +8,11 @@ import (
 	"mime"
 	"net/http"
 	"os"
-	"strconv"
 	"sync"
 	"time"
 
 	"github.com/kezchat/kez/kez"
 )
-
-// errBodyTimeout: the body did not arrive within BodyTimeout.
-var errBodyTimeout = kez.Errorf("body_timeout", "the request body did not arrive in time")
 
 // body is a request body as read: the bytes and their SHA-256 (hex, "" for
 // an empty body), which request signatures cover (SPEC §2.0).
@@ -25,17 +21,17 @@ type body struct {
 	hash string
 }
 
-// readJSONBody reads a POST or PUT body of at most limit bytes (tooBig
-// when longer): it must be application/json (415 otherwise, so that a
-// browser cannot send it without a CORS preflight) and arrive whole
-// within BodyTimeout (408 body_timeout). Memory grows with the bytes that
-// arrive, never with what Content-Length announces; a body announced
-// larger than limit is still read up to limit, so that the client, still
-// sending, can read the 413. An empty body needs no Content-Type. It
-// writes the error and returns ok=false on failure.
-func (h *Handler) readJSONBody(w http.ResponseWriter, r *http.Request, limit int64, tooBig func()) (body, bool) {
-	if !jsonContentType(w, r) {
-		return body{}, false
+// readBody reads a POST or PUT body of at most limit bytes: it must be
+// application/json (415 otherwise, so that a browser cannot send it
+// without a CORS preflight) and arrive whole within BodyTimeout (408
+// body_timeout). A longer body is answered with tooBig. Memory grows with
+// the bytes that arrive, never with what Content-Length announces; a body
+// announced larger than limit is still read up to limit, so that the
+// client, still sending, can read the answer. An empty body needs no
+// Content-Type. Every refusal ends the connection after the answer.
+func (h *Handler) readBody(w http.ResponseWriter, r *http.Request, limit int64, tooBig *kez.Error) (body, error) {
+	if err := checkContentType(r); err != nil {
+		return body{}, err
 	}
 	rc := http.NewResponseController(w)
 	deadline := time.Now().Add(h.cfg.BodyTimeout)
@@ -61,28 +57,39 @@ func (h *Handler) readJSONBody(w http.ResponseWriter, r *http.Request, limit int
 	var mbe *http.MaxBytesError
 	switch {
 	case errors.As(err, &mbe):
-		tooBig()
-		return body{}, false
+		return body{}, closing(tooBig)
 	case err != nil && (expired || errors.Is(err, os.ErrDeadlineExceeded)):
-		closeAfter(w)
-		writeError(w, http.StatusRequestTimeout, errBodyTimeout.Code,
-			"the request body did not arrive within "+h.cfg.BodyTimeout.String())
-		return body{}, false
+		return body{}, closing(kez.Errorf(kez.CodeBodyTimeout, "the request body did not arrive within %s", h.cfg.BodyTimeout))
 	case err != nil:
-		closeAfter(w)
-		writeError(w, http.StatusBadRequest, kez.CodeBadRequest, "could not read the body")
-		return body{}, false
+		return body{}, closing(kez.Errorf(kez.CodeBadRequest, "could not read the body"))
 	}
 	// The body leaves in a slice of its own size: the scratch buffer goes
 	// back to the pool, and what the handler keeps (the envelope, on its
 	// way to storage and the hub) is exactly the bytes that came.
 	if buf.Len() == 0 {
-		return body{}, true
+		return body{}, nil
 	}
 	b := body{data: bytes.Clone(buf.Bytes())}
 	sum := sha256.Sum256(b.data)
 	b.hash = hex.EncodeToString(sum[:])
-	return b, true
+	return b, nil
+}
+
+// errOverLimit marks a body over the limit for readJSONBody.
+var errOverLimit = kez.Errorf(kez.CodeBadRequest, "body over the limit")
+
+// readJSONBody is readBody for a handler that writes its own errors
+// (send, until it returns them): tooBig writes the answer to a body over
+// the limit. It returns ok=false when the answer is written.
+func (h *Handler) readJSONBody(w http.ResponseWriter, r *http.Request, limit int64, tooBig func()) (body, bool) {
+	b, err := h.readBody(w, r, limit, errOverLimit)
+	switch {
+	case errors.Is(err, errOverLimit):
+		tooBig()
+	case err != nil:
+		h.fail(w, r, err)
+	}
+	return b, err == nil
 }
 
 // bodyBuffers are scratch buffers that request bodies are read into. A
@@ -103,45 +110,62 @@ func putBodyBuffer(buf *bytes.Buffer) {
 	bodyBuffers.Put(buf)
 }
 
-// jsonContentType checks that a request with a body says it is
-// application/json, else answers 415 and returns false.
-func jsonContentType(w http.ResponseWriter, r *http.Request) bool {
+// checkContentType checks that a request with a body says it is
+// application/json (415 bad_request otherwise).
+func checkContentType(r *http.Request) error {
 	if r.ContentLength == 0 {
-		return true
+		return nil
 	}
 	ct := r.Header.Get("Content-Type")
 	if ct == "application/json" || ct == "application/json; charset=utf-8" {
-		return true // what clients send, accepted without parsing it
+		return nil // what clients send, accepted without parsing it
 	}
-	mt, _, err := mime.ParseMediaType(ct)
-	if err != nil || mt != "application/json" {
-		closeAfter(w)
-		writeError(w, http.StatusUnsupportedMediaType, kez.CodeBadRequest,
-			"the body must be sent as Content-Type: application/json")
+	if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
+		return errNotJSON
+	}
+	return nil
+}
+
+var errNotJSON = &apiError{status: http.StatusUnsupportedMediaType, code: kez.CodeBadRequest, close: true,
+	message: "the body must be sent as Content-Type: application/json"}
+
+// jsonContentType is checkContentType for a handler that writes its own
+// errors (send, until it returns them): it answers 415 and returns false.
+func jsonContentType(w http.ResponseWriter, r *http.Request) bool {
+	if err := checkContentType(r); err != nil {
+		errNotJSON.write(w)
 		return false
 	}
 	return true
 }
 
-// readNoBody reads what should be an empty body (PUT and DELETE on a path
+// noBody reads what should be an empty body (PUT and DELETE on a path
 // that names everything): anything in it is a bad request.
+func (h *Handler) noBody(w http.ResponseWriter, r *http.Request) error {
+	_, err := h.readBody(w, r, 0, kez.Errorf(kez.CodeBadRequest, "this request takes no body"))
+	return err
+}
+
+// readNoBody is noBody for a handler that writes its own errors (ack,
+// until it returns them).
 func (h *Handler) readNoBody(w http.ResponseWriter, r *http.Request) bool {
-	b, ok := h.readJSONBody(w, r, 0, func() {
-		closeAfter(w)
-		writeError(w, http.StatusBadRequest, kez.CodeBadRequest, "this request takes no body")
-	})
-	return ok && len(b.data) == 0
+	if err := h.noBody(w, r); err != nil {
+		h.fail(w, r, err)
+		return false
+	}
+	return true
 }
 
 // closeAfter ends the connection after this answer: the rest of a body we
 // refused may still be on its way.
 func closeAfter(w http.ResponseWriter) { w.Header().Set("Connection", "close") }
 
-// tooLarge answers 413 envelope_too_large for a send body over the limit.
+// errTooLarge is 413 envelope_too_large for a send body over the limit.
+func (h *Handler) errTooLarge() *kez.Error {
+	return kez.Errorf(kez.CodeEnvelopeTooLarge, "envelope is larger than %d bytes", h.cfg.MaxEnvelope)
+}
+
+// tooLarge writes errTooLarge, for readJSONBody.
 func (h *Handler) tooLarge(w http.ResponseWriter) func() {
-	return func() {
-		closeAfter(w)
-		writeError(w, http.StatusRequestEntityTooLarge, kez.CodeEnvelopeTooLarge,
-			"envelope is larger than "+strconv.FormatInt(h.cfg.MaxEnvelope, 10)+" bytes")
-	}
+	return func() { closing(h.errTooLarge()).write(w) }
 }

@@ -9,22 +9,20 @@ import (
 )
 
 // contacts answers GET /v1/inbox/<handle>/contacts (SPEC §2.9).
-func (h *Handler) contacts(w http.ResponseWriter, r *http.Request, arg string) {
+func (h *Handler) contacts(w http.ResponseWriter, r *http.Request, arg string) error {
 	_, query, _, err := kez.ParseQuery(r.URL.RawQuery, false)
 	if err != nil {
-		h.fail(w, r, err)
-		return
+		return err
 	}
 	rec, ok := h.authorizeOwner(w, r, arg, http.StatusUnauthorized, func(handle string) signedRequest {
 		return ownerRequest(r, handle, "/contacts", query)
 	})
 	if !ok {
-		return
+		return errAnswered
 	}
 	c, err := h.store.Contacts(r.Context(), rec.Handle)
 	if err != nil {
-		h.fail(w, r, err)
-		return
+		return err
 	}
 	out := struct {
 		Accepted []string `json:"accepted"`
@@ -38,34 +36,33 @@ func (h *Handler) contacts(w http.ResponseWriter, r *http.Request, arg string) {
 	}
 	body, _ := json.Marshal(out) // primaries: nothing to escape
 	writeRaw(w, http.StatusOK, "application/json; charset=utf-8", body)
+	return nil
 }
 
 // setContact serves PUT and DELETE on /v1/inbox/<handle>/<list>/<primary>,
 // list being "contacts" or "blocked" (SPEC §2.9).
-func (h *Handler) setContact(arg, list, primary string, state storage.ContactState) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
+func (h *Handler) setContact(arg, list, primary string, state storage.ContactState) apiFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
 		_, query, _, err := kez.ParseQuery(r.URL.RawQuery, false)
 		if err != nil {
-			h.fail(w, r, err)
-			return
+			return err
 		}
 		if !kez.WellFormedPrimary(primary) {
-			writeError(w, http.StatusBadRequest, kez.CodeBadRequest, "the last path segment must be a primary (ed25519:<64 lowercase hex>)")
-			return
+			return kez.Errorf(kez.CodeBadRequest, "the last path segment must be a primary (ed25519:<64 lowercase hex>)")
 		}
-		if !h.readNoBody(w, r) {
-			return
+		if err := h.noBody(w, r); err != nil {
+			return err
 		}
 		rec, ok := h.authorizeOwner(w, r, arg, http.StatusUnauthorized, func(handle string) signedRequest {
 			return ownerRequest(r, handle, "/"+list+"/"+primary, query)
 		})
 		if !ok {
-			return
+			return errAnswered
 		}
 		if err := h.store.SetContact(r.Context(), rec.Handle, primary, state); err != nil {
-			h.fail(w, r, err)
-			return
+			return err
 		}
 		w.WriteHeader(http.StatusNoContent)
+		return nil
 	}
 }

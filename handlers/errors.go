@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"math"
 	"net/http"
 	"strconv"
 	"time"
@@ -11,6 +12,36 @@ import (
 	"github.com/kezchat/kez/kez"
 	"github.com/kezchat/kez/storage"
 )
+
+// Errors (SPEC §2.11). A handler writes its answer when it succeeds and
+// returns an error otherwise; fail is the one place that turns an error
+// into an answer (Caddy's caddyhttp.Error is the model):
+//
+//   - an *apiError answers as it says;
+//   - a *kez.Error answers with its code, at that code's status (statusOf);
+//   - a storage sentinel answers as sentinelErrors says;
+//   - anything else means storage is failing: 503 unavailable, logged.
+//
+// A handler that wants its own message for a sentinel ("no handle "x"
+// here") checks for it with errors.Is and returns a *kez.Error instead.
+
+// apiFunc is an API handler that returns its error instead of writing it.
+type apiFunc func(w http.ResponseWriter, r *http.Request) error
+
+// serve adapts fn to net/http: its error is answered by fail.
+func (h *Handler) serve(fn apiFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if err := fn(w, r); err != nil {
+			h.fail(w, r, err)
+		}
+	}
+}
+
+// serveArg is serve for a handler of a path with a variable part (a handle
+// or a primary).
+func (h *Handler) serveArg(arg string, fn func(http.ResponseWriter, *http.Request, string) error) http.HandlerFunc {
+	return h.serve(func(w http.ResponseWriter, r *http.Request) error { return fn(w, r, arg) })
+}
 
 // statusOf maps each SPEC §2.11 code to its HTTP status.
 var statusOf = map[string]int{
@@ -83,45 +114,109 @@ func writeError(w http.ResponseWriter, status int, code, msg string) {
 	writeJSON(w, status, errorBody{errorDetail{Code: code, Message: msg}})
 }
 
-// writeKezError answers with a protocol error.
-func writeKezError(w http.ResponseWriter, e *kez.Error) {
-	status, ok := statusOf[e.Code]
-	if !ok {
-		status = http.StatusInternalServerError
-	}
-	writeError(w, status, e.Code, e.Message)
+// apiError is an error answer with more to it than a *kez.Error: a status
+// other than its code's, a Retry-After, or the end of the connection.
+type apiError struct {
+	status     int // 0: the code's status (statusOf)
+	code       string
+	message    string
+	retryAfter time.Duration // sent as Retry-After in whole seconds (at least 1) when > 0
+	close      bool          // end the connection: the rest of a refused body may still be on its way
+	cause      error         // what it answers, for errors.Is
 }
 
-// fail answers with the error for err. Protocol errors keep their code;
-// storage sentinels become theirs; anything else means storage is failing.
-func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) {
-	var ke *kez.Error
-	switch {
-	case errors.As(err, &ke):
-		writeKezError(w, ke)
-	case errors.Is(err, storage.ErrNotFound):
-		writeError(w, http.StatusNotFound, kez.CodeNotFound, "not found")
-	case errors.Is(err, storage.ErrHandleTaken):
-		writeError(w, http.StatusConflict, kez.CodeHandleTaken, "handle is already registered")
-	case errors.Is(err, storage.ErrPrimaryTaken):
-		writeError(w, http.StatusConflict, kez.CodePrimaryTaken, "this primary is already bound to another handle")
-	case errors.Is(err, storage.ErrInboxFull):
-		writeError(w, http.StatusInsufficientStorage, kez.CodeInboxFull, "the recipient's inbox is full")
-	case errors.Is(err, storage.ErrCoolingDown):
-		writeError(w, http.StatusConflict, kez.CodeHandleCoolingDown, "this handle was deleted recently and cannot be registered again yet")
-	case errors.Is(err, storage.ErrBlocked):
-		writeError(w, http.StatusForbidden, kez.CodeBlocked, "the recipient does not accept messages from you")
-	case errors.Is(err, storage.ErrRequestLimit):
-		// Requests free up when the recipient reads, accepts or deletes them.
-		w.Header().Set("Retry-After", strconv.Itoa(int(requestRetry/time.Second)))
-		writeError(w, http.StatusTooManyRequests, kez.CodeRequestLimit,
-			"the recipient has not accepted you yet and holds as many of your (or all) message requests as allowed; wait until they answer")
-	default:
-		h.log.Error("storage failure", "method", r.Method, "path", r.URL.Path, "error", err)
-		writeError(w, http.StatusServiceUnavailable, kez.CodeUnavailable, "storage is unavailable; try again later")
-	}
+func (e *apiError) Error() string { return e.code + ": " + e.message }
+
+func (e *apiError) Unwrap() error { return e.cause }
+
+// closing is e answered with Connection: close.
+func closing(e *kez.Error) *apiError {
+	return &apiError{code: e.Code, message: e.Message, close: true, cause: e}
 }
+
+// tooMany is 429 rate_limited with Retry-After.
+func tooMany(wait time.Duration, what string) *apiError {
+	return &apiError{code: kez.CodeRateLimited, retryAfter: wait,
+		message: what + "; retry in " + strconv.Itoa(retrySeconds(wait)) + "s"}
+}
+
+// retrySeconds is wait in whole seconds, rounded up, at least 1.
+func retrySeconds(wait time.Duration) int {
+	return max(1, int(math.Ceil(wait.Seconds())))
+}
+
+// errAnswered is returned by a handler whose answer a helper has already
+// written: authorizeOwner, until it returns its error too.
+var errAnswered = errors.New("the answer is written")
 
 // requestRetry is the Retry-After of request_limit: a guess, since only
 // the recipient can free the slots.
 const requestRetry = 60 * time.Second
+
+// sentinelErrors answer the storage sentinels. A handler with a more
+// precise message for one checks for it itself.
+var sentinelErrors = []struct {
+	err    error
+	answer *apiError
+}{
+	{storage.ErrNotFound, &apiError{code: kez.CodeNotFound, message: "not found"}},
+	{storage.ErrHandleTaken, &apiError{code: kez.CodeHandleTaken, message: "handle is already registered"}},
+	{storage.ErrPrimaryTaken, &apiError{code: kez.CodePrimaryTaken, message: "this primary is already bound to another handle"}},
+	{storage.ErrInboxFull, &apiError{code: kez.CodeInboxFull, message: "the recipient's inbox is full"}},
+	{storage.ErrCoolingDown, &apiError{code: kez.CodeHandleCoolingDown, message: "this handle was deleted recently and cannot be registered again yet"}},
+	{storage.ErrBlocked, &apiError{code: kez.CodeBlocked, message: "the recipient does not accept messages from you"}},
+	{storage.ErrInviteUsed, &apiError{code: kez.CodeInvalidInvite, message: "this invite has already been used"}},
+	// Requests free up when the recipient reads, accepts or deletes them.
+	{storage.ErrRequestLimit, &apiError{code: kez.CodeRequestLimit, retryAfter: requestRetry,
+		message: "the recipient has not accepted you yet and holds as many of your (or all) message requests as allowed; wait until they answer"}},
+}
+
+// errUnavailable answers any other error: storage is failing.
+var errUnavailable = &apiError{code: kez.CodeUnavailable, message: "storage is unavailable; try again later"}
+
+// answerOf is the answer to err, or nil when err is none of ours.
+func answerOf(err error) *apiError {
+	if ae, ok := errors.AsType[*apiError](err); ok {
+		return ae
+	}
+	if ke, ok := errors.AsType[*kez.Error](err); ok {
+		return &apiError{code: ke.Code, message: ke.Message}
+	}
+	for _, s := range sentinelErrors {
+		if errors.Is(err, s.err) {
+			return s.answer
+		}
+	}
+	return nil
+}
+
+// fail answers with the error for err; an error none of ours is logged as
+// a storage failure.
+func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) {
+	if errors.Is(err, errAnswered) {
+		return
+	}
+	a := answerOf(err)
+	if a == nil {
+		h.log.Error("storage failure", "method", r.Method, "path", r.URL.Path, "error", err)
+		a = errUnavailable
+	}
+	a.write(w)
+}
+
+func (e *apiError) write(w http.ResponseWriter) {
+	status := e.status
+	if status == 0 {
+		var ok bool
+		if status, ok = statusOf[e.code]; !ok {
+			status = http.StatusInternalServerError
+		}
+	}
+	if e.retryAfter > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(retrySeconds(e.retryAfter)))
+	}
+	if e.close {
+		closeAfter(w)
+	}
+	writeError(w, status, e.code, e.message)
+}

@@ -68,11 +68,12 @@ type Config struct {
 
 // Counters are called as the API works; any of them may be nil.
 type Counters struct {
-	MessageAccepted func(envelopeBytes int) // a message is durable
-	Registered      func()                  // a new handle is bound
-	StreamOpened    func()
-	StreamClosed    func()
-	RateLimited     func(limit string) // "register", "send", "sender" or "streams"
+	MessageAccepted  func(envelopeBytes int) // a message is durable
+	Registered       func()                  // a new handle is bound
+	StreamOpened     func()
+	StreamClosed     func()
+	StreamOverflowed func()             // a stream ended because its client read too slowly
+	RateLimited      func(limit string) // "register", "send", "sender" or "streams"
 }
 
 func (c Counters) messageAccepted(n int) {
@@ -252,31 +253,31 @@ func (h *Handler) Route(r *http.Request) http.Handler {
 	p := r.URL.Path
 	switch p {
 	case "/v1/healthz":
-		return h.methods(map[string]http.HandlerFunc{"GET": h.healthz})
+		return h.methods(map[string]http.HandlerFunc{"GET": h.serve(h.healthz)})
 	case "/v1/register":
-		return h.methods(map[string]http.HandlerFunc{"POST": h.register})
+		return h.methods(map[string]http.HandlerFunc{"POST": h.serve(h.register)})
 	case "/v1/messages":
 		return h.methods(map[string]http.HandlerFunc{"POST": h.send})
 	case "/.well-known/webfinger":
-		return h.methods(map[string]http.HandlerFunc{"GET": h.webfinger})
+		return h.methods(map[string]http.HandlerFunc{"GET": h.serve(h.webfinger)})
 	case "/v1/rotate":
-		return h.methods(map[string]http.HandlerFunc{"POST": h.rotate})
+		return h.methods(map[string]http.HandlerFunc{"POST": h.serve(h.rotate)})
 	case "/v1/delete":
-		return h.methods(map[string]http.HandlerFunc{"POST": h.deleteAccount})
+		return h.methods(map[string]http.HandlerFunc{"POST": h.serve(h.deleteAccount)})
 	case "/v1/log/key":
-		return h.methods(map[string]http.HandlerFunc{"GET": h.logKey})
+		return h.methods(map[string]http.HandlerFunc{"GET": h.serve(h.logKey)})
 	case "/v1/log/checkpoint":
-		return h.methods(map[string]http.HandlerFunc{"GET": h.logCheckpoint})
+		return h.methods(map[string]http.HandlerFunc{"GET": h.serve(h.logCheckpoint)})
 	case "/v1/log/entries":
-		return h.methods(map[string]http.HandlerFunc{"GET": h.logEntries})
+		return h.methods(map[string]http.HandlerFunc{"GET": h.serve(h.logEntries)})
 	case "/v1/log/consistency":
-		return h.methods(map[string]http.HandlerFunc{"GET": h.logConsistency})
+		return h.methods(map[string]http.HandlerFunc{"GET": h.serve(h.logConsistency)})
 	}
 	if rest, ok := strings.CutPrefix(p, "/v1/u/"); ok && isSegment(rest) {
-		return h.methods(map[string]http.HandlerFunc{"GET": h.withArg(rest, h.lookup)})
+		return h.methods(map[string]http.HandlerFunc{"GET": h.serveArg(rest, h.lookup)})
 	}
 	if rest, ok := strings.CutPrefix(p, "/v1/by-primary/"); ok && isSegment(rest) {
-		return h.methods(map[string]http.HandlerFunc{"GET": h.withArg(rest, h.lookupPrimary)})
+		return h.methods(map[string]http.HandlerFunc{"GET": h.serveArg(rest, h.lookupPrimary)})
 	}
 	if rest, ok := strings.CutPrefix(p, "/v1/inbox/"); ok {
 		if route := h.inboxRoute(rest); route != nil {
@@ -304,17 +305,17 @@ func (h *Handler) inboxRoute(rest string) http.Handler {
 			"DELETE": h.withArg(handle, h.ack),
 		})
 	case len(parts) == 2 && parts[1] == "stream":
-		return h.methods(map[string]http.HandlerFunc{"GET": h.withArg(handle, h.stream)})
+		return h.methods(map[string]http.HandlerFunc{"GET": h.serveArg(handle, h.stream)})
 	case len(parts) == 2 && parts[1] == "contacts":
-		return h.methods(map[string]http.HandlerFunc{"GET": h.withArg(handle, h.contacts)})
+		return h.methods(map[string]http.HandlerFunc{"GET": h.serveArg(handle, h.contacts)})
 	case len(parts) == 3 && (parts[1] == "contacts" || parts[1] == "blocked") && parts[2] != "":
 		on, off := storage.Accept, storage.Unaccept
 		if parts[1] == "blocked" {
 			on, off = storage.Block, storage.Unblock
 		}
 		return h.methods(map[string]http.HandlerFunc{
-			"PUT":    h.setContact(handle, parts[1], parts[2], on),
-			"DELETE": h.setContact(handle, parts[1], parts[2], off),
+			"PUT":    h.serve(h.setContact(handle, parts[1], parts[2], on)),
+			"DELETE": h.serve(h.setContact(handle, parts[1], parts[2], off)),
 		})
 	}
 	return nil

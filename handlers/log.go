@@ -156,55 +156,57 @@ func hashStrings(hs []tlog.Hash) []string {
 	return out
 }
 
-func (h *Handler) logKey(w http.ResponseWriter, r *http.Request) {
-	if _, _, _, err := kez.ParseQuery(r.URL.RawQuery, false); err != nil {
-		h.fail(w, r, err)
-		return
+// noQuery refuses a query on a path that takes none.
+func noQuery(r *http.Request) error {
+	_, _, _, err := kez.ParseQuery(r.URL.RawQuery, false)
+	return err
+}
+
+func (h *Handler) logKey(w http.ResponseWriter, r *http.Request) error {
+	if err := noQuery(r); err != nil {
+		return err
 	}
 	_, vkey, err := h.logSigner(r.Context())
 	if err != nil {
-		h.fail(w, r, err)
-		return
+		return err
 	}
 	writeRaw(w, http.StatusOK, "text/plain; charset=utf-8", []byte(vkey+"\n"))
+	return nil
 }
 
-func (h *Handler) logCheckpoint(w http.ResponseWriter, r *http.Request) {
-	if _, _, _, err := kez.ParseQuery(r.URL.RawQuery, false); err != nil {
-		h.fail(w, r, err)
-		return
+func (h *Handler) logCheckpoint(w http.ResponseWriter, r *http.Request) error {
+	if err := noQuery(r); err != nil {
+		return err
 	}
 	size, err := h.store.LogSize(r.Context())
-	if err == nil {
-		var cp []byte
-		if cp, err = h.checkpointAt(r.Context(), size); err == nil {
-			w.Header().Set("Cache-Control", "no-cache")
-			writeRaw(w, http.StatusOK, "text/plain; charset=utf-8", cp)
-			return
-		}
+	if err != nil {
+		return err
 	}
-	h.fail(w, r, err)
+	cp, err := h.checkpointAt(r.Context(), size)
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Cache-Control", "no-cache")
+	writeRaw(w, http.StatusOK, "text/plain; charset=utf-8", cp)
+	return nil
 }
 
-func (h *Handler) logEntries(w http.ResponseWriter, r *http.Request) {
+func (h *Handler) logEntries(w http.ResponseWriter, r *http.Request) error {
 	q, _, _, err := kez.ParseQuery(r.URL.RawQuery, false, "start", "limit")
 	if err != nil {
-		h.fail(w, r, err)
-		return
+		return err
 	}
 	limit := uint64(maxLogEntries)
 	if n, ok := q["limit"]; ok {
 		if n == 0 {
-			writeError(w, http.StatusBadRequest, kez.CodeBadRequest, "limit must be positive")
-			return
+			return kez.Errorf(kez.CodeBadRequest, "limit must be positive")
 		}
 		limit = min(n, maxLogEntries)
 	}
 	start := q["start"]
 	size, err := h.store.LogSize(r.Context())
 	if err != nil {
-		h.fail(w, r, err)
-		return
+		return err
 	}
 	type entry struct {
 		Index int64  `json:"index"`
@@ -217,38 +219,34 @@ func (h *Handler) logEntries(w http.ResponseWriter, r *http.Request) {
 		n := int(min(limit, uint64(size)-start))
 		data, err := h.store.LogEntries(r.Context(), int64(start), n)
 		if err != nil {
-			h.fail(w, r, err)
-			return
+			return err
 		}
 		for i, d := range data {
 			out.Entries = append(out.Entries, entry{Index: int64(start) + int64(i), Data: d})
 		}
 	}
 	writeJSON(w, http.StatusOK, out)
+	return nil
 }
 
-func (h *Handler) logConsistency(w http.ResponseWriter, r *http.Request) {
+func (h *Handler) logConsistency(w http.ResponseWriter, r *http.Request) error {
 	q, _, _, err := kez.ParseQuery(r.URL.RawQuery, false, "old", "new")
 	if err != nil {
-		h.fail(w, r, err)
-		return
+		return err
 	}
 	size, err := h.store.LogSize(r.Context())
 	if err != nil {
-		h.fail(w, r, err)
-		return
+		return err
 	}
 	oldSize, okOld := q["old"]
 	newSize, okNew := q["new"]
 	if !okOld || !okNew || oldSize < 1 || oldSize > newSize || newSize > uint64(size) {
-		writeError(w, http.StatusBadRequest, kez.CodeBadRequest,
-			"consistency needs 1 <= old <= new <= "+strconv.FormatInt(size, 10)+" (the log's size)")
-		return
+		return kez.Errorf(kez.CodeBadRequest, "consistency needs 1 <= old <= new <= %d (the log's size)", size)
 	}
 	proof, err := tlog.ProveTree(int64(newSize), int64(oldSize), hashReader{r.Context(), h.store})
 	if err != nil {
-		h.fail(w, r, err)
-		return
+		return err
 	}
 	writeJSON(w, http.StatusOK, map[string][]string{"proof": hashStrings(proof)})
+	return nil
 }

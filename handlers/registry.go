@@ -1,6 +1,7 @@
 package handlers
 
 import (
+	"context"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
@@ -33,17 +34,17 @@ type record struct {
 
 // writeRecord answers with rec and the inclusion proof of its log leaf in
 // the latest checkpoint.
-func (h *Handler) writeRecord(w http.ResponseWriter, r *http.Request, status int, rec storage.Record) {
+func (h *Handler) writeRecord(w http.ResponseWriter, r *http.Request, status int, rec storage.Record) error {
 	proof, err := h.proveLeaf(r.Context(), rec.LogIndex)
 	if err != nil {
-		h.fail(w, r, err)
-		return
+		return err
 	}
 	writeJSON(w, status, record{Handle: rec.Handle, Server: h.cfg.Server, Address: kez.Address(rec.Handle, h.cfg.Server),
 		Primary: rec.Primary, RegisteredAt: rec.RegisteredAt, Registration: rec.Registration, Rotation: rec.Rotation, Log: proof})
+	return nil
 }
 
-func (h *Handler) healthz(w http.ResponseWriter, r *http.Request) {
+func (h *Handler) healthz(w http.ResponseWriter, r *http.Request) error {
 	resp := map[string]any{"server": h.cfg.Server, "status": "ok", "version": h.cfg.Version, "protocol": 2}
 	if _, vkey, err := h.logSigner(r.Context()); err == nil {
 		resp["log_key"] = vkey
@@ -56,66 +57,54 @@ func (h *Handler) healthz(w http.ResponseWriter, r *http.Request) {
 		status = http.StatusServiceUnavailable
 	}
 	writeJSON(w, status, resp)
+	return nil
 }
 
-func (h *Handler) register(w http.ResponseWriter, r *http.Request) {
+func (h *Handler) register(w http.ResponseWriter, r *http.Request) error {
 	if h.cfg.Registration == RegistrationClosed {
-		writeError(w, http.StatusForbidden, kez.CodeRegistrationClosed, "registration is closed on "+h.cfg.Server)
-		return
+		return kez.Errorf(kez.CodeRegistrationClosed, "registration is closed on %s", h.cfg.Server)
 	}
 	if ok, wait := h.registerLimit.allow(limitKey(h.cfg.ClientIP(r)), h.cfg.Now()); !ok {
 		h.cfg.Counters.rateLimited("register")
-		rateLimited(w, wait, "too many registration attempts from your address")
-		return
+		return tooMany(wait, "too many registration attempts from your address")
 	}
-	in, ok := h.readJSONBody(w, r, maxRegistrationBody, func() {
-		closeAfter(w)
-		writeError(w, http.StatusBadRequest, kez.CodeBadRequest, "registration body is larger than 16 KiB")
-	})
-	if !ok {
-		return
+	in, err := h.readBody(w, r, maxRegistrationBody, kez.Errorf(kez.CodeBadRequest, "registration body is larger than 16 KiB"))
+	if err != nil {
+		return err
 	}
-	body := in.data
 	now := h.cfg.Now()
-	reg, payload, err := kez.VerifyRegistration(body, kez.RegistrationPolicy{
+	reg, payload, err := kez.VerifyRegistration(in.data, kez.RegistrationPolicy{
 		Server: h.cfg.Server, Now: now, Skew: h.cfg.RegisterSkew, Reserved: h.cfg.Reserved})
 	if err != nil {
 		// A correctly signed but stale body is still an idempotent retry
 		// when exactly this binding exists (SPEC §2.2).
 		if reg != nil {
 			if rec, lerr := h.store.Lookup(r.Context(), payload.Handle); lerr == nil && rec.Primary == payload.Primary {
-				h.writeRecord(w, r, http.StatusOK, rec)
-				return
+				return h.writeRecord(w, r, http.StatusOK, rec)
 			}
 		}
-		h.fail(w, r, err)
-		return
+		return err
 	}
 	invite := ""
 	if h.cfg.Registration == RegistrationInvite {
 		if invite, err = h.checkInvite(reg.Invite); err != nil {
-			h.fail(w, r, err)
-			return
+			return err
 		}
 	}
 	stored, created, err := h.store.Register(r.Context(), storage.Record{
 		Handle: payload.Handle, Primary: payload.Primary, RegisteredAt: now.Unix(), Registration: reg.Stored()}, invite)
 	switch {
-	case errors.Is(err, storage.ErrInviteUsed):
-		writeError(w, http.StatusForbidden, kez.CodeInvalidInvite, "this invite has already been used")
 	case errors.Is(err, storage.ErrHandleTaken):
-		writeError(w, http.StatusConflict, kez.CodeHandleTaken, "handle \""+payload.Handle+"\" is already registered")
-	case errors.Is(err, storage.ErrPrimaryTaken):
-		writeError(w, http.StatusConflict, kez.CodePrimaryTaken, "this primary is already bound to another handle")
+		return kez.Errorf(kez.CodeHandleTaken, "handle \"%s\" is already registered", payload.Handle)
 	case errors.Is(err, storage.ErrCoolingDown):
-		writeError(w, http.StatusConflict, kez.CodeHandleCoolingDown, "handle \""+payload.Handle+"\" was deleted recently and cannot be registered again yet")
+		return kez.Errorf(kez.CodeHandleCoolingDown, "handle \"%s\" was deleted recently and cannot be registered again yet", payload.Handle)
 	case err != nil:
-		h.fail(w, r, err)
+		return err
 	case created:
 		h.cfg.Counters.registered()
-		h.writeRecord(w, r, http.StatusCreated, stored)
+		return h.writeRecord(w, r, http.StatusCreated, stored)
 	default:
-		h.writeRecord(w, r, http.StatusOK, stored) // the same binding again: an idempotent retry
+		return h.writeRecord(w, r, http.StatusOK, stored) // the same binding again: an idempotent retry
 	}
 }
 
@@ -140,77 +129,90 @@ func (h *Handler) checkInvite(token string) (string, error) {
 	return "", kez.Errorf(kez.CodeInvalidInvite, "this invite is not valid on %s", h.cfg.Server)
 }
 
-// localHandle resolves "alice" or "alice@<this server>" to a valid handle.
-// ok is false (with the error written) otherwise: a bad handle is a 400,
-// another server is notFound.
-func (h *Handler) localHandle(w http.ResponseWriter, s, notFoundCode string) (string, bool) {
+// resolveHandle resolves "alice" or "alice@<this server>" to a valid
+// handle. A bad handle is invalid_handle, another server's is
+// notFoundCode (not_found or unknown_recipient).
+func (h *Handler) resolveHandle(s, notFoundCode string) (string, error) {
 	handle, server := kez.SplitAddress(s)
 	if strings.Contains(s, "@") && server != h.cfg.Server {
-		writeError(w, http.StatusNotFound, notFoundCode, "\""+s+"\" is not on this server ("+h.cfg.Server+")")
-		return "", false
+		return "", kez.Errorf(notFoundCode, "\"%s\" is not on this server (%s)", s, h.cfg.Server)
 	}
 	if !kez.ValidHandle(handle) {
-		writeError(w, http.StatusBadRequest, kez.CodeInvalidHandle,
-			"\""+s+"\" is not a valid handle: 2-32 characters of a-z, 0-9, _ and -, starting with a letter or digit")
-		return "", false
+		return "", kez.Errorf(kez.CodeInvalidHandle,
+			"\"%s\" is not a valid handle: 2-32 characters of a-z, 0-9, _ and -, starting with a letter or digit", s)
 	}
-	return handle, true
+	return handle, nil
 }
 
-func (h *Handler) lookup(w http.ResponseWriter, r *http.Request, arg string) {
-	handle, ok := h.localHandle(w, arg, kez.CodeNotFound)
-	if !ok {
-		return
-	}
-	rec, err := h.store.Lookup(r.Context(), handle)
-	if errors.Is(err, storage.ErrNotFound) {
-		writeError(w, http.StatusNotFound, kez.CodeNotFound, "no handle \""+handle+"\" on "+h.cfg.Server)
-		return
-	}
+// localHandle is resolveHandle for a handler that writes its own errors
+// (authorizeOwner and send, until they return them): it returns ok=false
+// when the answer is written.
+func (h *Handler) localHandle(w http.ResponseWriter, s, notFoundCode string) (string, bool) {
+	handle, err := h.resolveHandle(s, notFoundCode)
 	if err != nil {
-		h.fail(w, r, err)
-		return
+		answerOf(err).write(w)
 	}
-	h.writeRecord(w, r, http.StatusOK, rec)
+	return handle, err == nil
 }
 
-func (h *Handler) lookupPrimary(w http.ResponseWriter, r *http.Request, primary string) {
+// noHandle is the error for a handle nobody holds here: code is not_found,
+// or unknown_recipient for a send.
+func (h *Handler) noHandle(handle, code string) *kez.Error {
+	return kez.Errorf(code, "no handle \"%s\" on %s", handle, h.cfg.Server)
+}
+
+// lookupHandle is the record of handle, or noHandle's error when there is none.
+func (h *Handler) lookupHandle(ctx context.Context, handle, notFoundCode string) (storage.Record, error) {
+	rec, err := h.store.Lookup(ctx, handle)
+	if errors.Is(err, storage.ErrNotFound) {
+		err = h.noHandle(handle, notFoundCode)
+	}
+	return rec, err
+}
+
+func (h *Handler) lookup(w http.ResponseWriter, r *http.Request, arg string) error {
+	handle, err := h.resolveHandle(arg, kez.CodeNotFound)
+	if err != nil {
+		return err
+	}
+	rec, err := h.lookupHandle(r.Context(), handle, kez.CodeNotFound)
+	if err != nil {
+		return err
+	}
+	return h.writeRecord(w, r, http.StatusOK, rec)
+}
+
+func (h *Handler) lookupPrimary(w http.ResponseWriter, r *http.Request, primary string) error {
 	if !kez.WellFormedPrimary(primary) {
-		writeError(w, http.StatusBadRequest, kez.CodeBadRequest, "primary must be ed25519: followed by 64 lowercase hex digits")
-		return
+		return kez.Errorf(kez.CodeBadRequest, "primary must be ed25519: followed by 64 lowercase hex digits")
 	}
 	rec, err := h.store.LookupPrimary(r.Context(), primary)
 	if errors.Is(err, storage.ErrNotFound) {
-		writeError(w, http.StatusNotFound, kez.CodeNotFound, "no handle is bound to this primary")
-		return
+		return kez.Errorf(kez.CodeNotFound, "no handle is bound to this primary")
 	}
 	if err != nil {
-		h.fail(w, r, err)
-		return
+		return err
 	}
-	h.writeRecord(w, r, http.StatusOK, rec)
+	return h.writeRecord(w, r, http.StatusOK, rec)
 }
 
 // webfinger answers RFC 7033 queries for acct:handle@server.
-func (h *Handler) webfinger(w http.ResponseWriter, r *http.Request) {
+func (h *Handler) webfinger(w http.ResponseWriter, r *http.Request) error {
 	resource := r.URL.Query().Get("resource")
 	handle, host, ok := kez.ParseAcct(resource)
 	if !ok {
-		writeError(w, http.StatusBadRequest, kez.CodeBadRequest, "resource must be acct:<handle>@<server>")
-		return
+		return kez.Errorf(kez.CodeBadRequest, "resource must be acct:<handle>@<server>")
 	}
+	noAccount := kez.Errorf(kez.CodeNotFound, "no account %s here", resource)
 	if host != h.cfg.Server || !kez.ValidHandle(handle) {
-		writeError(w, http.StatusNotFound, kez.CodeNotFound, "no account "+resource+" here")
-		return
+		return noAccount
 	}
 	rec, err := h.store.Lookup(r.Context(), handle)
 	if errors.Is(err, storage.ErrNotFound) {
-		writeError(w, http.StatusNotFound, kez.CodeNotFound, "no account "+resource+" here")
-		return
+		return noAccount
 	}
 	if err != nil {
-		h.fail(w, r, err)
-		return
+		return err
 	}
 	href := h.cfg.PublicURL + "/v1/u/" + rec.Handle
 	jrd := map[string]any{
@@ -221,4 +223,5 @@ func (h *Handler) webfinger(w http.ResponseWriter, r *http.Request) {
 	}
 	body, _ := json.Marshal(jrd)
 	writeRaw(w, http.StatusOK, "application/jrd+json", body)
+	return nil
 }
