@@ -18,6 +18,7 @@ var metrics = struct {
 	bytes        prometheus.Counter
 	registered   prometheus.Counter
 	streams      prometheus.Gauge
+	overflowed   prometheus.Counter
 	rateLimited  *prometheus.CounterVec
 	allCollected []prometheus.Collector
 }{}
@@ -33,9 +34,11 @@ func initMetrics(registry *prometheus.Registry) (handlers.Counters, error) {
 			Name: "registrations_total", Help: "Handles registered."})
 		metrics.streams = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub,
 			Name: "streams_open", Help: "Inbox streams (SSE) open now."})
+		metrics.overflowed = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "streams_overflowed_total", Help: "Streams ended because the client read more slowly than its messages arrived; it resumes from storage."})
 		metrics.rateLimited = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
 			Name: "rate_limited_total", Help: "Requests refused with 429, by limit."}, []string{"limit"})
-		metrics.allCollected = []prometheus.Collector{metrics.accepted, metrics.bytes, metrics.registered, metrics.streams, metrics.rateLimited}
+		metrics.allCollected = []prometheus.Collector{metrics.accepted, metrics.bytes, metrics.registered, metrics.streams, metrics.overflowed, metrics.rateLimited}
 	})
 	if registry != nil {
 		for _, c := range metrics.allCollected {
@@ -46,10 +49,11 @@ func initMetrics(registry *prometheus.Registry) (handlers.Counters, error) {
 		}
 	}
 	return handlers.Counters{
-		MessageAccepted: func(n int) { metrics.accepted.Inc(); metrics.bytes.Add(float64(n)) },
-		Registered:      metrics.registered.Inc,
-		StreamOpened:    metrics.streams.Inc,
-		StreamClosed:    metrics.streams.Dec,
-		RateLimited:     func(limit string) { metrics.rateLimited.WithLabelValues(limit).Inc() },
+		MessageAccepted:  func(n int) { metrics.accepted.Inc(); metrics.bytes.Add(float64(n)) },
+		Registered:       metrics.registered.Inc,
+		StreamOpened:     metrics.streams.Inc,
+		StreamClosed:     metrics.streams.Dec,
+		StreamOverflowed: metrics.overflowed.Inc,
+		RateLimited:      func(limit string) { metrics.rateLimited.WithLabelValues(limit).Inc() },
 	}, nil
 }
