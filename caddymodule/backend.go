@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
+	"os"
 	"sync"
 	"time"
 
@@ -17,53 +19,79 @@ import (
 	"github.com/kezchat/kez/storage/bolt"
 )
 
-// backends holds one open database and its hub per absolute file path. Caddy
+// backends holds one database and its hub per absolute file path. Caddy
 // provisions a new config before it cleans up the old one, and bbolt locks
 // its file, so configs share the database through this pool; a reload never
 // reopens it, and old streams keep receiving messages until they end.
 var backends = caddy.NewUsagePool()
 
 const (
-	// firstOpenTimeout is how long Provision waits for a locked file.
-	firstOpenTimeout = time.Second
-	// retryOpenTimeout and retryEvery bound later attempts made by requests.
-	retryOpenTimeout = 100 * time.Millisecond
-	retryEvery       = time.Second
+	// startOpenTimeout is how long starting a config waits for the file
+	// lock: long enough for a process that is exiting to let go of it,
+	// short enough that a second `caddy run` on the same file fails fast.
+	startOpenTimeout = time.Second
+	// useOpenTimeout bounds an open made by a request that comes before
+	// the config has started (the HTTP app may start first).
+	useOpenTimeout = 100 * time.Millisecond
 )
 
-// backend is a pooled database and hub. When the file is locked by another
-// process (say, `caddy validate` next to a running server) it is opened
-// lazily: requests get 503 unavailable until the lock is free.
+// backend is a pooled database and hub. Provisioning only reserves it: the
+// file is opened when a config using it starts (App.Start), which `caddy
+// validate` and `caddy adapt --validate` never do. So validating next to a
+// running server neither waits on its lock nor fails, and validating a new
+// config creates no file; while `caddy run` (and a reload) fails at once,
+// with the reason, when another process holds the file.
 type backend struct {
-	path string
-	opts bolt.Options // Timeout and Notify are set by open
-	hub  *hub.Hub
-	log  *slog.Logger
+	path   string
+	server string       // the server name the file belongs to
+	opts   bolt.Options // Timeout, Notify and Server are set by open
+	hub    *hub.Hub
+	log    *slog.Logger
 
-	mu          sync.Mutex
-	db          *bolt.Store
-	lastAttempt time.Time
-	destructed  bool
+	mu         sync.Mutex
+	db         *bolt.Store
+	destructed bool
 }
 
-func openBackend(path string, opts bolt.Options, log *slog.Logger) (*backend, error) {
+// openBackend reserves the pooled backend of path for a config of server
+// and has ctx's config open it when it starts. Nothing is opened or
+// created here; a path that can never be a file fails now.
+func openBackend(ctx caddy.Context, path, server string, opts bolt.Options, log *slog.Logger) (*backend, error) {
+	if err := checkBoltPath(path); err != nil {
+		return nil, fmt.Errorf("kez_chat storage: %w", err)
+	}
+	app, err := ctx.App(appID)
+	if err != nil {
+		return nil, fmt.Errorf("kez_chat: %w", err)
+	}
 	val, _, err := backends.LoadOrNew(path, func() (caddy.Destructor, error) {
-		b := &backend{path: path, opts: opts, hub: hub.New(), log: log}
-		_, err := b.open(firstOpenTimeout)
-		if errors.Is(err, bolt.ErrLocked) {
-			log.Warn("chat database is locked by another process; will retry on use", "path", path)
-			return b, nil
-		}
-		if err != nil {
-			b.hub.Close()
-			return nil, fmt.Errorf("kez_chat storage: %w", err)
-		}
-		return b, nil
+		return &backend{path: path, server: server, opts: opts, hub: hub.New(), log: log}, nil
 	})
 	if err != nil {
 		return nil, err
 	}
-	return val.(*backend), nil
+	b := val.(*backend)
+	if b.server != server {
+		_, _ = backends.Delete(path)
+		return nil, fmt.Errorf("kez_chat storage: %s is the database of server %s, so server %s cannot use it too: one file holds the handles of one server name (give each server its own storage bolt <path>)", path, b.server, server)
+	}
+	app.(*App).add(b)
+	return b, nil
+}
+
+// checkBoltPath fails for a path that exists but is not a regular file, or
+// that cannot be looked up (a parent that is a file, no permission).
+func checkBoltPath(path string) error {
+	fi, err := os.Stat(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil // made when the config starts
+	case err != nil:
+		return err
+	case !fi.Mode().IsRegular():
+		return fmt.Errorf("%s is not a regular file", path)
+	}
+	return nil
 }
 
 // open returns the database, opening it if needed.
@@ -76,21 +104,22 @@ func (b *backend) open(timeout time.Duration) (*bolt.Store, error) {
 	if b.destructed {
 		return nil, storage.ErrClosed
 	}
-	if !b.lastAttempt.IsZero() && time.Since(b.lastAttempt) < retryEvery {
-		return nil, fmt.Errorf("chat database %s is not open (locked by another process?)", b.path)
-	}
-	b.lastAttempt = time.Now()
 	opts := b.opts
-	opts.Timeout, opts.Notify = timeout, handlers.HubNotifier(b.hub)
+	opts.Timeout, opts.Notify, opts.Server = timeout, handlers.HubNotifier(b.hub), b.server
 	db, err := bolt.Open(b.path, opts)
-	if err != nil {
+	switch {
+	case errors.Is(err, bolt.ErrLocked):
+		return nil, fmt.Errorf("%w: is another Caddy running with this database? Stop it, or give this server its own file (storage bolt <path>)", err)
+	case errors.Is(err, bolt.ErrOtherServer):
+		return nil, fmt.Errorf("%w: give each server name its own file (storage bolt <path>)", err)
+	case err != nil:
 		return nil, err
 	}
 	b.db = db
 	if opts.OneCommitPerMessage {
 		b.log.Warn("chat database commits one message per transaction (one_commit_per_message): for benchmarks only", "path", b.path)
 	}
-	b.log.Info("chat database open", "path", b.path)
+	b.log.Info("chat database open", "path", b.path, "server", b.server)
 	return db, nil
 }
 
@@ -114,12 +143,13 @@ func (b *backend) Destruct() error {
 	return err
 }
 
-// store is the backend as a storage.Store that opens on first use.
+// store is the backend as a storage.Store. Its database is open once the
+// config has started; a request that comes earlier opens it.
 func (b *backend) store() storage.Store { return lazyStore{b} }
 
 type lazyStore struct{ b *backend }
 
-func (l lazyStore) get() (*bolt.Store, error) { return l.b.open(retryOpenTimeout) }
+func (l lazyStore) get() (*bolt.Store, error) { return l.b.open(useOpenTimeout) }
 
 func (l lazyStore) Register(ctx context.Context, rec storage.Record, invite string) (storage.Record, bool, error) {
 	s, err := l.get()

@@ -131,7 +131,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.Validate(); err != nil {
 		return err
 	}
-	b, err := h.openStorage()
+	b, err := h.openStorage(ctx)
 	if err != nil {
 		return err
 	}

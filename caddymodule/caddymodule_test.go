@@ -378,37 +378,6 @@ func TestReloadSharesTheDatabase(t *testing.T) {
 	_ = s.Close()
 }
 
-// A database locked by another process (a running server, seen by `caddy
-// validate`) does not fail or stall provisioning; requests get 503 until it frees.
-func TestLockedDatabaseIsOpenedLater(t *testing.T) {
-	isolateCaddy(t)
-	path := filepath.Join(t.TempDir(), "chat.db")
-	other, err := bolt.Open(path, bolt.Options{Timeout: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	start := time.Now()
-	base := runCaddy(t, testcaddy.FreePort(t), map[string]any{"server": "kez.test", "storage": map[string]any{"bolt": map[string]any{"path": path}}})
-	if d := time.Since(start); d > 3*time.Second {
-		t.Fatalf("provision took %s", d)
-	}
-	if code, body := get(t, base+"/v1/healthz"); code != 503 || !strings.Contains(body, "unavailable") {
-		t.Fatalf("healthz with a locked db: %d %s", code, body)
-	}
-	_ = other.Close()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		code, body := get(t, base+"/v1/healthz")
-		if code == 200 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("healthz after unlock: %d %s", code, body)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
 // A path that can never work fails provisioning (the operator sees it at
 // startup), and Cleanup after a failed Provision is safe.
 func TestUnusablePathFailsProvision(t *testing.T) {

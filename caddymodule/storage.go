@@ -4,6 +4,8 @@ import (
 	"cmp"
 	"fmt"
 
+	"github.com/caddyserver/caddy/v2"
+
 	"github.com/kezchat/kez/handlers"
 	"github.com/kezchat/kez/hub"
 	"github.com/kezchat/kez/storage"
@@ -20,8 +22,9 @@ type sharedStorage interface {
 func (b *backend) liveHub() *hub.Hub { return b.hub }
 
 // openStorage opens (or shares) the backend the config names: a bbolt file
-// by default, or a NATS JetStream cluster.
-func (h *Handler) openStorage() (sharedStorage, error) {
+// by default, or a NATS JetStream cluster. A bbolt file is opened when the
+// config starts (see App), not here.
+func (h *Handler) openStorage(ctx caddy.Context) (sharedStorage, error) {
 	if h.Storage != nil && h.Storage.Nats != nil {
 		return openNatsBackend(h.Storage.Nats, limits{
 			replicas:    h.Storage.Nats.Replicas,
@@ -34,7 +37,7 @@ func (h *Handler) openStorage() (sharedStorage, error) {
 	if err != nil {
 		return nil, err
 	}
-	b, err := openBackend(path, h.boltOptions(), h.log)
+	b, err := openBackend(ctx, path, h.Server, h.boltOptions(), h.log)
 	if err != nil {
 		return nil, err
 	}

@@ -1,7 +1,11 @@
 package caddymodule
 
 import (
+	"errors"
 	"io/fs"
+	"log/slog"
+	"strings"
+	"sync/atomic"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -25,12 +29,27 @@ func init() {
 //		}
 //		file_server {
 //			fs kezweb
+//			root .
 //		}
 //	}
 //
 // The client uses relative asset URLs, so it can also be mounted under a
 // sub-path with handle_path; it then talks to the API at /v1 on the same host.
-type WebFS struct{}
+//
+// `root .` keeps a site-wide `root` directive (normal on a site that also
+// serves its own files) from being applied to the embedded files: without
+// it, file_server asks for /srv/www/index.html and answers an empty 404.
+// When that happens the module logs a warning that says so.
+type WebFS struct {
+	log    *slog.Logger
+	warned *atomic.Bool // one warning per config
+}
+
+// Provision gets the logger for the warning about a site root.
+func (w *WebFS) Provision(ctx caddy.Context) error {
+	w.log, w.warned = ctx.Slogger(), new(atomic.Bool)
+	return nil
+}
 
 // CaddyModule returns the Caddy module information.
 func (WebFS) CaddyModule() caddy.ModuleInfo {
@@ -41,10 +60,43 @@ func (WebFS) CaddyModule() caddy.ModuleInfo {
 }
 
 // Open implements fs.FS.
-func (WebFS) Open(name string) (fs.File, error) { return web.FS().Open(name) }
+func (w WebFS) Open(name string) (fs.File, error) {
+	f, err := web.FS().Open(name)
+	w.check(name, err)
+	return f, err
+}
 
 // Stat implements fs.StatFS.
-func (WebFS) Stat(name string) (fs.FileInfo, error) { return fs.Stat(web.FS(), name) }
+func (w WebFS) Stat(name string) (fs.FileInfo, error) {
+	info, err := fs.Stat(web.FS(), name)
+	w.check(name, err)
+	return info, err
+}
+
+// check warns, once, when a missing name looks like a site root joined to
+// a path of the client: an absolute name (file_server joined an absolute
+// root; an fs.FS name never starts with "/"), or one whose tail names a
+// file of the client.
+func (w WebFS) check(name string, err error) {
+	if err == nil || !errors.Is(err, fs.ErrNotExist) || w.log == nil {
+		return
+	}
+	rooted := strings.HasPrefix(name, "/")
+	for rest := name; !rooted; {
+		_, after, ok := strings.Cut(rest, "/")
+		if !ok {
+			break
+		}
+		rest = after
+		_, err := fs.Stat(web.FS(), rest)
+		rooted = err == nil
+	}
+	if rooted && w.warned.CompareAndSwap(false, true) {
+		w.log.Warn("kez_web: file_server looked for the web client's files under the site's root, so they are not found (404): "+
+			"`root` applies to every file_server, also one serving the kez_web filesystem. Add `root .` inside that file_server block: file_server { fs <name>; root . }",
+			"name", name)
+	}
+}
 
 // ReadFile implements fs.ReadFileFS.
 func (WebFS) ReadFile(name string) ([]byte, error) { return fs.ReadFile(web.FS(), name) }
@@ -67,6 +119,7 @@ func (*WebFS) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 
 // Interface guards.
 var (
+	_ caddy.Provisioner     = (*WebFS)(nil)
 	_ fs.StatFS             = WebFS{}
 	_ fs.ReadFileFS         = WebFS{}
 	_ fs.ReadDirFS          = WebFS{}
