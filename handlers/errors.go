@@ -120,9 +120,9 @@ type apiError struct {
 	status     int // 0: the code's status (statusOf)
 	code       string
 	message    string
-	retryAfter time.Duration // sent as Retry-After in whole seconds (at least 1) when > 0
-	close      bool          // end the connection: the rest of a refused body may still be on its way
-	cause      error         // what it answers, for errors.Is
+	retryAfter int   // seconds, sent as Retry-After when > 0
+	close      bool  // end the connection: the rest of a refused body may still be on its way
+	cause      error // what it answers, for errors.Is
 }
 
 func (e *apiError) Error() string { return e.code + ": " + e.message }
@@ -136,13 +136,9 @@ func closing(e *kez.Error) *apiError {
 
 // tooMany is 429 rate_limited with Retry-After.
 func tooMany(wait time.Duration, what string) *apiError {
-	return &apiError{code: kez.CodeRateLimited, retryAfter: wait,
-		message: what + "; retry in " + strconv.Itoa(retrySeconds(wait)) + "s"}
-}
-
-// retrySeconds is wait in whole seconds, rounded up, at least 1.
-func retrySeconds(wait time.Duration) int {
-	return max(1, int(math.Ceil(wait.Seconds())))
+	secs := max(1, int(math.Ceil(wait.Seconds())))
+	return &apiError{code: kez.CodeRateLimited, retryAfter: secs,
+		message: what + "; retry in " + strconv.Itoa(secs) + "s"}
 }
 
 // errAnswered is returned by a handler whose answer a helper has already
@@ -167,7 +163,7 @@ var sentinelErrors = []struct {
 	{storage.ErrBlocked, &apiError{code: kez.CodeBlocked, message: "the recipient does not accept messages from you"}},
 	{storage.ErrInviteUsed, &apiError{code: kez.CodeInvalidInvite, message: "this invite has already been used"}},
 	// Requests free up when the recipient reads, accepts or deletes them.
-	{storage.ErrRequestLimit, &apiError{code: kez.CodeRequestLimit, retryAfter: requestRetry,
+	{storage.ErrRequestLimit, &apiError{code: kez.CodeRequestLimit, retryAfter: int(requestRetry / time.Second),
 		message: "the recipient has not accepted you yet and holds as many of your (or all) message requests as allowed; wait until they answer"}},
 }
 
@@ -213,7 +209,7 @@ func (e *apiError) write(w http.ResponseWriter) {
 		}
 	}
 	if e.retryAfter > 0 {
-		w.Header().Set("Retry-After", strconv.Itoa(retrySeconds(e.retryAfter)))
+		w.Header().Set("Retry-After", strconv.Itoa(e.retryAfter))
 	}
 	if e.close {
 		closeAfter(w)
