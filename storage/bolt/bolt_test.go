@@ -11,6 +11,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/kezchat/kez/storage"
@@ -96,6 +97,8 @@ func TestCloseCommitsQueuedAppends(t *testing.T) {
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	acked := map[uint64]bool{}
+	var once sync.Once
+	first := make(chan struct{}) // closed at the first acknowledged append
 	for range 32 {
 		wg.Add(1)
 		go func() {
@@ -108,10 +111,11 @@ func TestCloseCommitsQueuedAppends(t *testing.T) {
 				mu.Lock()
 				acked[m.Seq] = true
 				mu.Unlock()
+				once.Do(func() { close(first) })
 			}
 		}()
 	}
-	time.Sleep(5 * time.Millisecond)
+	<-first // close while the others are queued or being committed
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -137,6 +141,7 @@ func TestCloseCommitsQueuedAppends(t *testing.T) {
 	if len(stored) != len(acked) {
 		t.Errorf("stored %d messages, acknowledged %d", len(stored), len(acked))
 	}
+	t.Logf("%d of %d appends acknowledged, the others refused as closed", len(acked), 32*20)
 }
 
 // BenchmarkAppendConcurrent measures durable sends: 64 concurrent senders,
@@ -205,41 +210,51 @@ func BenchmarkAppendConcurrent(b *testing.B) {
 	}
 }
 
+// TestFill runs in a synctest bubble: the waits are on the fake clock, so
+// they take no real time and are measured exactly.
 func TestFill(t *testing.T) {
-	s := &Store{batch: 3, queue: make(chan *appendReq, 8)}
-	for range 5 {
-		s.queue <- &appendReq{}
-	}
-	batch := []*appendReq{{}}
-	if s.fill(&batch, nil) || len(batch) != 3 {
-		t.Fatalf("fill without waiting: batch of %d, want the cap of 3", len(batch))
-	}
-	batch = batch[:0]
-	if !s.fill(&batch, time.After(time.Second)) || len(batch) != 1 {
-		t.Fatalf("fill with a queued append: batch of %d", len(batch))
-	}
-	batch = batch[:0]
-	for range 2 {
-		<-s.queue
-	}
-	start := time.Now()
-	if s.fill(&batch, time.After(20*time.Millisecond)) || len(batch) != 0 {
-		t.Fatalf("fill of an empty queue: batch of %d", len(batch))
-	}
-	if waited := time.Since(start); waited < 20*time.Millisecond {
-		t.Fatalf("fill returned after %s, before its wait", waited)
-	}
-	go func() {
-		time.Sleep(10 * time.Millisecond)
-		s.queue <- &appendReq{}
-	}()
-	if !s.fill(&batch, time.After(10*time.Second)) || len(batch) != 1 {
-		t.Fatal("fill did not take an append that arrived while it waited")
-	}
-	close(s.queue)
-	if s.fill(&batch, time.After(10*time.Second)) {
-		t.Fatal("fill of a closed queue")
-	}
+	synctest.Test(t, func(t *testing.T) {
+		s := &Store{batch: 3, queue: make(chan *appendReq, 8)}
+		for range 5 {
+			s.queue <- &appendReq{}
+		}
+		batch := []*appendReq{{}}
+		if s.fill(&batch, nil) || len(batch) != 3 {
+			t.Fatalf("fill without waiting: batch of %d, want the cap of 3", len(batch))
+		}
+		batch = batch[:0]
+		start := time.Now()
+		if !s.fill(&batch, time.After(time.Second)) || len(batch) != 1 || time.Since(start) != 0 {
+			t.Fatalf("fill with a queued append: batch of %d after %s", len(batch), time.Since(start))
+		}
+		batch = batch[:0]
+		for range 2 {
+			<-s.queue
+		}
+		start = time.Now()
+		if s.fill(&batch, time.After(20*time.Millisecond)) || len(batch) != 0 {
+			t.Fatalf("fill of an empty queue: batch of %d", len(batch))
+		}
+		if waited := time.Since(start); waited != 20*time.Millisecond {
+			t.Fatalf("fill of an empty queue returned after %s, want its wait of 20ms", waited)
+		}
+		go func() {
+			time.Sleep(10 * time.Millisecond)
+			s.queue <- &appendReq{}
+		}()
+		start = time.Now()
+		if !s.fill(&batch, time.After(10*time.Second)) || len(batch) != 1 {
+			t.Fatal("fill did not take an append that arrived while it waited")
+		}
+		if waited := time.Since(start); waited != 10*time.Millisecond {
+			t.Fatalf("fill took the append after %s, want when it arrived (10ms)", waited)
+		}
+		close(s.queue)
+		start = time.Now()
+		if s.fill(&batch, time.After(10*time.Second)) || time.Since(start) != 0 {
+			t.Fatalf("fill of a closed queue, after %s", time.Since(start))
+		}
+	})
 }
 
 // Many busy senders (enough to make the writer linger) lose nothing.
