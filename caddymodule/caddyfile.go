@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"fmt"
+	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -90,7 +91,7 @@ func (h *Handler) caddyfileOptions() map[string]func(*caddyfile.Dispenser) error
 		"server":                 stringOption(&h.Server),
 		"public_url":             stringOption(&h.PublicURL),
 		"storage":                h.parseStorage,
-		"max_envelope":           sizeOption(&h.MaxEnvelope),
+		"max_envelope":           sizeOption(&h.MaxEnvelope, MaxEnvelopeLimit, "each send and each stream event holds one envelope in memory"),
 		"auth_skew":              durationOption(&h.AuthSkew),
 		"register_skew":          durationOption(&h.RegisterSkew),
 		"keepalive":              durationOption(&h.Keepalive),
@@ -127,7 +128,9 @@ func stringOption(dst *string) func(*caddyfile.Dispenser) error {
 	}
 }
 
-func sizeOption(dst *int64) func(*caddyfile.Dispenser) error {
+// sizeOption reads a size of at most limit bytes; why says why there is a
+// limit.
+func sizeOption(dst *int64, limit int64, why string) func(*caddyfile.Dispenser) error {
 	return func(d *caddyfile.Dispenser) error {
 		opt := d.Val()
 		val, err := oneArg(d)
@@ -137,6 +140,9 @@ func sizeOption(dst *int64) func(*caddyfile.Dispenser) error {
 		n, err := parseSize(val)
 		if err != nil {
 			return d.Errf("%s: %v", opt, err)
+		}
+		if n > limit {
+			return d.Errf("%s: %s is above the limit of %s (%s)", opt, val, formatSize(limit), why)
 		}
 		*dst = n
 		return nil
@@ -198,24 +204,9 @@ func (h *Handler) parseStorage(d *caddyfile.Dispenser) error {
 	}
 	switch d.Val() {
 	case "bolt":
-		path := ""
-		if d.NextArg() {
-			path = d.Val()
-		}
-		if d.NextArg() {
-			return d.Errf("storage bolt takes one path, got extra %q", d.Val())
-		}
-		cfg := &BoltConfig{Path: path}
-		for nesting := d.Nesting(); d.NextBlock(nesting); {
-			switch d.Val() {
-			case "one_commit_per_message": // the naive baseline, for benchmarks only
-				if d.NextArg() {
-					return d.Errf("one_commit_per_message takes no value")
-				}
-				cfg.OneCommitPerMessage = true
-			default:
-				return d.Errf("unknown storage bolt option %q (known: one_commit_per_message)", d.Val())
-			}
+		cfg, err := parseBoltStorage(d)
+		if err != nil {
+			return err
 		}
 		h.Storage = &StorageConfig{Bolt: cfg}
 	case "nats":
@@ -266,24 +257,47 @@ func oneArg(d *caddyfile.Dispenser) (string, error) {
 	return val, nil
 }
 
-// parseSize reads a byte count such as 262144, 256KiB, 256KB or 1MiB.
+// sizeUnits are the suffixes parseSize knows, longest first.
+var sizeUnits = []struct {
+	suffix string
+	mult   int64
+}{
+	{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30},
+	{"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"B", 1},
+}
+
+// parseSize reads a byte count such as 262144, 256KiB, 256KB or 1MiB
+// (units in any case). Whether the size is too large for its option is
+// the caller's to say.
 func parseSize(s string) (int64, error) {
-	units := []struct {
-		suffix string
-		mult   int64
-	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"KB", 1000}, {"MB", 1000 * 1000}, {"B", 1}}
 	num, mult := s, int64(1)
-	for _, u := range units {
+	for _, u := range sizeUnits {
 		if strings.HasSuffix(strings.ToLower(s), strings.ToLower(u.suffix)) {
 			num, mult = strings.TrimSpace(s[:len(s)-len(u.suffix)]), u.mult
 			break
 		}
 	}
 	n, err := strconv.ParseInt(num, 10, 64)
-	if err != nil || n <= 0 || n > (1<<40)/mult {
+	if err != nil || n <= 0 {
 		return 0, fmt.Errorf("%q is not a size such as 256KiB, 1MiB or 262144", s)
 	}
+	if n > math.MaxInt64/mult {
+		return 0, fmt.Errorf("%q is too large", s)
+	}
 	return n * mult, nil
+}
+
+// formatSize writes n bytes in the largest binary unit that divides it.
+func formatSize(n int64) string {
+	for _, u := range []struct {
+		suffix string
+		mult   int64
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
+		if n >= u.mult && n%u.mult == 0 {
+			return strconv.FormatInt(n/u.mult, 10) + u.suffix
+		}
+	}
+	return strconv.FormatInt(n, 10)
 }
 
 var _ caddyfile.Unmarshaler = (*Handler)(nil)

@@ -4,12 +4,12 @@
 package caddymodule
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"net/url"
-	"path/filepath"
 	"runtime/debug"
 	"strings"
 	"time"
@@ -21,7 +21,6 @@ import (
 	"github.com/kezchat/kez/handlers"
 	"github.com/kezchat/kez/kez"
 	"github.com/kezchat/kez/storage"
-	"github.com/kezchat/kez/storage/bolt"
 )
 
 func init() {
@@ -34,6 +33,10 @@ func init() {
 type Handler struct {
 	// The domain in users' addresses (handle@server), e.g. "kez.lat". Required.
 	Server string `json:"server,omitempty"`
+	// Every option left out (or 0) takes its default, filled in by
+	// Provision from the Default* constants (SPEC §4's from package
+	// handlers), so the running config shows the values in force.
+
 	// The public base URL used in WebFinger links. Default: https://<server>.
 	PublicURL string `json:"public_url,omitempty"`
 	// Where messages and the handle registry are kept. Default: a bbolt
@@ -50,7 +53,7 @@ type Handler struct {
 	// How long an unacknowledged message is kept. Default: 720h (30 days).
 	Retention caddy.Duration `json:"retention,omitempty"`
 	// How many messages one inbox may hold; a full inbox refuses new ones
-	// with 507 inbox_full. Default: 10000.
+	// with 507 inbox_full. Default: 10000 (there is no "no cap").
 	MaxInbox int `json:"max_inbox,omitempty"`
 	// Handles nobody may register, besides the built-in list (admin, root, ...).
 	Reserved []string `json:"reserved,omitempty"`
@@ -89,6 +92,7 @@ type Handler struct {
 
 	api     *handlers.Handler
 	backend sharedStorage
+	rates   string // key of this config's share of rateStates, once taken
 	log     *slog.Logger
 	stop    context.CancelFunc
 	stopped chan struct{} // closed when the janitor has returned
@@ -100,17 +104,6 @@ type StorageConfig struct {
 	Bolt *BoltConfig `json:"bolt,omitempty"`
 	// A NATS JetStream cluster shared by several Caddy instances.
 	Nats *NatsConfig `json:"nats,omitempty"`
-}
-
-// BoltConfig configures the bbolt backend.
-type BoltConfig struct {
-	// Path of the database file. Default: <caddy data dir>/kez/<server>/chat.db.
-	Path string `json:"path,omitempty"`
-	// Commit every message in its own transaction (one fsync each) instead
-	// of grouping concurrent sends. Only for measuring the naive baseline in
-	// benchmarks: it is much slower. Read when the file is first opened; a
-	// reload that only changes this keeps the running setting.
-	OneCommitPerMessage bool `json:"one_commit_per_message,omitempty"`
 }
 
 // CaddyModule returns the Caddy module information.
@@ -131,7 +124,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.Validate(); err != nil {
 		return err
 	}
-	b, err := h.openStorage(ctx)
+	if err := h.setDefaults(); err != nil {
+		return err
+	}
+	b, err := h.openStorage()
 	if err != nil {
 		return err
 	}
@@ -140,17 +136,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	for _, r := range h.Reserved {
 		reserved[strings.ToLower(r)] = true
 	}
-	registerRate, err := rateOr(h.RegisterRate, DefaultRegisterRate)
-	if err != nil {
-		return fmt.Errorf("kez_chat: register_rate: %w", err)
-	}
-	sendRate, err := rateOr(h.SendRate, DefaultSendRate)
-	if err != nil {
-		return fmt.Errorf("kez_chat: send_rate: %w", err)
-	}
-	senderRate, err := rateOr(h.SenderRate, DefaultSenderRate)
-	if err != nil {
-		return fmt.Errorf("kez_chat: sender_rate: %w", err)
+	rates := map[string]handlers.Rate{}
+	for name, s := range map[string]string{"register_rate": h.RegisterRate, "send_rate": h.SendRate, "sender_rate": h.SenderRate} {
+		if rates[name], err = handlers.ParseRate(s); err != nil {
+			return fmt.Errorf("kez_chat: %s: %w", name, err)
+		}
 	}
 	counters, err := initMetrics(ctx.GetMetricsRegistry())
 	if err != nil {
@@ -166,17 +156,18 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		BodyTimeout:    time.Duration(h.BodyTimeout),
 		StreamMaxAge:   time.Duration(h.StreamMaxAge),
 		HandleCooldown: time.Duration(h.HandleCooldown),
-		MaxInbox:       h.maxInbox(),
+		MaxInbox:       h.MaxInbox,
 		Reserved:       reserved,
 		Version:        moduleVersion(),
 
-		RegisterRate:        registerRate,
-		SendRate:            sendRate,
-		SenderRate:          senderRate,
-		RequestLimit:        orDefault(h.RequestLimit, DefaultRequestLimit),
-		MaxRequests:         orDefault(h.MaxRequests, DefaultMaxRequests),
-		MaxStreamsPerHandle: orDefault(h.MaxStreamsPerHandle, DefaultMaxStreamsPerHandle),
-		MaxStreams:          orDefault(h.MaxStreams, DefaultMaxStreams),
+		RegisterRate:        rates["register_rate"],
+		SendRate:            rates["send_rate"],
+		SenderRate:          rates["sender_rate"],
+		RateState:           h.rateState(),
+		RequestLimit:        h.RequestLimit,
+		MaxRequests:         h.MaxRequests,
+		MaxStreamsPerHandle: h.MaxStreamsPerHandle,
+		MaxStreams:          h.MaxStreams,
 		ClientIP:            clientIP,
 		Registration:        h.Registration,
 		InviteFile:          h.InviteFile,
@@ -204,8 +195,12 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 // and hold a whole envelope in memory.
 const MaxEnvelopeLimit = 16 << 20
 
-// Defaults of the abuse limits.
+// Defaults of the options that package handlers leaves off when zero: the
+// abuse limits and storage bounds. (The protocol parameters' defaults are
+// handlers.Default*; the NATS ones are in nats.go.)
 const (
+	DefaultRetention           = 30 * 24 * time.Hour
+	DefaultMaxInbox            = 10000
 	DefaultRegisterRate        = "30/1h"
 	DefaultSendRate            = "20/1s"
 	DefaultSenderRate          = "20/1s"
@@ -215,18 +210,68 @@ const (
 	DefaultMaxStreams          = 50000
 )
 
-func rateOr(s, def string) (handlers.Rate, error) {
-	if s == "" {
-		s = def
+// setDefaults gives every option left unset its default, as Caddy's own
+// modules do in Provision (reverse_proxy, file_server): each default is
+// written once, and what follows sees the values in force.
+func (h *Handler) setDefaults() error {
+	if h.PublicURL == "" {
+		h.PublicURL = handlers.DefaultPublicURL(h.Server)
 	}
-	return handlers.ParseRate(s)
+	if h.Storage == nil {
+		h.Storage = new(StorageConfig)
+	}
+	if h.Storage.Nats != nil {
+		h.Storage.Nats.setDefaults()
+	} else {
+		if h.Storage.Bolt == nil {
+			h.Storage.Bolt = new(BoltConfig)
+		}
+		path, err := h.boltPath()
+		if err != nil {
+			return fmt.Errorf("kez_chat: storage bolt: %w", err)
+		}
+		h.Storage.Bolt.Path = path
+	}
+	h.MaxEnvelope = cmp.Or(h.MaxEnvelope, handlers.DefaultMaxEnvelope)
+	h.AuthSkew = cmp.Or(h.AuthSkew, caddy.Duration(handlers.DefaultAuthSkew))
+	h.RegisterSkew = cmp.Or(h.RegisterSkew, caddy.Duration(handlers.DefaultRegisterSkew))
+	h.Keepalive = cmp.Or(h.Keepalive, caddy.Duration(handlers.DefaultKeepalive))
+	h.Retention = cmp.Or(h.Retention, caddy.Duration(DefaultRetention))
+	h.MaxInbox = cmp.Or(h.MaxInbox, DefaultMaxInbox)
+	h.Registration = cmp.Or(h.Registration, handlers.RegistrationOpen)
+	h.RegisterRate = cmp.Or(h.RegisterRate, DefaultRegisterRate)
+	h.SendRate = cmp.Or(h.SendRate, DefaultSendRate)
+	h.SenderRate = cmp.Or(h.SenderRate, DefaultSenderRate)
+	h.RequestLimit = cmp.Or(h.RequestLimit, DefaultRequestLimit)
+	h.MaxRequests = cmp.Or(h.MaxRequests, DefaultMaxRequests)
+	h.BodyTimeout = cmp.Or(h.BodyTimeout, caddy.Duration(handlers.DefaultBodyTimeout))
+	h.StreamMaxAge = cmp.Or(h.StreamMaxAge, caddy.Duration(handlers.DefaultStreamMaxAge))
+	h.HandleCooldown = cmp.Or(h.HandleCooldown, caddy.Duration(handlers.DefaultHandleCooldown))
+	h.MaxStreamsPerHandle = cmp.Or(h.MaxStreamsPerHandle, DefaultMaxStreamsPerHandle)
+	h.MaxStreams = cmp.Or(h.MaxStreams, DefaultMaxStreams)
+	return nil
 }
 
-func orDefault(n, def int) int {
-	if n <= 0 {
-		return def
-	}
-	return n
+// rateStates holds each server's rate-limit buckets, as caddy-ratelimit
+// holds its zones: Caddy provisions a new config before it cleans up the
+// old one, so the buckets pass from one to the next and `caddy reload`
+// does not refill every client's register_rate. The new config's rates
+// apply to them at once.
+var rateStates = caddy.NewUsagePool()
+
+type pooledRateState struct{ *handlers.RateState }
+
+func (pooledRateState) Destruct() error { return nil }
+
+// rateState is this config's share of the server's rate-limit state;
+// Cleanup gives it back.
+func (h *Handler) rateState() *handlers.RateState {
+	key := h.Server
+	val, _, _ := rateStates.LoadOrNew(key, func() (caddy.Destructor, error) {
+		return pooledRateState{handlers.NewRateState()}, nil
+	})
+	h.rates = key
+	return val.(pooledRateState).RateState
 }
 
 // clientIP is the client address as Caddy determined it, which honours the
@@ -238,39 +283,9 @@ func clientIP(r *http.Request) string {
 	return handlers.RemoteIP(r)
 }
 
-func (h *Handler) maxInbox() int {
-	if h.MaxInbox <= 0 {
-		return handlers.DefaultMaxInbox
-	}
-	return h.MaxInbox
-}
-
-func (h *Handler) retention() time.Duration {
-	if h.Retention <= 0 {
-		return handlers.DefaultRetention
-	}
-	return time.Duration(h.Retention)
-}
-
-// boltPath is the absolute database path: the pool key, so that every
-// config naming the same file shares one open database.
-func (h *Handler) boltPath() (string, error) {
-	// One file per server name by default: two sites with different names
-	// must not share handles and inboxes.
-	path := filepath.Join(caddy.AppDataDir(), "kez", h.Server, "chat.db")
-	if h.Storage != nil && h.Storage.Bolt != nil && h.Storage.Bolt.Path != "" {
-		path = h.Storage.Bolt.Path
-	}
-	return filepath.Abs(path)
-}
-
-// boltOptions are the bbolt settings of the config (beyond its path).
-func (h *Handler) boltOptions() bolt.Options {
-	if h.Storage != nil && h.Storage.Bolt != nil {
-		return bolt.Options{OneCommitPerMessage: h.Storage.Bolt.OneCommitPerMessage}
-	}
-	return bolt.Options{}
-}
+// maxInbox and retention are as set by setDefaults.
+func (h *Handler) maxInbox() int            { return h.MaxInbox }
+func (h *Handler) retention() time.Duration { return time.Duration(h.Retention) }
 
 // onEvent adapts a function to a Caddy event handler.
 type onEvent func()
@@ -322,7 +337,7 @@ func (h *Handler) Validate() error {
 		}
 	}
 	if h.MaxEnvelope > MaxEnvelopeLimit {
-		return fmt.Errorf("kez_chat: max_envelope %d is above the limit of 16 MiB (each send and each stream event holds one in memory)", h.MaxEnvelope)
+		return fmt.Errorf("kez_chat: max_envelope %d is above the limit of %s (each send and each stream event holds one envelope in memory)", h.MaxEnvelope, formatSize(MaxEnvelopeLimit))
 	}
 	if h.MaxEnvelope < 0 || h.MaxInbox < 0 || h.AuthSkew < 0 || h.RegisterSkew < 0 || h.Keepalive < 0 || h.Retention < 0 ||
 		h.RequestLimit < 0 || h.MaxRequests < 0 || h.BodyTimeout < 0 || h.StreamMaxAge < 0 || h.HandleCooldown < 0 {
@@ -376,6 +391,9 @@ func (h *Handler) Cleanup() error {
 	if h.stop != nil {
 		h.stop()
 		<-h.stopped
+	}
+	if h.rates != "" {
+		_, _ = rateStates.Delete(h.rates)
 	}
 	if h.backend != nil {
 		return h.backend.release()

@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -26,15 +27,27 @@ type NatsConfig struct {
 	Creds string `json:"creds,omitempty"`
 	// A PEM file of the CAs that sign the NATS servers' certificates.
 	TLSCA string `json:"tls_ca,omitempty"`
-	// Replicas of each stream: 1, 3 or 5. Default: 1. Streams are never
+	// Replicas of each stream, 1 to 5 (odd counts survive the loss of a
+	// minority: 3 on a 3-node cluster). Default: 1. Streams are never
 	// scaled down by a configuration asking for fewer.
 	Replicas int `json:"replicas,omitempty"`
 	// Prefix of the streams and subjects: <stream>_inbox over
 	// <stream>.inbox.<handle>, and the KV bucket <stream>_registry.
 	// Default: kez. Sites with different servers need different prefixes.
 	Stream string `json:"stream,omitempty"`
-	// Bound on every call to the cluster. Default: 5s.
+	// Bound on every call to the cluster. Default: 10s
+	// (natsstore.DefaultTimeout: it outlasts a leader election).
 	Timeout caddy.Duration `json:"timeout,omitempty"`
+}
+
+// DefaultNatsReplicas is the replicas of a config that sets none.
+const DefaultNatsReplicas = 1
+
+// setDefaults gives every option left unset its default.
+func (c *NatsConfig) setDefaults() {
+	c.Replicas = cmp.Or(c.Replicas, DefaultNatsReplicas)
+	c.Stream = cmp.Or(c.Stream, natsstore.DefaultPrefix)
+	c.Timeout = cmp.Or(c.Timeout, caddy.Duration(natsstore.DefaultTimeout))
 }
 
 // parseNatsStorage reads the rest of
@@ -113,11 +126,9 @@ func (c *NatsConfig) validate() error {
 // (replicas, retention, max_inbox) share it; Provision applies their limits
 // to the shared streams, which only ever grow.
 func (c *NatsConfig) poolKey() string {
-	prefix := c.Stream
-	if prefix == "" {
-		prefix = natsstore.DefaultPrefix
-	}
-	return "nats\x00" + strings.Join(c.URLs, " ") + "\x00" + c.Creds + "\x00" + c.TLSCA + "\x00" + prefix + "\x00" + time.Duration(c.Timeout).String()
+	d := *c // the same key whether or not the defaults are filled in yet
+	d.setDefaults()
+	return "nats\x00" + strings.Join(d.URLs, " ") + "\x00" + d.Creds + "\x00" + d.TLSCA + "\x00" + d.Stream + "\x00" + time.Duration(d.Timeout).String()
 }
 
 // natsBackend is a pooled NATS connection with its hub. Like the bolt
