@@ -127,7 +127,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.setDefaults(); err != nil {
 		return err
 	}
-	b, err := h.openStorage()
+	b, err := h.openStorage(ctx)
 	if err != nil {
 		return err
 	}
