@@ -58,37 +58,25 @@ func (h *Handler) verify(r *http.Request, primary string, req signedRequest, onc
 }
 
 // authorizeOwner resolves the path handle to its record and checks that
-// req is signed by its current primary, once. It writes the error and
-// returns ok=false on failure. A missing signature is 401, or for streams
-// (missingStatus 400) missing_auth.
-func (h *Handler) authorizeOwner(w http.ResponseWriter, r *http.Request, arg string, missingStatus int,
-	build func(handle string) signedRequest) (storage.Record, bool) {
-	handle, ok := h.localHandle(w, arg, kez.CodeNotFound)
-	if !ok {
-		return storage.Record{}, false
+// req is signed by its current primary, once. A missing signature is
+// missingCode: unauthorized, or for streams missing_auth.
+func (h *Handler) authorizeOwner(r *http.Request, arg, missingCode string, build func(handle string) signedRequest) (storage.Record, error) {
+	handle, err := h.resolveHandle(arg, kez.CodeNotFound)
+	if err != nil {
+		return storage.Record{}, err
 	}
 	req := build(handle)
 	if req.auth == "" {
-		code := kez.CodeUnauthorized
-		if missingStatus == http.StatusBadRequest {
-			code = kez.CodeMissingAuth
-		}
-		writeError(w, missingStatus, code, "authentication required: X-KEZ-Auth: <unix_ts>:<signature hex> (SPEC §2.0)")
-		return storage.Record{}, false
+		return storage.Record{}, kez.Errorf(missingCode, "authentication required: X-KEZ-Auth: <unix_ts>:<signature hex> (SPEC §2.0)")
 	}
-	rec, err := h.store.Lookup(r.Context(), handle)
-	if errors.Is(err, storage.ErrNotFound) {
-		writeError(w, http.StatusNotFound, kez.CodeNotFound, "no handle \""+handle+"\" on "+h.cfg.Server)
-		return storage.Record{}, false
-	}
-	if err == nil {
-		err = h.verify(r, rec.Primary, req, true)
-	}
+	rec, err := h.lookupHandle(r.Context(), handle, kez.CodeNotFound)
 	if err != nil {
-		h.fail(w, r, err)
-		return storage.Record{}, false
+		return storage.Record{}, err
 	}
-	return rec, true
+	if err := h.verify(r, rec.Primary, req, true); err != nil {
+		return storage.Record{}, err
+	}
+	return rec, nil
 }
 
 // ownerRequest builds the signedRequest of an inbox owner's request whose

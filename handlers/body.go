@@ -75,23 +75,6 @@ func (h *Handler) readBody(w http.ResponseWriter, r *http.Request, limit int64, 
 	return b, nil
 }
 
-// errOverLimit marks a body over the limit for readJSONBody.
-var errOverLimit = kez.Errorf(kez.CodeBadRequest, "body over the limit")
-
-// readJSONBody is readBody for a handler that writes its own errors
-// (send, until it returns them): tooBig writes the answer to a body over
-// the limit. It returns ok=false when the answer is written.
-func (h *Handler) readJSONBody(w http.ResponseWriter, r *http.Request, limit int64, tooBig func()) (body, bool) {
-	b, err := h.readBody(w, r, limit, errOverLimit)
-	switch {
-	case errors.Is(err, errOverLimit):
-		tooBig()
-	case err != nil:
-		h.fail(w, r, err)
-	}
-	return b, err == nil
-}
-
 // bodyBuffers are scratch buffers that request bodies are read into. A
 // body grows its buffer as its bytes arrive, whatever it announced; read
 // into a fresh bytes.Buffer, a 1 KiB body cost four allocations of 3.5 KiB
@@ -129,31 +112,11 @@ func checkContentType(r *http.Request) error {
 var errNotJSON = &apiError{status: http.StatusUnsupportedMediaType, code: kez.CodeBadRequest, close: true,
 	message: "the body must be sent as Content-Type: application/json"}
 
-// jsonContentType is checkContentType for a handler that writes its own
-// errors (send, until it returns them): it answers 415 and returns false.
-func jsonContentType(w http.ResponseWriter, r *http.Request) bool {
-	if err := checkContentType(r); err != nil {
-		errNotJSON.write(w)
-		return false
-	}
-	return true
-}
-
 // noBody reads what should be an empty body (PUT and DELETE on a path
 // that names everything): anything in it is a bad request.
 func (h *Handler) noBody(w http.ResponseWriter, r *http.Request) error {
 	_, err := h.readBody(w, r, 0, kez.Errorf(kez.CodeBadRequest, "this request takes no body"))
 	return err
-}
-
-// readNoBody is noBody for a handler that writes its own errors (ack,
-// until it returns them).
-func (h *Handler) readNoBody(w http.ResponseWriter, r *http.Request) bool {
-	if err := h.noBody(w, r); err != nil {
-		h.fail(w, r, err)
-		return false
-	}
-	return true
 }
 
 // closeAfter ends the connection after this answer: the rest of a body we
@@ -163,9 +126,4 @@ func closeAfter(w http.ResponseWriter) { w.Header().Set("Connection", "close") }
 // errTooLarge is 413 envelope_too_large for a send body over the limit.
 func (h *Handler) errTooLarge() *kez.Error {
 	return kez.Errorf(kez.CodeEnvelopeTooLarge, "envelope is larger than %d bytes", h.cfg.MaxEnvelope)
-}
-
-// tooLarge writes errTooLarge, for readJSONBody.
-func (h *Handler) tooLarge(w http.ResponseWriter) func() {
-	return func() { closing(h.errTooLarge()).write(w) }
 }

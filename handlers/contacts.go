@@ -14,11 +14,11 @@ func (h *Handler) contacts(w http.ResponseWriter, r *http.Request, arg string) e
 	if err != nil {
 		return err
 	}
-	rec, ok := h.authorizeOwner(w, r, arg, http.StatusUnauthorized, func(handle string) signedRequest {
+	rec, err := h.authorizeOwner(r, arg, kez.CodeUnauthorized, func(handle string) signedRequest {
 		return ownerRequest(r, handle, "/contacts", query)
 	})
-	if !ok {
-		return errAnswered
+	if err != nil {
+		return err
 	}
 	c, err := h.store.Contacts(r.Context(), rec.Handle)
 	if err != nil {
@@ -53,11 +53,11 @@ func (h *Handler) setContact(arg, list, primary string, state storage.ContactSta
 		if err := h.noBody(w, r); err != nil {
 			return err
 		}
-		rec, ok := h.authorizeOwner(w, r, arg, http.StatusUnauthorized, func(handle string) signedRequest {
+		rec, err := h.authorizeOwner(r, arg, kez.CodeUnauthorized, func(handle string) signedRequest {
 			return ownerRequest(r, handle, "/"+list+"/"+primary, query)
 		})
-		if !ok {
-			return errAnswered
+		if err != nil {
+			return err
 		}
 		if err := h.store.SetContact(r.Context(), rec.Handle, primary, state); err != nil {
 			return err

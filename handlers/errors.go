@@ -141,10 +141,6 @@ func tooMany(wait time.Duration, what string) *apiError {
 		message: what + "; retry in " + strconv.Itoa(secs) + "s"}
 }
 
-// errAnswered is returned by a handler whose answer a helper has already
-// written: authorizeOwner, until it returns its error too.
-var errAnswered = errors.New("the answer is written")
-
 // requestRetry is the Retry-After of request_limit: a guess, since only
 // the recipient can free the slots.
 const requestRetry = 60 * time.Second
@@ -189,9 +185,6 @@ func answerOf(err error) *apiError {
 // fail answers with the error for err; an error none of ours is logged as
 // a storage failure.
 func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) {
-	if errors.Is(err, errAnswered) {
-		return
-	}
 	a := answerOf(err)
 	if a == nil {
 		h.log.Error("storage failure", "method", r.Method, "path", r.URL.Path, "error", err)

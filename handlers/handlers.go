@@ -257,7 +257,7 @@ func (h *Handler) Route(r *http.Request) http.Handler {
 	case "/v1/register":
 		return h.methods(map[string]http.HandlerFunc{"POST": h.serve(h.register)})
 	case "/v1/messages":
-		return h.methods(map[string]http.HandlerFunc{"POST": h.send})
+		return h.methods(map[string]http.HandlerFunc{"POST": h.serve(h.send)})
 	case "/.well-known/webfinger":
 		return h.methods(map[string]http.HandlerFunc{"GET": h.serve(h.webfinger)})
 	case "/v1/rotate":
@@ -301,8 +301,8 @@ func (h *Handler) inboxRoute(rest string) http.Handler {
 	switch {
 	case len(parts) == 1:
 		return h.methods(map[string]http.HandlerFunc{
-			"GET":    h.withArg(handle, h.inbox),
-			"DELETE": h.withArg(handle, h.ack),
+			"GET":    h.serveArg(handle, h.inbox),
+			"DELETE": h.serveArg(handle, h.ack),
 		})
 	case len(parts) == 2 && parts[1] == "stream":
 		return h.methods(map[string]http.HandlerFunc{"GET": h.serveArg(handle, h.stream)})
@@ -322,10 +322,6 @@ func (h *Handler) inboxRoute(rest string) http.Handler {
 }
 
 func isSegment(s string) bool { return s != "" && !strings.Contains(s, "/") }
-
-func (h *Handler) withArg(arg string, fn func(http.ResponseWriter, *http.Request, string)) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) { fn(w, r, arg) }
-}
 
 // allMethods are the methods the API uses, in the order Allow lists them.
 var allMethods = []string{"GET", "POST", "PUT", "DELETE"}

@@ -119,16 +119,6 @@ func (b *buckets) sweep(now time.Time, perToken, full float64) {
 	}
 }
 
-// rateLimited answers 429 with Retry-After in whole seconds (at least 1).
-func rateLimited(w http.ResponseWriter, wait time.Duration, what string) {
-	secs := int(math.Ceil(wait.Seconds()))
-	if secs < 1 {
-		secs = 1
-	}
-	w.Header().Set("Retry-After", strconv.Itoa(secs))
-	writeError(w, http.StatusTooManyRequests, "rate_limited", what+"; retry in "+strconv.Itoa(secs)+"s")
-}
-
 // RemoteIP is the default client identity for rate limits: the peer address.
 // Behind a proxy, configure ClientIP instead (Caddy's trusted_proxies).
 func RemoteIP(r *http.Request) string {

@@ -144,17 +144,6 @@ func (h *Handler) resolveHandle(s, notFoundCode string) (string, error) {
 	return handle, nil
 }
 
-// localHandle is resolveHandle for a handler that writes its own errors
-// (authorizeOwner and send, until they return them): it returns ok=false
-// when the answer is written.
-func (h *Handler) localHandle(w http.ResponseWriter, s, notFoundCode string) (string, bool) {
-	handle, err := h.resolveHandle(s, notFoundCode)
-	if err != nil {
-		answerOf(err).write(w)
-	}
-	return handle, err == nil
-}
-
 // noHandle is the error for a handle nobody holds here: code is not_found,
 // or unknown_recipient for a send.
 func (h *Handler) noHandle(handle, code string) *kez.Error {

@@ -74,96 +74,77 @@ func jsonString(lit []byte) string {
 	return s
 }
 
-func (h *Handler) send(w http.ResponseWriter, r *http.Request) {
+func (h *Handler) send(w http.ResponseWriter, r *http.Request) error {
 	if ok, wait := h.sendLimit.allow(limitKey(h.cfg.ClientIP(r)), h.cfg.Now()); !ok {
 		h.cfg.Counters.rateLimited("send")
-		rateLimited(w, wait, "too many messages from your address")
-		return
+		return tooMany(wait, "too many messages from your address")
 	}
 	if r.URL.RawQuery != "" { // sends take no query; "" passes without building a map
 		if _, _, _, err := kez.ParseQuery(r.URL.RawQuery, false); err != nil {
-			h.fail(w, r, err)
-			return
+			return err
 		}
 	}
-	if !jsonContentType(w, r) {
-		return
+	if err := checkContentType(r); err != nil {
+		return err
 	}
 	auth := r.Header.Get("X-KEZ-Auth")
 	if auth == "" {
-		writeError(w, http.StatusUnauthorized, kez.CodeUnauthorized,
-			"authentication required: sends are signed by the sender (X-KEZ-Auth, SPEC §2.0)")
-		return
+		return kez.Errorf(kez.CodeUnauthorized, "authentication required: sends are signed by the sender (X-KEZ-Auth, SPEC §2.0)")
 	}
-	b, ok := h.readJSONBody(w, r, h.cfg.MaxEnvelope+sendOverhead, h.tooLarge(w))
-	if !ok {
-		return
+	b, err := h.readBody(w, r, h.cfg.MaxEnvelope+sendOverhead, h.errTooLarge())
+	if err != nil {
+		return err
 	}
 	in, err := parseSend(b.data, h.cfg.MaxEnvelope)
 	if err != nil {
-		h.fail(w, r, err)
-		return
+		return err
 	}
-	handle, ok := h.localHandle(w, in.to, kez.CodeUnknownRecipient)
-	if !ok {
-		return
+	handle, err := h.resolveHandle(in.to, kez.CodeUnknownRecipient)
+	if err != nil {
+		return err
 	}
 	if !kez.WellFormedPrimary(in.header.From) {
-		writeError(w, http.StatusBadRequest, kez.CodeBadRequest, "envelope.from must be a primary (ed25519:<64 lowercase hex>)")
-		return
+		return kez.Errorf(kez.CodeBadRequest, "envelope.from must be a primary (ed25519:<64 lowercase hex>)")
 	}
 	if _, server := kez.SplitAddress(in.fromAddr); in.fromAddr != "" && server != h.cfg.Server {
 		// Senders of other servers (SPEC §8) are not verified yet.
-		writeError(w, http.StatusForbidden, kez.CodeFederationRefused, "this server does not accept senders of other servers")
-		return
+		return kez.Errorf(kez.CodeFederationRefused, "this server does not accept senders of other servers")
 	}
 	// The sender: a user of this server, who signed this very request.
 	sender, err := h.store.LookupPrimary(r.Context(), in.header.From)
 	if errors.Is(err, storage.ErrNotFound) {
-		writeError(w, http.StatusForbidden, kez.CodeUnknownSender, "envelope.from is not a user of "+h.cfg.Server)
-		return
-	}
-	if err == nil {
-		err = h.verify(r, sender.Primary, signedRequest{method: "POST", path: "/v1/messages", bodyHash: b.hash, auth: auth}, false)
+		return kez.Errorf(kez.CodeUnknownSender, "envelope.from is not a user of %s", h.cfg.Server)
 	}
 	if err != nil {
-		h.fail(w, r, err)
-		return
+		return err
+	}
+	if err := h.verify(r, sender.Primary, signedRequest{method: "POST", path: "/v1/messages", bodyHash: b.hash, auth: auth}, false); err != nil {
+		return err
 	}
 	fromAddr := kez.Address(sender.Handle, h.cfg.Server)
 	if in.fromAddr != "" && in.fromAddr != fromAddr {
-		writeError(w, http.StatusBadRequest, kez.CodeBadRequest, "from_addr must be your own address, "+fromAddr)
-		return
+		return kez.Errorf(kez.CodeBadRequest, "from_addr must be your own address, %s", fromAddr)
 	}
 	if ok, wait := h.senderLimit.allow(sender.Primary, h.cfg.Now()); !ok {
 		h.cfg.Counters.rateLimited("sender")
-		rateLimited(w, wait, "you are sending too many messages")
-		return
+		return tooMany(wait, "you are sending too many messages")
 	}
-	recipient, err := h.store.Lookup(r.Context(), handle)
-	if errors.Is(err, storage.ErrNotFound) {
-		writeError(w, http.StatusNotFound, kez.CodeUnknownRecipient, "no handle \""+handle+"\" on "+h.cfg.Server)
-		return
-	}
+	recipient, err := h.lookupHandle(r.Context(), handle, kez.CodeUnknownRecipient)
 	if err != nil {
-		h.fail(w, r, err)
-		return
+		return err
 	}
 	if in.header.To != recipient.Primary {
-		writeError(w, http.StatusBadRequest, kez.CodeBadRequest, "envelope.to is not "+handle+"'s current primary; look it up again")
-		return
+		return kez.Errorf(kez.CodeBadRequest, "envelope.to is not %s's current primary; look it up again", handle)
 	}
 	m, fresh, err := h.store.Append(r.Context(), storage.Delivery{
 		To: handle, From: sender.Primary, FromAddr: fromAddr, Sig: in.idempotencyKey(), Envelope: in.envelope,
 		SenderHandle: sender.Handle, ToPrimary: recipient.Primary,
 	}, storage.Limits{MaxInbox: h.cfg.MaxInbox, RequestLimit: h.cfg.RequestLimit, MaxRequests: h.cfg.MaxRequests})
 	if errors.Is(err, storage.ErrNotFound) {
-		writeError(w, http.StatusNotFound, kez.CodeUnknownRecipient, "no handle \""+handle+"\" on "+h.cfg.Server)
-		return
+		return h.noHandle(handle, kez.CodeUnknownRecipient)
 	}
 	if err != nil {
-		h.fail(w, r, err)
-		return
+		return err
 	}
 	status := http.StatusOK // the same envelope again: its original receipt
 	if fresh {
@@ -179,6 +160,7 @@ func (h *Handler) send(w http.ResponseWriter, r *http.Request) {
 	out = strconv.AppendInt(out, m.ReceivedAt, 10)
 	out = append(out, '}')
 	writeRaw(w, status, "application/json; charset=utf-8", out)
+	return nil
 }
 
 // sendBody is a parsed POST /v1/messages body.
@@ -354,31 +336,28 @@ func sameFold(key, name string) bool {
 	return foldKey(key) == name
 }
 
-func (h *Handler) inbox(w http.ResponseWriter, r *http.Request, arg string) {
+func (h *Handler) inbox(w http.ResponseWriter, r *http.Request, arg string) error {
 	q, query, _, err := kez.ParseQuery(r.URL.RawQuery, false, "since", "limit")
 	if err != nil {
-		h.fail(w, r, err)
-		return
+		return err
 	}
 	since := q["since"]
 	limit := defaultPageLimit
 	if n, ok := q["limit"]; ok {
 		if n == 0 {
-			writeError(w, http.StatusBadRequest, kez.CodeBadRequest, "limit must be a positive integer")
-			return
+			return kez.Errorf(kez.CodeBadRequest, "limit must be a positive integer")
 		}
 		limit = int(min(n, maxPageLimit))
 	}
-	rec, ok := h.authorizeOwner(w, r, arg, http.StatusUnauthorized, func(handle string) signedRequest {
+	rec, err := h.authorizeOwner(r, arg, kez.CodeUnauthorized, func(handle string) signedRequest {
 		return ownerRequest(r, handle, "", query)
 	})
-	if !ok {
-		return
+	if err != nil {
+		return err
 	}
 	msgs, more, err := h.readPage(r, rec.Handle, since, limit)
 	if err != nil {
-		h.fail(w, r, err)
-		return
+		return err
 	}
 	next := since
 	size := 64
@@ -400,6 +379,7 @@ func (h *Handler) inbox(w http.ResponseWriter, r *http.Request, arg string) {
 	out = strconv.AppendBool(out, more)
 	out = append(out, '}')
 	writeRaw(w, http.StatusOK, "application/json; charset=utf-8", out)
+	return nil
 }
 
 // pageBytes bounds the envelope bytes one inbox page (or one backlog step
@@ -435,30 +415,28 @@ func (h *Handler) readPage(r *http.Request, handle string, since uint64, limit i
 	return msgs, true, nil
 }
 
-func (h *Handler) ack(w http.ResponseWriter, r *http.Request, arg string) {
+func (h *Handler) ack(w http.ResponseWriter, r *http.Request, arg string) error {
 	q, query, _, err := kez.ParseQuery(r.URL.RawQuery, false, "upto")
 	if err != nil {
-		h.fail(w, r, err)
-		return
+		return err
 	}
 	upto, ok := q["upto"]
 	if !ok {
-		writeError(w, http.StatusBadRequest, kez.CodeBadRequest, "upto is required: DELETE /v1/inbox/<handle>?upto=<seq>")
-		return
+		return kez.Errorf(kez.CodeBadRequest, "upto is required: DELETE /v1/inbox/<handle>?upto=<seq>")
 	}
-	if !h.readNoBody(w, r) {
-		return
+	if err := h.noBody(w, r); err != nil {
+		return err
 	}
-	rec, ok := h.authorizeOwner(w, r, arg, http.StatusUnauthorized, func(handle string) signedRequest {
+	rec, err := h.authorizeOwner(r, arg, kez.CodeUnauthorized, func(handle string) signedRequest {
 		return ownerRequest(r, handle, "", query)
 	})
-	if !ok {
-		return
+	if err != nil {
+		return err
 	}
 	n, err := h.store.Ack(r.Context(), rec.Handle, upto)
 	if err != nil {
-		h.fail(w, r, err)
-		return
+		return err
 	}
 	writeJSON(w, http.StatusOK, map[string]int{"deleted": n})
+	return nil
 }

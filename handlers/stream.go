@@ -101,15 +101,15 @@ func (h *Handler) streamRequest(w http.ResponseWriter, r *http.Request, arg stri
 	if id, ok := lastEventID(r); ok && !signedSince {
 		since = id
 	}
-	rec, ok := h.authorizeOwner(w, r, arg, http.StatusBadRequest, func(handle string) signedRequest {
+	rec, err := h.authorizeOwner(r, arg, kez.CodeMissingAuth, func(handle string) signedRequest {
 		req := ownerRequest(r, handle, "/stream", query)
 		if req.auth == "" {
 			req.auth = urlAuth // for EventSource, which cannot set headers
 		}
 		return req
 	})
-	if !ok {
-		return "", 0, errAnswered
+	if err != nil {
+		return "", 0, err
 	}
 	return rec.Handle, since, nil
 }
