@@ -142,11 +142,13 @@ func TestStreamResumesWithFreshAuth(t *testing.T) {
 func TestStreamIdleTimeoutReconnects(t *testing.T) {
 	keys := kez.GenerateKeys()
 	f := &fakeStreams{t: t, keys: keys}
+	silent := make(chan struct{})
+	defer close(silent) // before the server's Close, which waits for handlers
 	f.scripts = []func(http.ResponseWriter, func()){
 		func(w http.ResponseWriter, flush func()) { // silent: no pings at all
 			fmt.Fprint(w, "retry: 10\n\n")
 			flush()
-			time.Sleep(3 * time.Second) // well past IdleTimeout
+			<-silent // until the test is over: past IdleTimeout
 		},
 		func(w http.ResponseWriter, flush func()) { event(w, 1); flush() },
 	}
