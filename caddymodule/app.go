@@ -44,7 +44,7 @@ func (a *App) add(b *backend) {
 func (a *App) Start() error {
 	for _, b := range a.backends {
 		if _, err := b.open(startOpenTimeout); err != nil {
-			return fmt.Errorf("kez_chat storage: %w", err)
+			return fmt.Errorf("bolt storage: %w", err)
 		}
 	}
 	return nil
