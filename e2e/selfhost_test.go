@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -10,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -32,22 +30,24 @@ func TestReadmeChatPathUnderSiteRoot(t *testing.T) {
 		}
 	}
 
-	dir := t.TempDir()
-	www := filepath.Join(dir, "www")
+	www := filepath.Join(t.TempDir(), "www")
 	if err := os.MkdirAll(www, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(filepath.Join(www, "index.html"), []byte("the site's own page\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	port, admin := testcaddy.FreePort(t), fmt.Sprintf("127.0.0.1:%d", testcaddy.FreePort(t))
-	base := fmt.Sprintf("http://127.0.0.1:%d", port)
-	config := strings.NewReplacer(
-		"\tfilesystem kezweb kez_web\n", "\tadmin "+admin+"\n\tauto_https off\n\tpersist_config off\n\tfilesystem kezweb kez_web\n",
-		"example.com {\n", base+" {\n",
-		"/srv/www", www,
-	).Replace(block)
-	c := startCaddyfile(t, dir, config, base)
+	config := func(block string) func(*testcaddy.Server) string {
+		return func(s *testcaddy.Server) string {
+			return strings.NewReplacer(
+				"\tfilesystem kezweb kez_web\n", "\tadmin "+s.AdminAddr+"\n\tauto_https off\n\tpersist_config off\n\tfilesystem kezweb kez_web\n",
+				"example.com {\n", s.URL+" {\n",
+				"/srv/www", www,
+			).Replace(block)
+		}
+	}
+	srv := testcaddy.Start(t, testcaddy.Options{Config: config(block)})
+	base := srv.URL
 
 	noRedirect := &http.Client{Timeout: 10 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	get := func(path string) (int, string, http.Header) {
@@ -74,24 +74,23 @@ func TestReadmeChatPathUnderSiteRoot(t *testing.T) {
 	if code, body, _ := get("/"); code != 200 || body != "the site's own page\n" {
 		t.Errorf("the site's own files: %d %q", code, body)
 	}
-	if strings.Contains(c.logs.String(), "kez_web: file_server looked") {
-		t.Errorf("a warning with root . in place:\n%s", c.logs.String())
+	if strings.Contains(srv.Logs(), "kez_web: file_server looked") {
+		t.Errorf("a warning with root . in place:\n%s", srv.Logs())
 	}
 
 	// The mistake the README warns about: the same config without root .
-	wrong := strings.Replace(config, "\t\t\troot .\n", "", 1)
-	c.reload(t, wrong)
+	srv.Reload(t, testcaddy.Options{Config: config(strings.Replace(block, "\t\t\troot .\n", "", 1))})
 	if code, _, _ := get("/chat/"); code != 404 {
 		t.Fatalf("/chat/ without root .: %d", code)
 	}
 	const warning = "kez_web: file_server looked for the web client's files under the site's root"
-	for deadline := time.Now().Add(5 * time.Second); !strings.Contains(c.logs.String(), warning); time.Sleep(20 * time.Millisecond) {
+	for deadline := time.Now().Add(5 * time.Second); !strings.Contains(srv.Logs(), warning); time.Sleep(20 * time.Millisecond) {
 		if time.Now().After(deadline) {
-			t.Fatalf("no warning for a /chat/ hidden by the site root:\n%s", c.logs.String())
+			t.Fatalf("no warning for a /chat/ hidden by the site root:\n%s", srv.Logs())
 		}
 	}
-	if !strings.Contains(c.logs.String(), "root .") {
-		t.Errorf("the warning does not name the fix:\n%s", c.logs.String())
+	if !strings.Contains(srv.Logs(), "Add `root .` inside that file_server block") {
+		t.Errorf("the warning does not name the fix:\n%s", srv.Logs())
 	}
 }
 
@@ -208,94 +207,4 @@ func runToExit(t *testing.T, env []string, args ...string) (string, time.Duratio
 	start := time.Now()
 	out, err := cmd.CombinedOutput()
 	return string(out), time.Since(start), err
-}
-
-// caddyfileServer is a Caddy run from a whole Caddyfile of the test's.
-type caddyfileServer struct {
-	dir, admin string
-	logs       *lockedBuffer
-}
-
-// startCaddyfile runs `caddy run` with config (whose admin address must be
-// set) in dir, and waits until base/v1/healthz answers 200.
-func startCaddyfile(t *testing.T, dir, config, base string) *caddyfileServer {
-	t.Helper()
-	c := &caddyfileServer{dir: dir, logs: &lockedBuffer{}}
-	path := c.write(t, config)
-	cmd := exec.Command(testcaddy.Binary(t), "run", "--config", path, "--adapter", "caddyfile")
-	cmd.Env = c.env()
-	cmd.Stdout, cmd.Stderr = c.logs, c.logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-exited
-		if t.Failed() {
-			t.Logf("caddy logs:\n%s", c.logs.String())
-		}
-	})
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		select {
-		case <-exited:
-			t.Fatalf("caddy exited during start:\n%s", c.logs.String())
-		default:
-		}
-		if r, err := http.Get(base + "/v1/healthz"); err == nil {
-			r.Body.Close()
-			if r.StatusCode == 200 {
-				return c
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("caddy not healthy:\n%s", c.logs.String())
-		}
-	}
-}
-
-func (c *caddyfileServer) env() []string {
-	return append(os.Environ(), "HOME="+c.dir,
-		"XDG_DATA_HOME="+filepath.Join(c.dir, "xdg-data"), "XDG_CONFIG_HOME="+filepath.Join(c.dir, "xdg-config"))
-}
-
-func (c *caddyfileServer) write(t *testing.T, config string) string {
-	t.Helper()
-	for _, line := range strings.Split(config, "\n") {
-		if f := strings.Fields(line); len(f) == 2 && f[0] == "admin" {
-			c.admin = f[1]
-		}
-	}
-	path := filepath.Join(c.dir, "Caddyfile")
-	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
-
-// reload applies config with `caddy reload`.
-func (c *caddyfileServer) reload(t *testing.T, config string) {
-	t.Helper()
-	path := c.write(t, config)
-	if out, _, err := runToExit(t, c.env(), "reload", "--config", path, "--adapter", "caddyfile", "--address", c.admin); err != nil {
-		t.Fatalf("caddy reload: %v\n%s", err, out)
-	}
-}
-
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

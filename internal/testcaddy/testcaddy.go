@@ -112,6 +112,10 @@ type Options struct {
 	// FileSizeLimit, when positive, caps every file the process writes
 	// (RLIMIT_FSIZE, in KiB): a stand-in for a full disk.
 	FileSizeLimitKiB int
+	// Config, when set, renders the whole Caddyfile instead, for a test of
+	// a config of its own (a README example): it must set the admin
+	// address s.AdminAddr and serve /v1/healthz at s.URL.
+	Config func(s *Server) string
 }
 
 // Server is one running Caddy.
@@ -173,6 +177,9 @@ func Start(t testing.TB, opts Options) *Server {
 
 // Caddyfile renders the configuration for opts.
 func (s *Server) Caddyfile(opts Options) string {
+	if opts.Config != nil {
+		return opts.Config(s)
+	}
 	name := opts.ServerName
 	if name == "" {
 		name = ServerName
