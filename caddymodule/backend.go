@@ -79,8 +79,10 @@ func openBackend(ctx caddy.Context, path, server string, opts bolt.Options, log 
 	return b, nil
 }
 
-// checkBoltPath fails for a path that exists but is not a regular file, or
-// that cannot be looked up (a parent that is a file, no permission).
+// checkBoltPath fails for a path that cannot be looked up (a parent that is
+// a file, no permission), or that exists but is not a regular file or
+// cannot be opened for writing (a read-only file system). It neither
+// creates, writes nor locks anything: `caddy validate` runs it.
 func checkBoltPath(path string) error {
 	fi, err := os.Stat(path)
 	switch {
@@ -91,7 +93,11 @@ func checkBoltPath(path string) error {
 	case !fi.Mode().IsRegular():
 		return fmt.Errorf("%s is not a regular file", path)
 	}
-	return nil
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	return f.Close()
 }
 
 // open returns the database, opening it if needed.
