@@ -126,11 +126,6 @@ const (
 	// DefaultHandleCooldown keeps a deleted handle from a newcomer while
 	// contacts may still trust it (SPEC §1).
 	DefaultHandleCooldown = 30 * 24 * time.Hour
-
-	// Deprecated: the Caddy module's defaults (caddymodule.DefaultRetention
-	// and DefaultMaxInbox); here a zero MaxInbox is no cap.
-	DefaultRetention = 30 * 24 * time.Hour
-	DefaultMaxInbox  = 10000
 )
 
 // DefaultPublicURL is the PublicURL of a server that sets none.
