@@ -78,7 +78,7 @@ func (w WebFS) Stat(name string) (fs.FileInfo, error) {
 // root; an fs.FS name never starts with "/"), or one whose tail names a
 // file of the client.
 func (w WebFS) check(name string, err error) {
-	if err == nil || !errors.Is(err, fs.ErrNotExist) || w.log == nil {
+	if err == nil || !errors.Is(err, fs.ErrNotExist) || w.log == nil || w.warned.Load() {
 		return
 	}
 	rooted := strings.HasPrefix(name, "/")
