@@ -98,14 +98,6 @@ type Handler struct {
 	stopped chan struct{} // closed when the janitor has returned
 }
 
-// StorageConfig selects the storage backend.
-type StorageConfig struct {
-	// A bbolt database file on local disk (the default backend).
-	Bolt *BoltConfig `json:"bolt,omitempty"`
-	// A NATS JetStream cluster shared by several Caddy instances.
-	Nats *NatsConfig `json:"nats,omitempty"`
-}
-
 // CaddyModule returns the Caddy module information.
 func (Handler) CaddyModule() caddy.ModuleInfo {
 	return caddy.ModuleInfo{
@@ -283,10 +275,6 @@ func clientIP(r *http.Request) string {
 	return handlers.RemoteIP(r)
 }
 
-// maxInbox and retention are as set by setDefaults.
-func (h *Handler) maxInbox() int            { return h.MaxInbox }
-func (h *Handler) retention() time.Duration { return time.Duration(h.Retention) }
-
 // onEvent adapts a function to a Caddy event handler.
 type onEvent func()
 
@@ -298,7 +286,7 @@ func (f onEvent) Handle(context.Context, caddy.Event) error {
 // janitor enforces retention in the background, a small transaction at a time.
 func (h *Handler) janitor(ctx context.Context, store storage.Store) {
 	defer close(h.stopped)
-	retention := h.retention()
+	retention := time.Duration(h.Retention)
 	every := min(max(retention/4, time.Second), time.Minute)
 	t := time.NewTicker(every)
 	defer t.Stop()

@@ -1,15 +1,22 @@
 package caddymodule
 
 import (
-	"cmp"
 	"fmt"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 
-	"github.com/kezchat/kez/handlers"
 	"github.com/kezchat/kez/hub"
 	"github.com/kezchat/kez/storage"
 )
+
+// StorageConfig selects the storage backend.
+type StorageConfig struct {
+	// A bbolt database file on local disk (the default backend).
+	Bolt *BoltConfig `json:"bolt,omitempty"`
+	// A NATS JetStream cluster shared by several Caddy instances.
+	Nats *NatsConfig `json:"nats,omitempty"`
+}
 
 // sharedStorage is a backend from the usage pool: its store and its hub
 // outlive the config that opened them, until the last one releases them.
@@ -21,16 +28,16 @@ type sharedStorage interface {
 
 func (b *backend) liveHub() *hub.Hub { return b.hub }
 
-// openStorage opens (or shares) the backend the config names: a bbolt file
-// by default, or a NATS JetStream cluster. A bbolt file is opened when the
+// openStorage opens (or shares) the backend the config names, its defaults
+// filled in: a bbolt file by default, or a NATS JetStream cluster. A bbolt file is opened when the
 // config starts (see App), not here.
 func (h *Handler) openStorage(ctx caddy.Context) (sharedStorage, error) {
 	if h.Storage != nil && h.Storage.Nats != nil {
 		return openNatsBackend(h.Storage.Nats, limits{
 			replicas:    h.Storage.Nats.Replicas,
-			retention:   h.retention(),
-			maxInbox:    h.maxInbox(),
-			maxEnvelope: cmp.Or(h.MaxEnvelope, handlers.DefaultMaxEnvelope),
+			retention:   time.Duration(h.Retention),
+			maxInbox:    h.MaxInbox,
+			maxEnvelope: h.MaxEnvelope,
 		}, h.log)
 	}
 	path, err := h.boltPath()
