@@ -15,6 +15,12 @@ import (
 	"github.com/kezchat/kez/handlers"
 )
 
+// Two kez_chat handlers in one route are not refused here: Caddy shows a
+// directive neither its route's other handlers nor its site block (the
+// adapter's State is shared by all sites), so a check would be a guess.
+// The harm is small: the first handler answers every API path and the
+// second is never reached; two with different server names on one
+// database fail at provision (storage.go).
 func init() {
 	httpcaddyfile.RegisterHandlerDirective("kez_chat", parseCaddyfile)
 	// Early, right after encode: a catch-all reverse_proxy, handle or
