@@ -30,13 +30,14 @@ func init() {
 // Handler is the kez_chat HTTP handler: end-to-end-encrypted 1:1 chat. It
 // answers the KEZ chat API paths (/v1/... and /.well-known/webfinger) and
 // passes every other request to the next handler.
+//
+// Every option left out (in JSON, also 0 or "") takes its default, which
+// Provision fills in from the Default* constants (the SPEC §4 ones are
+// package handlers'), as Caddy's own modules do: each default is written
+// once, and the provisioned handler holds the values in force.
 type Handler struct {
 	// The domain in users' addresses (handle@server), e.g. "kez.lat". Required.
 	Server string `json:"server,omitempty"`
-	// Every option left out (or 0) takes its default, filled in by
-	// Provision from the Default* constants (SPEC §4's from package
-	// handlers), so the running config shows the values in force.
-
 	// The public base URL used in WebFinger links. Default: https://<server>.
 	PublicURL string `json:"public_url,omitempty"`
 	// Where messages and the handle registry are kept. Default: a bbolt
