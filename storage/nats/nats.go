@@ -84,7 +84,7 @@ type Options struct {
 	// <prefix>.inbox.<handle>…, <prefix>_registry, <prefix>_contacts,
 	// <prefix>_used). Default "kez".
 	Prefix string
-	// Replicas of each stream (1, 3 or 5). Default 1.
+	// Replicas of each stream, 1 to 5 (3 on a 3-node cluster). Default 1.
 	Replicas int
 	// Retention is the inbox stream's MaxAge. 0: unlimited.
 	Retention time.Duration
@@ -92,7 +92,7 @@ type Options struct {
 	// server with discard-new-per-subject. 0: unlimited. See Append for how
 	// it relates to Limits.MaxInbox.
 	MaxInbox int
-	// Timeout bounds every call to the cluster. Default 5s.
+	// Timeout bounds every call to the cluster. Default DefaultTimeout (10s).
 	Timeout time.Duration
 	// MaxEnvelope is the largest envelope the server accepts; a warning
 	// is logged when the NATS servers' max_payload is too small for it.
