@@ -75,6 +75,19 @@ func (e *env) accountClient() (*client.Client, *account, error) {
 	return c, acct, err
 }
 
+// asUser runs act as the registered user (accountClient), after checking
+// the server's log (checkTrust), with ctx bounded by requestTimeout.
+func (e *env) asUser(ctx context.Context, act func(ctx context.Context, c *client.Client, acct *account) error) error {
+	c, acct, err := e.accountClient()
+	if err != nil {
+		return err
+	}
+	e.checkTrust(ctx, c)
+	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	defer cancel()
+	return act(ctx, c, acct)
+}
+
 // accountCursor is accountClient plus the account's saved cursor, for the
 // commands that read the inbox (inbox, listen, ack). It first asks the
 // server for its record of our key: a reset server has forgotten us (an
@@ -320,48 +333,43 @@ var sendCmd = &command{
 		if len(text) > maxText {
 			return fmt.Errorf("message is too long (at most %d KiB)", maxText>>10)
 		}
-		c, acct, err := e.accountClient()
-		if err != nil {
-			return err
-		}
-		e.checkTrust(ctx, c)
-		ctx, cancel := context.WithTimeout(ctx, requestTimeout)
-		defer cancel()
-		r, err := c.Recipient(ctx, to)
-		if err == nil {
-			for _, n := range r.Contact.Notices {
-				fmt.Fprintf(e.stderr, "notice: %s\n", n)
-			}
-			if r.Contact.Status == client.ContactNew {
-				fmt.Fprintf(e.stderr, "first message to %s: key %s pinned (compare safety numbers: kez verify %s)\n", r.Address, r.Primary, r.Handle)
-			}
-			_, err = c.SendTo(ctx, r, text)
-		}
-		switch {
-		case client.IsTrustFailure(err):
-			return keyChangedAdvice(err)
-		case client.IsUnknownUser(err):
-			if st, serr := c.TrustState(); serr == nil {
-				if p := st.Contacts[kez.ASCIILower(strings.TrimSuffix(to, "@"+acct.ServerName))]; p != nil && p.Changed != nil && p.Changed.Primary == "" {
-					return fmt.Errorf("%s is gone: %s", to, p.Changed.How)
+		return e.asUser(ctx, func(ctx context.Context, c *client.Client, acct *account) error {
+			r, err := c.Recipient(ctx, to)
+			if err == nil {
+				for _, n := range r.Contact.Notices {
+					fmt.Fprintf(e.stderr, "notice: %s\n", n)
 				}
+				if r.Contact.Status == client.ContactNew {
+					fmt.Fprintf(e.stderr, "first message to %s: key %s pinned (compare safety numbers: kez verify %s)\n", r.Address, r.Primary, r.Handle)
+				}
+				_, err = c.SendTo(ctx, r, text)
 			}
-			return fmt.Errorf("unknown recipient %q on %s", to, acct.ServerName)
-		case errors.Is(err, client.ErrEnvelopeTooLarge):
-			return errors.New("the server refused the message as too large")
-		case errors.Is(err, client.ErrInboxFull):
-			return fmt.Errorf("%s's inbox is full; try again later", to)
-		case errors.Is(err, client.ErrRequestLimit):
-			return fmt.Errorf("%s has not accepted you as a contact yet, and has as many of your (or everyone's) message requests as the server keeps; wait until they read or accept them", r.Address)
-		case errors.Is(err, client.ErrBlocked):
-			return fmt.Errorf("%s does not accept messages from you", r.Address)
-		case errors.Is(err, client.ErrUnknownSender):
-			return fmt.Errorf("%s does not know your key (was the server reset?); run: kez register %s --server %s", acct.Server, acct.Handle, acct.Server)
-		case err != nil:
-			return err
-		}
-		fmt.Fprintf(e.stdout, "sent to %s\n", r.Address)
-		return nil
+			switch {
+			case client.IsTrustFailure(err):
+				return keyChangedAdvice(err)
+			case client.IsUnknownUser(err):
+				if st, serr := c.TrustState(); serr == nil {
+					if p := st.Contacts[kez.ASCIILower(strings.TrimSuffix(to, "@"+acct.ServerName))]; p != nil && p.Changed != nil && p.Changed.Primary == "" {
+						return fmt.Errorf("%s is gone: %s", to, p.Changed.How)
+					}
+				}
+				return fmt.Errorf("unknown recipient %q on %s", to, acct.ServerName)
+			case errors.Is(err, client.ErrEnvelopeTooLarge):
+				return errors.New("the server refused the message as too large")
+			case errors.Is(err, client.ErrInboxFull):
+				return fmt.Errorf("%s's inbox is full; try again later", to)
+			case errors.Is(err, client.ErrRequestLimit):
+				return fmt.Errorf("%s has not accepted you as a contact yet, and has as many of your (or everyone's) message requests as the server keeps; wait until they read or accept them", r.Address)
+			case errors.Is(err, client.ErrBlocked):
+				return fmt.Errorf("%s does not accept messages from you", r.Address)
+			case errors.Is(err, client.ErrUnknownSender):
+				return fmt.Errorf("%s does not know your key (was the server reset?); run: kez register %s --server %s", acct.Server, acct.Handle, acct.Server)
+			case err != nil:
+				return err
+			}
+			fmt.Fprintf(e.stdout, "sent to %s\n", r.Address)
+			return nil
+		})
 	},
 }
 
@@ -598,22 +606,17 @@ func contactCmd(name, does string, act func(*client.Client, context.Context, str
 		minArgs: 1, maxArgs: 1,
 		args: "<handle|handle@server|ed25519:primary>",
 		run: func(ctx context.Context, e *env, args []string) error {
-			c, acct, err := e.accountClient()
-			if err != nil {
-				return err
-			}
-			e.checkTrust(ctx, c)
-			ctx, cancel := context.WithTimeout(ctx, requestTimeout)
-			defer cancel()
-			primary, name, err := resolve(ctx, c, args[0])
-			if err != nil {
-				return err
-			}
-			if err := act(c, ctx, primary); err != nil {
-				return notOnServer(err, acct)
-			}
-			fmt.Fprintf(e.stdout, does+"\n", name)
-			return nil
+			return e.asUser(ctx, func(ctx context.Context, c *client.Client, acct *account) error {
+				primary, name, err := resolve(ctx, c, args[0])
+				if err != nil {
+					return err
+				}
+				if err := act(c, ctx, primary); err != nil {
+					return notOnServer(err, acct)
+				}
+				fmt.Fprintf(e.stdout, does+"\n", name)
+				return nil
+			})
 		},
 	}
 }
@@ -662,31 +665,26 @@ var contactsCmd = &command{
 	minArgs: 0, maxArgs: 0,
 	args: "",
 	run: func(ctx context.Context, e *env, args []string) error {
-		c, acct, err := e.accountClient()
-		if err != nil {
-			return err
-		}
-		e.checkTrust(ctx, c)
-		ctx, cancel := context.WithTimeout(ctx, requestTimeout)
-		defer cancel()
-		lists, err := c.Contacts(ctx)
-		if err != nil {
-			return notOnServer(err, acct)
-		}
-		p := newPrinter(c, nil)
-		for _, l := range []struct {
-			title string
-			keys  []string
-		}{{"accepted (their messages are not requests)", lists.Accepted}, {"blocked", lists.Blocked}} {
-			fmt.Fprintf(e.stdout, "%s: %d\n", l.title, len(l.keys))
-			for _, k := range l.keys {
-				name := p.address(ctx, k)
-				if name == "" {
-					name = keyName(k)
-				}
-				fmt.Fprintf(e.stdout, "  %s  %s\n", name, k)
+		return e.asUser(ctx, func(ctx context.Context, c *client.Client, acct *account) error {
+			lists, err := c.Contacts(ctx)
+			if err != nil {
+				return notOnServer(err, acct)
 			}
-		}
-		return nil
+			p := newPrinter(c, nil)
+			for _, l := range []struct {
+				title string
+				keys  []string
+			}{{"accepted (their messages are not requests)", lists.Accepted}, {"blocked", lists.Blocked}} {
+				fmt.Fprintf(e.stdout, "%s: %d\n", l.title, len(l.keys))
+				for _, k := range l.keys {
+					name := p.address(ctx, k)
+					if name == "" {
+						name = keyName(k)
+					}
+					fmt.Fprintf(e.stdout, "  %s  %s\n", name, k)
+				}
+			}
+			return nil
+		})
 	},
 }

@@ -124,6 +124,15 @@ func keyChangedAdvice(err error) error {
 		kc.Handle, kc.Pinned, kc.New, kc.How, kc.Handle, kc.Handle)
 }
 
+// contact is c.Contact(who), with an unknown user named as such.
+func contact(ctx context.Context, c *client.Client, acct *account, who string) (*client.Contact, error) {
+	ct, err := c.Contact(ctx, who)
+	if client.IsUnknownUser(err) {
+		return nil, fmt.Errorf("no user %q on %s", who, acct.Server)
+	}
+	return ct, err
+}
+
 var verifyCmd = &command{
 	name:    "verify",
 	minArgs: 1, maxArgs: 1,
@@ -132,53 +141,45 @@ var verifyCmd = &command{
 		fs.Bool("yes", false, "the numbers match: mark the contact verified")
 	},
 	run: func(ctx context.Context, e *env, args []string) error {
-		c, acct, err := e.accountClient()
-		if err != nil {
-			return err
-		}
-		e.checkTrust(ctx, c)
-		ctx, cancel := context.WithTimeout(ctx, requestTimeout)
-		defer cancel()
-		ct, err := c.Contact(ctx, args[0])
-		if client.IsUnknownUser(err) {
-			return fmt.Errorf("no user %q on %s", args[0], acct.Server)
-		}
-		if err != nil {
-			return err
-		}
-		if ct.Primary == c.Keys().Primary() {
-			return errors.New("that is you")
-		}
-		number, err := c.SafetyNumber(ct.Primary)
-		if err != nil {
-			return err
-		}
-		g := kez.SafetyGroups(number)
-		if ct.Status == client.ContactChanged {
-			fmt.Fprintf(e.stdout, "%s's key CHANGED (%s); this is the number for the new key.\n", ct.Address, ct.Pin.Changed.How)
-		}
-		fmt.Fprintf(e.stdout, "safety number of you (%s) and %s (%s):\n\n    %s\n    %s\n    %s\n\n",
-			acct.address(), ct.Address, ct.Primary, strings.Join(g[0:4], " "), strings.Join(g[4:8], " "), strings.Join(g[8:12], " "))
-		confirmed := e.str("yes") == "true"
-		if !confirmed && isTerminal(e.stdin) {
-			fmt.Fprintf(e.stdout, "Does %s see the same 60 digits (compare in person or on a call you trust)? [y/N] ", ct.Handle)
-			line, _ := bufio.NewReader(e.stdin).ReadString('\n')
-			confirmed = strings.EqualFold(strings.TrimSpace(line), "y") || strings.EqualFold(strings.TrimSpace(line), "yes")
-		}
-		if !confirmed {
-			if ct.Verified() {
-				fmt.Fprintf(e.stdout, "%s is verified (you compared this number on %s)\n", ct.Address, when(ct.Pin.VerifiedAt))
+		return e.asUser(ctx, func(ctx context.Context, c *client.Client, acct *account) error {
+			ct, err := contact(ctx, c, acct, args[0])
+			if err != nil {
+				return err
+			}
+			if ct.Primary == c.Keys().Primary() {
+				return errors.New("that is you")
+			}
+			number, err := c.SafetyNumber(ct.Primary)
+			if err != nil {
+				return err
+			}
+			g := kez.SafetyGroups(number)
+			if ct.Status == client.ContactChanged {
+				fmt.Fprintf(e.stdout, "%s's key CHANGED (%s); this is the number for the new key.\n", ct.Address, ct.Pin.Changed.How)
+			}
+			fmt.Fprintf(e.stdout, "safety number of you (%s) and %s (%s):\n\n    %s\n    %s\n    %s\n\n",
+				acct.address(), ct.Address, ct.Primary, strings.Join(g[0:4], " "), strings.Join(g[4:8], " "), strings.Join(g[8:12], " "))
+			confirmed := e.str("yes") == "true"
+			if !confirmed && isTerminal(e.stdin) {
+				fmt.Fprintf(e.stdout, "Does %s see the same 60 digits (compare in person or on a call you trust)? [y/N] ", ct.Handle)
+				line, _ := bufio.NewReader(e.stdin).ReadString('\n')
+				confirmed = strings.EqualFold(strings.TrimSpace(line), "y") || strings.EqualFold(strings.TrimSpace(line), "yes")
+			}
+			if !confirmed {
+				if ct.Verified() {
+					fmt.Fprintf(e.stdout, "%s is verified (you compared this number on %s)\n", ct.Address, when(ct.Pin.VerifiedAt))
+					return nil
+				}
+				fmt.Fprintf(e.stdout, "not marked verified. Compare it with %s's (kez verify %s on their side, in person or on a call you trust); if it matches: kez verify %s --yes\n",
+					ct.Handle, acct.Handle, args[0])
 				return nil
 			}
-			fmt.Fprintf(e.stdout, "not marked verified. Compare it with %s's (kez verify %s on their side, in person or on a call you trust); if it matches: kez verify %s --yes\n",
-				ct.Handle, acct.Handle, args[0])
+			if _, err := c.MarkVerified(ct.Handle, ct.Primary); err != nil {
+				return err
+			}
+			fmt.Fprintf(e.stdout, "%s is verified: key %s\n", ct.Address, ct.Primary)
 			return nil
-		}
-		if _, err := c.MarkVerified(ct.Handle, ct.Primary); err != nil {
-			return err
-		}
-		fmt.Fprintf(e.stdout, "%s is verified: key %s\n", ct.Address, ct.Primary)
-		return nil
+		})
 	},
 }
 
@@ -197,29 +198,21 @@ var acceptKeyCmd = &command{
 	minArgs: 1, maxArgs: 1,
 	args: "<handle|handle@server>",
 	run: func(ctx context.Context, e *env, args []string) error {
-		c, acct, err := e.accountClient()
-		if err != nil {
-			return err
-		}
-		e.checkTrust(ctx, c)
-		ctx, cancel := context.WithTimeout(ctx, requestTimeout)
-		defer cancel()
-		ct, err := c.Contact(ctx, args[0])
-		if client.IsUnknownUser(err) {
-			return fmt.Errorf("no user %q on %s", args[0], acct.Server)
-		}
-		if err != nil {
-			return err
-		}
-		if ct.Status != client.ContactChanged {
-			return fmt.Errorf("%s's key has not changed (%s); nothing to accept", ct.Address, ct.Primary)
-		}
-		pin, err := c.AcceptKey(ct.Handle)
-		if err != nil {
-			return keyChangedAdvice(err)
-		}
-		fmt.Fprintf(e.stdout, "accepted %s's new key %s; messages to %s go to it (not verified: kez verify %s)\n", ct.Address, pin.Primary, ct.Handle, ct.Handle)
-		return nil
+		return e.asUser(ctx, func(ctx context.Context, c *client.Client, acct *account) error {
+			ct, err := contact(ctx, c, acct, args[0])
+			if err != nil {
+				return err
+			}
+			if ct.Status != client.ContactChanged {
+				return fmt.Errorf("%s's key has not changed (%s); nothing to accept", ct.Address, ct.Primary)
+			}
+			pin, err := c.AcceptKey(ct.Handle)
+			if err != nil {
+				return keyChangedAdvice(err)
+			}
+			fmt.Fprintf(e.stdout, "accepted %s's new key %s; messages to %s go to it (not verified: kez verify %s)\n", ct.Address, pin.Primary, ct.Handle, ct.Handle)
+			return nil
+		})
 	},
 }
 
@@ -243,59 +236,54 @@ var rotateCmd = &command{
 			fmt.Fprintln(e.stdout, "old keys deleted: messages sealed to them can no longer be read")
 			return nil
 		}
-		c, acct, err := e.accountClient()
-		if err != nil {
-			return err
-		}
-		e.checkTrust(ctx, c)
-		ctx, cancel := context.WithTimeout(ctx, requestTimeout)
-		defer cancel()
-		// The new key is saved before the server is asked: a lost answer
-		// is finished by running kez rotate again, with the same key.
-		next, err := loadKeyFile(e.dir, nextKeyFile)
-		if errors.Is(err, errNoKey) {
-			next = kez.GenerateKeys()
-			if err := saveKeyFile(e.dir, nextKeyFile, next); err != nil {
+		return e.asUser(ctx, func(ctx context.Context, c *client.Client, acct *account) error {
+			// The new key is saved before the server is asked: a lost answer
+			// is finished by running kez rotate again, with the same key.
+			next, err := loadKeyFile(e.dir, nextKeyFile)
+			if errors.Is(err, errNoKey) {
+				next = kez.GenerateKeys()
+				if err := saveKeyFile(e.dir, nextKeyFile, next); err != nil {
+					return err
+				}
+			} else if err != nil {
 				return err
 			}
-		} else if err != nil {
-			return err
-		}
-		old := c.Keys()
-		rec, err := c.Rotate(ctx, next)
-		if errors.Is(err, client.ErrNotFound) {
-			// Done by an earlier run whose answer was lost?
-			if got, lerr := c.Lookup(ctx, acct.Handle); lerr == nil && got.Primary == next.Primary() {
-				rec, err = got, nil
+			old := c.Keys()
+			rec, err := c.Rotate(ctx, next)
+			if errors.Is(err, client.ErrNotFound) {
+				// Done by an earlier run whose answer was lost?
+				if got, lerr := c.Lookup(ctx, acct.Handle); lerr == nil && got.Primary == next.Primary() {
+					rec, err = got, nil
+				}
 			}
-		}
-		switch {
-		case errors.Is(err, client.ErrPrimaryTaken):
+			switch {
+			case errors.Is(err, client.ErrPrimaryTaken):
+				_ = os.Remove(filepath.Join(e.dir, nextKeyFile))
+				return errors.New("the new key is already bound on the server (run kez rotate again for another)")
+			case err != nil:
+				return err
+			}
+			olds, err := loadOldKeys(e.dir)
+			if err != nil {
+				return err
+			}
+			if err := saveOldKeys(e.dir, append(olds, old)); err != nil {
+				return err
+			}
+			if err := saveKey(e.dir, next, true); err != nil {
+				return err
+			}
+			acct.Primary = next.Primary()
+			if err := saveAccount(e.dir, acct); err != nil {
+				return err
+			}
 			_ = os.Remove(filepath.Join(e.dir, nextKeyFile))
-			return errors.New("the new key is already bound on the server (run kez rotate again for another)")
-		case err != nil:
-			return err
-		}
-		olds, err := loadOldKeys(e.dir)
-		if err != nil {
-			return err
-		}
-		if err := saveOldKeys(e.dir, append(olds, old)); err != nil {
-			return err
-		}
-		if err := saveKey(e.dir, next, true); err != nil {
-			return err
-		}
-		acct.Primary = next.Primary()
-		if err := saveAccount(e.dir, acct); err != nil {
-			return err
-		}
-		_ = os.Remove(filepath.Join(e.dir, nextKeyFile))
-		fmt.Fprintf(e.stdout, "rotated %s to the new key %s (log entry %d), signed by the old key and the new one.\n"+
-			"Contacts who pinned your old key follow the rotation, with a notice; the safety numbers they verified change.\n"+
-			"Your old key is kept in %s to read messages sealed to it before now; when you have read them: kez rotate --forget-old\n",
-			rec.Address, rec.Primary, rec.LogIndex, filepath.Join(e.dir, oldKeysFile))
-		return nil
+			fmt.Fprintf(e.stdout, "rotated %s to the new key %s (log entry %d), signed by the old key and the new one.\n"+
+				"Contacts who pinned your old key follow the rotation, with a notice; the safety numbers they verified change.\n"+
+				"Your old key is kept in %s to read messages sealed to it before now; when you have read them: kez rotate --forget-old\n",
+				rec.Address, rec.Primary, rec.LogIndex, filepath.Join(e.dir, oldKeysFile))
+			return nil
+		})
 	},
 }
 
