@@ -1,17 +1,9 @@
 package client_test
 
 import (
-	"bytes"
-	"encoding/json"
 	"errors"
-	"io"
-	"net/http"
-	"net/http/httptest"
-	"net/http/httputil"
-	"net/url"
 	"os"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -149,32 +141,7 @@ func TestTrustE2EProxySubstitutesKey(t *testing.T) {
 	srv := clienttest.Start(t, "")
 	ctx := ctxFor(t)
 	userWith(t, srv, "bob", nil, nil)
-	mallory := kez.GenerateKeys()
-	var substitute atomic.Bool
-	target, _ := url.Parse(srv.URL)
-	proxy := httputil.NewSingleHostReverseProxy(target)
-	proxy.ModifyResponse = func(resp *http.Response) error {
-		if !substitute.Load() || resp.Request.URL.Path != "/v1/u/bob" {
-			return nil
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		var rec map[string]json.RawMessage
-		if err := json.Unmarshal(body, &rec); err != nil {
-			return err
-		}
-		reg, _ := kez.SignRegistration(mallory.Private(), "bob", srv.Name, time.Now())
-		rec["primary"], _ = json.Marshal(mallory.Primary())
-		rec["registration"] = reg.Stored()
-		body, _ = json.Marshal(rec)
-		resp.Body = io.NopCloser(bytes.NewReader(body))
-		resp.ContentLength = int64(len(body))
-		resp.Header.Set("Content-Length", "")
-		resp.Header.Del("Content-Length")
-		return nil
-	}
-	front := httptest.NewServer(proxy)
-	defer front.Close()
+	front := clienttest.SubstituteKey(t, srv, "bob")
 
 	aliceKeys := kez.GenerateKeys()
 	store := client.MemoryTrust()
@@ -184,7 +151,7 @@ func TestTrustE2EProxySubstitutesKey(t *testing.T) {
 	}
 	// A first-time lookup through the proxy: nothing is pinned yet, and
 	// still the substituted key is refused.
-	substitute.Store(true)
+	front.Substitute.Store(true)
 	_, err := alice.Recipient(ctx, "bob")
 	var le *client.LogError
 	if !errors.As(err, &le) || !strings.Contains(err.Error(), "inclusion proof") {
@@ -196,7 +163,7 @@ func TestTrustE2EProxySubstitutesKey(t *testing.T) {
 	if w := warningsOf(t, again(t, alice, store), client.WarnProof); len(w) != 1 {
 		t.Fatalf("kept warnings: %q", w)
 	}
-	substitute.Store(false)
+	front.Substitute.Store(false)
 	if _, err := alice.Send(ctx, "bob", "hello bob"); err != nil {
 		t.Fatalf("through the honest proxy: %v", err)
 	}

@@ -1,21 +1,12 @@
 package main
 
 import (
-	"bytes"
-	"encoding/json"
-	"io"
-	"net/http"
-	"net/http/httptest"
-	"net/http/httputil"
-	"net/url"
 	"regexp"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/kezchat/kez/client/clienttest"
-	"github.com/kezchat/kez/kez"
 )
 
 // Trust from the terminal against a real Caddy (SPEC §2.10, §5, §6).
@@ -159,38 +150,14 @@ func TestCLITrust(t *testing.T) {
 // failed proof; the warning stays on later commands until dismissed.
 func TestCLIProxySubstitutesKey(t *testing.T) {
 	srv := clienttest.Start(t, "")
-	mallory := kez.GenerateKeys()
-	var substitute atomic.Bool
-	target, _ := url.Parse(srv.URL)
-	proxy := httputil.NewSingleHostReverseProxy(target)
-	proxy.ModifyResponse = func(resp *http.Response) error {
-		if !substitute.Load() || resp.Request.URL.Path != "/v1/u/bob" {
-			return nil
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		var rec map[string]json.RawMessage
-		if err := json.Unmarshal(body, &rec); err != nil {
-			return err
-		}
-		reg, _ := kez.SignRegistration(mallory.Private(), "bob", srv.Name, time.Now())
-		rec["primary"], _ = json.Marshal(mallory.Primary())
-		rec["registration"] = reg.Stored()
-		body, _ = json.Marshal(rec)
-		resp.Body = io.NopCloser(bytes.NewReader(body))
-		resp.ContentLength = int64(len(body))
-		resp.Header.Del("Content-Length")
-		return nil
-	}
-	front := httptest.NewServer(proxy)
-	defer front.Close()
+	front := clienttest.SubstituteKey(t, srv, "bob")
 
 	alice, bob := newUser(t), newUser(t)
 	alice.must("", "init")
 	bob.must("", "init")
 	bob.must("registered", "register", "bob", "--server", srv.URL)
 	alice.must("registered", "register", "alice", "--server", front.URL)
-	substitute.Store(true)
+	front.Substitute.Store(true)
 	for _, args := range [][]string{{"whois", "bob"}, {"send", "bob", "the vault code is 4711"}} {
 		r := alice.run("", args...)
 		if r.code != 1 || !strings.Contains(r.stderr, "does not back bob's record") || !strings.Contains(r.stderr, "inclusion proof") ||
@@ -198,7 +165,7 @@ func TestCLIProxySubstitutesKey(t *testing.T) {
 			t.Errorf("kez %s through the proxy = %+v", strings.Join(args, " "), r)
 		}
 	}
-	substitute.Store(false)
+	front.Substitute.Store(false)
 	r := alice.run("", "send", "bob", "hello")
 	if r.code != 0 || !strings.Contains(r.stderr, "kez: warning: the server's binding log does not back bob's record") {
 		t.Errorf("the next send = %+v", r)
