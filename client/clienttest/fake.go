@@ -134,6 +134,11 @@ func (f *Fake) Register(keys *kez.Keys, handle string) int64 {
 
 // Rotate moves handle from old to new with a rotation both sign, logged.
 func (f *Fake) Rotate(old, new *kez.Keys, handle string) int64 {
+	return f.rotate(old, new, handle, false)
+}
+
+// rotate is Rotate, or with force ForceRotate.
+func (f *Fake) rotate(old, new *kez.Keys, handle string, force bool) int64 {
 	rot, err := kez.SignRotation(old.Private(), new.Private(), handle, f.Name, time.Now())
 	if err != nil {
 		f.t.Fatal(err)
@@ -143,6 +148,13 @@ func (f *Fake) Rotate(old, new *kez.Keys, handle string) int64 {
 	leaf := rot.JCS()
 	i := f.appendLocked(leaf)
 	b := f.bindings[handle]
+	if force {
+		reg := []byte(nil)
+		if b != nil {
+			reg = b.registration
+		}
+		b = &fakeBinding{registration: reg, registeredAt: time.Now().Unix()}
+	}
 	f.bindings[handle] = &fakeBinding{primary: new.Primary(), registration: b.registration, rotation: leaf, index: i, registeredAt: b.registeredAt}
 	return i
 }
@@ -428,20 +440,7 @@ func (f *Fake) Record(handle string) map[string]any {
 // binds handle to new, whatever handle was bound to: a server that moves a
 // handle with keys of its own.
 func (f *Fake) ForceRotate(old, new *kez.Keys, handle string) int64 {
-	rot, err := kez.SignRotation(old.Private(), new.Private(), handle, f.Name, time.Now())
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	leaf := rot.JCS()
-	i := f.appendLocked(leaf)
-	reg := []byte(nil)
-	if b := f.bindings[handle]; b != nil {
-		reg = b.registration
-	}
-	f.bindings[handle] = &fakeBinding{primary: new.Primary(), registration: reg, rotation: leaf, index: i, registeredAt: time.Now().Unix()}
-	return i
+	return f.rotate(old, new, handle, true)
 }
 
 // Leaf is the data of leaf i.
