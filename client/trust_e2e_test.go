@@ -215,18 +215,5 @@ func TestTrustE2EServerRestoredFromBackup(t *testing.T) {
 // and a trust store (in memory when nil).
 func userWith(t *testing.T, srv *clienttest.Server, handle string, keys *kez.Keys, store client.TrustStore) *client.Client {
 	t.Helper()
-	if keys == nil {
-		keys = kez.GenerateKeys()
-	}
-	if store == nil {
-		store = client.MemoryTrust()
-	}
-	c, err := client.New(srv.URL, client.Options{Keys: keys, Handle: handle, Trust: store})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Register(ctxFor(t), handle); err != nil {
-		t.Fatalf("register %s: %v", handle, err)
-	}
-	return c
+	return registered(t, ctxFor(t), srv.URL, handle, keys, store)
 }

@@ -25,17 +25,24 @@ const fakeName = "kez.test"
 // its trust kept in store (fresh when nil).
 func fakeUser(t *testing.T, f *clienttest.Fake, handle string, keys *kez.Keys, store client.TrustStore) *client.Client {
 	t.Helper()
+	return registered(t, context.Background(), f.URL, handle, keys, store)
+}
+
+// registered is a client of url with keys (fresh when nil) and a trust
+// store (in memory when nil), registered as handle.
+func registered(t *testing.T, ctx context.Context, url, handle string, keys *kez.Keys, store client.TrustStore) *client.Client {
+	t.Helper()
 	if keys == nil {
 		keys = kez.GenerateKeys()
 	}
 	if store == nil {
 		store = client.MemoryTrust()
 	}
-	c, err := client.New(f.URL, client.Options{Keys: keys, Handle: handle, Trust: store})
+	c, err := client.New(url, client.Options{Keys: keys, Handle: handle, Trust: store})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.Register(context.Background(), handle); err != nil {
+	if _, err := c.Register(ctx, handle); err != nil {
 		t.Fatalf("register %s: %v", handle, err)
 	}
 	return c
