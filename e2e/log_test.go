@@ -2,11 +2,15 @@ package e2e
 
 import (
 	"bytes"
-	"encoding/base64"
+	"crypto/ed25519"
+	crand "crypto/rand"
 	"encoding/json"
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net/http"
+	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
@@ -17,7 +21,7 @@ import (
 	"golang.org/x/mod/sumdb/tlog"
 
 	"github.com/kezchat/kez/internal/testcaddy"
-	"github.com/kezchat/kez/kez"
+	kezpkg "github.com/kezchat/kez/kez"
 	"github.com/kezchat/kez/storage/nats/natstest"
 )
 
@@ -131,14 +135,17 @@ type recordWithLog struct {
 	}
 }
 
-// Registrations under SIGKILL: every binding the server acknowledged is in
-// the log after a restart, and every checkpoint it ever served is a prefix
-// of every later one (SPEC §5), across restarts.
+// Registrations and rotations under SIGKILL: every binding change the
+// server acknowledged is in the log after a restart, every checkpoint it
+// ever served is a prefix of every later one (SPEC §5), and `kez log
+// verify` passes on the result. CI kills 3 times; KEZ_FAULT_ROUNDS=20 for
+// the long run of RELIABILITY.md.
 func TestLogSurvivesCrashes(t *testing.T) {
 	srv := testcaddy.Start(t, testcaddy.Options{})
 	view := newLogView(t, srv.URL)
 	var mu sync.Mutex
-	var acked []recordWithLog
+	var acked []ackedChange            // every acknowledged registration and rotation
+	latest := map[string]ackedChange{} // handle → its last acknowledged change
 	var served []tree
 	for round := range faultRounds(3) {
 		stop := make(chan struct{})
@@ -162,11 +169,26 @@ func TestLogSurvivesCrashes(t *testing.T) {
 						continue
 					}
 					var rec recordWithLog
-					if json.Unmarshal(r.body, &rec) == nil {
-						mu.Lock()
-						acked = append(acked, rec)
-						mu.Unlock()
+					if json.Unmarshal(r.body, &rec) != nil {
+						continue
 					}
+					change := ackedChange{rec, rec.Registration}
+					if i%2 == 1 { // every other user replaces its key at once
+						_, next, err := tryRotate(srv, u)
+						if err != nil {
+							return
+						}
+						if next != nil {
+							change = *next
+						}
+					}
+					mu.Lock()
+					acked = append(acked, ackedChange{rec, rec.Registration})
+					if change.data != nil && string(change.data) != string(rec.Registration) {
+						acked = append(acked, change)
+					}
+					latest[rec.Handle] = change
+					mu.Unlock()
 				}
 			}()
 		}
@@ -181,47 +203,90 @@ func TestLogSurvivesCrashes(t *testing.T) {
 		srv.Start(t, srv.Opts)
 	}
 	final := view.latest()
-	t.Logf("%d registrations acknowledged over %d crashes; log of %d leaves", len(acked), faultRounds(3), final.size)
-	if len(acked) == 0 {
-		t.Fatal("no registration was acknowledged: the test checked nothing")
+	rotations := len(acked) - len(latest)
+	t.Logf("%d registrations and %d rotations acknowledged over %d crashes; log of %d leaves", len(latest), rotations, faultRounds(3), final.size)
+	if len(latest) == 0 || rotations == 0 {
+		t.Fatal("no registration or no rotation was acknowledged: the test checked nothing")
 	}
-	for _, rec := range acked {
-		// The receipt's own proof holds, and so does the proof of the
-		// same leaf now: the binding survived the crash.
-		receiptTree := view.included(rec, rec.Registration)
-		served = append(served, receiptTree)
-		r := do(t, "GET", srv.URL+"/v1/u/"+rec.Handle, "")
+	for _, c := range acked {
+		// The receipt's own proof holds in the checkpoint it came with.
+		served = append(served, view.included(c.rec, c.data))
+	}
+	for handle, c := range latest {
+		// The lookup now proves the handle's last acknowledged change (or
+		// a later one whose answer the crash lost).
+		r := do(t, "GET", srv.URL+"/v1/u/"+handle, "")
 		want(t, "lookup after the crashes", r, 200, "")
-		var now recordWithLog
-		_ = json.Unmarshal(r.body, &now)
-		if now.Log.Index != rec.Log.Index || string(now.Registration) != string(rec.Registration) {
-			t.Fatalf("%s: leaf %d acknowledged, %d now", rec.Handle, rec.Log.Index, now.Log.Index)
+		var now struct {
+			recordWithLog
+			Rotation json.RawMessage
 		}
-		view.included(now, now.Registration)
+		_ = json.Unmarshal(r.body, &now)
+		if now.Log.Index < c.rec.Log.Index {
+			t.Fatalf("%s: leaf %d acknowledged, the lookup proves %d", handle, c.rec.Log.Index, now.Log.Index)
+		}
+		data := []byte(now.Registration)
+		if now.Rotation != nil {
+			data = now.Rotation
+		}
+		if now.Log.Index == c.rec.Log.Index && string(data) != string(c.data) {
+			t.Fatalf("%s: leaf %d holds another change than the one acknowledged", handle, c.rec.Log.Index)
+		}
+		view.included(now.recordWithLog, data)
 	}
 	for _, old := range served {
 		view.consistent(old, final)
 	}
-	// Every leaf is a registration, each index once.
-	r := do(t, "GET", fmt.Sprintf("%s/v1/log/entries?start=0&limit=1000", srv.URL), "")
-	var entries struct {
-		Entries []struct {
-			Index int64
-			Data  string
-		}
+	// A client that checks the whole log agrees: every entry a valid
+	// signed change that follows from those before it, hashing to the root.
+	kez := testcaddy.Build(t, "./cmd/kez")
+	cmd := exec.Command(kez, "log", "verify", "--server", srv.URL)
+	cmd.Env = append(os.Environ(), "KEZ_CONFIG_DIR="+t.TempDir())
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "ok: ") {
+		t.Fatalf("kez log verify: %v\n%s", err, out)
 	}
-	_ = json.Unmarshal(r.body, &entries)
-	for i, e := range entries.Entries {
-		data, _ := base64.StdEncoding.DecodeString(e.Data)
-		if e.Index != int64(i) || !strings.Contains(string(data), `"type":"kez.chat.register"`) {
-			t.Fatalf("entry %d: index %d, %.80s", i, e.Index, data)
-		}
+	t.Logf("kez log verify: %s", strings.SplitN(string(out), "\n", 3)[:2])
+}
+
+// ackedChange is a binding change the server acknowledged: its receipt and
+// the leaf data it logged.
+type ackedChange struct {
+	rec  recordWithLog
+	data []byte
+}
+
+// tryRotate replaces u's key, without failing the test on a dead server.
+// It returns the acknowledged change, or nil when the rotation was refused.
+func tryRotate(srv *testcaddy.Server, u user) (result, *ackedChange, error) {
+	_, next, err := ed25519.GenerateKey(crand.Reader)
+	if err != nil {
+		return result{}, nil, err
 	}
+	rot, err := kezpkg.SignRotation(u.key, next, u.handle, testcaddy.ServerName, time.Now())
+	if err != nil {
+		return result{}, nil, err
+	}
+	res, err := client.Post(srv.URL+"/v1/rotate", "application/json", bytes.NewReader(rot.JCS()))
+	if err != nil {
+		return result{}, nil, err
+	}
+	defer res.Body.Close()
+	b, err := io.ReadAll(res.Body)
+	r := result{status: res.StatusCode, header: res.Header, body: b}
+	if err != nil || r.status != 200 {
+		return r, nil, err
+	}
+	var rec recordWithLog
+	if err := json.Unmarshal(b, &rec); err != nil {
+		return r, nil, err
+	}
+	return r, &ackedChange{rec, rot.JCS()}, nil
 }
 
 // tryRegister is register without failing the test on a dead server.
 func tryRegister(srv *testcaddy.Server, u user) (result, error) {
-	reg, err := kez.SignRegistration(u.key, u.handle, testcaddy.ServerName, time.Now())
+	reg, err := kezpkg.SignRegistration(u.key, u.handle, testcaddy.ServerName, time.Now())
 	if err != nil {
 		return result{}, err
 	}
@@ -262,8 +327,22 @@ func TestNatsInstancesShareOneLog(t *testing.T) {
 				var rec recordWithLog
 				_ = json.Unmarshal(r.body, &rec)
 				tr := view.included(rec, rec.Registration)
+				// The other instance proves the same leaf, under the same key.
+				other, otherView := []*testcaddy.Server{srv2, srv1}[w%2], []*logView{view2, view1}[w%2]
+				lr, err := http.Get(other.URL + "/v1/u/" + rec.Handle)
+				if err != nil {
+					t.Errorf("lookup through the other instance: %v", err)
+					return
+				}
+				var there recordWithLog
+				_ = json.NewDecoder(lr.Body).Decode(&there)
+				lr.Body.Close()
+				if there.Log.Index != rec.Log.Index {
+					t.Errorf("%s: leaf %d through one instance, %d through the other", rec.Handle, rec.Log.Index, there.Log.Index)
+					return
+				}
 				mu.Lock()
-				served = append(served, tr)
+				served = append(served, tr, otherView.included(there, there.Registration))
 				mu.Unlock()
 			}
 		}()
