@@ -721,11 +721,18 @@ test('a browser with state from before v2 keeps its key, chats and history, and 
     },
     { server: SERVER, bobPrimary },
   );
+  // On its first v2 start the client accepts its old chats on the server,
+  // in the background; bob writes once that is done (before, his message
+  // would rightly be a request).
+  const acceptedBob = page.waitForResponse(
+    (r) => r.request().method() === 'PUT' && r.url().includes('/contacts/') && r.url().includes(bobPrimary.slice(8)),
+  );
   await page.goto(base + '/');
   await page.locator('#conn[data-status="live"]').waitFor();
   await page.locator('#my-address').getByText(`olga@${SERVER}`).waitFor();
   const row = page.locator('#convo-list .convo', { hasText: 'bob' });
   await row.locator('.convo-preview', { hasText: 'from the v1 days' }).waitFor();
+  assert.equal((await acceptedBob).status(), 204);
   // Bob writes: a chat message, not a request, and olga's answer reaches him.
   await startChat(bob, 'olga');
   await send(bob, 'hello olga, in v2');
