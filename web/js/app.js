@@ -1257,6 +1257,7 @@ async function resolvePeer(peer, claimed, { again = false, init = null } = {}) {
       return true;
     }
     if (cur && cur.handle === rec.handle && cur.notFound === false) return false;
+    await state.trust.current(rec); // the handle's binding now, not one the log has replaced
     await db.upsertConversation(peer, { handle: rec.handle, address: rec.address, server: rec.server, notFound: false, pinIndex: rec.verifiedLog.index });
     return true;
   } catch (e) {
@@ -1321,7 +1322,8 @@ async function addNotice(peer, id, text, level = 'info') {
  * key pinned in their conversation (the conversation's own key): the same
  * key; a rotation chain signed by the pinned key, which is followed with a
  * notice; or any other change, which blocks sending until the user
- * accepts the new key. Returns 'same', 'rotation' or 'changed'.
+ * accepts the new key. Returns 'same', 'rotation' or 'changed' ('refused': a
+ * key the log has since replaced, see Trust.current).
  */
 function applyRecord(conv, rec) {
   return contactLocked(async () => {
@@ -1335,6 +1337,13 @@ function applyRecord(conv, rec) {
       return 'same';
     }
     if (conv.changed && conv.changed.primary === rec.primary) return 'changed';
+    try {
+      // A key the log has since replaced is refused, not weighed as a change (a warning shows).
+      await state.trust.current(rec);
+    } catch (e) {
+      if (!(e instanceof TrustError)) throw e;
+      return 'refused';
+    }
     let f;
     try {
       f = await state.trust.followKey({ primary: conv.peer, index: Number.isSafeInteger(conv.pinIndex) ? conv.pinIndex : null }, rec);
@@ -1554,6 +1563,7 @@ $('start-form').addEventListener('submit', async (ev) => {
     const id = await convIdOf(rec.primary);
     const cur = await db.getConversation(id);
     if (isBlocked(cur)) return fail(blockedMsg);
+    await state.trust.current(rec); // the handle's binding now, not one the log has replaced
     // Writing to someone accepts them (SPEC §2.9): their requests become this chat.
     // The key is pinned with the log leaf that bound it (SPEC §6).
     await db.upsertConversation(rec.primary, {

@@ -344,10 +344,103 @@ export class Trust {
       );
     }
     await this.observeUnlocked(cp);
-    return { index: log.index, size: cp.size, inclusion: log.inclusion };
+    return { index: log.index, size: cp.size, root: cp.rootB64, inclusion: log.inclusion };
+  }
+
+  /**
+   * current checks that a verified record is still its handle's binding
+   * (SPEC §5; the Go client's pins.go current): an inclusion proof shows
+   * the record's leaf was logged, not that nothing replaced it since. The
+   * entries after its leaf are read up to the larger of its checkpoint and
+   * the server's latest (both proven one log with the kept one), checked to make that
+   * checkpoint's root together with the leaf and its proof, and any later
+   * registration, rotation or deletion of the handle makes the record
+   * stale: a warning ('stale') and a TrustError. More than MAX_SCAN entries
+   * to read is a warning ('currency') that it could not be checked, and the
+   * record is let through. Returns {checked: true|false, through: size}.
+   */
+  current(record) {
+    return this.locked(() => this.currentUnlocked(record));
+  }
+
+  async currentUnlocked(record) {
+    const at = record.verifiedLog;
+    const name = `@${record.handle}`;
+    if (!at || !Number.isSafeInteger(at.index) || !Number.isSafeInteger(at.size) || typeof at.root !== 'string' || !Array.isArray(at.inclusion)) {
+      return this.fail('record', `The record of ${name} (key ${short(record.primary)}) was not checked against the log, so whether it is current cannot be told. It was not used.`);
+    }
+    await this.latestUnlocked(); // read up to the newest checkpoint the server signs, proven one log with the rest
+    let end = at.size;
+    let root = at.root;
+    const kept = this.state.cp;
+    if (kept && kept.size > end) [end, root] = [kept.size, kept.root];
+    const start = at.index + 1;
+    if (end - start > MAX_SCAN) {
+      await this.warnUnlocked(
+        'currency',
+        `The server answered ${name} with key ${short(record.primary)} from log entry ${at.index}; ${end - start} entries follow it, more than this browser reads (${MAX_SCAN}), so it could not check that the log has not replaced that key since.`,
+      );
+      return { checked: false, through: at.index + 1 };
+    }
+    let range;
+    try {
+      range = Range.fromInclusion(at.index, at.size, at.inclusion);
+      await range.append(await leafHash(recordLeaf(record)));
+    } catch (e) {
+      if (!(e instanceof LogError)) throw e;
+      return this.fail('record', `The log proof of the record of ${name} does not show the log before it (${e.message}). It was not used.`);
+    }
+    let later = null;
+    await this.scanUnlocked(range, end, root, async (i, text) => {
+      if (later) return;
+      let e;
+      try {
+        // Most entries are other handles': a plain parse picks out the few to read strictly.
+        const p = JSON.parse(text).payload;
+        if (p && typeof p === 'object' && p.handle !== record.handle) return;
+      } catch {
+        return;
+      }
+      try {
+        e = await readLogEntry(text);
+      } catch {
+        return; // not an entry of the log's kinds: the monitor of one's own handle reports such
+      }
+      if (e.handle === record.handle && e.server === this.server) later = { index: i, ...e };
+    });
+    if (later) {
+      const how =
+        later.kind === 'rotate'
+          ? `a rotation from key ${short(later.old)} to key ${short(later.new)}`
+          : later.kind === 'delete'
+            ? `the deletion of ${name}`
+            : `a new registration of ${name}, with key ${short(later.primary)}`;
+      return this.fail(
+        'stale',
+        `The server answered ${name} with key ${short(record.primary)} (log entry ${at.index}), which the log has since replaced (entry ${later.index}: ${how}). It was not used: the server, or someone between you and it, may be giving an old key.`,
+      );
+    }
+    return { checked: true, through: end };
   }
 
   // ---- entries ----
+
+  /**
+   * scanUnlocked reads the entries from range.size up to end, adding each to
+   * range and calling each(index, text) with it, and checks that they make
+   * rootB64 (the root of a verified checkpoint of size end): a server that
+   * serves other entries than it signed is a warning ('entries').
+   */
+  async scanUnlocked(range, end, rootB64, each) {
+    const from = range.size;
+    await this.entriesUnlocked(from, end, async (i, text) => {
+      await range.append(await leafHash(text));
+      await each(i, text);
+    });
+    if (toB64(await range.root()) !== rootB64) {
+      await this.fail('entries', `The log entries ${from}–${end - 1} the server sent do not make the root of its signed checkpoint of size ${end}: it showed this browser a different log than it signed.`);
+    }
+  }
 
   async entriesUnlocked(start, end, each) {
     for (let i = start; i < end; ) {
@@ -418,8 +511,7 @@ export class Trust {
       }
       const keys = new Set(me.keys);
       const alerts = [];
-      await this.entriesUnlocked(range.size, cp.size, async (i, text) => {
-        await range.append(await leafHash(text));
+      await this.scanUnlocked(range, cp.size, cp.rootB64, async (i, text) => {
         let e;
         try {
           e = await readLogEntry(text);
@@ -451,10 +543,6 @@ export class Trust {
           }
         }
       });
-      const root = await range.root();
-      if (toB64(root) !== cp.rootB64) {
-        await this.fail('entries', `The log entries ${out.checked}–${cp.size - 1} the server sent do not make the root of its signed checkpoint of size ${cp.size}: it showed this browser a different log than it signed.`);
-      }
       this.state.mon = range.toJSON();
       this.state.monAt = this.now();
       await this.save();

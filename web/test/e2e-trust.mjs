@@ -96,6 +96,7 @@ http://127.0.0.1:${port} {
 // ---- the lying proxy: forwards everything, and answers /v1/u/<handle> with a key of its own ----
 
 const lies = new Map(); // handle → identity whose key the proxy substitutes
+const replays = new Map(); // handle → an old answer (record and proof) the proxy replays
 
 function startProxy(listenPort) {
   proxy = createHttpServer((req, res) => {
@@ -103,6 +104,11 @@ function startProxy(listenPort) {
     req.on('data', (c) => chunks.push(c));
     req.on('end', async () => {
       const m = /^\/v1\/u\/([a-z0-9_-]+)$/.exec(req.url);
+      if (req.method === 'GET' && m && replays.has(m[1])) {
+        res.writeHead(200, { 'Content-Type': 'application/json; charset=utf-8', 'Access-Control-Allow-Origin': '*' });
+        res.end(replays.get(m[1]));
+        return;
+      }
       if (req.method === 'GET' && m && lies.has(m[1])) {
         // The real record, with its real log proof, but another key: the
         // registration is validly self-signed by the proxy's key.
@@ -320,6 +326,7 @@ after(async () => {
 });
 
 let alice, bob;
+let oldBob; // GET /v1/u/bob as it was before bob's rotation
 
 test('alice and bob chat; the log key is pinned at first contact', async () => {
   alice = await newPage('alice');
@@ -418,6 +425,7 @@ test('bob replaces his key: alice follows the signed rotation with a notice, and
   await d.getByText('Your backup stops working.').waitFor();
   await shot(bob, 'trust-03-replace-key.png');
   const before = await bob.evaluate(() => globalThis.kezApp.state.me.primary);
+  oldBob = await (await fetch(`${base}/v1/u/bob`)).text(); // bob's record and proof before the rotation
   await d.getByRole('button', { name: 'Replace my key' }).click();
   // The backup is offered again for the new key.
   await bob.getByRole('heading', { name: 'Save a backup of your key' }).waitFor();
@@ -449,6 +457,26 @@ test('bob replaces his key: alice follows the signed rotation with a notice, and
   await s.dialog.getByRole('button', { name: 'Mark as verified' }).click();
   await s.dialog.getByText('✓ Verified').waitFor();
   await alice.keyboard.press('Escape');
+});
+
+test('a proxy that answers bob with his pre-rotation record and its valid proof is refused as stale', async () => {
+  const dana = await newPage('dana');
+  await dana.goto(proxyBase + '/');
+  await createAccount(dana, 'dana');
+  replays.set('bob', oldBob);
+  try {
+    assert.ok(JSON.parse(oldBob).log, 'the old answer carries its real log proof');
+    await startChat(dana, 'bob');
+    await dana.locator('#start-error').getByText('The server’s answer for @bob failed verification, so it was not used').waitFor();
+    await trustBanner(dana).getByText(/answered @bob with key .* which the log has since replaced \(entry \d+: a rotation/).waitFor();
+    assert.equal(await dana.locator('#convo-list .convo').count(), 0, 'no chat with bob’s old key');
+    await shot(dana, 'trust-04b-stale-refused.png');
+  } finally {
+    replays.delete('bob');
+  }
+  // The current record is accepted.
+  await startChat(dana, 'bob');
+  await dana.getByRole('heading', { name: 'bob', exact: true }).waitFor();
 });
 
 test('bob deletes his account; a new “bob” is a blocking warning in the same chat, never a silent switch', async () => {

@@ -304,3 +304,88 @@ test('rotation and deletion bodies match the vectors', async () => {
   await assert.rejects(kez.readLogEntry('{"payload":{"type":"kez.chat.register"},"signature":{},"Signature":{}}'));
   await assert.rejects(kez.readLogEntry('{"payload":{"type":"other"}}'));
 });
+
+// ---- currency: a record the log has since replaced is refused ----
+
+test('currency: a key replaced by a later rotation is refused, even with its own old checkpoint', async () => {
+  const { log, trust, warned } = await setup();
+  const k1 = await id(seedOf(51));
+  const k2 = await id(seedOf(52));
+  const b = await register(log, k1, 'bob');
+  const oldLog = await log.logOf(b.index); // what the server could keep and replay
+  await register(log, await id(seedOf(53)), 'carol');
+  const ir = await log.append(await kez.signRotation(k1, k2, 'bob', SERVER, TS + 1));
+  await register(log, await id(seedOf(54)), 'dave');
+  for (const l of [await log.logOf(b.index), oldLog]) {
+    const stale = await trust.verifyRecord(record('bob', b.body, l), { handle: 'bob' });
+    const err = await trust.current(stale).then(() => null, (e) => e);
+    assert.ok(isTrust('stale')(err), String(err));
+    assert.match(err.message, new RegExp(`@bob .*since replaced \\(entry ${ir}: a rotation`));
+  }
+  assert.ok((await trust.warnings()).some((w) => w.kind === 'stale' && w.text.includes(`entry ${ir}`)));
+  assert.ok(warned.some((w) => w.kind === 'stale'));
+});
+
+test('currency: a deleted and re-registered handle’s old record is refused, the new one accepted', async () => {
+  const { log, trust } = await setup();
+  const k1 = await id(seedOf(61));
+  const k2 = await id(seedOf(62));
+  const b = await register(log, k1, 'bob');
+  const del = await log.append(await kez.signDeletion(k1, 'bob', SERVER, TS + 5));
+  const nb = await register(log, k2, 'bob');
+  const stale = await trust.verifyRecord(record('bob', b.body, await log.logOf(b.index)));
+  const err = await trust.current(stale).then(() => null, (e) => e);
+  assert.ok(isTrust('stale')(err));
+  assert.match(err.message, new RegExp(`entry ${del}: the deletion of @bob`));
+  const now = await trust.verifyRecord(record('bob', nb.body, await log.logOf(nb.index)));
+  assert.deepEqual(await trust.current(now), { checked: true, through: log.size });
+  // A registration of the handle after the record's (no deletion between) also replaces it.
+  const { log: log2, trust: t2 } = await setup();
+  const c = await register(log2, k1, 'bob');
+  const x = await register(log2, k2, 'bob');
+  const old = await t2.verifyRecord(record('bob', c.body, await log2.logOf(c.index)));
+  await assert.rejects(t2.current(old), (e) => isTrust('stale')(e) && e.message.includes(`entry ${x.index}: a new registration of @bob`));
+});
+
+test('currency: the current record is accepted, rotations included; entries that do not make the root are refused', async () => {
+  const { log, trust } = await setup();
+  const k1 = await id(seedOf(71));
+  const k2 = await id(seedOf(72));
+  const b = await register(log, k1, 'bob');
+  const r = await kez.signRotation(k1, k2, 'bob', SERVER, TS + 1);
+  const ir = await log.append(r);
+  await register(log, await id(seedOf(73)), 'bobby');
+  await register(log, await id(seedOf(74)), 'carol');
+  const rec = await trust.verifyRecord(record('bob', b.body, await log.logOf(ir), r));
+  assert.deepEqual(await trust.current(rec), { checked: true, through: 4 });
+  assert.ok(log.calls.includes(`entries ${ir + 1} 2`));
+  assert.ok(!log.calls.some((c) => c.startsWith('entries 0') || c.startsWith(`entries ${ir} `)), 'the record’s leaf and those before it are not read');
+  // The last leaf of the log: nothing to read.
+  const last = await register(log, await id(seedOf(75)), 'erin');
+  const erin = await trust.verifyRecord(record('erin', last.body, await log.logOf(last.index)));
+  assert.deepEqual(await trust.current(erin), { checked: true, through: 5 });
+  // A server that hides the rotation by serving other entries than it signed.
+  log.entryOverride = (i, text) => (i === ir ? '{"payload":{"handle":"nobody"}}' : text);
+  const stale = await trust.verifyRecord(record('bob', b.body, await log.logOf(b.index)));
+  await assert.rejects(trust.current(stale), isTrust('entries'));
+});
+
+test('currency: at most MAX_SCAN entries are read, in pages; beyond, a warning and no reading', async () => {
+  const { MAX_SCAN, ENTRY_PAGE } = await import('../js/trust.js');
+  const { log, trust } = await setup();
+  const k1 = await id(seedOf(81));
+  const b = await register(log, k1, 'bob');
+  for (let i = 0; i < MAX_SCAN; i++) await log.append(`{"payload":{"handle":"u${i}"}}`);
+  let rec = await trust.verifyRecord(record('bob', b.body, await log.logOf(b.index)));
+  assert.deepEqual(await trust.current(rec), { checked: true, through: MAX_SCAN + 1 });
+  const pages = log.calls.filter((c) => c.startsWith('entries'));
+  assert.equal(pages.length, MAX_SCAN / ENTRY_PAGE);
+  assert.ok(pages.every((c) => c.endsWith(` ${ENTRY_PAGE}`)));
+  await log.append('{"payload":{"handle":"one-more"}}');
+  log.calls.length = 0;
+  rec = await trust.verifyRecord(record('bob', b.body, await log.logOf(b.index)));
+  const out = await trust.current(rec);
+  assert.equal(out.checked, false);
+  assert.ok(!log.calls.some((c) => c.startsWith('entries')));
+  assert.ok((await trust.warnings()).some((w) => w.kind === 'currency' && /could not check/.test(w.text)));
+});
