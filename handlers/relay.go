@@ -239,7 +239,7 @@ func parseSend(data []byte, maxEnvelope int64) (*sendBody, error) {
 	if int64(len(in.envelope)) > maxEnvelope {
 		return nil, kez.Errorf(kez.CodeEnvelopeTooLarge, "envelope is larger than %d bytes", maxEnvelope)
 	}
-	if in.header, err = readEnvelopeHeader(in.envelope); err != nil {
+	if in.header, err = kez.ReadEnvelopeHeader(in.envelope); err != nil {
 		return nil, kez.Errorf(kez.CodeBadRequest, "envelope: %v", err)
 	}
 	// Stored compact: one line, so it can go into an SSE data field as is.
@@ -253,48 +253,6 @@ func parseSend(data []byte, maxEnvelope int64) (*sendBody, error) {
 		in.envelope = buf.Bytes()
 	}
 	return in, nil
-}
-
-// readEnvelopeHeader is kez.ReadEnvelopeHeader (same rules, same errors)
-// without allocating for member names that are lower-case ASCII.
-func readEnvelopeHeader(envelope []byte) (kez.EnvelopeHeader, error) {
-	var h kez.EnvelopeHeader
-	var haveFrom, haveTo bool
-	type seenKey struct{ key, folded string }
-	var small [8]seenKey
-	seen := small[:0]
-	err := kez.ScanStrictObject(envelope, func(key string, value []byte, _ bool) error {
-		f := foldKey(key)
-		for _, s := range seen {
-			if s.folded == f {
-				return fmt.Errorf("members %.40q and %.40q differ only by case", s.key, key)
-			}
-		}
-		seen = append(seen, seenKey{key, f})
-		switch key {
-		case "from", "to", "sig":
-			if len(value) == 0 || value[0] != '"' {
-				return fmt.Errorf("envelope member %q must be a string", key)
-			}
-			s := jsonString(value)
-			switch key {
-			case "from":
-				h.From, haveFrom = s, true
-			case "to":
-				h.To, haveTo = s, true
-			default:
-				h.Sig = s
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return kez.EnvelopeHeader{}, err
-	}
-	if !haveFrom || !haveTo {
-		return kez.EnvelopeHeader{}, fmt.Errorf(`envelope must have string members "from" and "to"`)
-	}
-	return h, nil
 }
 
 // foldKey is kez's folding of member names: names that Unicode case

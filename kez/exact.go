@@ -3,6 +3,7 @@ package kez
 import (
 	"fmt"
 	"strings"
+	"unicode/utf8"
 )
 
 // Go's encoding/json matches member names case-insensitively (and with
@@ -13,7 +14,15 @@ import (
 
 // foldKey maps names that Unicode case folding treats as equal to one key
 // ("Text", "TEXT" and "text"; the Kelvin sign and "k"; "ſ" and "s").
-func foldKey(s string) string { return strings.ToLower(strings.ToUpper(s)) }
+// A lower-case ASCII name is its own key, without an allocation.
+func foldKey(s string) string {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c >= utf8.RuneSelf || 'A' <= c && c <= 'Z' {
+			return strings.ToLower(strings.ToUpper(s))
+		}
+	}
+	return s
+}
 
 // ExactMembers checks that data is one strict JSON object (CheckStrictJSON)
 // whose member names are all in required or optional, spelled exactly, each
@@ -67,13 +76,11 @@ type EnvelopeHeader struct {
 func ReadEnvelopeHeader(envelope []byte) (EnvelopeHeader, error) {
 	var h EnvelopeHeader
 	var haveFrom, haveTo bool
-	folded := make(map[string]string, 8)
+	var folded foldedNames
 	err := ScanStrictObject(envelope, func(key string, value []byte, _ bool) error {
-		f := foldKey(key)
-		if other, dup := folded[f]; dup {
+		if other, dup := folded.add(key); dup {
 			return fmt.Errorf("members %.40q and %.40q differ only by case", other, key)
 		}
-		folded[f] = key
 		switch key {
 		case "from", "to", "sig":
 			if len(value) == 0 || value[0] != '"' {
@@ -110,4 +117,39 @@ func jsonStringValue(lit []byte) string {
 		}
 	}
 	return string(body)
+}
+
+// foldedNames finds member names equal ignoring case: a list for the few
+// members of a usual envelope, a map beyond that, so that an envelope of
+// many thousand members costs linear time.
+type foldedNames struct {
+	small [8]struct{ folded, name string }
+	n     int
+	big   map[string]string
+}
+
+// add records name and returns the earlier name it folds to, if any.
+func (f *foldedNames) add(name string) (other string, dup bool) {
+	key := foldKey(name)
+	if f.big == nil {
+		for _, s := range f.small[:f.n] {
+			if s.folded == key {
+				return s.name, true
+			}
+		}
+		if f.n < len(f.small) {
+			f.small[f.n].folded, f.small[f.n].name = key, name
+			f.n++
+			return "", false
+		}
+		f.big = make(map[string]string, 2*len(f.small))
+		for _, s := range f.small {
+			f.big[s.folded] = s.name
+		}
+	}
+	if other, dup := f.big[key]; dup {
+		return other, true
+	}
+	f.big[key] = name
+	return "", false
 }

@@ -2,6 +2,7 @@ package kez
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/url"
 	"os"
 	"strings"
@@ -237,6 +238,25 @@ func TestCaseVariantsAreRefused(t *testing.T) {
 			Now: time.Unix(v.Registration.Now, 0), Skew: time.Minute})
 		if codeOf(err) != CodeBadRequest {
 			t.Errorf("registration %s: %v", variant, err)
+		}
+	}
+}
+
+// An envelope of many members is read in linear time and still refuses a
+// case variant far from its twin.
+func TestReadEnvelopeHeaderManyMembers(t *testing.T) {
+	var b strings.Builder
+	b.WriteString(`{"from":"a","to":"b"`)
+	for i := range 30000 {
+		fmt.Fprintf(&b, `,"m%d":0`, i)
+	}
+	ok := b.String() + `}`
+	if h, err := ReadEnvelopeHeader([]byte(ok)); err != nil || h.From != "a" || h.To != "b" {
+		t.Fatalf("30,000 distinct members: %+v %v", h, err)
+	}
+	for _, tail := range []string{`,"M5":1}`, `,"M29999":1}`, `,"FROM":"c"}`, `,"ſig":"x","sig":"y"}`} {
+		if _, err := ReadEnvelopeHeader([]byte(b.String() + tail)); err == nil {
+			t.Errorf("a case variant after 30,000 members (%s) was accepted", tail)
 		}
 	}
 }
