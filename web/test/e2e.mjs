@@ -735,6 +735,9 @@ test('a browser with state from before v2 keeps its key, chats and history, and 
   assert.equal((await acceptedBob).status(), 204);
   // Bob writes: a chat message, not a request, and olga's answer reaches him.
   await startChat(bob, 'olga');
+  // The chat opens once olga's record is checked; typing before that would
+  // write into bob's previous chat.
+  await bob.locator('#thread-title').getByText('olga', { exact: true }).waitFor();
   await send(bob, 'hello olga, in v2');
   await row.click();
   await page.locator('#messages .text', { hasText: 'hello olga, in v2' }).waitFor();
@@ -948,6 +951,7 @@ test('a server reset: register again from the banner; messages arrive though seq
 
   // Seq 1 on the new server, far below alice's old cursor, still arrives.
   await startChat(bob, 'alice');
+  await bob.locator('#thread-title').getByText('alice', { exact: true }).waitFor();
   await send(bob, 'after the server reset');
   await alice.locator('#convo-list .convo', { hasText: 'bob2' }).click();
   await alice.locator('#messages .text', { hasText: 'after the server reset' }).waitFor({ timeout: 30000 });
