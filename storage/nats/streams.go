@@ -185,25 +185,9 @@ func (s *Store) kvConfig(bucket, desc string, ttl bool) jetstream.StreamConfig {
 // as nats.go creates them, so `nats kv` tools work on it) that also
 // accepts atomic batches.
 func (s *Store) registryConfig() jetstream.StreamConfig {
-	return jetstream.StreamConfig{
-		Name:               s.regName,
-		Description:        "KEZ chat registry (KV bucket " + s.bucket + "): h.<handle>, p.<primary>, i.<invite>; the binding log: leaf.<n>, log.head, log.key, log.legacy, job.<n>",
-		Subjects:           []string{s.regSubj + ">"},
-		Storage:            jetstream.FileStorage,
-		Replicas:           s.opts.Replicas,
-		Retention:          jetstream.LimitsPolicy,
-		Discard:            jetstream.DiscardNew,
-		MaxMsgs:            -1,
-		MaxBytes:           -1,
-		MaxMsgSize:         -1,
-		MaxConsumers:       -1,
-		MaxMsgsPerSubject:  1,
-		Duplicates:         dedupeWindow,
-		AllowRollup:        true,
-		DenyDelete:         true,
-		AllowDirect:        true,
-		AllowAtomicPublish: true,
-	}
+	c := s.kvConfig(s.bucket, "KEZ chat registry (KV bucket "+s.bucket+"): h.<handle>, p.<primary>, i.<invite>; the binding log: leaf.<n>, log.head, log.key, log.legacy, job.<n>", false)
+	c.AllowAtomicPublish = true
+	return c
 }
 
 // ensureStreams creates the streams and buckets, or updates them to this
