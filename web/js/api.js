@@ -234,9 +234,12 @@ export class Api {
    * {seq, to, received_at} comes with 201 for a new message and with 200
    * when the server already had this very envelope (a resend after a lost
    * answer): both mean delivered. receipt.again tells them apart.
+   * fromAddr, the sender's address, is for a server that is not the
+   * sender's own (SPEC §8): it verifies the sender at the sender's server.
    */
-  async send(identity, to, envelope) {
-    const r = await this.request('POST', 'v1/messages', { body: { to, envelope }, signer: identity });
+  async send(identity, to, envelope, fromAddr) {
+    const body = fromAddr ? { to, from_addr: fromAddr, envelope } : { to, envelope };
+    const r = await this.request('POST', 'v1/messages', { body, signer: identity });
     r.again = r[STATUS] === 200;
     return r;
   }
