@@ -57,6 +57,7 @@ export class Api {
     this.server = server; // the server name from healthz, e.g. "kez.lat"
     this.clockOffsetMs = 0; // server clock − local clock, when it matters
     this.lastTs = new Map(); // signed request (without ts) → the last ts it was signed with
+    this.timeoutMs = 0; // per request, when set: another server must not hold a send forever
   }
 
   /** discover tries each candidate base until one answers /v1/healthz. */
@@ -136,10 +137,11 @@ export class Api {
       }
       let res;
       try {
-        res = await fetch(url, { method, headers, body: bytes, cache: 'no-store', signal });
+        const sig = signal || (this.timeoutMs ? AbortSignal.timeout(this.timeoutMs) : undefined);
+        res = await fetch(url, { method, headers, body: bytes, cache: 'no-store', signal: sig });
       } catch (e) {
-        if (e.name === 'AbortError') throw e;
-        throw new ApiError(0, 'network', 'cannot reach the server');
+        if (e.name === 'AbortError') throw e; // the caller's own signal; a timeout is a TimeoutError
+        throw new ApiError(0, 'network', e.name === 'TimeoutError' ? 'the server did not answer in time' : 'cannot reach the server');
       }
       this.learnClock(res);
       if (res.ok) return res;

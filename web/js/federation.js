@@ -92,6 +92,8 @@ export function readFederation(r) {
 }
 
 const MAX_JRD = 64 * 1024;
+/** REMOTE_TIMEOUT_MS bounds each request to another server: a server that hangs holds no send forever. */
+export const REMOTE_TIMEOUT_MS = 15000;
 const API_REL = 'urn:kez:api';
 
 /**
@@ -103,14 +105,14 @@ const API_REL = 'urn:kez:api';
 export async function webfingerBase(server, handle, fetchFn = globalThis.fetch) {
   const resource = `acct:${handle}@${server}`;
   const url = `https://${server}/.well-known/webfinger?resource=${encodeURIComponent(resource)}`;
-  let res;
+  let text;
   try {
-    res = await fetchFn(url, { headers: { Accept: 'application/jrd+json' }, cache: 'no-store', redirect: 'error', credentials: 'omit' });
+    const res = await fetchFn(url, { headers: { Accept: 'application/jrd+json' }, cache: 'no-store', redirect: 'error', credentials: 'omit', signal: AbortSignal.timeout(REMOTE_TIMEOUT_MS) });
+    if (!res.ok) return null;
+    text = await res.text();
   } catch {
-    return null;
+    return null; // unreachable, or too slow
   }
-  if (!res.ok) return null;
-  const text = await res.text();
   if (text.length > MAX_JRD) return null;
   let jrd;
   try {
@@ -213,6 +215,7 @@ export class Federation {
   async connect(server, handle) {
     await this.ready().catch(() => {}); // unreachable home: the default base, and the map next time
     const api = new Api(await this.base(server, handle), server);
+    api.timeoutMs = REMOTE_TIMEOUT_MS;
     const h = await api.health();
     if (h.server !== server) {
       throw new ApiError(0, 'wrong_server', `the server found for ${server} says it is “${String(h.server).slice(0, 80)}”`);

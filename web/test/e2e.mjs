@@ -348,8 +348,11 @@ test('bob, under /chat/, cannot take alice; starts a chat by address', async () 
   await bob.locator('#start-error').getByText('No one is registered as @carol').waitFor();
   await startChat(bob, 'bob');
   await bob.locator('#start-error').getByText('That’s you').waitFor();
+  // Another server is looked up where it is (SPEC §8); this one does not exist.
   await startChat(bob, 'alice@elsewhere.example');
-  await bob.locator('#start-error').getByText('on another server').waitFor();
+  await bob.locator('#start-error').getByText('Can’t reach elsewhere.example').waitFor();
+  await startChat(bob, 'alice@not a server');
+  await bob.locator('#start-error').getByText('is not a server name').waitFor();
 
   await startChat(bob, `Alice@${SERVER}`);
   await bob.getByRole('heading', { name: 'alice', exact: true }).waitFor();

@@ -347,3 +347,26 @@ test('a send to another server names the sender’s address and is signed for th
   // The resend is the same body, signed afresh.
   assert.notEqual(sent[0].headers['X-KEZ-Auth'], sent[1].headers['X-KEZ-Auth']);
 });
+
+test('a server that never answers does not hold a request forever', async () => {
+  // fetch that answers only by failing once its signal aborts.
+  globalThis.fetch = (url, init) =>
+    new Promise((_resolve, reject) => {
+      init.signal.addEventListener('abort', () => reject(init.signal.reason));
+    });
+  const api = new Api('http://127.0.0.1:9002/', 'two.test');
+  api.timeoutMs = 50;
+  const alive = setInterval(() => {}, 1000); // Node's AbortSignal.timeout does not keep the test running
+  try {
+    await assert.rejects(api.health(), (e) => e instanceof ApiError && e.code === 'network' && /in time/.test(e.message));
+  } finally {
+    clearInterval(alive);
+  }
+  // WebFinger likewise gives up (on its own, longer, bound): no answer is no base.
+  const never = (url, init) =>
+    new Promise((_resolve, reject) => {
+      init.signal.addEventListener('abort', () => reject(init.signal.reason));
+      setTimeout(() => reject(new TypeError('fetch failed')), 50); // the test need not wait the full bound
+    });
+  assert.equal(await webfingerBase('two.test', 'bob', never), null);
+});
