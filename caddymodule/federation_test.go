@@ -3,7 +3,6 @@ package caddymodule
 import (
 	"encoding/json"
 	"reflect"
-	"strings"
 	"testing"
 	"time"
 
