@@ -1123,7 +1123,7 @@ let requestsShown = '';
  */
 async function renderRequests(convs) {
   const box = $('requests');
-  const sig = JSON.stringify(convs.map((c) => [c.peer, c.lastAt, c.handle, c.unread]));
+  const sig = JSON.stringify(convs.map((c) => [c.peer, c.lastAt, c.handle, c.unread, c.why]));
   if (sig === requestsShown) return;
   requestsShown = sig;
   const ul = $('requests-list');
@@ -1159,6 +1159,8 @@ async function renderRequests(convs) {
             { class: 'who' },
             el('h3', { id: nameId, text: name }),
             el('p', { class: 'muted small-text', text: c.address || `Key ${fingerprint(c.peer)}` }),
+            // A sender another server names but could not be confirmed there: what they claim, and why not.
+            !c.handle && c.why && c.claimed ? el('p', { class: 'claim muted small-text', text: `${claimNote(c.claimed)}: ${c.why}` }) : null,
           ),
         ),
         el('ul', { class: 'request-msgs', 'aria-label': `Messages from ${name}` }, texts),

@@ -11,17 +11,14 @@ import { Trust } from './trust.js';
 /** POLICIES are the values of GET /v1/federation's policy (SPEC §8). */
 export const POLICIES = ['open', 'off', 'allow', 'deny'];
 
-// A DNS name (labels of a–z, 0–9 and inner "-", dot-separated) with an
-// optional port. Lower case only: addresses are lowered before they get here.
+// A DNS name (labels of a–z, 0–9 and inner "-", dot-separated) or an IPv4
+// address; no port, path or IPv6 literal, as the server reads from_addr.
+// Lower case only: addresses are lowered before they get here.
 const LABEL = '[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?';
-const SERVER_RE = new RegExp(`^${LABEL}(?:\\.${LABEL})*(?::([1-9][0-9]{0,4}))?$`);
+const SERVER_RE = new RegExp(`^${LABEL}(?:\\.${LABEL})*$`);
 
 /** validServer says whether s can be a server name in an address (at most 253 characters). */
-export function validServer(s) {
-  if (typeof s !== 'string' || s.length > 253) return false;
-  const m = SERVER_RE.exec(s);
-  return !!m && (m[1] === undefined || Number(m[1]) <= 65535);
-}
+export const validServer = (s) => typeof s === 'string' && s.length <= 253 && SERVER_RE.test(s);
 
 /**
  * parseAddress reads what a user typed where a handle is accepted: `bob`,

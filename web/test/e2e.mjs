@@ -13,7 +13,6 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -21,6 +20,7 @@ import { chromium } from 'playwright-core';
 
 import { Api, ApiError } from '../js/api.js';
 import * as kez from '../js/kez.js';
+import { freePort } from './harness.mjs';
 
 const REPO = fileURLToPath(new URL('../../', import.meta.url));
 const ARTIFACTS = process.env.KEZ_ARTIFACTS || join(REPO, 'test-artifacts');
@@ -35,17 +35,6 @@ let adminPort;
 let base; // http://127.0.0.1:<port>
 let browser;
 const contexts = [];
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const p = s.address().port;
-      s.close(() => resolve(p));
-    });
-  });
-}
 
 function caddyfile(keepalive = '5s', extra = '') {
   return `{

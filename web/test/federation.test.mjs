@@ -27,22 +27,17 @@ test('parseAddress: a bare handle is on the home server, a named other server is
   assert.deepEqual(parseAddress('  @Bob ', 'one.test'), { handle: 'bob', server: 'one.test', remote: false, address: 'bob@one.test' });
   assert.deepEqual(parseAddress('bob@one.test', 'one.test'), { handle: 'bob', server: 'one.test', remote: false, address: 'bob@one.test' });
   assert.deepEqual(parseAddress('BOB@Two.Test', 'one.test'), { handle: 'bob', server: 'two.test', remote: true, address: 'bob@two.test' });
-  assert.deepEqual(parseAddress('@bob@chat.example.com:8443', 'one.test'), {
-    handle: 'bob',
-    server: 'chat.example.com:8443',
-    remote: true,
-    address: 'bob@chat.example.com:8443',
-  });
+  assert.deepEqual(parseAddress('@bob@chat.example.com', 'one.test'), { handle: 'bob', server: 'chat.example.com', remote: true, address: 'bob@chat.example.com' });
   // The handle is the caller's to check: everything before the last "@".
   assert.equal(parseAddress('a@b@two.test', 'one.test').handle, 'a@b');
 });
 
 test('parseAddress and validServer refuse what is not a server name', () => {
-  for (const bad of ['', 'two..test', '-two.test', 'two-.test', 'two.test.', 'two test', 'two_test.com', 'two.test:0', 'two.test:65536', 'two.test:08', 'two.test/x', 'two.test?x', 'x'.repeat(64) + '.test', '[::1]', 'two.tést']) {
+  for (const bad of ['', 'two..test', '-two.test', 'two-.test', 'two.test.', 'two test', 'two_test.com', 'two.test:8443', 'two.test:0', 'two.test/x', 'two.test?x', 'x'.repeat(64) + '.test', '[::1]', 'two.tést']) {
     assert.equal(validServer(bad), false, bad);
     assert.ok(parseAddress(`bob@${bad}`, 'one.test').problem, bad);
   }
-  for (const good of ['two.test', 'localhost', '127.0.0.1', 'a.b-c.d', 'two.test:65535', 'x'.repeat(63) + '.test']) assert.equal(validServer(good), true, good);
+  for (const good of ['two.test', 'localhost', '127.0.0.1', 'a.b-c.d', 'x'.repeat(63) + '.test']) assert.equal(validServer(good), true, good);
   assert.equal(validServer('a.'.repeat(125) + 'abc'), true, '253 characters');
   assert.equal(validServer('a.'.repeat(125) + 'abcd'), false, '254 characters');
 });
