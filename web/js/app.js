@@ -2123,7 +2123,9 @@ async function ingestCopy(item, from, pt, at) {
   const peer = await convIdOf(pt.to);
   const cur = await db.getConversation(peer);
   if (!cur || isRequest(cur)) await db.upsertConversation(peer, { state: 'accepted' });
-  await resolvePeer(peer);
+  // Our other device names where the recipient is; their server still has to confirm the key.
+  const to = splitAddress(pt.to_addr);
+  await resolvePeer(peer, undefined, { addr: to && !isHomeServer(to.server) ? to : null });
   const of = pt.of;
   const isNew = await db.addMessage(
     {

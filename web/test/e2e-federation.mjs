@@ -3,7 +3,8 @@
 // mapping the other's name to its loopback base with federation_resolve
 // (one.test reaches two.test through a proxy that can lie). alice@one.test
 // and bob@two.test chat both ways, alice's first message a request at
-// bob's; a key two.test's proxy substitutes is refused by alice's browser;
+// bob's; a key two.test's proxy substitutes, and a forked log of two.test,
+// are refused by alice's browser;
 // with two.test down alice's message waits in her outbox, survives a
 // reload and arrives once; a sender whose server cannot be reached is not
 // shown as who they claim until it can. Run through web/test/run.sh e2e, or:
@@ -15,7 +16,7 @@
 
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -25,10 +26,12 @@ import { Caddy, caddyBinary, createAccount, freePort, launchBrowser, newPage, se
 
 const tmp = mkdtempSync(join(tmpdir(), 'kez-e2e-fed-'));
 const contexts = [];
+let bin;
 let browser;
 let proxy; // before two.test, for one.test's server and alice's browser
-const one = { name: 'one.test' };
-const two = { name: 'two.test' };
+const one = { name: 'one.test', db: join(tmp, 'one.test', 'chat.db') };
+const two = { name: 'two.test', db: join(tmp, 'two.test', 'chat.db') };
+const fork = { name: 'two.test', db: join(tmp, 'fork', 'chat.db') }; // two.test's log, grown apart
 
 /** caddyfile serves kez_chat as server name on port, resolving the other servers as given. */
 function caddyfile(srv, resolve) {
@@ -42,7 +45,7 @@ function caddyfile(srv, resolve) {
 http://127.0.0.1:${srv.port} {
 	kez_chat {
 		server ${srv.name}
-		storage bolt ${join(tmp, srv.name, 'chat.db')}
+		storage bolt ${srv.db}
 ${Object.entries(resolve)
   .map(([name, base]) => `\t\tfederation_resolve ${name} ${base}`)
   .join('\n')}
@@ -57,7 +60,7 @@ ${Object.entries(resolve)
 const health = async (srv) => (await fetch(`${srv.base}/v1/healthz`)).json();
 
 before(async () => {
-  const bin = caddyBinary(tmp);
+  bin = caddyBinary(tmp);
   for (const srv of [one, two]) {
     srv.port = await freePort();
     srv.base = `http://127.0.0.1:${srv.port}`;
@@ -73,7 +76,7 @@ after(async () => {
   for (const c of contexts) await c.close().catch(() => {});
   if (browser) await browser.close().catch(() => {});
   if (proxy) proxy.close();
-  await Promise.all([one, two].map((s) => s.caddy && s.caddy.stop()));
+  await Promise.all([one, two, fork].map((s) => s.caddy && s.caddy.stop()));
   if (!process.env.KEZ_KEEP_TMP) rmSync(tmp, { recursive: true, force: true });
 });
 
@@ -232,4 +235,41 @@ test('a sender whose server cannot be reached is not shown as who they claim, an
   await one.caddy.start(`${one.base}/v1/healthz`);
   await bob.reload();
   await requestItem(bob, 'eve@one.test').getByText('hi bob, eve here').waitFor();
+});
+
+test('two.test showing alice a forked log is refused by her browser, and the warning stays', async () => {
+  // A copy of two.test's database (its log key with it), then each grows its own way.
+  await two.caddy.stop();
+  mkdirSync(join(tmp, 'fork'), { recursive: true });
+  copyFileSync(two.db, fork.db);
+  await two.caddy.start(`${two.base}/v1/healthz`);
+  fork.port = await freePort();
+  fork.base = `http://127.0.0.1:${fork.port}`;
+  fork.caddy = new Caddy(bin, join(tmp, 'fork'), caddyfile(fork, { [one.name]: one.base }));
+  await fork.caddy.start(`${fork.base}/v1/healthz`);
+  assert.equal((await health(fork)).log_key, (await health(two)).log_key);
+  const register = async (srv, handle) => {
+    const napi = new Api(srv.base + '/', 'two.test');
+    const id = await kez.identityFromSeed(kez.newSeed());
+    await napi.register(await kez.signRegistration(id, handle, 'two.test', napi.nowSec()));
+  };
+  await register(two, 'frank');
+  await register(fork, 'grace');
+  // alice sees the real log at its new size…
+  await startChat(alice, 'frank@two.test');
+  await alice.locator('#thread-title', { hasText: 'frank@two.test' }).waitFor();
+  // …then the same address shows her the other history.
+  proxy.setUpstream(fork.port);
+  try {
+    await startChat(alice, 'grace@two.test');
+    await alice.locator('#start-error').getByText('The server’s answer for grace@two.test failed verification').waitFor();
+    const forkWarning = trustBanner(alice).locator('li[data-server="two.test"]', { hasText: 'showed two histories of its log' });
+    await forkWarning.waitFor();
+    assert.equal(await convoRow(alice, 'grace@two.test').count(), 0);
+    await shot(alice, 'fed-06-fork-refused.png');
+    await alice.reload();
+    await forkWarning.waitFor();
+  } finally {
+    proxy.setUpstream(two.port);
+  }
 });

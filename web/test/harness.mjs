@@ -130,11 +130,11 @@ export async function send(page, text) {
  * /v1/u/<handle> for a handle in lies: that is answered with the real
  * record and its real log proof, but another key (the identity in lies),
  * whose registration that key signed itself for server. Returns {base,
- * lies, close}.
+ * lies, close, setUpstream(port)}: the proxy may be moved to another
+ * server (a fork of the first) while browsers keep its address.
  */
 export async function startLyingProxy(upstream, server) {
   const lies = new Map();
-  const origin = `http://127.0.0.1:${upstream}`;
   const proxy = createHttpServer((req, res) => {
     const chunks = [];
     req.on('data', (c) => chunks.push(c));
@@ -142,7 +142,7 @@ export async function startLyingProxy(upstream, server) {
       const m = /^\/v1\/u\/([a-z0-9_-]+)$/.exec(req.url);
       if (req.method === 'GET' && m && lies.has(m[1])) {
         try {
-          const real = await (await fetch(origin + req.url)).json();
+          const real = await (await fetch(`http://127.0.0.1:${upstream}${req.url}`)).json();
           const fake = await kez.signRegistration(lies.get(m[1]), m[1], server, Math.floor(Date.now() / 1000));
           res.writeHead(200, { 'Content-Type': 'application/json; charset=utf-8', 'Access-Control-Allow-Origin': '*' });
           res.end(JSON.stringify({ ...real, primary: fake.payload.primary, registration: fake, rotation: undefined }));
@@ -162,5 +162,8 @@ export async function startLyingProxy(upstream, server) {
   });
   const port = await freePort();
   await new Promise((resolve) => proxy.listen(port, '127.0.0.1', resolve));
-  return { base: `http://127.0.0.1:${port}`, lies, close: () => proxy.close() };
+  const setUpstream = (p) => {
+    upstream = p;
+  };
+  return { base: `http://127.0.0.1:${port}`, lies, close: () => proxy.close(), setUpstream };
 }
