@@ -5,8 +5,8 @@
 // and bob@two.test chat both ways, alice's first message a request at
 // bob's; a key two.test's proxy substitutes, and a forked log of two.test,
 // are refused by alice's browser;
-// with two.test down alice's message waits in her outbox, survives a
-// reload and arrives once; a sender whose server cannot be reached is not
+// with two.test down, or one.test (so that two.test cannot check her key),
+// alice's message waits in her outbox, survives a reload and arrives once; a sender whose server cannot be reached is not
 // shown as who they claim until it can. Run through web/test/run.sh e2e, or:
 //
 //   node --test web/test/e2e-federation.mjs
@@ -34,7 +34,7 @@ const two = { name: 'two.test', db: join(tmp, 'two.test', 'chat.db') };
 const fork = { name: 'two.test', db: join(tmp, 'fork', 'chat.db') }; // two.test's log, grown apart
 
 /** caddyfile serves kez_chat as server name on port, resolving the other servers as given. */
-function caddyfile(srv, resolve) {
+function caddyfile(srv, resolve, extra = '') {
   return `{
 	admin off
 	auto_https off
@@ -48,7 +48,7 @@ http://127.0.0.1:${srv.port} {
 		storage bolt ${srv.db}
 ${Object.entries(resolve)
   .map(([name, base]) => `\t\tfederation_resolve ${name} ${base}`)
-  .join('\n')}
+  .join('\n')}${extra}
 	}
 	file_server {
 		fs kezweb
@@ -67,7 +67,8 @@ before(async () => {
   }
   proxy = await startLyingProxy(two.port, two.name);
   one.caddy = new Caddy(bin, join(tmp, one.name), caddyfile(one, { [two.name]: proxy.base }));
-  two.caddy = new Caddy(bin, join(tmp, two.name), caddyfile(two, { [one.name]: one.base }));
+  // A short federation_cache: two.test asks one.test again for every send after a second.
+  two.caddy = new Caddy(bin, join(tmp, two.name), caddyfile(two, { [one.name]: one.base }, '\n\t\tfederation_cache 1s'));
   await Promise.all([one.caddy.start(`${one.base}/v1/healthz`), two.caddy.start(`${two.base}/v1/healthz`)]);
   browser = await launchBrowser();
 });
@@ -205,6 +206,21 @@ test('two.test down: alice’s message waits in her outbox, survives a reload, a
   await msg.and(alice.locator('[data-status="sent"]')).waitFor({ timeout: 90000 });
   await inText(bob, 'while two.test was down').waitFor({ timeout: 30000 });
   assert.equal(await inText(bob, 'while two.test was down').count(), 1);
+  assert.equal(await inboxFrom(bob, alicePrimary), before + 1, 'stored once at two.test');
+});
+
+test('one.test down: two.test cannot check alice’s key (503), so her message waits and goes out once it can', async () => {
+  const alicePrimary = await primaryOf(alice);
+  const before = await inboxFrom(bob, alicePrimary);
+  await one.caddy.stop();
+  await new Promise((r) => setTimeout(r, 1100)); // past two.test's federation_cache of alice's binding
+  // alice's page is loaded: it still reaches two.test, which cannot reach one.test.
+  await send(alice, 'while one.test was down');
+  const msg = outMsg(alice, 'while one.test was down');
+  await msg.getByText('two.test could not check your key at one.test').waitFor();
+  await one.caddy.start(`${one.base}/v1/healthz`);
+  await msg.and(alice.locator('[data-status="sent"]')).waitFor({ timeout: 90000 });
+  await inText(bob, 'while one.test was down').waitFor();
   assert.equal(await inboxFrom(bob, alicePrimary), before + 1, 'stored once at two.test');
 });
 
