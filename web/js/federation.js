@@ -240,11 +240,17 @@ export class Federation {
     return t;
   }
 
-  /** remember keeps the names of remote servers seen, so their warnings show after a reload. */
-  async remember(server) {
-    const known = (await this.store.get('fedServers')) || [];
-    if (known.includes(server)) return;
-    await this.store.set('fedServers', [...known, server].slice(-200));
+  /**
+   * remember keeps the names of remote servers seen, so their warnings show
+   * after a reload. One at a time: two servers met at once are both kept.
+   */
+  remember(server) {
+    const run = (this.remembering || Promise.resolve()).then(async () => {
+      const known = (await this.store.get('fedServers')) || [];
+      if (!known.includes(server)) await this.store.set('fedServers', [...known, server].slice(-200));
+    });
+    this.remembering = run.catch(() => {});
+    return run;
   }
 
   /** known lists the remote servers this browser has talked to. */

@@ -306,9 +306,7 @@ test('a remote server whose log key changed is not trusted with the new key', as
 test('remembered servers survive in the store', async () => {
   const store = memoryStore();
   const fed = new Federation({ home: { server: 'one.test' }, store });
-  await fed.remember('two.test');
-  await fed.remember('two.test');
-  await fed.remember('three.test');
+  await Promise.all([fed.remember('two.test'), fed.remember('two.test'), fed.remember('three.test')]);
   assert.deepEqual(await fed.known(), ['two.test', 'three.test']);
 });
 
