@@ -58,6 +58,7 @@ export class Api {
     this.clockOffsetMs = 0; // server clock − local clock, when it matters
     this.lastTs = new Map(); // signed request (without ts) → the last ts it was signed with
     this.timeoutMs = 0; // per request, when set: another server must not hold a send forever
+    this.maxBytes = 0; // per answer, when set: nor fill this page's memory
   }
 
   /** discover tries each candidate base until one answers /v1/healthz. */
@@ -145,7 +146,7 @@ export class Api {
       }
       this.learnClock(res);
       if (res.ok) return res;
-      const err = await errorOf(res);
+      const err = await errorOf(res, (r) => this.body(r));
       if (signer && err.status === 401 && /already used/i.test(err.message) && attempt < 2) continue;
       throw err;
     }
@@ -155,7 +156,7 @@ export class Api {
   async request(method, path, opts = {}) {
     const res = await this.fetchSigned(method, path, opts);
     if (res.status === 204) return {};
-    const text = await res.text();
+    const text = await this.body(res);
     let data = null;
     try {
       data = parseStrict(text);
@@ -212,7 +213,35 @@ export class Api {
     const res = await this.fetchSigned('GET', path, { accept: 'text/plain' });
     const type = res.headers.get('Content-Type') || '';
     if (!/^text\/plain\b/i.test(type)) throw new ApiError(res.status, 'bad_response', `the server did not answer ${path} with text`);
-    return res.text();
+    return this.body(res);
+  }
+
+  /**
+   * body reads an answer's text, at most maxBytes of it when that is set;
+   * a longer answer is an ApiError('too_large') and the rest is not read.
+   */
+  async body(res) {
+    if (!this.maxBytes || !res.body) return res.text();
+    const reader = res.body.getReader();
+    const chunks = [];
+    let n = 0;
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      n += value.length;
+      if (n > this.maxBytes) {
+        reader.cancel().catch(() => {});
+        throw new ApiError(res.status, 'too_large', `the server’s answer is larger than ${this.maxBytes} bytes`);
+      }
+      chunks.push(value);
+    }
+    const all = new Uint8Array(n);
+    let at = 0;
+    for (const c of chunks) {
+      all.set(c, at);
+      at += c.length;
+    }
+    return new TextDecoder().decode(all);
   }
 
   logKey() {
@@ -319,10 +348,10 @@ const checkPrimary = (p) => {
 };
 
 /** errorOf reads the server's error object (SPEC §2) from a failed response. */
-async function errorOf(res) {
+async function errorOf(res, read) {
   let err = null;
   try {
-    const data = parseStrict(await res.text());
+    const data = parseStrict(await read(res));
     err = data && typeof data.error === 'object' ? data.error : null;
   } catch {
     err = null;

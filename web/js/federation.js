@@ -5,7 +5,7 @@
 
 import { Api, ApiError } from './api.js';
 import { validHandle } from './kez.js';
-import { parseStrict } from './strictjson.js';
+import { checkMembers, parseStrict } from './strictjson.js';
 import { Trust } from './trust.js';
 
 /** POLICIES are the values of GET /v1/federation's policy (SPEC §8). */
@@ -73,11 +73,18 @@ export function cleanBase(href, { allowHttp = false } = {}) {
 /**
  * readFederation checks the answer of GET /v1/federation: {policy, resolve}
  * with a known policy and a map of server names to http(s) bases. Entries
- * that are not that are dropped; a policy not known reads as 'unknown'.
+ * that are not that are dropped; a policy not known reads as 'unknown'. An
+ * answer with a repeated member, or members that differ only by case, is
+ * not read at all: it could mean one thing here and another elsewhere.
  */
 export function readFederation(r) {
   const out = { policy: 'unknown', resolve: {} };
-  if (!r || typeof r !== 'object') return out;
+  try {
+    checkMembers(r, { required: ['policy'], optional: ['resolve'], allowUnknown: true, what: 'federation answer' });
+    if (r.resolve !== undefined) checkMembers(r.resolve, { allowUnknown: true, what: 'resolve map' });
+  } catch {
+    return out;
+  }
   if (POLICIES.includes(r.policy)) out.policy = r.policy;
   if (r.resolve && typeof r.resolve === 'object' && !Array.isArray(r.resolve)) {
     for (const [name, base] of Object.entries(r.resolve)) {
@@ -91,6 +98,8 @@ export function readFederation(r) {
 const MAX_JRD = 64 * 1024;
 /** REMOTE_TIMEOUT_MS bounds each request to another server: a server that hangs holds no send forever. */
 export const REMOTE_TIMEOUT_MS = 15000;
+/** REMOTE_MAX_BYTES bounds each answer of another server (a page of 1000 log entries is well under it). */
+export const REMOTE_MAX_BYTES = 4 * 1024 * 1024;
 const API_REL = 'urn:kez:api';
 
 /**
@@ -117,7 +126,14 @@ export async function webfingerBase(server, handle, fetchFn = globalThis.fetch) 
   } catch {
     return null;
   }
-  if (!jrd || typeof jrd !== 'object' || !Array.isArray(jrd.links)) return null;
+  try {
+    // A repeated member, or two spelled alike but for case, could name one base here and another elsewhere.
+    checkMembers(jrd, { optional: ['subject', 'aliases', 'properties', 'links'], allowUnknown: true, what: 'WebFinger answer' });
+    for (const l of Array.isArray(jrd.links) ? jrd.links : []) checkMembers(l, { optional: ['rel', 'type', 'href', 'titles', 'properties'], allowUnknown: true, what: 'link' });
+  } catch {
+    return null;
+  }
+  if (!Array.isArray(jrd.links)) return null;
   // An answer about someone else is no answer.
   if (typeof jrd.subject === 'string' && jrd.subject.toLowerCase() !== resource) return null;
   for (const l of jrd.links) {
@@ -213,7 +229,13 @@ export class Federation {
     await this.ready().catch(() => {}); // unreachable home: the default base, and the map next time
     const api = new Api(await this.base(server, handle), server);
     api.timeoutMs = REMOTE_TIMEOUT_MS;
+    api.maxBytes = REMOTE_MAX_BYTES;
     const h = await api.health();
+    try {
+      checkMembers(h, { required: ['server', 'protocol'], optional: ['status', 'version', 'log_key'], allowUnknown: true, what: 'healthz answer' });
+    } catch (e) {
+      throw new ApiError(0, 'bad_response', `${server} answered /v1/healthz with ${e.message}`);
+    }
     if (h.server !== server) {
       throw new ApiError(0, 'wrong_server', `the server found for ${server} says it is “${String(h.server).slice(0, 80)}”`);
     }

@@ -10,6 +10,7 @@ import { Api, ApiError } from '../js/api.js';
 import { fromHex, utf8 } from '../js/encoding.js';
 import * as kez from '../js/kez.js';
 import { cleanBase, Federation, parseAddress, readFederation, splitAddress, validServer, webfingerBase } from '../js/federation.js';
+import { parseStrict } from '../js/strictjson.js';
 import { Trust, TrustError } from '../js/trust.js';
 import { FakeLog, memoryStore } from './fakelog.mjs';
 
@@ -62,11 +63,21 @@ test('cleanBase: https bases only, except where http is allowed; no credentials'
 test('readFederation keeps a known policy and the well-formed resolve entries only', () => {
   const f = readFederation({
     policy: 'allow',
-    resolve: { 'two.test': 'http://127.0.0.1:9002', 'Two.test': 'http://127.0.0.1:1', 'bad name': 'https://x/', 'three.test': 'javascript:1', 'four.test': 7 },
+    resolve: { 'two.test': 'http://127.0.0.1:9002', 'Five.test': 'http://127.0.0.1:1', 'bad name': 'https://x/', 'three.test': 'javascript:1', 'four.test': 7 },
   });
   assert.deepEqual(f, { policy: 'allow', resolve: { 'two.test': 'http://127.0.0.1:9002/' } });
   assert.deepEqual(readFederation({ policy: 'OPEN', resolve: [] }), { policy: 'unknown', resolve: {} });
   assert.deepEqual(readFederation(null), { policy: 'unknown', resolve: {} });
+  // Read as the client reads answers: strictly. A repeated or case-twisted member voids the answer.
+  for (const text of [
+    '{"policy":"open","policy":"off","resolve":{}}',
+    '{"policy":"open","Policy":"off","resolve":{}}',
+    '{"policy":"open","resolve":{"two.test":"http://127.0.0.1:1","two.test":"http://127.0.0.1:2"}}',
+    '{"policy":"open","resolve":{},"Resolve":{"two.test":"http://127.0.0.1:2"}}',
+    '{"policy":"open","resolve":{"two.test":"http://127.0.0.1:1","Two.test":"http://127.0.0.1:2"}}',
+  ]) {
+    assert.deepEqual(readFederation(parseStrict(text)), { policy: 'unknown', resolve: {} }, text);
+  }
 });
 
 // ---- WebFinger ----
@@ -92,7 +103,11 @@ test('webfingerBase gives nothing for answers it cannot use', async () => {
     'another subject': answer(jrd([{ rel: 'urn:kez:api', href: 'https://evil.test/' }], 'acct:carol@two.test')),
     'not JSON': answer('<html>'),
     'a duplicate member': answer('{"links":[],"links":[{"rel":"urn:kez:api","href":"https://evil.test/"}]}'),
+    'a duplicate member, the first one used': answer('{"links":[{"rel":"urn:kez:api","href":"https://evil.test/"}],"links":[]}'),
+    'a duplicate href': answer('{"links":[{"rel":"urn:kez:api","href":"https://evil.test/","href":"https://two.test/"}]}'),
+    'an escaped duplicate': answer('{"links":[{"rel":"urn:kez:api","href":"https://evil.test/","\\u0068ref":"https://two.test/"}]}'),
     'a case-twisted member': answer('{"Links":[{"rel":"urn:kez:api","href":"https://evil.test/"}]}'),
+    'case-twisted members side by side': answer('{"links":[{"rel":"urn:kez:api","href":"https://evil.test/","HREF":"https://two.test/"}]}'),
     'too large': answer(jrd([{ rel: 'urn:kez:api', href: 'https://two.test/' }, { rel: 'x', href: 'y'.repeat(70000) }])),
     '404': answer('{}', 404),
     'network error': async () => {
@@ -362,4 +377,30 @@ test('a server that never answers does not hold a request forever', async () => 
       setTimeout(() => reject(new TypeError('fetch failed')), 50); // the test need not wait the full bound
     });
   assert.equal(await webfingerBase('two.test', 'bob', never), null);
+});
+
+test('another server’s answers are bounded in size and read strictly', async () => {
+  const two = await fakeServer('two.test', 2);
+  let big = null;
+  let health = null;
+  globalThis.fetch = async (url, init) => {
+    const u = new URL(url);
+    if (u.pathname === '/v1/healthz' && health) return new Response(health, { headers: { 'Content-Type': 'application/json' } });
+    if (u.pathname === '/v1/u/bob' && big) return new Response(big, { headers: { 'Content-Type': 'application/json' } });
+    return two.handle(url, init);
+  };
+  const home = { server: 'one.test', request: async () => ({ policy: 'open', resolve: { 'two.test': 'http://127.0.0.1:9002' } }) };
+  const fed = new Federation({ home, store: memoryStore() });
+  // A healthz naming the server twice, or in two spellings, is no answer.
+  for (const h of ['{"server":"two.test","server":"evil.test","protocol":2}', '{"server":"two.test","Server":"evil.test","protocol":2}']) {
+    health = h;
+    await assert.rejects(fed.api('two.test', 'bob'), (e) => e instanceof ApiError && e.code === 'bad_response', h);
+  }
+  health = null;
+  const api = await fed.api('two.test', 'bob');
+  // 5 MiB of record: refused once past the bound, not read to the end.
+  big = '{"handle":"' + 'x'.repeat(5 * 1024 * 1024) + '"}';
+  await assert.rejects(api.lookup('bob'), (e) => e instanceof ApiError && e.code === 'too_large');
+  big = null;
+  await assert.rejects(api.lookup('carol'), (e) => e instanceof ApiError && e.status === 404 && e.code === 'not_found', 'errors are read within the bound too');
 });
