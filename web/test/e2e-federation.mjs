@@ -7,7 +7,8 @@
 // are refused by alice's browser;
 // with two.test down, or one.test (so that two.test cannot check her key),
 // alice's message waits in her outbox, survives a reload and arrives once; a sender whose server cannot be reached is not
-// shown as who they claim until it can. Run through web/test/run.sh e2e, or:
+// shown as who they claim until it can; a server that refuses one.test says
+// so, and is not asked again by itself. Run through web/test/run.sh e2e, or:
 //
 //   node --test web/test/e2e-federation.mjs
 //
@@ -288,4 +289,26 @@ test('two.test showing alice a forked log is refused by her browser, and the war
   } finally {
     proxy.setUpstream(two.port);
   }
+});
+
+test('two.test refusing one.test (federation deny): alice’s message says so and is not retried', async () => {
+  await two.caddy.stop();
+  two.caddy.caddyfile = caddyfile(two, { [one.name]: one.base }, '\n\t\tfederation deny one.test');
+  await two.caddy.start(`${two.base}/v1/healthz`);
+  await alice.goto(one.base + '/#/c/' + encodeURIComponent('bob@two.test'));
+  await alice.locator('#thread-title', { hasText: 'bob@two.test' }).waitFor();
+  await send(alice, 'refused by policy');
+  const msg = outMsg(alice, 'refused by policy');
+  await msg.getByText('Not sent — two.test does not take messages from one.test.').waitFor();
+  await msg.getByRole('button', { name: 'Retry' }).waitFor();
+  const stored = await alice.evaluate(async () => {
+    const req = indexedDB.open('kez-chat');
+    const db = await new Promise((resolve) => (req.onsuccess = () => resolve(req.result)));
+    const all = await new Promise((resolve) => {
+      const r = db.transaction('messages').objectStore('messages').getAll();
+      r.onsuccess = () => resolve(r.result);
+    });
+    return all.filter((m) => m.text === 'refused by policy').map((m) => ({ status: m.status, retryable: m.retryable, code: m.code, kept: !!m.envelope }));
+  });
+  assert.deepEqual(stored, [{ status: 'failed', retryable: false, code: 'federation_refused', kept: true }]);
 });
