@@ -3,12 +3,13 @@
 // mapping the other's name to its loopback base with federation_resolve
 // (one.test reaches two.test through a proxy that can lie). alice@one.test
 // and bob@two.test chat both ways, alice's first message a request at
-// bob's; a key two.test's proxy substitutes, and a forked log of two.test,
-// are refused by alice's browser;
-// with two.test down, or one.test (so that two.test cannot check her key),
-// alice's message waits in her outbox, survives a reload and arrives once; a sender whose server cannot be reached is not
-// shown as who they claim until it can; a server that refuses one.test says
-// so, and is not asked again by itself. Run through web/test/run.sh e2e, or:
+// bob's. A key two.test's proxy substitutes, and a forked log of two.test,
+// are refused by alice's browser. With two.test down, or one.test (so that
+// two.test cannot check her key), alice's message waits in her outbox,
+// survives a reload and arrives once. A sender whose server cannot be
+// reached is not shown as who they claim until it can. A server that
+// refuses one.test says so, and is not asked again by itself.
+// Run through web/test/run.sh e2e, or:
 //
 //   node --test web/test/e2e-federation.mjs
 //
