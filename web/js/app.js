@@ -1158,7 +1158,8 @@ async function renderRequests(convs) {
             'div',
             { class: 'who' },
             el('h3', { id: nameId, text: name }),
-            el('p', { class: 'muted small-text', text: c.address || `Key ${fingerprint(c.peer)}` }),
+            // The address under the name, or the key when the name is the address already (another server's user).
+            el('p', { class: 'muted small-text', text: c.address && c.address !== name ? c.address : `Key ${fingerprint(c.peer)}` }),
             // A sender another server names but could not be confirmed there: what they claim, and why not.
             !c.handle && c.why && c.claimed ? el('p', { class: 'claim muted small-text', text: `${claimNote(c.claimed)}: ${c.why}` }) : null,
           ),
@@ -1255,7 +1256,7 @@ async function renderBlocked() {
       el(
         'li',
         {},
-        el('span', { class: 'name', text: conv && conv.address ? `${name} (${conv.address})` : name }),
+        el('span', { class: 'name', text: conv && conv.address && conv.address !== name ? `${name} (${conv.address})` : name }),
         el('button', { type: 'button', class: 'btn small', 'aria-label': `Unblock ${name}`, onclick: (ev) => unblock(peer, name, ev.currentTarget), text: 'Unblock' }),
       ),
     );
@@ -1758,7 +1759,7 @@ function renderThreadHeader(peer) {
   $('thread-sub').textContent = conv.gone
     ? `${conv.address || '@' + conv.handle} is no longer registered on ${isRemote(conv) ? conv.server : 'this server'}.`
     : conv.address
-      ? conv.address
+      ? conv.address + (isRemote(conv) ? ' — on another server, checked against its own log' : '')
       : conv.peer === UNVERIFIED
         ? 'Messages whose sender could not be verified'
         : conv.why
