@@ -287,6 +287,30 @@ func (l lazyStore) Expire(ctx context.Context, cutoff time.Time) (int, error) {
 	return s.Expire(ctx, cutoff)
 }
 
+func (l lazyStore) RemoteLog(ctx context.Context, server string) (storage.RemoteLog, error) {
+	s, err := l.get()
+	if err != nil {
+		return storage.RemoteLog{}, err
+	}
+	return s.RemoteLog(ctx, server)
+}
+
+func (l lazyStore) UpdateRemoteLog(ctx context.Context, server string, fn func(storage.RemoteLog, bool) (storage.RemoteLog, error)) (storage.RemoteLog, error) {
+	s, err := l.get()
+	if err != nil {
+		return storage.RemoteLog{}, err
+	}
+	return s.UpdateRemoteLog(ctx, server, fn)
+}
+
+func (l lazyStore) ForgetRemoteLog(ctx context.Context, server string) error {
+	s, err := l.get()
+	if err != nil {
+		return err
+	}
+	return s.ForgetRemoteLog(ctx, server)
+}
+
 func (l lazyStore) Ping(ctx context.Context) error {
 	s, err := l.get()
 	if err != nil {

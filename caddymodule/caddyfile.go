@@ -60,6 +60,12 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		handle_cooldown 720h             # a deleted handle stays unregistrable
 //		max_streams_per_handle 16
 //		max_streams   50000
+//		federation    open               # or off, allow <server…>, deny <server…>
+//		federation_resolve one.example http://10.0.0.7:8080  # repeatable; tests, private networks
+//		federation_rate 100/1m           # per remote server, or off
+//		federation_cache 10m
+//		federation_allow_private         # tests only
+//		federation_repin one.example     # forget a server's pinned log (after a fork)
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the directive name
@@ -76,7 +82,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		}
 		// A repeated option would silently override the first (storage
 		// bolt, then storage nats): refuse it, as Caddy's own directives do.
-		if seen[opt] && opt != "reserved" {
+		if seen[opt] && !repeatable[opt] {
 			return d.Errf("%s already specified", opt)
 		}
 		seen[opt] = true
@@ -90,31 +96,40 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return nil
 }
 
+// repeatable options add to what the earlier lines gave.
+var repeatable = map[string]bool{"reserved": true, "federation_resolve": true, "federation_repin": true}
+
 // caddyfileOptions maps each option of the kez_chat block to the function
 // that reads its arguments (the dispenser on the option's name) into h.
 func (h *Handler) caddyfileOptions() map[string]func(*caddyfile.Dispenser) error {
 	return map[string]func(*caddyfile.Dispenser) error{
-		"server":                 stringOption(&h.Server),
-		"public_url":             stringOption(&h.PublicURL),
-		"storage":                h.parseStorage,
-		"max_envelope":           sizeOption(&h.MaxEnvelope, MaxEnvelopeLimit, "each send and each stream event holds one envelope in memory"),
-		"auth_skew":              durationOption(&h.AuthSkew),
-		"register_skew":          durationOption(&h.RegisterSkew),
-		"keepalive":              durationOption(&h.Keepalive),
-		"retention":              durationOption(&h.Retention),
-		"body_timeout":           durationOption(&h.BodyTimeout),
-		"stream_max_age":         durationOption(&h.StreamMaxAge),
-		"handle_cooldown":        durationOption(&h.HandleCooldown),
-		"max_inbox":              countOption(&h.MaxInbox, "messages"),
-		"request_limit":          countOption(&h.RequestLimit, "messages"),
-		"max_requests":           countOption(&h.MaxRequests, "messages"),
-		"max_streams_per_handle": countOption(&h.MaxStreamsPerHandle, "streams"),
-		"max_streams":            countOption(&h.MaxStreams, "streams"),
-		"register_rate":          rateOption(&h.RegisterRate),
-		"send_rate":              rateOption(&h.SendRate),
-		"sender_rate":            rateOption(&h.SenderRate),
-		"registration":           h.parseRegistration,
-		"reserved":               h.parseReserved,
+		"server":                   stringOption(&h.Server),
+		"public_url":               stringOption(&h.PublicURL),
+		"storage":                  h.parseStorage,
+		"max_envelope":             sizeOption(&h.MaxEnvelope, MaxEnvelopeLimit, "each send and each stream event holds one envelope in memory"),
+		"auth_skew":                durationOption(&h.AuthSkew),
+		"register_skew":            durationOption(&h.RegisterSkew),
+		"keepalive":                durationOption(&h.Keepalive),
+		"retention":                durationOption(&h.Retention),
+		"body_timeout":             durationOption(&h.BodyTimeout),
+		"stream_max_age":           durationOption(&h.StreamMaxAge),
+		"handle_cooldown":          durationOption(&h.HandleCooldown),
+		"max_inbox":                countOption(&h.MaxInbox, "messages"),
+		"request_limit":            countOption(&h.RequestLimit, "messages"),
+		"max_requests":             countOption(&h.MaxRequests, "messages"),
+		"max_streams_per_handle":   countOption(&h.MaxStreamsPerHandle, "streams"),
+		"max_streams":              countOption(&h.MaxStreams, "streams"),
+		"register_rate":            rateOption(&h.RegisterRate),
+		"send_rate":                rateOption(&h.SendRate),
+		"sender_rate":              rateOption(&h.SenderRate),
+		"registration":             h.parseRegistration,
+		"reserved":                 h.parseReserved,
+		"federation":               h.parseFederation,
+		"federation_resolve":       h.parseFederationResolve,
+		"federation_rate":          rateOption(&h.FederationRate),
+		"federation_cache":         durationOption(&h.FederationCache),
+		"federation_allow_private": h.parseFederationAllowPrivate,
+		"federation_repin":         h.parseFederationRepin,
 	}
 }
 

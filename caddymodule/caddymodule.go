@@ -18,6 +18,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyevents"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
+	"github.com/kezchat/kez/federation"
 	"github.com/kezchat/kez/handlers"
 	"github.com/kezchat/kez/kez"
 	"github.com/kezchat/kez/storage"
@@ -91,6 +92,27 @@ type Handler struct {
 	// Open streams in total. Default: 50000.
 	MaxStreams int `json:"max_streams,omitempty"`
 
+	// Which other servers' users may write here (SPEC §8): "open"
+	// (default), "off", "allow" (only federation_servers) or "deny" (all
+	// but federation_servers).
+	Federation        string   `json:"federation,omitempty"`
+	FederationServers []string `json:"federation_servers,omitempty"`
+	// Server names mapped to API base URLs, used instead of WebFinger and
+	// trusted as they are (http and private addresses allowed): for tests
+	// and private networks. Given to the web client by GET /v1/federation.
+	FederationResolve map[string]string `json:"federation_resolve,omitempty"`
+	// Messages from the users of one other server, as "<n>/<duration>" or
+	// "off". Default: 100/1m.
+	FederationRate string `json:"federation_rate,omitempty"`
+	// How long a verified remote sender's binding is trusted. Default: 10m.
+	FederationCache caddy.Duration `json:"federation_cache,omitempty"`
+	// Fetch from any address, over http too (tests only).
+	FederationAllowPrivate bool `json:"federation_allow_private,omitempty"`
+	// Servers whose pinned log key and checkpoint are forgotten when this
+	// config starts, so that they are pinned afresh: how an operator
+	// clears a server caught forking its log. Remove the line afterwards.
+	FederationRepin []string `json:"federation_repin,omitempty"`
+
 	api     *handlers.Handler
 	backend sharedStorage
 	rates   string // key of this config's share of rateStates, once taken
@@ -130,7 +152,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		reserved[strings.ToLower(r)] = true
 	}
 	rates := map[string]handlers.Rate{}
-	for name, s := range map[string]string{"register_rate": h.RegisterRate, "send_rate": h.SendRate, "sender_rate": h.SenderRate} {
+	for name, s := range h.rateOptions() {
 		if rates[name], err = handlers.ParseRate(s); err != nil {
 			return fmt.Errorf("kez_chat: %s: %w", name, err)
 		}
@@ -165,6 +187,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		Registration:        h.Registration,
 		InviteFile:          h.InviteFile,
 		Counters:            counters,
+		Federation:          h.federationVerifier(b.store()),
+		FederationRate:      rates["federation_rate"],
 	}, b.store(), b.liveHub(), h.log)
 
 	// Caddy emits "stopping" before it shuts its servers down, on reload
@@ -201,6 +225,7 @@ const (
 	DefaultMaxRequests         = 100
 	DefaultMaxStreamsPerHandle = 16
 	DefaultMaxStreams          = 50000
+	DefaultFederationRate      = "100/1m"
 )
 
 // setDefaults gives every option left unset its default, as Caddy's own
@@ -242,6 +267,9 @@ func (h *Handler) setDefaults() error {
 	h.HandleCooldown = cmp.Or(h.HandleCooldown, caddy.Duration(handlers.DefaultHandleCooldown))
 	h.MaxStreamsPerHandle = cmp.Or(h.MaxStreamsPerHandle, DefaultMaxStreamsPerHandle)
 	h.MaxStreams = cmp.Or(h.MaxStreams, DefaultMaxStreams)
+	h.Federation = cmp.Or(h.Federation, federation.Open)
+	h.FederationRate = cmp.Or(h.FederationRate, DefaultFederationRate)
+	h.FederationCache = cmp.Or(h.FederationCache, caddy.Duration(federation.DefaultCacheTTL))
 	return nil
 }
 
@@ -349,7 +377,10 @@ func (h *Handler) Validate() error {
 	default:
 		return fmt.Errorf("kez_chat: registration %q must be open, closed or invite", h.Registration)
 	}
-	for name, rate := range map[string]string{"register_rate": h.RegisterRate, "send_rate": h.SendRate, "sender_rate": h.SenderRate} {
+	if err := h.validateFederation(); err != nil {
+		return err
+	}
+	for name, rate := range h.rateOptions() {
 		if rate != "" {
 			if _, err := handlers.ParseRate(rate); err != nil {
 				return fmt.Errorf("kez_chat: %s: %w", name, err)

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/kezchat/kez/federation"
 	"github.com/kezchat/kez/hub"
 	"github.com/kezchat/kez/kez"
 	"github.com/kezchat/kez/storage"
@@ -51,6 +52,12 @@ type Config struct {
 	MaxStreams          int                          // open streams in total
 	ClientIP            func(r *http.Request) string // the client's address; default RemoteIP
 
+	// Federation verifies senders of other servers (SPEC §8); nil admits
+	// none (federation off).
+	Federation *federation.Verifier
+	// FederationRate bounds sends from the users of each other server.
+	FederationRate Rate
+
 	// RateState keeps the rate limits' buckets; nil: a new one. Pass the
 	// same one to the Handler that replaces this one on a reload, so the
 	// reload does not refill every client's allowance.
@@ -73,7 +80,7 @@ type Counters struct {
 	StreamOpened     func()
 	StreamClosed     func()
 	StreamOverflowed func()             // a stream ended because its client read too slowly
-	RateLimited      func(limit string) // "register", "send", "sender" or "streams"
+	RateLimited      func(limit string) // "register", "send", "sender", "federation" or "streams"
 }
 
 func (c Counters) messageAccepted(n int) {
@@ -205,7 +212,9 @@ type Handler struct {
 	registerLimit *limiter
 	sendLimit     *limiter
 	senderLimit   *limiter
-	streams       streamSlots
+	// federationLimit is keyed by the remote server's name.
+	federationLimit *limiter
+	streams         streamSlots
 
 	// keys checks request signatures, keeping senders' keys expanded.
 	keys *kez.KeyVerifier
@@ -222,11 +231,12 @@ func New(cfg Config, store storage.Store, h *hub.Hub, log *slog.Logger) *Handler
 	cfg = cfg.WithDefaults()
 	stopped, stop := context.WithCancel(context.Background())
 	return &Handler{stopped: stopped, stop: stop, cfg: cfg, store: store, hub: h, log: log,
-		servers:       map[*http.Server]context.Context{},
-		registerLimit: newLimiter(cfg.RegisterRate, &cfg.RateState.register),
-		sendLimit:     newLimiter(cfg.SendRate, &cfg.RateState.send),
-		senderLimit:   newLimiter(cfg.SenderRate, &cfg.RateState.sender),
-		streams:       streamSlots{perHandle: map[string]int{}}, keys: kez.NewKeyVerifier(0)}
+		servers:         map[*http.Server]context.Context{},
+		registerLimit:   newLimiter(cfg.RegisterRate, &cfg.RateState.register),
+		sendLimit:       newLimiter(cfg.SendRate, &cfg.RateState.send),
+		senderLimit:     newLimiter(cfg.SenderRate, &cfg.RateState.sender),
+		federationLimit: newLimiter(cfg.FederationRate, &cfg.RateState.federation),
+		streams:         streamSlots{perHandle: map[string]int{}}, keys: kez.NewKeyVerifier(0)}
 }
 
 // Close ends every open stream of this handler; the store and hub stay open.
@@ -259,6 +269,8 @@ func (h *Handler) Route(r *http.Request) http.Handler {
 		return h.methods(map[string]http.HandlerFunc{"POST": h.serve(h.rotate)})
 	case "/v1/delete":
 		return h.methods(map[string]http.HandlerFunc{"POST": h.serve(h.deleteAccount)})
+	case "/v1/federation":
+		return h.methods(map[string]http.HandlerFunc{"GET": h.serve(h.federationInfo)})
 	case "/v1/log/key":
 		return h.methods(map[string]http.HandlerFunc{"GET": h.serve(h.logKey)})
 	case "/v1/log/checkpoint":

@@ -483,7 +483,7 @@ func TestWebFinger(t *testing.T) {
 	if ct := r.header.Get("Content-Type"); ct != "application/jrd+json" {
 		t.Fatalf("content type %q", ct)
 	}
-	want := `{"aliases":["https://chat.kez.test/v1/u/alice"],"links":[{"href":"https://chat.kez.test/v1/u/alice","rel":"urn:kez:chat","type":"application/json"}],"properties":{"urn:kez:primary":"` +
+	want := `{"aliases":["https://chat.kez.test/v1/u/alice"],"links":[{"href":"https://chat.kez.test/v1/u/alice","rel":"urn:kez:chat","type":"application/json"},{"href":"https://chat.kez.test","rel":"urn:kez:api"}],"properties":{"urn:kez:primary":"` +
 		alice.Primary() + `"},"subject":"acct:alice@kez.test"}`
 	if string(r.body) != want {
 		t.Fatalf("webfinger = %s\nwant        %s", r.body, want)

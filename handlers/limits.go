@@ -49,7 +49,7 @@ func (r Rate) String() string {
 // same RateState to each, so that a reload does not hand every client a full
 // allowance again; the new configuration's rates apply to the kept buckets.
 type RateState struct {
-	register, send, sender buckets
+	register, send, sender, federation buckets
 }
 
 // NewRateState returns an empty RateState: every client starts with a full

@@ -208,7 +208,10 @@ func (h *Handler) webfinger(w http.ResponseWriter, r *http.Request) error {
 		"subject":    "acct:" + kez.Address(rec.Handle, h.cfg.Server),
 		"aliases":    []string{href},
 		"properties": map[string]string{"urn:kez:primary": rec.Primary},
-		"links":      []map[string]string{{"rel": "urn:kez:chat", "type": "application/json", "href": href}},
+		"links": []map[string]string{
+			{"rel": "urn:kez:chat", "type": "application/json", "href": href},
+			{"rel": "urn:kez:api", "href": h.cfg.PublicURL}, // the API base of SPEC §8
+		},
 	}
 	body, _ := json.Marshal(jrd)
 	writeRaw(w, http.StatusOK, "application/jrd+json", body)

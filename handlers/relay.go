@@ -13,6 +13,7 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	"github.com/kezchat/kez/federation"
 	"github.com/kezchat/kez/hub"
 	"github.com/kezchat/kez/kez"
 	"github.com/kezchat/kez/storage"
@@ -106,29 +107,7 @@ func (h *Handler) send(w http.ResponseWriter, r *http.Request) error {
 	if !kez.WellFormedPrimary(in.header.From) {
 		return kez.Errorf(kez.CodeBadRequest, "envelope.from must be a primary (ed25519:<64 lowercase hex>)")
 	}
-	if _, server := kez.SplitAddress(in.fromAddr); in.fromAddr != "" && server != h.cfg.Server {
-		// Senders of other servers (SPEC §8) are not verified yet.
-		return kez.Errorf(kez.CodeFederationRefused, "this server does not accept senders of other servers")
-	}
-	// The sender: a user of this server, who signed this very request.
-	sender, err := h.store.LookupPrimary(r.Context(), in.header.From)
-	if errors.Is(err, storage.ErrNotFound) {
-		return kez.Errorf(kez.CodeUnknownSender, "envelope.from is not a user of %s", h.cfg.Server)
-	}
-	if err != nil {
-		return err
-	}
-	if err := h.verify(r, sender.Primary, signedRequest{method: "POST", path: "/v1/messages", bodyHash: b.hash, auth: auth}, false); err != nil {
-		return err
-	}
-	fromAddr := kez.Address(sender.Handle, h.cfg.Server)
-	if in.fromAddr != "" && in.fromAddr != fromAddr {
-		return kez.Errorf(kez.CodeBadRequest, "from_addr must be your own address, %s", fromAddr)
-	}
-	if ok, wait := h.senderLimit.allow(sender.Primary, h.cfg.Now()); !ok {
-		h.cfg.Counters.rateLimited("sender")
-		return tooMany(wait, "you are sending too many messages")
-	}
+	// The recipient first: nothing is fetched for a message nobody here would get.
 	recipient, err := h.lookupHandle(r.Context(), handle, kez.CodeUnknownRecipient)
 	if err != nil {
 		return err
@@ -136,9 +115,19 @@ func (h *Handler) send(w http.ResponseWriter, r *http.Request) error {
 	if in.header.To != recipient.Primary {
 		return kez.Errorf(kez.CodeBadRequest, "envelope.to is not %s's current primary; look it up again", handle)
 	}
+	signed := signedRequest{method: "POST", path: "/v1/messages", bodyHash: b.hash, auth: auth}
+	var from sender
+	if _, server := kez.SplitAddress(in.fromAddr); in.fromAddr != "" && server != h.cfg.Server {
+		from, err = h.remoteSender(r, in, signed)
+	} else {
+		from, err = h.localSender(r, in, signed)
+	}
+	if err != nil {
+		return err
+	}
 	m, fresh, err := h.store.Append(r.Context(), storage.Delivery{
-		To: handle, From: sender.Primary, FromAddr: fromAddr, Sig: in.idempotencyKey(), Envelope: in.envelope,
-		SenderHandle: sender.Handle, ToPrimary: recipient.Primary,
+		To: handle, From: from.primary, FromAddr: from.addr, Sig: in.idempotencyKey(), Envelope: in.envelope,
+		SenderHandle: from.localHandle, ToPrimary: recipient.Primary,
 	}, storage.Limits{MaxInbox: h.cfg.MaxInbox, RequestLimit: h.cfg.RequestLimit, MaxRequests: h.cfg.MaxRequests})
 	if errors.Is(err, storage.ErrNotFound) {
 		return h.noHandle(handle, kez.CodeUnknownRecipient)
@@ -162,6 +151,87 @@ func (h *Handler) send(w http.ResponseWriter, r *http.Request) error {
 	writeRaw(w, status, "application/json; charset=utf-8", out)
 	return nil
 }
+
+// sender is who a send comes from, as authenticated.
+type sender struct {
+	primary     string // envelope.from, the key that signed the request
+	addr        string // handle@server, verified
+	localHandle string // the sender's handle here; "" for a user of another server
+}
+
+// localSender authenticates a user of this server: envelope.from is
+// registered here and signed this very request; from_addr, if given, is
+// its own address.
+func (h *Handler) localSender(r *http.Request, in *sendBody, signed signedRequest) (sender, error) {
+	rec, err := h.store.LookupPrimary(r.Context(), in.header.From)
+	if errors.Is(err, storage.ErrNotFound) {
+		return sender{}, kez.Errorf(kez.CodeUnknownSender, "envelope.from is not a user of %s; a user of another server names itself in from_addr", h.cfg.Server)
+	}
+	if err != nil {
+		return sender{}, err
+	}
+	if err := h.verify(r, rec.Primary, signed, false); err != nil {
+		return sender{}, err
+	}
+	addr := kez.Address(rec.Handle, h.cfg.Server)
+	if in.fromAddr != "" && in.fromAddr != addr {
+		return sender{}, kez.Errorf(kez.CodeBadRequest, "from_addr must be your own address, %s", addr)
+	}
+	if ok, wait := h.senderLimit.allow(rec.Primary, h.cfg.Now()); !ok {
+		h.cfg.Counters.rateLimited("sender")
+		return sender{}, tooMany(wait, "you are sending too many messages")
+	}
+	return sender{primary: rec.Primary, addr: addr, localHandle: rec.Handle}, nil
+}
+
+// remoteSender authenticates a user of another server (SPEC §8): the
+// policy and the fetch rules admit its server (no connection yet), the
+// request is signed by envelope.from, the rate limits of the remote
+// server and of the key allow it, and only then is the binding of
+// from_addr to envelope.from fetched from its server and proven in that
+// server's log.
+func (h *Handler) remoteSender(r *http.Request, in *sendBody, signed signedRequest) (sender, error) {
+	handle, server := kez.SplitAddress(in.fromAddr)
+	if !kez.ValidHandle(handle) || !federation.ValidServerName(server) || in.fromAddr != kez.Address(handle, server) {
+		return sender{}, kez.Errorf(kez.CodeBadRequest, "from_addr %.100q is not an address <handle>@<server> in lower case", in.fromAddr)
+	}
+	fed := h.cfg.Federation
+	if fed == nil {
+		return sender{}, kez.Errorf(kez.CodeFederationRefused, "%s does not accept users of other servers", h.cfg.Server)
+	}
+	if err := fed.Admit(r.Context(), server); err != nil {
+		return sender{}, err
+	}
+	pub, err := kez.ParsePrimary(in.header.From) // a key no store vouches for: checked in full
+	if err != nil {
+		return sender{}, kez.Errorf(kez.CodeBadRequest, "envelope.from: %v", err)
+	}
+	kr := kez.Request{Server: h.cfg.Server, Method: signed.method, Path: signed.path, BodyHash: signed.bodyHash}
+	if _, _, err := kr.VerifyWith(h.keys, pub, signed.auth, h.cfg.Now(), h.cfg.AuthSkew); err != nil {
+		return sender{}, err
+	}
+	now := h.cfg.Now()
+	if ok, wait := h.federationLimit.allow(server, now); !ok {
+		h.cfg.Counters.rateLimited("federation")
+		return sender{}, tooMany(wait, "too many messages from users of "+server)
+	}
+	if ok, wait := h.senderLimit.allow(in.header.From, now); !ok {
+		h.cfg.Counters.rateLimited("sender")
+		return sender{}, tooMany(wait, "you are sending too many messages")
+	}
+	if err := fed.VerifySender(r.Context(), handle, server, in.header.From); err != nil {
+		var ke *kez.Error
+		if errors.As(err, &ke) && ke.Code == kez.CodeSenderUnverifiable {
+			return sender{}, &apiError{code: ke.Code, message: ke.Message, retryAfter: unverifiableRetry, cause: err}
+		}
+		return sender{}, err
+	}
+	return sender{primary: in.header.From, addr: in.fromAddr}, nil
+}
+
+// unverifiableRetry is the Retry-After of sender_unverifiable, in seconds:
+// the sender's server may be back soon.
+const unverifiableRetry = 30
 
 // sendBody is a parsed POST /v1/messages body.
 type sendBody struct {

@@ -81,6 +81,23 @@ type Limits struct {
 	MaxRequests  int // unacknowledged requests per inbox
 }
 
+// RemoteLog is what this server keeps about another server's binding log,
+// to verify that server's users when they write here (SPEC §8).
+type RemoteLog struct {
+	Server string `json:"server"`
+	// Key is the log's verifier key (note.NewVerifier form), pinned at
+	// first contact.
+	Key string `json:"key"`
+	// Checkpoint is the largest checkpoint seen from it, a signed note.
+	Checkpoint string `json:"checkpoint,omitempty"`
+	// Forked, when set, says why the server is refused: it showed a
+	// checkpoint inconsistent with Checkpoint (Evidence). It stays until
+	// an operator forgets the pin.
+	Forked   string `json:"forked,omitempty"`
+	Evidence string `json:"evidence,omitempty"`
+	Updated  int64  `json:"updated"` // unix seconds
+}
+
 // ContactState is a change to an inbox owner's contact lists (SPEC §2.9).
 type ContactState int
 
@@ -190,6 +207,21 @@ type Store interface {
 	// named <server>/kez-log), made on first use and kept, one for every
 	// server on the backend.
 	LogKey(ctx context.Context, name string) (signerKey string, err error)
+
+	// What this server keeps about other servers' binding logs (SPEC §8),
+	// shared by every server on the backend.
+
+	// RemoteLog returns what is kept about server's log, or ErrNotFound.
+	RemoteLog(ctx context.Context, server string) (RemoteLog, error)
+	// UpdateRemoteLog changes what is kept about server's log atomically:
+	// fn gets the current state (found=false: none yet) and returns the
+	// new one. fn may be called more than once (when another server
+	// changed it meanwhile); an error from fn is returned as is and
+	// changes nothing.
+	UpdateRemoteLog(ctx context.Context, server string, fn func(cur RemoteLog, found bool) (RemoteLog, error)) (RemoteLog, error)
+	// ForgetRemoteLog removes what is kept about server's log (an
+	// operator's re-pin); no error when there is nothing.
+	ForgetRemoteLog(ctx context.Context, server string) error
 
 	// Ping reports whether the storage can be read.
 	Ping(ctx context.Context) error

@@ -394,3 +394,29 @@ func (b *syncBuffer) String() string {
 	defer b.mu.Unlock()
 	return b.buf.String()
 }
+
+// StartFederation runs one Caddy per opts, each with its own ServerName,
+// whose kez_chat blocks map every other server's name to its loopback URL
+// (federation_resolve, SPEC §8): their users can write to each other as on
+// the internet, without DNS or TLS. The returned servers' Opts carry those
+// lines, so Stop and Start keep them.
+func StartFederation(t testing.TB, opts ...Options) []*Server {
+	t.Helper()
+	servers := make([]*Server, len(opts))
+	for i, o := range opts {
+		if o.ServerName == "" {
+			t.Fatalf("StartFederation: server %d has no ServerName", i)
+		}
+		servers[i] = Start(t, o) // its URL is known only now
+	}
+	for i, s := range servers {
+		o := opts[i]
+		for j, other := range servers {
+			if j != i {
+				o.KezOptions += fmt.Sprintf("\n\t\tfederation_resolve %s %s", opts[j].ServerName, other.URL)
+			}
+		}
+		s.Reload(t, o)
+	}
+	return servers
+}

@@ -59,6 +59,8 @@ func Run(t *testing.T, open Opener) {
 	for name, fn := range trustTests() {
 		tests[name] = fn
 	}
+	tests["RemoteLogs"] = testRemoteLogs
+	tests["RemoteLogsConcurrentUpdates"] = testRemoteLogsConcurrent
 	for name, fn := range tests {
 		t.Run(name, func(t *testing.T) { fn(t, open) })
 	}
