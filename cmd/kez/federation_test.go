@@ -141,6 +141,18 @@ func twoDown(two *clienttest.Fake) *atomic.Value {
 	return &mode
 }
 
+// setNextAt sets when every queued message is due.
+func setNextAt(t *testing.T, dir string, at int64) {
+	t.Helper()
+	items := readOutbox(t, dir)
+	for _, it := range items {
+		it.NextAt = at
+	}
+	if err := os.WriteFile(filepath.Join(dir, outboxFile), encodeOutbox(&outboxJSON{Items: items}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func readOutbox(t *testing.T, dir string) []*outboxItem {
 	t.Helper()
 	var ob outboxJSON
@@ -214,9 +226,18 @@ func TestRemoteSendQueuedUntilDelivered(t *testing.T) {
 	}
 
 	mode.Store("up")
-	r = kezRun(t, "", env, append([]string{"outbox", "--retry"}, resolve...)...)
-	if r.code != 0 || !strings.Contains(r.stderr, "outbox: delivered your message to dave@two.example") || !strings.Contains(r.stdout, "outbox is empty") {
-		t.Fatalf("retry when up = %+v", r)
+	// Ordinary commands deliver what is due, and leave the rest waiting.
+	setNextAt(t, dir, time.Now().Add(time.Hour).Unix())
+	if r := kezRun(t, "", env, append([]string{"contacts"}, resolve...)...); r.code != 0 || strings.Contains(r.stderr, "outbox") || len(two.Inbox("dave")) != 1 {
+		t.Fatalf("a message not due was tried: %+v", r)
+	}
+	setNextAt(t, dir, 0)
+	r = kezRun(t, "", env, append([]string{"contacts"}, resolve...)...)
+	if r.code != 0 || !strings.Contains(r.stderr, "outbox: delivered your message to dave@two.example") {
+		t.Fatalf("contacts with a message due = %+v", r)
+	}
+	if r := kezRun(t, "", env, "outbox"); r.code != 0 || !strings.Contains(r.stdout, "outbox is empty") {
+		t.Fatalf("outbox after delivery = %+v", r)
 	}
 	if r := kezRun(t, "", env, append([]string{"outbox", "--retry"}, resolve...)...); r.code != 0 || r.stderr != "" {
 		t.Errorf("retry with nothing queued = %+v", r)

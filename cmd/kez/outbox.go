@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -72,8 +73,18 @@ func (e *env) withOutbox(fn func(ob *outboxJSON) (changed bool, err error)) erro
 	if err != nil || !changed {
 		return err
 	}
-	data, _ := json.MarshalIndent(&ob, "", " ")
-	return writeFileAtomic(e.dir, outboxFile, append(data, '\n'), 0o600)
+	return writeFileAtomic(e.dir, outboxFile, encodeOutbox(&ob), 0o600)
+}
+
+// encodeOutbox writes the envelopes byte for byte as they were sealed
+// (compact, no HTML escaping, no indentation), so that a resend is the
+// very envelope the server may have stored already.
+func encodeOutbox(ob *outboxJSON) []byte {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(ob) // plain data always encodes
+	return b.Bytes()
 }
 
 // queue keeps out in the outbox (written to disk before it returns), after
