@@ -5,6 +5,11 @@
 // attempt. Every call takes a context; errors from the server are *APIError,
 // unreachable servers are *NetworkError, answers that are not what SPEC §2
 // says (unknown or case-variant members, duplicates) are *ProtocolError.
+//
+// Users of other servers (SPEC §8) are named by address, "bob@two.example",
+// wherever a handle is taken: the client looks them up and sends to them at
+// their own server, verifying their records there under that server's own
+// pinned log key (see Remote, Sender, Deliver).
 package client
 
 import (

@@ -390,3 +390,29 @@ func TestIsTemporary(t *testing.T) {
 		}
 	}
 }
+
+// TestRemoteAnswersAreBounded: another server's answers are read up to
+// 16 MiB, not the 512 MiB an inbox page of one's own server may take.
+func TestRemoteAnswersAreBounded(t *testing.T) {
+	one, two, _ := twoFakes(t)
+	chunk := strings.Repeat(" ", 1<<20)
+	two.Intercept = func(w http.ResponseWriter, r *http.Request) bool {
+		if r.URL.Path != "/v1/u/bob" {
+			return false
+		}
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, `{"handle":"bob"`)
+		for range 17 {
+			if _, err := io.WriteString(w, chunk); err != nil {
+				return true
+			}
+		}
+		io.WriteString(w, `}`)
+		return true
+	}
+	alice := federated(t, one, two, nil)
+	var pe *client.ProtocolError
+	if _, err := alice.Lookup(context.Background(), "bob@two.example"); !errors.As(err, &pe) || !strings.Contains(pe.Reason, "larger than 16 MiB") {
+		t.Errorf("a 17 MiB record: %v", err)
+	}
+}
