@@ -97,6 +97,8 @@ func TestCLIFederationChat(t *testing.T) {
 	if !strings.Contains(status, "1 contact(s) pinned; ok") {
 		t.Errorf("log status:\n%s", status)
 	}
+	alice.must("ok: the entries hash to the checkpoint's root", "log", "verify", "--remote", "two.test")
+	alice.must("registered  ", "log", "handle", "bob", "--remote", "two.test")
 	// A bob of alice's own server is someone else.
 	if r := alice.run("", "whois", "bob"); r.code != 1 || !strings.Contains(r.stderr, `no user "bob"`) {
 		t.Errorf("whois bob (local) = %+v", r)
