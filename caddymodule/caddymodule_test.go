@@ -100,16 +100,23 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 		"max_inbox 5\nmax_inbox 6":      "max_inbox already specified",
 		"send_rate off\nsend_rate 1/1s": "send_rate already specified",
 	}
-	for input, want := range cases {
+	wantBlockErrors(t, cases)
+	for input, want := range map[string]string{"kez_chat extra": "takes no arguments"} {
 		var h Handler
-		err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser("kez_chat {\n" + input + "\n}"))
+		err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(input))
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%q: error %v, want it to mention %q", input, err, want)
 		}
 	}
-	for input, want := range map[string]string{"kez_chat extra": "takes no arguments"} {
+}
+
+// wantBlockErrors parses each kez_chat block body and wants an error that
+// mentions the given text.
+func wantBlockErrors(t *testing.T, cases map[string]string) {
+	t.Helper()
+	for input, want := range cases {
 		var h Handler
-		err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(input))
+		err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser("kez_chat {\n" + input + "\n}"))
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%q: error %v, want it to mention %q", input, err, want)
 		}

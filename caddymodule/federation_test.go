@@ -3,7 +3,6 @@ package caddymodule
 import (
 	"encoding/json"
 	"reflect"
-	"strings"
 	"testing"
 	"time"
 
@@ -68,13 +67,7 @@ func TestFederationOptionErrors(t *testing.T) {
 		"federation_allow_private yes": "takes no value",
 		"federation_repin":             "needs at least one server name",
 	}
-	for input, want := range cases {
-		var h Handler
-		err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser("kez_chat {\n" + input + "\n}"))
-		if err == nil || !strings.Contains(err.Error(), want) {
-			t.Errorf("%q: error %v, want it to mention %q", input, err, want)
-		}
-	}
+	wantBlockErrors(t, cases)
 	for _, h := range []Handler{
 		{Server: "kez.lat", Federation: "maybe"},
 		{Server: "kez.lat", FederationServers: []string{"a.example"}},
