@@ -194,6 +194,7 @@ func (c *Client) resolveBase(ctx context.Context, server, handle string) (base s
 	if err != nil {
 		return "", false, err
 	}
+	wf.home = c // another server's answer: read within maxRemoteBody
 	jrd, err := wf.WebFinger(ctx, kez.Address(handle, server))
 	var apiErr *APIError
 	switch {
