@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -51,6 +52,13 @@ func ValidServerName(s string) bool {
 		}
 	}
 	return true
+}
+
+// publicName reports whether server is a name a client may reach without
+// being told where (Options.Resolve): not an IP address, not localhost.
+func publicName(server string) bool {
+	host, _, _ := strings.Cut(server, ":")
+	return net.ParseIP(host) == nil && host != "localhost" && !strings.HasSuffix(host, ".localhost")
 }
 
 // checkBase checks an API base URL as New does.
@@ -185,6 +193,11 @@ func (c *Client) resolveBase(ctx context.Context, server, handle string) (base s
 	}
 	if c.home != nil {
 		return c.home.resolveBase(ctx, server, handle)
+	}
+	if !publicName(server) {
+		// An address in a message can name any server: it must not send
+		// this client to the machines of its own network.
+		return "", false, fmt.Errorf("%q is not a public server name; to reach it, map it to its URL (kez --resolve)", server)
 	}
 	fallback := "https://" + server
 	if !kez.ValidHandle(handle) {

@@ -6,10 +6,12 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -74,7 +76,20 @@ func TestResolveServer(t *testing.T) {
 		a(w, r)
 	}))
 	defer tls.Close()
-	server := strings.TrimPrefix(tls.URL, "https://")
+	// example.com is a name in the test server's certificate; every
+	// connection to it goes to the test server, to anything else nowhere.
+	const server = "example.com"
+	httpClient := tls.Client()
+	var strayDials atomic.Int32
+	transport := httpClient.Transport.(*http.Transport).Clone()
+	transport.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if addr != server+":443" {
+			strayDials.Add(1)
+			return nil, errors.New("no route to " + addr)
+		}
+		return (&net.Dialer{}).DialContext(ctx, network, tls.Listener.Addr().String())
+	}
+	httpClient.Transport = transport
 	set := func(status int, body string) {
 		mu.Lock()
 		defer mu.Unlock()
@@ -88,7 +103,7 @@ func TestResolveServer(t *testing.T) {
 			io.WriteString(w, body)
 		}
 	}
-	c, err := client.New("http://127.0.0.1:1", client.Options{HTTPClient: tls.Client(), ServerName: "one.example",
+	c, err := client.New("http://127.0.0.1:1", client.Options{HTTPClient: httpClient, ServerName: "one.example",
 		Resolve: map[string]string{"mapped.example": "http://127.0.0.1:9/"}})
 	if err != nil {
 		t.Fatal(err)
@@ -119,13 +134,18 @@ func TestResolveServer(t *testing.T) {
 		}
 	}
 	// Unreachable: the default, to try (and fail) later.
-	if base, err := c.ResolveServer(ctx, "127.0.0.1:1", "bob"); err != nil || base != "https://127.0.0.1:1" {
+	if base, err := c.ResolveServer(ctx, "unreachable.example", "bob"); err != nil || base != "https://unreachable.example" {
 		t.Errorf("unreachable: %q, %v", base, err)
 	}
-	for _, bad := range []string{"two.example/x", "a@b", "", "two.example#"} {
+	// Addresses in messages name servers: none may send the client to
+	// its own machine or network unless the user mapped it.
+	for _, bad := range []string{"two.example/x", "a@b", "", "two.example#", "127.0.0.1:22", "10.0.0.1", "169.254.169.254", "localhost", "db.localhost:5432"} {
 		if _, err := c.ResolveServer(ctx, bad, "bob"); err == nil {
 			t.Errorf("server name %q accepted", bad)
 		}
+	}
+	if n := strayDials.Load(); n != 1 {
+		t.Errorf("%d connections to servers other than example.com; want only the one to unreachable.example", n)
 	}
 	if _, err := client.New("http://127.0.0.1:1", client.Options{Resolve: map[string]string{"x.example": "ftp://x"}}); err == nil {
 		t.Error("a resolver base that is not http(s) was accepted")
@@ -354,7 +374,7 @@ func TestSenderVerifiedAtItsServer(t *testing.T) {
 	if ct, err := alice.Sender(ctx, newBob.Primary(), "bob@two.example", true); err != nil || ct.Status != client.ContactPinned {
 		t.Fatalf("rotated sender: %+v, %v", ct, err)
 	}
-	for _, addr := range []string{"bob@two.example/x", "bob@evil@two.example", "b@two.example", "bob@169.254.169.254:80/"} {
+	for _, addr := range []string{"bob@two.example/x", "bob@evil@two.example", "b@two.example", "bob@169.254.169.254:80/", "bob@127.0.0.1:22", "bob@localhost"} {
 		if _, err := alice.Sender(ctx, newBob.Primary(), addr, false); err == nil {
 			t.Errorf("from_addr %q accepted", addr)
 		}

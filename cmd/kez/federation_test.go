@@ -60,6 +60,7 @@ func TestRemoteSendersVerifiedAtTheirServer(t *testing.T) {
 	f.addFrom(alice.Primary(), "alice@one.example", seal(t, alice, bob.Primary(), text("alice@one.example", "a1", "hello from one")))
 	f.addFrom(mallory.Primary(), "alice@one.example", seal(t, mallory, bob.Primary(), text("alice@one.example", "m1", "it's me, alice")))
 	f.addFrom(mallory.Primary(), "carol@three.example", seal(t, mallory, bob.Primary(), text("carol@three.example", "m2", "carol here")))
+	f.addFrom(mallory.Primary(), "admin@127.0.0.1:22", seal(t, mallory, bob.Primary(), text("admin@127.0.0.1:22", "m3", "from inside")))
 	env := bobAt(t, f)
 	env["KEZ_RESOLVE"] = "one.example=" + one.URL + ",three.example=http://127.0.0.1:1"
 
@@ -68,7 +69,7 @@ func TestRemoteSendersVerifiedAtTheirServer(t *testing.T) {
 		t.Fatalf("inbox = %+v", r)
 	}
 	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
-	if len(lines) != 6 || lines[0] != "no messages" {
+	if len(lines) != 7 || lines[0] != "no messages" {
 		t.Fatalf("inbox printed\n%s", r.stdout)
 	}
 	if !strings.HasSuffix(lines[3], " alice@one.example: hello from one") {
@@ -80,6 +81,10 @@ func TestRemoteSendersVerifiedAtTheirServer(t *testing.T) {
 	}
 	if l := lines[5]; strings.Contains(l, " carol@three.example:") || !strings.Contains(l, "[NOT VERIFIED: could not check carol@three.example at its server") {
 		t.Errorf("unverifiable remote sender: %q", l)
+	}
+	// A from_addr naming a machine of bob's own network is not fetched.
+	if l := lines[6]; !strings.Contains(l, `[NOT VERIFIED: could not check admin@127.0.0.1:22 at its server: "127.0.0.1:22" is not a public server name`) {
+		t.Errorf("from_addr at a loopback address: %q", l)
 	}
 	// The remote sender's key is pinned under one.example, and the
 	// requests list names them by full address.
