@@ -1,8 +1,10 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -12,6 +14,7 @@ import (
 	"time"
 
 	"github.com/kezchat/kez/client/clienttest"
+	"github.com/kezchat/kez/internal/testwait"
 	"github.com/kezchat/kez/kez"
 )
 
@@ -280,5 +283,46 @@ func TestRemoteSendQueuedUntilDelivered(t *testing.T) {
 	mode.Store("down")
 	if r := kezRun(t, "", env, append([]string{"send", "erin@two.example", "hi"}, resolve...)...); r.code != 1 || !strings.Contains(r.stderr, "cannot reach") || len(readOutbox(t, dir)) != 0 {
 		t.Errorf("first message while down = %+v", r)
+	}
+}
+
+// TestListenDeliversQueued: while kez listen runs, the outbox is tried now
+// and then, and what is due is delivered.
+func TestListenDeliversQueued(t *testing.T) {
+	bob, dave := kez.GenerateKeys(), kez.GenerateKeys()
+	f := newFakeServer(t, bob)
+	two := clienttest.NewFake(t, "two.example")
+	two.Register(dave, "dave")
+	mode := twoDown(two)
+	vars := bobAt(t, f)
+	resolve := []string{"--resolve", "two.example=" + two.URL}
+	kezRun(t, "", vars, append([]string{"send", "dave@two.example", "first"}, resolve...)...)
+	mode.Store("down")
+	if r := kezRun(t, "", vars, append([]string{"send", "dave@two.example", "later"}, resolve...)...); !strings.HasPrefix(r.stdout, "queued for") {
+		t.Fatalf("send while down = %+v", r)
+	}
+	mode.Store("up")
+	setNextAt(t, vars["KEZ_CONFIG_DIR"], 0)
+
+	var stderr strings.Builder
+	e := &env{app: &app{stdout: io.Discard, stderr: &stderr, getenv: func(string) string { return "" }},
+		dir: vars["KEZ_CONFIG_DIR"], resolve: map[string]string{"two.example": two.URL}}
+	c, _, err := e.accountClient()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func(d time.Duration) { listenOutboxEvery = d }(listenOutboxEvery)
+	listenOutboxEvery = 10 * time.Millisecond
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { e.watchOutbox(ctx, c); close(done) }()
+	testwait.For(t, 10*time.Second, "the queued message delivered by listen's loop", func() bool { return len(two.Inbox("dave")) == 2 })
+	cancel()
+	<-done
+	if items := readOutbox(t, vars["KEZ_CONFIG_DIR"]); len(items) != 0 || len(two.Inbox("dave")) != 2 {
+		t.Errorf("after delivery: outbox %+v, dave has %d messages", items, len(two.Inbox("dave")))
+	}
+	if !strings.Contains(stderr.String(), "outbox: delivered your message to dave@two.example") {
+		t.Errorf("listen said %q", stderr.String())
 	}
 }

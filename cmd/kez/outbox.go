@@ -163,8 +163,9 @@ func (e *env) deliverQueued(ctx context.Context, c *client.Client) {
 	}
 }
 
-// listenOutboxEvery is how often kez listen tries the outbox again.
-const listenOutboxEvery = 15 * time.Second
+// listenOutboxEvery is how often kez listen tries the outbox again (a
+// variable for tests).
+var listenOutboxEvery = 15 * time.Second
 
 // watchOutbox delivers queued messages while kez listen runs.
 func (e *env) watchOutbox(ctx context.Context, c *client.Client) {
