@@ -174,16 +174,22 @@ func readOutbox(t *testing.T, dir string) []*outboxItem {
 	return ob.Items
 }
 
+// daveOnTwo is bob's fake server and dave on two.example, a fake whose
+// state mode sets (twoDown).
+func daveOnTwo(t *testing.T) (f *fakeServer, two *clienttest.Fake, dave *kez.Keys, mode *atomic.Value) {
+	f = newFakeServer(t, kez.GenerateKeys())
+	two = clienttest.NewFake(t, "two.example")
+	dave = kez.GenerateKeys()
+	two.Register(dave, "dave")
+	return f, two, dave, twoDown(two)
+}
+
 // TestRemoteSendQueuedUntilDelivered: a message to another server that is
 // down is kept in the outbox (on disk before kez returns), tried again with
 // the same envelope and a new signature, delivered once when the server is
 // back, and one refused for good is kept apart until dropped.
 func TestRemoteSendQueuedUntilDelivered(t *testing.T) {
-	bob, dave := kez.GenerateKeys(), kez.GenerateKeys()
-	f := newFakeServer(t, bob)
-	two := clienttest.NewFake(t, "two.example")
-	two.Register(dave, "dave")
-	mode := twoDown(two)
+	f, two, dave, mode := daveOnTwo(t)
 	env := bobAt(t, f)
 	dir := env["KEZ_CONFIG_DIR"]
 	resolve := []string{"--resolve", "two.example=" + two.URL}
@@ -289,11 +295,7 @@ func TestRemoteSendQueuedUntilDelivered(t *testing.T) {
 // TestListenDeliversQueued: while kez listen runs, the outbox is tried now
 // and then, and what is due is delivered.
 func TestListenDeliversQueued(t *testing.T) {
-	bob, dave := kez.GenerateKeys(), kez.GenerateKeys()
-	f := newFakeServer(t, bob)
-	two := clienttest.NewFake(t, "two.example")
-	two.Register(dave, "dave")
-	mode := twoDown(two)
+	f, two, _, mode := daveOnTwo(t)
 	vars := bobAt(t, f)
 	resolve := []string{"--resolve", "two.example=" + two.URL}
 	kezRun(t, "", vars, append([]string{"send", "dave@two.example", "first"}, resolve...)...)
