@@ -12,26 +12,39 @@ import (
 	"github.com/kezchat/kez/internal/testcaddy"
 )
 
-// docBlocks are the fenced blocks of lang in a markdown file, in order.
-func docBlocks(t *testing.T, path, lang string) []string {
+// docBlocks are the fenced blocks of lang in the README's part that
+// begins with heading, up to the next heading of its level or above.
+func docBlocks(t *testing.T, heading, lang string) []string {
 	t.Helper()
-	data, err := os.ReadFile(path)
+	data, err := os.ReadFile("../../README.md")
 	if err != nil {
 		t.Fatal(err)
 	}
+	text := string(data)
+	start := strings.Index(text, "\n"+heading+"\n")
+	if start < 0 {
+		t.Fatalf("README has no %q", heading)
+	}
+	text = text[start+len(heading)+2:]
+	level := heading[:strings.IndexByte(heading, ' ')]
+	for _, next := range []string{"\n" + level + " ", "\n" + level[1:] + " "} {
+		if end := strings.Index(text, next); end >= 0 && len(level) > 1 {
+			text = text[:end]
+		}
+	}
 	var out []string
-	for _, m := range regexp.MustCompile("(?s)```"+lang+"\n(.*?)```").FindAllStringSubmatch(string(data), -1) {
+	for _, m := range regexp.MustCompile("(?s)```"+lang+"\n(.*?)```").FindAllStringSubmatch(text, -1) {
 		out = append(out, m[1])
 	}
 	return out
 }
 
-// TestDocFederationKez: docs/federation-kez.md works as written, with the
+// TestDocFederationKez: the README's kez part of "Talk to other servers" works as written, with the
 // two servers of examples/federation (only ports and HOME differ): alice on one and bob on
 // two chat both ways, and a message to two while it is down is queued and
 // delivered once when it is back.
 func TestDocFederationKez(t *testing.T) {
-	const doc = "../../docs/federation-kez.md"
+	const doc = "### From the terminal: `kez`"
 	var caddyfiles []string
 	for _, name := range []string{"one", "two"} {
 		data, err := os.ReadFile("../../examples/federation/" + name + ".Caddyfile")
