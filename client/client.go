@@ -5,6 +5,11 @@
 // attempt. Every call takes a context; errors from the server are *APIError,
 // unreachable servers are *NetworkError, answers that are not what SPEC §2
 // says (unknown or case-variant members, duplicates) are *ProtocolError.
+//
+// Users of other servers (SPEC §8) are named by address, "bob@two.example",
+// wherever a handle is taken: the client looks them up and sends to them at
+// their own server, verifying their records there under that server's own
+// pinned log key (see Remote, Sender, Deliver).
 package client
 
 import (
@@ -49,6 +54,11 @@ type Options struct {
 	// OldKeys are the user's earlier keys on this server (after a
 	// rotation), kept to open messages sealed to them before it.
 	OldKeys []*kez.Keys
+	// Resolve maps other servers' names to their API base URLs
+	// ("two.example" → "http://127.0.0.1:8081"), for tests and private
+	// networks (SPEC §8: kez --resolve, federation_resolve). A server not
+	// named is found by WebFinger, else at https://<server>.
+	Resolve map[string]string
 }
 
 // Client is a KEZ client bound to one server. It is safe for concurrent use.
@@ -66,6 +76,15 @@ type Client struct {
 	oldKeys    []*kez.Keys // keys before rotations, to open older messages
 
 	stamps stamper // the timestamps of recent signatures, so none repeats
+
+	// Federation (SPEC §8). A remote client speaks to another server for
+	// this user: home is the user's own client, whose keys it signs with
+	// and in whose trust store it keeps its state. remotes are the remote
+	// clients made so far, by server name.
+	home     *Client
+	resolve  map[string]string
+	remotes  map[string]*Client
+	accepted map[string]bool // remote contacts accepted at home by this client
 }
 
 // New makes a client for the server at baseURL, e.g. "https://kez.lat".
@@ -87,6 +106,15 @@ func New(baseURL string, o Options) (*Client, error) {
 		serverName: o.ServerName,
 		trust:      o.Trust,
 		logKey:     strings.TrimSpace(o.LogKey),
+		resolve:    map[string]string{},
+		remotes:    map[string]*Client{},
+		accepted:   map[string]bool{},
+	}
+	for name, base := range o.Resolve {
+		if err := checkBase(base); err != nil || !ValidServerName(kez.ASCIILower(name)) {
+			return nil, fmt.Errorf("resolve %q to %q: a server name and its http(s) base URL are needed", name, base)
+		}
+		c.resolve[kez.ASCIILower(name)] = strings.TrimRight(base, "/")
 	}
 	if c.trust == nil {
 		c.trust = MemoryTrust()
@@ -109,6 +137,9 @@ func (c *Client) Handle() string { return c.handle }
 // Keys is the client's identity (nil if none was given); after Rotate, the
 // new key.
 func (c *Client) Keys() *kez.Keys {
+	if c.home != nil {
+		return c.home.Keys()
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.keys

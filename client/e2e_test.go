@@ -121,10 +121,15 @@ func TestRegisterAndLookups(t *testing.T) {
 	if _, err := thief.Register(ctx, "admin"); !errors.Is(err, client.ErrReservedHandle) {
 		t.Errorf("reserved: %v", err)
 	}
-	for _, who := range []string{"nobody", "alice@elsewhere.example"} {
-		if _, err := anon.Lookup(ctx, who); !client.IsUnknownUser(err) {
-			t.Errorf("Lookup(%s): %v", who, err)
-		}
+	if _, err := anon.Lookup(ctx, "nobody"); !client.IsUnknownUser(err) {
+		t.Errorf("Lookup(nobody): %v", err)
+	}
+	// Another server's user is looked up at that server (SPEC §8), here
+	// one that does not answer: never this server's answer instead.
+	far, _ := client.New(srv.URL, client.Options{Resolve: map[string]string{"elsewhere.example": "http://127.0.0.1:1"}})
+	var netErr *client.NetworkError
+	if _, err := far.Lookup(ctx, "alice@elsewhere.example"); !errors.As(err, &netErr) || !strings.Contains(netErr.URL, "127.0.0.1:1") {
+		t.Errorf("Lookup(alice@elsewhere.example): %v; want it asked at elsewhere.example", err)
 	}
 	if _, err := anon.LookupPrimary(ctx, kez.GenerateKeys().Primary()); !client.IsUnknownUser(err) {
 		t.Errorf("LookupPrimary(unknown): %v", err)

@@ -1,6 +1,7 @@
 package client
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -76,7 +77,36 @@ var (
 	ErrBodyTimeout = &APIError{Code: kez.CodeBodyTimeout}
 	// ErrUnsupportedMediaType (415): a body not sent as application/json.
 	ErrUnsupportedMediaType = &APIError{Status: http.StatusUnsupportedMediaType}
+
+	// Federation (SPEC §8).
+
+	// ErrFederationRefused (403): the recipient's server does not take
+	// messages from the sender's server (its policy, or a server name it
+	// may not fetch from).
+	ErrFederationRefused = &APIError{Code: kez.CodeFederationRefused}
+	// ErrSenderUnverified (403): the recipient's server fetched the
+	// sender's record from the sender's server and it did not verify.
+	ErrSenderUnverified = &APIError{Code: kez.CodeSenderUnverified}
+	// ErrSenderUnverifiable (503): the recipient's server could not reach
+	// the sender's server to verify the sender; try again later.
+	ErrSenderUnverifiable = &APIError{Code: kez.CodeSenderUnverifiable}
 )
+
+// IsTemporary reports whether a send that failed with err may succeed
+// later as it is: the server could not be reached, or answered that it is
+// unwell (5xx, including 503 sender_unverifiable), busy (429
+// rate_limited) or too slow to read the body (408). Refusals (4xx) are not.
+func IsTemporary(err error) bool {
+	var netErr *NetworkError
+	var apiErr *APIError
+	switch {
+	case errors.As(err, &netErr), errors.Is(err, context.DeadlineExceeded):
+		return true
+	case errors.As(err, &apiErr):
+		return apiErr.Status >= 500 || apiErr.Code == kez.CodeRateLimited || apiErr.Status == http.StatusRequestTimeout
+	}
+	return false
+}
 
 // CodeOf returns the KEZ error code in err's chain, or "".
 func CodeOf(err error) string {

@@ -50,7 +50,7 @@ func (c *Client) logVerifier(ctx context.Context) (note.Verifier, error) {
 		return nil, err
 	}
 	if st.Fork != nil {
-		return nil, &ForkError{Fork: st.Fork}
+		return nil, c.forkError(st.Fork)
 	}
 	if st.Server != "" && st.Server != name {
 		return nil, fmt.Errorf("the trust kept for %s is for a server named %q, but it now calls itself %q", c.base, st.Server, name)
@@ -165,7 +165,7 @@ func (c *Client) advance(ctx context.Context, v note.Verifier, cp *kez.Checkpoin
 			return err
 		}
 		if st.Fork != nil {
-			return &ForkError{Fork: st.Fork}
+			return c.forkError(st.Fork)
 		}
 		var largest *kez.Checkpoint
 		if st.Checkpoint != "" {
@@ -186,7 +186,7 @@ func (c *Client) advance(ctx context.Context, v note.Verifier, cp *kez.Checkpoin
 		}
 		err = c.trust.Update(func(cur *TrustState) error {
 			if cur.Fork != nil {
-				return &ForkError{Fork: cur.Fork}
+				return c.forkError(cur.Fork)
 			}
 			if cur.Checkpoint != st.Checkpoint || cur.Scan.Size < st.Scan.Size {
 				return errTrustConflict
@@ -258,7 +258,7 @@ func (c *Client) recordFork(kept, other *kez.Checkpoint, reason string) error {
 	if err != nil {
 		return err
 	}
-	return &ForkError{Fork: f}
+	return c.forkError(f)
 }
 
 // scanItem is one leaf read by a scan: its entry, or why it is not a

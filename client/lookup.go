@@ -101,10 +101,18 @@ func (c *Client) proveRecord(ctx context.Context, rec *Record, what string) erro
 	return nil
 }
 
-// Lookup finds "alice" or "alice@server" on this server.
+// Lookup finds "alice" or "alice@server": on this server, or for another
+// server's user at that server, verified there under its own log key (SPEC
+// §8).
 func (c *Client) Lookup(ctx context.Context, who string) (*Record, error) {
-	handle, _ := kez.SplitAddress(who)
-	return c.getRecord(ctx, "/v1/u/"+url.PathEscape(who), kez.ASCIILower(handle), "")
+	rc, handle, err := c.route(ctx, who)
+	if err != nil {
+		return nil, err
+	}
+	if rc != c {
+		return rc.getRecord(ctx, "/v1/u/"+url.PathEscape(handle), handle, "")
+	}
+	return c.getRecord(ctx, "/v1/u/"+url.PathEscape(who), handle, "")
 }
 
 // LookupPrimary finds the handle bound to a primary ("ed25519:<hex>").
@@ -132,7 +140,7 @@ func (c *Client) getRecord(ctx context.Context, escapedPath, wantHandle, wantPri
 	if rec.Server != name {
 		return nil, &ProtocolError{URL: c.base, Reason: fmt.Sprintf("record for %q is for server %q, not %q", rec.Handle, rec.Server, name)}
 	}
-	if err := c.proveRecord(ctx, rec, rec.Handle+"'s record (key "+shortKey(rec.Primary)+")"); err != nil {
+	if err := c.proveRecord(ctx, rec, c.display(rec.Handle)+"'s record (key "+shortKey(rec.Primary)+")"); err != nil {
 		return nil, err
 	}
 	return rec, nil

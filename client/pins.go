@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"slices"
 	"sort"
@@ -42,6 +43,18 @@ type Contact struct {
 	// Notices are the contact's rotations followed since they were last
 	// shown; Contact hands them out once.
 	Notices []Notice
+	// Remote: the contact is a user of another server (SPEC §8), verified
+	// there under that server's own log key.
+	Remote bool
+}
+
+// Who names the contact for the user: the bare handle of a user of the
+// user's own server, the full address of another server's user.
+func (ct *Contact) Who() string {
+	if ct.Remote {
+		return ct.Address
+	}
+	return ct.Handle
 }
 
 // Verified reports whether the user compared the safety number of the
@@ -57,28 +70,33 @@ func (ct *Contact) KeyChange() error {
 	if ct.Pin.Changed != nil {
 		how = ct.Pin.Changed.How
 	}
-	return &KeyChangedError{Handle: ct.Handle, Pinned: ct.Pin.Primary, New: ct.Primary, How: how, Verified: ct.Pin.Verified != ""}
+	return &KeyChangedError{Handle: ct.Who(), Pinned: ct.Pin.Primary, New: ct.Primary, How: how, Verified: ct.Pin.Verified != ""}
 }
 
 // Contact looks up "bob" (or "bob@server"), checks the record in the log
 // as the current binding of the handle, and checks its key against the
 // pin: the first use pins it (SPEC §6). Use Recipient to send.
 func (c *Client) Contact(ctx context.Context, who string) (*Contact, error) {
+	return c.lookupContact(ctx, who, true)
+}
+
+// lookupContact is Contact (pin) or PeekContact, at who's own server.
+func (c *Client) lookupContact(ctx context.Context, who string, pin bool) (*Contact, error) {
+	rc, _, err := c.route(ctx, who)
+	if err != nil {
+		return nil, err
+	}
 	rec, err := c.Lookup(ctx, who)
 	if err != nil {
 		return nil, err
 	}
-	return c.contactFor(ctx, rec, true)
+	return rc.contactFor(ctx, rec, pin)
 }
 
 // PeekContact is Contact without pinning a key seen for the first time
 // (for whois): Status is ContactUnpinned then.
 func (c *Client) PeekContact(ctx context.Context, who string) (*Contact, error) {
-	rec, err := c.Lookup(ctx, who)
-	if err != nil {
-		return nil, err
-	}
-	return c.contactFor(ctx, rec, false)
+	return c.lookupContact(ctx, who, false)
 }
 
 // ContactByPrimary is Contact for the sender of a message: the handle
@@ -99,7 +117,7 @@ func (c *Client) contactFor(ctx context.Context, rec *Record, pin bool) (*Contac
 	if err := c.current(ctx, rec); err != nil {
 		return nil, err
 	}
-	ct := &Contact{Record: rec}
+	ct := &Contact{Record: rec, Remote: c.home != nil}
 	err := c.trust.Update(func(st *TrustState) error {
 		p := st.Contacts[rec.Handle]
 		switch {
@@ -107,7 +125,7 @@ func (c *Client) contactFor(ctx context.Context, rec *Record, pin bool) (*Contac
 			ct.Status = ContactUnpinned
 			return ErrNoChange
 		case p == nil:
-			p = &Pin{Handle: rec.Handle, Primary: rec.Primary, Index: rec.LogIndex, PinnedAt: c.now().Unix()}
+			p = &Pin{Handle: c.display(rec.Handle), Primary: rec.Primary, Index: rec.LogIndex, PinnedAt: c.now().Unix()}
 			st.Contacts[rec.Handle] = p
 			ct.Status = ContactNew
 		case rec.Primary == p.Primary && p.Changed == nil && len(p.Notices) == 0:
@@ -153,9 +171,9 @@ func (c *Client) current(ctx context.Context, rec *Record) error {
 	b, ok := st.Bindings[rec.Handle]
 	switch {
 	case !ok:
-		return c.logFailure(rec.Handle+"'s record", rec.LogIndex, "the log read up to its checkpoint never binds the handle")
+		return c.logFailure(c.display(rec.Handle)+"'s record", rec.LogIndex, "the log read up to its checkpoint never binds the handle")
 	case b.Index != rec.LogIndex || b.Primary != rec.Primary:
-		return c.logFailure(rec.Handle+"'s record", rec.LogIndex, fmt.Sprintf("it is entry %d (key %s), but the log's latest change of %s is entry %d (key %s)",
+		return c.logFailure(c.display(rec.Handle)+"'s record", rec.LogIndex, fmt.Sprintf("it is entry %d (key %s), but the log's latest change of %s is entry %d (key %s)",
 			rec.LogIndex, shortKey(rec.Primary), rec.Handle, b.Index, orDeleted(b.Primary)))
 	}
 	return nil
@@ -188,13 +206,44 @@ func (c *Client) Recipient(ctx context.Context, to string) (*Recipient, error) {
 	return r, nil
 }
 
+// PinnedRecipient prepares encryption to who's pinned key without asking
+// any server, for a message to be kept in an outbox while who's server
+// cannot be reached. A key changed and not accepted is refused as
+// Recipient refuses it; a contact never looked up has no pin to use.
+func (c *Client) PinnedRecipient(who string) (*Recipient, error) {
+	store, handle := c.trustFor(who)
+	st, err := store.Load()
+	if err != nil {
+		return nil, err
+	}
+	p := st.Contacts[handle]
+	if p == nil {
+		return nil, fmt.Errorf("no key is pinned for %s", who)
+	}
+	if p.Changed != nil {
+		return nil, &KeyChangedError{Handle: p.Handle, Pinned: p.Primary, New: p.Changed.Primary, How: p.Changed.How, Verified: p.Verified != ""}
+	}
+	server := st.Server
+	if server == "" {
+		server = c.homeName()
+	}
+	rec := &Record{Handle: handle, Server: server, Address: kez.Address(handle, server), Primary: p.Primary}
+	r, err := c.RecipientFor(rec)
+	if err != nil {
+		return nil, err
+	}
+	r.Contact = &Contact{Record: rec, Status: ContactPinned, Pin: *p, Remote: isRemoteStore(store)}
+	return r, nil
+}
+
 // AcceptKey accepts the changed key of handle: sending to it is allowed
 // again. A contact the user had verified is not accepted this way: they
 // compare the new safety number and call MarkVerified.
-func (c *Client) AcceptKey(handle string) (*Pin, error) {
+func (c *Client) AcceptKey(who string) (*Pin, error) {
 	var out Pin
-	err := c.trust.Update(func(st *TrustState) error {
-		p := st.Contacts[kez.ASCIILower(handle)]
+	store, handle := c.trustFor(who)
+	err := store.Update(func(st *TrustState) error {
+		p := st.Contacts[handle]
 		switch {
 		case p == nil || p.Changed == nil:
 			return ErrNoPendingKey
@@ -215,20 +264,20 @@ func (c *Client) AcceptKey(handle string) (*Pin, error) {
 // key and primary with handle's (in person, or over a channel they trust).
 // primary must be the handle's current key (pinned, or changed and not yet
 // accepted, which this accepts).
-func (c *Client) MarkVerified(handle, primary string) (*Pin, error) {
+func (c *Client) MarkVerified(who, primary string) (*Pin, error) {
 	var out Pin
-	err := c.trust.Update(func(st *TrustState) error {
-		handle = kez.ASCIILower(handle)
+	store, handle := c.trustFor(who)
+	err := store.Update(func(st *TrustState) error {
 		p := st.Contacts[handle]
 		switch {
 		case p == nil:
-			return fmt.Errorf("no key is pinned for %s; look them up first", handle)
+			return fmt.Errorf("no key is pinned for %s; look them up first", who)
 		case p.Changed != nil && p.Changed.Primary == primary:
 			p.Previous = append(p.Previous, p.Primary)
 			p.Primary, p.Changed = primary, nil
 		case p.Changed == nil && p.Primary == primary:
 		default:
-			return fmt.Errorf("the key you compared (%s) is not %s's current key; look them up and compare again", shortKey(primary), handle)
+			return fmt.Errorf("the key you compared (%s) is not %s's current key; look them up and compare again", shortKey(primary), who)
 		}
 		p.Verified, p.VerifiedAt = primary, c.now().Unix()
 		out = *p
@@ -238,9 +287,10 @@ func (c *Client) MarkVerified(handle, primary string) (*Pin, error) {
 }
 
 // Unverify withdraws a verification.
-func (c *Client) Unverify(handle string) error {
-	return c.trust.Update(func(st *TrustState) error {
-		if p := st.Contacts[kez.ASCIILower(handle)]; p != nil {
+func (c *Client) Unverify(who string) error {
+	store, handle := c.trustFor(who)
+	return store.Update(func(st *TrustState) error {
+		if p := st.Contacts[handle]; p != nil {
 			p.Verified, p.VerifiedAt = "", 0
 		}
 		return nil
@@ -262,9 +312,11 @@ func (c *Client) SafetyNumber(theirs string) (string, error) {
 func (c *Client) TakeNotices() ([]Notice, error) {
 	var out []Notice
 	err := c.trust.Update(func(st *TrustState) error {
-		for _, p := range st.Contacts {
-			out = append(out, p.Notices...)
-			p.Notices = nil
+		for _, s := range append([]*TrustState{st}, slices.Collect(maps.Values(st.Remotes))...) {
+			for _, p := range s.Contacts {
+				out = append(out, p.Notices...)
+				p.Notices = nil
+			}
 		}
 		return nil
 	})
@@ -273,13 +325,26 @@ func (c *Client) TakeNotices() ([]Notice, error) {
 }
 
 // PinnedHandle names a key from the pins: the handle whose pinned,
-// changed or earlier key it is ("" when none), and which of those.
+// changed or earlier key it is ("" when none), and which of those. A
+// contact of another server is named by its full address.
 func (c *Client) PinnedHandle(primary string) (handle string, status string) {
 	st, err := c.trust.Load()
 	if err != nil {
 		return "", ""
 	}
-	for h, p := range st.Contacts {
+	if h, how := pinnedIn(st.Contacts, primary); h != "" {
+		return h, how
+	}
+	for _, server := range slices.Sorted(maps.Keys(st.Remotes)) {
+		if h, how := pinnedIn(st.Remotes[server].Contacts, primary); h != "" {
+			return kez.Address(h, server), how
+		}
+	}
+	return "", ""
+}
+
+func pinnedIn(pins map[string]*Pin, primary string) (handle string, status string) {
+	for h, p := range pins {
 		switch {
 		case p.Primary == primary:
 			return h, "pinned"
@@ -292,10 +357,14 @@ func (c *Client) PinnedHandle(primary string) (handle string, status string) {
 	return "", ""
 }
 
-// DismissWarnings forgets the kept warnings (not a fork).
+// DismissWarnings forgets the kept warnings (not a fork), those about
+// other servers too.
 func (c *Client) DismissWarnings() error {
 	return c.trust.Update(func(st *TrustState) error {
 		st.Warnings = nil
+		for _, r := range st.Remotes {
+			r.Warnings = nil
+		}
 		return nil
 	})
 }
@@ -352,7 +421,7 @@ func (c *Client) Monitor(ctx context.Context) (*MonitorReport, error) {
 		return nil, err
 	}
 	if before.Fork != nil {
-		return nil, &ForkError{Fork: before.Fork}
+		return nil, c.forkError(before.Fork)
 	}
 	if err := c.advance(ctx, v, cp, true, nil); err != nil {
 		return nil, err
@@ -565,11 +634,13 @@ func (c *Client) HandleHistory(ctx context.Context, handle string) ([]*kez.LogEn
 }
 
 // IsTrustFailure reports whether err is a failure of the server's log or
-// keys (a fork, a failed proof, a changed key), as opposed to the network
+// keys (a fork, a failed proof, a changed key, a remote sender its server
+// does not bind to the key that signed), as opposed to the network
 // or an ordinary refusal.
 func IsTrustFailure(err error) bool {
 	var fe *ForkError
 	var le *LogError
 	var ke *KeyChangedError
-	return errors.As(err, &fe) || errors.As(err, &le) || errors.As(err, &ke)
+	var se *SenderError
+	return errors.As(err, &fe) || errors.As(err, &le) || errors.As(err, &ke) || errors.As(err, &se)
 }

@@ -61,6 +61,19 @@ var resendWaits = []time.Duration{250 * time.Millisecond, time.Second}
 // 256 KiB each, with room for a larger configured envelope limit.
 const maxBody = 512 << 20
 
+// maxRemoteBody bounds an answer from another server (SPEC §8), which only
+// ever sends records, checkpoints, proofs and log pages to this client:
+// a page of 1000 log entries is well under it.
+const maxRemoteBody = 16 << 20
+
+// bodyLimit is the largest answer this client reads.
+func (c *Client) bodyLimit() int {
+	if c.home != nil {
+		return maxRemoteBody
+	}
+	return maxBody
+}
+
 // do runs the call and hands a 2xx answer's body to parse (nil: the body is
 // not read, as for 204). A body parse refuses becomes a *ProtocolError.
 // It returns the answer's status.
@@ -73,14 +86,15 @@ func (c *Client) do(ctx context.Context, cl *call, parse func([]byte) error) (in
 	if parse == nil {
 		return resp.StatusCode, nil
 	}
-	b, err := io.ReadAll(io.LimitReader(resp.Body, maxBody+1))
+	limit := c.bodyLimit()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, int64(limit)+1))
 	switch {
 	case ctx.Err() != nil:
 		return 0, ctx.Err()
 	case err != nil:
 		return 0, &NetworkError{URL: c.base, Err: unwrapURLError(err)}
-	case len(b) > maxBody:
-		return 0, &ProtocolError{URL: c.base + cl.urlPath(), Reason: "the answer is larger than " + strconv.Itoa(maxBody>>20) + " MiB"}
+	case len(b) > limit:
+		return 0, &ProtocolError{URL: c.base + cl.urlPath(), Reason: "the answer is larger than " + strconv.Itoa(limit>>20) + " MiB"}
 	}
 	if err := parse(b); err != nil {
 		return 0, &ProtocolError{URL: c.base + cl.urlPath(), Reason: err.Error()}

@@ -12,8 +12,9 @@ import (
 	"github.com/kezchat/kez/kez"
 )
 
-// Recipient is a looked-up user, ready to be sent to. Keep it to send many
-// messages: the lookup and the key agreement are done once.
+// Recipient is a looked-up user, ready to be sent to (on this server or
+// another one). Keep it to send many messages: the lookup and the key
+// agreement are done once.
 type Recipient struct {
 	Record
 	// Contact is the trust in the key (set by Recipient, nil from
@@ -61,6 +62,25 @@ func (c *Client) Send(ctx context.Context, to, text string) (*Receipt, error) {
 // SendTo sends a text message to a looked-up recipient. The plaintext
 // carries a fresh random id, the time in ms and the sender's address.
 func (c *Client) SendTo(ctx context.Context, r *Recipient, text string) (*Receipt, error) {
+	out, err := c.Seal(ctx, r, text)
+	if err != nil {
+		return nil, err
+	}
+	return c.Deliver(ctx, out)
+}
+
+// Outgoing is a sealed message on its way: what an outbox keeps until the
+// recipient's server has stored it. Delivering it again is safe: the
+// server stores an envelope once and answers a repeat with its original
+// receipt (SPEC §2.5); each attempt is signed afresh.
+type Outgoing struct {
+	To       string          `json:"to"`       // the recipient's address, handle@server
+	Envelope json.RawMessage `json:"envelope"` // sealed and signed once, sent as it is
+	ID       string          `json:"id"`       // the plaintext's id
+}
+
+// Seal encrypts a text message to r, ready for Deliver.
+func (c *Client) Seal(ctx context.Context, r *Recipient, text string) (*Outgoing, error) {
 	from, err := c.Address(ctx)
 	if err != nil {
 		return nil, err
@@ -70,20 +90,78 @@ func (c *Client) SendTo(ctx context.Context, r *Recipient, text string) (*Receip
 	if err != nil {
 		return nil, err
 	}
-	// The body is written by hand: the handle is [a-z0-9_-] and the
-	// envelope's fields need no escaping, so no reflection on the hot path.
-	body := make([]byte, 0, 256+len(r.Handle)+len(env.CT)+2*len(env.From))
-	body = append(body, `{"to":"`...)
-	body = append(body, r.Handle...)
-	body = append(body, `","envelope":`...)
-	body = env.AppendJSON(body)
-	body = append(body, '}')
-	rcpt, err := c.postMessage(ctx, body)
+	return &Outgoing{To: r.Address, Envelope: env.AppendJSON(nil), ID: msg.ID}, nil
+}
+
+// Deliver posts a sealed message to its recipient's server (SPEC §2.5): the
+// user's own, or another one (SPEC §8), where it goes with the user's
+// address as from_addr, signed for that server. For another server's user,
+// the recipient is first accepted in the user's own inbox, since the home
+// server never sees this send and would take the answers for requests.
+func (c *Client) Deliver(ctx context.Context, out *Outgoing) (*Receipt, error) {
+	rc, handle, err := c.route(ctx, out.To)
 	if err != nil {
 		return nil, err
 	}
-	rcpt.ID = msg.ID
+	if !kez.ValidHandle(handle) {
+		return nil, fmt.Errorf("%.80q is not an address", out.To)
+	}
+	fromAddr := ""
+	if rc != c {
+		h, err := kez.ReadEnvelopeHeader(out.Envelope)
+		if err != nil {
+			return nil, fmt.Errorf("envelope: %w", err)
+		}
+		if err := c.acceptAtHome(ctx, h.To); err != nil {
+			return nil, err
+		}
+		if fromAddr, err = c.Address(ctx); err != nil {
+			return nil, err
+		}
+	} else if err := kez.CheckStrictJSON(out.Envelope); err != nil {
+		return nil, fmt.Errorf("envelope: %w", err)
+	}
+	rcpt, err := rc.postMessage(ctx, messageBody(handle, fromAddr, out.Envelope))
+	if err != nil {
+		return nil, err
+	}
+	rcpt.ID = out.ID
 	return rcpt, nil
+}
+
+// acceptAtHome accepts primary in the user's own inbox, once per client.
+func (c *Client) acceptAtHome(ctx context.Context, primary string) error {
+	c.mu.Lock()
+	done := c.accepted[primary]
+	c.mu.Unlock()
+	if done {
+		return nil
+	}
+	if err := c.Accept(ctx, primary); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.accepted[primary] = true
+	c.mu.Unlock()
+	return nil
+}
+
+// messageBody is {"to":handle[,"from_addr":fromAddr],"envelope":envelope},
+// written by hand: the handle is [a-z0-9_-] and the envelope is strict
+// JSON already, so no reflection runs on the hot path.
+func messageBody(handle, fromAddr string, envelope []byte) []byte {
+	body := make([]byte, 0, 48+len(handle)+len(fromAddr)+len(envelope))
+	body = append(body, `{"to":"`...)
+	body = append(body, handle...)
+	body = append(body, '"')
+	if fromAddr != "" {
+		quoted, _ := json.Marshal(fromAddr) // a string always marshals
+		body = append(body, `,"from_addr":`...)
+		body = append(body, quoted...)
+	}
+	body = append(body, `,"envelope":`...)
+	body = append(body, envelope...)
+	return append(body, '}')
 }
 
 // PostEnvelope relays an already sealed envelope (any JSON object) to "to",

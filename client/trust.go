@@ -52,6 +52,13 @@ type TrustState struct {
 	Self *Self `json:"self,omitempty"`
 	// Contacts are the pinned keys, by handle.
 	Contacts map[string]*Pin `json:"contacts,omitempty"`
+	// Remotes is what the client keeps about other servers (SPEC §8), by
+	// server name: each one's own pinned log key, checkpoints, log read,
+	// warnings and pinned contacts (so a remote contact's pin is keyed by
+	// its full address: server, then handle). A remote state has no Self
+	// and no Remotes. States saved before federation have none, and read
+	// as they are.
+	Remotes map[string]*TrustState `json:"remotes,omitempty"`
 }
 
 // Binding is a handle's state in the log.
@@ -238,12 +245,29 @@ func (st *TrustState) warn(kind string, index int64, text string, now time.Time)
 
 // ForkError is returned, again and again, once a server has shown two
 // histories. Only ResetLog (the user's decision) clears it.
-type ForkError struct{ Fork *Fork }
+type ForkError struct {
+	Fork *Fork
+	// Server names a remote server (SPEC §8); "" for the user's own.
+	Server string
+}
 
 func (e *ForkError) Error() string {
 	kept, other := describeNote(e.Fork.Kept), describeNote(e.Fork.Other)
-	return fmt.Sprintf("the server showed two histories: checkpoint %s vs %s (%s); nothing it says about keys can be trusted until you decide what to do (kez log status)",
-		kept, other, e.Fork.Reason)
+	who, status := "the server", "kez log status"
+	if e.Server != "" {
+		who, status = "the server "+e.Server, "kez log status --remote "+e.Server
+	}
+	return fmt.Sprintf("%s showed two histories: checkpoint %s vs %s (%s); nothing it says about keys can be trusted until you decide what to do (%s)",
+		who, kept, other, e.Fork.Reason, status)
+}
+
+// forkError is the error of a kept fork, naming a remote server.
+func (c *Client) forkError(f *Fork) *ForkError {
+	e := &ForkError{Fork: f}
+	if c.home != nil {
+		e.Server = c.serverName
+	}
+	return e
 }
 
 // describeNote names a checkpoint note by its size and root.

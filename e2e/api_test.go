@@ -13,11 +13,13 @@ import (
 	"time"
 
 	"github.com/kezchat/kez/internal/testcaddy"
+	"github.com/kezchat/kez/internal/testwait"
 	"github.com/kezchat/kez/kez"
 )
 
 // Every endpoint and error code of SPEC §2.1–2.4 through a real Caddy.
 func TestRegistryEndpoints(t *testing.T) {
+	t.Parallel()
 	srv := testcaddy.Start(t, testcaddy.Options{KezOptions: "reserved ops"})
 	alice, bob := newUser("alice"), newUser("bob")
 	alicePrimary := alice.primary()
@@ -112,6 +114,7 @@ func TestRegistryEndpoints(t *testing.T) {
 
 // Two registrations racing for one handle: exactly one wins.
 func TestConcurrentRegistrationRace(t *testing.T) {
+	t.Parallel()
 	srv := testcaddy.Start(t, testcaddy.Options{})
 	const n = 12
 	var wg sync.WaitGroup
@@ -140,6 +143,7 @@ func TestConcurrentRegistrationRace(t *testing.T) {
 
 // The relay over a real Caddy: send, page, every auth failure, ack, cap.
 func TestRelayEndpoints(t *testing.T) {
+	t.Parallel()
 	srv := testcaddy.Start(t, testcaddy.Options{KezOptions: "max_inbox 50\nmax_envelope 4KiB"})
 	alice, bob := newUser("alice"), newUser("bob")
 	want(t, "register alice", register(t, srv, alice), 201, "")
@@ -231,17 +235,12 @@ func TestRelayEndpoints(t *testing.T) {
 
 // Retention removes old messages in the background.
 func TestRetention(t *testing.T) {
+	t.Parallel()
 	srv := testcaddy.Start(t, testcaddy.Options{KezOptions: "retention 1s"})
 	alice := newUser("alice")
 	want(t, "register", register(t, srv, alice), 201, "")
 	send(t, srv, "alice", `{"old":true}`)
-	deadline := time.Now().Add(10 * time.Second)
-	for len(allInbox(t, srv, alice)) != 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("message outlived a 1s retention by 10s")
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	testwait.Every(t, 200*time.Millisecond, 10*time.Second, "a 1s retention to remove the message", func() bool { return len(allInbox(t, srv, alice)) == 0 })
 	// The seq is not reused; the new message may itself expire before the read.
 	s := send(t, srv, "alice", `{"new":true}`)
 	if got := allInbox(t, srv, alice); s < 2 || len(got) > 1 || (len(got) == 1 && got[0].Seq != s) {

@@ -31,6 +31,7 @@ func fromIP(ip string) *http.Client {
 // fills the inbox that contacts write to (v1: 99 junk messages from 5 IPs
 // made alice's real message get 507 inbox_full).
 func TestAttackStrangerFloodEndsInRequestLimit(t *testing.T) {
+	t.Parallel()
 	// Per-IP and per-sender rates as shipped; a small inbox cap, so a v1
 	// flood would fill it many times over.
 	srv := testcaddy.Start(t, testcaddy.Options{KezOptions: "send_rate 20/1s\nsender_rate 20/1s\nmax_inbox 10\nrequest_limit 3\nmax_requests 30"})
@@ -110,6 +111,7 @@ func TestAttackStrangerFloodEndsInRequestLimit(t *testing.T) {
 // A signature is used once: a captured request replayed within its minute
 // is refused, for reads, acknowledgements and streams.
 func TestAttackReplayedSignature(t *testing.T) {
+	t.Parallel()
 	srv := testcaddy.Start(t, testcaddy.Options{})
 	alice := newUser("alice")
 	want(t, "register", register(t, srv, alice), 201, "")
@@ -168,6 +170,7 @@ func TestAttackStreamLivesBoundedTime(t *testing.T) {
 // same key holds the same handle (v1: alice's DELETE ?upto=1000 captured on
 // a second server deleted her unread messages on the first).
 func TestAttackCrossServerReplay(t *testing.T) {
+	t.Parallel()
 	one := testcaddy.Start(t, testcaddy.Options{ServerName: "one.test"})
 	two := testcaddy.Start(t, testcaddy.Options{ServerName: "two.test"})
 	alice := newUser("alice")
@@ -187,6 +190,7 @@ func TestAttackCrossServerReplay(t *testing.T) {
 // by case is refused, so no client can read one text where another reads
 // a different one (the clients refuse it too: kez and web tests).
 func TestAttackCaseVariantEnvelope(t *testing.T) {
+	t.Parallel()
 	srv := testcaddy.Start(t, testcaddy.Options{})
 	alice := newUser("alice")
 	want(t, "register", register(t, srv, alice), 201, "")
@@ -211,6 +215,7 @@ func TestAttackCaseVariantEnvelope(t *testing.T) {
 // with its original receipt, also after it was acknowledged; an old
 // message is not replayed as new.
 func TestAttackResendIsIdempotent(t *testing.T) {
+	t.Parallel()
 	srv := testcaddy.Start(t, testcaddy.Options{})
 	alice := newUser("alice")
 	want(t, "register", register(t, srv, alice), 201, "")

@@ -19,6 +19,7 @@ import (
 // web client and the API on http://localhost:<port>, and only there: the
 // plain-HTTP site is bound to loopback, not to the machine's other addresses.
 func TestCaddyfileExampleRunsOnLoopbackOnly(t *testing.T) {
+	t.Parallel()
 	root, err := testcaddy.ModuleRoot()
 	if err != nil {
 		t.Fatal(err)

@@ -28,6 +28,7 @@ func caddyCLI(t *testing.T, args ...string) (string, error) {
 // Caddyfile.example is what the README tells a newcomer to run: it must be
 // formatted, valid, and its commented production block must adapt too.
 func TestCaddyfileExample(t *testing.T) {
+	t.Parallel()
 	root, err := testcaddy.ModuleRoot()
 	if err != nil {
 		t.Fatal(err)

@@ -55,6 +55,7 @@ func federated(t *testing.T, extraOne, extraTwo string) (one, two *testcaddy.Ser
 }
 
 func TestFederationChatBothWays(t *testing.T) {
+	t.Parallel()
 	one, two := federated(t, "", "")
 	alice, bob := newUser("alice"), newUser("bob")
 	want(t, "register alice@one", register(t, one, alice), 201, "")
@@ -115,6 +116,7 @@ func TestFederationChatBothWays(t *testing.T) {
 }
 
 func TestFederationPolicyAndLimits(t *testing.T) {
+	t.Parallel()
 	one, two := federated(t, "", "request_limit 2\nfederation_rate 4/1m")
 	alice, bob := newUser("alice"), newUser("bob")
 	register(t, one, alice)
@@ -188,6 +190,7 @@ func (p *switchProxy) point(t *testing.T, target string) {
 }
 
 func TestFederationLyingServer(t *testing.T) {
+	t.Parallel()
 	one, two := federated(t, "", "federation_cache 1s")
 	alice, bob, mallory := newUser("alice"), newUser("bob"), newUser("mallory")
 	register(t, one, alice)
@@ -258,6 +261,7 @@ func TestFederationLyingServer(t *testing.T) {
 }
 
 func TestFederationHostileFromAddr(t *testing.T) {
+	t.Parallel()
 	var hits atomic.Int64
 	loopTarget := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { hits.Add(1) }))
 	defer loopTarget.Close()

@@ -12,12 +12,14 @@ import (
 	"time"
 
 	"github.com/kezchat/kez/internal/testcaddy"
+	"github.com/kezchat/kez/internal/testwait"
 )
 
 // `caddy reload` with a changed option while a stream is open: the stream
 // ends promptly, the client resumes, no message is lost, data is still there,
 // and the new option is in force.
 func TestReloadDuringOpenStream(t *testing.T) {
+	t.Parallel()
 	srv := testcaddy.Start(t, testcaddy.Options{KezOptions: "max_inbox 1000"})
 	alice := newUser("alice")
 	want(t, "register", register(t, srv, alice), 201, "")
@@ -110,6 +112,7 @@ func TestReloadDuringOpenStream(t *testing.T) {
 // `caddy stop` with streams open returns within a few seconds, although
 // Caddy's default grace period is eternal.
 func TestStopWithOpenStreams(t *testing.T) {
+	t.Parallel()
 	srv := testcaddy.Start(t, testcaddy.Options{})
 	var streams []*stream
 	for i := range 10 {
@@ -136,6 +139,7 @@ func TestStopWithOpenStreams(t *testing.T) {
 // database it holds (no lock wait: the file is opened only by a config that
 // starts), and a restart after SIGKILL finds every acknowledged message.
 func TestValidateNextToRunningServerAndRestart(t *testing.T) {
+	t.Parallel()
 	srv := testcaddy.Start(t, testcaddy.Options{})
 	alice := newUser("alice")
 	want(t, "register", register(t, srv, alice), 201, "")
@@ -174,6 +178,7 @@ func TestValidateNextToRunningServerAndRestart(t *testing.T) {
 // Neither our logs nor (with the README's filter) access logs contain auth
 // values, signatures or envelopes.
 func TestLogsCarryNoSecrets(t *testing.T) {
+	t.Parallel()
 	srv := testcaddy.Start(t, testcaddy.Options{
 		Global: "debug",
 		SiteExtra: `log {
@@ -194,11 +199,8 @@ func TestLogsCarryNoSecrets(t *testing.T) {
 	inbox(t, srv, alice, 0, 10)
 	s.close()
 	// The stream's access-log line is written once Caddy sees it closed.
+	testwait.For(t, 10*time.Second, "the stream's access-log line", func() bool { return strings.Contains(srv.Logs(), "/v1/inbox/alice/stream") })
 	logs := srv.Logs()
-	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(logs, "/v1/inbox/alice/stream") && time.Now().Before(deadline); {
-		time.Sleep(50 * time.Millisecond)
-		logs = srv.Logs()
-	}
 	if strings.Contains(logs, "SECRET-CIPHERTEXT") {
 		t.Fatal("logs contain an envelope")
 	}

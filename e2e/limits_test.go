@@ -14,6 +14,7 @@ import (
 // Abuse limits configured in the Caddyfile answer 429 rate_limited with
 // Retry-After; invite-only registration takes each token once.
 func TestAbuseLimitsThroughCaddy(t *testing.T) {
+	t.Parallel()
 	invites := filepath.Join(t.TempDir(), "invites")
 	if err := os.WriteFile(invites, []byte("invite-0123456789abcdef\n"), 0o600); err != nil {
 		t.Fatal(err)

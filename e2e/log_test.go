@@ -303,6 +303,7 @@ func tryRegister(srv *testcaddy.Server, u user) (result, error) {
 // Two instances on one NATS registering at the same time write one log:
 // one sequence, no fork, every checkpoint of either a prefix of the last.
 func TestNatsInstancesShareOneLog(t *testing.T) {
+	t.Parallel()
 	c := natstest.Run(t)
 	opts := testcaddy.Options{Storage: natsStorage(c)}
 	srv1, srv2 := testcaddy.Start(t, opts), testcaddy.Start(t, opts)

@@ -11,6 +11,7 @@ import (
 
 // Caddy's admin endpoint serves the module's Prometheus metrics.
 func TestMetrics(t *testing.T) {
+	t.Parallel()
 	srv := testcaddy.Start(t, testcaddy.Options{KezOptions: "send_rate 2/1h"})
 	alice := newUser("alice")
 	want(t, "register", register(t, srv, alice), 201, "")

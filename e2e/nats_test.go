@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 
 	"github.com/kezchat/kez/internal/testcaddy"
+	"github.com/kezchat/kez/internal/testwait"
 	"github.com/kezchat/kez/storage/nats/natstest"
 )
 
@@ -141,17 +142,7 @@ func TestNatsOutageEndsStreamsAndResumes(t *testing.T) {
 
 func waitHealthy(t *testing.T, srv *testcaddy.Server, within time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		r := do(t, "GET", srv.URL+"/v1/healthz", "")
-		if r.status == http.StatusOK {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not healthy after %s: %d %s", within, r.status, r.body)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	testwait.For(t, within, "/v1/healthz to answer 200", func() bool { return do(t, "GET", srv.URL+"/v1/healthz", "").status == http.StatusOK })
 }
 
 // seqs reads the seqs of the next n messages, failing if the stream ends.

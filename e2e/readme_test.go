@@ -12,6 +12,7 @@ import (
 
 // The README's curl walkthrough works as written (only the address changes).
 func TestReadmeCurlWalkthrough(t *testing.T) {
+	t.Parallel()
 	for _, tool := range []string{"openssl", "curl", "od", "bash", "timeout"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Fatalf("the README walkthrough needs %s: %v", tool, err)
@@ -53,6 +54,7 @@ func TestReadmeCurlWalkthrough(t *testing.T) {
 // (on free ports instead of 8081 and 8082) and their users write to each
 // other.
 func TestReadmeFederationExamples(t *testing.T) {
+	t.Parallel()
 	section := readmeSection(t, "## Talk to other servers")
 	root, err := testcaddy.ModuleRoot()
 	if err != nil {

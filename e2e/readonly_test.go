@@ -98,6 +98,7 @@ func run(t *testing.T, name string, args ...string) string {
 // a start on the read-only disk fails with an error that says why, and after
 // the disk is repaired the server carries on with every message intact.
 func TestReadOnlyDisk(t *testing.T) {
+	t.Parallel()
 	disk := newLoopDisk(t)
 	dbPath := filepath.Join(disk.dir, "chat.db")
 	opts := testcaddy.Options{Storage: "storage bolt " + dbPath}

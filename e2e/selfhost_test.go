@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/kezchat/kez/internal/testcaddy"
+	"github.com/kezchat/kez/internal/testwait"
 )
 
 // Self-hosting papercuts (issue 15, items 10-12), each with a real Caddy.
@@ -21,6 +22,7 @@ import (
 // client at /chat/ and the site's files at /; without `root .` in the
 // client's file_server the 404 comes with a warning that names the fix.
 func TestReadmeChatPathUnderSiteRoot(t *testing.T) {
+	t.Parallel()
 	block := readmeSection(t, "### The web client under `/chat/` of an existing site")
 	block = block[strings.Index(block, "```caddyfile\n")+len("```caddyfile\n"):]
 	block = block[:strings.Index(block, "```")]
@@ -84,11 +86,7 @@ func TestReadmeChatPathUnderSiteRoot(t *testing.T) {
 		t.Fatalf("/chat/ without root .: %d", code)
 	}
 	const warning = "kez_web: file_server looked for the web client's files under the site's root"
-	for deadline := time.Now().Add(5 * time.Second); !strings.Contains(srv.Logs(), warning); time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("no warning for a /chat/ hidden by the site root:\n%s", srv.Logs())
-		}
-	}
+	testwait.For(t, 5*time.Second, "a warning for a /chat/ hidden by the site root", func() bool { return strings.Contains(srv.Logs(), warning) })
 	if !strings.Contains(srv.Logs(), "Add `root .` inside that file_server block") {
 		t.Errorf("the warning does not name the fix:\n%s", srv.Logs())
 	}
@@ -99,6 +97,7 @@ func TestReadmeChatPathUnderSiteRoot(t *testing.T) {
 // of the requests, those the kernel gave it, with 503); the first server
 // keeps answering every request.
 func TestSecondCaddyRunOnTheSameDatabaseFails(t *testing.T) {
+	t.Parallel()
 	srv := testcaddy.Start(t, testcaddy.Options{})
 	out, took, err := runToExit(t, srv.Env(), "run", "--config", filepath.Join(srv.Dir, "Caddyfile"), "--adapter", "caddyfile")
 	t.Logf("the second caddy run exited after %s", took)
@@ -123,6 +122,7 @@ func TestSecondCaddyRunOnTheSameDatabaseFails(t *testing.T) {
 // `caddy validate` creates neither a missing database nor its directory,
 // at a given path or at the default one.
 func TestValidateCreatesNoDatabase(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	s := &testcaddy.Server{Dir: dir, DBPath: filepath.Join(dir, "new", "chat.db"), Port: testcaddy.FreePort(t)}
 	s.AdminAddr = fmt.Sprintf("127.0.0.1:%d", testcaddy.FreePort(t))
@@ -148,6 +148,7 @@ func TestValidateCreatesNoDatabase(t *testing.T) {
 // another name is refused, and so is a config with two names on one file;
 // the data stays as it was.
 func TestOneDatabaseFileOneServerName(t *testing.T) {
+	t.Parallel()
 	srv := testcaddy.Start(t, testcaddy.Options{})
 	alice := newUser("alice")
 	want(t, "register", register(t, srv, alice), 201, "")

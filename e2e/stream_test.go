@@ -26,6 +26,7 @@ func checkExactlyOnce(t *testing.T, got, want []uint64) {
 }
 
 func TestStreamErrorsAndHeaders(t *testing.T) {
+	t.Parallel()
 	srv := testcaddy.Start(t, testcaddy.Options{})
 	alice, bob := newUser("alice"), newUser("bob")
 	want(t, "register", register(t, srv, alice), 201, "")
@@ -69,6 +70,7 @@ func TestStreamErrorsAndHeaders(t *testing.T) {
 // Live delivery and resume by since and by Last-Event-ID while messages are
 // being sent: every stream sees every message exactly once, in order.
 func TestStreamResumeWhileSending(t *testing.T) {
+	t.Parallel()
 	srv := testcaddy.Start(t, testcaddy.Options{KezOptions: "keepalive 1s"})
 	alice := newUser("alice")
 	want(t, "register", register(t, srv, alice), 201, "")
@@ -129,6 +131,7 @@ func TestStreamResumeWhileSending(t *testing.T) {
 
 // Several streams for one handle (several devices) all receive.
 func TestTwoDevices(t *testing.T) {
+	t.Parallel()
 	srv := testcaddy.Start(t, testcaddy.Options{})
 	alice := newUser("alice")
 	want(t, "register", register(t, srv, alice), 201, "")
@@ -192,6 +195,7 @@ func TestOverflowDisconnects(t *testing.T) {
 // Behind encode and next to a catch-all reverse_proxy: the API still answers
 // and stream headers go out at once.
 func TestBehindEncodeWithCatchAllProxy(t *testing.T) {
+	t.Parallel()
 	dead := testcaddy.FreePort(t)
 	srv := testcaddy.Start(t, testcaddy.Options{SiteExtra: fmt.Sprintf("encode zstd gzip\n\treverse_proxy 127.0.0.1:%d", dead)})
 	alice := newUser("alice")

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/kezchat/kez/hub"
+	"github.com/kezchat/kez/internal/testwait"
 	"github.com/kezchat/kez/kez"
 	"github.com/kezchat/kez/storage"
 	"github.com/kezchat/kez/storage/bolt"
@@ -965,13 +966,9 @@ func TestStreamMaxAge(t *testing.T) {
 		t.Fatal("stream still open 10 s after a stream_max_age of 300 ms")
 	}
 	// The slot is given back.
-	deadline := time.Now().Add(5 * time.Second)
-	for e.openStreams() != 0 || e.hub.Subscribers("alice") != 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("the ended stream still holds its slot or subscription")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testwait.For(t, 5*time.Second, "the ended stream to give back its slot and subscription", func() bool {
+		return e.openStreams() == 0 && e.hub.Subscribers("alice") == 0
+	})
 }
 
 // A stream opened with since=N while messages are being sent delivers every

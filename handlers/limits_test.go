@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kezchat/kez/internal/testwait"
 	"github.com/kezchat/kez/kez"
 )
 
@@ -168,17 +169,13 @@ func TestStreamLimits(t *testing.T) {
 	expect(t, "fourth in total", r, 429, "rate_limited")
 	// Closing one of alice's frees a slot.
 	a1.res.Body.Close()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	testwait.For(t, 5*time.Second, "a stream slot freed by the closed one", func() bool {
 		c, r := e.openStream(t, alice, "alice", "")
-		if c != nil {
-			break
-		}
-		if r.status != 429 || time.Now().After(deadline) {
+		if c == nil && r.status != 429 {
 			t.Fatalf("after closing a stream: %d %s", r.status, r.body)
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return c != nil
+	})
 }
 
 func TestRegistrationModes(t *testing.T) {

@@ -43,9 +43,28 @@ type Fake struct {
 	bindings map[string]*fakeBinding // handle → current binding
 	served   map[string]*fakeBinding // handle → a record served instead (not in the log)
 	inboxes  map[string][]string     // handle → message objects
+	accepted map[string][]string     // handle → primaries accepted (PUT …/contacts/…)
 	// Intercept, when set, may answer a request itself (true) before the
 	// fake does.
 	Intercept func(w http.ResponseWriter, r *http.Request) bool
+	// APIBase, when set, is served as the urn:kez:api link of WebFinger
+	// answers (SPEC §8).
+	APIBase string
+}
+
+// Accepted are the primaries handle's owner accepted, in order (repeats
+// included).
+func (f *Fake) Accepted(handle string) []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.accepted[handle]...)
+}
+
+// Inbox is the message objects stored for handle.
+func (f *Fake) Inbox(handle string) []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.inboxes[handle]...)
 }
 
 type fakeBinding struct {
@@ -58,7 +77,7 @@ type fakeBinding struct {
 
 // NewFake starts a fake server named name with a fresh log key.
 func NewFake(t testing.TB, name string) *Fake {
-	f := &Fake{t: t, Name: name, bindings: map[string]*fakeBinding{}, served: map[string]*fakeBinding{}, inboxes: map[string][]string{}}
+	f := &Fake{t: t, Name: name, bindings: map[string]*fakeBinding{}, served: map[string]*fakeBinding{}, inboxes: map[string][]string{}, accepted: map[string][]string{}}
 	skey, vkey, err := note.GenerateKey(rand.Reader, kez.LogOrigin(name))
 	if err != nil {
 		t.Fatal(err)
@@ -260,6 +279,17 @@ func (f *Fake) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case path == "/v1/healthz":
 		reply(200, map[string]any{"server": f.Name, "status": "ok", "version": "fake", "protocol": 2, "log_key": f.LogKey})
+	case path == "/.well-known/webfinger":
+		h, host, ok := kez.ParseAcct(q.Get("resource"))
+		if !ok || host != f.Name || f.lookupLocked(h) == nil {
+			fail(404, "not_found")
+			return
+		}
+		links := []map[string]string{{"rel": "urn:kez:chat", "type": "application/json", "href": f.URL + "/v1/u/" + h}}
+		if f.APIBase != "" {
+			links = append(links, map[string]string{"rel": "urn:kez:api", "href": f.APIBase})
+		}
+		reply(200, map[string]any{"subject": "acct:" + h + "@" + f.Name, "links": links})
 	case path == "/v1/log/key":
 		text(f.LogKey + "\n")
 	case path == "/v1/log/checkpoint":
@@ -367,6 +397,7 @@ func (f *Fake) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case path == "/v1/messages" && r.Method == http.MethodPost:
 		var body struct {
 			To       string          `json:"to"`
+			FromAddr string          `json:"from_addr"`
 			Envelope json.RawMessage `json:"envelope"`
 		}
 		raw, _ := io.ReadAll(r.Body)
@@ -380,9 +411,17 @@ func (f *Fake) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		seq := len(f.inboxes[body.To]) + 1
-		f.inboxes[body.To] = append(f.inboxes[body.To], fmt.Sprintf(`{"seq":%d,"from":%q,"request":false,"envelope":%s,"received_at":%d}`,
-			seq, hdr.From, body.Envelope, time.Now().UnixMilli()))
+		fromAddr := ""
+		if body.FromAddr != "" {
+			fromAddr = fmt.Sprintf(`"from_addr":%q,`, body.FromAddr)
+		}
+		f.inboxes[body.To] = append(f.inboxes[body.To], fmt.Sprintf(`{"seq":%d,"from":%q,%s"request":false,"envelope":%s,"received_at":%d}`,
+			seq, hdr.From, fromAddr, body.Envelope, time.Now().UnixMilli()))
 		reply(201, map[string]any{"seq": seq, "to": body.To, "received_at": time.Now().UnixMilli()})
+	case strings.HasPrefix(path, "/v1/inbox/") && strings.Contains(path, "/contacts/") && r.Method == http.MethodPut:
+		h, p, _ := strings.Cut(strings.TrimPrefix(path, "/v1/inbox/"), "/contacts/")
+		f.accepted[h] = append(f.accepted[h], p)
+		w.WriteHeader(http.StatusNoContent)
 	case strings.HasPrefix(path, "/v1/inbox/") && r.Method == http.MethodGet && strings.Count(path, "/") == 3:
 		h := strings.TrimPrefix(path, "/v1/inbox/")
 		msgs := f.inboxes[h]

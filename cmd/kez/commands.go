@@ -19,8 +19,9 @@ import (
 // its parsed flags.
 type env struct {
 	*app
-	dir string
-	fs  *flag.FlagSet
+	dir     string
+	fs      *flag.FlagSet
+	resolve map[string]string // server name → base URL (--resolve, KEZ_RESOLVE)
 }
 
 func (e *env) str(name string) string { return e.fs.Lookup(name).Value.String() }
@@ -44,6 +45,7 @@ func (e *env) newClient(server string, keys *kez.Keys, handle, serverName string
 
 func (e *env) newClientWith(server string, o client.Options) (*client.Client, error) {
 	o.HTTPClient = e.http
+	o.Resolve = e.resolve
 	o.Trust = newFileTrust(e.dir, strings.TrimRight(server, "/"))
 	if o.LogKey == "" {
 		if acct, err := loadAccount(e.dir); err == nil && strings.TrimRight(acct.Server, "/") == strings.TrimRight(server, "/") {
@@ -83,6 +85,7 @@ func (e *env) asUser(ctx context.Context, act func(ctx context.Context, c *clien
 		return err
 	}
 	e.checkTrust(ctx, c)
+	e.deliverQueued(ctx, c)
 	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
 	defer cancel()
 	return act(ctx, c, acct)
@@ -126,6 +129,7 @@ func (e *env) accountCursor(ctx context.Context) (*client.Client, *account, *cur
 		return nil, nil, nil, err
 	}
 	e.checkTrust(ctx, c)
+	e.deliverQueued(ctx, c)
 	return c, acct, cur, nil
 }
 
@@ -272,6 +276,9 @@ var whoisCmd = &command{
 		defer cancel()
 		ct, err := c.PeekContact(ctx, args[0])
 		if client.IsUnknownUser(err) {
+			if _, other := kez.SplitAddress(args[0]); other != "" {
+				server = other
+			}
 			return fmt.Errorf("no user %q on %s", args[0], server)
 		}
 		if err != nil {
@@ -283,8 +290,12 @@ var whoisCmd = &command{
 		if len(ct.Rotation) > 0 {
 			how = "rotation"
 		}
-		fmt.Fprintf(e.stdout, "signed      the %s is signed by this key\nlog         entry %d of %d, inclusion proven under the pinned log key; it is the handle's latest change\n",
-			how, ct.LogIndex, ct.Checkpoint.Size)
+		logOf := "the pinned log key"
+		if ct.Remote {
+			logOf = "the log key pinned for " + ct.Server + " (its own server)"
+		}
+		fmt.Fprintf(e.stdout, "signed      the %s is signed by this key\nlog         entry %d of %d, inclusion proven under %s; it is the handle's latest change\n",
+			how, ct.LogIndex, ct.Checkpoint.Size, logOf)
 		fmt.Fprintf(e.stdout, "trust       %s\n", pinStatus(ct, c))
 		return nil
 	},
@@ -294,20 +305,21 @@ var whoisCmd = &command{
 // "verified" unless they compared its safety number.
 func pinStatus(ct *client.Contact, c *client.Client) string {
 	self := c.Keys() != nil && c.Keys().Primary() == ct.Primary
+	who := ct.Who()
 	switch {
 	case self:
 		return "this is your own key"
 	case ct.Status == client.ContactUnpinned:
-		return "not pinned yet: the key is pinned when you first write or read " + ct.Handle + "; NOT verified (kez verify " + ct.Handle + ")"
+		return "not pinned yet: the key is pinned when you first write or read " + who + "; NOT verified (kez verify " + who + ")"
 	case ct.Status == client.ContactChanged:
 		return fmt.Sprintf("KEY CHANGED from the pinned %s (%s); sending is blocked until you accept it: kez accept-key %s, or compare safety numbers: kez verify %s",
-			ct.Pin.Primary, ct.Pin.Changed.How, ct.Handle, ct.Handle)
+			ct.Pin.Primary, ct.Pin.Changed.How, who, who)
 	case ct.Verified():
 		return fmt.Sprintf("verified: you compared the safety number of this key on %s", when(ct.Pin.VerifiedAt))
 	case ct.Pin.Verified != "":
-		return fmt.Sprintf("pinned; you verified an earlier key (%s), and this one came by rotations it signed; the safety number changed: NOT verified (kez verify %s)", ct.Pin.Verified, ct.Handle)
+		return fmt.Sprintf("pinned; you verified an earlier key (%s), and this one came by rotations it signed; the safety number changed: NOT verified (kez verify %s)", ct.Pin.Verified, who)
 	}
-	return fmt.Sprintf("pinned on first use (%s); NOT verified: compare safety numbers with kez verify %s", when(ct.Pin.PinnedAt), ct.Handle)
+	return fmt.Sprintf("pinned on first use (%s); NOT verified: compare safety numbers with kez verify %s", when(ct.Pin.PinnedAt), who)
 }
 
 // maxText bounds a message so its envelope stays under the server's
@@ -334,43 +346,76 @@ var sendCmd = &command{
 			return fmt.Errorf("message is too long (at most %d KiB)", maxText>>10)
 		}
 		return e.asUser(ctx, func(ctx context.Context, c *client.Client, acct *account) error {
-			r, err := c.Recipient(ctx, to)
-			if err == nil {
-				for _, n := range r.Contact.Notices {
-					fmt.Fprintf(e.stderr, "notice: %s\n", n)
-				}
-				if r.Contact.Status == client.ContactNew {
-					fmt.Fprintf(e.stderr, "first message to %s: key %s pinned (compare safety numbers: kez verify %s)\n", r.Address, r.Primary, r.Handle)
-				}
-				_, err = c.SendTo(ctx, r, text)
-			}
-			switch {
-			case client.IsTrustFailure(err):
-				return keyChangedAdvice(err)
-			case client.IsUnknownUser(err):
-				if st, serr := c.TrustState(); serr == nil {
-					if p := st.Contacts[kez.ASCIILower(strings.TrimSuffix(to, "@"+acct.ServerName))]; p != nil && p.Changed != nil && p.Changed.Primary == "" {
-						return fmt.Errorf("%s is gone: %s", to, p.Changed.How)
-					}
-				}
-				return fmt.Errorf("unknown recipient %q on %s", to, acct.ServerName)
-			case errors.Is(err, client.ErrEnvelopeTooLarge):
-				return errors.New("the server refused the message as too large")
-			case errors.Is(err, client.ErrInboxFull):
-				return fmt.Errorf("%s's inbox is full; try again later", to)
-			case errors.Is(err, client.ErrRequestLimit):
-				return fmt.Errorf("%s has not accepted you as a contact yet, and has as many of your (or everyone's) message requests as the server keeps; wait until they read or accept them", r.Address)
-			case errors.Is(err, client.ErrBlocked):
-				return fmt.Errorf("%s does not accept messages from you", r.Address)
-			case errors.Is(err, client.ErrUnknownSender):
-				return fmt.Errorf("%s does not know your key (was the server reset?); run: kez register %s --server %s", acct.Server, acct.Handle, acct.Server)
-			case err != nil:
-				return err
-			}
-			fmt.Fprintf(e.stdout, "sent to %s\n", r.Address)
-			return nil
+			return e.send(ctx, c, acct, to, text)
 		})
 	},
+}
+
+// send looks to up (at its own server for another server's user), seals
+// text to them and delivers it. A message to another server that cannot be
+// delivered now (that server unreachable or unwell) is queued in the
+// outbox, sealed to the key pinned for them when they cannot even be looked
+// up, and delivered later.
+func (e *env) send(ctx context.Context, c *client.Client, acct *account, to, text string) error {
+	remote := isRemote(to, acct)
+	r, err := c.Recipient(ctx, to)
+	if err != nil && remote && client.IsTemporary(err) {
+		if pinned, perr := c.PinnedRecipient(to); perr == nil {
+			r, err = pinned, nil // their server is down: seal to the pinned key, queue below
+		}
+	}
+	var out *client.Outgoing
+	if err == nil {
+		for _, n := range r.Contact.Notices {
+			fmt.Fprintf(e.stderr, "notice: %s\n", n)
+		}
+		if r.Contact.Status == client.ContactNew {
+			fmt.Fprintf(e.stderr, "first message to %s: key %s pinned (compare safety numbers: kez verify %s)\n", r.Address, r.Primary, r.Contact.Who())
+		}
+		if out, err = c.Seal(ctx, r, text); err == nil {
+			_, err = c.Deliver(ctx, out)
+		}
+	}
+	if err != nil && out != nil && remote && client.IsTemporary(err) {
+		if qerr := e.queue(out, err); qerr != nil {
+			return fmt.Errorf("%s (and the outbox could not keep the message: %v)", describe(err), qerr)
+		}
+		fmt.Fprintf(e.stdout, "queued for %s: %s; kez delivers it when that server answers (kez outbox shows it)\n", r.Address, oneLine(describe(err)))
+		return nil
+	}
+	_, server := kez.SplitAddress(to)
+	if server == "" {
+		server = acct.ServerName
+	}
+	switch {
+	case client.IsTrustFailure(err):
+		return keyChangedAdvice(err)
+	case client.IsUnknownUser(err):
+		if st, serr := c.TrustState(); serr == nil && !remote {
+			if p := st.Contacts[kez.ASCIILower(strings.TrimSuffix(to, "@"+acct.ServerName))]; p != nil && p.Changed != nil && p.Changed.Primary == "" {
+				return fmt.Errorf("%s is gone: %s", to, p.Changed.How)
+			}
+		}
+		return fmt.Errorf("unknown recipient %q on %s", to, server)
+	case errors.Is(err, client.ErrEnvelopeTooLarge):
+		return errors.New("the server refused the message as too large")
+	case errors.Is(err, client.ErrInboxFull):
+		return fmt.Errorf("%s's inbox is full; try again later", to)
+	case errors.Is(err, client.ErrRequestLimit):
+		return fmt.Errorf("%s has not accepted you as a contact yet, and has as many of your (or everyone's) message requests as the server keeps; wait until they read or accept them", r.Address)
+	case errors.Is(err, client.ErrBlocked):
+		return fmt.Errorf("%s does not accept messages from you", r.Address)
+	case errors.Is(err, client.ErrFederationRefused):
+		return fmt.Errorf("%s does not take messages from users of %s (%v)", server, acct.ServerName, err)
+	case errors.Is(err, client.ErrSenderUnverified):
+		return fmt.Errorf("%s could not verify your key at %s, so it refused the message (%v); kez log status shows what your client checked of your own server", server, acct.ServerName, err)
+	case errors.Is(err, client.ErrUnknownSender):
+		return fmt.Errorf("%s does not know your key (was the server reset?); run: kez register %s --server %s", acct.Server, acct.Handle, acct.Server)
+	case err != nil:
+		return err
+	}
+	fmt.Fprintf(e.stdout, "sent to %s\n", r.Address)
+	return nil
 }
 
 var inboxCmd = &command{
@@ -462,6 +507,7 @@ var listenCmd = &command{
 		watchCtx, stopWatch := context.WithCancel(ctx)
 		defer stopWatch()
 		go e.watchTrust(watchCtx, c)
+		go e.watchOutbox(watchCtx, c)
 		err = c.Stream(ctx, client.StreamOptions{
 			Since: since,
 			OnConnect: func() {
@@ -539,8 +585,8 @@ var requestsCmd = &command{
 		ctx, cancel := context.WithTimeout(ctx, requestTimeout)
 		defer cancel()
 		type sender struct {
-			primary, first string
-			count          int
+			primary, fromAddr, first string
+			count                    int
 		}
 		var order []*sender
 		bySender := map[string]*sender{}
@@ -551,7 +597,7 @@ var requestsCmd = &command{
 			}
 			s := bySender[m.From]
 			if s == nil {
-				s = &sender{primary: m.From}
+				s = &sender{primary: m.From, fromAddr: m.FromAddr}
 				bySender[m.From] = s
 				order = append(order, s)
 			}
@@ -584,7 +630,7 @@ var requestsCmd = &command{
 		}
 		p := newPrinter(c, cur)
 		for _, s := range order {
-			name := p.address(ctx, s.primary)
+			name := p.address(ctx, s.primary, s.fromAddr)
 			who := name
 			if name == "" {
 				name, who = keyName(s.primary), s.primary
@@ -677,7 +723,7 @@ var contactsCmd = &command{
 			}{{"accepted (their messages are not requests)", lists.Accepted}, {"blocked", lists.Blocked}} {
 				fmt.Fprintf(e.stdout, "%s: %d\n", l.title, len(l.keys))
 				for _, k := range l.keys {
-					name := p.address(ctx, k)
+					name := p.address(ctx, k, "")
 					if name == "" {
 						name = keyName(k)
 					}

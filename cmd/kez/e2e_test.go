@@ -29,6 +29,7 @@ type user struct {
 	t   *testing.T
 	bin string
 	dir string
+	env []string // more environment, e.g. KEZ_RESOLVE
 }
 
 func newUser(t *testing.T) *user {
@@ -37,7 +38,7 @@ func newUser(t *testing.T) *user {
 
 func (u *user) command(stdin string, args ...string) *exec.Cmd {
 	cmd := exec.Command(u.bin, args...)
-	cmd.Env = append(os.Environ(), "KEZ_CONFIG_DIR="+u.dir)
+	cmd.Env = append(append(os.Environ(), "KEZ_CONFIG_DIR="+u.dir), u.env...)
 	cmd.Stdin = strings.NewReader(stdin)
 	return cmd
 }

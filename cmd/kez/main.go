@@ -17,6 +17,11 @@
 //	kez rotate [--forget-old]            replace your key (old and new sign)
 //	kez delete --yes                     delete your account
 //	kez log verify|handle <h>|status     check the server's binding log
+//	kez outbox [--retry]                 messages to other servers not delivered yet
+//
+// who may be a user of another server (bob@two.example, SPEC §8): kez looks
+// them up there and sends there. --resolve S=URL (or KEZ_RESOLVE) says
+// where server S is when it is not at https://S.
 //
 // Every command takes --config DIR (default: $KEZ_CONFIG_DIR, else the user
 // config dir + /kez).
@@ -77,9 +82,16 @@ trust (the server's binding log, pinned keys, safety numbers):
   kez log handle <h>                      a handle's history: registrations, rotations, deletions
   kez log status | dismiss | reset --yes  what is kept about the log; hide warnings; forget the log
 
-who is a handle, handle@server or ed25519:<primary>.
+other servers (federation):
+  kez send bob@two.example hi             write to a user of another server: it is looked up and
+                                          verified there, under that server's own pinned log key
+  kez outbox [--retry] [--drop-failed]    messages to other servers waiting to be delivered; --retry: now
+
+who is a handle, handle@server (any server) or ed25519:<primary>.
 
 every command takes --config DIR (default $KEZ_CONFIG_DIR, else %s)
+and --resolve S=URL (repeatable; $KEZ_RESOLVE="S=URL,..."): reach server S at URL instead of
+https://S (for test setups and private networks)
 `
 
 // command is one subcommand: its flags and what it does with its arguments.
@@ -93,7 +105,7 @@ type command struct {
 
 var commands = []*command{initCmd, registerCmd, whoisCmd, sendCmd, inboxCmd, listenCmd, ackCmd,
 	requestsCmd, acceptCmd, unacceptCmd, blockCmd, unblockCmd, contactsCmd,
-	verifyCmd, acceptKeyCmd, rotateCmd, deleteCmd, logCmd}
+	verifyCmd, acceptKeyCmd, rotateCmd, deleteCmd, logCmd, outboxCmd}
 
 // run executes one kez command line and returns the exit code: 0 done,
 // 1 failed, 2 bad usage.
@@ -101,6 +113,8 @@ func run(ctx context.Context, args []string, a *app) int {
 	global := flag.NewFlagSet("kez", flag.ContinueOnError)
 	global.SetOutput(io.Discard)
 	configFlag := global.String("config", "", "config directory")
+	var resolve resolveFlag
+	global.Var(&resolve, "resolve", "server=base")
 	if err := global.Parse(args); err != nil || global.NArg() == 0 {
 		fmt.Fprintf(a.stderr, usage, defaultConfigDirHint())
 		if errors.Is(err, flag.ErrHelp) {
@@ -115,17 +129,18 @@ func run(ctx context.Context, args []string, a *app) int {
 	}
 	for _, cmd := range commands {
 		if cmd.name == name {
-			return a.runCommand(ctx, cmd, rest, *configFlag)
+			return a.runCommand(ctx, cmd, rest, *configFlag, resolve)
 		}
 	}
 	fmt.Fprintf(a.stderr, "kez: unknown command %q (run kez help)\n", name)
 	return 2
 }
 
-func (a *app) runCommand(ctx context.Context, cmd *command, args []string, config string) int {
+func (a *app) runCommand(ctx context.Context, cmd *command, args []string, config string, resolve resolveFlag) int {
 	fs := flag.NewFlagSet("kez "+cmd.name, flag.ContinueOnError)
 	fs.SetOutput(a.stderr)
 	fs.StringVar(&config, "config", config, "config `directory`")
+	fs.Var(&resolve, "resolve", "reach the server named S at base URL `S=URL` instead of looking it up (repeatable; also $KEZ_RESOLVE=\"S=URL,…\")")
 	if cmd.flags != nil {
 		cmd.flags(fs)
 	}
@@ -145,8 +160,12 @@ func (a *app) runCommand(ctx context.Context, cmd *command, args []string, confi
 		return 2
 	}
 	dir, err := configDir(config, a.getenv)
+	var servers map[string]string
 	if err == nil {
-		err = cmd.run(ctx, &env{app: a, dir: dir, fs: fs}, positional)
+		servers, err = resolveMap(a.getenv("KEZ_RESOLVE"), resolve)
+	}
+	if err == nil {
+		err = cmd.run(ctx, &env{app: a, dir: dir, fs: fs, resolve: servers}, positional)
 	}
 	switch {
 	case err == nil:

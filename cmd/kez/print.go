@@ -147,7 +147,7 @@ func parseCopy(raw []byte) (copyMessage, bool) {
 // is shown only as an unverified claim, never as its name. notices are
 // lines to print before the message: the sender's rotations followed.
 func (p *printer) sender(ctx context.Context, primary, serverAddr, claimed string) (name, notices string) {
-	s, notices := p.lookup(ctx, primary)
+	s, notices := p.lookup(ctx, primary, serverAddr)
 	addr := s.addr
 	claimed, serverAddr = safeText(claimed), safeText(serverAddr)
 	name = addr
@@ -170,25 +170,36 @@ func (p *printer) sender(ctx context.Context, primary, serverAddr, claimed strin
 	}
 }
 
-// address is the verified address of primary on our server, "" if it has
-// none.
-func (p *printer) address(ctx context.Context, primary string) string {
-	s, _ := p.lookup(ctx, primary)
+// address is the verified address of primary ("" if it has none): on our
+// server, or at the server of fromAddr when it names another (SPEC §8).
+// A key known only as the pinned key of another server's contact is named
+// by that pin.
+func (p *printer) address(ctx context.Context, primary, fromAddr string) string {
+	s, _ := p.lookup(ctx, primary, fromAddr)
+	if s.addr == "" && fromAddr == "" {
+		if h, how := p.c.PinnedHandle(primary); how == "pinned" && strings.Contains(h, "@") {
+			return h + " (pinned)"
+		}
+	}
 	return s.addr
 }
 
 // lookup finds who primary is, once per run: the record bound to it,
 // checked in the log and against the pin of its handle (pinned now if it
-// is the first use). Rotation notices come back once, as lines.
-func (p *printer) lookup(ctx context.Context, primary string) (*sender, string) {
-	if s, known := p.senders[primary]; known {
+// is the first use). A sender from another server (fromAddr names it) is
+// looked up at that server, which must bind the address to primary.
+// Rotation notices come back once, as lines.
+func (p *printer) lookup(ctx context.Context, primary, fromAddr string) (*sender, string) {
+	key := primary + "|" + fromAddr
+	if s, known := p.senders[key]; known {
 		return s, ""
 	}
 	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
 	defer cancel()
 	s := &sender{}
 	notices := ""
-	ct, err := p.c.ContactByPrimary(ctx, primary, primary != p.self)
+	ct, err := p.c.Sender(ctx, primary, fromAddr, primary != p.self)
+	var se *client.SenderError
 	switch {
 	case err == nil:
 		s.addr = ct.Address
@@ -196,18 +207,27 @@ func (p *printer) lookup(ctx context.Context, primary string) (*sender, string) 
 			notices += "notice: " + n.String() + "\n"
 		}
 		if ct.Status == client.ContactChanged {
-			s.mark = fmt.Sprintf(" [NEW KEY, not accepted: %s; kez accept-key %s, or kez verify %s]", ct.Pin.Changed.How, ct.Handle, ct.Handle)
+			s.mark = fmt.Sprintf(" [NEW KEY, not accepted: %s; kez accept-key %s, or kez verify %s]", ct.Pin.Changed.How, ct.Who(), ct.Who())
 		}
-		p.senders[primary] = s
+		p.senders[key] = s
+	case errors.As(err, &se) && se.Previous:
+		s.mark = fmt.Sprintf(" [an earlier key of %s]", se.Addr)
+		p.senders[key] = s
+	case errors.As(err, &se):
+		s.mark = " [NOT VERIFIED: " + oneLine(err.Error()) + "]"
+		p.senders[key] = s
 	case client.IsUnknownUser(err):
 		// No handle now: an earlier key of a contact, or a stranger's.
 		if h, how := p.c.PinnedHandle(primary); h != "" && how == "previous" {
 			s.mark = fmt.Sprintf(" [an earlier key of %s]", h)
 		}
-		p.senders[primary] = s // a definite answer; other errors are retried
+		p.senders[key] = s // a definite answer; other errors are retried
 	case client.IsTrustFailure(err):
 		s.mark = " [the server's log does not back its record: " + oneLine(err.Error()) + "]"
-		p.senders[primary] = s
+		p.senders[key] = s
+	case err != nil && isRemoteAddr(ctx, p.c, fromAddr):
+		// Its server could not be asked: shown unverified, asked again next time.
+		s.mark = " [NOT VERIFIED: could not check " + safeText(fromAddr) + " at its server: " + oneLine(describe(err)) + "]"
 	}
 	return s, notices
 }
@@ -266,4 +286,14 @@ func describe(err error) string {
 		return fmt.Sprintf("the server refused: %s (%s)", apiErr.Message, apiErr.Code)
 	}
 	return err.Error()
+}
+
+// isRemoteAddr reports whether addr names another server than c's.
+func isRemoteAddr(ctx context.Context, c *client.Client, addr string) bool {
+	_, server := kez.SplitAddress(addr)
+	if server == "" {
+		return false
+	}
+	name, err := c.ServerName(ctx)
+	return err == nil && server != name
 }

@@ -7,8 +7,10 @@ import (
 	"flag"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -39,14 +41,19 @@ func (e *env) watchTrust(ctx context.Context, c *client.Client) {
 			seen[w.Text] = true // printed when listen started
 		}
 	}
-	t := time.NewTicker(listenMonitorEvery)
+	every(ctx, listenMonitorEvery, func() { e.reportTrust(ctx, c, seen) })
+}
+
+// every runs fn every d until ctx ends.
+func every(ctx context.Context, d time.Duration, fn func()) {
+	t := time.NewTicker(d)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			e.reportTrust(ctx, c, seen)
+			fn()
 		}
 	}
 }
@@ -92,6 +99,26 @@ func (e *env) printWarnings(c *client.Client, seen map[string]bool) {
 		}
 		fmt.Fprintf(e.stderr, "kez: warning: %s (seen %s; kez log dismiss hides it)\n", oneLine(w.Text), when(w.SeenAt))
 	}
+	// Other servers' findings (SPEC §8): a fork every time, until reset.
+	for _, server := range slices.Sorted(maps.Keys(st.Remotes)) {
+		r := st.Remotes[server]
+		var lines []string
+		if r.Fork != nil {
+			lines = append(lines, "WARNING: "+oneLine((&client.ForkError{Fork: r.Fork, Server: server}).Error()))
+		}
+		for _, w := range r.Warnings {
+			lines = append(lines, fmt.Sprintf("warning about %s: %s (seen %s; kez log dismiss hides it)", server, oneLine(w.Text), when(w.SeenAt)))
+		}
+		for _, line := range lines {
+			if seen != nil {
+				if seen[line] {
+					continue
+				}
+				seen[line] = true
+			}
+			fmt.Fprintf(e.stderr, "kez: %s\n", line)
+		}
+	}
 }
 
 // printNotices prints contacts' rotations not shown yet.
@@ -128,7 +155,11 @@ func keyChangedAdvice(err error) error {
 func contact(ctx context.Context, c *client.Client, acct *account, who string) (*client.Contact, error) {
 	ct, err := c.Contact(ctx, who)
 	if client.IsUnknownUser(err) {
-		return nil, fmt.Errorf("no user %q on %s", who, acct.Server)
+		server := acct.Server
+		if isRemote(who, acct) {
+			_, server = kez.SplitAddress(who)
+		}
+		return nil, fmt.Errorf("no user %q on %s", who, server)
 	}
 	return ct, err
 }
@@ -161,7 +192,7 @@ var verifyCmd = &command{
 				acct.address(), ct.Address, ct.Primary, strings.Join(g[0:4], " "), strings.Join(g[4:8], " "), strings.Join(g[8:12], " "))
 			confirmed := e.str("yes") == "true"
 			if !confirmed && isTerminal(e.stdin) {
-				fmt.Fprintf(e.stdout, "Does %s see the same 60 digits (compare in person or on a call you trust)? [y/N] ", ct.Handle)
+				fmt.Fprintf(e.stdout, "Does %s see the same 60 digits (compare in person or on a call you trust)? [y/N] ", ct.Who())
 				line, _ := bufio.NewReader(e.stdin).ReadString('\n')
 				confirmed = strings.EqualFold(strings.TrimSpace(line), "y") || strings.EqualFold(strings.TrimSpace(line), "yes")
 			}
@@ -170,11 +201,15 @@ var verifyCmd = &command{
 					fmt.Fprintf(e.stdout, "%s is verified (you compared this number on %s)\n", ct.Address, when(ct.Pin.VerifiedAt))
 					return nil
 				}
+				mine := acct.Handle
+				if ct.Remote {
+					mine = acct.address() // they are on another server
+				}
 				fmt.Fprintf(e.stdout, "not marked verified. Compare it with %s's (kez verify %s on their side, in person or on a call you trust); if it matches: kez verify %s --yes\n",
-					ct.Handle, acct.Handle, args[0])
+					ct.Who(), mine, args[0])
 				return nil
 			}
-			if _, err := c.MarkVerified(ct.Handle, ct.Primary); err != nil {
+			if _, err := c.MarkVerified(ct.Who(), ct.Primary); err != nil {
 				return err
 			}
 			fmt.Fprintf(e.stdout, "%s is verified: key %s\n", ct.Address, ct.Primary)
@@ -206,11 +241,11 @@ var acceptKeyCmd = &command{
 			if ct.Status != client.ContactChanged {
 				return fmt.Errorf("%s's key has not changed (%s); nothing to accept", ct.Address, ct.Primary)
 			}
-			pin, err := c.AcceptKey(ct.Handle)
+			pin, err := c.AcceptKey(ct.Who())
 			if err != nil {
 				return keyChangedAdvice(err)
 			}
-			fmt.Fprintf(e.stdout, "accepted %s's new key %s; messages to %s go to it (not verified: kez verify %s)\n", ct.Address, pin.Primary, ct.Handle, ct.Handle)
+			fmt.Fprintf(e.stdout, "accepted %s's new key %s; messages to %s go to it (not verified: kez verify %s)\n", ct.Address, pin.Primary, ct.Who(), ct.Who())
 			return nil
 		})
 	},
@@ -335,9 +370,10 @@ var deleteCmd = &command{
 var logCmd = &command{
 	name:    "log",
 	minArgs: 1, maxArgs: 2,
-	args: "verify | handle <h> | status | dismiss | reset --yes   [--server URL]",
+	args: "verify | handle <h> | status | dismiss | reset --yes   [--server URL | --remote NAME]",
 	flags: func(fs *flag.FlagSet) {
 		fs.String("server", "", "the server whose log to read (default: the one you registered with)")
+		fs.String("remote", "", "another server, by `name` (two.example), whose log and keys you met through its users")
 		fs.Bool("yes", false, "for reset: really forget the log key and what was read")
 	},
 	run: func(ctx context.Context, e *env, args []string) error {
@@ -357,6 +393,13 @@ var logCmd = &command{
 		}
 		if err != nil {
 			return err
+		}
+		remote := e.str("remote")
+		if remote != "" {
+			if c, err = c.Remote(ctx, "@"+strings.ToLower(remote)); err != nil {
+				return err
+			}
+			server = remote
 		}
 		switch sub {
 		case "verify":
@@ -380,7 +423,7 @@ var logCmd = &command{
 			if err := c.ResetLog(); err != nil {
 				return err
 			}
-			if acct, aerr := loadAccount(e.dir); aerr == nil && strings.TrimRight(acct.Server, "/") == strings.TrimRight(server, "/") {
+			if acct, aerr := loadAccount(e.dir); aerr == nil && remote == "" && strings.TrimRight(acct.Server, "/") == strings.TrimRight(server, "/") {
 				acct.LogKey = ""
 				if err := saveAccount(e.dir, acct); err != nil {
 					return err
@@ -476,6 +519,16 @@ func (e *env) logStatus(c *client.Client) error {
 	}
 	for _, w := range st.Warnings {
 		fmt.Fprintf(e.stdout, "warning     %s (%s)\n", oneLine(w.Text), when(w.SeenAt))
+	}
+	for _, server := range slices.Sorted(maps.Keys(st.Remotes)) {
+		r := st.Remotes[server]
+		state := "ok"
+		if r.Fork != nil {
+			state = "FORK (kez log status --remote " + server + ")"
+		} else if len(r.Warnings) > 0 {
+			state = fmt.Sprintf("%d warning(s) (kez log status --remote %s)", len(r.Warnings), server)
+		}
+		fmt.Fprintf(e.stdout, "remote      %s: log key %s, %d entries read, %d contact(s) pinned; %s\n", server, r.LogKey, r.Scan.Size, len(r.Contacts), state)
 	}
 	return nil
 }
