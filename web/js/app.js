@@ -1671,6 +1671,7 @@ $('start-form').addEventListener('submit', async (ev) => {
     if (e instanceof ApiError && e.status === 404) fail(`No one is registered as ${remote ? `“${handle}” on ${server}` : `@${handle} on ${server}`}. Check the spelling.`);
     else if (e instanceof TrustError) fail(`The server’s answer for ${who} failed verification, so it was not used. ${e.message}`);
     else if (remote && e instanceof ApiError && e.code === 'network') fail(`Can’t reach ${server}. Check the address, or try again later.`);
+    else if (remote && e instanceof ApiError && e.code === 'not_public') fail(`KEZ doesn’t reach ${server}: ${e.message}.`);
     else if (remote && e instanceof ApiError && (e.code === 'wrong_server' || e.code === 'wrong_protocol' || e.code === 'bad_response')) {
       fail(`${server} doesn’t answer like a KEZ server: ${e.message}.`);
     } else fail(friendly(e));
@@ -2273,6 +2274,8 @@ function remoteSendProblem(e, who, server) {
     case 'wrong_server':
     case 'wrong_protocol':
       return { error: `Not sent — ${server} doesn’t answer like a KEZ server (${e.message}).`, retryable: false };
+    case 'not_public':
+      return { error: `Not sent — ${e.message}.`, retryable: false };
     default:
       if (e.status === 429 || e.status >= 500) return { error: `Not sent yet — ${server} is busy. It is kept and tried again by itself.`, retryable: true, backoff: e.status !== 429, later: e.status === 429 };
       return null;

@@ -21,6 +21,23 @@ const SERVER_RE = new RegExp(`^${LABEL}(?:\\.${LABEL})*$`);
 export const validServer = (s) => typeof s === 'string' && s.length <= 253 && SERVER_RE.test(s);
 
 /**
+ * publicHost says whether a host may be reached without the home server
+ * naming where it is: not an IP address (in any form the URL parser turns
+ * into one, such as 2130706433 or 0x7f.1), not localhost. An address in a
+ * message, or a WebFinger link, must not send the browser into its own
+ * network.
+ */
+export function publicHost(host) {
+  let h;
+  try {
+    h = new URL(`https://${host}/`).hostname;
+  } catch {
+    return false;
+  }
+  return !/^\d+\.\d+\.\d+\.\d+$/.test(h) && !h.startsWith('[') && h !== 'localhost' && !h.endsWith('.localhost');
+}
+
+/**
  * parseAddress reads what a user typed where a handle is accepted: `bob`,
  * `@bob`, `bob@two.example`, in any case. It returns {handle, server,
  * remote, address}: server is home when none is named, remote says it is
@@ -137,7 +154,10 @@ export async function webfingerBase(server, handle, fetchFn = globalThis.fetch) 
   // An answer about someone else is no answer.
   if (typeof jrd.subject === 'string' && jrd.subject.toLowerCase() !== resource) return null;
   for (const l of jrd.links) {
-    if (l && typeof l === 'object' && l.rel === API_REL && typeof l.href === 'string') return cleanBase(l.href);
+    if (l && typeof l === 'object' && l.rel === API_REL && typeof l.href === 'string') {
+      const b = cleanBase(l.href);
+      return b && publicHost(new URL(b).host) ? b : null;
+    }
   }
   return null;
 }
@@ -193,9 +213,16 @@ export class Federation {
     return !server || server === this.home.server;
   }
 
-  /** base finds where server's API is; handle (when known) is what WebFinger is asked about. */
+  /**
+   * base finds where server's API is; handle (when known) is what WebFinger
+   * is asked about. A server named by an IP address or localhost is reached
+   * only when the home server's map names it.
+   */
   async base(server, handle) {
     if (this.resolve[server]) return this.resolve[server];
+    if (!publicHost(server)) {
+      throw new ApiError(0, 'not_public', `${server} is not a public server name, and ${this.home.server} does not say where it is`);
+    }
     if (this.bases.has(server)) return this.bases.get(server);
     let b = null;
     if (handle && validHandle(handle)) b = await webfingerBase(server, handle, this.fetch);

@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { Api, ApiError } from '../js/api.js';
 import { fromHex, utf8 } from '../js/encoding.js';
 import * as kez from '../js/kez.js';
-import { cleanBase, Federation, parseAddress, readFederation, splitAddress, validServer, webfingerBase } from '../js/federation.js';
+import { cleanBase, Federation, parseAddress, publicHost, readFederation, splitAddress, validServer, webfingerBase } from '../js/federation.js';
 import { parseStrict } from '../js/strictjson.js';
 import { Trust, TrustError } from '../js/trust.js';
 import { FakeLog, memoryStore } from './fakelog.mjs';
@@ -48,6 +48,11 @@ test('splitAddress reads a server-sent address only when both halves are valid',
   for (const bad of [undefined, 42, '', 'bob', '@two.test', 'Bob@two.test', 'bob@Two.test', 'bob@two.test\n', 'b@two.test', 'bob@', 'bob@two..test', 'bob@x' + 'y'.repeat(300)]) {
     assert.equal(splitAddress(bad), null, String(bad));
   }
+});
+
+test('publicHost: no IP address in any spelling, no localhost', () => {
+  for (const h of ['two.test', 'chat.example.com', 'localhost.example', 'x1.example']) assert.equal(publicHost(h), true, h);
+  for (const h of ['127.0.0.1', '10.0.0.1', '2130706433', '0x7f.1', '0177.0.0.1', '127.1', 'localhost', 'one.localhost', '[::1]', 'a b', 'x1.2']) assert.equal(publicHost(h), false, h);
 });
 
 test('cleanBase: https bases only, except where http is allowed; no credentials', () => {
@@ -99,6 +104,9 @@ test('webfingerBase gives nothing for answers it cannot use', async () => {
   const cases = {
     'no link': answer(jrd([{ rel: 'urn:kez:chat', href: 'https://two.test/v1/u/bob' }])),
     'an http link': answer(jrd([{ rel: 'urn:kez:api', href: 'http://10.0.0.1/' }])),
+    'a link into the local network': answer(jrd([{ rel: 'urn:kez:api', href: 'https://192.168.1.1/' }])),
+    'a link to loopback by number': answer(jrd([{ rel: 'urn:kez:api', href: 'https://2130706433/' }])),
+    'a link to localhost': answer(jrd([{ rel: 'urn:kez:api', href: 'https://localhost:8443/' }])),
     'a link with credentials': answer(jrd([{ rel: 'urn:kez:api', href: 'https://u:p@two.test/' }])),
     'another subject': answer(jrd([{ rel: 'urn:kez:api', href: 'https://evil.test/' }], 'acct:carol@two.test')),
     'not JSON': answer('<html>'),
@@ -240,6 +248,12 @@ test('without a resolve entry: WebFinger at https://<server>, else https://<serv
   const api = await quiet.api('three.test', 'carol'); // not kept after a failure: asked again
   assert.equal(api.base, 'https://three.test/');
   await assert.rejects(quiet.api('bad server'), (e) => e.code === 'bad_server');
+  // An IP address or localhost, unmapped: refused without a connection.
+  const asked = network({});
+  for (const s of ['127.0.0.1', '10.1.2.3', 'localhost', 'one.localhost', '2130706433']) {
+    await assert.rejects(quiet.api(s, 'bob'), (e) => e instanceof ApiError && e.code === 'not_public', s);
+  }
+  assert.deepEqual(asked, []);
 });
 
 test('a server without /v1/federation federates with no one known', async () => {
