@@ -18,14 +18,17 @@
 
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { copyFileSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { execFile, execFileSync } from 'node:child_process';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { promisify } from 'node:util';
 
 import { Api } from '../js/api.js';
 import * as kez from '../js/kez.js';
-import { Caddy, caddyBinary, createAccount, freePort, launchBrowser, newPage, send, shot, startChat, startLyingProxy } from './harness.mjs';
+import { Caddy, caddyBinary, createAccount, freePort, launchBrowser, newPage, REPO, send, shot, startChat, startLyingProxy } from './harness.mjs';
 
+const execFileAsync = promisify(execFile);
 const tmp = mkdtempSync(join(tmpdir(), 'kez-e2e-fed-'));
 const contexts = [];
 let bin;
@@ -154,6 +157,39 @@ test('alice@one.test and bob@two.test chat both ways; her first message is a req
   assert.equal(await safety(alice), await safety(bob));
 });
 
+test('the browser and kez talk across servers: terry@two.test (kez) and alice@one.test (browser)', { skip: !existsSync(join(REPO, 'cmd', 'kez')) && !process.env.KEZ_CLI && 'cmd/kez does not exist' }, async () => {
+  let cli = process.env.KEZ_CLI;
+  if (!cli) {
+    cli = join(tmp, 'kez');
+    execFileSync('go', ['build', '-o', cli, './cmd/kez'], { cwd: REPO, stdio: 'inherit' });
+  }
+  const config = join(tmp, 'kez-terry');
+  // Run without blocking: the proxy before two.test lives in this process, and one.test asks it about terry.
+  const kezCli = async (...args) =>
+    (
+      await execFileAsync(cli, ['--config', config, ...args], {
+        encoding: 'utf8',
+        env: { ...process.env, KEZ_CONFIG_DIR: config, KEZ_RESOLVE: `${one.name}=${one.base},${two.name}=${two.base}` },
+        timeout: 30000,
+      })
+    ).stdout;
+  await kezCli('init');
+  await kezCli('register', 'terry', '--server', two.base);
+  await kezCli('send', 'alice@one.test', 'hello alice, from kez on two.test');
+  // A request in alice's browser, under the address her browser verified at two.test.
+  const req = requestItem(alice, 'terry@two.test');
+  await req.getByText('hello alice, from kez on two.test').waitFor();
+  await alice.getByRole('button', { name: 'Accept terry@two.test' }).click();
+  await alice.locator('#thread-title', { hasText: 'terry@two.test' }).waitFor();
+  await send(alice, 'hello terry, from the browser on one.test');
+  await outMsg(alice, 'hello terry, from the browser on one.test').and(alice.locator('[data-status="sent"]')).waitFor();
+  const out = await kezCli('inbox');
+  assert.match(out, /alice@one\.test: hello terry, from the browser on one\.test/, out);
+  assert.doesNotMatch(out, /undecryptable|unverified|could not/i, out);
+  await alice.goto(one.base + '/#/c/' + encodeURIComponent('bob@two.test'));
+  await alice.locator('#thread-title', { hasText: 'bob@two.test' }).waitFor();
+});
+
 test('a key two.test’s proxy substitutes is refused by alice’s browser, with a warning naming two.test', async () => {
   // dave is on two.test for real; the proxy answers alice with another key for him.
   const napi = new Api(two.base + '/', two.name);
@@ -227,7 +263,10 @@ test('one.test down: two.test cannot check alice’s key (503), so her message w
 });
 
 test('a sender whose server cannot be reached is not shown as who they claim, and says why', async () => {
-  // eve, on one.test, writes to bob while bob's browser is closed.
+  // eve, on one.test, writes to bob while bob's browser is closed (open, it would check her at once).
+  const bobUrl = bob.url();
+  const bobContext = bob.context();
+  await bob.close();
   const napi = new Api(one.base + '/', one.name);
   const eve = await kez.identityFromSeed(kez.newSeed());
   await napi.register(await kez.signRegistration(eve, 'eve', one.name, napi.nowSec()));
@@ -236,9 +275,6 @@ test('a sender whose server cannot be reached is not shown as who they claim, an
   const remote = new Api(two.base + '/', two.name);
   const r = await remote.send(eve, 'bob', env, 'eve@one.test');
   assert.ok(r.seq > 0);
-  const bobUrl = bob.url();
-  const bobContext = bob.context();
-  await bob.close();
   // Now one.test is gone: bob's browser cannot confirm eve's key there.
   await one.caddy.stop();
   bob = await bobContext.newPage();
