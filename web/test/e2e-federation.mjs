@@ -289,6 +289,11 @@ test('a sender whose server cannot be reached is not shown as who they claim, an
   await one.caddy.start(`${one.base}/v1/healthz`);
   await bob.reload();
   await requestItem(bob, 'eve@one.test').getByText('hi bob, eve here').waitFor();
+  // Block works for another server's sender as for anyone: her next message is refused.
+  await bob.getByRole('button', { name: 'Block eve@one.test' }).click();
+  await requestItem(bob, 'eve@one.test').waitFor({ state: 'detached' });
+  const env2 = await kez.sealEnvelope(eve, bobRec.primary, { type: 'text', text: 'blocked?', id: crypto.randomUUID(), sent_at: Date.now(), from_addr: 'eve@one.test' });
+  await assert.rejects(remote.send(eve, 'bob', env2, 'eve@one.test'), (e) => e.status === 403 && e.code === 'blocked');
 });
 
 test('two.test showing alice a forked log is refused by her browser, and the warning stays', async () => {
