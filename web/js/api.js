@@ -216,32 +216,9 @@ export class Api {
     return this.body(res);
   }
 
-  /**
-   * body reads an answer's text, at most maxBytes of it when that is set;
-   * a longer answer is an ApiError('too_large') and the rest is not read.
-   */
-  async body(res) {
-    if (!this.maxBytes || !res.body) return res.text();
-    const reader = res.body.getReader();
-    const chunks = [];
-    let n = 0;
-    for (;;) {
-      const { done, value } = await reader.read();
-      if (done) break;
-      n += value.length;
-      if (n > this.maxBytes) {
-        reader.cancel().catch(() => {});
-        throw new ApiError(res.status, 'too_large', `the server’s answer is larger than ${this.maxBytes} bytes`);
-      }
-      chunks.push(value);
-    }
-    const all = new Uint8Array(n);
-    let at = 0;
-    for (const c of chunks) {
-      all.set(c, at);
-      at += c.length;
-    }
-    return new TextDecoder().decode(all);
+  /** body reads an answer's text, at most maxBytes of it when that is set (readBounded). */
+  body(res) {
+    return this.maxBytes ? readBounded(res, this.maxBytes) : res.text();
   }
 
   logKey() {
@@ -329,6 +306,34 @@ export class Api {
   unblock(identity, handle, primary) {
     return this.request('DELETE', `v1/inbox/${lower(handle)}/blocked/${checkPrimary(primary)}`, { signer: identity });
   }
+}
+
+/**
+ * readBounded reads a response's text, at most max bytes of it: a longer
+ * answer is an ApiError('too_large'), and the rest is not read.
+ */
+export async function readBounded(res, max) {
+  if (!res.body) return '';
+  const reader = res.body.getReader();
+  const chunks = [];
+  let n = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    n += value.length;
+    if (n > max) {
+      reader.cancel().catch(() => {});
+      throw new ApiError(res.status, 'too_large', `the server’s answer is larger than ${max} bytes`);
+    }
+    chunks.push(value);
+  }
+  const all = new Uint8Array(n);
+  let at = 0;
+  for (const c of chunks) {
+    all.set(c, at);
+    at += c.length;
+  }
+  return new TextDecoder().decode(all);
 }
 
 /** STATUS is where request() leaves the HTTP status on what it returns. */

@@ -3,7 +3,7 @@
 // checkpoint) per server. No DOM: the app gives it the home server's Api and
 // a place to keep trust state, the tests give it a scripted fetch.
 
-import { Api, ApiError } from './api.js';
+import { Api, ApiError, readBounded } from './api.js';
 import { validHandle } from './kez.js';
 import { checkMembers, parseStrict } from './strictjson.js';
 import { Trust } from './trust.js';
@@ -132,11 +132,10 @@ export async function webfingerBase(server, handle, fetchFn = globalThis.fetch) 
   try {
     const res = await fetchFn(url, { headers: { Accept: 'application/jrd+json' }, cache: 'no-store', redirect: 'error', credentials: 'omit', signal: AbortSignal.timeout(REMOTE_TIMEOUT_MS) });
     if (!res.ok) return null;
-    text = await res.text();
+    text = await readBounded(res, MAX_JRD);
   } catch {
-    return null; // unreachable, or too slow
+    return null; // unreachable, too slow, or too large
   }
-  if (text.length > MAX_JRD) return null;
   let jrd;
   try {
     jrd = parseStrict(text);

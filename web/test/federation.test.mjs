@@ -118,11 +118,28 @@ test('webfingerBase gives nothing for answers it cannot use', async () => {
     'case-twisted members side by side': answer('{"links":[{"rel":"urn:kez:api","href":"https://evil.test/","HREF":"https://two.test/"}]}'),
     'too large': answer(jrd([{ rel: 'urn:kez:api', href: 'https://two.test/' }, { rel: 'x', href: 'y'.repeat(70000) }])),
     '404': answer('{}', 404),
+
     'network error': async () => {
       throw new TypeError('fetch failed');
     },
   };
   for (const [what, fetchFn] of Object.entries(cases)) assert.equal(await webfingerBase('two.test', 'bob', fetchFn), null, what);
+});
+
+test('an endless WebFinger answer is read only up to its bound', async () => {
+  let pulled = 0;
+  const endless = async () =>
+    new Response(
+      new ReadableStream({
+        pull(c) {
+          pulled++;
+          c.enqueue(new TextEncoder().encode(' '.repeat(16384)));
+        },
+      }),
+      { headers: { 'Content-Type': 'application/jrd+json' } },
+    );
+  assert.equal(await webfingerBase('two.test', 'bob', endless), null);
+  assert.ok(pulled <= 8, `read ${pulled} chunks of 16 KiB for a 64 KiB bound`);
 });
 
 // ---- scripted servers ----
