@@ -190,6 +190,28 @@ test('the browser and kez talk across servers: terry@two.test (kez) and alice@on
   await alice.locator('#thread-title', { hasText: 'bob@two.test' }).waitFor();
 });
 
+test('bob@two.test replaces his key: alice’s browser follows the rotation in two.test’s log, and the chat goes on', async () => {
+  await bob.goto(two.base + '/#/c/' + encodeURIComponent('alice@one.test'));
+  await bob.locator('#thread-title', { hasText: 'alice@one.test' }).waitFor();
+  const before = await primaryOf(bob);
+  await bob.getByRole('button', { name: /your account and backup/ }).click();
+  await bob.getByRole('button', { name: 'Replace my key…' }).click();
+  await bob.getByRole('dialog', { name: 'Replace my key?' }).getByRole('button', { name: 'Replace my key' }).click();
+  await bob.getByRole('heading', { name: 'Save a backup of your key' }).waitFor();
+  await bob.getByRole('button', { name: 'Cancel' }).click();
+  assert.notEqual(await primaryOf(bob), before);
+  await bob.locator('#conn[data-status="live"]').waitFor();
+  await bob.locator('#thread-title', { hasText: 'alice@one.test' }).waitFor();
+  await send(bob, 'my new key, from two.test');
+  await inText(alice, 'my new key, from two.test').waitFor();
+  await alice.locator('#messages .sys-note', { hasText: 'bob@two.test replaced their key' }).waitFor();
+  assert.equal(await convoRow(alice, 'bob@two.test').count(), 1, 'one chat for bob@two.test');
+  assert.equal(await alice.locator('#keychange').isHidden(), true, 'no blocking warning for a signed rotation');
+  await send(alice, 'got it, on one.test');
+  await outMsg(alice, 'got it, on one.test').and(alice.locator('[data-status="sent"]')).waitFor();
+  await inText(bob, 'got it, on one.test').waitFor();
+});
+
 test('a key two.test’s proxy substitutes is refused by alice’s browser, with a warning naming two.test', async () => {
   // dave is on two.test for real; the proxy answers alice with another key for him.
   const napi = new Api(two.base + '/', two.name);
