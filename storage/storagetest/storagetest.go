@@ -59,6 +59,9 @@ func Run(t *testing.T, open Opener) {
 	for name, fn := range trustTests() {
 		tests[name] = fn
 	}
+	for name, fn := range pushTests() {
+		tests[name] = fn
+	}
 	for name, fn := range tests {
 		t.Run(name, func(t *testing.T) { fn(t, open) })
 	}
