@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"fmt"
+	"maps"
 	"math"
 	"slices"
 	"strconv"
@@ -60,6 +61,10 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		handle_cooldown 720h             # a deleted handle stays unregistrable
 //		max_streams_per_handle 16
 //		max_streams   50000
+//		push          on                 # Web Push (SPEC §7), or off
+//		push_contact  mailto:ops@kez.lat # default mailto:postmaster@<server>
+//		push_interval 5s
+//		push_allow_private_endpoints     # tests only
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the directive name
@@ -93,7 +98,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 // caddyfileOptions maps each option of the kez_chat block to the function
 // that reads its arguments (the dispenser on the option's name) into h.
 func (h *Handler) caddyfileOptions() map[string]func(*caddyfile.Dispenser) error {
-	return map[string]func(*caddyfile.Dispenser) error{
+	options := map[string]func(*caddyfile.Dispenser) error{
 		"server":                 stringOption(&h.Server),
 		"public_url":             stringOption(&h.PublicURL),
 		"storage":                h.parseStorage,
@@ -116,6 +121,8 @@ func (h *Handler) caddyfileOptions() map[string]func(*caddyfile.Dispenser) error
 		"registration":           h.parseRegistration,
 		"reserved":               h.parseReserved,
 	}
+	maps.Copy(options, h.pushCaddyfileOptions())
+	return options
 }
 
 func optionNames(options map[string]func(*caddyfile.Dispenser) error) []string {

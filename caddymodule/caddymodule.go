@@ -20,6 +20,7 @@ import (
 
 	"github.com/kezchat/kez/handlers"
 	"github.com/kezchat/kez/kez"
+	"github.com/kezchat/kez/push"
 	"github.com/kezchat/kez/storage"
 )
 
@@ -90,8 +91,19 @@ type Handler struct {
 	MaxStreamsPerHandle int `json:"max_streams_per_handle,omitempty"`
 	// Open streams in total. Default: 50000.
 	MaxStreams int `json:"max_streams,omitempty"`
+	// Web Push (SPEC §7): "on" (default) or "off".
+	Push string `json:"push,omitempty"`
+	// Where push services can reach the operator (the VAPID "sub"): a
+	// mailto: or https: URI. Default: mailto:postmaster@<server>.
+	PushContact string `json:"push_contact,omitempty"`
+	// The least time between two pushes to one device. Default: 5s.
+	PushInterval caddy.Duration `json:"push_interval,omitempty"`
+	// For tests only: also push to http and to private, loopback and
+	// link-local addresses.
+	PushAllowPrivateEndpoints bool `json:"push_allow_private_endpoints,omitempty"`
 
 	api     *handlers.Handler
+	pusher  *push.Sender
 	backend sharedStorage
 	rates   string // key of this config's share of rateStates, once taken
 	log     *slog.Logger
@@ -136,9 +148,13 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 	}
 	counters, err := initMetrics(ctx.GetMetricsRegistry())
+	if err == nil {
+		err = pushMetric.register(ctx.GetMetricsRegistry())
+	}
 	if err != nil {
 		return fmt.Errorf("kez_chat: metrics: %w", err)
 	}
+	h.pusher = h.newPushSender(b.store())
 	h.api = handlers.New(handlers.Config{
 		Server:         h.Server,
 		PublicURL:      h.PublicURL,
@@ -165,6 +181,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		Registration:        h.Registration,
 		InviteFile:          h.InviteFile,
 		Counters:            counters,
+		Push:                h.pusher,
 	}, b.store(), b.liveHub(), h.log)
 
 	// Caddy emits "stopping" before it shuts its servers down, on reload
@@ -242,6 +259,7 @@ func (h *Handler) setDefaults() error {
 	h.HandleCooldown = cmp.Or(h.HandleCooldown, caddy.Duration(handlers.DefaultHandleCooldown))
 	h.MaxStreamsPerHandle = cmp.Or(h.MaxStreamsPerHandle, DefaultMaxStreamsPerHandle)
 	h.MaxStreams = cmp.Or(h.MaxStreams, DefaultMaxStreams)
+	h.pushDefaults()
 	return nil
 }
 
@@ -359,7 +377,7 @@ func (h *Handler) Validate() error {
 	if h.MaxStreams < 0 || h.MaxStreamsPerHandle < 0 {
 		return fmt.Errorf("kez_chat: stream limits must not be negative")
 	}
-	return nil
+	return h.validatePush()
 }
 
 // ServeHTTP answers the API paths and passes everything else on.
@@ -376,6 +394,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 func (h *Handler) Cleanup() error {
 	if h.api != nil {
 		h.api.Close()
+	}
+	if h.pusher != nil {
+		h.pusher.Close()
 	}
 	if h.stop != nil {
 		h.stop()

@@ -119,7 +119,7 @@ func TestReadmeOptionDefaults(t *testing.T) {
 				t.Error("a config without server validates")
 			}
 			continue
-		case "reserved", "storage nats": // no default: checked below for nats
+		case "reserved", "storage nats", "push_allow_private_endpoints": // no default (nats: checked below; a switch: off)
 			if def != "—" {
 				t.Errorf("%s: README default %q, want —", name, def)
 			}
@@ -179,7 +179,7 @@ func TestSetDefaultsFillsEveryOption(t *testing.T) {
 	for i := range v.NumField() {
 		f := v.Type().Field(i)
 		switch {
-		case !f.IsExported(), f.Name == "Reserved", f.Name == "InviteFile":
+		case !f.IsExported(), f.Name == "Reserved", f.Name == "InviteFile", f.Name == "PushAllowPrivateEndpoints":
 			continue
 		}
 		if v.Field(i).IsZero() {
