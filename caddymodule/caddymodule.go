@@ -20,7 +20,6 @@ import (
 
 	"github.com/kezchat/kez/handlers"
 	"github.com/kezchat/kez/kez"
-	"github.com/kezchat/kez/push"
 	"github.com/kezchat/kez/storage"
 )
 
@@ -103,7 +102,7 @@ type Handler struct {
 	PushAllowPrivateEndpoints bool `json:"push_allow_private_endpoints,omitempty"`
 
 	api     *handlers.Handler
-	pusher  *push.Sender
+	pushKey string // key of this config's share of pushSenders, once taken
 	backend sharedStorage
 	rates   string // key of this config's share of rateStates, once taken
 	log     *slog.Logger
@@ -154,7 +153,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return fmt.Errorf("kez_chat: metrics: %w", err)
 	}
-	h.pusher = h.newPushSender(b.store())
+	pusher := h.pushSender(b.store())
 	h.api = handlers.New(handlers.Config{
 		Server:         h.Server,
 		PublicURL:      h.PublicURL,
@@ -181,7 +180,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		Registration:        h.Registration,
 		InviteFile:          h.InviteFile,
 		Counters:            counters,
-		Push:                h.pusher,
+		Push:                pusher,
 	}, b.store(), b.liveHub(), h.log)
 
 	// Caddy emits "stopping" before it shuts its servers down, on reload
@@ -395,9 +394,7 @@ func (h *Handler) Cleanup() error {
 	if h.api != nil {
 		h.api.Close()
 	}
-	if h.pusher != nil {
-		h.pusher.Close()
-	}
+	h.releasePush()
 	if h.stop != nil {
 		h.stop()
 		<-h.stopped

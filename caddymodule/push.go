@@ -66,21 +66,64 @@ func checkPushContact(c string) error {
 	return fmt.Errorf("%q must be a mailto: address or an https: URL, e.g. mailto:ops@example.com", c)
 }
 
-// newPushSender is the config's push sender, or nil with push off.
-func (h *Handler) newPushSender(store storage.Store) *push.Sender {
+// pushSenders keeps each server's push sender across reloads, as
+// rateStates keeps the rate limits: Caddy provisions the new config before
+// it cleans up the old one, so the sender passes from one to the next with
+// its queued and planned pushes and each device's interval, and the new
+// config's options apply at once. A sender belongs to a server name on one
+// storage backend.
+var pushSenders = caddy.NewUsagePool()
+
+type pooledSender struct{ *push.Sender }
+
+func (p pooledSender) Destruct() error {
+	p.Close()
+	return nil
+}
+
+// pushSender is the config's share of its push sender, or nil with push
+// off; Cleanup gives it back.
+func (h *Handler) pushSender(store storage.Store) *push.Sender {
 	if h.Push == PushOff {
 		return nil
 	}
 	if h.PushAllowPrivateEndpoints {
 		h.log.Warn("push_allow_private_endpoints is set: push subscriptions may point into private networks (for tests only)")
 	}
-	return push.New(store, push.Options{
+	opts := push.Options{
 		Contact:      h.PushContact,
 		Interval:     time.Duration(h.PushInterval),
 		AllowPrivate: h.PushAllowPrivateEndpoints,
 		Log:          h.log,
 		Counted:      pushMetric.count,
+	}
+	key := h.Server + "\x00" + h.storageKey()
+	val, loaded, _ := pushSenders.LoadOrNew(key, func() (caddy.Destructor, error) {
+		return pooledSender{push.New(store, opts)}, nil
 	})
+	h.pushKey = key
+	sender := val.(pooledSender).Sender
+	if loaded {
+		sender.Configure(opts)
+	}
+	return sender
+}
+
+// releasePush gives back the config's share of its sender.
+func (h *Handler) releasePush() {
+	if h.pushKey != "" {
+		_, _ = pushSenders.Delete(h.pushKey)
+		h.pushKey = ""
+	}
+}
+
+// storageKey names the backend the defaults filled in: a bolt file or a
+// NATS connection.
+func (h *Handler) storageKey() string {
+	if h.Storage.Nats != nil {
+		return h.Storage.Nats.poolKey()
+	}
+	return "bolt\x00" + h.Storage.Bolt.Path
 }
 
 // pushCaddyfileOptions are the Caddyfile's push options.

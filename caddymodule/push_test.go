@@ -12,6 +12,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
 	"github.com/kezchat/kez/internal/testcaddy"
+	"github.com/kezchat/kez/push"
 )
 
 func TestPushCaddyfile(t *testing.T) {
@@ -110,12 +111,39 @@ func TestPushOnOffInCaddy(t *testing.T) {
 	if code != 200 || !strings.HasPrefix(key, `{"key":"B`) {
 		t.Fatalf("push key: %d %s", code, key)
 	}
+	before := theSender(t)
 	runCaddy(t, port, map[string]any{"server": "kez.test", "storage": storage, "push_interval": int64(time.Second)})
 	if code, again := get(t, base+"/v1/push/key"); code != 200 || again != key {
 		t.Fatalf("after a reload: %d %s, was %s", code, again, key)
+	}
+	if after := theSender(t); after != before {
+		t.Fatal("a reload made a new push sender: pushes it had planned are lost")
 	}
 	runCaddy(t, port, map[string]any{"server": "kez.test", "storage": storage, "push": "off"})
 	if code, body := get(t, base+"/v1/push/key"); code != 404 || !strings.Contains(body, `"not_found"`) {
 		t.Fatalf("push off: %d %s", code, body)
 	}
+	if n := senderCount(); n != 0 {
+		t.Fatalf("%d push senders still pooled with push off", n)
+	}
+}
+
+// theSender is the one push sender in the pool.
+func theSender(t *testing.T) *push.Sender {
+	t.Helper()
+	var found []*push.Sender
+	pushSenders.Range(func(_, v any) bool {
+		found = append(found, v.(pooledSender).Sender)
+		return true
+	})
+	if len(found) != 1 {
+		t.Fatalf("%d push senders pooled, want 1", len(found))
+	}
+	return found[0]
+}
+
+func senderCount() int {
+	n := 0
+	pushSenders.Range(func(_, _ any) bool { n++; return true })
+	return n
 }

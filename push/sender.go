@@ -70,9 +70,7 @@ type Options struct {
 // Sender sends pushes in the background. Notify never blocks.
 type Sender struct {
 	store storage.Store
-	opts  Options
-	log   *slog.Logger
-	http  *http.Client
+	cfg   atomic.Pointer[config] // Configure swaps it
 
 	ctx     context.Context // ends with Close
 	stop    context.CancelFunc
@@ -101,8 +99,28 @@ type device struct {
 	idle   *time.Timer // forgets the device once an interval has passed quietly
 }
 
+// config is a Sender's options in force, with the HTTP client they call for.
+type config struct {
+	Options
+	http *http.Client
+}
+
 // New starts a Sender for store's subscriptions. Close stops it.
 func New(store storage.Store, opts Options) *Sender {
+	ctx, stop := context.WithCancel(context.Background())
+	s := &Sender{store: store, ctx: ctx, stop: stop,
+		work: make(chan func(context.Context), cmp.Or(opts.Queue, QueueSize)), devices: map[deviceID]*device{}}
+	s.Configure(opts)
+	for range Concurrency {
+		s.wg.Go(s.worker)
+	}
+	return s
+}
+
+// Configure applies new options (a Caddy reload) to the sender, keeping
+// what it is doing: queued and planned pushes, and each device's interval.
+// Queue keeps the size New gave it.
+func (s *Sender) Configure(opts Options) {
 	if opts.Interval <= 0 {
 		opts.Interval = DefaultInterval
 	}
@@ -110,15 +128,18 @@ func New(store storage.Store, opts Options) *Sender {
 		opts.Log = slog.New(slog.DiscardHandler)
 	}
 	opts.Timeout = cmp.Or(opts.Timeout, PushTimeout)
-	opts.Queue = cmp.Or(opts.Queue, QueueSize)
-	ctx, stop := context.WithCancel(context.Background())
-	s := &Sender{store: store, opts: opts, log: opts.Log, http: newClient(opts.AllowPrivate),
-		ctx: ctx, stop: stop, work: make(chan func(context.Context), opts.Queue), devices: map[deviceID]*device{}}
-	for range Concurrency {
-		s.wg.Go(s.worker)
+	next := &config{Options: opts}
+	if old := s.cfg.Load(); old != nil && old.AllowPrivate == opts.AllowPrivate {
+		next.http = old.http
+	} else {
+		next.http = newClient(opts.AllowPrivate)
 	}
-	return s
+	if old := s.cfg.Swap(next); old != nil && old.http != next.http {
+		old.http.CloseIdleConnections()
+	}
 }
+
+func (s *Sender) opts() *config { return s.cfg.Load() }
 
 // Close stops the workers; planned pushes are dropped.
 func (s *Sender) Close() {
@@ -131,11 +152,11 @@ func (s *Sender) Close() {
 		}
 	}
 	s.mu.Unlock()
-	s.http.CloseIdleConnections()
+	s.opts().http.CloseIdleConnections()
 }
 
 // AllowPrivate reports whether private endpoints are admitted (tests).
-func (s *Sender) AllowPrivate() bool { return s.opts.AllowPrivate }
+func (s *Sender) AllowPrivate() bool { return s.opts().AllowPrivate }
 
 // PublicKey is the VAPID public key, base64url (GET /v1/push/key), made
 // and stored on first use.
@@ -174,7 +195,7 @@ func (s *Sender) Notify(handle string, seq uint64) {
 	s.enqueue(func(ctx context.Context) {
 		subs, err := s.store.PushSubscriptions(ctx, handle)
 		if err != nil {
-			s.log.Warn("push: reading subscriptions failed", "handle", handle, "error", err)
+			s.opts().Log.Warn("push: reading subscriptions failed", "handle", handle, "error", err)
 			return
 		}
 		for _, sub := range subs {
@@ -212,8 +233,8 @@ func (s *Sender) Quiet() bool {
 }
 
 func (s *Sender) count(outcome string) {
-	if s.opts.Counted != nil {
-		s.opts.Counted(outcome)
+	if counted := s.opts().Counted; counted != nil {
+		counted(outcome)
 	}
 }
 
@@ -255,7 +276,7 @@ func (s *Sender) plan(id deviceID, sub storage.PushSubscription, seq uint64) {
 // scheduleLocked queues the device's push, after the rest of its interval.
 func (s *Sender) scheduleLocked(id deviceID, d *device) {
 	job := func(ctx context.Context) { s.send(ctx, id) }
-	if wait := time.Until(d.last.Add(s.opts.Interval)); wait > 0 {
+	if wait := time.Until(d.last.Add(s.opts().Interval)); wait > 0 {
 		time.AfterFunc(wait, func() {
 			if !s.enqueue(job) {
 				s.mu.Lock()
@@ -290,7 +311,7 @@ func (s *Sender) send(ctx context.Context, id deviceID) {
 		return
 	}
 	d.queued = false
-	d.idle = time.AfterFunc(s.opts.Interval, func() {
+	d.idle = time.AfterFunc(s.opts().Interval, func() {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		if s.devices[id] == d && !d.queued {
@@ -302,28 +323,29 @@ func (s *Sender) send(ctx context.Context, id deviceID) {
 // push sends one push and reports whether the subscription is gone (the
 // push service answered 404 or 410, and it was deleted).
 func (s *Sender) push(ctx context.Context, handle string, sub storage.PushSubscription, seq uint64) (gone bool) {
-	ctx, cancel := context.WithTimeout(ctx, s.opts.Timeout)
+	cfg := s.opts()
+	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
-	if err := checkEndpoint(sub.Endpoint, s.opts.AllowPrivate); err != nil {
+	if err := checkEndpoint(sub.Endpoint, cfg.AllowPrivate); err != nil {
 		// Stored under another configuration, or by hand: never contacted.
 		s.count("failed")
-		s.log.Debug("push: endpoint refused", "handle", handle, "error", err)
+		cfg.Log.Debug("push: endpoint refused", "handle", handle, "error", err)
 		return false
 	}
 	key, err := s.vapid(ctx)
 	if err != nil {
 		s.count("failed")
-		s.log.Warn("push: no VAPID key", "error", err)
+		cfg.Log.Warn("push: no VAPID key", "error", err)
 		return false
 	}
 	payload := `{"handle":"` + handle + `","seq":` + strconv.FormatUint(seq, 10) + `}` // a handle needs no escaping
 	resp, err := webpush.SendNotificationWithContext(ctx, []byte(payload),
 		&webpush.Subscription{Endpoint: sub.Endpoint, Keys: webpush.Keys{P256dh: sub.P256dh, Auth: sub.Auth}},
 		&webpush.Options{
-			HTTPClient: s.http,
+			HTTPClient: cfg.http,
 			RecordSize: recordSize,
 			// webpush-go adds "mailto:" to anything not https:.
-			Subscriber:      strings.TrimPrefix(s.opts.Contact, "mailto:"),
+			Subscriber:      strings.TrimPrefix(cfg.Contact, "mailto:"),
 			Topic:           key.topic(handle),
 			TTL:             int(TTL / time.Second),
 			Urgency:         webpush.UrgencyHigh,
@@ -332,7 +354,7 @@ func (s *Sender) push(ctx context.Context, handle string, sub storage.PushSubscr
 		})
 	if err != nil {
 		s.count("failed")
-		s.log.Debug("push failed", "handle", handle, "error", err)
+		cfg.Log.Debug("push failed", "handle", handle, "error", err)
 		return false
 	}
 	// Read a little of the answer (a connection may then be reused), never more.
@@ -342,7 +364,7 @@ func (s *Sender) push(ctx context.Context, handle string, sub storage.PushSubscr
 	case resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusGone:
 		// The browser unsubscribed, or the push service forgot it.
 		if _, err := s.store.DeletePush(ctx, handle, sub.Endpoint); err != nil && !errors.Is(err, storage.ErrNotFound) {
-			s.log.Warn("push: removing a gone subscription failed", "handle", handle, "error", err)
+			cfg.Log.Warn("push: removing a gone subscription failed", "handle", handle, "error", err)
 		}
 		s.count("removed")
 		return true
@@ -350,7 +372,7 @@ func (s *Sender) push(ctx context.Context, handle string, sub storage.PushSubscr
 		s.count("sent")
 	default:
 		s.count("failed")
-		s.log.Debug("push refused", "handle", handle, "status", fmt.Sprint(resp.StatusCode))
+		cfg.Log.Debug("push refused", "handle", handle, "status", fmt.Sprint(resp.StatusCode))
 	}
 	return false
 }

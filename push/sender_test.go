@@ -12,15 +12,21 @@ import (
 	"github.com/kezchat/kez/storage/storagetest"
 )
 
-// With every worker held by a push service that does not answer and the
-// queue full, Notify still returns at once: the notification is dropped
-// and counted, never waited for.
-func TestQueueFullDrops(t *testing.T) {
+func openStore(t *testing.T) *bolt.Store {
+	t.Helper()
 	store, err := bolt.Open(filepath.Join(t.TempDir(), "chat.db"), bolt.Options{Timeout: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer store.Close()
+	t.Cleanup(func() { _ = store.Close() })
+	return store
+}
+
+// With every worker held by a push service that does not answer and the
+// queue full, Notify still returns at once: the notification is dropped
+// and counted, never waited for.
+func TestQueueFullDrops(t *testing.T) {
+	store := openStore(t)
 	service := pushtest.New(t)
 	hold := make(chan struct{})
 	defer close(hold)
@@ -52,5 +58,41 @@ func TestQueueFullDrops(t *testing.T) {
 	}
 	if n := service.MaxInFlight(); n > Concurrency {
 		t.Fatalf("%d pushes in flight", n)
+	}
+}
+
+// Configure applies new options to a running sender: here, a sender told
+// that private endpoints are no longer allowed stops pushing to one.
+func TestConfigure(t *testing.T) {
+	store := openStore(t)
+	service := pushtest.New(t)
+	storagetest.Register(t, store, "alice", 1)
+	if err := store.PutPush(context.Background(), "alice", service.Subscribe("phone", pushtest.Behavior{}), MaxSubscriptions); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	counts := map[string]int{}
+	opts := Options{Contact: "mailto:ops@kez.test", AllowPrivate: true, Interval: time.Millisecond,
+		Counted: func(o string) { mu.Lock(); counts[o]++; mu.Unlock() }}
+	s := New(store, opts)
+	defer s.Close()
+	quiet := func() {
+		for !s.Quiet() {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	s.Notify("alice", 1)
+	quiet()
+	opts.AllowPrivate = false
+	s.Configure(opts)
+	if s.AllowPrivate() {
+		t.Fatal("Configure did not apply")
+	}
+	s.Notify("alice", 2)
+	quiet()
+	mu.Lock()
+	defer mu.Unlock()
+	if n := len(service.Pushes()); n != 1 || counts["sent"] != 1 || counts["failed"] != 1 {
+		t.Fatalf("%d pushes, outcomes %v: want the second refused", n, counts)
 	}
 }
