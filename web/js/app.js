@@ -11,6 +11,7 @@ import * as kez from './kez.js';
 import { qrSvg, safetyPayload } from './qr.js';
 import { groups, safetyNumber } from './safety.js';
 import { keyLabel, Trust, TrustError } from './trust.js';
+import { setupPush } from './pushui.js';
 
 const $ = (id) => document.getElementById(id);
 
@@ -31,6 +32,7 @@ const state = {
 const UNVERIFIED = '~unverified';
 
 const channel = 'BroadcastChannel' in globalThis ? new BroadcastChannel('kez-chat') : null;
+const pushUI = setupPush({ api: () => state.api, me: () => state.me });
 const narrow = matchMedia('(max-width: 720px)');
 
 // ---------- small helpers ----------
@@ -670,6 +672,7 @@ async function enterChat() {
   renderTrustWarnings();
   healDuplicates();
   $('ack-immediate').checked = (await db.getMeta('ackMode', 'week')) === 'immediate';
+  await pushUI.enter().catch((e) => console.warn('kez: notification settings unavailable', e));
   if (!state.active && !narrow.matches) $('start-input').focus();
 }
 
@@ -2249,6 +2252,7 @@ $('me-remove').addEventListener('click', async () => {
     : `Remove ${state.me.address} from this browser?\n\nYou have NO backup: the account will be lost for good.`;
   if (!confirm(warn)) return;
   if (state.inbox) state.inbox.stop();
+  await pushUI.forget();
   await db.wipe();
   if (channel) channel.postMessage({ type: 'wiped' });
   location.hash = '';
