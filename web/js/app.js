@@ -12,6 +12,7 @@ import * as kez from './kez.js';
 import { qrSvg, safetyPayload } from './qr.js';
 import { groups, safetyNumber } from './safety.js';
 import { keyLabel, Trust, TrustError } from './trust.js';
+import { setupPush } from './pushui.js';
 
 const $ = (id) => document.getElementById(id);
 
@@ -33,6 +34,7 @@ const state = {
 const UNVERIFIED = '~unverified';
 
 const channel = 'BroadcastChannel' in globalThis ? new BroadcastChannel('kez-chat') : null;
+const pushUI = setupPush({ api: () => state.api, me: () => state.me });
 const narrow = matchMedia('(max-width: 720px)');
 
 // ---------- small helpers ----------
@@ -684,6 +686,7 @@ async function enterChat() {
   renderTrustWarnings();
   healDuplicates();
   $('ack-immediate').checked = (await db.getMeta('ackMode', 'week')) === 'immediate';
+  await pushUI.enter().catch((e) => console.warn('kez: notification settings unavailable', e));
   if (!state.active && !narrow.matches) $('start-input').focus();
 }
 
@@ -2444,6 +2447,7 @@ $('me-remove').addEventListener('click', async () => {
     : `Remove ${state.me.address} from this browser?\n\nYou have NO backup: the account will be lost for good.`;
   if (!confirm(warn)) return;
   if (state.inbox) state.inbox.stop();
+  await pushUI.forget();
   await db.wipe();
   if (channel) channel.postMessage({ type: 'wiped' });
   location.hash = '';

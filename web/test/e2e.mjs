@@ -895,6 +895,11 @@ test('interop with the kez CLI', { skip: !existsSync(cliSource) && !process.env.
   await cliInterop({ REPO, tmp, base, server: SERVER, bob, send });
 });
 
+// The installable client and its push notifications (SPEC §7).
+test('manifest, service worker, offline start, and what a push shows', async () => {
+  const { pushChecks } = await import('./e2e-push.mjs');
+  await pushChecks({ base, newPage, createAccount, startChat, send, nodeUser, text });
+});
 
 /** trustNewLogKey accepts the new log key of a reset server from the warning it causes. */
 async function trustNewLogKey(page) {
