@@ -24,6 +24,7 @@ const SHELL = [
   'js/curve.js',
   'js/db.js',
   'js/encoding.js',
+  'js/federation.js',
   'js/inbox.js',
   'js/kez.js',
   'js/push.js',
