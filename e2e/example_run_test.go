@@ -75,6 +75,8 @@ func TestCaddyfileExampleRunsOnLoopbackOnly(t *testing.T) {
 	if res.StatusCode != http.StatusOK || !strings.HasPrefix(res.Header.Get("Content-Type"), "text/html") {
 		t.Fatalf("GET / = %d %s, want the web client", res.StatusCode, res.Header.Get("Content-Type"))
 	}
+	checkClientHeaders(t, res.Header)
+	checkCompressed(t, base+"/js/app.js")
 
 	// Every address of this machine that is not loopback refuses the port.
 	addrs, err := net.InterfaceAddrs()
@@ -95,4 +97,39 @@ func TestCaddyfileExampleRunsOnLoopbackOnly(t *testing.T) {
 		}
 	}
 	t.Logf("checked %d non-loopback addresses", tried)
+}
+
+// checkClientHeaders: the client's pages forbid framing, sniffing and the
+// Referer, with a CSP header (a <meta> policy cannot set frame-ancestors).
+func checkClientHeaders(t *testing.T, h http.Header) {
+	t.Helper()
+	csp := h.Get("Content-Security-Policy")
+	for _, want := range []string{"frame-ancestors 'none'", "script-src 'self'", "connect-src 'self' https: http://127.0.0.1:* http://localhost:*;", "object-src 'none'"} {
+		if !strings.Contains(csp, want) {
+			t.Errorf("Content-Security-Policy %q lacks %q", csp, want)
+		}
+	}
+	for name, want := range map[string]string{"X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"} {
+		if got := h.Get(name); got != want {
+			t.Errorf("%s = %q, want %q", name, got, want)
+		}
+	}
+}
+
+// checkCompressed: the client's scripts are sent compressed to a browser that accepts it.
+func checkCompressed(t *testing.T, url string) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Accept-Encoding", "gzip") // set by hand, so the client does not undo it
+	res, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != http.StatusOK || res.Header.Get("Content-Encoding") != "gzip" {
+		t.Errorf("GET %s = %d, Content-Encoding %q; want 200 gzip", url, res.StatusCode, res.Header.Get("Content-Encoding"))
+	}
 }

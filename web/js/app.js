@@ -3,7 +3,7 @@
 // storage (db.js). No framework: a few render functions over IndexedDB.
 
 import { Api, ApiError, setOverride } from './api.js';
-import { BackupError, createBackup, MIN_PASSPHRASE, openBackup, parseBackup } from './backup.js';
+import { createBackup, MIN_PASSPHRASE, openBackup, parseBackup } from './backup.js';
 import * as db from './db.js';
 import { jcs } from './encoding.js';
 import { Federation, parseAddress, splitAddress } from './federation.js';
@@ -13,8 +13,12 @@ import { qrSvg, safetyPayload } from './qr.js';
 import { groups, safetyNumber } from './safety.js';
 import { keyLabel, Trust, TrustError } from './trust.js';
 import { setupPush } from './pushui.js';
-
-const $ = (id) => document.getElementById(id);
+import { Drafts } from './drafts.js';
+import { $, claimNote, copyText, dayLabel, el, fingerprint, friendly, listTime, paintAvatar, setBusy, show, startOfDay, timeFmt, toast } from './ui.js';
+import { ReceiptQueue } from './receipts.js';
+import { linkSegments } from './linkify.js';
+import { badgeIcon, Notifier, titleWith } from './notify.js';
+import { setupSearch } from './searchui.js';
 
 const state = {
   api: null,
@@ -36,151 +40,8 @@ const UNVERIFIED = '~unverified';
 const channel = 'BroadcastChannel' in globalThis ? new BroadcastChannel('kez-chat') : null;
 const pushUI = setupPush({ api: () => state.api, me: () => state.me });
 const narrow = matchMedia('(max-width: 720px)');
-
-// ---------- small helpers ----------
-
-function el(tag, attrs = {}, ...children) {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (v === undefined || v === null || v === false) continue;
-    if (k === 'class') e.className = v;
-    else if (k === 'text') e.textContent = v;
-    else if (k.startsWith('on')) e.addEventListener(k.slice(2), v);
-    else e.setAttribute(k, v === true ? '' : v);
-  }
-  for (const c of children.flat()) if (c !== null && c !== undefined && c !== false) e.append(c);
-  return e;
-}
-
-function show(screen) {
-  for (const s of document.querySelectorAll('.screen')) s.hidden = s.id !== `screen-${screen}`;
-  document.body.dataset.screen = screen;
-}
-
-let toastTimer;
-function toast(text) {
-  const t = $('toast');
-  t.textContent = text;
-  t.hidden = false;
-  clearTimeout(toastTimer);
-  toastTimer = setTimeout(() => (t.hidden = true), 3500);
-}
-
-async function copyText(text) {
-  try {
-    await navigator.clipboard.writeText(text);
-    return true;
-  } catch {
-    const ta = el('textarea', { class: 'offscreen', readonly: true });
-    ta.value = text;
-    document.body.append(ta);
-    ta.select();
-    let ok = false;
-    try {
-      ok = document.execCommand('copy');
-    } catch {
-      ok = false;
-    }
-    ta.remove();
-    return ok;
-  }
-}
-
-function setBusy(btn, busy, label) {
-  if (busy) {
-    btn.dataset.label = btn.textContent;
-    btn.textContent = label;
-    btn.disabled = true;
-    btn.setAttribute('aria-busy', 'true');
-  } else {
-    if (btn.dataset.label) btn.textContent = btn.dataset.label;
-    btn.disabled = false;
-    btn.removeAttribute('aria-busy');
-  }
-}
-
-const initial = (name) => (name && /[a-z0-9]/i.test(name[0]) ? name[0].toUpperCase() : '?');
-
-function avatarHue(key) {
-  let h = 0;
-  for (const c of key) h = (h * 31 + c.charCodeAt(0)) % 360;
-  return h;
-}
-
-function paintAvatar(node, name, key) {
-  node.textContent = initial(name);
-  node.style.setProperty('--hue', avatarHue(key || name || '?'));
-}
-
-const dayFmt = new Intl.DateTimeFormat(undefined, { weekday: 'long', month: 'long', day: 'numeric', year: 'numeric' });
-const timeFmt = new Intl.DateTimeFormat(undefined, { hour: '2-digit', minute: '2-digit' });
-const shortDayFmt = new Intl.DateTimeFormat(undefined, { month: 'short', day: 'numeric' });
-
-function startOfDay(ms) {
-  const d = new Date(ms);
-  d.setHours(0, 0, 0, 0);
-  return d.getTime();
-}
-
-function dayLabel(ms) {
-  const today = startOfDay(Date.now());
-  const day = startOfDay(ms);
-  if (day === today) return 'Today';
-  if (day === today - 86400000) return 'Yesterday';
-  return dayFmt.format(ms);
-}
-
-function listTime(ms) {
-  if (!ms) return '';
-  return startOfDay(ms) === startOfDay(Date.now()) ? timeFmt.format(ms) : shortDayFmt.format(ms);
-}
-
-function fingerprint(primary, digits = 32) {
-  const hex = primary.slice(kez.PRIMARY_PREFIX.length, kez.PRIMARY_PREFIX.length + digits);
-  return hex.match(/.{4}/g).join(' ');
-}
-
-/**
- * claimNote words what a plaintext's from_addr says when the server has not
- * bound it to the signing key: a claim, never a name.
- */
-const claimNote = (claimed) => `Claims to be “${claimed}” — unverified`;
-
-/** friendly turns an error into a sentence for people. */
-function friendly(e, context = '') {
-  if (e instanceof ApiError) {
-    switch (e.code) {
-      case 'network':
-        return 'Can’t reach the server. Check your connection and try again.';
-      case 'rate_limited':
-        return `Too many requests; try again in ${e.retryAfter || 'a few'} seconds.`;
-      case 'unknown_recipient':
-        return 'This person is no longer registered on the server.';
-      case 'envelope_too_large':
-        return 'This message is too long to send.';
-      case 'inbox_full':
-        return 'Their inbox is full; they need to catch up before you can send more.';
-      case 'request_limit':
-        return 'They haven’t accepted your messages yet, and you’ve sent as many as they can get until they do.';
-      case 'blocked':
-        return 'They do not accept your messages.';
-      case 'unknown_sender':
-        return 'The server doesn’t know your key right now.';
-      case 'body_timeout':
-        return 'The connection was too slow; try again.';
-      case 'stale_timestamp':
-      case 'unauthorized':
-        return 'The server rejected our signature — is this device’s clock right?';
-      case 'unavailable':
-      case 'internal':
-        return 'The server has a problem right now. Try again in a moment.';
-      default:
-        return e.message || `The server said ${e.code}.`;
-    }
-  }
-  if (e instanceof BackupError) return e.message.charAt(0).toUpperCase() + e.message.slice(1) + '.';
-  return (context ? context + ': ' : '') + (e && e.message ? e.message : String(e));
-}
+const notifier = new Notifier({ settings: { get: db.getMeta, set: db.setMeta }, open: (peer) => openConversation(peer) });
+const drafts = new Drafts({ load: () => db.getMeta('drafts', {}), save: (all) => db.setMeta('drafts', all) });
 
 // ---------- boot ----------
 
@@ -686,6 +547,11 @@ async function enterChat() {
   renderTrustWarnings();
   healDuplicates();
   $('ack-immediate').checked = (await db.getMeta('ackMode', 'week')) === 'immediate';
+  state.readReceipts = (await db.getMeta('readReceipts', true)) !== false;
+  await notifier.load();
+  $('notify-open').checked = notifier.on;
+  $('notify-sound').checked = notifier.sound;
+  $('read-receipts').checked = state.readReceipts;
   await pushUI.enter().catch((e) => console.warn('kez: notification settings unavailable', e));
   if (!state.active && !narrow.matches) $('start-input').focus();
 }
@@ -910,11 +776,11 @@ $('gone-form').addEventListener('submit', async (ev) => {
 
 function updateBackupWarning() {
   $('no-backup-warn').hidden = !!state.me.backedUp;
-  $('no-backup-open').hidden = !state.seed;
   const warn = $('no-backup-warn');
-  if (!state.me.backedUp && !state.seed) {
-    warn.firstChild.textContent = 'No backup: if this browser’s data is lost, so is this account. ';
-  }
+  // A skipped backup cannot be made later (the key is no longer exportable):
+  // the way to one is a new key, which is backed up next.
+  warn.firstChild.textContent = state.seed ? 'No backup yet. ' : 'No backup: if this browser’s data is lost, so is this account. ';
+  $('no-backup-open').textContent = state.seed ? 'Back up your key' : 'Replace my key and back it up…';
   $('me-backup-can').hidden = !state.seed;
   $('me-backup-cannot').hidden = !!state.seed;
   $('me-backup-state').textContent = state.me.backedUp
@@ -966,6 +832,7 @@ function renderStatus(status, detail) {
   c.dataset.status = status;
   c.querySelector('.conn-text').textContent = STATUS_TEXT[status] || status;
   c.title = detail || (status === STATUS.live ? 'Connected: new messages arrive instantly' : '');
+  $('reconnect-now').hidden = status === STATUS.live || status === STATUS.connecting;
   if (detail && status !== STATUS.live) toast(detail);
 }
 
@@ -1036,7 +903,8 @@ const contactName = (conv) => (conv && conv.handle ? nameOf(conv.handle, conv.se
 const avatarName = (conv) => (conv && conv.handle) || '?';
 
 async function loadConversations() {
-  const list = await db.listConversations();
+  const [list, failed] = await Promise.all([db.listConversations(), db.messagesWithStatus('failed')]);
+  state.failedPeers = new Set(failed.map((m) => m.peer));
   state.convos = new Map(list.map((c) => [c.peer, c]));
   renderConversations(list);
   // Retry names we could not resolve before (network errors).
@@ -1078,6 +946,7 @@ function renderConversations(list) {
     unread += c.unread || 0;
     const name = displayName(c);
     const preview = c.lastText ? (c.lastDir === 'out' ? 'You: ' : '') + c.lastText.replace(/\s+/g, ' ').slice(0, 80) : 'No messages yet';
+    const failed = state.failedPeers && state.failedPeers.has(c.peer);
     const btn = el(
       'button',
       {
@@ -1097,7 +966,7 @@ function renderConversations(list) {
           isVerified(c) ? el('span', { class: 'verified-mark', title: 'Verified', text: '✓', 'aria-label': ', verified' }) : null,
           c.changed ? el('span', { class: 'changed-mark', title: 'Key changed', text: '⚠', 'aria-label': ', key changed' }) : null,
         ),
-        el('span', { class: 'convo-preview', text: preview }),
+        el('span', { class: 'convo-preview' }, failed ? el('span', { class: 'convo-failed', text: '⚠ Not sent · ' }) : null, preview),
       ),
       el(
         'span',
@@ -1111,7 +980,8 @@ function renderConversations(list) {
   }
   $('convo-empty').hidden = ul.children.length > 0;
   const waiting = unread + requests.length;
-  document.title = waiting ? `(${waiting}) KEZ chat` : 'KEZ chat';
+  document.title = titleWith(waiting);
+  $('favicon').href = waiting ? badgeIcon(waiting) : 'icon.svg';
   renderRequests(requests);
 }
 
@@ -1716,6 +1586,28 @@ function openConversation(peer) {
   else setActive(peer);
 }
 
+setupSearch({
+  convos: () => [...state.convos.values()],
+  nameOf: displayName,
+  skip: (c) => isStub(c) || isRequest(c) || isBlocked(c) || c.peer === UNVERIFIED,
+  findMessages: db.findMessages,
+  open: openAt,
+});
+
+/** openAt opens a chat (a search result), scrolled to one of its messages if key is given. */
+async function openAt(peer, key) {
+  const conv = state.convos.get(peer);
+  if (!conv) return;
+  const h = hashFor(conv);
+  if (location.hash !== h) history.pushState(null, '', h);
+  await setActive(peer);
+  const li = key && $('messages').querySelector(`li[data-key="${CSS.escape(key)}"]`);
+  if (!li) return;
+  li.classList.add('found');
+  li.scrollIntoView({ block: 'center' });
+  setTimeout(() => li.classList.remove('found'), 3000);
+}
+
 async function routeFromHash() {
   const m = /^#\/c\/(.+)$/.exec(location.hash);
   if (!m) return setActive(null);
@@ -1729,10 +1621,25 @@ async function routeFromHash() {
 }
 
 addEventListener('hashchange', () => {
+  // Only #/… is a route; an in-page anchor leaves the open chat alone.
+  if (location.hash && !location.hash.startsWith('#/')) return;
   if (state.me && document.body.dataset.screen === 'chat') routeFromHash();
 });
 
+document.querySelector('.skip-link').addEventListener('click', (ev) => {
+  ev.preventDefault();
+  const target = state.active ? (compose.closest('form').hidden ? $('messages-log') : compose) : document.querySelector('.screen:not([hidden]) main, main.screen:not([hidden])') || $('main');
+  target.focus();
+});
+
 async function setActive(peer) {
+  // The box's text stays with the chat it was typed in.
+  if (state.active !== peer) {
+    drafts.set(state.active, compose.value);
+    await drafts.load();
+    compose.value = drafts.get(peer);
+    autosize();
+  }
   state.active = peer;
   document.body.classList.toggle('in-thread', !!peer);
   $('empty-state').hidden = !!peer;
@@ -1743,11 +1650,14 @@ async function setActive(peer) {
     return;
   }
   const canReply = renderThreadHeader(peer);
-  await db.markRead(peer);
   const conv = state.convos.get(peer);
+  state.unreadAtOpen = conv.unread || 0;
+  await db.markRead(peer);
   conv.unread = 0;
   renderConversations([...state.convos.values()].sort((a, b) => (b.lastAt || 0) - (a.lastAt || 0)));
   await renderThread(peer, true);
+  state.unreadAtOpen = 0;
+  markSeen(peer);
   if (narrow.matches) $('thread-title').focus();
   else if (canReply) $('compose-input').focus();
   // Is the key we pinned still theirs? (SPEC §6; a change shows here at once.)
@@ -1846,7 +1756,9 @@ function fillMessage(li, m) {
     // SPEC §3: a type this client does not know is never shown as text.
     body = el('p', { class: 'text notice unsupported', text: 'Unsupported message — this app can’t show this kind of message yet.' });
   } else {
-    body = el('p', { class: 'text', text: m.text });
+    // Links are built as elements from the text: a message never brings HTML.
+    const parts = linkSegments(m.text).map((p) => (p.href ? el('a', { href: p.href, target: '_blank', rel: 'noopener noreferrer', text: p.text }) : p.text));
+    body = el('p', { class: 'text' }, parts);
   }
   const meta = el('span', { class: 'meta' }, time);
   // The signed sent_at, when it differs from the server's time of arrival by more than a few minutes.
@@ -1894,15 +1806,26 @@ function dayNode(ms) {
  * renderThread shows the open conversation. Known messages are updated in
  * place and new ones appended, so screen readers announce only additions.
  */
-async function renderThread(peer, full = false) {
+let renderChain = Promise.resolve();
+function renderThread(peer, full = false) {
+  // One at a time: two renders at once would both append what is new.
+  renderChain = renderChain.then(() => renderThreadNow(peer, full)).catch((e) => console.warn('kez: render', e));
+  return renderChain;
+}
+
+const scroller = $('messages-log');
+const nearBottomOf = (box) => box.scrollHeight - box.scrollTop - box.clientHeight < 80;
+
+async function renderThreadNow(peer, full) {
   if (peer !== state.active) return;
   const list = $('messages');
   const msgs = await db.messagesFor(peer);
   if (peer !== state.active) return;
   const r = state.rendered;
-  const nearBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 80;
+  const nearBottom = nearBottomOf(scroller);
   const needFull = full || r.peer !== peer || msgs.some((m) => !r.keys.has(m.key) && m.at < r.lastAt);
   let appendedOwn = false;
+  let appendedIn = false;
   if (needFull) {
     list.replaceChildren();
     r.peer = peer;
@@ -1926,6 +1849,7 @@ async function renderThread(peer, full = false) {
     r.keys.set(m.key, li);
     r.lastAt = Math.max(r.lastAt, m.at || 0);
     if (m.dir === 'out') appendedOwn = true;
+    else if (!needFull) appendedIn = true;
   }
   if (!msgs.length && needFull) {
     list.append(
@@ -1940,8 +1864,38 @@ async function renderThread(peer, full = false) {
     const hint = list.querySelector('.thread-empty');
     if (hint && msgs.length) hint.remove();
   }
-  if (needFull || nearBottom || appendedOwn) list.scrollTop = list.scrollHeight;
+  const divider = needFull && state.unreadAtOpen ? placeDivider(list, state.unreadAtOpen) : null;
+  if (divider) divider.scrollIntoView({ block: 'center' });
+  else if (needFull || nearBottom || appendedOwn) scroller.scrollTop = scroller.scrollHeight;
+  else if (appendedIn) $('jump-latest').dataset.fresh = 'true';
+  updateJump();
 }
+
+/** placeDivider puts a "New messages" line before the last count incoming messages. */
+function placeDivider(list, count) {
+  const incoming = [...list.querySelectorAll('li.msg.in')];
+  const first = incoming[Math.max(0, incoming.length - count)];
+  if (!first) return null;
+  const divider = el('li', { class: 'new-divider', id: 'new-divider' }, el('span', { text: count === 1 ? '1 new message' : `${count} new messages` }));
+  first.before(divider);
+  return divider;
+}
+
+/** updateJump shows "Jump to latest" while the newest messages are out of view. */
+function updateJump() {
+  const jump = $('jump-latest');
+  const away = !!state.active && !nearBottomOf(scroller);
+  jump.hidden = !away;
+  if (!away) delete jump.dataset.fresh;
+  jump.textContent = jump.dataset.fresh ? 'New messages — jump to latest' : 'Jump to latest';
+}
+
+scroller.addEventListener('scroll', updateJump, { passive: true });
+$('jump-latest').addEventListener('click', () => {
+  scroller.scrollTop = scroller.scrollHeight;
+  updateJump();
+  scroller.focus();
+});
 
 // ---- receiving ----
 
@@ -2057,7 +2011,54 @@ async function ingest(item) {
     { active: isActive(peer) },
   );
   if (isNew) afterIncoming(peer, text, st === 'request');
+  // Receipts go to contacts only, never for requests or from a key not accepted (SPEC §3).
+  if (isNew && st !== 'request' && keyNoteOf(place.conv, peer, from) !== 'new') {
+    const read = isActive(peer);
+    if (read) await db.updateMessage(`${peer}|${from}|${pt.id}`, { readSent: true });
+    receipts.add(peer, read ? 'read' : 'delivered', [pt.id]);
+  }
 }
+
+// ---- receipts and copies (SPEC §3) ----
+
+const receipts = new ReceiptQueue({ send: sendReceipt, readAllowed: () => state.readReceipts !== false });
+
+/** sendTo seals pt for peer's key and posts it to their server, as deliver does. */
+async function sendTo(conv, peer, pt) {
+  const envelope = await kez.sealEnvelope(state.me, peer, pt);
+  const server = convServer(conv);
+  const api = await state.fed.api(server, conv.handle);
+  await api.send(state.me, conv.handle, envelope, isHomeServer(server) ? undefined : state.me.address);
+}
+
+async function sendReceipt(peer, kind, ids) {
+  const conv = await db.getConversation(peer);
+  if (!conv || !conv.handle || isStub(conv) || isRequest(conv) || isBlocked(conv) || conv.changed) return;
+  await sendTo(conv, peer, { type: 'receipt', id: crypto.randomUUID(), sent_at: state.api.nowMs(), of: ids, state: kind });
+}
+
+/** markSeen sends read receipts for what the open chat shows and none was sent for. */
+async function markSeen(peer) {
+  if (!isActive(peer) || peer === UNVERIFIED) return;
+  const unseen = (await db.messagesFor(peer)).filter((m) => m.dir === 'in' && m.status === 'ok' && !m.readSent && !m.request && m.keyNote !== 'new');
+  for (const m of unseen) await db.updateMessage(m.key, { readSent: true });
+  receipts.add(peer, 'read', unseen.map((m) => m.id));
+}
+
+/**
+ * sendCopy seals what we sent to our own key, so our other devices show it
+ * in the chat (SPEC §3 "copy"). Best effort: a lost copy is not resent.
+ */
+function sendCopy(conv, pt) {
+  const me = state.me;
+  const copy = { type: 'copy', id: crypto.randomUUID(), sent_at: pt.sent_at, to: conv.peer, to_addr: contactAddress(conv), of: pt };
+  kez
+    .sealEnvelope(me, me.primary, copy)
+    .then((envelope) => state.api.send(me, me.handle, envelope))
+    .catch((e) => console.warn('kez: copy for other devices not sent', e));
+}
+
+const contactAddress = (conv) => (isRemote(conv) ? `${conv.handle}@${conv.server}` : `${conv.handle}@${state.api.server}`);
 
 /**
  * senderAddress is where the home server says a sender is (the message's
@@ -2153,25 +2154,38 @@ function isActive(peer) {
   return state.active === peer && document.visibilityState === 'visible';
 }
 
-// Incoming messages come in bursts (a reconnect replays what was missed):
-// the screen is refreshed once per burst, not once per message.
-const arrived = { peers: new Map(), timer: null };
+// Incoming messages are shown as they arrive. What arrives while the screen
+// is being refreshed (a reconnect replays what was missed) is shown by the
+// next refresh, so a burst costs a few refreshes, not one per message.
+const arrived = { peers: new Map(), timer: null, running: null };
 
 function afterIncoming(peer, text, request = false, own = false) {
   const cur = arrived.peers.get(peer) || { count: 0, readable: true, request, own };
   if (!own) cur.count++;
   cur.readable = text !== undefined && text !== null;
+  if (cur.readable) cur.text = text;
   cur.request = request;
   arrived.peers.set(peer, cur);
-  if (!arrived.timer) arrived.timer = setTimeout(flushIncoming, 60);
+  if (!arrived.timer && !arrived.running) arrived.timer = setTimeout(flushIncoming, 0);
 }
 
 async function flushIncoming() {
-  const peers = arrived.peers;
-  arrived.peers = new Map();
   arrived.timer = null;
+  arrived.running = showIncoming(arrived.peers);
+  arrived.peers = new Map();
+  try {
+    await arrived.running;
+  } finally {
+    arrived.running = null;
+    if (arrived.peers.size) arrived.timer = setTimeout(flushIncoming, 0);
+  }
+}
+
+async function showIncoming(peers) {
   await loadConversations();
   if (peers.has(state.active)) await renderThread(state.active);
+  const looking = document.visibilityState === 'visible';
+  for (const [peer, v] of peers) if (v.count > 0 && (peer !== state.active || !looking)) notifyOf(peer, v);
   const others = [...peers].filter(([p, v]) => p !== state.active && v.count > 0);
   if (others.length === 1) {
     const [peer, { count, readable, request }] = others[0];
@@ -2184,6 +2198,19 @@ async function flushIncoming() {
     toast(`${others.reduce((n, [, v]) => n + v.count, 0)} new messages in ${others.length} conversations`);
   }
   if (channel) channel.postMessage({ type: 'changed' });
+}
+
+/** notifyOf words a notification as the toasts do: a stranger's or an unverified text is never shown. */
+function notifyOf(peer, { count, readable, request, text }) {
+  const conv = state.convos.get(peer);
+  const name = conv ? contactName(conv) : 'Someone';
+  let body;
+  if (peer === UNVERIFIED) body = 'A message arrived that could not be verified';
+  else if (request) body = `Message request from ${name}`;
+  else if (!readable) body = `A message from ${name} could not be read`;
+  else body = `${name}: ${count > 1 ? `${count} new messages, the last: ` : ''}${text.replace(/\s+/g, ' ').slice(0, 180)}`;
+  const tag = 'kez-' + (conv && conv.handle && !request ? routeKey(conv) : peer);
+  notifier.message({ peer, title: 'KEZ chat', body, tag });
 }
 
 // ---- sending ----
@@ -2206,9 +2233,10 @@ async function sendText(peer, text) {
   // Kept with its envelope until a server took it: the outbox (SPEC §8).
   const msg = { key: `${peer}|${me.primary}|${id}`, peer, dir: 'out', id, text, status: 'sending', at: now, envelope, to: conv.handle, server: convServer(conv) };
   await db.addMessage(msg, { active: true });
-  await loadConversations();
-  await renderThread(peer);
-  await deliver(msg);
+  // Sent while the screen shows it: the send does not wait for the render.
+  const sent = deliver(msg);
+  await Promise.all([loadConversations().then(() => renderThread(peer)), sent]);
+  sendCopy(conv, pt);
 }
 
 /**
@@ -2344,6 +2372,8 @@ async function deliver(msg) {
   }
   await db.updateMessage(msg.key, fields);
   if (channel) channel.postMessage({ type: 'changed', peer: msg.peer });
+  // The list says which chats hold a message that was not sent.
+  if (fields.status === 'failed' || (state.failedPeers && state.failedPeers.has(msg.peer))) loadConversations();
   if (state.active === msg.peer) await renderThread(msg.peer);
 }
 
@@ -2383,7 +2413,11 @@ function autosize() {
   compose.style.height = Math.min(compose.scrollHeight, 200) + 'px';
 }
 
-compose.addEventListener('input', autosize);
+compose.addEventListener('input', () => {
+  autosize();
+  drafts.set(state.active, compose.value);
+});
+addEventListener('pagehide', () => drafts.flush());
 compose.addEventListener('keydown', (ev) => {
   if (ev.key === 'Enter' && !ev.shiftKey && !ev.isComposing) {
     ev.preventDefault();
@@ -2401,12 +2435,15 @@ $('compose').addEventListener('submit', async (ev) => {
     toast(`That message is too long (${text.length} characters; the limit is ${MAX_TEXT}).`);
     return;
   }
+  const peer = state.active;
   compose.value = '';
+  drafts.set(peer, '');
   autosize();
   try {
-    await sendText(state.active, text);
+    await sendText(peer, text);
   } catch (e) {
-    compose.value = text;
+    if (state.active === peer) compose.value = text;
+    drafts.set(peer, text);
     toast(friendly(e, 'Could not send'));
   }
   compose.focus();
@@ -2433,7 +2470,28 @@ $('me-backup').addEventListener('click', () => {
   $('me-dialog').close();
   showBackup(false);
 });
-$('no-backup-open').addEventListener('click', () => showBackup(false));
+$('no-backup-open').addEventListener('click', () => {
+  if (state.seed) showBackup(false);
+  else $('me-rotate').click();
+});
+
+$('read-receipts').addEventListener('change', async (ev) => {
+  state.readReceipts = ev.target.checked;
+  await db.setMeta('readReceipts', ev.target.checked);
+});
+
+$('notify-open').addEventListener('change', async (ev) => {
+  // Asked only now, from the user's click (browsers refuse it otherwise).
+  const wanted = ev.target.checked;
+  const on = wanted ? await notifier.enable() : (await notifier.disable(), false);
+  ev.target.checked = on;
+  $('notify-status').textContent = wanted && !on ? 'Notifications are blocked in this browser’s settings for this site, or not supported here.' : '';
+});
+$('notify-sound').addEventListener('change', (ev) => notifier.setSound(ev.target.checked));
+
+$('reconnect-now').addEventListener('click', () => {
+  if (state.inbox) state.inbox.reconnectSoon(0);
+});
 
 $('ack-immediate').addEventListener('change', async (ev) => {
   await db.setMeta('ackMode', ev.target.checked ? 'immediate' : 'week');
@@ -2893,6 +2951,7 @@ if (channel) {
 
 document.addEventListener('visibilitychange', async () => {
   if (document.visibilityState === 'visible' && state.active) {
+    markSeen(state.active);
     await db.markRead(state.active);
     await loadConversations();
   }

@@ -233,6 +233,27 @@ export async function messagesFor(peer) {
   return req(s.index('peerAt').getAll(range));
 }
 
+/**
+ * findMessages returns the messages for which match(m) is true, newest
+ * first, at most limit. It walks the store with a cursor, so only the
+ * matches are kept in memory.
+ */
+export async function findMessages(match, limit) {
+  const { s } = await store('messages');
+  const found = await new Promise((resolve, reject) => {
+    const out = [];
+    const r = s.openCursor();
+    r.onsuccess = () => {
+      const c = r.result;
+      if (!c) return resolve(out);
+      if (match(c.value)) out.push(c.value);
+      c.continue();
+    };
+    r.onerror = () => reject(r.error);
+  });
+  return found.sort((a, b) => (b.at || 0) - (a.at || 0)).slice(0, limit);
+}
+
 export async function messagesWithStatus(status) {
   const { s } = await store('messages');
   return req(s.index('status').getAll(status));

@@ -41,8 +41,11 @@ export const IDLE = 75 * 1000;
  */
 export const QUICK_END = 1000;
 
-/** backoff is the wait before reconnect attempt n: base (1 s, or the server's retry:) doubling to 15 s, ±25 %. */
-export const backoff = (n, base = 1000) => Math.min(15000, Math.max(500, base) * 2 ** n) * (0.75 + Math.random() / 2);
+/** RECONNECT_MAX_MS bounds the wait between attempts: a server back from a restart is seen within it. */
+export const RECONNECT_MAX_MS = 3000;
+
+/** backoff is the wait before reconnect attempt n: base (1 s, or the server's retry:) doubling to 2.4 s, ±25 % (so at most RECONNECT_MAX_MS). */
+export const backoff = (n, base = 1000) => Math.min(RECONNECT_MAX_MS * 0.8, Math.max(500, base) * 2 ** n) * (0.75 + Math.random() / 2);
 
 export class Inbox {
   /**

@@ -111,6 +111,15 @@ export function notificationFor(mode, found) {
 const isContact = (conv) => !!conv && conv.handle && (conv.state === undefined || conv.state === 'accepted');
 
 /**
+ * contactAddress names a contact as the app does: the bare handle on our
+ * own server, handle@server for someone on another server (SPEC §8), so
+ * the notification and its link never point at a namesake here.
+ */
+export function contactAddress(conv, homeServer) {
+  return conv.server && conv.server !== homeServer ? `${conv.handle}@${conv.server}` : conv.handle;
+}
+
+/**
  * newestText reads the inbox up to seq (the push's) and returns the newest
  * text message from a contact that verifies and decrypts: {name, text,
  * handle}; null if one of them could not be verified (or the server could
@@ -134,7 +143,9 @@ export async function newestText(me, seq, { window = 10 } = {}) {
       if (plaintext.type !== 'text') continue; // receipts
       const conv = await db.getConversation(item.from);
       // A key this browser has not pinned as a contact is never named.
-      return isContact(conv) ? { name: conv.handle, text: plaintext.text, handle: conv.handle } : null;
+      if (!isContact(conv)) return null;
+      const address = contactAddress(conv, where.server);
+      return { name: address, text: plaintext.text, handle: address };
     } catch {
       return null; // what could not be verified is not shown
     }

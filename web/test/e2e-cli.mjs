@@ -34,7 +34,7 @@ export async function cliInterop({ REPO, tmp, base, server, bob, send }) {
   await bob.locator('#messages li.msg.in .text', { hasText: 'hello from the terminal' }).waitFor();
 
   await send(bob, 'hello from the browser');
-  await bob.locator('#messages li.msg.out[data-status="sent"]', { hasText: 'hello from the browser' }).waitFor();
+  await bob.locator('#messages li.msg.out:is([data-status="sent"],[data-status="delivered"],[data-status="read"])', { hasText: 'hello from the browser' }).waitFor();
 
   const out = kez('inbox');
   assert.match(out, new RegExp(`bob@${server.replace('.', '\\.')}: hello from the browser`), out);

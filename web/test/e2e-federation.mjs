@@ -118,7 +118,7 @@ test('alice@one.test and bob@two.test chat both ways; her first message is a req
   await alice.locator('#thread-sub', { hasText: 'bob@two.test' }).waitFor();
   assert.equal(await alice.locator('#compose-input').getAttribute('placeholder'), 'Message bob@two.test');
   await send(alice, 'hello from one.test');
-  await outMsg(alice, 'hello from one.test').and(alice.locator('[data-status="sent"]')).waitFor();
+  await outMsg(alice, 'hello from one.test').and(alice.locator(':is([data-status="sent"],[data-status="delivered"],[data-status="read"])')).waitFor();
 
   // At bob's: a request from the full address, verified at one.test.
   const req = requestItem(bob, 'alice@one.test');
@@ -131,7 +131,7 @@ test('alice@one.test and bob@two.test chat both ways; her first message is a req
 
   // bob answers: alice accepted him at home when she wrote, so it is no request.
   await send(bob, 'hello from two.test');
-  await outMsg(bob, 'hello from two.test').and(bob.locator('[data-status="sent"]')).waitFor();
+  await outMsg(bob, 'hello from two.test').and(bob.locator(':is([data-status="sent"],[data-status="delivered"],[data-status="read"])')).waitFor();
   await inText(alice, 'hello from two.test').waitFor();
   assert.equal(await alice.locator('#requests').isHidden(), true);
   await convoRow(alice, 'bob@two.test').waitFor();
@@ -182,7 +182,7 @@ test('the browser and kez talk across servers: terry@two.test (kez) and alice@on
   await alice.getByRole('button', { name: 'Accept terry@two.test' }).click();
   await alice.locator('#thread-title', { hasText: 'terry@two.test' }).waitFor();
   await send(alice, 'hello terry, from the browser on one.test');
-  await outMsg(alice, 'hello terry, from the browser on one.test').and(alice.locator('[data-status="sent"]')).waitFor();
+  await outMsg(alice, 'hello terry, from the browser on one.test').and(alice.locator(':is([data-status="sent"],[data-status="delivered"],[data-status="read"])')).waitFor();
   const out = await kezCli('inbox');
   assert.match(out, /alice@one\.test: hello terry, from the browser on one\.test/, out);
   assert.doesNotMatch(out, /undecryptable|unverified|could not/i, out);
@@ -208,7 +208,7 @@ test('bob@two.test replaces his key: alice’s browser follows the rotation in t
   assert.equal(await convoRow(alice, 'bob@two.test').count(), 1, 'one chat for bob@two.test');
   assert.equal(await alice.locator('#keychange').isHidden(), true, 'no blocking warning for a signed rotation');
   await send(alice, 'got it, on one.test');
-  await outMsg(alice, 'got it, on one.test').and(alice.locator('[data-status="sent"]')).waitFor();
+  await outMsg(alice, 'got it, on one.test').and(alice.locator(':is([data-status="sent"],[data-status="delivered"],[data-status="read"])')).waitFor();
   await inText(bob, 'got it, on one.test').waitFor();
 });
 
@@ -263,7 +263,7 @@ test('two.test down: alice’s message waits in her outbox, survives a reload, a
   await shot(alice, 'fed-04-queued.png');
   await two.caddy.start(`${two.base}/v1/healthz`);
   // Retried with back-off, without anyone pressing Retry.
-  await msg.and(alice.locator('[data-status="sent"]')).waitFor({ timeout: 90000 });
+  await msg.and(alice.locator(':is([data-status="sent"],[data-status="delivered"],[data-status="read"])')).waitFor({ timeout: 90000 });
   await inText(bob, 'while two.test was down').waitFor({ timeout: 30000 });
   assert.equal(await inText(bob, 'while two.test was down').count(), 1);
   assert.equal(await inboxFrom(bob, alicePrimary), before + 1, 'stored once at two.test');
@@ -279,7 +279,7 @@ test('one.test down: two.test cannot check alice’s key (503), so her message w
   const msg = outMsg(alice, 'while one.test was down');
   await msg.getByText('two.test could not check your key at one.test').waitFor();
   await one.caddy.start(`${one.base}/v1/healthz`);
-  await msg.and(alice.locator('[data-status="sent"]')).waitFor({ timeout: 90000 });
+  await msg.and(alice.locator(':is([data-status="sent"],[data-status="delivered"],[data-status="read"])')).waitFor({ timeout: 90000 });
   await inText(bob, 'while one.test was down').waitFor();
   assert.equal(await inboxFrom(bob, alicePrimary), before + 1, 'stored once at two.test');
 });

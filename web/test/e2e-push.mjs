@@ -48,7 +48,7 @@ export async function pushChecks({ base, newPage, createAccount, startChat, send
   const bob = await nodeUser('pushbob');
   await startChat(page, 'pushbob');
   await send(page, 'hello bob');
-  await page.locator('#messages li.msg.out[data-status="sent"]', { hasText: 'hello bob' }).waitFor();
+  await page.locator('#messages li.msg.out:is([data-status="sent"],[data-status="delivered"],[data-status="read"])', { hasText: 'hello bob' }).waitFor();
 
   // A push arrives while the app is closed.
   const pushed = async (mode, plaintext, tamper) => {

@@ -488,7 +488,7 @@ test('bob deletes his account; a new “bob” is a blocking warning in the same
   assert.equal(await convoRows(alice, 'bob').count(), 1);
   // What alice writes now goes to the new key (the server takes only its current key).
   await send(alice, 'welcome, new bob');
-  await alice.locator('#messages li.msg.out[data-status="sent"]', { hasText: 'welcome, new bob' }).waitFor();
+  await alice.locator('#messages li.msg.out:is([data-status="sent"],[data-status="delivered"],[data-status="read"])', { hasText: 'welcome, new bob' }).waitFor();
 });
 
 test('a contact re-registered behind an open chat: alice’s send is refused by the server, the chat is blocked, Accept resumes', async () => {
@@ -496,7 +496,7 @@ test('a contact re-registered behind an open chat: alice’s send is refused by 
   await startChat(alice, 'dave');
   await alice.getByRole('heading', { name: 'dave', exact: true }).waitFor();
   await send(alice, 'hello dave');
-  await alice.locator('#messages li.msg.out[data-status="sent"]', { hasText: 'hello dave' }).waitFor();
+  await alice.locator('#messages li.msg.out:is([data-status="sent"],[data-status="delivered"],[data-status="read"])', { hasText: 'hello dave' }).waitFor();
   await dave.remove();
   await registerWhenFree('dave');
   // The envelope is sealed for the key alice pinned; the server refuses it for the new one.
@@ -519,7 +519,7 @@ test('a contact re-registered behind an open chat: alice’s send is refused by 
   // The failed message is not sent to the newcomer by itself.
   assert.equal(await alice.locator('#messages li.msg.out[data-status="failed"]', { hasText: 'are you still there?' }).count(), 1);
   await send(alice, 'hello new dave');
-  await alice.locator('#messages li.msg.out[data-status="sent"]', { hasText: 'hello new dave' }).waitFor();
+  await alice.locator('#messages li.msg.out:is([data-status="sent"],[data-status="delivered"],[data-status="read"])', { hasText: 'hello new dave' }).waitFor();
 });
 
 test('keyboard: the contact panel opens, is labelled, and closes with Escape', async () => {

@@ -350,7 +350,7 @@ test('bob, under /chat/, cannot take alice; starts a chat by address', async () 
 
 test('they chat both ways, live', async () => {
   await send(bob, 'hi alice 👋');
-  await bob.locator('#messages li.msg.out[data-status="sent"]').waitFor();
+  await bob.locator('#messages li.msg.out:is([data-status="sent"],[data-status="delivered"],[data-status="read"])').waitFor();
 
   // Bob is a stranger to alice: his message waits in her Requests (SPEC
   // §2.9), named by his verified handle, not in her chats.
@@ -429,7 +429,7 @@ test('a server restart loses and duplicates nothing', async () => {
   // Bob's page reconnects too; his next message is delivered once.
   await bob.locator('#conn[data-status="live"]').waitFor({ timeout: 30000 });
   await send(bob, 'after the restart');
-  await bob.locator('#messages li.msg.out[data-status="sent"]').nth(3).waitFor();
+  await bob.locator('#messages li.msg.out:is([data-status="sent"],[data-status="delivered"],[data-status="read"])').nth(3).waitFor();
   await alice.locator('#messages .text', { hasText: 'after the restart' }).waitFor({ timeout: 30000 });
   await alice.locator('#conn[data-status="live"]').waitFor({ timeout: 30000 });
   // Catch-up and stream replay overlap by design; still exactly once.
@@ -526,7 +526,7 @@ test('phone width: list and thread one at a time, back button', async () => {
   await phone.getByRole('heading', { name: 'alice', exact: true }).waitFor();
   assert.equal(await phone.locator('.sidebar').isVisible(), false);
   await send(phone, 'hello from a phone');
-  await phone.locator('#messages li.msg.out[data-status="sent"]').waitFor();
+  await phone.locator('#messages li.msg.out:is([data-status="sent"],[data-status="delivered"],[data-status="read"])').waitFor();
   await shot(phone, '09-phone-thread.png');
   await phone.emulateMedia({ colorScheme: 'dark' });
   await shot(phone, '09-phone-thread-dark.png');
@@ -547,7 +547,7 @@ test('keyboard only: start a chat and send without the mouse', async () => {
   await bob.locator('#compose-input:focus').waitFor();
   await bob.keyboard.type('typed with the keyboard');
   await bob.keyboard.press('Enter');
-  await bob.locator('#messages li.msg.out[data-status="sent"]', { hasText: 'typed with the keyboard' }).waitFor();
+  await bob.locator('#messages li.msg.out:is([data-status="sent"],[data-status="delivered"],[data-status="read"])', { hasText: 'typed with the keyboard' }).waitFor();
 });
 
 let mallory, eve;
@@ -666,7 +666,7 @@ test('a stranger over the request limit: the message is kept, marked, and goes o
   await startChat(zed, 'alice');
   for (const t of ['z one', 'z two', 'z three']) {
     await send(zed, t);
-    await zed.locator('#messages li.msg.out[data-status="sent"]', { hasText: t }).waitFor();
+    await zed.locator('#messages li.msg.out:is([data-status="sent"],[data-status="delivered"],[data-status="read"])', { hasText: t }).waitFor();
   }
   await send(zed, 'z four');
   const failed = zed.locator('#messages li.msg.out[data-status="failed"]', { hasText: 'z four' });
@@ -679,7 +679,7 @@ test('a stranger over the request limit: the message is kept, marked, and goes o
   await alice.getByRole('heading', { name: 'zed', exact: true }).waitFor();
   // The kept message goes out on Retry (or by itself later), signed afresh.
   await failed.getByRole('button', { name: 'Retry' }).click();
-  await zed.locator('#messages li.msg.out[data-status="sent"]', { hasText: 'z four' }).waitFor();
+  await zed.locator('#messages li.msg.out:is([data-status="sent"],[data-status="delivered"],[data-status="read"])', { hasText: 'z four' }).waitFor();
   await alice.locator('#messages .text', { hasText: 'z four' }).waitFor();
   assert.deepEqual(await bubbleTexts(alice), ['z one', 'z two', 'z three', 'z four']);
   // Alice's answer reaches zed as a chat message: writing to alice accepted her.
@@ -788,6 +788,8 @@ test('acknowledgement: kept for other devices by default, deleted at once when a
   // The history stays in the browser.
   await bob.locator('#convo-list .convo', { hasText: 'alice' }).click();
   await bob.locator('#messages .text', { hasText: 'ack me' }).waitFor();
+  // Bob's read receipt is in alice's inbox before her week passes.
+  await alice.locator('#messages li.msg.out[data-status="read"]', { hasText: 'ack me' }).waitFor();
 
   // A week later (alice's clock moved on), her policy acknowledges what
   // IndexedDB says she received, without reading her inbox again.

@@ -2,7 +2,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 
-import { notificationFor, pushSupported } from '../js/push.js';
+import { contactAddress, notificationFor, pushSupported } from '../js/push.js';
 
 test('full notifications name a verified contact and show the text', () => {
   const n = notificationFor('full', { name: 'bob', text: 'hi  there\nalice', handle: 'bob' });
@@ -32,4 +32,16 @@ test('long texts are cut', () => {
 
 test('node is not a browser that can receive pushes', () => {
   assert.equal(pushSupported({}), false);
+});
+
+test('a contact on another server is named and linked by full address', () => {
+  const address = contactAddress({ handle: 'bob', server: 'two.test' }, 'one.test');
+  assert.equal(address, 'bob@two.test');
+  const n = notificationFor('full', { name: address, text: 'hi', handle: address });
+  assert.equal(n.body, 'bob@two.test: hi');
+  assert.equal(n.url, './#/c/bob%40two.test');
+  assert.equal(n.tag, 'kez-bob@two.test');
+  // Ours: the bare handle, as before.
+  assert.equal(contactAddress({ handle: 'bob', server: 'one.test' }, 'one.test'), 'bob');
+  assert.equal(contactAddress({ handle: 'bob' }, 'one.test'), 'bob');
 });
