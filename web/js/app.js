@@ -540,6 +540,7 @@ async function enterChat() {
     await db.updateMessage(m.key, { status: 'failed', error: 'Not sent yet: the page was closed while sending.', retryable: !!m.envelope });
   }
   await loadConversations();
+  await drafts.load();
   await routeFromHash();
 
   await startInbox();
@@ -1636,7 +1637,6 @@ async function setActive(peer) {
   // The box's text stays with the chat it was typed in.
   if (state.active !== peer) {
     drafts.set(state.active, compose.value);
-    await drafts.load();
     compose.value = drafts.get(peer);
     autosize();
   }
@@ -2200,10 +2200,10 @@ async function showIncoming(peers) {
   if (channel) channel.postMessage({ type: 'changed' });
 }
 
-/** notifyOf words a notification as the toasts do: a stranger's or an unverified text is never shown. */
+/** notifyOf words a notification as the toasts and Web Push do: a stranger's or an unverified text is never shown. */
 function notifyOf(peer, { count, readable, request, text }) {
   const conv = state.convos.get(peer);
-  const name = conv ? contactName(conv) : 'Someone';
+  const name = displayName(conv); // as Web Push names them: bob, or bob@two.example
   let body;
   if (peer === UNVERIFIED) body = 'A message arrived that could not be verified';
   else if (request) body = `Message request from ${name}`;

@@ -31,7 +31,7 @@ export function setupSearch({ convos, nameOf, skip, findMessages, open }) {
     if (mine !== asked) return; // a newer query is on its way
     const byPeer = new Map(convos().map((c) => [c.peer, c]));
     const items = [
-      ...r.chats.map((c) => el('li', {}, el('button', { type: 'button', class: 'search-hit', onclick: () => pick(c.peer) }, el('span', { class: 'search-name', text: nameOf(c) }), el('span', { class: 'search-kind', text: 'chat' })))),
+      ...r.chats.map((c) => el('li', {}, el('button', { type: 'button', class: 'search-hit', onclick: () => pick(c.peer) }, el('span', { class: 'search-name', text: nameOf(c) }), ' ', el('span', { class: 'search-kind', text: 'chat' })))),
       ...r.messages.map((m) => {
         const c = byPeer.get(m.peer);
         return el(
@@ -41,7 +41,9 @@ export function setupSearch({ convos, nameOf, skip, findMessages, open }) {
             'button',
             { type: 'button', class: 'search-hit', onclick: () => pick(m.peer, m.key) },
             el('span', { class: 'search-name', text: `${c ? nameOf(c) : ''}${m.dir === 'out' ? ' · you' : ''}` }),
+            ' ',
             el('time', { class: 'search-kind', text: listTime(m.at) }),
+            ' ',
             el('span', { class: 'search-snippet', text: m.snippet }),
           ),
         );
