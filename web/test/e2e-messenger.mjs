@@ -8,12 +8,12 @@
 
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-import { Caddy, caddyBinary, freePort, launchBrowser, newPage, REPO, send, shot, startChat } from './harness.mjs';
+import { Caddy, caddyBinary, createAccount, exampleCaddyfile, freePort, launchBrowser, newPage, send, shot, startChat } from './harness.mjs';
 
 const PASS = 'correct horse battery';
 const tmp = mkdtempSync(join(tmpdir(), 'kez-messenger-'));
@@ -26,29 +26,17 @@ let bob;
 let carol;
 let aliceBackup;
 
-/** exampleCaddyfile is Caddyfile.example on port, with its own admin port: what the README tells people to run. */
-export function exampleCaddyfile(port, adminPort) {
-  const raw = readFileSync(join(REPO, 'Caddyfile.example'), 'utf8');
-  return raw.replaceAll('localhost:8080', `localhost:${port}`).replace('{\n', `{\n\tadmin 127.0.0.1:${adminPort}\n\tpersist_config off\n`);
-}
-
 /** register creates handle in page; with backup, it saves a backup as text and returns it. */
 async function register(page, handle, { backup = false } = {}) {
   await page.goto(base + '/');
+  if (!backup) return createAccount(page, handle);
   await page.getByLabel('Choose a handle').fill(handle);
   await page.getByRole('button', { name: 'Create my KEZ' }).click();
-  await page.getByRole('heading', { name: 'Save a backup of your key' }).waitFor();
-  let text = null;
-  if (backup) {
-    await page.getByLabel('Passphrase for the backup').fill(PASS);
-    await page.getByLabel('Type it again').fill(PASS);
-    await page.getByRole('button', { name: 'Copy backup as text' }).click();
-    text = await page.getByRole('textbox', { name: 'Backup text', exact: true }).inputValue();
-    await page.getByRole('button', { name: 'Continue to chat' }).click();
-  } else {
-    page.once('dialog', (d) => d.accept());
-    await page.getByRole('button', { name: 'Skip for now' }).click();
-  }
+  await page.getByLabel('Passphrase for the backup').fill(PASS);
+  await page.getByLabel('Type it again').fill(PASS);
+  await page.getByRole('button', { name: 'Copy backup as text' }).click();
+  const text = await page.getByRole('textbox', { name: 'Backup text', exact: true }).inputValue();
+  await page.getByRole('button', { name: 'Continue to chat' }).click();
   await page.locator('#conn[data-status="live"]').waitFor();
   return text;
 }

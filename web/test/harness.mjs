@@ -35,6 +35,12 @@ export function caddyBinary(dir) {
   return bin;
 }
 
+/** exampleCaddyfile is Caddyfile.example on port, with its own admin port: what the README tells people to run. */
+export function exampleCaddyfile(port, adminPort) {
+  const raw = readFileSync(join(REPO, 'Caddyfile.example'), 'utf8');
+  return raw.replaceAll('localhost:8080', `localhost:${port}`).replace('{\n', `{\n\tadmin 127.0.0.1:${adminPort}\n\tpersist_config off\n`);
+}
+
 /**
  * Caddy is one Caddy process serving a Caddyfile from dir (its own data,
  * config and log there), restartable on the same port and storage.
