@@ -1807,10 +1807,41 @@ function dayNode(ms) {
  * place and new ones appended, so screen readers announce only additions.
  */
 let renderChain = Promise.resolve();
-function renderThread(peer, full = false) {
+function renderThread(peer, full = false, fresh = null) {
   // One at a time: two renders at once would both append what is new.
-  renderChain = renderChain.then(() => renderThreadNow(peer, full)).catch((e) => console.warn('kez: render', e));
+  renderChain = renderChain.then(() => (fresh && appendFresh(peer, fresh)) || renderThreadNow(peer, full)).catch((e) => console.warn('kez: render', e));
   return renderChain;
+}
+
+/**
+ * appendFresh shows messages just saved, without reading the chat back:
+ * the fast path of a new message at the end of the open chat. It returns
+ * false (nothing done) when the chat needs a real render.
+ */
+function appendFresh(peer, fresh) {
+  const r = state.rendered;
+  if (peer !== state.active || r.peer !== peer || !fresh.every((m) => m.peer === peer && !r.keys.has(m.key) && (m.at || 0) >= r.lastAt)) return false;
+  const list = $('messages');
+  const nearBottom = nearBottomOf(scroller);
+  const hint = list.querySelector('.thread-empty');
+  if (hint) hint.remove();
+  let own = false;
+  for (const m of fresh) {
+    const day = startOfDay(m.at || 0);
+    if (day !== r.lastDay) {
+      list.append(dayNode(m.at || 0));
+      r.lastDay = day;
+    }
+    const li = messageNode(m);
+    list.append(li);
+    r.keys.set(m.key, li);
+    r.lastAt = Math.max(r.lastAt, m.at || 0);
+    if (m.dir === 'out') own = true;
+  }
+  if (nearBottom || own) scroller.scrollTop = scroller.scrollHeight;
+  else $('jump-latest').dataset.fresh = 'true';
+  updateJump();
+  return Promise.resolve(true);
 }
 
 const scroller = $('messages-log');
@@ -1920,6 +1951,10 @@ const isBlocked = (conv) => !!conv && conv.state === 'blocked';
  * are not capped. Returns the conversation state, or null for a blocked sender.
  */
 async function placeSender(from, request, claimed, addr) {
+  // The common case, a contact's current key writing as a contact, needs no
+  // lookups: the list in memory is reloaded whenever a chat changes.
+  const known = state.convos.get(from);
+  if (!request && known && known.handle && !isStub(known) && !isRequest(known) && !isBlocked(known)) return { peer: from, st: 'accepted', conv: known };
   let peer = await convIdOf(from);
   let cur = await db.getConversation(peer);
   if (isBlocked(cur)) return null;
@@ -1991,26 +2026,24 @@ async function ingest(item) {
   const { peer, st } = place;
   // Only a text is shown as text; any other type as "unsupported" (SPEC §3).
   const text = pt.type === 'text' ? pt.text : null;
-  const isNew = await db.addMessage(
-    {
-      key: `${peer}|${from}|${pt.id}`,
+  const msg = {
+    key: `${peer}|${from}|${pt.id}`,
       peer,
       from,
-      keyNote: keyNoteOf(place.conv, peer, from),
-      dir: 'in',
-      id: pt.id,
-      text,
-      type: typeof pt.type === 'string' ? pt.type.slice(0, 40) : null,
-      status: 'ok',
-      at,
-      sentAt: Number.isSafeInteger(pt.sent_at) ? pt.sent_at : null,
-      claimed,
-      seq: item.seq,
-      request: st === 'request',
-    },
-    { active: isActive(peer) },
-  );
-  if (isNew) afterIncoming(peer, text, st === 'request');
+    keyNote: keyNoteOf(place.conv, peer, from),
+    dir: 'in',
+    id: pt.id,
+    text,
+    type: typeof pt.type === 'string' ? pt.type.slice(0, 40) : null,
+    status: 'ok',
+    at,
+    sentAt: Number.isSafeInteger(pt.sent_at) ? pt.sent_at : null,
+    claimed,
+    seq: item.seq,
+    request: st === 'request',
+  };
+  const isNew = await db.addMessage(msg, { active: isActive(peer) });
+  if (isNew) afterIncoming(peer, text, st === 'request', false, msg);
   // Receipts go to contacts only, never for requests or from a key not accepted (SPEC §3).
   if (isNew && st !== 'request' && keyNoteOf(place.conv, peer, from) !== 'new') {
     const read = isActive(peer);
@@ -2094,11 +2127,9 @@ async function ingestBad(item, at, request, e) {
   }
   await resolvePeer(peer, undefined, { addr: peer === UNVERIFIED ? null : senderAddress(item) });
   const seq = Number.isSafeInteger(item.seq) ? item.seq : 0;
-  const isNew = await db.addMessage(
-    { key: `bad|${seq}|${at}`, peer, dir: 'in', id: `seq-${seq}`, status: 'bad', reason: e.message, at, seq, request: st === 'request' },
-    { active: isActive(peer) },
-  );
-  if (isNew) afterIncoming(peer, null, st === 'request');
+  const msg = { key: `bad|${seq}|${at}`, peer, dir: 'in', id: `seq-${seq}`, status: 'bad', reason: e.message, at, seq, request: st === 'request' };
+  const isNew = await db.addMessage(msg, { active: isActive(peer) });
+  if (isNew) afterIncoming(peer, null, st === 'request', false, msg);
 }
 
 /** ingestReceipt marks our messages delivered or read (SPEC §3); only a chat's own peer can. */
@@ -2133,21 +2164,19 @@ async function ingestCopy(item, from, pt, at) {
   const to = splitAddress(pt.to_addr);
   await resolvePeer(peer, undefined, { addr: to && !isHomeServer(to.server) ? to : null });
   const of = pt.of;
-  const isNew = await db.addMessage(
-    {
-      key: `${peer}|${state.me.primary}|${of.id}`,
-      peer,
-      dir: 'out',
-      id: of.id,
-      text: of.text,
-      status: 'sent',
-      at: Number.isSafeInteger(of.sent_at) ? of.sent_at : at,
-      seq: item.seq,
-      copy: true,
-    },
-    { active: true },
-  );
-  if (isNew) afterIncoming(peer, of.text, false, true);
+  const msg = {
+    key: `${peer}|${state.me.primary}|${of.id}`,
+    peer,
+    dir: 'out',
+    id: of.id,
+    text: of.text,
+    status: 'sent',
+    at: Number.isSafeInteger(of.sent_at) ? of.sent_at : at,
+    seq: item.seq,
+    copy: true,
+  };
+  const isNew = await db.addMessage(msg, { active: true });
+  if (isNew) afterIncoming(peer, of.text, false, true, msg);
 }
 
 function isActive(peer) {
@@ -2159,8 +2188,10 @@ function isActive(peer) {
 // next refresh, so a burst costs a few refreshes, not one per message.
 const arrived = { peers: new Map(), timer: null, running: null };
 
-function afterIncoming(peer, text, request = false, own = false) {
-  const cur = arrived.peers.get(peer) || { count: 0, readable: true, request, own };
+function afterIncoming(peer, text, request = false, own = false, msg = null) {
+  const cur = arrived.peers.get(peer) || { count: 0, readable: true, request, own, msgs: [] };
+  if (msg) cur.msgs.push(msg);
+  else cur.fresh = false; // unknown: the chat is read back
   if (!own) cur.count++;
   cur.readable = text !== undefined && text !== null;
   if (cur.readable) cur.text = text;
@@ -2182,8 +2213,10 @@ async function flushIncoming() {
 }
 
 async function showIncoming(peers) {
+  // The open chat first: that is where the user looks.
+  const open = peers.get(state.active);
+  if (open) await renderThread(state.active, false, open.fresh === false ? null : open.msgs);
   await loadConversations();
-  if (peers.has(state.active)) await renderThread(state.active);
   const looking = document.visibilityState === 'visible';
   for (const [peer, v] of peers) if (v.count > 0 && (peer !== state.active || !looking)) notifyOf(peer, v);
   const others = [...peers].filter(([p, v]) => p !== state.active && v.count > 0);
@@ -2218,24 +2251,26 @@ function notifyOf(peer, { count, readable, request, text }) {
 const MAX_TEXT = 60000;
 
 async function sendText(peer, text) {
-  const conv = await db.getConversation(peer);
+  const me = state.me;
+  const id = crypto.randomUUID();
+  const now = state.api.nowMs();
+  const pt = { type: 'text', text, id, sent_at: now, from_addr: me.address };
+  // Sealed while the contact is read; the envelope is dropped if it may not go.
+  const [conv, envelope] = await Promise.all([db.getConversation(peer), kez.sealEnvelope(me, peer, pt)]);
   if (!conv || !conv.handle || isStub(conv)) return;
   if (conv.changed) {
     // Sending to a changed key waits for the user (SPEC §6).
     toast(`Not sent: ${contactName(conv)}’s key changed. Accept the new key first.`);
     throw new Error('key changed');
   }
-  const me = state.me;
-  const id = crypto.randomUUID();
-  const now = state.api.nowMs();
-  const pt = { type: 'text', text, id, sent_at: now, from_addr: me.address };
-  const envelope = await kez.sealEnvelope(me, peer, pt);
   // Kept with its envelope until a server took it: the outbox (SPEC §8).
+  // The save is under way before the send starts, and done before the
+  // send's outcome is written, so a failed send is always in the outbox.
   const msg = { key: `${peer}|${me.primary}|${id}`, peer, dir: 'out', id, text, status: 'sending', at: now, envelope, to: conv.handle, server: convServer(conv) };
-  await db.addMessage(msg, { active: true });
-  // Sent while the screen shows it: the send does not wait for the render.
-  const sent = deliver(msg);
-  await Promise.all([loadConversations().then(() => renderThread(peer)), sent]);
+  const saved = db.addMessage(msg, { active: true });
+  const sent = deliver(msg, saved);
+  await saved;
+  await Promise.all([renderThread(peer, false, [msg]).then(loadConversations), sent]);
   sendCopy(conv, pt);
 }
 
@@ -2348,7 +2383,7 @@ function resendLater(retryAfter) {
  * sees that send, the recipient is then accepted here, so their answers
  * are not requests.
  */
-async function deliver(msg) {
+async function deliver(msg, saved = null) {
   let fields;
   const server = msg.server || state.api.server;
   const remote = !isHomeServer(server);
@@ -2370,6 +2405,7 @@ async function deliver(msg) {
     if (p.later) resendLater(e.retryAfter);
     if (p.recheck) setTimeout(() => checkContact(msg.peer), 0);
   }
+  if (saved) await saved;
   await db.updateMessage(msg.key, fields);
   if (channel) channel.postMessage({ type: 'changed', peer: msg.peer });
   // The list says which chats hold a message that was not sent.

@@ -13,7 +13,7 @@ import { join } from 'node:path';
 
 import { Api } from '../js/api.js';
 import * as kez from '../js/kez.js';
-import { Caddy, caddyBinary, exampleCaddyfile, freePort, launchBrowser, send, shot, startChat } from './harness.mjs';
+import { launchBrowser, send, shot, startChat, startExample } from './harness.mjs';
 
 const AXE = createRequire(import.meta.url).resolve('axe-core/axe.min.js');
 const tmp = mkdtempSync(join(tmpdir(), 'kez-axe-'));
@@ -24,10 +24,7 @@ let browser;
 let pal; // a user driven from node, who writes to everyone
 
 before(async () => {
-  const port = await freePort();
-  base = `http://localhost:${port}`;
-  caddy = new Caddy(caddyBinary(tmp), join(tmp, 'caddy'), exampleCaddyfile(port, await freePort()));
-  await caddy.start(`${base}/v1/healthz`);
+  ({ caddy, base } = await startExample(tmp));
   browser = await launchBrowser();
   const id = await kez.identityFromSeed(kez.newSeed());
   const res = await fetch(`${base}/v1/register`, {

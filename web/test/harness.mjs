@@ -41,6 +41,15 @@ export function exampleCaddyfile(port, adminPort) {
   return raw.replaceAll('localhost:8080', `localhost:${port}`).replace('{\n', `{\n\tadmin 127.0.0.1:${adminPort}\n\tpersist_config off\n`);
 }
 
+/** startExample runs Caddy with Caddyfile.example (data in dir) on a free port; returns {caddy, base}. */
+export async function startExample(dir) {
+  const port = await freePort();
+  const base = `http://localhost:${port}`;
+  const caddy = new Caddy(caddyBinary(dir), join(dir, 'caddy'), exampleCaddyfile(port, await freePort()));
+  await caddy.start(`${base}/v1/healthz`);
+  return { caddy, base };
+}
+
 /**
  * Caddy is one Caddy process serving a Caddyfile from dir (its own data,
  * config and log there), restartable on the same port and storage.
