@@ -85,7 +85,7 @@ export async function convWithHandle(handle, server, except) {
 }
 
 /** keyHistory lists the keys a conversation had: {primary, how: first|rotation|accepted, at}. */
-const keyHistory = (conv) => (Array.isArray(conv.keys) && conv.keys.length ? conv.keys : [{ primary: conv.peer, how: 'first', at: conv.createdAt || null }]);
+export const keyHistory = (conv) => (Array.isArray(conv.keys) && conv.keys.length ? conv.keys : [{ primary: conv.peer, how: 'first', at: conv.createdAt || null }]);
 
 export const isVerified = (conv) => !!conv && !!conv.verified && conv.verified === conv.peer && !conv.changed;
 

@@ -1,7 +1,7 @@
 // What the user sees of trust: key changes, safety numbers and verifying a
 // contact (SPEC §6), and the server's log: warnings and monitoring (SPEC §5).
 
-import { acceptChange, addNotice, changeReason, convServer, isHomeServer, isStub, isVerified } from './contacts.js';
+import { acceptChange, addNotice, changeReason, convServer, isHomeServer, isStub, isVerified, keyHistory } from './contacts.js';
 import { contactName, displayName, loadConversations, maybeRefresh, resolvePeer } from './convlist.js';
 import * as db from './db.js';
 import { verified } from './onboarding.js';
