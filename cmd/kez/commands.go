@@ -434,6 +434,7 @@ var inboxCmd = &command{
 		ctx, cancel := context.WithTimeout(ctx, requestTimeout)
 		defer cancel()
 		p := newPrinter(c, cur)
+		p.receiptsAfter = cur.LastSeq // what an earlier run showed had its receipt then
 		var requests []string
 		shown := 0
 		err = e.readInbox(ctx, c, e.uint("since"), int(min(e.uint("limit"), 500)), func(m client.Message) {
@@ -450,6 +451,7 @@ var inboxCmd = &command{
 		if err != nil {
 			return notOnServer(err, acct)
 		}
+		p.sendReceipts(ctx, e.stderr)
 		if shown == 0 {
 			fmt.Fprintln(e.stdout, "no messages")
 		}
@@ -503,6 +505,7 @@ var listenCmd = &command{
 			since = e.uint("since")
 		}
 		p := newPrinter(c, cur)
+		p.receiptsAfter = cur.LastSeq
 		connected, lost := false, false
 		watchCtx, stopWatch := context.WithCancel(ctx)
 		defer stopWatch()
@@ -533,6 +536,7 @@ var listenCmd = &command{
 			if line := p.format(ctx, m, true); line != "" {
 				fmt.Fprintln(e.stdout, line)
 			}
+			p.sendReceipts(ctx, e.stderr)
 			cur.LastSeq = m.Seq
 			return cur.save(e.dir)
 		})

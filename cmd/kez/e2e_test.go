@@ -189,6 +189,18 @@ func TestCLITwoUsersChat(t *testing.T) {
 	alice.must("sent", "send", "bob", "after reload")
 	l.expect(l.stdout, ": after reload")
 
+	// bob's listen sent a delivered receipt for each of his contact's texts
+	// (not for her request): alice's inbox shows them once they are stored.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		r := alice.run("", "inbox")
+		if strings.Count(r.stdout, "bob@"+srv.Name+": ✓✓ delivered (1 of your messages)") == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("alice's inbox has no two delivered receipts from bob:\n%s%s", r.stdout, r.stderr)
+		}
+	}
+
 	// What the browser client sends (the vector envelope, sealed by
 	// alice's vector key, here the user "valice") decrypts; what it claims
 	// is shown as a claim. A forged one and one with a case-variant member
@@ -293,13 +305,17 @@ func TestCLITwoUsersChat(t *testing.T) {
 	}
 
 	// Everything bob saw is still stored until he acknowledges it; the
-	// strangers' messages come last, under their own heading.
+	// strangers' messages come last, under their own heading. alice's inbox
+	// sent bob a delivered receipt for "hi alice", once: a second inbox
+	// shows nothing new to her and sends none.
+	alice.must("bob@"+srv.Name+": hi alice", "inbox")
 	all := bob.must("hello bob", "inbox")
 	contactsPart, requestsPart, ok := strings.Cut(all, "\nmessage requests: 3 from senders who are not your contacts")
-	if !ok || strings.Count(contactsPart, "#") != 4 || strings.Count(requestsPart, "\n#") != 3 || strings.Contains(contactsPart, "valice") {
+	if !ok || strings.Count(contactsPart, "#") != 5 || strings.Count(requestsPart, "\n#") != 3 || strings.Contains(contactsPart, "valice") ||
+		strings.Count(contactsPart, "alice@"+srv.Name+": ✓✓ delivered (1 of your messages)") != 1 {
 		t.Errorf("bob's inbox:\n%s", all)
 	}
-	bob.must("deleted 7 message(s) up to #", "ack") // mallory's two went with the block
+	bob.must("deleted 8 message(s) up to #", "ack") // mallory's two went with the block
 	bob.must("no messages", "inbox")
 
 	if r := alice.run("", "send", "nobody", "hi"); r.code != 1 || r.stderr != "kez: unknown recipient \"nobody\" on "+srv.Name+"\n" {

@@ -321,7 +321,7 @@ func bobAt(t *testing.T, f *fakeServer) map[string]string {
 // under a heading of their own; what does not open (a case-variant
 // envelope, a message whose signer is not the sender the server vouches
 // for) is shown as undecryptable, an unknown type as unsupported, a copy
-// from one's own key as sent, a receipt not at all.
+// from one's own key as sent, a receipt as what it says.
 func TestInboxShowsRequestsApart(t *testing.T) {
 	bob, alice, carol := kez.GenerateKeys(), kez.GenerateKeys(), kez.GenerateKeys()
 	f := newFakeServer(t, bob)
@@ -352,6 +352,7 @@ func TestInboxShowsRequestsApart(t *testing.T) {
 		"#4 @ " + aliceAddr + ": [unsupported message]",
 		"#5 @ [undecryptable envelope: the server says it is from " + carol.Primary() + ", the envelope is signed by " + alice.Primary() + "]",
 		"#6 @ you → " + aliceAddr + " (sent from another device): see you",
+		"#7 @ " + aliceAddr + ": ✓✓ read (1 of your messages)",
 		"#9 @ " + aliceAddr + ": [unsupported message]",
 		"",
 		"message requests: 2 from senders who are not your contacts (kez accept <who> to let them in, kez block <who> to refuse them)",

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"slices"
 	"strings"
 	"time"
 	"unicode"
@@ -28,6 +30,16 @@ type printer struct {
 	senders map[string]*sender // primary → its verified address and trust
 	shown   *cursor            // what was shown, this run and before (replays are skipped)
 	lastSeq uint64
+	// receiptsAfter: texts after this seq are new here and owe their
+	// sender a delivered receipt (SPEC §3); owed gathers them per sender.
+	receiptsAfter uint64
+	owed          map[string]*owedReceipt
+}
+
+// owedReceipt is a delivered receipt to send: the ids a contact's current key wrote.
+type owedReceipt struct {
+	from string // the key that wrote, which the receipt is sealed to
+	ids  []string
 }
 
 // sender is what the printer knows of a key that signed a message.
@@ -67,6 +79,7 @@ func (p *printer) format(ctx context.Context, m client.Message, markRequest bool
 		return ""
 	}
 	from, notices := p.sender(ctx, got.From, got.FromAddr, pt.FromAddr)
+	p.noteDelivered(ctx, m, got)
 	line := p.formatText(m, got, pt, from, when, markRequest)
 	if line == "" {
 		return strings.TrimSuffix(notices, "\n")
@@ -92,7 +105,12 @@ func (p *printer) formatText(m client.Message, got *client.Received, pt kez.Plai
 	case kez.PlaintextText:
 		text = pt.Text
 	case "receipt":
-		return "" // delivered/read marks: this client keeps no sent messages to mark
+		state, n, ok := parseReceipt(got.PlaintextJSON)
+		if !ok {
+			return fmt.Sprintf("#%d %s %s: [unsupported message]", m.Seq, when, from)
+		}
+		// This client keeps no sent messages to mark: it says what the receipt says.
+		return fmt.Sprintf("#%d %s %s: ✓✓ %s (%d of your messages)", m.Seq, when, from, state, n)
 	case "copy":
 		c, ok := parseCopy(got.PlaintextJSON)
 		if !ok || got.From != p.self {
@@ -111,6 +129,60 @@ func (p *printer) formatText(m client.Message, got *client.Received, pt kez.Plai
 
 // indent puts continuation lines under the first.
 func indent(s string) string { return strings.ReplaceAll(s, "\n", "\n    ") }
+
+// parseReceipt reads {"type":"receipt","id",…,"sent_at",…,"of":[ids],"state":"delivered"|"read"}
+// with exact member names: its state and how many messages it names.
+func parseReceipt(raw []byte) (state string, n int, ok bool) {
+	f, err := kez.ExactMembers(raw, []string{"type", "id", "sent_at", "of", "state"}, nil)
+	if err != nil {
+		return "", 0, false
+	}
+	var of []string
+	if json.Unmarshal(f["state"], &state) != nil || json.Unmarshal(f["of"], &of) != nil || len(of) == 0 {
+		return "", 0, false
+	}
+	if state != "delivered" && state != "read" {
+		return "", 0, false
+	}
+	return state, len(of), true
+}
+
+// noteDelivered owes a delivered receipt for m when it is a new text from
+// a contact's current, verified key: never for a request, an unverified or
+// changed key, or one of our own copies.
+func (p *printer) noteDelivered(ctx context.Context, m client.Message, got *client.Received) {
+	if m.Seq <= p.receiptsAfter || m.Request || got.Plaintext.Type != kez.PlaintextText || got.From == p.self {
+		return
+	}
+	s, _ := p.lookup(ctx, got.From, got.FromAddr)
+	if s.addr == "" || s.mark != "" {
+		return
+	}
+	if p.owed == nil {
+		p.owed = map[string]*owedReceipt{}
+	}
+	o := p.owed[s.addr]
+	if o == nil || o.from != got.From {
+		o = &owedReceipt{from: got.From}
+		p.owed[s.addr] = o
+	}
+	o.ids = append(o.ids, got.Plaintext.ID)
+}
+
+// sendReceipts sends what noteDelivered gathered, one receipt per contact
+// (in pieces of client.MaxReceiptIDs). A receipt that cannot go is only
+// noted on warn: it changes a mark on the other side, nothing more.
+func (p *printer) sendReceipts(ctx context.Context, warn io.Writer) {
+	for addr, o := range p.owed {
+		for ids := range slices.Chunk(o.ids, client.MaxReceiptIDs) {
+			if err := p.c.SendReceipt(ctx, addr, o.from, "delivered", ids); err != nil {
+				fmt.Fprintf(warn, "note: no delivered receipt to %s: %s\n", addr, oneLine(describe(err)))
+				break
+			}
+		}
+	}
+	p.owed = nil
+}
 
 // copyMessage is the part of a "copy" plaintext (SPEC §3) that is shown: a
 // message one of our other devices sent.
