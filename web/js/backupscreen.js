@@ -6,7 +6,7 @@ import { createBackup, MIN_PASSPHRASE, openBackup, parseBackup } from './backup.
 import * as db from './db.js';
 import * as kez from './kez.js';
 import { account, verifyOwn } from './onboarding.js';
-import { enterChat } from './session.js';
+import { enterChat, updateBackupWarning } from './session.js';
 import { state } from './state.js';
 import { $, copyText, el, friendly, setBusy, show, toast } from './ui.js';
 
@@ -112,6 +112,7 @@ function leaveBackup() {
   const box = $('backup-text');
   if (box) box.remove();
   if (backupReturnsToChat) {
+    updateBackupWarning(); // a backup made now ends the "No backup" notice
     show('chat');
     return;
   }

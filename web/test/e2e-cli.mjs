@@ -1,7 +1,8 @@
 // The browser and the terminal client (cmd/kez) talk to each other: a
 // message from `kez send` shows in the browser (a request, as termie is a
 // stranger to bob, until bob accepts), and a browser message decrypts in
-// `kez inbox` (no request there: termie wrote to bob first). Used by e2e.mjs.
+// `kez inbox` (no request there: termie wrote to bob first); each side's
+// receipts show on the other. Used by e2e.mjs.
 
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
@@ -37,6 +38,20 @@ export async function cliInterop({ REPO, tmp, base, server, bob, send }) {
   await bob.locator('#messages li.msg.out:is([data-status="sent"],[data-status="delivered"],[data-status="read"])', { hasText: 'hello from the browser' }).waitFor();
 
   const out = kez('inbox');
-  assert.match(out, new RegExp(`bob@${server.replace('.', '\\.')}: hello from the browser`), out);
+  const bobAt = `bob@${server.replace('.', '\\.')}`;
+  assert.match(out, new RegExp(`${bobAt}: hello from the browser`), out);
   assert.doesNotMatch(out, /undecryptable/, out);
+
+  // Receipts both ways (SPEC §3): kez's inbox sent a delivered receipt...
+  const mine = bob.locator('#messages li.msg.out', { hasText: 'hello from the browser' });
+  await mine.getByLabel('delivered', { exact: true }).waitFor();
+  // ...and the browser, looking at the chat, a read receipt that kez shows.
+  kez('send', `bob@${server}`, 'are you reading?');
+  await bob.locator('#messages li.msg.in .text', { hasText: 'are you reading?' }).waitFor();
+  let seen = '';
+  for (let i = 0; i < 50 && !seen.includes('✓✓ read'); i++) {
+    seen = kez('inbox', '--since', '0');
+    if (!seen.includes('✓✓ read')) await new Promise((r) => setTimeout(r, 200));
+  }
+  assert.match(seen, new RegExp(`${bobAt}: ✓✓ read \\(1 of your messages\\)`), seen);
 }

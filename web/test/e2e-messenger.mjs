@@ -158,6 +158,39 @@ test('"Skip to conversation" moves focus into the open chat and keeps it open', 
   assert.equal(await alice.locator('#thread').isVisible(), true);
 });
 
+test('after "Skip for now", the "No backup" notice leads to a backup (through a new key)', async () => {
+  const dave = await newPage(browser, contexts, 'dave');
+  await register(dave, 'dave');
+  const notice = dave.getByText('No backup: if this browser’s data is lost, so is this account.');
+  await notice.waitFor();
+  await dave.getByRole('button', { name: 'Replace my key and back it up…' }).click();
+  const dialog = dave.getByRole('dialog', { name: 'Replace my key?' });
+  await dialog.waitFor();
+  await dialog.getByRole('button', { name: 'Replace my key' }).click();
+  await dave.getByRole('heading', { name: 'Save a backup of your key' }).waitFor();
+  await dave.getByLabel('Passphrase for the backup').fill(PASS);
+  await dave.getByLabel('Type it again').fill(PASS);
+  await dave.getByRole('button', { name: 'Copy backup as text' }).click();
+  assert.match(await dave.getByRole('textbox', { name: 'Backup text', exact: true }).inputValue(), /kez-chat-backup/);
+  await dave.getByRole('button', { name: 'Continue to chat' }).click();
+  await dave.locator('#conn[data-status="live"]').waitFor();
+  await notice.waitFor({ state: 'hidden' });
+  await dave.close();
+});
+
+test('the toast covers neither the top bar nor the chat header', async () => {
+  await openChat(alice, 'bob');
+  await alice.getByRole('button', { name: 'Copy', exact: true }).first().click();
+  const toast = alice.getByRole('status').filter({ hasText: /^(Copied|Your KEZ is) alice@localhost$/ });
+  await toast.waitFor();
+  const t = await toast.boundingBox();
+  for (const sel of ['.topbar', '.thread-head']) {
+    const b = await alice.locator(sel).boundingBox();
+    const overlap = t.x < b.x + b.width && b.x < t.x + t.width && t.y < b.y + b.height && b.y < t.y + t.height;
+    assert.equal(overlap, false, `the toast ${JSON.stringify(t)} covers ${sel} ${JSON.stringify(b)}`);
+  }
+});
+
 test('links: http(s) only, opened apart, never HTML from the message', async () => {
   await openChat(alice, 'bob');
   await openChat(bob, 'alice');
