@@ -92,9 +92,14 @@ func Build(t testing.TB, pkg string) string {
 
 var buildMu sync.Mutex
 
+// binaryMu guards buildPath: parallel tests may ask for the binary first at once.
+var binaryMu sync.Mutex
+
 // Binary is the path of the Caddy built from ./cmd/caddy.
 func Binary(t testing.TB) string {
 	t.Helper()
+	binaryMu.Lock()
+	defer binaryMu.Unlock()
 	if buildPath == "" {
 		buildPath = Build(t, "./cmd/caddy")
 	}
