@@ -2,17 +2,12 @@ package push
 
 import (
 	"crypto/tls"
-	"errors"
-	"fmt"
 	"net"
 	"net/http"
-	"net/netip"
-	"syscall"
 	"time"
-)
 
-// errNotPublic refuses a connection to a non-public address.
-var errNotPublic = errors.New("push: endpoint resolves to a non-public address")
+	"github.com/kezchat/kez/internal/netguard"
+)
 
 // newClient is the HTTP client of pushes: no proxy from the environment,
 // no redirects, every connection checked when it is made (so a name that
@@ -22,13 +17,7 @@ var errNotPublic = errors.New("push: endpoint resolves to a non-public address")
 func newClient(allowPrivate bool) *http.Client {
 	dialer := &net.Dialer{Timeout: 5 * time.Second}
 	if !allowPrivate {
-		dialer.Control = func(_, address string, _ syscall.RawConn) error {
-			ap, err := netip.ParseAddrPort(address)
-			if err != nil || !Public(ap.Addr()) {
-				return fmt.Errorf("%w (%s)", errNotPublic, address)
-			}
-			return nil
-		}
+		dialer.Control = netguard.Control
 	}
 	transport := &http.Transport{
 		Proxy:                  nil,

@@ -11,6 +11,8 @@ import (
 	"strings"
 
 	"github.com/kezchat/kez/storage"
+
+	"github.com/kezchat/kez/internal/netguard"
 )
 
 // MaxEndpoint bounds an endpoint URL's length; real ones are ~200 bytes.
@@ -66,7 +68,7 @@ func checkEndpoint(endpoint string, allowPrivate bool) error {
 	if port := u.Port(); port != "" && port != "443" {
 		return errors.New("endpoint must use https's default port")
 	}
-	if ip, err := netip.ParseAddr(strings.Trim(u.Hostname(), "[]")); err == nil && !Public(ip) {
+	if ip, err := netip.ParseAddr(strings.Trim(u.Hostname(), "[]")); err == nil && !netguard.Public(ip) {
 		return errors.New("endpoint must not name a private, loopback or link-local address")
 	}
 	if h := strings.TrimSuffix(strings.ToLower(u.Hostname()), "."); h == "localhost" || strings.HasSuffix(h, ".localhost") || net.ParseIP(h) == nil && !strings.Contains(h, ".") {
@@ -85,38 +87,4 @@ func decodeKey(s string) ([]byte, error) {
 		return nil, errors.New("not base64url")
 	}
 	return b, nil
-}
-
-// nonPublic are ranges Go's netip predicates do not name but that are no
-// place for a push service: shared (CGNAT), benchmarking, reserved,
-// IETF protocol assignments, documentation, NAT64 and 6to4.
-var nonPublic = []netip.Prefix{
-	netip.MustParsePrefix("0.0.0.0/8"),
-	netip.MustParsePrefix("100.64.0.0/10"),
-	netip.MustParsePrefix("192.0.0.0/24"),
-	netip.MustParsePrefix("192.0.2.0/24"),
-	netip.MustParsePrefix("198.18.0.0/15"),
-	netip.MustParsePrefix("198.51.100.0/24"),
-	netip.MustParsePrefix("203.0.113.0/24"),
-	netip.MustParsePrefix("240.0.0.0/4"),
-	netip.MustParsePrefix("64:ff9b::/96"),
-	netip.MustParsePrefix("64:ff9b:1::/48"),
-	netip.MustParsePrefix("2001:db8::/32"),
-	netip.MustParsePrefix("2002::/16"),
-	netip.MustParsePrefix("100::/64"),
-}
-
-// Public reports whether ip is a public unicast address.
-func Public(ip netip.Addr) bool {
-	ip = ip.Unmap()
-	if !ip.IsValid() || !ip.IsGlobalUnicast() || ip.IsPrivate() || ip.IsLoopback() ||
-		ip.IsLinkLocalUnicast() || ip.IsMulticast() || ip.IsUnspecified() {
-		return false
-	}
-	for _, p := range nonPublic {
-		if p.Contains(ip) {
-			return false
-		}
-	}
-	return true
 }
