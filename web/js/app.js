@@ -12,6 +12,13 @@ import { markSeen } from './sync.js';
 import { Trust } from './trust.js';
 import { renderTrustWarnings } from './trustui.js';
 import { $, show } from './ui.js';
+// The screens wire their own controls when loaded; named here so none is
+// left out, whatever the others import.
+import './account.js';
+import './backupscreen.js';
+import './composer.js';
+import './onboarding.js';
+import './thread.js';
 
 // ---------- boot ----------
 
