@@ -76,6 +76,17 @@ document.querySelector('.skip-link').addEventListener('click', (ev) => {
   target.focus();
 });
 
+/**
+ * markMain makes the chat list the page's main landmark on a phone while
+ * no chat is open: the conversation (main#main) is not shown then.
+ */
+function markMain() {
+  const listIsMain = narrow.matches && !document.body.classList.contains('in-thread');
+  if (listIsMain) document.querySelector('.sidebar').setAttribute('role', 'main');
+  else document.querySelector('.sidebar').removeAttribute('role');
+}
+narrow.addEventListener('change', markMain);
+
 export async function setActive(peer) {
   // The box's text stays with the chat it was typed in.
   if (state.active !== peer) {
@@ -85,6 +96,7 @@ export async function setActive(peer) {
   }
   state.active = peer;
   document.body.classList.toggle('in-thread', !!peer);
+  markMain();
   $('empty-state').hidden = !!peer;
   $('thread').hidden = !peer;
   if (!peer) {
