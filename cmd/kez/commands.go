@@ -9,6 +9,7 @@ import (
 	"io"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/kezchat/kez/client"
@@ -451,7 +452,7 @@ var inboxCmd = &command{
 		if err != nil {
 			return notOnServer(err, acct)
 		}
-		p.sendReceipts(ctx, e.stderr)
+		sendReceipts(ctx, c, p.takeReceipts(), e.stderr)
 		if shown == 0 {
 			fmt.Fprintln(e.stdout, "no messages")
 		}
@@ -506,6 +507,8 @@ var listenCmd = &command{
 		}
 		p := newPrinter(c, cur)
 		p.receiptsAfter = cur.LastSeq
+		var receipts sync.WaitGroup
+		defer receipts.Wait() // Ctrl-C ends them too: they share ctx
 		connected, lost := false, false
 		watchCtx, stopWatch := context.WithCancel(ctx)
 		defer stopWatch()
@@ -536,7 +539,10 @@ var listenCmd = &command{
 			if line := p.format(ctx, m, true); line != "" {
 				fmt.Fprintln(e.stdout, line)
 			}
-			p.sendReceipts(ctx, e.stderr)
+			if owed := p.takeReceipts(); owed != nil {
+				// Apart from the stream: a contact's slow server never holds up the next message.
+				receipts.Go(func() { sendReceipts(ctx, c, owed, e.stderr) })
+			}
 			cur.LastSeq = m.Seq
 			return cur.save(e.dir)
 		})

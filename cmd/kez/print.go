@@ -169,19 +169,29 @@ func (p *printer) noteDelivered(ctx context.Context, m client.Message, got *clie
 	o.ids = append(o.ids, got.Plaintext.ID)
 }
 
-// sendReceipts sends what noteDelivered gathered, one receipt per contact
-// (in pieces of client.MaxReceiptIDs). A receipt that cannot go is only
-// noted on warn: it changes a mark on the other side, nothing more.
-func (p *printer) sendReceipts(ctx context.Context, warn io.Writer) {
-	for addr, o := range p.owed {
+// takeReceipts hands over what noteDelivered gathered, for sendReceipts.
+func (p *printer) takeReceipts() map[string]*owedReceipt {
+	owed := p.owed
+	p.owed = nil
+	return owed
+}
+
+// sendReceipts sends owed receipts, one per contact (in pieces of
+// client.MaxReceiptIDs), each within requestTimeout. A receipt that cannot
+// go is only noted on warn: it changes a mark on the other side, nothing
+// more.
+func sendReceipts(ctx context.Context, c *client.Client, owed map[string]*owedReceipt, warn io.Writer) {
+	for addr, o := range owed {
 		for ids := range slices.Chunk(o.ids, client.MaxReceiptIDs) {
-			if err := p.c.SendReceipt(ctx, addr, o.from, "delivered", ids); err != nil {
+			rctx, cancel := context.WithTimeout(ctx, requestTimeout)
+			err := c.SendReceipt(rctx, addr, o.from, "delivered", ids)
+			cancel()
+			if err != nil {
 				fmt.Fprintf(warn, "note: no delivered receipt to %s: %s\n", addr, oneLine(describe(err)))
 				break
 			}
 		}
 	}
-	p.owed = nil
 }
 
 // copyMessage is the part of a "copy" plaintext (SPEC §3) that is shown: a
