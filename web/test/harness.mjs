@@ -45,7 +45,7 @@ export function exampleCaddyfile(port, adminPort) {
 export async function startExample(dir) {
   const port = await freePort();
   const base = `http://localhost:${port}`;
-  const caddy = new Caddy(caddyBinary(dir), join(dir, 'caddy'), exampleCaddyfile(port, await freePort()));
+  const caddy = new Caddy(caddyBinary(dir), join(dir, 'site'), exampleCaddyfile(port, await freePort())); // dir/caddy is the binary
   await caddy.start(`${base}/v1/healthz`);
   return { caddy, base };
 }
