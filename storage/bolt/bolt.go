@@ -165,7 +165,8 @@ type Store struct {
 
 	logSize atomic.Int64 // leaves known durable (log.go)
 	cache   logCache
-	keyMu   sync.Mutex // guards logKey
+	records *recordCache // decoded records for Lookup (records.go)
+	keyMu   sync.Mutex   // guards logKey
 	logKey  string
 }
 
@@ -232,7 +233,7 @@ func Open(path string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("initialize %s: %w", path, err)
 	}
 	s := &Store{db: db, notify: opts.Notify, batch: maxBatch,
-		queue: make(chan *appendReq, maxBatch), done: make(chan struct{})}
+		queue: make(chan *appendReq, maxBatch), done: make(chan struct{}), records: newRecordCache()}
 	s.logSize.Store(size)
 	s.once.init(opts.MaxOnce)
 	if opts.OneCommitPerMessage {
@@ -468,6 +469,7 @@ func (s *Store) Rotate(_ context.Context, handle, old, new string, rotation []by
 		return storage.Record{}, err
 	}
 	var rec storage.Record
+	defer s.records.invalidate() // after the commit, before returning
 	err = s.update(func(w *writeTx) error {
 		tx := w.tx
 		handles, primaries := tx.Bucket(bucketHandles), tx.Bucket(bucketPrimaries)
@@ -560,6 +562,7 @@ func (w *writeTx) moveListing(handle string, old, new []byte) error {
 // to the log, in one transaction.
 func (s *Store) Delete(_ context.Context, handle, primary string, deletion []byte, cooldownUntil time.Time) (int64, error) {
 	var index int64
+	defer s.records.invalidate() // after the commit, before returning
 	err := s.update(func(w *writeTx) error {
 		tx := w.tx
 		handles := tx.Bucket(bucketHandles)
@@ -613,8 +616,13 @@ func (s *Store) Delete(_ context.Context, handle, primary string, deletion []byt
 	return index, nil
 }
 
-// Lookup returns a handle's record.
+// Lookup returns a handle's record. Records are kept decoded (records.go);
+// the returned record's byte slices may be shared: callers only read them.
 func (s *Store) Lookup(_ context.Context, handle string) (storage.Record, error) {
+	if rec, ok := s.records.record(handle); ok {
+		return rec, nil
+	}
+	gen := s.records.generation()
 	var rec storage.Record
 	err := s.db.View(func(tx *bbolt.Tx) error {
 		raw := tx.Bucket(bucketHandles).Get([]byte(handle))
@@ -623,11 +631,22 @@ func (s *Store) Lookup(_ context.Context, handle string) (storage.Record, error)
 		}
 		return json.Unmarshal(raw, &rec)
 	})
-	return rec, mapErr(err)
+	if err != nil {
+		return storage.Record{}, mapErr(err)
+	}
+	s.records.put(gen, rec)
+	return rec, nil
 }
 
 // LookupPrimary returns the record bound to a primary.
 func (s *Store) LookupPrimary(ctx context.Context, primary string) (storage.Record, error) {
+	if h, ok := s.records.handleOf(primary); ok {
+		// Both entries come from one record read in one generation; the
+		// check costs nothing and keeps a mismatch from ever being served.
+		if rec, ok := s.records.record(h); ok && rec.Primary == primary {
+			return rec, nil
+		}
+	}
 	var handle string
 	err := s.db.View(func(tx *bbolt.Tx) error {
 		h := tx.Bucket(bucketPrimaries).Get([]byte(primary))
@@ -640,7 +659,12 @@ func (s *Store) LookupPrimary(ctx context.Context, primary string) (storage.Reco
 	if err != nil {
 		return storage.Record{}, mapErr(err)
 	}
-	return s.Lookup(ctx, handle)
+	rec, err := s.Lookup(ctx, handle)
+	if err == nil && rec.Primary != primary {
+		// A rotation committed between the two reads.
+		return storage.Record{}, storage.ErrNotFound
+	}
+	return rec, err
 }
 
 // Append checks the delivery, queues it for the writer and waits until it
