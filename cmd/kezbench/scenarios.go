@@ -346,7 +346,7 @@ func (b *bench) idleStreams(ctx context.Context, r *Result, f *fleet) error {
 	if err != nil {
 		return err
 	}
-	before, err := b.settledRSS(ctx)
+	before, err := b.settledRSS(ctx, b.cfg.PID, b.cfg.Admin)
 	if err != nil {
 		return err
 	}
@@ -358,7 +358,7 @@ func (b *bench) idleStreams(ctx context.Context, r *Result, f *fleet) error {
 		return err
 	}
 	b.log("  %d streams open in %s", n, time.Since(start).Round(time.Millisecond))
-	after, err := b.settledRSS(ctx)
+	after, err := b.settledRSS(ctx, b.cfg.PID, b.cfg.Admin)
 	if err != nil {
 		st.close()
 		return err
@@ -396,14 +396,14 @@ func (b *bench) idleStreams(ctx context.Context, r *Result, f *fleet) error {
 
 type rss struct{ rss, anon int64 } // KiB
 
-// settledRSS forces a GC in the server (through Caddy's admin pprof
+// settledRSS forces a GC in the server pid (through Caddy's admin pprof
 // endpoint, when given), lets it settle and reads its memory.
-func (b *bench) settledRSS(ctx context.Context) (rss, error) {
-	if b.cfg.PID <= 0 {
+func (b *bench) settledRSS(ctx context.Context, pid int, admin string) (rss, error) {
+	if pid <= 0 {
 		return rss{}, nil
 	}
-	if b.cfg.Admin != "" {
-		if err := serverGC(ctx, b.cfg.Admin); err != nil {
+	if admin != "" {
+		if err := serverGC(ctx, admin); err != nil {
 			return rss{}, err
 		}
 	}
@@ -412,7 +412,7 @@ func (b *bench) settledRSS(ctx context.Context) (rss, error) {
 	case <-ctx.Done():
 		return rss{}, ctx.Err()
 	}
-	return readRSS(b.cfg.PID)
+	return readRSS(pid)
 }
 
 // serverGC asks the server for a heap profile with gc=1, which runs a

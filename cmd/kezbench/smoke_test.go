@@ -43,17 +43,7 @@ func TestSmoke(t *testing.T) {
 	cfg.LargeSenders, cfg.LargeSize = 2, 64<<10
 	cfg.DrainTimeout, cfg.OpenTimeout, cfg.Timeout = 20*time.Second, 30*time.Second, 2*time.Minute
 
-	var log bytes.Buffer
-	rep, err := Run(context.Background(), cfg, &log)
-	if err != nil {
-		t.Fatalf("%v\n%s", err, log.String())
-	}
-	var table bytes.Buffer
-	printTable(&table, rep)
-	t.Logf("\n%s", table.String())
-	if !rep.OK {
-		t.Fatalf("problems: %v\n%s", rep.Problems, log.String())
-	}
+	rep := runOK(t, cfg)
 	want := map[string]int{"1": 40, "1-naive": 40, "2": 20, "3": 20, "4": 40}
 	if len(rep.Results) != len(want) {
 		t.Fatalf("%d results, want %d", len(rep.Results), len(want))
@@ -138,6 +128,24 @@ func TestCaddyfileBench(t *testing.T) {
 	if orig, _ := os.ReadFile("Caddyfile.bench"); !bytes.Equal(formatted, orig) {
 		t.Errorf("Caddyfile.bench is not formatted (caddy fmt --overwrite)")
 	}
+}
+
+// runOK runs kezbench with cfg, logs its table and fails the test on a
+// setup error or any problem in the report (errors, not exactly once).
+func runOK(t *testing.T, cfg Config) *Report {
+	t.Helper()
+	var log bytes.Buffer
+	rep, err := Run(context.Background(), cfg, &log)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, log.String())
+	}
+	var table bytes.Buffer
+	printTable(&table, rep)
+	t.Logf("\n%s", table.String())
+	if !rep.OK {
+		t.Fatalf("problems: %v\n%s", rep.Problems, log.String())
+	}
+	return rep
 }
 
 // The verdict holds whichever of receipt and delivery comes first.
