@@ -64,6 +64,7 @@ type Config struct {
 	RateDuration   time.Duration // scenario 2
 	RateWorkers    int           // scenario 2, concurrent requests at most
 	IdleStreams    int           // scenario 3
+	H2C            bool          // streams over HTTP/2 without TLS (the server must allow h2c)
 	Settle         time.Duration // scenario 3, wait before each RSS reading
 	LargeSize      int           // scenario 4, bytes as sent
 	LargeSenders   int           // scenario 4
@@ -165,6 +166,12 @@ func Run(ctx context.Context, cfg Config, logw io.Writer) (*Report, error) {
 	f, err := newFleet(ctx, cfg.URL, max(cfg.Senders, cfg.LargeSenders))
 	if err != nil {
 		return nil, err
+	}
+	if cfg.H2C {
+		f.streamHTTP.Transport = newH2CTransport()
+		if proto, err := f.streamProtocol(ctx); err != nil || proto != "HTTP/2.0" {
+			return nil, fmt.Errorf("-h2c: %s does not speak HTTP/2 without TLS (%s %v); Caddyfile.bench allows it with servers { protocols h1 h2 h2c }", cfg.URL, proto, err)
+		}
 	}
 	var naive *fleet
 	if cfg.Baseline != "" && slices.Contains(cfg.Run, 1) {
@@ -293,6 +300,7 @@ func main() {
 	flag.IntVar(&cfg.Recipients, "recipients", cfg.Recipients, "scenario 2: online recipients")
 	flag.DurationVar(&cfg.RateDuration, "rate-duration", cfg.RateDuration, "scenario 2: how long to send")
 	flag.IntVar(&cfg.IdleStreams, "streams", cfg.IdleStreams, "scenario 3: idle streams (one user each)")
+	flag.BoolVar(&cfg.H2C, "h2c", false, "open streams over HTTP/2 without TLS (h2c; Caddyfile.bench allows it) instead of HTTP/1.1")
 	flag.DurationVar(&cfg.Settle, "settle", cfg.Settle, "scenario 3: wait before each RSS reading")
 	flag.IntVar(&cfg.LargeSize, "large-size", cfg.LargeSize, "scenario 4: envelope size as sent, bytes")
 	flag.IntVar(&cfg.LargeSenders, "large-senders", cfg.LargeSenders, "scenario 4: concurrent senders")

@@ -34,8 +34,8 @@ func printTable(w io.Writer, rep *Report) {
 	for _, r := range rep.Results {
 		switch {
 		case r.Streams > 0 && r.RSSAfterKiB > 0:
-			fmt.Fprintf(w, "\nscenario %s: %d streams; server RSS %d → %d KiB: %.1f KiB per stream (anonymous memory %.1f KiB)\n",
-				r.ID, r.Streams, r.RSSBeforeKiB, r.RSSAfterKiB, r.RSSPerStreamKiB, r.AnonPerStream)
+			fmt.Fprintf(w, "\nscenario %s: %d streams over %s; server RSS %d → %d KiB: %.1f KiB per stream (anonymous memory %.1f KiB)\n",
+				r.ID, r.Streams, r.StreamProtocol, r.RSSBeforeKiB, r.RSSAfterKiB, r.RSSPerStreamKiB, r.AnonPerStream)
 		case r.Streams > 0:
 			fmt.Fprintf(w, "\nscenario %s: %d streams (no -pid: RSS not measured)\n", r.ID, r.Streams)
 		case r.TargetRate > 0:

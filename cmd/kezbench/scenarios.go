@@ -40,6 +40,7 @@ type Result struct {
 
 	// Idle streams (scenario 3).
 	Streams         int     `json:"streams,omitempty"`
+	StreamProtocol  string  `json:"stream_protocol,omitempty"` // as the server answered the stream client
 	RSSBeforeKiB    int64   `json:"rss_before_kib,omitempty"`
 	RSSAfterKiB     int64   `json:"rss_after_kib,omitempty"`
 	RSSPerStreamKiB float64 `json:"rss_per_stream_kib,omitempty"`
@@ -344,6 +345,9 @@ func (b *bench) idleStreams(ctx context.Context, r *Result, f *fleet) error {
 	users := f.users[:n]
 	p, err := sealPool(users, f.server, b.cfg.EnvelopeSize, 1)
 	if err != nil {
+		return err
+	}
+	if r.StreamProtocol, err = f.streamProtocol(ctx); err != nil {
 		return err
 	}
 	before, err := b.settledRSS(ctx, b.cfg.PID, b.cfg.Admin)
