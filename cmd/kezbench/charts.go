@@ -63,6 +63,8 @@ func scaleCharts(s *ScaleReport) []chart {
 		xTitle: "open streams", yTitle: "msg/s", series: []string{"accepted msg/s (64 senders)"}, values: make([][]float64, 1)}
 	streamsLat := chart{file: "scale-streams-latency.svg", title: "Scenario 5: accept latency vs open streams",
 		xTitle: "open streams", yTitle: "ms", series: []string{"accept p50", "accept p99"}, values: make([][]float64, 2)}
+	streamsCPU := chart{file: "scale-streams-cpu.svg", title: "Scenario 5: CPU per message vs open streams",
+		xTitle: "open streams", yTitle: "µs", series: []string{"server", "kezbench"}, values: make([][]float64, 2)}
 	streamsRSS := chart{file: "scale-streams-rss.svg", title: "Scenario 5: server RSS vs open streams",
 		xTitle: "open streams", yTitle: "MiB", series: []string{"RSS"}, values: make([][]float64, 1)}
 	for _, p := range s.Streams {
@@ -71,8 +73,10 @@ func scaleCharts(s *ScaleReport) []chart {
 		streamsLat.values[0] = append(streamsLat.values[0], p.Accept.P50)
 		streamsLat.values[1] = append(streamsLat.values[1], p.Accept.P99)
 		streamsRSS.values[0] = append(streamsRSS.values[0], float64(p.RSSKiB)/1024)
+		streamsCPU.values[0] = append(streamsCPU.values[0], p.ServerCPUus)
+		streamsCPU.values[1] = append(streamsCPU.values[1], p.ToolCPUus)
 	}
-	streamsLat.labels, streamsRSS.labels = streams.labels, streams.labels
+	streamsLat.labels, streamsRSS.labels, streamsCPU.labels = streams.labels, streams.labels, streams.labels
 	lookups = latencyChart("scale-lookup.svg", "Scenario 5: lookup latency vs registered handles", "registered handles",
 		"GET /v1/u/{handle} p50", len(s.Lookups), func(i int) (int, Latency) { return s.Lookups[i].Handles, s.Lookups[i].Latency })
 	inbox = latencyChart("scale-inbox.svg", "Scenario 5: inbox page latency vs stored messages", "messages in the inbox",
@@ -87,7 +91,7 @@ func scaleCharts(s *ScaleReport) []chart {
 		startupRSS.values[0] = append(startupRSS.values[0], float64(p.RSSKiB)/1024)
 	}
 	startupRSS.labels = startup.labels
-	return []chart{streams, streamsLat, streamsRSS, lookups, inbox, startup, startupRSS}
+	return []chart{streams, streamsLat, streamsCPU, streamsRSS, lookups, inbox, startup, startupRSS}
 }
 
 // latencyChart is p50 and p99 of n points, point(i) giving the x value and

@@ -153,7 +153,7 @@ func machine() Machine {
 func Run(ctx context.Context, cfg Config, logw io.Writer) (*Report, error) {
 	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
-	b := &bench{cfg: cfg, log: func(format string, args ...any) { fmt.Fprintf(logw, format+"\n", args...) }}
+	b := &bench{cfg: cfg, pid: cfg.PID, log: func(format string, args ...any) { fmt.Fprintf(logw, format+"\n", args...) }}
 	rep := &Report{Label: cfg.Label, Started: time.Now().UTC(), Machine: machine(), Config: cfg}
 	if slices.Equal(cfg.Run, []int{5}) {
 		// Scenario 5 starts its own servers.

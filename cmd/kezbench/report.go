@@ -38,6 +38,8 @@ func printTable(w io.Writer, rep *Report) {
 				r.ID, r.Streams, r.StreamProtocol, r.RSSBeforeKiB, r.RSSAfterKiB, r.RSSPerStreamKiB, r.AnonPerStream)
 		case r.Streams > 0:
 			fmt.Fprintf(w, "\nscenario %s: %d streams (no -pid: RSS not measured)\n", r.ID, r.Streams)
+		case r.ServerCPUus > 0:
+			fmt.Fprintf(w, "\nscenario %s: CPU per accepted message: server %.0f µs, kezbench %.0f µs\n", r.ID, r.ServerCPUus, r.ToolCPUus)
 		case r.TargetRate > 0:
 			fmt.Fprintf(w, "\nscenario %s: target %d msg/s, tool started sends at most %.1f ms late\n", r.ID, r.TargetRate, r.MaxLagMs)
 		}
@@ -82,9 +84,10 @@ func num(v float64) string {
 // printScale writes scenario 5's curves, one table each.
 func printScale(w io.Writer, s *ScaleReport) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "\nopen streams\tmsg/s\taccept p50/p90/p99/max ms\tdelivery p50/p90/p99/max ms\tserver RSS MiB\tok\tload\t")
+	fmt.Fprintln(tw, "\nopen streams\tmsg/s\tserver/tool µs per msg\taccept p50/p90/p99/max ms\tdelivery p50/p90/p99/max ms\tserver RSS MiB\tok\tload\t")
 	for _, p := range s.Streams {
-		fmt.Fprintf(tw, "%d\t%.0f\t%s\t%s\t%.0f\t%v\t%.2f\t\n", p.Streams, p.MsgsPerSec, lat(p.Accept), lat(p.Delivery), float64(p.RSSKiB)/1024, p.OK, p.Load)
+		fmt.Fprintf(tw, "%d\t%.0f\t%.0f/%.0f\t%s\t%s\t%.0f\t%v\t%.2f\t\n", p.Streams, p.MsgsPerSec, p.ServerCPUus, p.ToolCPUus,
+			lat(p.Accept), lat(p.Delivery), float64(p.RSSKiB)/1024, p.OK, p.Load)
 	}
 	fmt.Fprintln(tw, "\nregistered handles\tlookup p50/p90/p99/max ms\tload\t")
 	for _, p := range s.Lookups {

@@ -30,15 +30,17 @@ type ScaleReport struct {
 // StreamsPoint is scenario 1 (at -scale-duration) with this many streams
 // open in all: the senders' recipients' and idle ones.
 type StreamsPoint struct {
-	Streams    int     `json:"streams"`
-	Load       float64 `json:"load_avg_1m_before"`
-	MsgsPerSec float64 `json:"msgs_per_s"`
-	Accepted   int     `json:"accepted"`
-	Accept     Latency `json:"accept_latency"`
-	Delivery   Latency `json:"delivery_latency"`
-	RSSKiB     int64   `json:"server_rss_kib"` // with the streams open, before sending (after a forced GC and -settle)
-	Errors     int     `json:"errors"`
-	OK         bool    `json:"exactly_once_no_errors"`
+	Streams     int     `json:"streams"`
+	Load        float64 `json:"load_avg_1m_before"`
+	MsgsPerSec  float64 `json:"msgs_per_s"`
+	ServerCPUus float64 `json:"server_cpu_us_per_msg"` // over the sending window
+	ToolCPUus   float64 `json:"tool_cpu_us_per_msg"`
+	Accepted    int     `json:"accepted"`
+	Accept      Latency `json:"accept_latency"`
+	Delivery    Latency `json:"delivery_latency"`
+	RSSKiB      int64   `json:"server_rss_kib"` // with the streams open, before sending (after a forced GC and -settle)
+	Errors      int     `json:"errors"`
+	OK          bool    `json:"exactly_once_no_errors"`
 }
 
 // LookupPoint is the latency of looking up random registered handles, one
@@ -163,7 +165,8 @@ func (b *bench) usersCurves(ctx context.Context, rep *ScaleReport) error {
 				return err
 			}
 			rep.Streams = append(rep.Streams, p)
-			b.log("  %d streams: %.0f msg/s, accept p99 %.1f ms, RSS %d KiB", n, p.MsgsPerSec, p.Accept.P99, p.RSSKiB)
+			b.log("  %d streams: %.0f msg/s, accept p99 %.1f ms, server %.0f µs/msg, tool %.0f µs/msg, RSS %d KiB",
+				n, p.MsgsPerSec, p.Accept.P99, p.ServerCPUus, p.ToolCPUus, p.RSSKiB)
 		}
 	}
 	p, err := b.restart(ctx, srv, strconv.Itoa(len(f.users))+" users", count(len(f.users))+" users")
@@ -218,11 +221,12 @@ func (b *bench) streamsPoint(ctx context.Context, f *fleet, n, pid int) (Streams
 	}
 	p.RSSKiB = m.rss
 	r := &Result{}
-	saved := b.cfg.Duration
-	b.cfg.Duration = b.cfg.ScaleDuration
+	saved, savedPID := b.cfg.Duration, b.pid
+	b.cfg.Duration, b.pid = b.cfg.ScaleDuration, pid
 	err = b.maxRate(ctx, r, f, senders, b.cfg.EnvelopeSize, b.cfg.ScaleMaxMessages)
-	b.cfg.Duration = saved
+	b.cfg.Duration, b.pid = saved, savedPID
 	p.Load, p.MsgsPerSec, p.Accepted = r.Load, r.MsgsPerSec, r.Accepted
+	p.ServerCPUus, p.ToolCPUus = r.ServerCPUus, r.ToolCPUus
 	p.Accept, p.Delivery, p.Errors, p.OK = r.Accept, r.DeliveryLat, r.Errors, r.OK()
 	return p, err
 }

@@ -54,8 +54,8 @@ func TestSmokeScale(t *testing.T) {
 		t.Fatalf("streams curve: %+v", s.Streams)
 	}
 	for _, p := range s.Streams {
-		if !p.OK || p.Accepted != 40 || p.RSSKiB == 0 {
-			t.Errorf("streams point %d: ok %v, %d accepted (want 40), RSS %d", p.Streams, p.OK, p.Accepted, p.RSSKiB)
+		if !p.OK || p.Accepted != 40 || p.RSSKiB == 0 || p.ToolCPUus <= 0 {
+			t.Errorf("streams point %d: ok %v, %d accepted (want 40), RSS %d, tool CPU %.0f µs/msg", p.Streams, p.OK, p.Accepted, p.RSSKiB, p.ToolCPUus)
 		}
 	}
 	if len(s.Notes) != 1 || !strings.Contains(s.Notes[0], "2000 streams skipped") {
@@ -82,8 +82,8 @@ func TestSmokeScale(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(paths) != 7 {
-		t.Errorf("%d charts, want 7: %v", len(paths), paths)
+	if len(paths) != 8 {
+		t.Errorf("%d charts, want 8: %v", len(paths), paths)
 	}
 	for _, p := range paths {
 		raw, err := os.ReadFile(p)
@@ -114,5 +114,28 @@ func TestCaddyfileScale(t *testing.T) {
 	}
 	if orig, _ := os.ReadFile("Caddyfile.scale"); !bytes.Equal(formatted, orig) {
 		t.Errorf("Caddyfile.scale is not formatted (caddy fmt --overwrite)")
+	}
+}
+
+// procCPU reads a process's CPU time from /proc, as getrusage counts it:
+// after this test spends 200 ms of CPU, both moved by about as much.
+func TestProcCPU(t *testing.T) {
+	before, err := procCPU(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	self := selfCPU()
+	for start := time.Now(); selfCPU()-self < 200*time.Millisecond && time.Since(start) < time.Minute; {
+	}
+	spent := selfCPU() - self
+	after, err := procCPU(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := after - before; d < spent/2 || d > 2*spent+5*clockTick {
+		t.Errorf("/proc counted %s of CPU while getrusage counted %s", d, spent)
+	}
+	if _, err := procCPU(1 << 30); err == nil {
+		t.Error("no error for a process that does not exist")
 	}
 }

@@ -28,7 +28,11 @@ type Result struct {
 	Attempts      int `json:"attempts,omitempty"`
 	Accepted      int `json:"accepted"`
 
-	MsgsPerSec  float64 `json:"msgs_per_s,omitempty"`
+	MsgsPerSec float64 `json:"msgs_per_s,omitempty"`
+	// CPU per accepted message over the sending window (/proc/PID/stat
+	// of the server, with -pid; getrusage of the tool).
+	ServerCPUus float64 `json:"server_cpu_us_per_msg,omitempty"`
+	ToolCPUus   float64 `json:"tool_cpu_us_per_msg,omitempty"`
 	MiBPerSec   float64 `json:"mib_per_s,omitempty"`
 	Accept      Latency `json:"accept_latency"`
 	DeliveryLat Latency `json:"delivery_latency"` // POST accepted → SSE received
@@ -111,6 +115,7 @@ func (e *errCount) into(r *Result) {
 type bench struct {
 	cfg Config
 	log func(format string, args ...any)
+	pid int // the server whose CPU per message maxRate reports (0: none)
 }
 
 // post sends the k-th send of p to its recipient users[i], signed by the
@@ -222,6 +227,7 @@ func (b *bench) maxRate(ctx context.Context, r *Result, f *fleet, senders, size,
 	var accepted, sentBytes atomic.Int64
 	lats := make([][]time.Duration, senders)
 	r.Load = loadAvg()
+	cpu := startCPU(b.pid)
 	start := time.Now()
 	deadline := start.Add(b.cfg.Duration)
 	var dry atomic.Int64 // senders that used up their envelopes
@@ -250,6 +256,7 @@ func (b *bench) maxRate(ctx context.Context, r *Result, f *fleet, senders, size,
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
+	r.ServerCPUus, r.ToolCPUus = cpu.perMessage(int(accepted.Load()))
 	if n := dry.Load(); n > 0 && attempts.Load() < int64(maxMsgs) && elapsed < b.cfg.Duration {
 		r.Note = fmt.Sprintf("%d of %d senders used up their %d pre-sealed envelopes after %.1f s, before the %s of the run (raise -seal-mib)",
 			n, senders, perLink, elapsed.Seconds(), b.cfg.Duration)
