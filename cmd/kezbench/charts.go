@@ -84,11 +84,12 @@ func scaleCharts(s *ScaleReport) []chart {
 	startup = chart{file: "scale-startup.svg", title: "Scenario 5: startup time vs database size",
 		xTitle: "what the database holds, file MiB", yTitle: "ms", series: []string{"exec to first healthy answer"}, values: make([][]float64, 1)}
 	startupRSS := chart{file: "scale-startup-rss.svg", title: "Scenario 5: RSS after startup vs database size",
-		xTitle: "what the database holds, file MiB", yTitle: "MiB", series: []string{"RSS after a forced GC"}, values: make([][]float64, 1)}
+		xTitle: "what the database holds, file MiB", yTitle: "MiB", series: []string{"RSS after a forced GC", "of which anonymous (heap, stacks)"}, values: make([][]float64, 2)}
 	for _, p := range sortedStartup(s.Startup) {
 		startup.labels = append(startup.labels, p.Label+", "+strconv.FormatFloat(float64(p.DBBytes)/(1<<20), 'f', 0, 64))
 		startup.values[0] = append(startup.values[0], p.StartupMs)
 		startupRSS.values[0] = append(startupRSS.values[0], float64(p.RSSKiB)/1024)
+		startupRSS.values[1] = append(startupRSS.values[1], float64(p.AnonKiB)/1024)
 	}
 	startupRSS.labels = startup.labels
 	return []chart{streams, streamsLat, streamsCPU, streamsRSS, lookups, inbox, startup, startupRSS}

@@ -97,9 +97,9 @@ func printScale(w io.Writer, s *ScaleReport) {
 	for _, p := range s.Inbox {
 		fmt.Fprintf(tw, "%d\t%s\t%.0f\t%.1f\t%.2f\t\n", p.Messages, lat(p.PageLatency), p.FillPerSec, float64(p.DBBytes)/(1<<20), p.Load)
 	}
-	fmt.Fprintln(tw, "\ndatabase\tMiB\tstartup ms\tRSS MiB\tload\t")
+	fmt.Fprintln(tw, "\ndatabase\tMiB\tstartup ms\tRSS MiB\tanonymous MiB\tload\t")
 	for _, p := range s.Startup {
-		fmt.Fprintf(tw, "%s\t%.1f\t%.0f\t%.0f\t%.2f\t\n", p.Database, float64(p.DBBytes)/(1<<20), p.StartupMs, float64(p.RSSKiB)/1024, p.Load)
+		fmt.Fprintf(tw, "%s\t%.1f\t%.0f\t%.0f\t%.0f\t%.2f\t\n", p.Database, float64(p.DBBytes)/(1<<20), p.StartupMs, float64(p.RSSKiB)/1024, float64(p.AnonKiB)/1024, p.Load)
 	}
 	_ = tw.Flush()
 	for _, n := range s.Notes {

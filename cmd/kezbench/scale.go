@@ -71,6 +71,7 @@ type StartupPoint struct {
 	Load      float64 `json:"load_avg_1m_before"`
 	StartupMs float64 `json:"startup_ms"`
 	RSSKiB    int64   `json:"rss_kib"`
+	AnonKiB   int64   `json:"rss_anon_kib"` // of RSSKiB, the heap and stacks (the rest: mapped files, the database)
 }
 
 // pageSize is the inbox page the curve reads: the server's default.
@@ -115,8 +116,8 @@ func (b *bench) restart(ctx context.Context, srv *server, what, label string) (S
 	}
 	p.StartupMs = ms(took)
 	m, err := b.settledRSS(ctx, srv.pid(), b.cfg.Admin)
-	p.RSSKiB = m.rss
-	b.log("  restart with %s (%.1f MiB): healthy after %.0f ms, RSS %d KiB", what, float64(p.DBBytes)/(1<<20), p.StartupMs, p.RSSKiB)
+	p.RSSKiB, p.AnonKiB = m.rss, m.anon
+	b.log("  restart with %s (%.1f MiB): healthy after %.0f ms, RSS %d KiB (anonymous %d KiB)", what, float64(p.DBBytes)/(1<<20), p.StartupMs, p.RSSKiB, p.AnonKiB)
 	return p, err
 }
 

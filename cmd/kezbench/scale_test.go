@@ -72,7 +72,7 @@ func TestSmokeScale(t *testing.T) {
 		t.Errorf("startup points: %+v", s.Startup)
 	}
 	for _, p := range s.Startup {
-		if p.StartupMs <= 0 || p.RSSKiB == 0 || p.DBBytes == 0 {
+		if p.StartupMs <= 0 || p.RSSKiB == 0 || p.AnonKiB == 0 || p.AnonKiB > p.RSSKiB || p.DBBytes == 0 {
 			t.Errorf("startup point %q: %+v", p.Database, p)
 		}
 	}
