@@ -12,7 +12,7 @@
 //	inboxes    handle → bucket of seq (8 bytes BE) → message value (message.go);
 //	           a large one as a bucket under its seq holding the value under "m"
 //	counts     handle → stored messages that are not requests (8 bytes BE)
-//	state      handle → bucket of the inbox's policy:
+//	state      handle → bucket of the inbox's policy (each list made when first written, sub.go):
 //	  accepted   key → 1          senders the owner accepted (explicitly or by writing to them)
 //	  blocked    key → 1          senders the owner blocked
 //	  requests   key+seq → 1      the stored requests, by sender
@@ -587,7 +587,7 @@ func (s *Store) Delete(_ context.Context, handle, primary string, deletion []byt
 		}
 		if ix != nil {
 			seq = ix.msgs.Sequence()
-			for _, list := range []*bbolt.Bucket{ix.accepted, ix.blocked} {
+			for _, list := range []*sub{ix.accepted, ix.blocked} {
 				if err := list.ForEach(func(k, _ []byte) error { return w.listers.Delete(cat(k, name)) }); err != nil {
 					return err
 				}
@@ -809,10 +809,10 @@ type inbox struct {
 	name     []byte
 	msgs     *bbolt.Bucket
 	state    *bbolt.Bucket
-	accepted *bbolt.Bucket
-	blocked  *bbolt.Bucket
-	requests *bbolt.Bucket
-	senders  *bbolt.Bucket
+	accepted *sub
+	blocked  *sub
+	requests *sub
+	senders  *sub
 	floor    uint64 // idempotency keys of seqs up to it belong to a deleted inbox
 }
 
@@ -847,15 +847,8 @@ func (w *writeTx) inbox(handle string) (*inbox, error) {
 	if ix.state, err = bucket(w.tx.Bucket(bucketState), name); err != nil {
 		return nil, err
 	}
-	for _, b := range []struct {
-		dst  **bbolt.Bucket
-		name []byte
-	}{{&ix.accepted, stAccepted}, {&ix.blocked, stBlocked}, {&ix.requests, stRequests},
-		{&ix.senders, stSenders}} {
-		if *b.dst, err = bucket(ix.state, b.name); err != nil {
-			return nil, err
-		}
-	}
+	ix.accepted, ix.blocked = openSub(ix.state, stAccepted), openSub(ix.state, stBlocked)
+	ix.requests, ix.senders = openSub(ix.state, stRequests), openSub(ix.state, stSenders)
 	ix.floor = u64(ix.state.Get(stFloor))
 	w.inboxes[handle] = ix
 	return ix, nil
@@ -872,7 +865,7 @@ func bucket(parent *bbolt.Bucket, name []byte) (*bbolt.Bucket, error) {
 // add adds delta to the counter under key, saturating at 0 (a count can
 // only be off after a bug; it never wraps). A zero counter is deleted when
 // drop is set.
-func add(b *bbolt.Bucket, key []byte, delta int64, drop bool) error {
+func add(b kv, key []byte, delta int64, drop bool) error {
 	if delta == 0 {
 		return nil
 	}
@@ -1000,6 +993,9 @@ func (w *writeTx) append(r *appendReq, now int64) error {
 func (ix *inbox) requestSeqs(key []byte) [][]byte {
 	var seqs [][]byte
 	c := ix.requests.Cursor()
+	if c == nil {
+		return nil
+	}
 	for k, _ := c.Seek(key); k != nil && bytes.HasPrefix(k, key); k, _ = c.Next() {
 		seqs = append(seqs, append([]byte(nil), k[len(key):]...))
 	}
@@ -1074,7 +1070,7 @@ func (w *writeTx) dropRequests(ix *inbox, key []byte, n int, kept bool) error {
 
 // unlist takes key off one of ix's lists (accepted or blocked), and off the
 // listers index unless the other list still has it.
-func (w *writeTx) unlist(ix *inbox, list *bbolt.Bucket, key []byte) error {
+func (w *writeTx) unlist(ix *inbox, list *sub, key []byte) error {
 	if list.Get(key) == nil {
 		return nil
 	}
