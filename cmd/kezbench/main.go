@@ -315,6 +315,7 @@ func main() {
 	handlesList := flag.String("scale-handles", ints(cfg.ScaleHandles), "scenario 5: registered handles at each point of the lookup curve")
 	inboxList := flag.String("scale-inbox", ints(cfg.ScaleInbox), "scenario 5: messages in one inbox at each point of the inbox curve")
 	flag.DurationVar(&cfg.ScaleDuration, "scale-duration", cfg.ScaleDuration, "scenario 5: how long each streams point sends")
+	flag.IntVar(&cfg.ScaleMaxMessages, "scale-max-messages", cfg.ScaleMaxMessages, "scenario 5: each streams point sends at most this many (all sealed ahead)")
 	flag.IntVar(&cfg.ScaleSamples, "scale-samples", cfg.ScaleSamples, "scenario 5: lookups and page reads per point")
 	chartsDir := flag.String("charts", "", "scenario 5: write its curves as SVG charts into this directory")
 	chartsFrom := flag.String("charts-from", "", "only render the charts (-charts) of scenario 5 from this earlier -json report")
