@@ -33,9 +33,10 @@ func writeCharts(dir string, s *ScaleReport) ([]string, error) {
 		}
 		p, err := charts.LineRender(c.values,
 			charts.SVGOutputOptionFunc(),
-			charts.DimensionsOptionFunc(720, 400),
+			charts.DimensionsOptionFunc(900, 400),
 			charts.TitleTextOptionFunc(c.title),
-			charts.XAxisOptionFunc(charts.XAxisOption{Labels: c.labels, Title: c.xTitle}),
+			// Every point labelled: the sizes are not evenly spaced.
+			charts.XAxisOptionFunc(charts.XAxisOption{Labels: c.labels, Title: c.xTitle, LabelCount: len(c.labels)}),
 			charts.YAxisOptionFunc(charts.YAxisOption{Title: c.yTitle, Min: charts.Ptr(0.0)}),
 			charts.LegendOptionFunc(charts.LegendOption{SeriesNames: c.series, Offset: charts.OffsetStr{Top: charts.PositionBottom}}),
 		)
