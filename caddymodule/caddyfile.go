@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"fmt"
+	"maps"
 	"math"
 	"slices"
 	"strconv"
@@ -66,6 +67,10 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		federation_cache 10m
 //		federation_allow_private         # tests only
 //		federation_repin one.example     # forget a server's pinned log (after a fork)
+//		push          on                 # Web Push (SPEC §7), or off
+//		push_contact  mailto:ops@kez.lat # default mailto:postmaster@<server>
+//		push_interval 5s
+//		push_allow_private_endpoints     # tests only
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the directive name
@@ -102,7 +107,7 @@ var repeatable = map[string]bool{"reserved": true, "federation_resolve": true, "
 // caddyfileOptions maps each option of the kez_chat block to the function
 // that reads its arguments (the dispenser on the option's name) into h.
 func (h *Handler) caddyfileOptions() map[string]func(*caddyfile.Dispenser) error {
-	return map[string]func(*caddyfile.Dispenser) error{
+	options := map[string]func(*caddyfile.Dispenser) error{
 		"server":                   stringOption(&h.Server),
 		"public_url":               stringOption(&h.PublicURL),
 		"storage":                  h.parseStorage,
@@ -131,6 +136,8 @@ func (h *Handler) caddyfileOptions() map[string]func(*caddyfile.Dispenser) error
 		"federation_allow_private": h.parseFederationAllowPrivate,
 		"federation_repin":         h.parseFederationRepin,
 	}
+	maps.Copy(options, h.pushCaddyfileOptions())
+	return options
 }
 
 func optionNames(options map[string]func(*caddyfile.Dispenser) error) []string {

@@ -91,6 +91,16 @@ type Handler struct {
 	MaxStreamsPerHandle int `json:"max_streams_per_handle,omitempty"`
 	// Open streams in total. Default: 50000.
 	MaxStreams int `json:"max_streams,omitempty"`
+	// Web Push (SPEC §7): "on" (default) or "off".
+	Push string `json:"push,omitempty"`
+	// Where push services can reach the operator (the VAPID "sub"): a
+	// mailto: or https: URI. Default: mailto:postmaster@<server>.
+	PushContact string `json:"push_contact,omitempty"`
+	// The least time between two pushes to one device. Default: 5s.
+	PushInterval caddy.Duration `json:"push_interval,omitempty"`
+	// For tests only: also push to http and to private, loopback and
+	// link-local addresses.
+	PushAllowPrivateEndpoints bool `json:"push_allow_private_endpoints,omitempty"`
 
 	// Which other servers' users may write here (SPEC §8): "open"
 	// (default), "off", "allow" (only federation_servers) or "deny" (all
@@ -114,6 +124,7 @@ type Handler struct {
 	FederationRepin []string `json:"federation_repin,omitempty"`
 
 	api     *handlers.Handler
+	pushKey string // key of this config's share of pushSenders, once taken
 	backend sharedStorage
 	rates   string // key of this config's share of rateStates, once taken
 	log     *slog.Logger
@@ -158,9 +169,13 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 	}
 	counters, err := initMetrics(ctx.GetMetricsRegistry())
+	if err == nil {
+		err = pushMetric.register(ctx.GetMetricsRegistry())
+	}
 	if err != nil {
 		return fmt.Errorf("kez_chat: metrics: %w", err)
 	}
+	pusher := h.pushSender(b.store())
 	h.api = handlers.New(handlers.Config{
 		Server:         h.Server,
 		PublicURL:      h.PublicURL,
@@ -189,6 +204,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		Counters:            counters,
 		Federation:          h.federationVerifier(b.store()),
 		FederationRate:      rates["federation_rate"],
+		Push:                pusher,
 	}, b.store(), b.liveHub(), h.log)
 
 	// Caddy emits "stopping" before it shuts its servers down, on reload
@@ -270,6 +286,7 @@ func (h *Handler) setDefaults() error {
 	h.Federation = cmp.Or(h.Federation, federation.Open)
 	h.FederationRate = cmp.Or(h.FederationRate, DefaultFederationRate)
 	h.FederationCache = cmp.Or(h.FederationCache, caddy.Duration(federation.DefaultCacheTTL))
+	h.pushDefaults()
 	return nil
 }
 
@@ -390,7 +407,7 @@ func (h *Handler) Validate() error {
 	if h.MaxStreams < 0 || h.MaxStreamsPerHandle < 0 {
 		return fmt.Errorf("kez_chat: stream limits must not be negative")
 	}
-	return nil
+	return h.validatePush()
 }
 
 // ServeHTTP answers the API paths and passes everything else on.
@@ -408,6 +425,7 @@ func (h *Handler) Cleanup() error {
 	if h.api != nil {
 		h.api.Close()
 	}
+	h.releasePush()
 	if h.stop != nil {
 		h.stop()
 		<-h.stopped

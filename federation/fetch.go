@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/kezchat/kez/kez"
+
+	"github.com/kezchat/kez/internal/netguard"
 )
 
 // The outbound fetch rules of SPEC §8.
@@ -22,40 +24,6 @@ const (
 	MaxFetchBody = 64 << 10        // a larger answer is refused
 	MaxFetches   = 16              // running at once; more are refused
 )
-
-// forbiddenNets are ranges that are not private by netip's reckoning but
-// still reach no public server, or may lead back into a private network
-// (CGNAT, NAT64 and 6to4 embed IPv4 addresses).
-var forbiddenNets = []netip.Prefix{
-	netip.MustParsePrefix("0.0.0.0/8"),
-	netip.MustParsePrefix("100.64.0.0/10"),
-	netip.MustParsePrefix("192.0.0.0/24"),
-	netip.MustParsePrefix("192.0.2.0/24"),
-	netip.MustParsePrefix("198.18.0.0/15"),
-	netip.MustParsePrefix("198.51.100.0/24"),
-	netip.MustParsePrefix("203.0.113.0/24"),
-	netip.MustParsePrefix("240.0.0.0/4"),
-	netip.MustParsePrefix("64:ff9b::/96"),
-	netip.MustParsePrefix("64:ff9b:1::/48"),
-	netip.MustParsePrefix("2001:db8::/32"),
-	netip.MustParsePrefix("2002::/16"),
-}
-
-// PublicAddr reports whether a is an address a server may fetch from on
-// behalf of a stranger: global unicast, not private, loopback, link-local
-// or one of forbiddenNets.
-func PublicAddr(a netip.Addr) bool {
-	a = a.Unmap()
-	if !a.IsGlobalUnicast() || a.IsPrivate() || a.IsLoopback() || a.IsLinkLocalUnicast() {
-		return false
-	}
-	for _, p := range forbiddenNets {
-		if p.Contains(a) {
-			return false
-		}
-	}
-	return true
-}
 
 // fetcher makes the outbound requests, under the rules.
 type fetcher struct {
@@ -72,15 +40,7 @@ func newFetcher(resolve map[string]string, allowPrivate bool) *fetcher {
 		lookup: func(ctx context.Context, host string) ([]netip.Addr, error) {
 			return net.DefaultResolver.LookupNetIP(ctx, "ip", host)
 		}}
-	f.public = newHTTPClient(func(_, address string, _ syscall.RawConn) error {
-		// Checked at connect time, after DNS: a name that resolved to a
-		// public address a moment ago cannot rebind to a private one.
-		ap, err := netip.ParseAddrPort(address)
-		if err != nil || !PublicAddr(ap.Addr()) {
-			return fmt.Errorf("refusing to connect to %s: not a public address", address)
-		}
-		return nil
-	})
+	f.public = newHTTPClient(netguard.Control) // checked on every address dialed
 	f.trusted = newHTTPClient(nil)
 	return f
 }
@@ -127,7 +87,7 @@ func (f *fetcher) admit(ctx context.Context, server string) error {
 		return nil
 	}
 	if a, err := netip.ParseAddr(server); err == nil {
-		if !PublicAddr(a) {
+		if !netguard.Public(a) {
 			return refused("%s is not a public address", server)
 		}
 		return nil
@@ -139,7 +99,7 @@ func (f *fetcher) admit(ctx context.Context, server string) error {
 		return refused("%s cannot be resolved", server)
 	}
 	for _, a := range addrs {
-		if !PublicAddr(a) {
+		if !netguard.Public(a) {
 			return refused("%s resolves to %s, not a public address", server, a)
 		}
 	}

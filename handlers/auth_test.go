@@ -4,12 +4,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http/httptest"
-	"os"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/kezchat/kez/internal/vectors"
 	"github.com/kezchat/kez/kez"
 )
 
@@ -17,21 +17,7 @@ import (
 // at the vectors' time on the vectors' server: the server builds the same
 // signed string as every client (SPEC §2.0).
 func TestAuthVectorsV2(t *testing.T) {
-	raw, err := os.ReadFile("../testdata/kez-v2.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var v struct {
-		Server string
-		Auth   map[string]struct {
-			Method, URL, Body, Header string
-			TS                        int64
-			URLWithAuth               string `json:"url_with_auth"`
-		}
-	}
-	if err := json.Unmarshal(raw, &v); err != nil {
-		t.Fatal(err)
-	}
+	v := vectors.LoadV2(t)
 	at := time.Unix(v.Auth["inbox"].TS, 0)
 	e := newEnv(t, func(c *Config) { c.Server = v.Server; c.Now = func() time.Time { return at } })
 	e.users(alice, "alice", bob, "bob")

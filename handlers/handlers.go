@@ -14,6 +14,7 @@ import (
 	"github.com/kezchat/kez/federation"
 	"github.com/kezchat/kez/hub"
 	"github.com/kezchat/kez/kez"
+	"github.com/kezchat/kez/push"
 	"github.com/kezchat/kez/storage"
 )
 
@@ -71,6 +72,10 @@ type Config struct {
 	// Counters reports activity to a monitoring system (Caddy's Prometheus
 	// metrics, in the module).
 	Counters Counters
+
+	// Push sends Web Push notifications (SPEC §7); nil: push is off, and
+	// its paths are unknown.
+	Push *push.Sender
 }
 
 // Counters are called as the API works; any of them may be nil.
@@ -285,6 +290,9 @@ func (h *Handler) Route(r *http.Request) http.Handler {
 	}
 	if rest, ok := strings.CutPrefix(p, "/v1/by-primary/"); ok && isSegment(rest) {
 		return h.methods(map[string]http.HandlerFunc{"GET": h.serveArg(rest, h.lookupPrimary)})
+	}
+	if route := h.pushRoute(p); route != nil {
+		return route
 	}
 	if rest, ok := strings.CutPrefix(p, "/v1/inbox/"); ok {
 		if route := h.inboxRoute(rest); route != nil {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -12,50 +11,13 @@ import (
 	"github.com/kezchat/kez/kez"
 	"github.com/kezchat/kez/storage"
 	"github.com/kezchat/kez/storage/bolt"
+
+	"github.com/kezchat/kez/internal/vectors"
 )
 
-// logVectors is the "checkpoint", "log", "rotation" and "deletion" part
-// of testdata/kez-v2.json.
-type logVectors struct {
-	Checkpoint struct {
-		Note, Text  string
-		SignerKey   string `json:"signer_key"`
-		VerifierKey string `json:"verifier_key"`
-		Size        int64
-	}
-	Log struct {
-		Leaves []struct {
-			DataJCS string `json:"data_jcs"`
-		}
-		Consistency []struct {
-			Old, New int
-			Proof    []string
-		}
-		EntriesResponse json.RawMessage `json:"entries_response"`
-		LookupLogBob    json.RawMessage `json:"lookup_log_bob"`
-	}
-	Rotation struct {
-		Body json.RawMessage
-		TS   int64
-	}
-	Deletion struct {
-		Body json.RawMessage
-		TS   int64
-	}
-}
+type logVectors = vectors.V2
 
-func loadLogVectors(t *testing.T) *logVectors {
-	t.Helper()
-	raw, err := os.ReadFile("../testdata/kez-v2.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var v logVectors
-	if err := json.Unmarshal(raw, &v); err != nil {
-		t.Fatal(err)
-	}
-	return &v
-}
+func loadLogVectors(t testing.TB) *logVectors { return vectors.LoadV2(t) }
 
 // fixedLogKey serves a real store with the vectors' log key, so that the
 // checkpoints the handler signs are the vectors' byte for byte.

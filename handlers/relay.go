@@ -149,6 +149,7 @@ func (h *Handler) send(w http.ResponseWriter, r *http.Request) error {
 	out = strconv.AppendInt(out, m.ReceivedAt, 10)
 	out = append(out, '}')
 	writeRaw(w, status, "application/json; charset=utf-8", out)
+	h.notifyPush(handle, m, fresh)
 	return nil
 }
 

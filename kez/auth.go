@@ -82,6 +82,11 @@ func ParseAuth(value string) (ts int64, sig []byte, err error) {
 // now, then the signature by pub. It returns the signed message, whose hash
 // is the request's single-use key (see OnceKey).
 func (r *Request) Verify(pub ed25519.PublicKey, value string, now time.Time, skew time.Duration) (ts int64, msg []byte, err error) {
+	return r.verify(func(msg, sig []byte) bool { return ed25519.Verify(pub, msg, sig) }, value, now, skew)
+}
+
+// verify is Verify with the signature check given.
+func (r *Request) verify(valid func(msg, sig []byte) bool, value string, now time.Time, skew time.Duration) (ts int64, msg []byte, err error) {
 	ts, sig, err := ParseAuth(value)
 	if err != nil {
 		return 0, nil, err
@@ -90,7 +95,7 @@ func (r *Request) Verify(pub ed25519.PublicKey, value string, now time.Time, ske
 		return 0, nil, Errorf(CodeUnauthorized, "auth timestamp %d is more than %s from the server's clock (%d)", ts, skew, now.Unix())
 	}
 	msg = r.Message(ts)
-	if !ed25519.Verify(pub, msg, sig) {
+	if !valid(msg, sig) {
 		return 0, nil, Errorf(CodeUnauthorized, "auth signature does not verify for this key, server and request")
 	}
 	return ts, msg, nil

@@ -1,55 +1,23 @@
 package kez
 
 import (
-	"encoding/json"
-	"os"
 	"strings"
 	"testing"
 	"time"
+
+	v2vectors "github.com/kezchat/kez/internal/vectors"
 )
 
-type changeVectors struct {
-	Server   string
-	Keys     map[string]struct{ Seed, Public, Primary string }
-	Rotation struct {
-		Body           json.RawMessage
-		LeafDataJCS    string `json:"leaf_data_jcs"`
-		SignedBytesJCS string `json:"signed_bytes_jcs"`
-		TS             int64
-	}
-	Deletion struct {
-		Body           json.RawMessage
-		LeafDataJCS    string `json:"leaf_data_jcs"`
-		SignedBytesJCS string `json:"signed_bytes_jcs"`
-		TS             int64
-	}
-	Log struct {
-		Leaves []struct {
-			Index   int
-			DataJCS string `json:"data_jcs"`
-		}
-	}
-}
+type changeVectors = v2vectors.V2
 
-func loadChangeVectors(t *testing.T) *changeVectors {
-	t.Helper()
-	raw, err := os.ReadFile("../testdata/kez-v2.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var v changeVectors
-	if err := json.Unmarshal(raw, &v); err != nil {
-		t.Fatal(err)
-	}
-	return &v
-}
+func loadChangeVectors(t testing.TB) *changeVectors { return v2vectors.LoadV2(t) }
 
 func TestRotationAndDeletionVectors(t *testing.T) {
 	v := loadChangeVectors(t)
 	alice, aliceNew := NewKeysOrFail(t, v.Keys["alice"].Seed), NewKeysOrFail(t, v.Keys["alice_new"].Seed)
 
 	rot, err := SignRotation(alice.Private(), aliceNew.Private(), "alice", v.Server, time.Unix(v.Rotation.TS, 0))
-	if err != nil || string(rot.Payload) != v.Rotation.SignedBytesJCS || string(rot.JCS()) != v.Rotation.LeafDataJCS {
+	if err != nil || string(rot.Payload) != v.Rotation.SignedBytes || string(rot.JCS()) != v.Rotation.LeafDataJCS {
 		t.Fatalf("SignRotation = %s, %v", rot.JCS(), err)
 	}
 	pol := ChangePolicy{Server: v.Server, Now: time.Unix(v.Rotation.TS+60, 0), Skew: 5 * time.Minute}

@@ -6,84 +6,19 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"os"
 	"strconv"
 	"strings"
 	"testing"
 
 	"golang.org/x/mod/sumdb/note"
 	"golang.org/x/mod/sumdb/tlog"
+
+	v2vectors "github.com/kezchat/kez/internal/vectors"
 )
 
-type logVectors struct {
-	Server     string
-	Checkpoint struct {
-		LogKeySeed  string `json:"log_key_seed"`
-		Note        string
-		Origin      string
-		Root        string
-		SignerKey   string `json:"signer_key"`
-		Size        int64
-		Text        string
-		VerifierKey string `json:"verifier_key"`
-	}
-	Log struct {
-		Leaves []struct {
-			Index      int64
-			DataJCS    string `json:"data_jcs"`
-			DataBase64 string `json:"data_base64"`
-			LeafHash   string `json:"leaf_hash"`
-		}
-		Roots     map[string]string
-		Inclusion []struct {
-			Index    int64
-			TreeSize int64 `json:"tree_size"`
-			Proof    []string
-		}
-		Consistency []struct {
-			Old, New int64
-			Proof    []string
-		}
-		EntriesResponse json.RawMessage `json:"entries_response"`
-		LookupLogBob    json.RawMessage `json:"lookup_log_bob"`
-	}
-	Rotation struct {
-		Body        json.RawMessage
-		LeafDataJCS string `json:"leaf_data_jcs"`
-		LeafHash    string `json:"leaf_hash"`
-		SignedBytes string `json:"signed_bytes_jcs"`
-		Old, New    string
-		TS          int64
-	}
-	Deletion struct {
-		Body        json.RawMessage
-		LeafDataJCS string `json:"leaf_data_jcs"`
-		LeafHash    string `json:"leaf_hash"`
-		Primary     string
-		TS          int64
-	}
-	Safety struct {
-		Alice, Bob   string
-		AliceDigits  string `json:"alice_digits"`
-		BobDigits    string `json:"bob_digits"`
-		Groups       []string
-		Iterations   int
-		SafetyNumber string `json:"safety_number"`
-	}
-}
+type logVectors = v2vectors.V2
 
-func loadLogVectors(t testing.TB) *logVectors {
-	t.Helper()
-	raw, err := os.ReadFile("../testdata/kez-v2.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var v logVectors
-	if err := json.Unmarshal(raw, &v); err != nil {
-		t.Fatal(err)
-	}
-	return &v
-}
+func loadLogVectors(t testing.TB) *logVectors { return v2vectors.LoadV2(t) }
 
 func mustHash(t testing.TB, s string) tlog.Hash {
 	t.Helper()

@@ -1,42 +1,18 @@
 package kez
 
 import (
-	"encoding/json"
 	"fmt"
 	"net/url"
-	"os"
 	"strings"
 	"testing"
 	"time"
+
+	v2vectors "github.com/kezchat/kez/internal/vectors"
 )
 
-type authVectorV2 struct {
-	Signer, Method, URL, Path, Query, Body string
-	BodySHA256                             string `json:"body_sha256"`
-	TS                                     int64
-	Message, Sig, Header                   string
-	URLWithAuth                            string `json:"url_with_auth"`
-}
+type vectorsV2 = v2vectors.V2
 
-type vectorsV2 struct {
-	Server string
-	Keys   map[string]struct{ Seed, Public, Primary string }
-	Auth   map[string]authVectorV2
-}
-
-// loadVectorsV2 reads the v2 cross-language vectors (testdata/kez-v2.json).
-func loadVectorsV2(t testing.TB) *vectorsV2 {
-	t.Helper()
-	raw, err := os.ReadFile("../testdata/kez-v2.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var v vectorsV2
-	if err := json.Unmarshal(raw, &v); err != nil {
-		t.Fatal(err)
-	}
-	return &v
-}
+func loadVectorsV2(t testing.TB) *vectorsV2 { return v2vectors.LoadV2(t) }
 
 // allowedQuery lists the query parameters of the endpoints in the vectors.
 func allowedQuery(method, path string) []string {

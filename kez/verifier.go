@@ -89,16 +89,5 @@ func (v *KeyVerifier) expanded(pub ed25519.PublicKey) *voi.ExpandedPublicKey {
 // VerifyWith is Verify with the Ed25519 check done by v: the same answers
 // and errors, faster for keys that sign often.
 func (r *Request) VerifyWith(v *KeyVerifier, pub ed25519.PublicKey, value string, now time.Time, skew time.Duration) (ts int64, msg []byte, err error) {
-	ts, sig, err := ParseAuth(value)
-	if err != nil {
-		return 0, nil, err
-	}
-	if d := abs(ts - now.Unix()); d > int64(skew/time.Second) {
-		return 0, nil, Errorf(CodeUnauthorized, "auth timestamp %d is more than %s from the server's clock (%d)", ts, skew, now.Unix())
-	}
-	msg = r.Message(ts)
-	if !v.Verify(pub, msg, sig) {
-		return 0, nil, Errorf(CodeUnauthorized, "auth signature does not verify for this key, server and request")
-	}
-	return ts, msg, nil
+	return r.verify(func(msg, sig []byte) bool { return v.Verify(pub, msg, sig) }, value, now, skew)
 }

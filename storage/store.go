@@ -227,4 +227,21 @@ type Store interface {
 	Ping(ctx context.Context) error
 	// Close releases the backend; later calls return ErrClosed.
 	Close() error
+
+	// Web Push (SPEC §7, push.go). Deleting a handle deletes its
+	// subscriptions with its inbox.
+
+	// PushKey returns the VAPID private key (a P-256 scalar) shared by
+	// every server on the backend: the stored one, or fresh when none is
+	// stored yet (then fresh is stored, once, whoever asks first).
+	PushKey(ctx context.Context, fresh []byte) ([]byte, error)
+	// PutPush stores sub for a registered handle (ErrNotFound otherwise),
+	// replacing the one with the same endpoint; beyond max subscriptions
+	// the oldest (by Created) are dropped.
+	PutPush(ctx context.Context, handle string, sub PushSubscription, max int) error
+	// DeletePush removes handle's subscription to endpoint and reports
+	// whether there was one.
+	DeletePush(ctx context.Context, handle, endpoint string) (bool, error)
+	// PushSubscriptions returns handle's subscriptions, oldest first.
+	PushSubscriptions(ctx context.Context, handle string) ([]PushSubscription, error)
 }

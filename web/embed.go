@@ -15,7 +15,7 @@ import (
 	"time"
 )
 
-//go:embed index.html app.css icon.svg js vendor
+//go:embed index.html app.css icon.svg icon-maskable.svg manifest.webmanifest sw.js js vendor
 var files embed.FS
 
 // modEpoch is the second of every embedded file's modification time.

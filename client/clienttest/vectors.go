@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"runtime"
 	"testing"
+
+	"github.com/kezchat/kez/internal/vectors"
 )
 
 // Vectors is the part of testdata/kez-v1.json that client tests use.
@@ -33,35 +35,10 @@ func LoadVectors(t testing.TB) *Vectors {
 }
 
 // AuthVector is one v2 request signature of testdata/kez-v2.json (SPEC §2.0).
-type AuthVector struct {
-	Signer, Method, URL, Path, Query, Body string
-	TS                                     int64
-	Message, Header                        string
-}
+type AuthVector = vectors.Auth
 
-// VectorsV2 is the part of testdata/kez-v2.json that client tests use.
-type VectorsV2 struct {
-	Server   string
-	Keys     map[string]struct{ Seed, Primary string }
-	Auth     map[string]AuthVector
-	Rotation struct {
-		Body     json.RawMessage
-		Old, New string
-		TS       int64
-	}
-}
+// VectorsV2 is testdata/kez-v2.json.
+type VectorsV2 = vectors.V2
 
 // LoadVectorsV2 reads the v2 cross-language vectors.
-func LoadVectorsV2(t testing.TB) *VectorsV2 {
-	t.Helper()
-	_, here, _, _ := runtime.Caller(0)
-	raw, err := os.ReadFile(filepath.Join(filepath.Dir(here), "..", "..", "testdata", "kez-v2.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var v VectorsV2
-	if err := json.Unmarshal(raw, &v); err != nil {
-		t.Fatal(err)
-	}
-	return &v
-}
+func LoadVectorsV2(t testing.TB) *VectorsV2 { return vectors.LoadV2(t) }

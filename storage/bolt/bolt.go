@@ -28,6 +28,8 @@
 //	                              then, and its inbox's sequence, so a seq is never reused
 //	log_data   leaf index → data               the binding log (SPEC §5, log.go)
 //	log_hashes tlog.StoredHashIndex → hash     its tree
+//	push       handle → JSON list of Web Push subscriptions (push.go; made on first use);
+//	           meta "push_key" → the VAPID private key
 //
 // A key is a primary's 32 raw bytes; idem is sha256(handle, key, sig).
 // Every count changes in the transaction that changes what it counts, so a
@@ -601,6 +603,9 @@ func (s *Store) Delete(_ context.Context, handle, primary string, deletion []byt
 			delete(w.inboxes, handle)
 		}
 		if err := w.counts.Delete(name); err != nil {
+			return err
+		}
+		if err := deletePush(tx, name); err != nil {
 			return err
 		}
 		until := max(cooldownUntil.UnixMilli(), 0)

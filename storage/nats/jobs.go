@@ -213,6 +213,9 @@ func (s *Store) purgeInbox(ctx context.Context, handle string) error {
 	if _, err := s.publish(ctx, m); err != nil {
 		return err
 	}
+	if _, err := s.publish(ctx, s.tombstone(pushListKey(handle))); err != nil {
+		return err
+	}
 	s.forgetInbox(handle)
 	return nil
 }

@@ -18,56 +18,13 @@ import (
 	"golang.org/x/mod/sumdb/note"
 	"golang.org/x/mod/sumdb/tlog"
 
+	"github.com/kezchat/kez/internal/vectors"
 	"github.com/kezchat/kez/storage"
 	"github.com/kezchat/kez/storage/nats/natstest"
 	"github.com/kezchat/kez/storage/storagetest"
 )
 
-// logVectors is the "log" part of testdata/kez-v2.json, and the objects
-// it is made of.
-type logVectors struct {
-	Keys map[string]struct {
-		Primary string `json:"primary"`
-	} `json:"keys"`
-	Rotation struct {
-		LeafData string `json:"leaf_data_jcs"`
-	} `json:"rotation"`
-	Deletion struct {
-		LeafData string `json:"leaf_data_jcs"`
-		LeafHash string `json:"leaf_hash"`
-	} `json:"deletion"`
-	Log struct {
-		Leaves []struct {
-			Index    int64  `json:"index"`
-			Data     string `json:"data_jcs"`
-			LeafHash string `json:"leaf_hash"`
-		} `json:"leaves"`
-		Roots     map[string]string `json:"roots"`
-		Inclusion []struct {
-			Index    int64    `json:"index"`
-			TreeSize int64    `json:"tree_size"`
-			Proof    []string `json:"proof"`
-		} `json:"inclusion"`
-		Consistency []struct {
-			Old   int64    `json:"old"`
-			New   int64    `json:"new"`
-			Proof []string `json:"proof"`
-		} `json:"consistency"`
-	} `json:"log"`
-}
-
-func loadLogVectors(t *testing.T) logVectors {
-	t.Helper()
-	raw, err := os.ReadFile("../../testdata/kez-v2.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var v logVectors
-	if err := json.Unmarshal(raw, &v); err != nil {
-		t.Fatal(err)
-	}
-	return v
-}
+func loadLogVectors(t *testing.T) *vectors.V2 { return vectors.LoadV2(t) }
 
 // reader is a store's log as a tlog.HashReader.
 func reader(ctx context.Context, s storage.Store) tlog.HashReader {
@@ -109,22 +66,22 @@ func TestLogVectors(t *testing.T) {
 	alice, aliceNew, bob := v.Keys["alice"].Primary, v.Keys["alice_new"].Primary, v.Keys["bob"].Primary
 	for i, r := range []struct{ handle, primary string }{{"alice", alice}, {"bob", bob}} {
 		rec, created, err := s.Register(ctx, storage.Record{Handle: r.handle, Primary: r.primary, RegisteredAt: 1764115200,
-			Registration: json.RawMessage(v.Log.Leaves[i].Data)}, "")
+			Registration: json.RawMessage(v.Log.Leaves[i].DataJCS)}, "")
 		if err != nil || !created || rec.LogIndex != int64(i) {
 			t.Fatalf("register %s: %+v %v %v", r.handle, rec, created, err)
 		}
 	}
 	// An idempotent retry appends nothing.
 	if rec, created, err := s.Register(ctx, storage.Record{Handle: "bob", Primary: bob, RegisteredAt: 1764115999,
-		Registration: json.RawMessage(v.Log.Leaves[1].Data)}, ""); err != nil || created || rec.LogIndex != 1 || rec.RegisteredAt != 1764115200 {
+		Registration: json.RawMessage(v.Log.Leaves[1].DataJCS)}, ""); err != nil || created || rec.LogIndex != 1 || rec.RegisteredAt != 1764115200 {
 		t.Fatalf("retry: %+v %v %v", rec, created, err)
 	}
-	rec, err := s.Rotate(ctx, "alice", alice, aliceNew, []byte(v.Rotation.LeafData))
-	if err != nil || rec.LogIndex != 2 || rec.Primary != aliceNew || string(rec.Rotation) != v.Rotation.LeafData ||
-		string(rec.Registration) != v.Log.Leaves[0].Data || rec.RegisteredAt != 1764115200 {
+	rec, err := s.Rotate(ctx, "alice", alice, aliceNew, []byte(v.Rotation.LeafDataJCS))
+	if err != nil || rec.LogIndex != 2 || rec.Primary != aliceNew || string(rec.Rotation) != v.Rotation.LeafDataJCS ||
+		string(rec.Registration) != v.Log.Leaves[0].DataJCS || rec.RegisteredAt != 1764115200 {
 		t.Fatalf("rotate: %+v %v", rec, err)
 	}
-	if v.Rotation.LeafData != v.Log.Leaves[2].Data {
+	if v.Rotation.LeafDataJCS != v.Log.Leaves[2].DataJCS {
 		t.Fatal("vectors: rotation leaf")
 	}
 	if n := logSize(t, s); n != 3 {
@@ -136,8 +93,8 @@ func TestLogVectors(t *testing.T) {
 	checkVectorLog(t, s2, v)
 	for _, st := range []storage.Store{s, s2} {
 		got, err := st.Lookup(ctx, "alice")
-		if err != nil || got.Primary != aliceNew || got.LogIndex != 2 || string(got.Rotation) != v.Rotation.LeafData ||
-			string(got.Registration) != v.Log.Leaves[0].Data {
+		if err != nil || got.Primary != aliceNew || got.LogIndex != 2 || string(got.Rotation) != v.Rotation.LeafDataJCS ||
+			string(got.Registration) != v.Log.Leaves[0].DataJCS {
 			t.Fatalf("lookup after rotation: %+v %v", got, err)
 		}
 		if got, err := st.LookupPrimary(ctx, aliceNew); err != nil || got.Handle != "alice" || got.LogIndex != 2 {
@@ -150,7 +107,7 @@ func TestLogVectors(t *testing.T) {
 			t.Fatalf("bob: %+v %v", got, err)
 		}
 	}
-	n, err := s2.Delete(ctx, "alice", aliceNew, []byte(v.Deletion.LeafData), time.Now().Add(time.Hour))
+	n, err := s2.Delete(ctx, "alice", aliceNew, []byte(v.Deletion.LeafDataJCS), time.Now().Add(time.Hour))
 	if err != nil || n != 3 {
 		t.Fatalf("delete: %d %v", n, err)
 	}
@@ -163,7 +120,7 @@ func TestLogVectors(t *testing.T) {
 	}
 }
 
-func checkVectorLog(t *testing.T, s storage.Store, v logVectors) {
+func checkVectorLog(t *testing.T, s storage.Store, v *vectors.V2) {
 	t.Helper()
 	ctx := context.Background()
 	entries, err := s.LogEntries(ctx, 0, 10)
@@ -171,7 +128,7 @@ func checkVectorLog(t *testing.T, s storage.Store, v logVectors) {
 		t.Fatalf("entries: %d %v", len(entries), err)
 	}
 	for i, l := range v.Log.Leaves {
-		if string(entries[i]) != l.Data {
+		if string(entries[i]) != l.DataJCS {
 			t.Errorf("entry %d = %s", i, entries[i])
 		}
 		hs, err := s.LogHashes(ctx, []int64{tlog.StoredHashIndex(0, l.Index)})
@@ -179,7 +136,7 @@ func checkVectorLog(t *testing.T, s storage.Store, v logVectors) {
 			t.Errorf("leaf hash %d = %v %v", i, hs, err)
 		}
 	}
-	if e, err := s.LogEntries(ctx, 1, 1); err != nil || len(e) != 1 || string(e[0]) != v.Log.Leaves[1].Data {
+	if e, err := s.LogEntries(ctx, 1, 1); err != nil || len(e) != 1 || string(e[0]) != v.Log.Leaves[1].DataJCS {
 		t.Errorf("entries(1,1) = %q %v", e, err)
 	}
 	if e, err := s.LogEntries(ctx, 3, 5); err != nil || len(e) != 0 {

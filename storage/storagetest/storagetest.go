@@ -61,6 +61,9 @@ func Run(t *testing.T, open Opener) {
 	}
 	tests["RemoteLogs"] = testRemoteLogs
 	tests["RemoteLogsConcurrentUpdates"] = testRemoteLogsConcurrent
+	for name, fn := range pushTests() {
+		tests[name] = fn
+	}
 	for name, fn := range tests {
 		t.Run(name, func(t *testing.T) { fn(t, open) })
 	}

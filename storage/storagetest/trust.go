@@ -9,9 +9,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
-	"runtime"
 	"slices"
 	"sync"
 	"testing"
@@ -20,6 +17,7 @@ import (
 	"golang.org/x/mod/sumdb/note"
 	"golang.org/x/mod/sumdb/tlog"
 
+	"github.com/kezchat/kez/internal/vectors"
 	"github.com/kezchat/kez/storage"
 )
 
@@ -35,44 +33,6 @@ func trustTests() map[string]func(*testing.T, Opener) {
 		"LogKeyStable":                          testLogKey,
 		"ConcurrentChangesLogWithoutGapsOrFork": testConcurrentLog,
 	}
-}
-
-// LogVectors is the "log" part of testdata/kez-v2.json, with the keys and
-// the rotation it logs.
-type LogVectors struct {
-	Keys map[string]struct{ Primary string }
-	Log  struct {
-		Leaves []struct {
-			Index   int64
-			DataJCS string `json:"data_jcs"`
-		}
-		Roots     map[string]string
-		Inclusion []struct {
-			Index    int64
-			TreeSize int64 `json:"tree_size"`
-			Proof    []string
-		}
-		Consistency []struct {
-			Old, New int64
-			Proof    []string
-		}
-	}
-	Rotation struct{ Old, New string }
-}
-
-// LoadLogVectors reads the binding log vectors.
-func LoadLogVectors(t testing.TB) *LogVectors {
-	t.Helper()
-	_, here, _, _ := runtime.Caller(0)
-	raw, err := os.ReadFile(filepath.Join(filepath.Dir(here), "..", "..", "testdata", "kez-v2.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var v LogVectors
-	if err := json.Unmarshal(raw, &v); err != nil {
-		t.Fatal(err)
-	}
-	return &v
 }
 
 // HashReader reads s's log hashes for tlog.
@@ -136,7 +96,7 @@ func testLogEmpty(t *testing.T, open Opener) {
 		t.Fatalf("a new store's log has %d leaves", n)
 	}
 	root, err := tlog.TreeHash(0, HashReader(s))
-	if want := LoadLogVectors(t).Log.Roots["0"]; err != nil || root.String() != want {
+	if want := vectors.LoadV2(t).Log.Roots["0"]; err != nil || root.String() != want {
 		t.Fatalf("root of the empty log %v (%v), want %s", root, err, want)
 	}
 	if e := entries(t, s, 0, 10); len(e) != 0 {
@@ -147,7 +107,7 @@ func testLogEmpty(t *testing.T, open Opener) {
 // The vector log: alice and bob register, alice rotates.
 func testLogVectors(t *testing.T, open Opener) {
 	ctx := context.Background()
-	v := LoadLogVectors(t)
+	v := vectors.LoadV2(t)
 	s := open(t, nil)
 	leaf := func(i int) string { return v.Log.Leaves[i].DataJCS }
 	for i, who := range []string{"alice", "bob"} {

@@ -57,6 +57,8 @@ export class Api {
     this.server = server; // the server name from healthz, e.g. "kez.lat"
     this.clockOffsetMs = 0; // server clock − local clock, when it matters
     this.lastTs = new Map(); // signed request (without ts) → the last ts it was signed with
+    this.timeoutMs = 0; // per request, when set: another server must not hold a send forever
+    this.maxBytes = 0; // per answer, when set: nor fill this page's memory
   }
 
   /** discover tries each candidate base until one answers /v1/healthz. */
@@ -136,14 +138,15 @@ export class Api {
       }
       let res;
       try {
-        res = await fetch(url, { method, headers, body: bytes, cache: 'no-store', signal });
+        const sig = signal || (this.timeoutMs ? AbortSignal.timeout(this.timeoutMs) : undefined);
+        res = await fetch(url, { method, headers, body: bytes, cache: 'no-store', signal: sig });
       } catch (e) {
-        if (e.name === 'AbortError') throw e;
-        throw new ApiError(0, 'network', 'cannot reach the server');
+        if (e.name === 'AbortError') throw e; // the caller's own signal; a timeout is a TimeoutError
+        throw new ApiError(0, 'network', e.name === 'TimeoutError' ? 'the server did not answer in time' : 'cannot reach the server');
       }
       this.learnClock(res);
       if (res.ok) return res;
-      const err = await errorOf(res);
+      const err = await errorOf(res, (r) => this.body(r));
       if (signer && err.status === 401 && /already used/i.test(err.message) && attempt < 2) continue;
       throw err;
     }
@@ -153,7 +156,7 @@ export class Api {
   async request(method, path, opts = {}) {
     const res = await this.fetchSigned(method, path, opts);
     if (res.status === 204) return {};
-    const text = await res.text();
+    const text = await this.body(res);
     let data = null;
     try {
       data = parseStrict(text);
@@ -210,7 +213,12 @@ export class Api {
     const res = await this.fetchSigned('GET', path, { accept: 'text/plain' });
     const type = res.headers.get('Content-Type') || '';
     if (!/^text\/plain\b/i.test(type)) throw new ApiError(res.status, 'bad_response', `the server did not answer ${path} with text`);
-    return res.text();
+    return this.body(res);
+  }
+
+  /** body reads an answer's text, at most maxBytes of it when that is set (readBounded). */
+  body(res) {
+    return this.maxBytes ? readBounded(res, this.maxBytes) : res.text();
   }
 
   logKey() {
@@ -234,9 +242,12 @@ export class Api {
    * {seq, to, received_at} comes with 201 for a new message and with 200
    * when the server already had this very envelope (a resend after a lost
    * answer): both mean delivered. receipt.again tells them apart.
+   * fromAddr, the sender's address, is for a server that is not the
+   * sender's own (SPEC §8): it verifies the sender at the sender's server.
    */
-  async send(identity, to, envelope) {
-    const r = await this.request('POST', 'v1/messages', { body: { to, envelope }, signer: identity });
+  async send(identity, to, envelope, fromAddr) {
+    const body = fromAddr ? { to, from_addr: fromAddr, envelope } : { to, envelope };
+    const r = await this.request('POST', 'v1/messages', { body, signer: identity });
     r.again = r[STATUS] === 200;
     return r;
   }
@@ -297,6 +308,34 @@ export class Api {
   }
 }
 
+/**
+ * readBounded reads a response's text, at most max bytes of it: a longer
+ * answer is an ApiError('too_large'), and the rest is not read.
+ */
+export async function readBounded(res, max) {
+  if (!res.body) return '';
+  const reader = res.body.getReader();
+  const chunks = [];
+  let n = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    n += value.length;
+    if (n > max) {
+      reader.cancel().catch(() => {});
+      throw new ApiError(res.status, 'too_large', `the server’s answer is larger than ${max} bytes`);
+    }
+    chunks.push(value);
+  }
+  const all = new Uint8Array(n);
+  let at = 0;
+  for (const c of chunks) {
+    all.set(c, at);
+    at += c.length;
+  }
+  return new TextDecoder().decode(all);
+}
+
 /** STATUS is where request() leaves the HTTP status on what it returns. */
 export const STATUS = Symbol('http status');
 
@@ -314,10 +353,10 @@ const checkPrimary = (p) => {
 };
 
 /** errorOf reads the server's error object (SPEC §2) from a failed response. */
-async function errorOf(res) {
+async function errorOf(res, read) {
   let err = null;
   try {
-    const data = parseStrict(await res.text());
+    const data = parseStrict(await read(res));
     err = data && typeof data.error === 'object' ? data.error : null;
   } catch {
     err = null;

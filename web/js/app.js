@@ -6,11 +6,13 @@ import { Api, ApiError, setOverride } from './api.js';
 import { BackupError, createBackup, MIN_PASSPHRASE, openBackup, parseBackup } from './backup.js';
 import * as db from './db.js';
 import { jcs } from './encoding.js';
+import { Federation, parseAddress, splitAddress } from './federation.js';
 import { Inbox, STATUS } from './inbox.js';
 import * as kez from './kez.js';
 import { qrSvg, safetyPayload } from './qr.js';
 import { groups, safetyNumber } from './safety.js';
 import { keyLabel, Trust, TrustError } from './trust.js';
+import { setupPush } from './pushui.js';
 
 const $ = (id) => document.getElementById(id);
 
@@ -24,6 +26,7 @@ const state = {
   rendered: { peer: null, keys: new Map(), lastAt: -Infinity },
   inbox: null,
   trust: null, // trust.js: the pinned log key, checkpoints, monitoring
+  fed: null, // federation.js: other servers' APIs and their Trusts (SPEC §8)
 };
 
 // The conversation of messages whose sender could not be verified. Its key
@@ -31,6 +34,7 @@ const state = {
 const UNVERIFIED = '~unverified';
 
 const channel = 'BroadcastChannel' in globalThis ? new BroadcastChannel('kez-chat') : null;
+const pushUI = setupPush({ api: () => state.api, me: () => state.me });
 const narrow = matchMedia('(max-width: 720px)');
 
 // ---------- small helpers ----------
@@ -247,6 +251,17 @@ async function boot() {
     // Unreachable now: records are checked against the key pinned before, or fail.
     console.warn('kez: could not read the server’s log key', e);
   }
+  // Other servers: their bases from the home server's map, each with its own pinned log key.
+  state.fed = new Federation({
+    home: state.api,
+    homeTrust: state.trust,
+    store: { get: (k) => db.getMeta(k), set: (k, v) => db.setMeta(k, v) },
+    onWarning: () => {
+      renderTrustWarnings();
+      if (channel) channel.postMessage({ type: 'trust' });
+    },
+  });
+  state.fed.ready().catch((e) => console.warn('kez: could not read the server’s federation settings', e));
   let rec;
   try {
     rec = await db.getIdentity();
@@ -659,8 +674,9 @@ async function enterChat() {
   show('chat');
 
   // Sends cut short by a closed tab are offered again.
+  // Resending is safe: the same envelope is stored once (SPEC §2.5).
   for (const m of await db.messagesWithStatus('sending')) {
-    await db.updateMessage(m.key, { status: 'failed', error: 'Not sent: the page was closed while sending.' });
+    await db.updateMessage(m.key, { status: 'failed', error: 'Not sent yet: the page was closed while sending.', retryable: !!m.envelope });
   }
   await loadConversations();
   await routeFromHash();
@@ -670,6 +686,7 @@ async function enterChat() {
   renderTrustWarnings();
   healDuplicates();
   $('ack-immediate').checked = (await db.getMeta('ackMode', 'week')) === 'immediate';
+  await pushUI.enter().catch((e) => console.warn('kez: notification settings unavailable', e));
   if (!state.active && !narrow.matches) $('start-input').focus();
 }
 
@@ -914,15 +931,30 @@ const STATUS_TEXT = {
 };
 
 let resending = false;
+let resendAgain = false;
 
-/** resendFailed retries sends that failed for a passing reason, oldest first. */
+/**
+ * resendFailed retries sends that failed for a passing reason, oldest
+ * first; one waiting for its back-off (a send to another server) is left
+ * for its time. Asked while it runs, it runs once more after.
+ */
 async function resendFailed() {
-  if (resending) return;
+  if (resending) {
+    resendAgain = true;
+    return;
+  }
   resending = true;
   try {
-    const failed = (await db.messagesWithStatus('failed')).filter((m) => m.retryable && m.envelope);
-    failed.sort((a, b) => a.at - b.at);
-    for (const m of failed) await retry(m.key);
+    do {
+      resendAgain = false;
+      const failed = (await db.messagesWithStatus('failed')).filter((m) => m.retryable && m.envelope);
+      failed.sort((a, b) => a.at - b.at);
+      const now = Date.now();
+      for (const m of failed) {
+        if (Number.isFinite(m.nextTry) && m.nextTry > now) resendAt(m.nextTry);
+        else await retry(m.key);
+      }
+    } while (resendAgain);
   } finally {
     resending = false;
   }
@@ -937,19 +969,69 @@ function renderStatus(status, detail) {
   if (detail && status !== STATUS.live) toast(detail);
 }
 
+// ---- other servers (SPEC §8) ----
+
+const isHomeServer = (server) => !server || server === state.api.server;
+/** convServer is the server a conversation's contact is on: the home server unless it says otherwise. */
+const convServer = (conv) => (conv && conv.server) || state.api.server;
+const isRemote = (conv) => !!conv && !isHomeServer(conv.server);
+/** trustOf is the Trust of a server: the home server's own, or the one federation.js keeps for another. */
+const trustOf = (server) => (isHomeServer(server) ? state.trust : state.fed.trust(server));
+
+/** nameOf is how a message names a contact: @bob at home, bob@two.example elsewhere. */
+const nameOf = (handle, server) => (isHomeServer(server) ? `@${handle}` : `${handle}@${server}`);
+
+/**
+ * recordAt fetches a handle record from the server it is on (by handle, or
+ * by primary) and checks it like every record: signatures, and the log of
+ * that server under its own pinned log key (SPEC §5, §8).
+ */
+async function recordAt(server, { handle, primary }) {
+  const api = await state.fed.api(server, handle);
+  if (!isHomeServer(server)) state.fed.remember(server).catch(() => {});
+  const raw = handle ? await api.lookup(handle) : await api.byPrimary(primary);
+  return trustOf(server).verifyRecord(raw, handle ? { handle } : { primary });
+}
+
+/**
+ * remoteRecordOf verifies that key is the binding of a remote sender at
+ * its own server: the address the home server names (addr), looked up
+ * there, else the key itself there (a sender whose handle the home server
+ * did not know, or who has rotated since).
+ */
+async function remoteRecordOf(server, key, handle) {
+  if (handle) {
+    const rec = await recordAt(server, { handle });
+    if (rec.primary === key) return rec;
+  }
+  return recordAt(server, { primary: key });
+}
+
+/** whyUnverified words why a remote sender could not be verified at their server. */
+function whyUnverified(e, server) {
+  if (e instanceof ApiError && e.status === 404) return `${server} has no one with this key`;
+  if (e instanceof ApiError && e.code === 'network') return `${server} could not be reached`;
+  if (e instanceof TrustError) return `${server}’s answer failed verification (${e.message})`;
+  return `${server} could not confirm this key (${e && e.message ? e.message : String(e)})`;
+}
+
 // ---- conversations ----
 
 /**
  * displayName is what a conversation is called: the handle the server's
- * signed record binds to the key, else the key itself. What an unregistered
- * sender claims to be never names them (see claimNote).
+ * signed record binds to the key (with its server, for another server's
+ * user), else the key itself. What an unregistered sender claims to be
+ * never names them (see claimNote).
  */
 function displayName(conv) {
   if (!conv) return 'Unknown sender';
   if (conv.peer === UNVERIFIED) return 'Unverified messages';
-  if (conv.handle) return conv.handle;
+  if (conv.handle) return isRemote(conv) ? `${conv.handle}@${conv.server}` : conv.handle;
   return `Unknown key ${fingerprint(conv.peer, 16)}…`;
 }
+
+/** contactName is displayName as messages say it: @bob, or bob@two.example. */
+const contactName = (conv) => (conv && conv.handle ? nameOf(conv.handle, conv.server) : displayName(conv));
 
 const avatarName = (conv) => (conv && conv.handle) || '?';
 
@@ -1044,7 +1126,7 @@ let requestsShown = '';
  */
 async function renderRequests(convs) {
   const box = $('requests');
-  const sig = JSON.stringify(convs.map((c) => [c.peer, c.lastAt, c.handle, c.unread]));
+  const sig = JSON.stringify(convs.map((c) => [c.peer, c.lastAt, c.handle, c.unread, c.why]));
   if (sig === requestsShown) return;
   requestsShown = sig;
   const ul = $('requests-list');
@@ -1079,7 +1161,10 @@ async function renderRequests(convs) {
             'div',
             { class: 'who' },
             el('h3', { id: nameId, text: name }),
-            el('p', { class: 'muted small-text', text: c.address || `Key ${fingerprint(c.peer)}` }),
+            // The address under the name, or the key when the name is the address already (another server's user).
+            el('p', { class: 'muted small-text', text: c.address && c.address !== name ? c.address : `Key ${fingerprint(c.peer)}` }),
+            // A sender another server names but could not be confirmed there: what they claim, and why not.
+            !c.handle && c.why && c.claimed ? el('p', { class: 'claim muted small-text', text: `${claimNote(c.claimed)}: ${c.why}` }) : null,
           ),
         ),
         el('ul', { class: 'request-msgs', 'aria-label': `Messages from ${name}` }, texts),
@@ -1174,7 +1259,7 @@ async function renderBlocked() {
       el(
         'li',
         {},
-        el('span', { class: 'name', text: conv && conv.address ? `${name} (${conv.address})` : name }),
+        el('span', { class: 'name', text: conv && conv.address && conv.address !== name ? `${name} (${conv.address})` : name }),
         el('button', { type: 'button', class: 'btn small', 'aria-label': `Unblock ${name}`, onclick: (ev) => unblock(peer, name, ev.currentTarget), text: 'Unblock' }),
       ),
     );
@@ -1235,10 +1320,14 @@ async function syncContacts() {
 
 /**
  * resolvePeer makes sure a conversation exists for a primary and knows its
- * handle, asking the server (GET /v1/by-primary) and checking the signed
- * registration. It returns true when the conversation changed.
+ * handle, asking the server the key is on and checking the signed
+ * registration and its log. A key is on the home server (GET
+ * /v1/by-primary there) unless addr, the address the home server verified
+ * for a sender (a message's from_addr), or the conversation names another:
+ * then it is looked up at that server under that server's log key, and
+ * must be bound there (SPEC §8). It returns true when the conversation changed.
  */
-async function resolvePeer(peer, claimed, { again = false, init = null } = {}) {
+async function resolvePeer(peer, claimed, { again = false, init = null, addr = null } = {}) {
   if (peer === UNVERIFIED) {
     if (!state.convos.has(peer)) await db.upsertConversation(peer, {});
     return true;
@@ -1247,18 +1336,21 @@ async function resolvePeer(peer, claimed, { again = false, init = null } = {}) {
   if (isStub(cur)) return false;
   if (!cur && init) cur = await db.upsertConversation(peer, init);
   if (cur && cur.handle && !again) return false;
+  // A known contact stays on its server; an unknown key is where the home server says.
+  const server = cur && cur.handle ? convServer(cur) : addr ? addr.server : convServer(cur);
+  const remote = !isHomeServer(server);
   try {
-    const rec = await verified(await state.api.byPrimary(peer), { primary: peer });
-    // Never two chats for one handle: a key whose handle we know under another
+    const rec = remote ? await remoteRecordOf(server, peer, (cur && cur.handle) || (addr && addr.handle)) : await recordAt(server, { primary: peer });
+    // Never two chats for one address: a key whose address we know under another
     // key is that contact's new key, followed or flagged (SPEC §6).
-    const holder = await convWithHandle(rec.handle, peer);
+    const holder = await convWithHandle(rec.handle, rec.server, peer);
     if (holder) {
       await applyRecord(holder, rec);
       return true;
     }
     if (cur && cur.handle === rec.handle && cur.notFound === false) return false;
-    await state.trust.current(rec); // the handle's binding now, not one the log has replaced
-    await db.upsertConversation(peer, { handle: rec.handle, address: rec.address, server: rec.server, notFound: false, pinIndex: rec.verifiedLog.index });
+    await trustOf(server).current(rec); // the handle's binding now, not one the log has replaced
+    await db.upsertConversation(peer, { handle: rec.handle, address: rec.address, server: rec.server, notFound: false, why: null, pinIndex: rec.verifiedLog.index });
     return true;
   } catch (e) {
     const notFound = e instanceof ApiError && e.status === 404;
@@ -1267,8 +1359,13 @@ async function resolvePeer(peer, claimed, { again = false, init = null } = {}) {
       await db.upsertConversation(peer, { handle: null, address: null, notFound: true });
       return true;
     }
-    if (!cur || (claimed && cur.claimed !== claimed) || cur.notFound !== notFound) {
-      await db.upsertConversation(peer, { claimed: typeof claimed === 'string' ? claimed.slice(0, 100) : cur && cur.claimed, notFound });
+    // A remote sender the home server named but its own server does not
+    // confirm: kept by key, with why, never under the name it claims.
+    const why = remote ? whyUnverified(e, server) : null;
+    if (!cur || (claimed && cur.claimed !== claimed) || cur.notFound !== notFound || (cur.why || null) !== why) {
+      const fields = { claimed: typeof claimed === 'string' ? claimed.slice(0, 100) : cur && cur.claimed, notFound, why };
+      if (remote && !(cur && cur.handle)) fields.server = server; // where to ask again
+      await db.upsertConversation(peer, fields);
       return true;
     }
     return false;
@@ -1291,10 +1388,10 @@ async function convIdOf(primary) {
   return id;
 }
 
-/** convWithHandle finds the conversation (not a stub) that holds handle, other than except. */
-async function convWithHandle(handle, except) {
+/** convWithHandle finds the conversation (not a stub) that holds handle@server, other than except. */
+async function convWithHandle(handle, server, except) {
   for (const c of await db.listConversations()) {
-    if (!isStub(c) && c.handle === handle && c.peer !== except && c.peer !== UNVERIFIED) return c;
+    if (!isStub(c) && c.handle === handle && convServer(c) === server && c.peer !== except && c.peer !== UNVERIFIED) return c;
   }
   return null;
 }
@@ -1337,16 +1434,17 @@ function applyRecord(conv, rec) {
       return 'same';
     }
     if (conv.changed && conv.changed.primary === rec.primary) return 'changed';
+    const trust = trustOf(convServer(conv)); // the contact's own server's log
     try {
       // A key the log has since replaced is refused, not weighed as a change (a warning shows).
-      await state.trust.current(rec);
+      await trust.current(rec);
     } catch (e) {
       if (!(e instanceof TrustError)) throw e;
       return 'refused';
     }
     let f;
     try {
-      f = await state.trust.followKey({ primary: conv.peer, index: Number.isSafeInteger(conv.pinIndex) ? conv.pinIndex : null }, rec);
+      f = await trust.followKey({ primary: conv.peer, index: Number.isSafeInteger(conv.pinIndex) ? conv.pinIndex : null }, rec);
     } catch (e) {
       if (!(e instanceof TrustError)) throw e; // unreachable: decided at the next look
       f = { kind: 'changed', reason: 'unknown' };
@@ -1362,7 +1460,7 @@ function applyRecord(conv, rec) {
 
 /** followRotation moves a conversation to the contact's rotated key, with a notice. */
 async function followRotation(conv, rec, chain) {
-  const name = `@${rec.handle}`;
+  const name = nameOf(rec.handle, rec.server);
   const now = Date.now();
   const keys = [...keyHistory(conv), ...chain.slice(1).map((primary) => ({ primary, how: 'rotation', at: now }))];
   const wasVerified = isVerified(conv);
@@ -1408,7 +1506,7 @@ function changeReason(reason, name) {
  * marked. Never two chats for one handle.
  */
 async function flagChange(conv, rec, reason) {
-  const name = `@${rec.handle}`;
+  const name = nameOf(rec.handle, rec.server);
   const changed = { primary: rec.primary, index: rec.verifiedLog ? rec.verifiedLog.index : null, reason, at: Date.now(), wasVerified: isVerified(conv) };
   await db.upsertConversation(conv.peer, { changed });
   const other = await db.getConversation(rec.primary);
@@ -1438,7 +1536,7 @@ async function acceptChange(peer, { verify = false } = {}) {
     const conv = await db.getConversation(peer);
     const ch = conv && conv.changed;
     if (!ch) return peer;
-    const name = conv.handle ? `@${conv.handle}` : displayName(conv);
+    const name = contactName(conv);
     const now = Date.now();
     await db.moveConversation(peer, ch.primary, {
       pinIndex: ch.index,
@@ -1470,7 +1568,7 @@ async function checkContact(peer) {
   if (!conv || isStub(conv) || !conv.handle || peer === UNVERIFIED || isBlocked(conv)) return null;
   let rec;
   try {
-    rec = await verified(await state.api.lookup(conv.handle), { handle: conv.handle });
+    rec = await recordAt(convServer(conv), { handle: conv.handle });
   } catch (e) {
     if (e instanceof ApiError && e.status === 404) {
       if (!conv.gone) {
@@ -1496,20 +1594,10 @@ async function healDuplicates() {
   const seen = new Map();
   for (const c of (await db.listConversations()).sort((a, b) => (a.createdAt || 0) - (b.createdAt || 0))) {
     if (isStub(c) || !c.handle || isBlocked(c) || c.peer === UNVERIFIED) continue;
-    if (seen.has(c.handle)) checkContact(seen.get(c.handle));
-    else seen.set(c.handle, c.peer);
+    const address = `${c.handle}@${convServer(c)}`;
+    if (seen.has(address)) checkContact(seen.get(address));
+    else seen.set(address, c.peer);
   }
-}
-
-function parseAddress(raw) {
-  let s = raw.trim().replace(/^@/, '').toLowerCase();
-  let server = '';
-  const at = s.lastIndexOf('@');
-  if (at >= 0) {
-    server = s.slice(at + 1);
-    s = s.slice(0, at);
-  }
-  return { handle: s, server };
 }
 
 $('start-input').addEventListener('input', () => {
@@ -1528,24 +1616,26 @@ $('start-form').addEventListener('submit', async (ev) => {
   };
   err.textContent = '';
   const raw = input.value;
-  if (!raw.trim()) return fail('Type a handle, like alice or alice@' + state.api.server + '.');
-  const { handle, server } = parseAddress(raw);
-  if (server && server !== state.api.server) {
-    return fail(`${handle}@${server} is on another server. For now KEZ can only reach people on ${state.api.server}.`);
-  }
+  if (!raw.trim()) return fail('Type a handle, like alice, or an address on another server, like alice@chat.example.com.');
+  const home = state.api.server;
+  const addr = parseAddress(raw, home);
+  if (addr.problem) return fail(addr.problem);
+  const { handle, server, remote } = addr;
   const problem = handleProblem(handle);
-  if (problem) return fail(`“${raw.trim()}” isn’t a valid handle. ${problem}`);
-  if (handle === state.me.handle) {
+  if (problem) return fail(`“${raw.trim()}” isn’t a valid ${remote ? 'address' : 'handle'}. ${problem}`);
+  if (handle === state.me.handle && !remote) {
     return fail('That’s you! Share your KEZ with someone else — or open this page in a second browser to try it out.');
   }
+  const who = nameOf(handle, server);
   const btn = $('start-btn');
   setBusy(btn, true, '…');
   try {
-    const rec = await verified(await state.api.lookup(handle), { handle });
+    // Looked up where they are, and checked in that server's own log (SPEC §5, §8).
+    const rec = await recordAt(server, { handle });
     if (rec.primary === state.me.primary) return fail('That’s you!');
-    // A handle we already know is the same chat, whatever key the server gives now (SPEC §6).
-    const holder = await convWithHandle(rec.handle, null);
-    const blockedMsg = `You blocked @${rec.handle}. To write to them, unblock them first in Your KEZ (the button with your handle, top right).`;
+    // An address we already know is the same chat, whatever key the server gives now (SPEC §6).
+    const holder = await convWithHandle(rec.handle, rec.server, null);
+    const blockedMsg = `You blocked ${who}. To write to them, unblock them first in Your KEZ (the button with your handle, top right).`;
     if (holder) {
       if (isBlocked(holder)) return fail(blockedMsg);
       await applyRecord(holder, rec);
@@ -1563,7 +1653,7 @@ $('start-form').addEventListener('submit', async (ev) => {
     const id = await convIdOf(rec.primary);
     const cur = await db.getConversation(id);
     if (isBlocked(cur)) return fail(blockedMsg);
-    await state.trust.current(rec); // the handle's binding now, not one the log has replaced
+    await trustOf(server).current(rec); // the handle's binding now, not one the log has replaced
     // Writing to someone accepts them (SPEC §2.9): their requests become this chat.
     // The key is pinned with the log leaf that bound it (SPEC §6).
     await db.upsertConversation(rec.primary, {
@@ -1571,26 +1661,51 @@ $('start-form').addEventListener('submit', async (ev) => {
       address: rec.address,
       server: rec.server,
       notFound: false,
+      why: null,
       state: 'accepted',
       pinIndex: rec.verifiedLog.index,
     });
     if (isRequest(cur)) acceptOnServer(rec.primary);
+    if (remote) await noteFederationPolicy(rec);
     input.value = '';
     await loadConversations();
     openConversation(rec.primary);
   } catch (e) {
-    if (e instanceof ApiError && e.status === 404) fail(`No one is registered as @${handle} on ${state.api.server}. Check the spelling.`);
-    else if (e instanceof TrustError) fail(`The server’s answer for @${handle} failed verification, so it was not used. ${e.message}`);
-    else fail(friendly(e));
+    if (e instanceof ApiError && e.status === 404) fail(`No one is registered as ${remote ? `“${handle}” on ${server}` : `@${handle} on ${server}`}. Check the spelling.`);
+    else if (e instanceof TrustError) fail(`The server’s answer for ${who} failed verification, so it was not used. ${e.message}`);
+    else if (remote && e instanceof ApiError && e.code === 'network') fail(`Can’t reach ${server}. Check the address, or try again later.`);
+    else if (remote && e instanceof ApiError && e.code === 'not_public') fail(`KEZ doesn’t reach ${server}: ${e.message}.`);
+    else if (remote && e instanceof ApiError && (e.code === 'wrong_server' || e.code === 'wrong_protocol' || e.code === 'bad_response')) {
+      fail(`${server} doesn’t answer like a KEZ server: ${e.message}.`);
+    } else fail(friendly(e));
   } finally {
     setBusy(btn, false);
   }
 });
 
-// ---- routing: #/c/<handle> (or a primary for unnamed senders) ----
+/**
+ * noteFederationPolicy tells, in a new chat with someone on another
+ * server, when the home server's policy keeps their answers out (SPEC §8):
+ * our own sends go to their server, theirs come to ours.
+ */
+async function noteFederationPolicy(rec) {
+  const policy = state.fed.policy;
+  let text = null;
+  if (policy === 'off') {
+    text = `${state.api.server} does not take messages from other servers, so ${nameOf(rec.handle, rec.server)} can’t answer you here. Ask its operator.`;
+  } else if (policy === 'allow' || policy === 'deny') {
+    text = `${state.api.server} takes messages only from some servers. If ${rec.server} is not one of them, ${nameOf(rec.handle, rec.server)} can’t answer you here.`;
+  }
+  if (text) await addNotice(rec.primary, `fed-${policy}`, text, policy === 'off' ? 'warn' : 'info');
+}
+
+// ---- routing: #/c/<handle>, #/c/<handle@server> for another server's user (or a primary for unnamed senders) ----
+
+/** routeKey is what names a conversation in the URL. */
+const routeKey = (conv) => (conv.handle ? (isRemote(conv) ? `${conv.handle}@${conv.server}` : conv.handle) : conv.peer);
 
 function hashFor(conv) {
-  return '#/c/' + encodeURIComponent(conv.handle || conv.peer);
+  return '#/c/' + encodeURIComponent(routeKey(conv));
 }
 
 function openConversation(peer) {
@@ -1608,7 +1723,7 @@ async function routeFromHash() {
   for (const c of state.convos.values()) {
     // Requests open from the Requests list only: accepting them comes first.
     if (isRequest(c) || isBlocked(c) || isStub(c)) continue;
-    if (c.handle === key || c.peer === key) return setActive(c.peer);
+    if (routeKey(c) === key || c.peer === key) return setActive(c.peer);
   }
   return setActive(null);
 }
@@ -1646,12 +1761,14 @@ function renderThreadHeader(peer) {
   $('thread-title').textContent = name;
   // What an unregistered key claims to be is shown on its messages only.
   $('thread-sub').textContent = conv.gone
-    ? `${conv.address || '@' + conv.handle} is no longer registered on this server.`
+    ? `${conv.address || '@' + conv.handle} is no longer registered on ${isRemote(conv) ? conv.server : 'this server'}.`
     : conv.address
-      ? conv.address
+      ? conv.address + (isRemote(conv) ? ' — on another server, checked against its own log' : '')
       : conv.peer === UNVERIFIED
         ? 'Messages whose sender could not be verified'
-        : `Not registered on this server — you can’t reply. Key ${fingerprint(peer)}`;
+        : conv.why
+          ? `Not verified: ${conv.why} — you can’t reply. Key ${fingerprint(peer)}`
+          : `Not registered on this server — you can’t reply. Key ${fingerprint(peer)}`;
   $('thread-sub').title = $('thread-sub').textContent;
   paintAvatar($('thread-avatar'), avatarName(conv), peer);
   const changed = !!conv.changed;
@@ -1668,8 +1785,8 @@ function renderThreadHeader(peer) {
       : 'You can’t reply to this sender';
   $('compose-input').disabled = !canReply;
   $('send-btn').disabled = !canReply;
-  $('compose-label').textContent = canReply ? `Message @${conv.handle}` : why;
-  $('compose-input').placeholder = canReply ? `Message @${conv.handle}` : why;
+  $('compose-label').textContent = canReply ? `Message ${contactName(conv)}` : why;
+  $('compose-input').placeholder = canReply ? `Message ${contactName(conv)}` : why;
   return canReply;
 }
 
@@ -1681,8 +1798,8 @@ function renderKeyChange(conv) {
     box.hidden = true;
     return;
   }
-  const name = conv.handle ? `@${conv.handle}` : displayName(conv);
-  $('keychange-title').textContent = `${conv.handle || name}’s key changed — not by a rotation signed by the key you knew`;
+  const name = contactName(conv);
+  $('keychange-title').textContent = `${displayName(conv)}’s key changed — not by a rotation signed by the key you knew`;
   $('keychange-detail').textContent =
     `${changeReason(ch.reason, name)} Sending is paused until you accept the new key; messages from it are marked.` +
     (ch.wasVerified ? ` You had verified ${name}: compare safety numbers with the new key and mark it verified to continue.` : '');
@@ -1743,7 +1860,7 @@ function fillMessage(li, m) {
   // What the sender says they are, when the server's record does not back it.
   const claim =
     m.dir === 'in' && m.claimed && conv && !(conv.handle && conv.address === m.claimed)
-      ? el('p', { class: 'claim muted', text: claimNote(m.claimed) })
+      ? el('p', { class: 'claim muted', text: claimNote(m.claimed) + (conv.why && !conv.handle ? `: ${conv.why}` : '') })
       : null;
   // Which key sent it, when it is not the contact's key of now (SPEC §6).
   const from = m.from ? keyLabel(m.from) : '';
@@ -1848,7 +1965,7 @@ const isBlocked = (conv) => !!conv && conv.state === 'blocked';
  * without writing yet) is accepted on the server too, so their next ones
  * are not capped. Returns the conversation state, or null for a blocked sender.
  */
-async function placeSender(from, request, claimed) {
+async function placeSender(from, request, claimed, addr) {
   let peer = await convIdOf(from);
   let cur = await db.getConversation(peer);
   if (isBlocked(cur)) return null;
@@ -1859,7 +1976,7 @@ async function placeSender(from, request, claimed) {
     else st = 'accepted';
     if (!cur || cur.state !== st) await db.upsertConversation(from, { state: st });
     // A new key may turn out to be a known contact's (rotated, or changed): resolvePeer files it.
-    await resolvePeer(from, claimed);
+    await resolvePeer(from, claimed, { addr });
     peer = await convIdOf(from);
     cur = await db.getConversation(peer);
     if (isBlocked(cur)) return null;
@@ -1915,7 +2032,7 @@ async function ingest(item) {
   const claimed = cleanClaim(pt.from_addr);
   if (pt.type === 'receipt') return ingestReceipt(from, pt, request);
   if (pt.type === 'copy') return ingestCopy(item, from, pt, at);
-  const place = await placeSender(from, request, claimed);
+  const place = await placeSender(from, request, claimed, senderAddress(item));
   if (!place) return; // blocked: dropped; the cursor moves on
   const { peer, st } = place;
   // Only a text is shown as text; any other type as "unsupported" (SPEC §3).
@@ -1943,6 +2060,16 @@ async function ingest(item) {
 }
 
 /**
+ * senderAddress is where the home server says a sender is (the message's
+ * from_addr, SPEC §8): another server's address is verified there before
+ * it names anyone; without one, or with our own server, the sender is ours.
+ */
+function senderAddress(item) {
+  const addr = splitAddress(item && item.from_addr);
+  return addr && !isHomeServer(addr.server) ? addr : null;
+}
+
+/**
  * ingestBad stores an item that failed a check. It is filed under the
  * sender the server authenticated when the envelope names the same one:
  * in Requests for a stranger's request, in their chat if we have one. A
@@ -1964,7 +2091,7 @@ async function ingestBad(item, at, request, e) {
       if (!cur) await db.upsertConversation(id, { state: 'request' });
     } else if (cur) peer = id;
   }
-  await resolvePeer(peer);
+  await resolvePeer(peer, undefined, { addr: peer === UNVERIFIED ? null : senderAddress(item) });
   const seq = Number.isSafeInteger(item.seq) ? item.seq : 0;
   const isNew = await db.addMessage(
     { key: `bad|${seq}|${at}`, peer, dir: 'in', id: `seq-${seq}`, status: 'bad', reason: e.message, at, seq, request: st === 'request' },
@@ -2001,7 +2128,9 @@ async function ingestCopy(item, from, pt, at) {
   const peer = await convIdOf(pt.to);
   const cur = await db.getConversation(peer);
   if (!cur || isRequest(cur)) await db.upsertConversation(peer, { state: 'accepted' });
-  await resolvePeer(peer);
+  // Our other device names where the recipient is; their server still has to confirm the key.
+  const to = splitAddress(pt.to_addr);
+  await resolvePeer(peer, undefined, { addr: to && !isHomeServer(to.server) ? to : null });
   const of = pt.of;
   const isNew = await db.addMessage(
     {
@@ -2066,7 +2195,7 @@ async function sendText(peer, text) {
   if (!conv || !conv.handle || isStub(conv)) return;
   if (conv.changed) {
     // Sending to a changed key waits for the user (SPEC §6).
-    toast(`Not sent: @${conv.handle}’s key changed. Accept the new key first.`);
+    toast(`Not sent: ${contactName(conv)}’s key changed. Accept the new key first.`);
     throw new Error('key changed');
   }
   const me = state.me;
@@ -2074,7 +2203,8 @@ async function sendText(peer, text) {
   const now = state.api.nowMs();
   const pt = { type: 'text', text, id, sent_at: now, from_addr: me.address };
   const envelope = await kez.sealEnvelope(me, peer, pt);
-  const msg = { key: `${peer}|${me.primary}|${id}`, peer, dir: 'out', id, text, status: 'sending', at: now, envelope, to: conv.handle };
+  // Kept with its envelope until a server took it: the outbox (SPEC §8).
+  const msg = { key: `${peer}|${me.primary}|${id}`, peer, dir: 'out', id, text, status: 'sending', at: now, envelope, to: conv.handle, server: convServer(conv) };
   await db.addMessage(msg, { active: true });
   await loadConversations();
   await renderThread(peer);
@@ -2086,9 +2216,13 @@ async function sendText(peer, text) {
  * (once the connection is live again, or after the server's Retry-After).
  * The message and its envelope are kept either way: Retry sends it again.
  */
-function sendProblem(e, to) {
-  const who = to ? `@${to}` : 'They';
+function sendProblem(e, to, server) {
+  const who = to ? nameOf(to, server) : 'They';
   if (!(e instanceof ApiError)) return { error: friendly(e, 'Not sent'), retryable: false };
+  if (!isHomeServer(server)) {
+    const p = remoteSendProblem(e, who, server);
+    if (p) return p;
+  }
   switch (e.code) {
     case 'network':
       return { error: 'Not sent yet — can’t reach the server; it goes out once the connection is back.', retryable: true };
@@ -2122,6 +2256,54 @@ function sendProblem(e, to) {
   }
 }
 
+/**
+ * remoteSendProblem words the failures of a send to another server (SPEC
+ * §8). What may pass (the server down, or unable to reach ours to check
+ * our key) is retried by itself, with back-off.
+ */
+function remoteSendProblem(e, who, server) {
+  const home = state.api.server;
+  switch (e.code) {
+    case 'network':
+      return { error: `Not sent yet — can’t reach ${server}. It is kept and tried again by itself.`, retryable: true, backoff: true };
+    case 'sender_unverifiable':
+      return { error: `Not sent yet — ${server} could not check your key at ${home} just now. It is kept and tried again by itself.`, retryable: true, backoff: true };
+    case 'sender_unverified':
+      return { error: `Not sent — ${server} could not verify your key at ${home} (${e.message}).`, retryable: false };
+    case 'federation_refused':
+      return { error: `Not sent — ${server} does not take messages from ${home}.`, retryable: false };
+    case 'unknown_recipient':
+      return { error: `Not sent — ${who} is no longer registered on ${server}.`, retryable: false, recheck: true };
+    case 'wrong_server':
+    case 'wrong_protocol':
+      return { error: `Not sent — ${server} doesn’t answer like a KEZ server (${e.message}).`, retryable: false };
+    case 'not_public':
+      return { error: `Not sent — ${e.message}.`, retryable: false };
+    default:
+      if (e.status === 429 || e.status >= 500) return { error: `Not sent yet — ${server} is busy. It is kept and tried again by itself.`, retryable: true, backoff: e.status !== 429, later: e.status === 429 };
+      return null;
+  }
+}
+
+// Back-off of sends to another server: 2 s after the first failure, doubling up to 5 min.
+const BACKOFF_FIRST_MS = 2000;
+const BACKOFF_MAX_MS = 5 * 60 * 1000;
+const backoffMs = (attempts) => Math.min(BACKOFF_MAX_MS, BACKOFF_FIRST_MS * 2 ** Math.min(Math.max(attempts - 1, 0), 16));
+
+let backoffTimer = null;
+let backoffAt = Infinity;
+/** resendAt runs resendFailed at time at (ms), or sooner if another send asked for sooner. */
+function resendAt(at) {
+  if (backoffTimer && backoffAt <= at) return;
+  clearTimeout(backoffTimer);
+  backoffAt = at;
+  backoffTimer = setTimeout(() => {
+    backoffTimer = null;
+    backoffAt = Infinity;
+    resendFailed();
+  }, Math.max(0, at - Date.now()));
+}
+
 let laterTimer;
 /** resendLater retries kept sends after the server's Retry-After (bounded), while the page is open. */
 function resendLater(retryAfter) {
@@ -2131,16 +2313,32 @@ function resendLater(retryAfter) {
   laterTimer = setTimeout(resendFailed, ms);
 }
 
+/**
+ * deliver posts a kept message to the recipient's server: ours, or theirs
+ * for someone on another server, with our address as from_addr and
+ * signed for their server's name (SPEC §8). Since our own server never
+ * sees that send, the recipient is then accepted here, so their answers
+ * are not requests.
+ */
 async function deliver(msg) {
   let fields;
+  const server = msg.server || state.api.server;
+  const remote = !isHomeServer(server);
   try {
     // Signed afresh on every attempt (SPEC §2.0). A resend of an envelope
     // the server already has is answered 200 with the original receipt.
-    const r = await state.api.send(state.me, msg.to, msg.envelope);
-    fields = { status: 'sent', seq: r.seq, envelope: null, error: null, retryable: false };
+    const api = await state.fed.api(server, msg.to);
+    const r = await api.send(state.me, msg.to, msg.envelope, remote ? state.me.address : undefined);
+    fields = { status: 'sent', seq: r.seq, envelope: null, error: null, retryable: false, attempts: 0, nextTry: null };
+    if (remote) acceptOnServer(msg.peer);
   } catch (e) {
-    const p = sendProblem(e, msg.to);
+    const p = sendProblem(e, msg.to, server);
     fields = { status: 'failed', error: p.error, retryable: p.retryable, code: e instanceof ApiError ? e.code : null };
+    if (p.backoff) {
+      fields.attempts = (msg.attempts || 0) + 1;
+      fields.nextTry = Date.now() + backoffMs(fields.attempts);
+      resendAt(fields.nextTry);
+    }
     if (p.later) resendLater(e.retryAfter);
     if (p.recheck) setTimeout(() => checkContact(msg.peer), 0);
   }
@@ -2155,7 +2353,7 @@ async function retry(key) {
   const conv = await db.getConversation(m.peer);
   if (!conv || isStub(conv) || !conv.handle) return;
   if (conv.changed) {
-    toast(`Not sent: @${conv.handle}’s key changed. Accept the new key first.`);
+    toast(`Not sent: ${contactName(conv)}’s key changed. Accept the new key first.`);
     return;
   }
   let envelope = m.envelope;
@@ -2169,7 +2367,7 @@ async function retry(key) {
   await renderThread(m.peer);
   // The same envelope and plaintext id: if the first attempt did arrive,
   // the recipient drops the copy.
-  await deliver({ ...m, envelope, to: conv.handle, status: 'sending' });
+  await deliver({ ...m, envelope, to: conv.handle, server: convServer(conv), status: 'sending' });
 }
 
 /** resealFailed sends again what failed to a contact whose key was just followed. */
@@ -2228,7 +2426,7 @@ $('me-open').addEventListener('click', async () => {
   $('log-check-result').textContent = '';
   $('me-dialog').showModal();
   renderBlocked();
-  renderLogSection(await state.trust.status());
+  renderLogSection(await state.trust.status(), await remoteTrusts());
 });
 $('me-close').addEventListener('click', () => $('me-dialog').close());
 $('me-backup').addEventListener('click', () => {
@@ -2249,6 +2447,7 @@ $('me-remove').addEventListener('click', async () => {
     : `Remove ${state.me.address} from this browser?\n\nYou have NO backup: the account will be lost for good.`;
   if (!confirm(warn)) return;
   if (state.inbox) state.inbox.stop();
+  await pushUI.forget();
   await db.wipe();
   if (channel) channel.postMessage({ type: 'wiped' });
   location.hash = '';
@@ -2261,7 +2460,7 @@ $('keychange-accept').addEventListener('click', async () => {
   const peer = state.active;
   const conv = state.convos.get(peer);
   if (!conv || !conv.changed) return;
-  const name = conv.handle ? `@${conv.handle}` : displayName(conv);
+  const name = contactName(conv);
   const ok = confirm(
     `Accept the new key for ${name}?\n\n${changeReason(conv.changed.reason, name)}\n\nWhat you send from now on can be read only by whoever holds the new key. If you can, compare safety numbers with ${name} first.`,
   );
@@ -2301,7 +2500,7 @@ async function openContact(peer) {
   $('contact-address').textContent = conv.address || 'Not registered on this server';
   const st = $('contact-state');
   if (ch) {
-    st.textContent = `⚠ ${conv.handle || name}’s key changed — not by a rotation signed by the key you knew. The number below is for the new key.`;
+    st.textContent = `⚠ ${displayName(conv)}’s key changed — not by a rotation signed by the key you knew. The number below is for the new key.`;
     st.className = 'contact-state bad';
   } else if (isVerified(conv)) {
     st.textContent = `✓ Verified${conv.verifiedAt ? ` on ${new Date(conv.verifiedAt).toLocaleDateString()}` : ''}: you compared safety numbers with this key.`;
@@ -2370,19 +2569,64 @@ $('contact-unverify').addEventListener('click', async () => {
 
 // ---- the server's log: warnings, monitoring (SPEC §5) ----
 
-/** renderTrustWarnings shows the warnings not hidden yet, at the top of the chat list. */
+/** remoteTrusts lists the other servers this browser talked to, each with its Trust's status. */
+async function remoteTrusts() {
+  if (!state.fed) return [];
+  const out = [];
+  for (const server of await state.fed.known()) if (!isHomeServer(server)) out.push({ server, st: await state.fed.trust(server).status() });
+  return out;
+}
+
+/**
+ * renderTrustWarnings shows the warnings not hidden yet, at the top of the
+ * chat list: the home server's, then other servers' (named), each server's
+ * new log key with its own button.
+ */
 async function renderTrustWarnings() {
   if (!state.trust) return;
   const st = await state.trust.status();
   // A new log key waiting for the user keeps its warning (and its button) in view.
-  const shown = st.warnings.filter((w) => !w.hidden || (st.newKey && w.kind === 'log_key'));
-  $('trust-warn-list').replaceChildren(...shown.map((w) => el('li', { text: w.text })));
-  $('trust-warn').hidden = !shown.length;
+  const visible = (x) => x.warnings.filter((w) => !w.hidden || (x.newKey && w.kind === 'log_key'));
+  const items = visible(st).map((w) => el('li', { text: w.text }));
+  const remotes = await remoteTrusts();
+  for (const { server, st: rs } of remotes) {
+    for (const w of visible(rs)) items.push(el('li', { 'data-server': server }, el('strong', { text: `${server}: ` }), w.text));
+    if (rs.newKey) {
+      items.push(
+        el(
+          'li',
+          { 'data-server': server },
+          el('button', { type: 'button', class: 'btn small', onclick: () => trustNewRemoteKey(server), text: `Trust the new log key of ${server}…` }),
+        ),
+      );
+    }
+  }
+  $('trust-warn-list').replaceChildren(...items);
+  $('trust-warn').hidden = !items.length;
   $('trust-newkey').hidden = !st.newKey;
-  if ($('me-dialog').open) renderLogSection(st);
+  if ($('me-dialog').open) renderLogSection(st, remotes);
 }
 
-function renderLogSection(st) {
+/** trustNewRemoteKey pins another server's new log key, when the user says its operator reset it. */
+async function trustNewRemoteKey(server) {
+  const t = state.fed.trust(server);
+  const st = await t.status();
+  if (!st.newKey) return;
+  const ok = confirm(
+    `Trust the new log key of ${server}?\n\nPinned: ${st.vkey}\nNew: ${st.newKey}\n\nDo this only if you know that ${server} was reset. A server that wants to show you false keys would also present a new log key. Your contacts’ keys stay pinned either way.`,
+  );
+  if (!ok) return;
+  await t.acceptNewLogKey();
+  await t.hideWarnings();
+  await renderTrustWarnings();
+  for (const [peer, c] of state.convos) {
+    if (peer !== UNVERIFIED && !isStub(c) && convServer(c) === server) resolvePeer(peer, undefined, { again: true }).then(maybeRefresh);
+  }
+  toast(`The new log key of ${server} is pinned.`);
+}
+
+function renderLogSection(st, remotes = null) {
+  if (remotes) renderRemoteLogs(remotes);
   $('log-key').textContent = st.vkey || 'none pinned yet';
   $('log-size').textContent = st.size === null ? 'none yet' : `${st.size} entries`;
   $('log-checked').textContent =
@@ -2395,7 +2639,26 @@ function renderLogSection(st) {
   );
 }
 
+/** renderRemoteLogs lists the log keys pinned for other servers, with their kept size and warnings. */
+function renderRemoteLogs(remotes) {
+  const ul = $('log-remote');
+  ul.replaceChildren(
+    ...remotes.map(({ server, st }) =>
+      el(
+        'li',
+        {},
+        el('strong', { text: server }),
+        ` — log key ${st.vkey || 'not pinned yet'}; ${st.size === null ? 'no checkpoint kept yet' : `checkpoint of ${st.size} entries kept`}` +
+          (st.warnings.length ? `; ${st.warnings.length} warning${st.warnings.length === 1 ? '' : 's'}: ` : '.'),
+        ...st.warnings.slice(-5).map((w) => el('span', { class: 'block', text: w.text })),
+      ),
+    ),
+  );
+  $('log-remote-box').hidden = !remotes.length;
+}
+
 $('trust-hide').addEventListener('click', async () => {
+  for (const { server } of await remoteTrusts()) await state.fed.trust(server).hideWarnings();
   await state.trust.hideWarnings();
   await renderTrustWarnings();
   $('start-input').focus();

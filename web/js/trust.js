@@ -307,6 +307,10 @@ export class Trust {
     return this.locked(async () => {
       await verifyRecord(record, expect);
       const what = `the record of @${record.handle}`;
+      // A record signed for another server, served by this one, binds nothing here (SPEC §8).
+      if (record.server !== this.server || record.address !== `${record.handle}@${record.server}`) {
+        return this.fail('record', `${this.server} answered with ${what} as “${String(record.address).slice(0, 100)}”, which is not an address of ${this.server}. It was not used.`);
+      }
       let leaf;
       try {
         leaf = recordLeaf(record);

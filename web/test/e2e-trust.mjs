@@ -15,9 +15,8 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer as createHttpServer, request as httpRequest } from 'node:http';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -27,9 +26,9 @@ import { Api } from '../js/api.js';
 import * as kez from '../js/kez.js';
 import { leafHash } from '../js/tlog.js';
 import { FakeLog } from './fakelog.mjs';
+import { createAccount, freePort, newPage as openPage, send, shot, startChat } from './harness.mjs';
 
 const REPO = fileURLToPath(new URL('../../', import.meta.url));
-const ARTIFACTS = process.env.KEZ_ARTIFACTS || join(REPO, 'test-artifacts');
 const SERVER = 'kez.test';
 const COOLDOWN_S = 2;
 
@@ -43,17 +42,6 @@ let proxyBase; // the lying proxy in front of Caddy
 let browser;
 let napi;
 const contexts = [];
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const p = s.address().port;
-      s.close(() => resolve(p));
-    });
-  });
-}
 
 async function startCaddy() {
   writeFileSync(
@@ -223,42 +211,7 @@ async function startDishonest() {
 }
 const dishonest = [];
 
-async function newPage(name) {
-  const context = await browser.newContext({ viewport: { width: 1200, height: 850 } });
-  context.setDefaultTimeout(15000);
-  contexts.push(context);
-  const page = await context.newPage();
-  page.on('pageerror', (e) => console.error(`[${name}] page error:`, e));
-  page.on('console', (m) => {
-    if (m.type() === 'error' && !/status of 4\d\d/.test(m.text())) console.error(`[${name}] console:`, m.text());
-  });
-  return page;
-}
-
-async function shot(page, file) {
-  mkdirSync(ARTIFACTS, { recursive: true });
-  await page.screenshot({ path: join(ARTIFACTS, file) });
-}
-
-async function createAccount(page, handle) {
-  await page.getByLabel('Choose a handle').fill(handle);
-  await page.getByRole('button', { name: 'Create my KEZ' }).click();
-  await page.getByRole('heading', { name: 'Save a backup of your key' }).waitFor();
-  page.once('dialog', (d) => d.accept());
-  await page.getByRole('button', { name: 'Skip for now' }).click();
-  await page.locator('#conn[data-status="live"]').waitFor();
-}
-
-async function startChat(page, who) {
-  await page.getByLabel('Start a chat').fill(who);
-  await page.getByRole('button', { name: 'Chat', exact: true }).click();
-}
-
-async function send(page, text) {
-  const box = page.locator('#compose-input');
-  await box.fill(text);
-  await box.press('Enter');
-}
+const newPage = (name) => openPage(browser, contexts, name);
 
 const inText = (page, text) => page.locator('#messages li.msg.in .text', { hasText: text });
 const convoRows = (page, name) => page.locator('#convo-list .convo', { has: page.locator('.convo-name', { hasText: new RegExp(`^${name}`) }) });

@@ -13,7 +13,6 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -21,6 +20,7 @@ import { chromium } from 'playwright-core';
 
 import { Api, ApiError } from '../js/api.js';
 import * as kez from '../js/kez.js';
+import { freePort } from './harness.mjs';
 
 const REPO = fileURLToPath(new URL('../../', import.meta.url));
 const ARTIFACTS = process.env.KEZ_ARTIFACTS || join(REPO, 'test-artifacts');
@@ -35,17 +35,6 @@ let adminPort;
 let base; // http://127.0.0.1:<port>
 let browser;
 const contexts = [];
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const p = s.address().port;
-      s.close(() => resolve(p));
-    });
-  });
-}
 
 function caddyfile(keepalive = '5s', extra = '') {
   return `{
@@ -348,8 +337,11 @@ test('bob, under /chat/, cannot take alice; starts a chat by address', async () 
   await bob.locator('#start-error').getByText('No one is registered as @carol').waitFor();
   await startChat(bob, 'bob');
   await bob.locator('#start-error').getByText('That’s you').waitFor();
+  // Another server is looked up where it is (SPEC §8); this one does not exist.
   await startChat(bob, 'alice@elsewhere.example');
-  await bob.locator('#start-error').getByText('on another server').waitFor();
+  await bob.locator('#start-error').getByText('Can’t reach elsewhere.example').waitFor();
+  await startChat(bob, 'alice@not a server');
+  await bob.locator('#start-error').getByText('is not a server name').waitFor();
 
   await startChat(bob, `Alice@${SERVER}`);
   await bob.getByRole('heading', { name: 'alice', exact: true }).waitFor();
@@ -903,6 +895,11 @@ test('interop with the kez CLI', { skip: !existsSync(cliSource) && !process.env.
   await cliInterop({ REPO, tmp, base, server: SERVER, bob, send });
 });
 
+// The installable client and its push notifications (SPEC §7).
+test('manifest, service worker, offline start, and what a push shows', async () => {
+  const { pushChecks } = await import('./e2e-push.mjs');
+  await pushChecks({ base, newPage, createAccount, startChat, send, nodeUser, text });
+});
 
 /** trustNewLogKey accepts the new log key of a reset server from the warning it causes. */
 async function trustNewLogKey(page) {

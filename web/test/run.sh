@@ -30,5 +30,5 @@ if [[ $what == all || $what == e2e ]]; then
 		(cd "$here" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
 	fi
 	mkdir -p "$repo/test-artifacts"
-	(cd "$here" && node --test --test-concurrency=1 test/e2e.mjs test/e2e-trust.mjs)
+	(cd "$here" && node --test --test-concurrency=1 test/e2e.mjs test/e2e-trust.mjs test/e2e-federation.mjs)
 fi
