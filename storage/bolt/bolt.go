@@ -1010,34 +1010,23 @@ func (ix *inbox) requestSeqs(key []byte) [][]byte {
 // accept makes key a contact of ix's owner: no longer blocked, and its
 // stored requests become ordinary messages (counted against MaxInbox).
 func (w *writeTx) accept(ix *inbox, key []byte) error {
-	if err := ix.blocked.Delete(key); err != nil {
-		return err
-	}
-	if err := ix.accepted.Put(key, present); err != nil {
-		return err
-	}
-	if err := w.listers.Put(cat(key, ix.name), present); err != nil {
-		return err
-	}
-	seqs := ix.requestSeqs(key)
-	for _, sk := range seqs {
-		if err := rewriteFlags(ix.msgs, sk, 0); err != nil {
-			return err
-		}
-		if err := ix.requests.Delete(cat(key, sk)); err != nil {
-			return err
-		}
-	}
-	return w.dropRequests(ix, key, len(seqs), true)
+	return w.settle(ix, key, ix.accepted, ix.blocked, func(sk []byte) error { return rewriteFlags(ix.msgs, sk, 0) })
 }
 
 // block refuses key in ix: no longer accepted, and its stored requests are
 // deleted (its ordinary messages stay).
 func (w *writeTx) block(ix *inbox, key []byte) error {
-	if err := ix.accepted.Delete(key); err != nil {
+	return w.settle(ix, key, ix.blocked, ix.accepted, func(sk []byte) error { return deleteMessage(ix.msgs, sk) })
+}
+
+// settle moves key onto the list on and off the list off, and ends its
+// stored requests: each goes through request (made an ordinary message by
+// an acceptance, deleted by a block) and leaves the request bookkeeping.
+func (w *writeTx) settle(ix *inbox, key []byte, on, off *sub, request func(seqKey []byte) error) error {
+	if err := off.Delete(key); err != nil {
 		return err
 	}
-	if err := ix.blocked.Put(key, present); err != nil {
+	if err := on.Put(key, present); err != nil {
 		return err
 	}
 	if err := w.listers.Put(cat(key, ix.name), present); err != nil {
@@ -1045,14 +1034,14 @@ func (w *writeTx) block(ix *inbox, key []byte) error {
 	}
 	seqs := ix.requestSeqs(key)
 	for _, sk := range seqs {
-		if err := deleteMessage(ix.msgs, sk); err != nil {
+		if err := request(sk); err != nil {
 			return err
 		}
 		if err := ix.requests.Delete(cat(key, sk)); err != nil {
 			return err
 		}
 	}
-	return w.dropRequests(ix, key, len(seqs), false)
+	return w.dropRequests(ix, key, len(seqs), on == ix.accepted)
 }
 
 // dropRequests takes n requests from key off ix's request counts; kept
