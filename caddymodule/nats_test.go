@@ -12,6 +12,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
 	"github.com/kezchat/kez/internal/testcaddy"
+	"github.com/kezchat/kez/internal/testwait"
 	"github.com/kezchat/kez/storage/nats/natstest"
 )
 
@@ -196,17 +197,10 @@ func TestNatsUnreachableAtStart(t *testing.T) {
 		t.Fatalf("503s took %s", d)
 	}
 	natstest.RunOnPort(t, natsPort)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		code, body := get(t, base+"/v1/healthz")
-		if code == 200 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("healthz once NATS is up: %d %s", code, body)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	testwait.For(t, 10*time.Second, "healthz to answer 200 once NATS is up", func() bool {
+		code, _ := get(t, base+"/v1/healthz")
+		return code == 200
+	})
 	if code, body := get(t, base+"/v1/u/alice"); code != 404 {
 		t.Fatalf("lookup with NATS: %d %s", code, body)
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/kezchat/kez/client"
 	"github.com/kezchat/kez/client/clienttest"
+	"github.com/kezchat/kez/internal/testwait"
 	"github.com/kezchat/kez/kez"
 )
 
@@ -87,15 +88,13 @@ func TestTrustE2ERotateDeleteReRegister(t *testing.T) {
 		t.Fatalf("registering during the cooldown: %v", err)
 	}
 	// The cooldown is compared with the registration's time in seconds.
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+	testwait.Every(t, 200*time.Millisecond, 5*time.Second, "the cooldown to let the new carol register", func() bool {
 		_, err := nc.Register(ctx, "carol")
-		if err == nil {
-			break
-		}
-		if !errors.Is(err, &client.APIError{Code: kez.CodeHandleCoolingDown}) || time.Now().After(deadline) {
+		if err != nil && !errors.Is(err, &client.APIError{Code: kez.CodeHandleCoolingDown}) {
 			t.Fatal(err)
 		}
-	}
+		return err == nil
+	})
 	_, err = alice.Recipient(ctx, "carol")
 	var kc *client.KeyChangedError
 	if !errors.As(err, &kc) || kc.New != newCarol.Primary() || !strings.Contains(kc.How, "deleted at log entry") || !strings.Contains(kc.How, "registered again by another key") {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/kezchat/kez/internal/pushtest"
+	"github.com/kezchat/kez/internal/testwait"
 	"github.com/kezchat/kez/kez"
 	"github.com/kezchat/kez/push"
 	"github.com/kezchat/kez/storage"
@@ -78,13 +79,7 @@ func (e *env) pushRequest(k *kez.Keys, method, handle, body string, headers ...s
 // quiet waits until the sender has made every push due.
 func (pe *pushEnv) quiet() {
 	pe.t.Helper()
-	deadline := time.Now().Add(time.Minute)
-	for !pe.sender.Quiet() {
-		if time.Now().After(deadline) {
-			pe.t.Fatal("the push sender never went quiet")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testwait.For(pe.t, time.Minute, "the push sender to go quiet", pe.sender.Quiet)
 }
 
 func (pe *pushEnv) endpoints(handle string) []string {

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/kezchat/kez/client/clienttest"
+	"github.com/kezchat/kez/internal/testwait"
 )
 
 // Trust from the terminal against a real Caddy (SPEC §2.10, §5, §6).
@@ -94,17 +95,13 @@ func TestCLITrust(t *testing.T) {
 		t.Errorf("inbox after deleting = %+v", r)
 	}
 	// Someone else takes "carol" after the cooldown.
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	testwait.Every(t, 200*time.Millisecond, 5*time.Second, "the cooldown to let eve register carol", func() bool {
 		r := eve.run("", "register", "carol", "--server", srv.URL)
-		if r.code == 0 {
-			break
-		}
-		if !strings.Contains(r.stderr, "handle_cooling_down") || time.Now().After(deadline) {
+		if r.code != 0 && !strings.Contains(r.stderr, "handle_cooling_down") {
 			t.Fatalf("eve registering carol = %+v", r)
 		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		return r.code == 0
+	})
 	r = alice.run("", "send", "carol", "are you still carol?")
 	if r.code != 1 || !strings.Contains(r.stderr, "carol's key changed from") || !strings.Contains(r.stderr, "kez accept-key carol") ||
 		!strings.Contains(r.stderr, "registered again by another key") {

@@ -58,6 +58,30 @@ func newTransport(idle int) *http.Transport {
 	}
 }
 
+// newH2CTransport speaks HTTP/2 without TLS (prior knowledge, h2c) only:
+// many streams share a connection, as browsers' do over TLS.
+func newH2CTransport() *http.Transport {
+	t := newTransport(16)
+	t.Protocols = new(http.Protocols)
+	t.Protocols.SetUnencryptedHTTP2(true)
+	return t
+}
+
+// streamProtocol asks the server once over the stream client and returns
+// the protocol it answered in ("HTTP/1.1", "HTTP/2.0").
+func (f *fleet) streamProtocol(ctx context.Context) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, f.url+"/v1/healthz", nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := f.streamHTTP.Do(req)
+	if err != nil {
+		return "", err
+	}
+	resp.Body.Close()
+	return resp.Proto, nil
+}
+
 // newFleet connects to url and checks it is a KEZ chat server. Handles get
 // a random run prefix, so runs against the same database never collide.
 func newFleet(ctx context.Context, url string, senders int) (*fleet, error) {

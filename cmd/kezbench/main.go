@@ -8,7 +8,11 @@
 //  2. a fixed 1,000 msg/s over 1,000 online recipients: accept latency and
 //     POST-accepted → SSE-received delivery latency;
 //  3. 10,000 idle streams: the server's RSS per stream (with -pid);
-//  4. 256 KiB envelopes at maximum rate.
+//  4. 256 KiB envelopes at maximum rate;
+//  5. scale curves, against servers it starts itself (-caddy): send rate
+//     and accept latency vs open streams, lookup latency vs registered
+//     handles, inbox page latency vs stored messages, startup time and RSS
+//     vs database size; written as JSON and as SVG charts (-charts).
 //
 // Every send is a v2 send: signed by its sender (SPEC §2.0), to a recipient
 // that has accepted the sender as a contact (so it is not a capped message
@@ -60,6 +64,7 @@ type Config struct {
 	RateDuration   time.Duration // scenario 2
 	RateWorkers    int           // scenario 2, concurrent requests at most
 	IdleStreams    int           // scenario 3
+	H2C            bool          // streams over HTTP/2 without TLS (the server must allow h2c)
 	Settle         time.Duration // scenario 3, wait before each RSS reading
 	LargeSize      int           // scenario 4, bytes as sent
 	LargeSenders   int           // scenario 4
@@ -68,6 +73,17 @@ type Config struct {
 	OpenTimeout    time.Duration // wait for a scenario's streams to open
 	RequestTimeout time.Duration // one send
 	Timeout        time.Duration // the whole run
+
+	// Scenario 5: kezbench starts Caddy itself from Caddy with Caddyfile
+	// (Caddyfile.scale), its data in a fresh directory under ScaleDir.
+	Caddy, Caddyfile, ScaleDir string
+	ScaleStreams               []int         // open streams, points of the streams curve
+	ScaleHandles               []int         // registered handles, points of the lookup curve
+	ScaleInbox                 []int         // messages in one inbox, points of the inbox curve
+	ScaleDuration              time.Duration // each streams point's scenario 1
+	ScaleMaxMessages           int           // each streams point's scenario 1, at most
+	ScaleSamples               int           // lookups and page reads per point
+	FileLimit                  int           // open files this process may have (streams points above it are skipped)
 }
 
 // DefaultConfig is the full-size run of BENCHMARKS.md.
@@ -79,20 +95,24 @@ func DefaultConfig() Config {
 		IdleStreams: 10_000, Settle: 5 * time.Second,
 		LargeSize: 256 << 10, LargeSenders: 16, SealBudget: 256 << 20,
 		DrainTimeout: 30 * time.Second, OpenTimeout: 5 * time.Minute, RequestTimeout: 30 * time.Second,
-		Timeout: 30 * time.Minute,
+		Timeout:  30 * time.Minute,
+		ScaleDir: "/tmp/kezbench-scale", ScaleStreams: []int{1000, 10_000, 30_000}, ScaleHandles: []int{1000, 100_000},
+		ScaleInbox: []int{1000, 100_000, 1_000_000}, ScaleDuration: 5 * time.Second, ScaleMaxMessages: 64_000,
+		ScaleSamples: 500, FileLimit: 1 << 20,
 	}
 }
 
 // Report is the JSON output.
 type Report struct {
-	Label    string    `json:"label"`
-	Started  time.Time `json:"started"`
-	Machine  Machine   `json:"machine"`
-	Config   any       `json:"config"`
-	Results  []*Result `json:"results"`
-	Ratio    float64   `json:"group_commit_vs_naive,omitempty"` // scenario 1 rate / naive rate
-	OK       bool      `json:"ok"`                              // zero errors, exactly-once everywhere
-	Problems []string  `json:"problems,omitempty"`
+	Label    string       `json:"label"`
+	Started  time.Time    `json:"started"`
+	Machine  Machine      `json:"machine"`
+	Config   any          `json:"config"`
+	Results  []*Result    `json:"results"`
+	Scale    *ScaleReport `json:"scale,omitempty"`                 // scenario 5
+	Ratio    float64      `json:"group_commit_vs_naive,omitempty"` // scenario 1 rate / naive rate
+	OK       bool         `json:"ok"`                              // zero errors, exactly-once everywhere
+	Problems []string     `json:"problems,omitempty"`
 }
 
 // Machine describes where the load tool ran (the server shares it).
@@ -133,11 +153,25 @@ func machine() Machine {
 func Run(ctx context.Context, cfg Config, logw io.Writer) (*Report, error) {
 	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
-	b := &bench{cfg: cfg, log: func(format string, args ...any) { fmt.Fprintf(logw, format+"\n", args...) }}
+	b := &bench{cfg: cfg, pid: cfg.PID, log: func(format string, args ...any) { fmt.Fprintf(logw, format+"\n", args...) }}
 	rep := &Report{Label: cfg.Label, Started: time.Now().UTC(), Machine: machine(), Config: cfg}
+	if slices.Equal(cfg.Run, []int{5}) {
+		// Scenario 5 starts its own servers.
+		b.log("scenario 5: scale curves")
+		var err error
+		rep.Scale, err = b.scale(ctx)
+		rep.finish()
+		return rep, err
+	}
 	f, err := newFleet(ctx, cfg.URL, max(cfg.Senders, cfg.LargeSenders))
 	if err != nil {
 		return nil, err
+	}
+	if cfg.H2C {
+		f.streamHTTP.Transport = newH2CTransport()
+		if proto, err := f.streamProtocol(ctx); err != nil || proto != "HTTP/2.0" {
+			return nil, fmt.Errorf("-h2c: %s does not speak HTTP/2 without TLS (%s %v); Caddyfile.bench allows it with servers { protocols h1 h2 h2c }", cfg.URL, proto, err)
+		}
 	}
 	var naive *fleet
 	if cfg.Baseline != "" && slices.Contains(cfg.Run, 1) {
@@ -209,6 +243,18 @@ func (rep *Report) finish() {
 	if one != nil && naive != nil && naive.MsgsPerSec > 0 {
 		rep.Ratio = one.MsgsPerSec / naive.MsgsPerSec
 	}
+	if sc := rep.Scale; sc != nil {
+		for _, p := range sc.Streams {
+			if !p.OK {
+				rep.Problems = append(rep.Problems, fmt.Sprintf("scenario 5, %d streams: %d errors or not exactly once", p.Streams, p.Errors))
+			}
+		}
+		for _, p := range sc.Inbox {
+			if p.FillErrors > 0 {
+				rep.Problems = append(rep.Problems, fmt.Sprintf("scenario 5, inbox of %d: %d sends failed while filling", p.Messages, p.FillErrors))
+			}
+		}
+	}
 	rep.OK = len(rep.Problems) == 0
 }
 
@@ -254,6 +300,7 @@ func main() {
 	flag.IntVar(&cfg.Recipients, "recipients", cfg.Recipients, "scenario 2: online recipients")
 	flag.DurationVar(&cfg.RateDuration, "rate-duration", cfg.RateDuration, "scenario 2: how long to send")
 	flag.IntVar(&cfg.IdleStreams, "streams", cfg.IdleStreams, "scenario 3: idle streams (one user each)")
+	flag.BoolVar(&cfg.H2C, "h2c", false, "open streams over HTTP/2 without TLS (h2c; Caddyfile.bench allows it) instead of HTTP/1.1")
 	flag.DurationVar(&cfg.Settle, "settle", cfg.Settle, "scenario 3: wait before each RSS reading")
 	flag.IntVar(&cfg.LargeSize, "large-size", cfg.LargeSize, "scenario 4: envelope size as sent, bytes")
 	flag.IntVar(&cfg.LargeSenders, "large-senders", cfg.LargeSenders, "scenario 4: concurrent senders")
@@ -261,6 +308,17 @@ func main() {
 	flag.DurationVar(&cfg.DrainTimeout, "drain", cfg.DrainTimeout, "wait at most this long for deliveries after sending")
 	flag.DurationVar(&cfg.Timeout, "timeout", cfg.Timeout, "give up on the whole run after this long")
 	cpuProfile := flag.String("cpuprofile", "", "write kezbench's own CPU profile here (the load tool shares the CPUs with the server)")
+	flag.StringVar(&cfg.Caddy, "caddy", "", "scenario 5: the caddy binary to start (built from ./cmd/caddy)")
+	flag.StringVar(&cfg.Caddyfile, "caddyfile", "cmd/kezbench/Caddyfile.scale", "scenario 5: the server's Caddyfile; its site must be -url and its admin -admin")
+	flag.StringVar(&cfg.ScaleDir, "scale-dir", cfg.ScaleDir, "scenario 5: the servers' data go under this directory (emptied first)")
+	streamsList := flag.String("scale-streams", ints(cfg.ScaleStreams), "scenario 5: open streams at each point of the streams curve")
+	handlesList := flag.String("scale-handles", ints(cfg.ScaleHandles), "scenario 5: registered handles at each point of the lookup curve")
+	inboxList := flag.String("scale-inbox", ints(cfg.ScaleInbox), "scenario 5: messages in one inbox at each point of the inbox curve")
+	flag.DurationVar(&cfg.ScaleDuration, "scale-duration", cfg.ScaleDuration, "scenario 5: how long each streams point sends")
+	flag.IntVar(&cfg.ScaleMaxMessages, "scale-max-messages", cfg.ScaleMaxMessages, "scenario 5: each streams point sends at most this many (all sealed ahead)")
+	flag.IntVar(&cfg.ScaleSamples, "scale-samples", cfg.ScaleSamples, "scenario 5: lookups and page reads per point")
+	chartsDir := flag.String("charts", "", "scenario 5: write its curves as SVG charts into this directory")
+	chartsFrom := flag.String("charts-from", "", "only render the charts (-charts) of scenario 5 from this earlier -json report")
 	flag.Parse()
 	if flag.NArg() > 0 {
 		// Flags stop at the first argument: "-pid $(pgrep caddy)" naming two
@@ -268,19 +326,40 @@ func main() {
 		fmt.Fprintf(os.Stderr, "kezbench: unexpected argument %q: kezbench takes flags only (does -pid name more than one process?)\n", flag.Arg(0))
 		os.Exit(2)
 	}
+	if *chartsFrom != "" {
+		os.Exit(renderOnly(*chartsFrom, *chartsDir))
+	}
 	cfg.SealBudget = *sealMiB << 20
-	cfg.Run = nil
-	for _, s := range strings.Split(run, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(s))
-		if err != nil || n < 1 || n > 4 {
-			fmt.Fprintf(os.Stderr, "kezbench: -run %q: scenarios are 1, 2, 3, 4\n", run)
+	var err error
+	if cfg.Run, err = parseInts(run); err != nil || len(cfg.Run) == 0 ||
+		slices.ContainsFunc(cfg.Run, func(n int) bool { return n < 1 || n > 5 }) ||
+		(slices.Contains(cfg.Run, 5) && len(cfg.Run) > 1) {
+		fmt.Fprintf(os.Stderr, "kezbench: -run %q: scenarios are 1, 2, 3, 4, or 5 alone\n", run)
+		os.Exit(2)
+	}
+	for _, l := range []struct {
+		dst  *[]int
+		name string
+		val  string
+	}{{&cfg.ScaleStreams, "scale-streams", *streamsList}, {&cfg.ScaleHandles, "scale-handles", *handlesList}, {&cfg.ScaleInbox, "scale-inbox", *inboxList}} {
+		if *l.dst, err = parseInts(l.val); err != nil {
+			fmt.Fprintf(os.Stderr, "kezbench: -%s %q: %v\n", l.name, l.val, err)
 			os.Exit(2)
 		}
-		cfg.Run = append(cfg.Run, n)
+	}
+	if slices.Contains(cfg.Run, 5) {
+		if cfg.Caddy == "" {
+			fmt.Fprintln(os.Stderr, "kezbench: -run 5 needs -caddy, the caddy binary it starts (and -admin for RSS)")
+			os.Exit(2)
+		}
+		if err := os.RemoveAll(cfg.ScaleDir); err != nil {
+			fmt.Fprintf(os.Stderr, "kezbench: -scale-dir: %v\n", err)
+			os.Exit(2)
+		}
 	}
 	if n, err := raiseFileLimit(); err != nil {
 		fmt.Fprintf(os.Stderr, "kezbench: raising the open-file limit: %v\n", err)
-	} else if slices.Contains(cfg.Run, 3) && n < uint64(cfg.IdleStreams)+1000 {
+	} else if cfg.FileLimit = int(min(n, 1<<30)); slices.Contains(cfg.Run, 3) && n < uint64(cfg.IdleStreams)+1000 {
 		fmt.Fprintf(os.Stderr, "kezbench: warning: only %d open files allowed; %d streams need more (raise the hard limit: ulimit -Hn)\n", n, cfg.IdleStreams)
 	}
 	if *cpuProfile != "" {
@@ -305,6 +384,11 @@ func main() {
 				fmt.Fprintf(os.Stderr, "kezbench: %v\n", werr)
 			}
 		}
+		if rep.Scale != nil && *chartsDir != "" {
+			if _, cerr := writeCharts(*chartsDir, rep.Scale); cerr != nil {
+				fmt.Fprintf(os.Stderr, "kezbench: charts: %v\n", cerr)
+			}
+		}
 	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "kezbench: %v\n", err)
@@ -314,6 +398,56 @@ func main() {
 		fmt.Fprintf(os.Stderr, "kezbench: problems:\n  %s\n", strings.Join(rep.Problems, "\n  "))
 		exit(1)
 	}
+}
+
+// renderOnly writes the charts of the scenario 5 report in jsonPath into
+// dir and returns the exit status.
+func renderOnly(jsonPath, dir string) int {
+	raw, err := os.ReadFile(jsonPath)
+	var rep Report
+	if err == nil {
+		err = json.Unmarshal(raw, &rep)
+	}
+	if err == nil && rep.Scale == nil {
+		err = fmt.Errorf("no scenario 5 in it")
+	}
+	if err == nil && dir == "" {
+		err = fmt.Errorf("-charts names no directory")
+	}
+	var paths []string
+	if err == nil {
+		paths, err = writeCharts(dir, rep.Scale)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "kezbench: -charts-from %s: %v\n", jsonPath, err)
+		return 1
+	}
+	fmt.Println(strings.Join(paths, "\n"))
+	return 0
+}
+
+// parseInts reads "1000,10000" (underscores allowed: 10_000).
+func parseInts(list string) ([]int, error) {
+	var out []int
+	for f := range strings.SplitSeq(list, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		n, err := strconv.Atoi(strings.ReplaceAll(f, "_", ""))
+		if err != nil || n <= 0 {
+			return nil, fmt.Errorf("%q is not a positive number", f)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+func ints(ns []int) string {
+	s := make([]string, len(ns))
+	for i, n := range ns {
+		s[i] = strconv.Itoa(n)
+	}
+	return strings.Join(s, ",")
 }
 
 // exit ends the process after flushing the CPU profile, if one is written.

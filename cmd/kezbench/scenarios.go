@@ -28,7 +28,11 @@ type Result struct {
 	Attempts      int `json:"attempts,omitempty"`
 	Accepted      int `json:"accepted"`
 
-	MsgsPerSec  float64 `json:"msgs_per_s,omitempty"`
+	MsgsPerSec float64 `json:"msgs_per_s,omitempty"`
+	// CPU per accepted message over the sending window (/proc/PID/stat
+	// of the server, with -pid; getrusage of the tool).
+	ServerCPUus float64 `json:"server_cpu_us_per_msg,omitempty"`
+	ToolCPUus   float64 `json:"tool_cpu_us_per_msg,omitempty"`
 	MiBPerSec   float64 `json:"mib_per_s,omitempty"`
 	Accept      Latency `json:"accept_latency"`
 	DeliveryLat Latency `json:"delivery_latency"` // POST accepted → SSE received
@@ -40,6 +44,7 @@ type Result struct {
 
 	// Idle streams (scenario 3).
 	Streams         int     `json:"streams,omitempty"`
+	StreamProtocol  string  `json:"stream_protocol,omitempty"` // as the server answered the stream client
 	RSSBeforeKiB    int64   `json:"rss_before_kib,omitempty"`
 	RSSAfterKiB     int64   `json:"rss_after_kib,omitempty"`
 	RSSPerStreamKiB float64 `json:"rss_per_stream_kib,omitempty"`
@@ -110,6 +115,7 @@ func (e *errCount) into(r *Result) {
 type bench struct {
 	cfg Config
 	log func(format string, args ...any)
+	pid int // the server whose CPU per message maxRate reports (0: none)
 }
 
 // post sends the k-th send of p to its recipient users[i], signed by the
@@ -221,6 +227,7 @@ func (b *bench) maxRate(ctx context.Context, r *Result, f *fleet, senders, size,
 	var accepted, sentBytes atomic.Int64
 	lats := make([][]time.Duration, senders)
 	r.Load = loadAvg()
+	cpu := startCPU(b.pid)
 	start := time.Now()
 	deadline := start.Add(b.cfg.Duration)
 	var dry atomic.Int64 // senders that used up their envelopes
@@ -249,6 +256,7 @@ func (b *bench) maxRate(ctx context.Context, r *Result, f *fleet, senders, size,
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
+	r.ServerCPUus, r.ToolCPUus = cpu.perMessage(int(accepted.Load()))
 	if n := dry.Load(); n > 0 && attempts.Load() < int64(maxMsgs) && elapsed < b.cfg.Duration {
 		r.Note = fmt.Sprintf("%d of %d senders used up their %d pre-sealed envelopes after %.1f s, before the %s of the run (raise -seal-mib)",
 			n, senders, perLink, elapsed.Seconds(), b.cfg.Duration)
@@ -346,7 +354,10 @@ func (b *bench) idleStreams(ctx context.Context, r *Result, f *fleet) error {
 	if err != nil {
 		return err
 	}
-	before, err := b.settledRSS(ctx)
+	if r.StreamProtocol, err = f.streamProtocol(ctx); err != nil {
+		return err
+	}
+	before, err := b.settledRSS(ctx, b.cfg.PID, b.cfg.Admin)
 	if err != nil {
 		return err
 	}
@@ -358,7 +369,7 @@ func (b *bench) idleStreams(ctx context.Context, r *Result, f *fleet) error {
 		return err
 	}
 	b.log("  %d streams open in %s", n, time.Since(start).Round(time.Millisecond))
-	after, err := b.settledRSS(ctx)
+	after, err := b.settledRSS(ctx, b.cfg.PID, b.cfg.Admin)
 	if err != nil {
 		st.close()
 		return err
@@ -396,14 +407,14 @@ func (b *bench) idleStreams(ctx context.Context, r *Result, f *fleet) error {
 
 type rss struct{ rss, anon int64 } // KiB
 
-// settledRSS forces a GC in the server (through Caddy's admin pprof
+// settledRSS forces a GC in the server pid (through Caddy's admin pprof
 // endpoint, when given), lets it settle and reads its memory.
-func (b *bench) settledRSS(ctx context.Context) (rss, error) {
-	if b.cfg.PID <= 0 {
+func (b *bench) settledRSS(ctx context.Context, pid int, admin string) (rss, error) {
+	if pid <= 0 {
 		return rss{}, nil
 	}
-	if b.cfg.Admin != "" {
-		if err := serverGC(ctx, b.cfg.Admin); err != nil {
+	if admin != "" {
+		if err := serverGC(ctx, admin); err != nil {
 			return rss{}, err
 		}
 	}
@@ -412,7 +423,7 @@ func (b *bench) settledRSS(ctx context.Context) (rss, error) {
 	case <-ctx.Done():
 		return rss{}, ctx.Err()
 	}
-	return readRSS(b.cfg.PID)
+	return readRSS(pid)
 }
 
 // serverGC asks the server for a heap profile with gc=1, which runs a

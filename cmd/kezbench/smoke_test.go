@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"encoding/json"
+	"io"
 	"os"
 	"os/exec"
 	"strings"
@@ -43,17 +44,7 @@ func TestSmoke(t *testing.T) {
 	cfg.LargeSenders, cfg.LargeSize = 2, 64<<10
 	cfg.DrainTimeout, cfg.OpenTimeout, cfg.Timeout = 20*time.Second, 30*time.Second, 2*time.Minute
 
-	var log bytes.Buffer
-	rep, err := Run(context.Background(), cfg, &log)
-	if err != nil {
-		t.Fatalf("%v\n%s", err, log.String())
-	}
-	var table bytes.Buffer
-	printTable(&table, rep)
-	t.Logf("\n%s", table.String())
-	if !rep.OK {
-		t.Fatalf("problems: %v\n%s", rep.Problems, log.String())
-	}
+	rep := runOK(t, cfg)
 	want := map[string]int{"1": 40, "1-naive": 40, "2": 20, "3": 20, "4": 40}
 	if len(rep.Results) != len(want) {
 		t.Fatalf("%d results, want %d", len(rep.Results), len(want))
@@ -67,11 +58,37 @@ func TestSmoke(t *testing.T) {
 	if s3.RSSBeforeKiB <= 0 || s3.RSSAfterKiB <= 0 {
 		t.Errorf("scenario 3 read no RSS: %+v", s3)
 	}
+	if s3.StreamProtocol != "HTTP/1.1" {
+		t.Errorf("scenario 3 streams over %q, want HTTP/1.1", s3.StreamProtocol)
+	}
 	if rep.Ratio <= 0 {
 		t.Errorf("no group commit vs naive ratio")
 	}
 	if _, err := json.Marshal(rep); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Scenario 3 with -h2c: the streams share HTTP/2 connections without TLS,
+// all alive; against a server that does not allow h2c, it says so.
+func TestSmokeIdleStreamsH2C(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts Caddy processes")
+	}
+	srv := testcaddy.Start(t, testcaddy.Options{Global: "servers {\n\t\tprotocols h1 h2 h2c\n\t}"})
+	cfg := DefaultConfig()
+	cfg.URL, cfg.PID, cfg.Admin, cfg.Run, cfg.H2C = srv.URL, srv.Pid(), srv.AdminAddr, []int{3}, true
+	cfg.IdleStreams, cfg.Settle = 30, 10*time.Millisecond
+	cfg.DrainTimeout, cfg.OpenTimeout, cfg.Timeout = 20*time.Second, 30*time.Second, 2*time.Minute
+	rep := runOK(t, cfg)
+	if r := rep.Results[0]; r.StreamProtocol != "HTTP/2.0" || r.Delivery.ExactlyOnce != 30 || r.RSSAfterKiB <= 0 {
+		t.Errorf("over h2c: protocol %q, %d exactly once (want 30), RSS after %d KiB", r.StreamProtocol, r.Delivery.ExactlyOnce, r.RSSAfterKiB)
+	}
+
+	h1 := testcaddy.Start(t, testcaddy.Options{Global: "servers {\n\t\tprotocols h1\n\t}"})
+	cfg.URL, cfg.PID, cfg.Admin = h1.URL, h1.Pid(), h1.AdminAddr
+	if _, err := Run(context.Background(), cfg, io.Discard); err == nil || !strings.Contains(err.Error(), "h2c") {
+		t.Errorf("-h2c against a server without h2c: %v, want an error naming h2c", err)
 	}
 }
 
@@ -123,7 +140,7 @@ func TestCaddyfileBench(t *testing.T) {
 	if err != nil {
 		t.Fatalf("caddy adapt: %v\n%s", err, out)
 	}
-	for _, want := range []string{`"listen":["127.0.0.1:7480"]`, `"listen":["127.0.0.1:7481"]`, `"one_commit_per_message":true`, `"listen":"127.0.0.1:7419"`, `"sender_rate":"off"`} {
+	for _, want := range []string{`"listen":["127.0.0.1:7480"]`, `"listen":["127.0.0.1:7481"]`, `"one_commit_per_message":true`, `"listen":"127.0.0.1:7419"`, `"sender_rate":"off"`, `"protocols":["h1","h2","h2c"]`} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("adapted config lacks %s:\n%s", want, out)
 		}
@@ -138,6 +155,24 @@ func TestCaddyfileBench(t *testing.T) {
 	if orig, _ := os.ReadFile("Caddyfile.bench"); !bytes.Equal(formatted, orig) {
 		t.Errorf("Caddyfile.bench is not formatted (caddy fmt --overwrite)")
 	}
+}
+
+// runOK runs kezbench with cfg, logs its table and fails the test on a
+// setup error or any problem in the report (errors, not exactly once).
+func runOK(t *testing.T, cfg Config) *Report {
+	t.Helper()
+	var log bytes.Buffer
+	rep, err := Run(context.Background(), cfg, &log)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, log.String())
+	}
+	var table bytes.Buffer
+	printTable(&table, rep)
+	t.Logf("\n%s", table.String())
+	if !rep.OK {
+		t.Fatalf("problems: %v\n%s", rep.Problems, log.String())
+	}
+	return rep
 }
 
 // The verdict holds whichever of receipt and delivery comes first.

@@ -12,7 +12,7 @@
 //	inboxes    handle → bucket of seq (8 bytes BE) → message value (message.go);
 //	           a large one as a bucket under its seq holding the value under "m"
 //	counts     handle → stored messages that are not requests (8 bytes BE)
-//	state      handle → bucket of the inbox's policy:
+//	state      handle → bucket of the inbox's policy (each list made when first written, sub.go):
 //	  accepted   key → 1          senders the owner accepted (explicitly or by writing to them)
 //	  blocked    key → 1          senders the owner blocked
 //	  requests   key+seq → 1      the stored requests, by sender
@@ -167,7 +167,8 @@ type Store struct {
 
 	logSize atomic.Int64 // leaves known durable (log.go)
 	cache   logCache
-	keyMu   sync.Mutex // guards logKey
+	records *recordCache // decoded records for Lookup (records.go)
+	keyMu   sync.Mutex   // guards logKey
 	logKey  string
 }
 
@@ -234,7 +235,7 @@ func Open(path string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("initialize %s: %w", path, err)
 	}
 	s := &Store{db: db, notify: opts.Notify, batch: maxBatch,
-		queue: make(chan *appendReq, maxBatch), done: make(chan struct{})}
+		queue: make(chan *appendReq, maxBatch), done: make(chan struct{}), records: newRecordCache()}
 	s.logSize.Store(size)
 	s.once.init(opts.MaxOnce)
 	if opts.OneCommitPerMessage {
@@ -470,6 +471,7 @@ func (s *Store) Rotate(_ context.Context, handle, old, new string, rotation []by
 		return storage.Record{}, err
 	}
 	var rec storage.Record
+	defer s.records.invalidate() // after the commit, before returning
 	err = s.update(func(w *writeTx) error {
 		tx := w.tx
 		handles, primaries := tx.Bucket(bucketHandles), tx.Bucket(bucketPrimaries)
@@ -562,6 +564,7 @@ func (w *writeTx) moveListing(handle string, old, new []byte) error {
 // to the log, in one transaction.
 func (s *Store) Delete(_ context.Context, handle, primary string, deletion []byte, cooldownUntil time.Time) (int64, error) {
 	var index int64
+	defer s.records.invalidate() // after the commit, before returning
 	err := s.update(func(w *writeTx) error {
 		tx := w.tx
 		handles := tx.Bucket(bucketHandles)
@@ -586,7 +589,7 @@ func (s *Store) Delete(_ context.Context, handle, primary string, deletion []byt
 		}
 		if ix != nil {
 			seq = ix.msgs.Sequence()
-			for _, list := range []*bbolt.Bucket{ix.accepted, ix.blocked} {
+			for _, list := range []*sub{ix.accepted, ix.blocked} {
 				if err := list.ForEach(func(k, _ []byte) error { return w.listers.Delete(cat(k, name)) }); err != nil {
 					return err
 				}
@@ -618,8 +621,13 @@ func (s *Store) Delete(_ context.Context, handle, primary string, deletion []byt
 	return index, nil
 }
 
-// Lookup returns a handle's record.
+// Lookup returns a handle's record. Records are kept decoded (records.go);
+// the returned record's byte slices may be shared: callers only read them.
 func (s *Store) Lookup(_ context.Context, handle string) (storage.Record, error) {
+	if rec, ok := s.records.record(handle); ok {
+		return rec, nil
+	}
+	gen := s.records.generation()
 	var rec storage.Record
 	err := s.db.View(func(tx *bbolt.Tx) error {
 		raw := tx.Bucket(bucketHandles).Get([]byte(handle))
@@ -628,11 +636,22 @@ func (s *Store) Lookup(_ context.Context, handle string) (storage.Record, error)
 		}
 		return json.Unmarshal(raw, &rec)
 	})
-	return rec, mapErr(err)
+	if err != nil {
+		return storage.Record{}, mapErr(err)
+	}
+	s.records.put(gen, rec)
+	return rec, nil
 }
 
 // LookupPrimary returns the record bound to a primary.
 func (s *Store) LookupPrimary(ctx context.Context, primary string) (storage.Record, error) {
+	if h, ok := s.records.handleOf(primary); ok {
+		// Both entries come from one record read in one generation; the
+		// check costs nothing and keeps a mismatch from ever being served.
+		if rec, ok := s.records.record(h); ok && rec.Primary == primary {
+			return rec, nil
+		}
+	}
 	var handle string
 	err := s.db.View(func(tx *bbolt.Tx) error {
 		h := tx.Bucket(bucketPrimaries).Get([]byte(primary))
@@ -645,7 +664,12 @@ func (s *Store) LookupPrimary(ctx context.Context, primary string) (storage.Reco
 	if err != nil {
 		return storage.Record{}, mapErr(err)
 	}
-	return s.Lookup(ctx, handle)
+	rec, err := s.Lookup(ctx, handle)
+	if err == nil && rec.Primary != primary {
+		// A rotation committed between the two reads.
+		return storage.Record{}, storage.ErrNotFound
+	}
+	return rec, err
 }
 
 // Append checks the delivery, queues it for the writer and waits until it
@@ -790,10 +814,10 @@ type inbox struct {
 	name     []byte
 	msgs     *bbolt.Bucket
 	state    *bbolt.Bucket
-	accepted *bbolt.Bucket
-	blocked  *bbolt.Bucket
-	requests *bbolt.Bucket
-	senders  *bbolt.Bucket
+	accepted *sub
+	blocked  *sub
+	requests *sub
+	senders  *sub
 	floor    uint64 // idempotency keys of seqs up to it belong to a deleted inbox
 }
 
@@ -828,15 +852,8 @@ func (w *writeTx) inbox(handle string) (*inbox, error) {
 	if ix.state, err = bucket(w.tx.Bucket(bucketState), name); err != nil {
 		return nil, err
 	}
-	for _, b := range []struct {
-		dst  **bbolt.Bucket
-		name []byte
-	}{{&ix.accepted, stAccepted}, {&ix.blocked, stBlocked}, {&ix.requests, stRequests},
-		{&ix.senders, stSenders}} {
-		if *b.dst, err = bucket(ix.state, b.name); err != nil {
-			return nil, err
-		}
-	}
+	ix.accepted, ix.blocked = openSub(ix.state, stAccepted), openSub(ix.state, stBlocked)
+	ix.requests, ix.senders = openSub(ix.state, stRequests), openSub(ix.state, stSenders)
 	ix.floor = u64(ix.state.Get(stFloor))
 	w.inboxes[handle] = ix
 	return ix, nil
@@ -853,7 +870,7 @@ func bucket(parent *bbolt.Bucket, name []byte) (*bbolt.Bucket, error) {
 // add adds delta to the counter under key, saturating at 0 (a count can
 // only be off after a bug; it never wraps). A zero counter is deleted when
 // drop is set.
-func add(b *bbolt.Bucket, key []byte, delta int64, drop bool) error {
+func add(b kv, key []byte, delta int64, drop bool) error {
 	if delta == 0 {
 		return nil
 	}
@@ -981,6 +998,9 @@ func (w *writeTx) append(r *appendReq, now int64) error {
 func (ix *inbox) requestSeqs(key []byte) [][]byte {
 	var seqs [][]byte
 	c := ix.requests.Cursor()
+	if c == nil {
+		return nil
+	}
 	for k, _ := c.Seek(key); k != nil && bytes.HasPrefix(k, key); k, _ = c.Next() {
 		seqs = append(seqs, append([]byte(nil), k[len(key):]...))
 	}
@@ -990,34 +1010,23 @@ func (ix *inbox) requestSeqs(key []byte) [][]byte {
 // accept makes key a contact of ix's owner: no longer blocked, and its
 // stored requests become ordinary messages (counted against MaxInbox).
 func (w *writeTx) accept(ix *inbox, key []byte) error {
-	if err := ix.blocked.Delete(key); err != nil {
-		return err
-	}
-	if err := ix.accepted.Put(key, present); err != nil {
-		return err
-	}
-	if err := w.listers.Put(cat(key, ix.name), present); err != nil {
-		return err
-	}
-	seqs := ix.requestSeqs(key)
-	for _, sk := range seqs {
-		if err := rewriteFlags(ix.msgs, sk, 0); err != nil {
-			return err
-		}
-		if err := ix.requests.Delete(cat(key, sk)); err != nil {
-			return err
-		}
-	}
-	return w.dropRequests(ix, key, len(seqs), true)
+	return w.settle(ix, key, ix.accepted, ix.blocked, func(sk []byte) error { return rewriteFlags(ix.msgs, sk, 0) })
 }
 
 // block refuses key in ix: no longer accepted, and its stored requests are
 // deleted (its ordinary messages stay).
 func (w *writeTx) block(ix *inbox, key []byte) error {
-	if err := ix.accepted.Delete(key); err != nil {
+	return w.settle(ix, key, ix.blocked, ix.accepted, func(sk []byte) error { return deleteMessage(ix.msgs, sk) })
+}
+
+// settle moves key onto the list on and off the list off, and ends its
+// stored requests: each goes through request (made an ordinary message by
+// an acceptance, deleted by a block) and leaves the request bookkeeping.
+func (w *writeTx) settle(ix *inbox, key []byte, on, off *sub, request func(seqKey []byte) error) error {
+	if err := off.Delete(key); err != nil {
 		return err
 	}
-	if err := ix.blocked.Put(key, present); err != nil {
+	if err := on.Put(key, present); err != nil {
 		return err
 	}
 	if err := w.listers.Put(cat(key, ix.name), present); err != nil {
@@ -1025,14 +1034,14 @@ func (w *writeTx) block(ix *inbox, key []byte) error {
 	}
 	seqs := ix.requestSeqs(key)
 	for _, sk := range seqs {
-		if err := deleteMessage(ix.msgs, sk); err != nil {
+		if err := request(sk); err != nil {
 			return err
 		}
 		if err := ix.requests.Delete(cat(key, sk)); err != nil {
 			return err
 		}
 	}
-	return w.dropRequests(ix, key, len(seqs), false)
+	return w.dropRequests(ix, key, len(seqs), on == ix.accepted)
 }
 
 // dropRequests takes n requests from key off ix's request counts; kept
@@ -1055,7 +1064,7 @@ func (w *writeTx) dropRequests(ix *inbox, key []byte, n int, kept bool) error {
 
 // unlist takes key off one of ix's lists (accepted or blocked), and off the
 // listers index unless the other list still has it.
-func (w *writeTx) unlist(ix *inbox, list *bbolt.Bucket, key []byte) error {
+func (w *writeTx) unlist(ix *inbox, list *sub, key []byte) error {
 	if list.Get(key) == nil {
 		return nil
 	}

@@ -327,4 +327,22 @@ func BenchmarkRegister(b *testing.B) {
 	after := s.db.Stats()
 	d := after.Sub(&before)
 	b.ReportMetric(float64(d.TxStats.GetWrite())/float64(b.N), "pages/op")
+	b.ReportMetric(float64(allocatedBytes(b, s))/float64(1000+b.N), "bytes/handle")
+}
+
+// allocatedBytes is what the file's buckets occupy in pages (free pages
+// and bbolt's preallocation left out).
+func allocatedBytes(t testing.TB, s *Store) int {
+	n := 0
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		return tx.ForEach(func(_ []byte, b *bbolt.Bucket) error {
+			st := b.Stats()
+			n += st.BranchAlloc + st.LeafAlloc
+			return nil
+		})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
