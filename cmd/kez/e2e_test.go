@@ -18,6 +18,7 @@ import (
 	"github.com/kezchat/kez/client"
 	"github.com/kezchat/kez/client/clienttest"
 	"github.com/kezchat/kez/internal/testcaddy"
+	"github.com/kezchat/kez/internal/testwait"
 	"github.com/kezchat/kez/kez"
 )
 
@@ -191,15 +192,9 @@ func TestCLITwoUsersChat(t *testing.T) {
 
 	// bob's listen sent a delivered receipt for each of his contact's texts
 	// (not for her request): alice's inbox shows them once they are stored.
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		r := alice.run("", "inbox")
-		if strings.Count(r.stdout, "bob@"+srv.Name+": ✓✓ delivered (1 of your messages)") == 2 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("alice's inbox has no two delivered receipts from bob:\n%s%s", r.stdout, r.stderr)
-		}
-	}
+	testwait.Every(t, 200*time.Millisecond, 10*time.Second, "two delivered receipts from bob in alice's inbox", func() bool {
+		return strings.Count(alice.run("", "inbox").stdout, "bob@"+srv.Name+": ✓✓ delivered (1 of your messages)") == 2
+	})
 
 	// What the browser client sends (the vector envelope, sealed by
 	// alice's vector key, here the user "valice") decrypts; what it claims
