@@ -30,8 +30,16 @@ export const contactName = (conv) => (conv && conv.handle ? nameOf(conv.handle, 
 
 export const avatarName = (conv) => (conv && conv.handle) || '?';
 
+// Reads that overlap may finish out of order: one started later sees at least
+// what an earlier one saw, so an earlier read finishing last is dropped.
+let loadsAsked = 0;
+let loadsShown = 0;
+
 export async function loadConversations() {
+  const mine = ++loadsAsked;
   const [list, failed] = await Promise.all([db.listConversations(), db.messagesWithStatus('failed')]);
+  if (mine < loadsShown) return;
+  loadsShown = mine;
   state.failedPeers = new Set(failed.map((m) => m.peer));
   state.convos = new Map(list.map((c) => [c.peer, c]));
   renderConversations(list);
