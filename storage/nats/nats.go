@@ -141,15 +141,18 @@ type Store struct {
 	watch     jetstream.ConsumeContext // contact list changes
 	bindings  jetstream.ConsumeContext // rotations and deletions (registry.go)
 
-	mu       sync.Mutex
-	closed   bool
-	handles  map[string]bool   // handles known to be registered (until deleted)
-	changed  map[string]uint64 // per handle, the seq of its last rotation or deletion seen here
-	seen     map[string]uint64 // per inbox, the last seq the feed delivered
-	verified map[string]uint64 // per inbox, seqs up to which a leader read confirmed what is stored
-	streamMI int64             // the inbox stream's per-subject limit as last seen (-1: none)
-	v1Last   uint64            // no v1 message has a higher seq (0: none ever stored)
-	v1       map[string]uint64 // per inbox, the seq of its last v1 message (0: none)
+	mu      sync.Mutex
+	closed  bool
+	handles map[string]bool   // handles known to be registered (until deleted)
+	changed map[string]uint64 // per handle, the seq of its last write but a registration seen here
+	// recCache and primCache: records read here (reccache.go).
+	recCache  map[string]cachedRecord
+	primCache map[string]cachedHandle
+	seen      map[string]uint64 // per inbox, the last seq the feed delivered
+	verified  map[string]uint64 // per inbox, seqs up to which a leader read confirmed what is stored
+	streamMI  int64             // the inbox stream's per-subject limit as last seen (-1: none)
+	v1Last    uint64            // no v1 message has a higher seq (0: none ever stored)
+	v1        map[string]uint64 // per inbox, the seq of its last v1 message (0: none)
 
 	cmu      sync.Mutex
 	contacts map[string]*cachedContacts // contact lists in use here, by handle
@@ -172,6 +175,8 @@ type Store struct {
 	stopCtx    context.Context // ends with Close
 	stop       context.CancelFunc
 
+	// recordCacheOff, in benchmarks, makes every lookup read the registry.
+	recordCacheOff bool
 	// batchFault, in tests, changes what a batch commit answered.
 	batchFault func(*pubAck, error) (*pubAck, error)
 }
@@ -226,6 +231,8 @@ func Open(opts Options) (*Store, error) {
 		apiPrefix: "$JS.API.",
 		handles:   map[string]bool{},
 		changed:   map[string]uint64{},
+		recCache:  map[string]cachedRecord{},
+		primCache: map[string]cachedHandle{},
 		hashes:    map[int64]tlog.Hash{},
 		entries:   map[int64][]byte{},
 		logSem:    make(chan struct{}, 1),
@@ -269,6 +276,7 @@ func Open(opts Options) (*Store, error) {
 			// Changes made meanwhile may reach the watch late: look
 			// contact lists up again once back.
 			s.forgetContacts()
+			s.forgetRecords()
 			if opts.Disconnected != nil {
 				opts.Disconnected(err)
 			}
