@@ -36,7 +36,7 @@ func TestSendCost(t *testing.T) {
 	const senders, size = 64, 1 << 10
 	d := 5 * time.Second
 	var rows []string
-	modes := []string{"bare publish", "contact", "request", "send path", "send path, no record cache"}
+	modes := []string{"bare publish", "message and record in one batch", "contact", "request", "send path", "send path, no record cache"}
 	for round, mode := range append(modes, modes...) {
 		prefix := fmt.Sprintf("cost%d", round)
 		s := open(t, Options{URLs: []string{c.URL(0)}, Prefix: prefix, Replicas: 3, MaxInbox: 10000})
@@ -47,6 +47,9 @@ func TestSendCost(t *testing.T) {
 			if mode == "contact" {
 				accept(t, s, fmt.Sprintf("u%d", i))
 			}
+		}
+		if mode == "message and record in one batch" {
+			allowBatches(t, s)
 		}
 		// The send path: u<i> writes to u<i+1>, who accepted it.
 		if strings.HasPrefix(mode, "send path") {
@@ -68,6 +71,8 @@ func TestSendCost(t *testing.T) {
 				m.Header.Set(jetstream.MsgIDHeader, nuid.Next())
 				_, err := s.publish(ctx, m)
 				return err
+			case "message and record in one batch":
+				return batchWithRecord(ctx, s, h, env)
 			case "send path", "send path, no record cache":
 				return sendPath(ctx, s, i, (i+1)%senders, env)
 			case "contact":
@@ -125,5 +130,34 @@ func sendPath(ctx context.Context, s *Store, from, to int, env []byte) error {
 	}
 	_, _, err = s.Append(ctx, storage.Delivery{To: rec.Handle, From: sender.Primary, Sig: storagetest.Sig(), Envelope: env,
 		SenderHandle: sender.Handle, ToPrimary: rec.Primary}, storage.Limits{MaxInbox: 10000})
+	return err
+}
+
+// allowBatches lets the inbox stream take atomic batches (it does not).
+func allowBatches(t *testing.T, s *Store) {
+	t.Helper()
+	ctx := context.Background()
+	st, err := s.js.Stream(ctx, s.inboxName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := st.CachedInfo().Config
+	cfg.AllowAtomicPublish = true
+	if _, err := s.js.UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// batchWithRecord stores a message and its idempotency record as one
+// atomic batch (one replicated entry): what an Append that wrote its
+// record with the message would cost. The record names no seq here.
+func batchWithRecord(ctx context.Context, s *Store, handle string, env []byte) error {
+	key := idemKey(storagetest.Primary(storagetest.FillSender), storagetest.Sig())
+	m := natsio.NewMsg(s.msgSubj(handle))
+	m.Data = env
+	m.Header.Set(jetstream.MsgIDHeader, handle+"/"+key)
+	expect(m, s.recordFilter(handle, key), 0)
+	r := natsio.NewMsg(s.doneSubj(handle, key))
+	_, err := s.publishBatch(ctx, []*natsio.Msg{m, r})
 	return err
 }
