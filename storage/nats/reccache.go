@@ -96,5 +96,49 @@ func (s *Store) forgetRecords() {
 	s.mu.Lock()
 	clear(s.recCache)
 	clear(s.primCache)
+	clear(s.pushCache)
+	s.mu.Unlock()
+}
+
+// Push lists (push.s.<handle>) are cached by the same rules, "none"
+// included (most handles have none, and every send looks): the bindings
+// watch also delivers their writes. A list served late only sends a
+// notification to an endpoint just removed, or skips one just added, for
+// as long as the watch takes (recordCacheTTL at most).
+type cachedPush struct {
+	list []storage.PushSubscription
+	at   time.Time
+}
+
+func (s *Store) cachedPushList(handle string) ([]storage.PushSubscription, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e, ok := s.pushCache[handle]
+	if !ok || s.recordCacheOff || time.Since(e.at) > recordCacheTTL {
+		return nil, false
+	}
+	return e.list, true
+}
+
+// cachePushList stores handle's list read at seq (0: none ever written),
+// unless a later write of it is known here.
+func (s *Store) cachePushList(handle string, list []storage.PushSubscription, seq uint64, readAt time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if seq < s.pushChanged[handle] {
+		return
+	}
+	if len(s.pushCache) >= recordCacheMax {
+		clear(s.pushCache)
+	}
+	s.pushCache[handle] = cachedPush{list: list, at: readAt}
+}
+
+// pushWritten records a write of handle's list at seq, made here or seen
+// by the watch.
+func (s *Store) pushWritten(handle string, seq uint64) {
+	s.mu.Lock()
+	s.pushChanged[handle] = max(s.pushChanged[handle], seq)
+	delete(s.pushCache, handle)
 	s.mu.Unlock()
 }

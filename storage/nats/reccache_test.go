@@ -121,3 +121,63 @@ func TestRecordCacheRefusesReadsOlderThanAChange(t *testing.T) {
 		t.Fatal("an entry older than the TTL was served")
 	}
 }
+
+// Push lists, "none" included, are cached the same way: a change made
+// through one server is seen at once by it and by the other once its
+// watch has it; cached reads send nothing.
+func TestPushCacheSeesOtherServersChanges(t *testing.T) {
+	c := natstest.RunCluster(t, 3)
+	ctx := context.Background()
+	a, b := pair(t, c, "pc", Options{}, nil, nil)
+	storagetest.Register(t, a, "alice", 1)
+	endpoints := func(s *Store) string { // "" for none
+		t.Helper()
+		list, err := s.PushSubscriptions(ctx, "alice")
+		if err != nil || len(list) > 1 {
+			t.Fatalf("alice's push list: %+v %v", list, err)
+		}
+		if len(list) == 0 {
+			return ""
+		}
+		return list[0].Endpoint
+	}
+	for _, s := range []*Store{a, b} {
+		if got := endpoints(s); got != "" {
+			t.Fatalf("a list before any subscription: %v", got)
+		}
+		if n := sentBy(s, func() { endpoints(s) }); n != 0 {
+			t.Fatalf("a cached empty list sent %d messages to NATS", n)
+		}
+	}
+	pushSeen := func(s *Store) uint64 { // the last write of alice's list s knows of
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.pushChanged["alice"]
+	}
+	sub := storagetest.PushSub(1, 1)
+	seen := pushSeen(b)
+	if err := a.PutPush(ctx, "alice", sub, 10); err != nil {
+		t.Fatal(err)
+	}
+	if got := endpoints(a); got != sub.Endpoint {
+		t.Fatalf("through a, at once: %q", got)
+	}
+	waitFor(t, 5*time.Second, "b's watch to deliver the subscription", func() bool { return pushSeen(b) > seen })
+	if got := endpoints(b); got != sub.Endpoint {
+		t.Fatalf("through b: %q", got)
+	}
+	if n := sentBy(b, func() { endpoints(b) }); n != 0 {
+		t.Fatalf("a cached list sent %d messages to NATS", n)
+	}
+	seen = pushSeen(a)
+	if found, err := b.DeletePush(ctx, "alice", sub.Endpoint); err != nil || !found {
+		t.Fatalf("delete: %v %v", found, err)
+	}
+	if got := endpoints(b); got != "" {
+		t.Fatalf("through b after its deletion: %q", got)
+	}
+	waitFor(t, 5*time.Second, "a's watch to deliver the deletion", func() bool { return pushSeen(a) > seen })
+	if got := endpoints(a); got != "" {
+		t.Fatalf("through a after b's deletion: %q", got)
+	}
+}

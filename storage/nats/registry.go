@@ -664,8 +664,8 @@ func (s *Store) LookupPrimary(ctx context.Context, primary string) (storage.Reco
 }
 
 // startBindingWatch starts the ordered consumer (headers only) on the
-// handles' records that tells this server of rotations and deletions made
-// through any server: a deleted handle is forgotten (its inbox refuses
+// handles' records and push lists that tells this server of rotations,
+// deletions and push list changes made through any server: a deleted handle is forgotten (its inbox refuses
 // appends from then on), and lookups of a changed one skip replicas that
 // have not caught up yet.
 func (s *Store) startBindingWatch(ctx context.Context) error {
@@ -674,7 +674,7 @@ func (s *Store) startBindingWatch(ctx context.Context) error {
 		return fmt.Errorf("nats: reading stream %s: %w", s.regName, netErr(err))
 	}
 	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{s.regSubj + "h.>"},
+		FilterSubjects: []string{s.regSubj + "h.>", s.regSubj + pushListKey(">")},
 		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
 		OptStartSeq:    stream.CachedInfo().State.LastSeq + 1,
 		HeadersOnly:    true,
@@ -696,6 +696,10 @@ func (s *Store) startBindingWatch(ctx context.Context) error {
 func (s *Store) bindingChanged(msg jetstream.Msg) {
 	meta, err := msg.Metadata()
 	if err != nil {
+		return
+	}
+	if handle, ok := strings.CutPrefix(msg.Subject(), s.regSubj+pushListKey("")); ok {
+		s.pushWritten(handle, meta.Sequence.Stream)
 		return
 	}
 	handle, ok := strings.CutPrefix(msg.Subject(), s.regSubj+"h.")
