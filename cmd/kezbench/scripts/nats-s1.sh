@@ -2,7 +2,7 @@
 # nats-s1.sh BINDIR CONFIGDIR TAG [INSTANCES]: scenario 1 against KEZ chat
 # on a fresh 3-node NATS cluster (cmd/kezbench/nats/, R3, sync_interval
 # always), through the load balancer to two instances (INSTANCES 2, the
-# default) or straight to one (1). Once sends flow, for 8 s: a CPU profile
+# default) or straight to one (1); 20 s of sending. Once sends flow, for 8 s: a CPU profile
 # of instance 1 (Caddy's admin /debug/pprof), and the CPU time of every
 # process (three nats-server, the instances, the load balancer, kezbench)
 # per message accepted meanwhile (the instances' messages_accepted_total).
@@ -51,7 +51,7 @@ count() { # messages accepted by all instances
 	echo "$sum"
 }
 cpu() { awk '{print $14+$15}' "/proc/$1/stat" 2>/dev/null || echo 0; } # clock ticks (10 ms)
-start kezbench "$bin/kezbench" -url "$url" -label "nats-$tag" -run 1 -json "$data/kezbench.json"
+start kezbench "$bin/kezbench" -url "$url" -label "nats-$tag" -run 1 -duration 20s -json "$data/kezbench.json"
 bp=${pids[-1]}
 prev=$(count)
 for _ in $(seq 240); do # wait until sends flow
