@@ -213,9 +213,11 @@ func (s *Store) purgeInbox(ctx context.Context, handle string) error {
 	if _, err := s.publish(ctx, m); err != nil {
 		return err
 	}
-	if _, err := s.publish(ctx, s.tombstone(pushListKey(handle))); err != nil {
+	ack, err := s.publish(ctx, s.tombstone(pushListKey(handle)))
+	if err != nil {
 		return err
 	}
+	s.pushWritten(handle, ack.Seq)
 	s.forgetInbox(handle)
 	return nil
 }

@@ -35,8 +35,9 @@
 //     per-message TTL), created only if absent;
 //   - live delivery: every server reads the inbox stream with an ordered
 //     consumer and calls Notify for each message, whoever stored it; a
-//     second one (headers only) on the handles' records tells it of
-//     deletions and rotations made through other servers.
+//     second one (headers only) on the handles' records and push lists
+//     tells it of deletions, rotations and push list changes made through
+//     other servers (reccache.go).
 //
 // Every call is bounded by Options.Timeout, and fails at once while the
 // connection is down, so a request never hangs on an unreachable cluster.
@@ -141,15 +142,22 @@ type Store struct {
 	watch     jetstream.ConsumeContext // contact list changes
 	bindings  jetstream.ConsumeContext // rotations and deletions (registry.go)
 
-	mu       sync.Mutex
-	closed   bool
-	handles  map[string]bool   // handles known to be registered (until deleted)
-	changed  map[string]uint64 // per handle, the seq of its last rotation or deletion seen here
-	seen     map[string]uint64 // per inbox, the last seq the feed delivered
-	verified map[string]uint64 // per inbox, seqs up to which a leader read confirmed what is stored
-	streamMI int64             // the inbox stream's per-subject limit as last seen (-1: none)
-	v1Last   uint64            // no v1 message has a higher seq (0: none ever stored)
-	v1       map[string]uint64 // per inbox, the seq of its last v1 message (0: none)
+	mu      sync.Mutex
+	closed  bool
+	handles map[string]bool   // handles known to be registered (until deleted)
+	changed map[string]uint64 // per handle, the seq of its last write but a registration seen here
+	// recCache and primCache: records read here (reccache.go).
+	recCache  map[string]cachedRecord
+	primCache map[string]cachedHandle
+	// pushCache: push lists read here; pushChanged: per handle, the seq
+	// of the last write of its list seen here (reccache.go).
+	pushCache   map[string]cachedPush
+	pushChanged map[string]uint64
+	seen        map[string]uint64 // per inbox, the last seq the feed delivered
+	verified    map[string]uint64 // per inbox, seqs up to which a leader read confirmed what is stored
+	streamMI    int64             // the inbox stream's per-subject limit as last seen (-1: none)
+	v1Last      uint64            // no v1 message has a higher seq (0: none ever stored)
+	v1          map[string]uint64 // per inbox, the seq of its last v1 message (0: none)
 
 	cmu      sync.Mutex
 	contacts map[string]*cachedContacts // contact lists in use here, by handle
@@ -172,6 +180,8 @@ type Store struct {
 	stopCtx    context.Context // ends with Close
 	stop       context.CancelFunc
 
+	// recordCacheOff, in benchmarks, makes every lookup read the registry.
+	recordCacheOff bool
 	// batchFault, in tests, changes what a batch commit answered.
 	batchFault func(*pubAck, error) (*pubAck, error)
 }
@@ -216,26 +226,30 @@ func Open(opts Options) (*Store, error) {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	s := &Store{
-		opts:      opts,
-		log:       opts.Logger,
-		timeout:   opts.Timeout,
-		inboxName: opts.Prefix + "_inbox",
-		inboxSubj: opts.Prefix + ".inbox.",
-		idsSubj:   opts.Prefix + ".ids.",
-		bucket:    opts.Prefix + "_registry",
-		apiPrefix: "$JS.API.",
-		handles:   map[string]bool{},
-		changed:   map[string]uint64{},
-		hashes:    map[int64]tlog.Hash{},
-		entries:   map[int64][]byte{},
-		logSem:    make(chan struct{}, 1),
-		logReady:  make(chan struct{}),
-		seen:      map[string]uint64{},
-		verified:  map[string]uint64{},
-		v1:        map[string]uint64{},
-		streamMI:  -1,
-		contacts:  map[string]*cachedContacts{},
-		records:   map[string]chan struct{}{},
+		opts:        opts,
+		log:         opts.Logger,
+		timeout:     opts.Timeout,
+		inboxName:   opts.Prefix + "_inbox",
+		inboxSubj:   opts.Prefix + ".inbox.",
+		idsSubj:     opts.Prefix + ".ids.",
+		bucket:      opts.Prefix + "_registry",
+		apiPrefix:   "$JS.API.",
+		handles:     map[string]bool{},
+		changed:     map[string]uint64{},
+		recCache:    map[string]cachedRecord{},
+		primCache:   map[string]cachedHandle{},
+		pushCache:   map[string]cachedPush{},
+		pushChanged: map[string]uint64{},
+		hashes:      map[int64]tlog.Hash{},
+		entries:     map[int64][]byte{},
+		logSem:      make(chan struct{}, 1),
+		logReady:    make(chan struct{}),
+		seen:        map[string]uint64{},
+		verified:    map[string]uint64{},
+		v1:          map[string]uint64{},
+		streamMI:    -1,
+		contacts:    map[string]*cachedContacts{},
+		records:     map[string]chan struct{}{},
 	}
 	s.stopCtx, s.stop = context.WithCancel(context.Background())
 	s.regName = "KV_" + s.bucket
@@ -269,6 +283,7 @@ func Open(opts Options) (*Store, error) {
 			// Changes made meanwhile may reach the watch late: look
 			// contact lists up again once back.
 			s.forgetContacts()
+			s.forgetRecords()
 			if opts.Disconnected != nil {
 				opts.Disconnected(err)
 			}

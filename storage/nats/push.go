@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"strconv"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -70,15 +71,25 @@ func (s *Store) PushSubscriptions(ctx context.Context, handle string) ([]storage
 	if !validToken(handle) {
 		return nil, nil
 	}
-	data, err := s.getKey(ctx, pushListKey(handle), false)
+	if list, ok := s.cachedPushList(handle); ok {
+		return list, nil
+	}
+	readAt := time.Now()
+	data, seq, err := s.getKeySeq(ctx, pushListKey(handle), false)
 	if isNotFound(err) {
+		// seq 0 passes the cache's guard only while no write is known here.
+		s.cachePushList(handle, nil, 0, readAt)
 		return nil, nil
 	}
 	if err != nil {
 		return nil, err
 	}
 	var list []storage.PushSubscription
-	return list, json.Unmarshal(data, &list)
+	if err := json.Unmarshal(data, &list); err != nil {
+		return nil, err
+	}
+	s.cachePushList(handle, list, seq, readAt)
+	return list, nil
 }
 
 // changePush rewrites handle's list with change (which reports whether it
@@ -120,7 +131,10 @@ func (s *Store) changePush(ctx context.Context, handle string, change func([]sto
 			msg = s.put(key, data, cur.seq)
 		}
 		msg.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(cur.seq, 10))
-		_, err = s.publish(ctx, msg)
+		ack, err := s.publish(ctx, msg)
+		if err == nil {
+			s.pushWritten(handle, ack.Seq)
+		}
 		if isCode(err, errCodeWrongLastSeq, errCodeWrongLastSeqConst) {
 			if err := sleep(ctx, backoff(attempt)); err != nil {
 				return false, err
@@ -132,7 +146,9 @@ func (s *Store) changePush(ctx context.Context, handle string, change func([]sto
 		}
 		h, err := s.leaderKey(ctx, handleKey(handle))
 		if err == nil && !h.live() {
-			_, _ = s.publish(ctx, s.tombstone(key)) // else purged by the deletion's job
+			if ack, err := s.publish(ctx, s.tombstone(key)); err == nil { // else purged by the deletion's job
+				s.pushWritten(handle, ack.Seq)
+			}
 			return false, storage.ErrNotFound
 		}
 		return true, err

@@ -583,6 +583,7 @@ func (s *Store) noteChanged(handle string, seq uint64) {
 	if seq > s.changed[handle] {
 		s.changed[handle] = seq
 	}
+	delete(s.recCache, handle)
 	s.mu.Unlock()
 }
 
@@ -608,9 +609,15 @@ func (s *Store) lookup(ctx context.Context, handle string, leader bool) (storage
 	if !validToken(handle) {
 		return storage.Record{}, storage.ErrNotFound
 	}
+	if !leader {
+		if rec, ok := s.cachedLookup(handle); ok {
+			return rec, nil
+		}
+	}
+	readAt := time.Now()
 	data, seq, err := s.getKeySeq(ctx, handleKey(handle), leader)
 	if err == nil && !leader && seq < s.changedAt(handle) {
-		data, _, err = s.getKeySeq(ctx, handleKey(handle), true)
+		data, seq, err = s.getKeySeq(ctx, handleKey(handle), true)
 	}
 	if err != nil {
 		return storage.Record{}, err
@@ -620,6 +627,7 @@ func (s *Store) lookup(ctx context.Context, handle string, leader bool) (storage
 		return storage.Record{}, fmt.Errorf("nats: record %q: %w", handle, err)
 	}
 	s.known(handle)
+	s.cacheRecord(rec, seq, readAt)
 	return rec, nil
 }
 
@@ -632,13 +640,20 @@ func (s *Store) LookupPrimary(ctx context.Context, primary string) (storage.Reco
 	if err := s.checkLog(ctx); err != nil {
 		return storage.Record{}, err
 	}
+	if handle, ok := s.cachedPrimary(primary); ok {
+		if rec, err := s.lookup(ctx, handle, false); err == nil && rec.Primary == primary {
+			return rec, nil
+		}
+	}
 	for _, leader := range []bool{false, true} {
+		readAt := time.Now()
 		handle, err := s.getKey(ctx, primaryKey(primary), leader)
 		if err != nil {
 			return storage.Record{}, err
 		}
 		rec, err := s.lookup(ctx, string(handle), leader)
 		if err == nil && rec.Primary == primary {
+			s.cachePrimary(primary, rec.Handle, readAt)
 			return rec, nil
 		}
 		if err != nil && !isNotFound(err) {
@@ -649,8 +664,8 @@ func (s *Store) LookupPrimary(ctx context.Context, primary string) (storage.Reco
 }
 
 // startBindingWatch starts the ordered consumer (headers only) on the
-// handles' records that tells this server of rotations and deletions made
-// through any server: a deleted handle is forgotten (its inbox refuses
+// handles' records and push lists that tells this server of rotations,
+// deletions and push list changes made through any server: a deleted handle is forgotten (its inbox refuses
 // appends from then on), and lookups of a changed one skip replicas that
 // have not caught up yet.
 func (s *Store) startBindingWatch(ctx context.Context) error {
@@ -659,7 +674,7 @@ func (s *Store) startBindingWatch(ctx context.Context) error {
 		return fmt.Errorf("nats: reading stream %s: %w", s.regName, netErr(err))
 	}
 	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{s.regSubj + "h.>"},
+		FilterSubjects: []string{s.regSubj + "h.>", s.regSubj + pushListKey(">")},
 		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
 		OptStartSeq:    stream.CachedInfo().State.LastSeq + 1,
 		HeadersOnly:    true,
@@ -669,6 +684,7 @@ func (s *Store) startBindingWatch(ctx context.Context) error {
 	}
 	cc, err := cons.Consume(s.bindingChanged, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 		s.log.Debug("bindings watch", "error", err)
+		s.forgetRecords() // changes may reach it late
 	}))
 	if err != nil {
 		return fmt.Errorf("nats: starting the bindings watch: %w", netErr(err))
@@ -682,12 +698,18 @@ func (s *Store) bindingChanged(msg jetstream.Msg) {
 	if err != nil {
 		return
 	}
+	if handle, ok := strings.CutPrefix(msg.Subject(), s.regSubj+pushListKey("")); ok {
+		s.pushWritten(handle, meta.Sequence.Stream)
+		return
+	}
 	handle, ok := strings.CutPrefix(msg.Subject(), s.regSubj+"h.")
 	if !ok {
 		return
 	}
 	deleted := kvDeleted(msg.Headers().Get(hdrKVOp))
-	if deleted || msg.Headers().Get(hdrBindingOp) == "rotate" {
+	// Every write but a first registration changes what a lookup here may
+	// have cached (a registration after a deletion follows the deletion's).
+	if deleted || msg.Headers().Get(hdrBindingOp) != "register" {
 		s.noteChanged(handle, meta.Sequence.Stream)
 	}
 	if deleted {
