@@ -9,8 +9,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -424,33 +422,6 @@ func (s *stream) waitEnd(t testing.TB, within time.Duration) {
 
 func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
 
-// readmeSection is the README from heading (e.g. "## Try it") up to the next
-// heading of the same or a higher level, so tests can run what the README says.
-func readmeSection(t testing.TB, heading string) string {
-	t.Helper()
-	root, err := testcaddy.ModuleRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	readme, err := os.ReadFile(filepath.Join(root, "README.md"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	text := string(readme)
-	start := strings.Index(text, "\n"+heading+"\n")
-	if start < 0 {
-		t.Fatalf("README has no %q section", heading)
-	}
-	level := strings.IndexByte(heading, ' ') // the number of #
-	lines := strings.SplitAfter(text[start+1:], "\n")
-	inCode := false // "# ..." in a shell block is a comment, not a heading
-	for i, line := range lines[1:] {
-		if strings.HasPrefix(line, "```") {
-			inCode = !inCode
-		}
-		if n := len(line) - len(strings.TrimLeft(line, "#")); !inCode && n > 0 && n <= level && strings.HasPrefix(line[n:], " ") {
-			return strings.Join(lines[:i+1], "")
-		}
-	}
-	return text[start+1:]
-}
+// readmeSection is the README from heading up to the next heading of the
+// same or a higher level (testcaddy.ReadmeSection).
+func readmeSection(t testing.TB, heading string) string { return testcaddy.ReadmeSection(t, heading) }

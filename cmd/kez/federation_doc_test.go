@@ -16,22 +16,7 @@ import (
 // begins with heading, up to the next heading of its level or above.
 func docBlocks(t *testing.T, heading, lang string) []string {
 	t.Helper()
-	data, err := os.ReadFile("../../README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	text := string(data)
-	start := strings.Index(text, "\n"+heading+"\n")
-	if start < 0 {
-		t.Fatalf("README has no %q", heading)
-	}
-	text = text[start+len(heading)+2:]
-	level := heading[:strings.IndexByte(heading, ' ')]
-	for _, next := range []string{"\n" + level + " ", "\n" + level[1:] + " "} {
-		if end := strings.Index(text, next); end >= 0 && len(level) > 1 {
-			text = text[:end]
-		}
-	}
+	text := testcaddy.ReadmeSection(t, heading)
 	var out []string
 	for _, m := range regexp.MustCompile("(?s)```"+lang+"\n(.*?)```").FindAllStringSubmatch(text, -1) {
 		out = append(out, m[1])
