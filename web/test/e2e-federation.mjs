@@ -26,7 +26,7 @@ import { promisify } from 'node:util';
 
 import { Api } from '../js/api.js';
 import * as kez from '../js/kez.js';
-import { Caddy, caddyBinary, createAccount, freePort, launchBrowser, newPage, REPO, send, shot, startChat, startLyingProxy } from './harness.mjs';
+import { Caddy, caddyBinary, createAccount, freePort, kezCaddyfile, launchBrowser, newPage, REPO, send, shot, startChat, startLyingProxy } from './harness.mjs';
 
 const execFileAsync = promisify(execFile);
 const tmp = mkdtempSync(join(tmpdir(), 'kez-e2e-fed-'));
@@ -38,28 +38,10 @@ const one = { name: 'one.test', db: join(tmp, 'one.test', 'chat.db') };
 const two = { name: 'two.test', db: join(tmp, 'two.test', 'chat.db') };
 const fork = { name: 'two.test', db: join(tmp, 'fork', 'chat.db') }; // two.test's log, grown apart
 
-/** caddyfile serves kez_chat as server name on port, resolving the other servers as given. */
-function caddyfile(srv, resolve, extra = '') {
-  return `{
-	admin off
-	auto_https off
-	persist_config off
-	filesystem kezweb kez_web
-}
-
-http://127.0.0.1:${srv.port} {
-	kez_chat {
-		server ${srv.name}
-		storage bolt ${srv.db}
-${Object.entries(resolve)
-  .map(([name, base]) => `\t\tfederation_resolve ${name} ${base}`)
-  .join('\n')}${extra}
-	}
-	file_server {
-		fs kezweb
-	}
-}
-`;
+/** caddyfile serves kez_chat as server name on port, resolving the other servers as given; kez are extra kez_chat lines. */
+function caddyfile(srv, resolve, kez = []) {
+  const lines = Object.entries(resolve).map(([name, base]) => `federation_resolve ${name} ${base}`);
+  return kezCaddyfile({ port: srv.port, server: srv.name, db: srv.db, kez: [...lines, ...kez] });
 }
 
 const health = async (srv) => (await fetch(`${srv.base}/v1/healthz`)).json();
@@ -73,7 +55,7 @@ before(async () => {
   proxy = await startLyingProxy(two.port, two.name);
   one.caddy = new Caddy(bin, join(tmp, one.name), caddyfile(one, { [two.name]: proxy.base }));
   // A short federation_cache: two.test asks one.test again for every send after a second.
-  two.caddy = new Caddy(bin, join(tmp, two.name), caddyfile(two, { [one.name]: one.base }, '\n\t\tfederation_cache 1s'));
+  two.caddy = new Caddy(bin, join(tmp, two.name), caddyfile(two, { [one.name]: one.base }, ['federation_cache 1s']));
   await Promise.all([one.caddy.start(`${one.base}/v1/healthz`), two.caddy.start(`${two.base}/v1/healthz`)]);
   browser = await launchBrowser();
 });
@@ -357,7 +339,7 @@ test('two.test showing alice a forked log is refused by her browser, and the war
 
 test('two.test refusing one.test (federation deny): alice’s message says so and is not retried', async () => {
   await two.caddy.stop();
-  two.caddy.caddyfile = caddyfile(two, { [one.name]: one.base }, '\n\t\tfederation deny one.test');
+  two.caddy.caddyfile = caddyfile(two, { [one.name]: one.base }, ['federation deny one.test']);
   await two.caddy.start(`${two.base}/v1/healthz`);
   await alice.goto(one.base + '/#/c/' + encodeURIComponent('bob@two.test'));
   await alice.locator('#thread-title', { hasText: 'bob@two.test' }).waitFor();

@@ -14,21 +14,17 @@
 
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync, spawn } from 'node:child_process';
-import { mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer as createHttpServer, request as httpRequest } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
 
 import { Api } from '../js/api.js';
 import * as kez from '../js/kez.js';
 import { leafHash } from '../js/tlog.js';
 import { FakeLog } from './fakelog.mjs';
-import { createAccount, freePort, newPage as openPage, send, shot, startChat } from './harness.mjs';
+import { Caddy, caddyBinary, createAccount, freePort, kezCaddyfile, launchBrowser, newPage as openPage, send, shot, startChat } from './harness.mjs';
 
-const REPO = fileURLToPath(new URL('../../', import.meta.url));
 const SERVER = 'kez.test';
 const COOLDOWN_S = 2;
 
@@ -42,44 +38,6 @@ let proxyBase; // the lying proxy in front of Caddy
 let browser;
 let napi;
 const contexts = [];
-
-async function startCaddy() {
-  writeFileSync(
-    join(tmp, 'Caddyfile'),
-    `{
-	admin off
-	auto_https off
-	persist_config off
-	filesystem kezweb kez_web
-}
-
-http://127.0.0.1:${port} {
-	kez_chat {
-		server ${SERVER}
-		storage bolt ${join(tmp, 'chat.db')}
-		handle_cooldown ${COOLDOWN_S}s
-	}
-	file_server {
-		fs kezweb
-	}
-}
-`,
-  );
-  const env = { ...process.env, XDG_DATA_HOME: join(tmp, 'data'), XDG_CONFIG_HOME: join(tmp, 'config'), HOME: tmp };
-  const log = openSync(join(tmp, 'caddy.log'), 'a');
-  caddy = spawn(caddyBin, ['run', '--config', join(tmp, 'Caddyfile'), '--adapter', 'caddyfile'], { env, stdio: ['ignore', log, log] });
-  caddy.exitPromise = new Promise((resolve) => caddy.once('exit', resolve));
-  const end = Date.now() + 20000;
-  for (;;) {
-    try {
-      if ((await fetch(`${base}/v1/healthz`)).ok) return;
-    } catch {
-      /* not yet */
-    }
-    if (Date.now() > end) throw new Error('caddy did not start:\n' + readFileSync(join(tmp, 'caddy.log'), 'utf8').slice(-3000));
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 // ---- the lying proxy: forwards everything, and answers /v1/u/<handle> with a key of its own ----
 
@@ -248,22 +206,16 @@ async function registerWhenFree(handle) {
 }
 
 before(async () => {
-  caddyBin = process.env.KEZ_CADDY;
-  if (!caddyBin) {
-    caddyBin = join(tmp, 'caddy');
-    execFileSync('go', ['build', '-o', caddyBin, './cmd/caddy'], { cwd: REPO, stdio: 'inherit' });
-  }
+  caddyBin = caddyBinary(tmp);
   port = await freePort();
   base = `http://127.0.0.1:${port}`;
-  await startCaddy();
+  caddy = new Caddy(caddyBin, tmp, kezCaddyfile({ port, server: SERVER, db: join(tmp, 'chat.db'), kez: [`handle_cooldown ${COOLDOWN_S}s`] }));
+  await caddy.start(`${base}/v1/healthz`);
   const pp = await freePort();
   await startProxy(pp);
   proxyBase = `http://127.0.0.1:${pp}`;
   napi = new Api(base + '/', SERVER);
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'],
-  });
+  browser = await launchBrowser();
 });
 
 after(async () => {
@@ -271,10 +223,7 @@ after(async () => {
   if (browser) await browser.close().catch(() => {});
   if (proxy) proxy.close();
   for (const d of dishonest) d.close();
-  if (caddy && caddy.exitCode === null) {
-    caddy.kill('SIGTERM');
-    await caddy.exitPromise;
-  }
+  if (caddy) await caddy.stop();
   if (!process.env.KEZ_KEEP_TMP) rmSync(tmp, { recursive: true, force: true });
 });
 

@@ -20,7 +20,7 @@ import { chromium } from 'playwright-core';
 
 import { Api, ApiError } from '../js/api.js';
 import * as kez from '../js/kez.js';
-import { freePort } from './harness.mjs';
+import { freePort, kezCaddyfile } from './harness.mjs';
 
 const REPO = fileURLToPath(new URL('../../', import.meta.url));
 const ARTIFACTS = process.env.KEZ_ARTIFACTS || join(REPO, 'test-artifacts');
@@ -36,32 +36,17 @@ let base; // http://127.0.0.1:<port>
 let browser;
 const contexts = [];
 
-function caddyfile(keepalive = '5s', extra = '') {
-  return `{
-	admin 127.0.0.1:${adminPort}
-	auto_https off
-	persist_config off
-	filesystem kezweb kez_web
-}
-
-http://127.0.0.1:${port} {
-	kez_chat {
-		server ${SERVER}
-		storage bolt ${join(tmp, 'chat.db')}
-		keepalive ${keepalive}${extra}
-	}
-	# The client mounted under a sub-path, the API at /v1 on the same host.
-	redir /chat /chat/
-	handle_path /chat/* {
-		file_server {
-			fs kezweb
-		}
-	}
-	file_server {
-		fs kezweb
-	}
-}
+/** caddyfile serves the client at / and under /chat/ (the API at /v1 on the same host); kez are extra kez_chat lines. */
+function caddyfile(keepalive = '5s', kez = []) {
+  const site = `\t# The client mounted under a sub-path, the API at /v1 on the same host.
+\tredir /chat /chat/
+\thandle_path /chat/* {
+\t\tfile_server {
+\t\t\tfs kezweb
+\t\t}
+\t}
 `;
+  return kezCaddyfile({ port, server: SERVER, db: join(tmp, 'chat.db'), admin: `127.0.0.1:${adminPort}`, kez: [`keepalive ${keepalive}`, ...kez], site });
 }
 
 async function waitHealthy(timeoutMs = 20000) {
@@ -447,7 +432,7 @@ test('a config reload (streams end, clients come back) loses and duplicates noth
   const before = await bubbles(alice).count();
   // A changed option, so Caddy really swaps the handler.
   // Streams now end every 3 s (stream_max_age), until the server reset test starts Caddy afresh.
-  writeFileSync(join(tmp, 'Caddyfile'), caddyfile('7s', '\n\t\tstream_max_age 3s'));
+  writeFileSync(join(tmp, 'Caddyfile'), caddyfile('7s', ['stream_max_age 3s']));
   execFileSync(caddyBin, ['reload', '--config', join(tmp, 'Caddyfile'), '--adapter', 'caddyfile', '--address', `127.0.0.1:${adminPort}`], {
     env: { ...process.env, XDG_DATA_HOME: join(tmp, 'data'), XDG_CONFIG_HOME: join(tmp, 'config'), HOME: tmp },
     stdio: 'pipe',

@@ -35,6 +35,32 @@ export function caddyBinary(dir) {
   return bin;
 }
 
+/**
+ * kezCaddyfile is the tests' Caddyfile: kez_chat as server on port with a
+ * bbolt file at db, the web client at the site root. kez holds extra lines
+ * of the kez_chat block, site extra lines of the site block (before the
+ * root file_server).
+ */
+export function kezCaddyfile({ port, server, db, admin = 'off', kez = [], site = '' }) {
+  return `{
+	admin ${admin}
+	auto_https off
+	persist_config off
+	filesystem kezweb kez_web
+}
+
+http://127.0.0.1:${port} {
+	kez_chat {
+		server ${server}
+		storage bolt ${db}
+${kez.map((line) => `\t\t${line}\n`).join('')}	}
+${site}	file_server {
+		fs kezweb
+	}
+}
+`;
+}
+
 /** exampleCaddyfile is Caddyfile.example on port, with its own admin port: what the README tells people to run. */
 export function exampleCaddyfile(port, adminPort) {
   const raw = readFileSync(join(REPO, 'Caddyfile.example'), 'utf8');

@@ -26,7 +26,8 @@ if [[ $what == all || $what == e2e ]]; then
 		apt-get update -qq
 		apt-get install -y -qq chromium >/dev/null
 	fi
-	if [[ ! -d $here/node_modules/playwright-core ]]; then
+	# Installed again when package-lock.json changed since (a new dev dependency).
+	if [[ ! -d $here/node_modules/playwright-core || $here/package-lock.json -nt $here/node_modules/.package-lock.json ]]; then
 		(cd "$here" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
 	fi
 	mkdir -p "$repo/test-artifacts"
