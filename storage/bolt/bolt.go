@@ -22,8 +22,8 @@
 //	                              deletion: idempotency keys of seqs up to it are void
 //	listers    key+handle → 1     handle's inbox accepts or blocks key (the reverse of
 //	                              accepted and blocked, so a rotation finds them, §2.9)
-//	idem       idem → seq + received_at   idempotency keys (SPEC §2.5), stored or acknowledged
-//	idem_times received_at + idem → 1     the same by age, for Expire
+//	idem_times received_at + idem → seq   idempotency keys (SPEC §2.5) of messages stored or
+//	                              acknowledged, by age; found through an index in memory (idem.go)
 //	cooldown   handle → until (unix ms) + seq   a deleted handle (SPEC §2.10): held until
 //	                              then, and its inbox's sequence, so a seq is never reused
 //	log_data   leaf index → data               the binding log (SPEC §5, log.go)
@@ -32,15 +32,14 @@
 //	           meta "push_key" → the VAPID private key
 //
 // A key is a primary's 32 raw bytes; idem is sha256(handle, key, sig).
+// Schema 3 also had idem (idem → seq + received_at), which schema 4 does
+// without (idem.go).
 // Every count changes in the transaction that changes what it counts, so a
 // crash never leaves one wrong; every binding changes in the transaction
 // that appends its log leaf.
 //
-// The idempotency keys are one bucket for all inboxes, not one per inbox:
-// they are hashes, so each append writes one leaf of it at random whatever
-// the layout, and a bucket per inbox would add that bucket's root and its
-// parent's leaf to every commit. Their time index only ever grows at its
-// end, so a batch writes its last leaf once. Being hashes, an inbox's keys
+// The idempotency keys are one bucket for all inboxes, ordered by time, so
+// a batch writes its last leaf or two once (idem.go). An inbox's keys
 // cannot be found to delete them with the inbox: the floor voids them
 // instead, and retention removes them like any other.
 //
@@ -97,7 +96,7 @@ var (
 	bucketCounts    = []byte("counts")
 	bucketInvites   = []byte("invites")
 	bucketState     = []byte("state")
-	bucketIdem      = []byte("idem")
+	bucketIdem      = []byte("idem") // schema 3 only
 	bucketIdemTimes = []byte("idem_times")
 	bucketListers   = []byte("listers")
 	bucketCooldown  = []byte("cooldown")
@@ -168,6 +167,7 @@ type Store struct {
 	logSize atomic.Int64 // leaves known durable (log.go)
 	cache   logCache
 	records *recordCache // decoded records for Lookup (records.go)
+	index   *idemIndex    // where each idempotency key is in idem_times (idem.go)
 	keyMu   sync.Mutex   // guards logKey
 	logKey  string
 }
@@ -216,15 +216,19 @@ func Open(path string, opts Options) (*Store, error) {
 	}
 	err = db.Update(func(tx *bbolt.Tx) error {
 		for _, name := range [][]byte{bucketMeta, bucketHandles, bucketPrimaries, bucketInboxes, bucketCounts, bucketInvites,
-			bucketState, bucketIdem, bucketIdemTimes, bucketListers, bucketCooldown, bucketLogData, bucketLogHashes} {
+			bucketState, bucketIdemTimes, bucketListers, bucketCooldown, bucketLogData, bucketLogHashes} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return err
 			}
 		}
 		return checkServer(tx.Bucket(bucketMeta), opts.Server)
 	})
+	index := newIdemIndex()
 	if err == nil {
-		err = migrate(db)
+		err = db.View(index.load)
+	}
+	if err == nil {
+		err = migrate(db, index)
 	}
 	var size int64
 	if err == nil {
@@ -235,7 +239,7 @@ func Open(path string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("initialize %s: %w", path, err)
 	}
 	s := &Store{db: db, notify: opts.Notify, batch: maxBatch,
-		queue: make(chan *appendReq, maxBatch), done: make(chan struct{}), records: newRecordCache()}
+		queue: make(chan *appendReq, maxBatch), done: make(chan struct{}), records: newRecordCache(), index: index}
 	s.logSize.Store(size)
 	s.once.init(opts.MaxOnce)
 	if opts.OneCommitPerMessage {
@@ -350,24 +354,32 @@ func getRecord(handles *bbolt.Bucket, handle string) (storage.Record, bool, erro
 }
 
 // update runs fn in a write transaction and, once it is durable, makes
-// the leaves it appended visible to LogSize.
+// the leaves it appended visible to LogSize and its idempotency keys to
+// the index.
 func (s *Store) update(fn func(w *writeTx) error) error {
-	var appended int64
-	err := s.db.Update(func(tx *bbolt.Tx) error {
-		w := newWriteTx(tx)
-		if err := fn(w); err != nil {
-			return err
-		}
-		appended = w.logSize
-		return nil
-	})
+	w, err := writeIn(s.db, s.index, fn)
 	if err != nil {
 		return mapErr(err)
 	}
-	if appended > 0 {
-		s.noteSize(appended)
+	if w.logSize > 0 {
+		s.noteSize(w.logSize)
 	}
 	return nil
+}
+
+// writeIn runs fn in a write transaction of db and applies its changes to
+// the key index once it has committed.
+func writeIn(db *bbolt.DB, index *idemIndex, fn func(w *writeTx) error) (*writeTx, error) {
+	var w *writeTx
+	err := db.Update(func(tx *bbolt.Tx) error {
+		w = newWriteTx(tx, index)
+		return fn(w)
+	})
+	if err != nil {
+		return nil, err
+	}
+	index.apply(&w.keys)
+	return w, nil
 }
 
 // Register binds a handle and a primary and appends the registration to
@@ -771,8 +783,7 @@ func (s *Store) fill(batch *[]*appendReq, wait <-chan time.Time) bool {
 // failing transaction fails them all.
 func (s *Store) commit(batch []*appendReq) {
 	now := time.Now().UnixMilli()
-	err := s.db.Update(func(tx *bbolt.Tx) error {
-		w := newWriteTx(tx)
+	_, err := writeIn(s.db, s.index, func(w *writeTx) error {
 		for _, r := range batch {
 			r.msg, r.fresh, r.err = storage.Message{}, false, nil
 			if err := w.append(r, now); err != nil {
@@ -802,11 +813,12 @@ func (s *Store) commit(batch []*appendReq) {
 type writeTx struct {
 	tx        *bbolt.Tx
 	counts    *bbolt.Bucket
-	idem      *bbolt.Bucket
 	idemTimes *bbolt.Bucket
 	listers   *bbolt.Bucket
 	inboxes   map[string]*inbox
-	logSize   int64 // after the last leaf appended in this transaction; 0: none
+	logSize   int64      // after the last leaf appended in this transaction; 0: none
+	index     *idemIndex  // read only: changes go to keys
+	keys      keyChanges // this transaction's changes to index
 }
 
 // inbox is an inbox's buckets within one transaction.
@@ -827,9 +839,9 @@ type inbox struct {
 // Half the pages for the same messages, so half the pages written per commit.
 const appendOnly = 1.0
 
-func newWriteTx(tx *bbolt.Tx) *writeTx {
-	w := &writeTx{tx: tx, counts: tx.Bucket(bucketCounts), idem: tx.Bucket(bucketIdem),
-		idemTimes: tx.Bucket(bucketIdemTimes), listers: tx.Bucket(bucketListers), inboxes: map[string]*inbox{}}
+func newWriteTx(tx *bbolt.Tx, index *idemIndex) *writeTx {
+	w := &writeTx{tx: tx, counts: tx.Bucket(bucketCounts), idemTimes: tx.Bucket(bucketIdemTimes),
+		listers: tx.Bucket(bucketListers), inboxes: map[string]*inbox{}, index: index}
 	w.idemTimes.FillPercent = appendOnly
 	return w
 }
@@ -881,14 +893,6 @@ func add(b kv, key []byte, delta int64, drop bool) error {
 	return b.Put(key, seqKey(uint64(max(n, 0))))
 }
 
-// remember records an idempotency key for the message seq sk received at at.
-func (w *writeTx) remember(idem, sk, at []byte) error {
-	if err := w.idem.Put(idem, cat(sk, at)); err != nil {
-		return err
-	}
-	return w.idemTimes.Put(cat(at, idem), present)
-}
-
 // append applies one delivery (SPEC §2.5), in the order the contract gives:
 // unknown inbox, duplicate, blocked, request limits or inbox cap, store,
 // then the sender's implicit acceptance of the recipient (§2.9).
@@ -905,13 +909,10 @@ func (w *writeTx) append(r *appendReq, now int64) error {
 	from := r.from[:]
 	// A key of a deleted inbox's message (seq up to the floor) is void: it
 	// is replaced if this one is stored.
-	var void []byte
-	if v := w.idem.Get(r.idem[:]); len(v) == 16 && u64(v[:8]) <= ix.floor {
-		void = cat(v[8:], r.idem[:]) // its time entry
-	} else if len(v) == 16 {
-		seq := u64(v[:8])
-		r.msg = storage.Message{Seq: seq, ReceivedAt: int64(u64(v[8:])), From: d.From, FromAddr: d.FromAddr,
-			Request: ix.requests.Get(cat(from, v[:8])) != nil, Envelope: d.Envelope}
+	keyAt, keySeq, void := w.keyAt(r.idem)
+	if void && u64(keySeq) > ix.floor {
+		r.msg = storage.Message{Seq: u64(keySeq), ReceivedAt: keyAt, From: d.From, FromAddr: d.FromAddr,
+			Request: ix.requests.Get(cat(from, keySeq)) != nil, Envelope: d.Envelope}
 		return nil
 	}
 	// The owner writing to its own inbox (a copy for its other devices,
@@ -949,12 +950,12 @@ func (w *writeTx) append(r *appendReq, now int64) error {
 		return err
 	}
 	sk := seqKey(seq)
-	if void != nil {
-		if err := w.idemTimes.Delete(void); err != nil {
+	if void {
+		if err := w.forget(keyAt, r.idem); err != nil {
 			return err
 		}
 	}
-	if err := w.remember(r.idem[:], sk, seqKey(uint64(now))); err != nil {
+	if err := w.remember(r.idem, sk, now); err != nil {
 		return err
 	}
 	if request {
@@ -1083,8 +1084,7 @@ func (s *Store) SetContact(_ context.Context, handle, primary string, state stor
 	if err != nil {
 		return err
 	}
-	err = s.db.Update(func(tx *bbolt.Tx) error {
-		w := newWriteTx(tx)
+	_, err = writeIn(s.db, s.index, func(w *writeTx) error {
 		ix, err := w.inbox(handle)
 		if err != nil {
 			return err
@@ -1170,8 +1170,7 @@ func (s *Store) Read(_ context.Context, handle string, since uint64, limit int) 
 // Ack deletes every message with seq <= upto.
 func (s *Store) Ack(_ context.Context, handle string, upto uint64) (int, error) {
 	deleted := 0
-	err := s.db.Update(func(tx *bbolt.Tx) error {
-		w := newWriteTx(tx)
+	_, err := writeIn(s.db, s.index, func(w *writeTx) error {
 		ix, err := w.inbox(handle)
 		if err != nil {
 			return err
@@ -1338,9 +1337,9 @@ func (s *Store) Expire(ctx context.Context, cutoff time.Time) (int, error) {
 				return err
 			}
 			n := 0
-			err := s.db.Update(func(tx *bbolt.Tx) error {
+			_, err := writeIn(s.db, s.index, func(w *writeTx) error {
 				var err error
-				n, err = step(newWriteTx(tx))
+				n, err = step(w)
 				return err
 			})
 			if err != nil {
@@ -1379,17 +1378,14 @@ func (w *writeTx) forgetKeys(limitKey []byte, max int) (int, error) {
 		doomed = append(doomed, append([]byte(nil), k...))
 	}
 	for _, k := range doomed {
-		if err := w.idemTimes.Delete(k); err != nil {
+		var err error
+		if len(k) == 8+sha256.Size {
+			err = w.forget(int64(u64(k[:8])), [sha256.Size]byte(k[8:]))
+		} else {
+			err = w.idemTimes.Delete(k)
+		}
+		if err != nil {
 			return 0, err
-		}
-		if len(k) != 8+sha256.Size {
-			continue
-		}
-		// Only the key this entry made: received at the same time.
-		if v := w.idem.Get(k[8:]); len(v) == 16 && bytes.Equal(v[8:], k[:8]) {
-			if err := w.idem.Delete(k[8:]); err != nil {
-				return 0, err
-			}
 		}
 	}
 	return len(doomed), nil

@@ -3,6 +3,7 @@ package bolt
 import (
 	"bytes"
 	"cmp"
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"slices"
@@ -16,8 +17,9 @@ import (
 // schemaVersion is the layout this package writes (see the package doc).
 // Version 1 (no meta bucket) stored received_at + envelope per message and
 // nothing else per inbox; version 2 had no binding log, no listers index
-// and no cooldown records.
-const schemaVersion = 3
+// and no cooldown records; version 3 kept the idempotency keys a second
+// time, by hash (idem).
+const schemaVersion = 4
 
 var metaSchema = []byte("schema")
 
@@ -28,8 +30,10 @@ const (
 )
 
 // migrate brings a database to schemaVersion, once: first v1 to v2
-// (migrateV1), then v2 to v3 (migrateV2).
-func migrate(db *bbolt.DB) error {
+// (migrateV1), then v2 to v3 (migrateV2), then v3 to v4 (migrateV3).
+// index is the key index loaded from the file as it is; the migrations
+// keep it in step.
+func migrate(db *bbolt.DB, index *idemIndex) error {
 	var schema uint64
 	err := db.View(func(tx *bbolt.Tx) error {
 		schema = u64(tx.Bucket(bucketMeta).Get(metaSchema))
@@ -45,11 +49,16 @@ func migrate(db *bbolt.DB) error {
 		return fmt.Errorf("database schema %d is newer than this version (%d)", schema, schemaVersion)
 	}
 	if schema < 2 {
-		if err := migrateV1(db); err != nil {
+		if err := migrateV1(db, index); err != nil {
 			return err
 		}
 	}
-	if err := migrateV2(db); err != nil {
+	if schema < 3 {
+		if err := migrateV2(db, index); err != nil {
+			return err
+		}
+	}
+	if err := migrateV3(db, index); err != nil {
 		return err
 	}
 	return db.Update(func(tx *bbolt.Tx) error {
@@ -74,7 +83,7 @@ func migrate(db *bbolt.DB) error {
 // It works in small transactions; each message value says which layout it
 // has, so a migration cut short by a crash resumes where it was. The schema
 // is written last.
-func migrateV1(db *bbolt.DB) error {
+func migrateV1(db *bbolt.DB, index *idemIndex) error {
 	var handles []string
 	err := db.View(func(tx *bbolt.Tx) error {
 		return tx.Bucket(bucketInboxes).ForEachBucket(func(name []byte) error {
@@ -86,7 +95,7 @@ func migrateV1(db *bbolt.DB) error {
 		return err
 	}
 	for _, handle := range handles {
-		if err := migrateInbox(db, handle); err != nil {
+		if err := migrateInbox(db, index, handle); err != nil {
 			return fmt.Errorf("migrate inbox %q: %w", handle, err)
 		}
 	}
@@ -107,7 +116,7 @@ func migrateV1(db *bbolt.DB) error {
 // registration, so a migration cut short appends only what is missing, in
 // the same order: the leaves are the same whenever it finishes. Both parts
 // work in transactions of at most migrateChunk records or inboxes.
-func migrateV2(db *bbolt.DB) error {
+func migrateV2(db *bbolt.DB, index *idemIndex) error {
 	var inboxes [][]byte
 	err := db.View(func(tx *bbolt.Tx) error {
 		return tx.Bucket(bucketState).ForEachBucket(func(name []byte) error {
@@ -164,8 +173,8 @@ func migrateV2(db *bbolt.DB) error {
 		return cmp.Or(cmp.Compare(a.at, b.at), cmp.Compare(a.handle, b.handle))
 	})
 	for chunk := range slices.Chunk(todo, migrateChunk) {
-		err := db.Update(func(tx *bbolt.Tx) error {
-			w := newWriteTx(tx)
+		_, err := writeIn(db, index, func(w *writeTx) error {
+			tx := w.tx
 			handles := tx.Bucket(bucketHandles)
 			for _, b := range chunk {
 				rec, ok, err := getRecord(handles, b.handle)
@@ -209,12 +218,11 @@ func logged(tx *bbolt.Tx, rec storage.Record) bool {
 	return leaf != nil && rec.LogIndex >= 0 && bytes.Equal(leaf, made)
 }
 
-func migrateInbox(db *bbolt.DB, handle string) error {
+func migrateInbox(db *bbolt.DB, index *idemIndex, handle string) error {
 	next := uint64(0)
 	stored := uint64(0) // messages seen, all ordinary: nothing is appended before the schema is written
 	for done := false; !done; {
-		err := db.Update(func(tx *bbolt.Tx) error {
-			w := newWriteTx(tx)
+		_, err := writeIn(db, index, func(w *writeTx) error {
 			ix, err := w.inbox(handle)
 			if err != nil || ix == nil {
 				done = true
@@ -287,8 +295,70 @@ func (w *writeTx) migrateMessage(ix *inbox, sk, v1 []byte, outOfLine bool) error
 	}
 	// v1 stored resends again: the first one keeps the key.
 	idem := idemKey(string(ix.name), from, env.Sig)
-	if v := w.idem.Get(idem[:]); len(v) == 16 && u64(v[:8]) != u64(sk) {
+	if _, seq, ok := w.keyAt(idem); ok && u64(seq) != u64(sk) {
 		return nil
 	}
-	return w.remember(idem[:], sk, at)
+	return w.remember(idem, sk, int64(u64(at)))
+}
+
+// migrateV3 brings a schema 3 database to schema 4: each entry of
+// idem_times (received_at + idem → 1) gets the seq its idem entry held
+// (idem → seq + received_at), and idem is deleted. A time entry whose idem
+// entry is missing or holds another time is stale and deleted. An entry
+// with an 8-byte value is done, so a migration cut short goes on where it
+// was; idem goes last.
+func migrateV3(db *bbolt.DB, index *idemIndex) error {
+	var next []byte // where the last chunk stopped
+	for done := false; !done; {
+		_, err := writeIn(db, index, func(w *writeTx) error {
+			old := w.tx.Bucket(bucketIdem)
+			if old == nil {
+				done = true
+				return nil
+			}
+			type entry struct{ k, seq []byte }
+			var todo []entry
+			c := w.idemTimes.Cursor()
+			k, v := c.First()
+			if next != nil {
+				k, v = c.Seek(next)
+			}
+			for ; k != nil && len(todo) < migrateChunk; k, v = c.Next() {
+				next = append(bytes.Clone(k), 0)
+				if len(v) == 8 {
+					continue
+				}
+				var seq []byte
+				if len(k) == 8+sha256.Size {
+					if hv := old.Get(k[8:]); len(hv) == 16 && bytes.Equal(hv[8:], k[:8]) {
+						seq = bytes.Clone(hv[:8])
+					}
+				}
+				todo = append(todo, entry{bytes.Clone(k), seq})
+			}
+			for _, e := range todo {
+				var err error
+				switch {
+				case e.seq != nil:
+					err = w.idemTimes.Put(e.k, e.seq)
+				case len(e.k) == 8+sha256.Size:
+					err = w.forget(int64(u64(e.k[:8])), [sha256.Size]byte(e.k[8:]))
+				default:
+					err = w.idemTimes.Delete(e.k)
+				}
+				if err != nil {
+					return err
+				}
+			}
+			if len(todo) < migrateChunk {
+				done = true
+				return w.tx.DeleteBucket(bucketIdem)
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("migrate the idempotency keys: %w", err)
+		}
+	}
+	return nil
 }

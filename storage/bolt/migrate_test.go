@@ -259,3 +259,129 @@ func TestNewerSchemaRefused(t *testing.T) {
 		t.Fatalf("open of a newer schema: %v", err)
 	}
 }
+
+// toSchema3 rewrites a schema 4 file's idempotency keys as schema 3 kept
+// them: idem (idem → seq + received_at) besides idem_times (→ 1), plus
+// a stale time entry whose idem entry holds another time.
+func toSchema3(t *testing.T, path string) (stale []byte) {
+	t.Helper()
+	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	err = db.Update(func(tx *bbolt.Tx) error {
+		idem, err := tx.CreateBucket(bucketIdem)
+		if err != nil {
+			return err
+		}
+		times := tx.Bucket(bucketIdemTimes)
+		var keys [][]byte
+		if err := times.ForEach(func(k, v []byte) error {
+			keys = append(keys, bytes.Clone(k))
+			return idem.Put(k[8:], cat(v, k[:8]))
+		}); err != nil {
+			return err
+		}
+		for _, k := range keys {
+			if err := times.Put(k, present); err != nil {
+				return err
+			}
+		}
+		stale = cat(seqKey(1), keys[0][8:]) // the first key, at another time
+		if err := times.Put(stale, present); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketMeta).Put(metaSchema, seqKey(3))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return stale
+}
+
+// A schema 3 file moves its idempotency keys into idem_times and drops
+// idem, also when a first try was cut short; resends keep their receipts.
+func TestMigrateV3(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "chat.db")
+	s, err := Open(path, Options{Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	storagetest.Register(t, s, "alice", 1)
+	var sent []storage.Delivery
+	var receipts []storage.Message
+	for i := range 2*migrateChunk + 10 {
+		d := storagetest.Delivery("alice", 2)
+		d.Sig = fmt.Sprintf("%0128x", i)
+		m, fresh, err := s.Append(ctx, d, storage.Limits{})
+		if err != nil || !fresh {
+			t.Fatalf("append %d: fresh=%v %v", i, fresh, err)
+		}
+		sent, receipts = append(sent, d), append(receipts, m)
+	}
+	if _, err := s.Ack(ctx, "alice", receipts[10].Seq); err != nil { // acknowledged keys stay
+		t.Fatal(err)
+	}
+	s.Close()
+
+	resends := func(s *Store) {
+		t.Helper()
+		for _, i := range []int{0, 10, migrateChunk, len(sent) - 1} {
+			m, fresh, err := s.Append(ctx, sent[i], storage.Limits{})
+			if err != nil || fresh || m.Seq != receipts[i].Seq || m.ReceivedAt != receipts[i].ReceivedAt {
+				t.Fatalf("resend %d after the migration: seq %d at %d fresh=%v %v; want seq %d at %d",
+					i, m.Seq, m.ReceivedAt, fresh, err, receipts[i].Seq, receipts[i].ReceivedAt)
+			}
+		}
+	}
+	for _, cut := range []bool{false, true} {
+		stale := toSchema3(t, path)
+		if cut { // a first try that migrated one chunk, then crashed
+			db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: time.Second})
+			if err != nil {
+				t.Fatal(err)
+			}
+			index := newIdemIndex()
+			if err := db.View(index.load); err != nil {
+				t.Fatal(err)
+			}
+			_, err = writeIn(db, index, func(w *writeTx) error {
+				n := 0
+				c := w.idemTimes.Cursor()
+				for k, _ := c.First(); k != nil && n < migrateChunk; k, _ = c.Next() {
+					if v := w.tx.Bucket(bucketIdem).Get(k[8:]); len(v) == 16 && bytes.Equal(v[8:], k[:8]) {
+						if err := w.idemTimes.Put(bytes.Clone(k), bytes.Clone(v[:8])); err != nil {
+							return err
+						}
+						n++
+					}
+				}
+				return nil
+			})
+			db.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		s, err := Open(path, Options{Timeout: time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkState(t, s) // also: idem is gone, every entry has its seq, the index matches
+		_ = s.db.View(func(tx *bbolt.Tx) error {
+			if tx.Bucket(bucketIdemTimes).Get(stale) != nil {
+				t.Errorf("the stale time entry %x survived the migration", stale)
+			}
+			return nil
+		})
+		resends(s)
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if err := Check(path, time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

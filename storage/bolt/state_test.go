@@ -85,17 +85,30 @@ func checkState(t *testing.T, s *Store) {
 	})
 	if err == nil {
 		err = s.db.View(func(tx *bbolt.Tx) error {
-			// Idempotency keys and their time index point at each other.
-			idem, times := tx.Bucket(bucketIdem), tx.Bucket(bucketIdemTimes)
-			if idem.Stats().KeyN != times.Stats().KeyN {
-				return fmt.Errorf("%d idempotency keys, %d by time", idem.Stats().KeyN, times.Stats().KeyN)
-			}
-			return times.ForEach(func(k, _ []byte) error {
-				if v := idem.Get(k[8:]); len(v) != 16 || !bytes.Equal(v[8:], k[:8]) {
-					return fmt.Errorf("time entry %x does not match its key", k)
+			// Every idempotency key is on disk once, with a seq, and the
+			// index in memory finds each and holds nothing else.
+			seen := map[[32]byte]bool{}
+			err := tx.Bucket(bucketIdemTimes).ForEach(func(k, v []byte) error {
+				if len(k) != 8+32 || len(v) != 8 {
+					return fmt.Errorf("idempotency entry %x → %x is malformed", k, v)
+				}
+				idem := [32]byte(k[8:])
+				if seen[idem] {
+					return fmt.Errorf("idempotency key %x is on disk twice", idem)
+				}
+				seen[idem] = true
+				if at, ok := s.index.lookup(idem); !ok || at != int64(u64(k[:8])) {
+					return fmt.Errorf("the index has idempotency key %x at %d (%t), the disk at %d", idem, at, ok, u64(k[:8]))
 				}
 				return nil
 			})
+			if err == nil && s.index.size() != len(seen) {
+				err = fmt.Errorf("the index holds %d idempotency keys, the disk %d", s.index.size(), len(seen))
+			}
+			if err == nil && tx.Bucket(bucketIdem) != nil {
+				err = errors.New("the schema 3 idem bucket is still there")
+			}
+			return err
 		})
 	}
 	if err == nil {
@@ -336,8 +349,11 @@ func TestStateStaysConsistent(t *testing.T) {
 	}
 	checkState(t, s)
 	err = s.db.View(func(tx *bbolt.Tx) error {
-		if n := tx.Bucket(bucketIdem).Stats().KeyN; n != 0 {
+		if n := tx.Bucket(bucketIdemTimes).Stats().KeyN; n != 0 {
 			return fmt.Errorf("%d idempotency keys after retention", n)
+		}
+		if n := s.index.size(); n != 0 {
+			return fmt.Errorf("%d idempotency keys in the index after retention", n)
 		}
 		return nil
 	})

@@ -212,7 +212,7 @@ func testMigrateV2(t *testing.T, done int) {
 					return err
 				}
 			}
-			w := newWriteTx(tx)
+			w := newWriteTx(tx, newIdemIndex())
 			for _, h := range order[:done] {
 				rec, _, err := getRecord(tx.Bucket(bucketHandles), h)
 				if err != nil {

@@ -1,0 +1,85 @@
+package bolt
+
+import (
+	"errors"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// Keys whose first 8 bytes are the same (a sender can grind for that) are
+// each found, forgotten and found again after a restart on their own.
+func TestIdemIndexSharedPrefix(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "chat.db")
+	s, err := Open(path, Options{Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var a, b, c [32]byte
+	for i := range 8 {
+		a[i], b[i], c[i] = 0xab, 0xab, 0xab
+	}
+	a[31], b[31], c[31] = 1, 2, 3
+	want := func(s *Store, idem [32]byte, at int64, seq uint64) {
+		t.Helper()
+		err := s.update(func(w *writeTx) error {
+			gotAt, gotSeq, ok := w.keyAt(idem)
+			if seq == 0 && ok {
+				t.Errorf("key %x: found at %d seq %d, want none", idem[31], gotAt, u64(gotSeq))
+			} else if seq != 0 && (!ok || gotAt != at || u64(gotSeq) != seq) {
+				t.Errorf("key %x: at %d seq %d found=%v, want at %d seq %d", idem[31], gotAt, u64(gotSeq), ok, at, seq)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	err = s.update(func(w *writeTx) error {
+		if err := w.remember(a, seqKey(1), 100); err != nil {
+			return err
+		}
+		if err := w.remember(b, seqKey(2), 200); err != nil {
+			return err
+		}
+		// Seen within the transaction that made them.
+		if _, seq, ok := w.keyAt(b); !ok || u64(seq) != 2 {
+			t.Errorf("key b within its transaction: seq %d found=%v", u64(seq), ok)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want(s, a, 100, 1)
+	want(s, b, 200, 2)
+	want(s, c, 0, 0) // shares the prefix, has no entry
+	// A failed transaction changes nothing in the index.
+	_ = s.update(func(w *writeTx) error {
+		_ = w.remember(c, seqKey(3), 300)
+		return errors.New("rolled back")
+	})
+	want(s, c, 0, 0)
+	if err := s.update(func(w *writeTx) error { return w.forget(100, a) }); err != nil {
+		t.Fatal(err)
+	}
+	want(s, a, 0, 0)
+	want(s, b, 200, 2)
+	if n := s.index.size(); n != 1 { // b only: not a, nor c of the failed transaction
+		t.Errorf("index holds %d keys, want 1", n)
+	}
+	if err := s.update(func(w *writeTx) error { return w.remember(a, seqKey(4), 400) }); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if s, err = Open(path, Options{Timeout: time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	want(s, a, 400, 4)
+	want(s, b, 200, 2)
+	want(s, c, 0, 0)
+	if n := s.index.size(); n != 2 {
+		t.Errorf("index holds %d keys after a restart, want 2", n)
+	}
+}
