@@ -167,7 +167,7 @@ type Store struct {
 	logSize atomic.Int64 // leaves known durable (log.go)
 	cache   logCache
 	records *recordCache // decoded records for Lookup (records.go)
-	index   *idemIndex    // where each idempotency key is in idem_times (idem.go)
+	index   *idemIndex   // where each idempotency key is in idem_times (idem.go)
 	keyMu   sync.Mutex   // guards logKey
 	logKey  string
 }
@@ -817,7 +817,7 @@ type writeTx struct {
 	listers   *bbolt.Bucket
 	inboxes   map[string]*inbox
 	logSize   int64      // after the last leaf appended in this transaction; 0: none
-	index     *idemIndex  // read only: changes go to keys
+	index     *idemIndex // read only: changes go to keys
 	keys      keyChanges // this transaction's changes to index
 }
 
