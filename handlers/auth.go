@@ -41,7 +41,7 @@ func (h *Handler) verify(r *http.Request, primary string, req signedRequest, onc
 		return err
 	}
 	kr := kez.Request{Server: h.cfg.Server, Method: req.method, Path: req.path, Query: req.query, BodyHash: req.bodyHash}
-	ts, msg, err := kr.VerifyWith(h.keys, pub, req.auth, h.cfg.Now(), h.cfg.AuthSkew)
+	ts, msg, err := kr.VerifyWith(h.auth, pub, req.auth, h.cfg.Now(), h.cfg.AuthSkew)
 	if err != nil || !once {
 		return err
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -372,4 +373,67 @@ func TestBodyContentType(t *testing.T) {
 	expect(t, "register as text/plain", e.do("POST", "/v1/register", strings.NewReader(string(b)), "Content-Type", "text/plain"), 415, "bad_request")
 	expect(t, "register without a type", e.do("POST", "/v1/register", strings.NewReader(string(b)), "Content-Type", ""), 415, "bad_request")
 	expect(t, "register", e.do("POST", "/v1/register", strings.NewReader(string(b))), 201, "")
+}
+
+// Sends checked in batches (AuthVerifier), forgeries among them: each
+// forgery is refused and every honest send stored, whatever its batch
+// mates, and a forgery's envelope is not stored.
+func TestAuthBatchedWithForgeries(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.SenderRate = Rate{} })
+	e.users(alice, "alice", bob, "bob")
+	e.h.auth = kez.NewAuthVerifier(kez.NewKeyVerifier(0), 20*time.Millisecond)
+	e.h.auth.BatchAlways()
+	expect(t, "bob accepts alice", e.owner(bob, "PUT", "/v1/inbox/bob/contacts/"+alice.Primary(), ""), 204, "")
+	type result struct {
+		forged bool
+		status int
+		body   string
+	}
+	const waves, perWave = 4, 24
+	results := make(chan result, waves*perWave)
+	for range waves {
+		var wg sync.WaitGroup
+		for i := range perWave {
+			body := `{"to":"bob","envelope":` + envl(alice, bob) + `}`
+			auth := e.sign(alice, "POST", "/v1/messages", "", []byte(body))
+			forged := i%5 == 2
+			if forged { // one hex digit of S changed
+				b := []byte(auth)
+				if b[len(b)-3] == '0' {
+					b[len(b)-3] = '1'
+				} else {
+					b[len(b)-3] = '0'
+				}
+				auth = string(b)
+			}
+			wg.Go(func() {
+				r, err := e.request("POST", "/v1/messages", strings.NewReader(body), "X-KEZ-Auth", auth)
+				if err != nil {
+					r.status, r.body = -1, []byte(err.Error())
+				}
+				results <- result{forged, r.status, string(r.body)}
+			})
+		}
+		wg.Wait()
+	}
+	close(results)
+	stored, forgeries := 0, 0
+	for r := range results {
+		switch {
+		case r.forged && r.status != 401:
+			t.Errorf("a forged send: %d %s, want 401", r.status, r.body)
+		case r.forged:
+			forgeries++
+		case r.status != 201:
+			t.Errorf("an honest send batched with forgeries: %d %s, want 201", r.status, r.body)
+		default:
+			stored++
+		}
+	}
+	if n := len(e.all(bob, "bob")); n != stored || forgeries == 0 {
+		t.Errorf("bob holds %d messages, %d honest sends were stored, %d forgeries refused", n, stored, forgeries)
+	}
+	if e.h.auth.Batches() == 0 {
+		t.Error("no batch was checked as one")
+	}
 }

@@ -221,8 +221,9 @@ type Handler struct {
 	federationLimit *limiter
 	streams         streamSlots
 
-	// keys checks request signatures, keeping senders' keys expanded.
-	keys *kez.KeyVerifier
+	// auth checks request signatures, keeping senders' keys expanded and
+	// batching the checks under load.
+	auth *kez.AuthVerifier
 
 	mu      sync.Mutex
 	servers map[*http.Server]context.Context // done when that server begins to shut down
@@ -241,7 +242,7 @@ func New(cfg Config, store storage.Store, h *hub.Hub, log *slog.Logger) *Handler
 		sendLimit:       newLimiter(cfg.SendRate, &cfg.RateState.send),
 		senderLimit:     newLimiter(cfg.SenderRate, &cfg.RateState.sender),
 		federationLimit: newLimiter(cfg.FederationRate, &cfg.RateState.federation),
-		streams:         streamSlots{perHandle: map[string]int{}}, keys: kez.NewKeyVerifier(0)}
+		streams:         streamSlots{perHandle: map[string]int{}}, auth: kez.NewAuthVerifier(kez.NewKeyVerifier(0), kez.DefaultAuthLinger)}
 }
 
 // Close ends every open stream of this handler; the store and hub stay open.

@@ -208,7 +208,7 @@ func (h *Handler) remoteSender(r *http.Request, in *sendBody, signed signedReque
 		return sender{}, kez.Errorf(kez.CodeBadRequest, "envelope.from: %v", err)
 	}
 	kr := kez.Request{Server: h.cfg.Server, Method: signed.method, Path: signed.path, BodyHash: signed.bodyHash}
-	if _, _, err := kr.VerifyWith(h.keys, pub, signed.auth, h.cfg.Now(), h.cfg.AuthSkew); err != nil {
+	if _, _, err := kr.VerifyWith(h.auth, pub, signed.auth, h.cfg.Now(), h.cfg.AuthSkew); err != nil {
 		return sender{}, err
 	}
 	now := h.cfg.Now()

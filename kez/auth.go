@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	voi "github.com/oasisprotocol/curve25519-voi/primitives/ed25519"
 )
 
 // AuthPrefix is the first line of every v2 signed request string (SPEC §2.0).
@@ -79,10 +81,13 @@ func ParseAuth(value string) (ts int64, sig []byte, err error) {
 }
 
 // Verify checks an X-KEZ-Auth value for r: its timestamp within skew of
-// now, then the signature by pub. It returns the signed message, whose hash
-// is the request's single-use key (see OnceKey).
+// now, then the signature by pub under the ZIP-215 rules (AuthVerifier
+// says why). It returns the signed message, whose hash is the request's
+// single-use key (see OnceKey).
 func (r *Request) Verify(pub ed25519.PublicKey, value string, now time.Time, skew time.Duration) (ts int64, msg []byte, err error) {
-	return r.verify(func(msg, sig []byte) bool { return ed25519.Verify(pub, msg, sig) }, value, now, skew)
+	return r.verify(func(msg, sig []byte) bool {
+		return len(pub) == ed25519.PublicKeySize && voi.VerifyWithOptions(voi.PublicKey(pub), msg, sig, zip215Rules)
+	}, value, now, skew)
 }
 
 // verify is Verify with the signature check given.

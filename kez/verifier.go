@@ -3,7 +3,6 @@ package kez
 import (
 	"crypto/ed25519"
 	"sync"
-	"time"
 
 	voi "github.com/oasisprotocol/curve25519-voi/primitives/ed25519"
 )
@@ -14,7 +13,8 @@ import (
 // order, and A decoded as Go decodes it (non-canonical and small-order
 // encodings are read, not refused). Batch verification cannot follow these
 // rules (it needs the cofactored equation), which is why a KeyVerifier checks
-// signatures one at a time.
+// signatures one at a time; X-KEZ-Auth, which only servers check, uses
+// AuthVerifier and ZIP-215's rules instead.
 var stdlibRules = &voi.Options{Verify: voi.VerifyOptionsStdLib}
 
 // DefaultKeyVerifierKeys bounds the keys a KeyVerifier keeps expanded: about
@@ -84,10 +84,4 @@ func (v *KeyVerifier) expanded(pub ed25519.PublicKey) *voi.ExpandedPublicKey {
 	v.keys[string(pub)] = k
 	v.mu.Unlock()
 	return k
-}
-
-// VerifyWith is Verify with the Ed25519 check done by v: the same answers
-// and errors, faster for keys that sign often.
-func (r *Request) VerifyWith(v *KeyVerifier, pub ed25519.PublicKey, value string, now time.Time, skew time.Duration) (ts int64, msg []byte, err error) {
-	return r.verify(func(msg, sig []byte) bool { return v.Verify(pub, msg, sig) }, value, now, skew)
 }
