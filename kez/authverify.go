@@ -48,8 +48,10 @@ type AuthVerifier struct {
 	lastSlot int        // signatures seen in the previous slot
 }
 
-// DefaultAuthLinger bounds how long a signature waits for batch mates.
-const DefaultAuthLinger = time.Millisecond
+// DefaultAuthLinger bounds how long a signature waits for batch mates:
+// long enough for batches of about 10 at 6,000 sends a second (scenario 1
+// of BENCHMARKS.md: 1 ms made batches of about 5, and a lower rate).
+const DefaultAuthLinger = 2 * time.Millisecond
 
 // Batching policy: a batch is checked at authBatchTarget signatures (or
 // when the leader's wait ends); signatures arriving at fewer than
@@ -144,11 +146,15 @@ func (a *AuthVerifier) BatchAlways() { a.alwaysBatch = true }
 // Batches is how many batches of signatures a has checked as one.
 func (a *AuthVerifier) Batches() int64 { return a.batches.Load() }
 
+// batchVerifiers are reused: a BatchVerifier keeps its arrays across Reset.
+var batchVerifiers = sync.Pool{New: func() any { return voi.NewBatchVerifierWithCapacity(authBatchTarget) }}
+
 // checkBatch sets every job's answer: all at once when the batch holds,
 // else one by one.
 func checkBatch(jobs []*authJob) {
 	if len(jobs) >= authBatchMin {
-		bv := voi.NewBatchVerifierWithCapacity(len(jobs))
+		bv := batchVerifiers.Get().(*voi.BatchVerifier)
+		defer func() { batchVerifiers.Put(bv.Reset()) }()
 		for _, j := range jobs {
 			bv.AddExpandedWithOptions(j.key, j.msg, j.sig, zip215Rules)
 		}

@@ -11,16 +11,25 @@ import "go.etcd.io/bbolt"
 type sub struct {
 	parent *bbolt.Bucket
 	name   []byte
-	b      *bbolt.Bucket // nil while the list does not exist (it is empty)
+	b      *bbolt.Bucket // nil while the list does not exist (it is empty) or is not yet opened
+	opened bool          // b was looked up: opening a bucket costs an allocation, and most appends need two lists of four
 }
 
 func openSub(parent *bbolt.Bucket, name []byte) *sub {
-	return &sub{parent: parent, name: name, b: parent.Bucket(name)}
+	return &sub{parent: parent, name: name}
+}
+
+// bucket returns the list's bucket, nil if it does not exist.
+func (s *sub) bucket() *bbolt.Bucket {
+	if !s.opened {
+		s.b, s.opened = s.parent.Bucket(s.name), true
+	}
+	return s.b
 }
 
 // Get returns the value of key, nil if absent.
 func (s *sub) Get(key []byte) []byte {
-	if s.b == nil {
+	if s.bucket() == nil {
 		return nil
 	}
 	return s.b.Get(key)
@@ -28,7 +37,7 @@ func (s *sub) Get(key []byte) []byte {
 
 // Put sets key, creating the list if needed.
 func (s *sub) Put(key, value []byte) error {
-	if s.b == nil {
+	if s.bucket() == nil {
 		b, err := s.parent.CreateBucket(s.name)
 		if err != nil {
 			return err
@@ -40,7 +49,7 @@ func (s *sub) Put(key, value []byte) error {
 
 // Delete removes key; absent keys and lists are no error.
 func (s *sub) Delete(key []byte) error {
-	if s.b == nil {
+	if s.bucket() == nil {
 		return nil
 	}
 	return s.b.Delete(key)
@@ -48,7 +57,7 @@ func (s *sub) Delete(key []byte) error {
 
 // ForEach calls fn for every entry, in key order.
 func (s *sub) ForEach(fn func(k, v []byte) error) error {
-	if s.b == nil {
+	if s.bucket() == nil {
 		return nil
 	}
 	return s.b.ForEach(fn)
@@ -56,7 +65,7 @@ func (s *sub) ForEach(fn func(k, v []byte) error) error {
 
 // Cursor returns a cursor over the list, or nil when it does not exist.
 func (s *sub) Cursor() *bbolt.Cursor {
-	if s.b == nil {
+	if s.bucket() == nil {
 		return nil
 	}
 	return s.b.Cursor()
