@@ -32,8 +32,10 @@ var zip215Rules = &voi.Options{Verify: voi.VerifyOptionsZIP_215}
 //
 // Batching waits: the first signature of a batch waits up to Linger for
 // others (the first to arrive leads, the others join and wait for it).
-// It only waits while signatures have been arriving at batchFromRate or
-// faster, so a quiet server checks each at once. Safe for concurrent use.
+// It only waits while signatures arrive at 2,000 a second or faster
+// (authBatchFrom), so a quiet server checks each at once, and not for a second after
+// a batch failed, so that forgeries sent to fail every batch cost no more
+// than checking each signature alone. Safe for concurrent use.
 type AuthVerifier struct {
 	keys   *KeyVerifier
 	linger time.Duration
@@ -42,10 +44,12 @@ type AuthVerifier struct {
 	batches     atomic.Int64 // batches checked as one (Batches)
 
 	mu       sync.Mutex
-	open     *authBatch // the batch that is gathering, nil if none
-	slot     time.Time  // start of the current rate slot
-	inSlot   int        // signatures seen in it
-	lastSlot int        // signatures seen in the previous slot
+	open     *authBatch    // the batch that is gathering, nil if none
+	calm     time.Time     // no batching before then: a batch failed
+	pause    time.Duration // how long after a failure (authFailPause)
+	slot     time.Time     // start of the current rate slot
+	inSlot   int           // signatures seen in it
+	lastSlot int           // signatures seen in the previous slot
 }
 
 // DefaultAuthLinger bounds how long a signature waits for batch mates:
@@ -61,6 +65,7 @@ const (
 	authRateSlot    = 10 * time.Millisecond
 	authBatchFrom   = 20 // per slot: 2,000 a second
 	authBatchMin    = 3  // smaller batches are checked one by one (a batch of 2 saves nothing)
+	authFailPause   = time.Second
 )
 
 type authBatch struct {
@@ -78,7 +83,7 @@ type authJob struct {
 // NewAuthVerifier returns an AuthVerifier that expands keys with keys and
 // lets a signature wait at most linger for batch mates (0: no batching).
 func NewAuthVerifier(keys *KeyVerifier, linger time.Duration) *AuthVerifier {
-	return &AuthVerifier{keys: keys, linger: linger}
+	return &AuthVerifier{keys: keys, linger: linger, pause: authFailPause}
 }
 
 // Verify reports whether sig is a valid ZIP-215 signature of msg by pub.
@@ -101,7 +106,7 @@ func (a *AuthVerifier) Verify(pub ed25519.PublicKey, msg, sig []byte) bool {
 		a.slot, a.inSlot = now, 0
 	}
 	a.inSlot++
-	if a.linger <= 0 || (a.lastSlot < authBatchFrom && a.open == nil && !a.alwaysBatch) {
+	if a.linger <= 0 || now.Before(a.calm) || (a.lastSlot < authBatchFrom && a.open == nil && !a.alwaysBatch) {
 		a.mu.Unlock()
 		return voi.VerifyExpandedWithOptions(key, msg, sig, zip215Rules)
 	}
@@ -134,14 +139,22 @@ func (a *AuthVerifier) Verify(pub ed25519.PublicKey, msg, sig []byte) bool {
 	if len(jobs) >= authBatchMin {
 		a.batches.Add(1)
 	}
-	checkBatch(jobs)
+	if !checkBatch(jobs) {
+		// Checking a batch again one by one costs about twice what checking
+		// each alone would have: a forger must not make everyone pay that in
+		// every batch, so after a failure nobody waits for a while.
+		a.mu.Lock()
+		a.calm = time.Now().Add(a.pause)
+		a.mu.Unlock()
+	}
 	close(b.done)
 	return job.ok
 }
 
-// BatchAlways makes a waits for batch mates whatever the rate, so that
-// tests can make batches with a few requests.
-func (a *AuthVerifier) BatchAlways() { a.alwaysBatch = true }
+// BatchAlways makes a wait for batch mates whatever the rate and however
+// many batches failed, so that tests can make batches of a few requests,
+// forgeries among them.
+func (a *AuthVerifier) BatchAlways() { a.alwaysBatch, a.pause = true, 0 }
 
 // Batches is how many batches of signatures a has checked as one.
 func (a *AuthVerifier) Batches() int64 { return a.batches.Load() }
@@ -150,8 +163,8 @@ func (a *AuthVerifier) Batches() int64 { return a.batches.Load() }
 var batchVerifiers = sync.Pool{New: func() any { return voi.NewBatchVerifierWithCapacity(authBatchTarget) }}
 
 // checkBatch sets every job's answer: all at once when the batch holds,
-// else one by one.
-func checkBatch(jobs []*authJob) {
+// else one by one. It reports false when a batch of several failed.
+func checkBatch(jobs []*authJob) bool {
 	if len(jobs) >= authBatchMin {
 		bv := batchVerifiers.Get().(*voi.BatchVerifier)
 		defer func() { batchVerifiers.Put(bv.Reset()) }()
@@ -162,12 +175,13 @@ func checkBatch(jobs []*authJob) {
 			for _, j := range jobs {
 				j.ok = true
 			}
-			return
+			return true
 		}
 	}
 	for _, j := range jobs {
 		j.ok = voi.VerifyExpandedWithOptions(j.key, j.msg, j.sig, zip215Rules)
 	}
+	return len(jobs) < authBatchMin
 }
 
 // VerifyWith is Verify with the Ed25519 check done by v (ZIP-215 rules,

@@ -73,7 +73,7 @@ func TestAuthVerifierIsZIP215(t *testing.T) {
 	t.Logf("accepted beyond crypto/ed25519: %v", beyond)
 
 	a := NewAuthVerifier(NewKeyVerifier(8), 2*time.Millisecond)
-	a.alwaysBatch = true
+	a.BatchAlways()
 	for round := range 2 {
 		order := mrand.Perm(len(cases))
 		var wg sync.WaitGroup
@@ -101,7 +101,7 @@ func TestAuthVerifierIsZIP215(t *testing.T) {
 // accepted; and a quiet AuthVerifier checks at once, without waiting.
 func TestAuthVerifierBatchWithForgery(t *testing.T) {
 	a := NewAuthVerifier(NewKeyVerifier(0), time.Hour) // a batch starts when full
-	a.alwaysBatch = true
+	a.alwaysBatch = true                               // but a failed one pauses batching
 	type sig struct {
 		pub, msg, sig []byte
 		good          bool
@@ -128,6 +128,18 @@ func TestAuthVerifierBatchWithForgery(t *testing.T) {
 	wg.Wait()
 	if a.batches.Load() != 1 {
 		t.Errorf("%d batches, want 1", a.batches.Load())
+	}
+	// That batch failed: for a while, each signature is checked at once
+	// (with a linger of an hour, waiting would hang the test).
+	paused := make(chan bool)
+	go func() { paused <- a.Verify(sigs[0].pub, sigs[0].msg, sigs[0].sig) }()
+	select {
+	case ok := <-paused:
+		if !ok {
+			t.Error("a valid signature refused after a failed batch")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("after a failed batch, a signature still waited for batch mates")
 	}
 
 	quiet := NewAuthVerifier(NewKeyVerifier(0), time.Hour)
@@ -205,4 +217,18 @@ func BenchmarkAuthVerifier(b *testing.B) {
 			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n)/1000, "µs/sig")
 		})
 	}
+	// A forgery in every batch: what an attacker makes the honest pay.
+	forged := *jobs[0]
+	forged.sig = bytes.Clone(forged.sig)
+	forged.sig[3] ^= 1
+	b.Run("batch-8-one-forged", func(b *testing.B) {
+		batch := append([]*authJob{&forged}, jobs[1:8]...)
+		for b.Loop() {
+			checkBatch(batch)
+			if batch[0].ok || !batch[1].ok {
+				b.Fatal("wrong answers")
+			}
+		}
+		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*8)/1000, "µs/sig")
+	})
 }
