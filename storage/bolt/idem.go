@@ -20,7 +20,8 @@ import (
 // from idem_times on Open and kept in step with every commit. That is
 // 20-40 bytes of memory per key kept (a message stored or acknowledged
 // within retention; Go's map grows by doubling), against about 70 bytes
-// per key on disk: a million messages within retention take some 30 MB.
+// per key on disk: a million messages within retention take at most 40 MB,
+// and 0.36 s to load on Open (BenchmarkOpenWithKeys).
 
 // idemEntry is idem_times' key: received_at + idem.
 func idemEntry(at int64, idem [sha256.Size]byte) []byte {

@@ -1,8 +1,10 @@
 package bolt
 
 import (
+	"encoding/binary"
 	"errors"
 	"path/filepath"
+	"runtime"
 	"testing"
 	"time"
 )
@@ -82,4 +84,52 @@ func TestIdemIndexSharedPrefix(t *testing.T) {
 	if n := s.index.size(); n != 2 {
 		t.Errorf("index holds %d keys after a restart, want 2", n)
 	}
+}
+
+// BenchmarkOpenWithKeys: what the index of idempotency keys costs when a
+// file with a million of them opens (the keys are made directly, as a year
+// of sends would leave them), in time and in memory.
+func BenchmarkOpenWithKeys(b *testing.B) {
+	const keys = 1_000_000
+	path := filepath.Join(b.TempDir(), "chat.db")
+	s, err := Open(path, Options{Timeout: time.Second})
+	if err != nil {
+		b.Fatal(err)
+	}
+	at := time.Now().UnixMilli()
+	for done := 0; done < keys; done += 100_000 {
+		err := s.update(func(w *writeTx) error {
+			for i := done; i < done+100_000; i++ {
+				var idem [32]byte
+				binary.BigEndian.PutUint64(idem[:], uint64(i)*0x9e3779b97f4a7c15)
+				binary.BigEndian.PutUint64(idem[24:], uint64(i))
+				if err := w.remember(idem, seqKey(uint64(i+1)), at+int64(i/100)); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	s.Close()
+	var heap float64
+	for b.Loop() {
+		runtime.GC()
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		s, err := Open(path, Options{Timeout: time.Second})
+		if err != nil {
+			b.Fatal(err)
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		if n := s.index.size(); n != keys {
+			b.Fatalf("index holds %d keys, want %d", n, keys)
+		}
+		heap = float64(after.HeapAlloc) - float64(before.HeapAlloc)
+		s.Close()
+	}
+	b.ReportMetric(heap/keys, "heap-bytes/key")
 }
