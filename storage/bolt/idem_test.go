@@ -13,10 +13,7 @@ import (
 // each found, forgotten and found again after a restart on their own.
 func TestIdemIndexSharedPrefix(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "chat.db")
-	s, err := Open(path, Options{Timeout: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := openPath(t, path)
 	var a, b, c [32]byte
 	for i := range 8 {
 		a[i], b[i], c[i] = 0xab, 0xab, 0xab
@@ -37,7 +34,7 @@ func TestIdemIndexSharedPrefix(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	err = s.update(func(w *writeTx) error {
+	err := s.update(func(w *writeTx) error {
 		if err := w.remember(a, seqKey(1), 100); err != nil {
 			return err
 		}
@@ -74,9 +71,7 @@ func TestIdemIndexSharedPrefix(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.Close()
-	if s, err = Open(path, Options{Timeout: time.Second}); err != nil {
-		t.Fatal(err)
-	}
+	s = openPath(t, path)
 	defer s.Close()
 	want(s, a, 400, 4)
 	want(s, b, 200, 2)

@@ -305,10 +305,7 @@ func toSchema3(t *testing.T, path string) (stale []byte) {
 func TestMigrateV3(t *testing.T) {
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "chat.db")
-	s, err := Open(path, Options{Timeout: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := openPath(t, path)
 	storagetest.Register(t, s, "alice", 1)
 	var sent []storage.Delivery
 	var receipts []storage.Message
@@ -365,10 +362,7 @@ func TestMigrateV3(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		s, err := Open(path, Options{Timeout: time.Second})
-		if err != nil {
-			t.Fatal(err)
-		}
+		s := openPath(t, path)
 		checkState(t, s) // also: idem is gone, every entry has its seq, the index matches
 		_ = s.db.View(func(tx *bbolt.Tx) error {
 			if tx.Bucket(bucketIdemTimes).Get(stale) != nil {
