@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"time"
 
@@ -338,11 +339,17 @@ type BoltConfig struct {
 	// benchmarks: it is much slower. Read when the file is first opened; a
 	// reload that only changes this keeps the running setting.
 	OneCommitPerMessage bool `json:"one_commit_per_message,omitempty"`
+	// MaxKeys bounds the idempotency keys kept (with an index in memory of
+	// 20-40 bytes each); beyond it the oldest are forgotten before
+	// retention ends. Default: 8,388,608 (bolt.DefaultMaxKeys). Read when
+	// the file is first opened, as OneCommitPerMessage is.
+	MaxKeys int `json:"max_keys,omitempty"`
 }
 
 // parseBoltStorage reads the rest of
 //
 //	storage bolt [<path>] {
+//		max_keys <n>             # idempotency keys kept (default 8388608)
 //		one_commit_per_message   # the naive baseline, for benchmarks only
 //	}
 func parseBoltStorage(d *caddyfile.Dispenser) (*BoltConfig, error) {
@@ -360,8 +367,18 @@ func parseBoltStorage(d *caddyfile.Dispenser) (*BoltConfig, error) {
 				return nil, d.Errf("one_commit_per_message takes no value")
 			}
 			cfg.OneCommitPerMessage = true
+		case "max_keys":
+			var n string
+			if !d.Args(&n) || d.NextArg() {
+				return nil, d.Errf("max_keys takes one number")
+			}
+			v, err := strconv.Atoi(n)
+			if err != nil || v < 1000 {
+				return nil, d.Errf("max_keys %q must be a whole number of at least 1000", n)
+			}
+			cfg.MaxKeys = v
 		default:
-			return nil, d.Errf("unknown storage bolt option %q (known: one_commit_per_message)", d.Val())
+			return nil, d.Errf("unknown storage bolt option %q (known: max_keys, one_commit_per_message)", d.Val())
 		}
 	}
 	return cfg, nil
@@ -387,7 +404,7 @@ func (h *Handler) boltPath() (string, error) {
 // boltOptions are the bbolt settings of the config (beyond its path).
 func (h *Handler) boltOptions() bolt.Options {
 	if h.Storage != nil && h.Storage.Bolt != nil {
-		return bolt.Options{OneCommitPerMessage: h.Storage.Bolt.OneCommitPerMessage}
+		return bolt.Options{OneCommitPerMessage: h.Storage.Bolt.OneCommitPerMessage, MaxKeys: h.Storage.Bolt.MaxKeys}
 	}
 	return bolt.Options{}
 }

@@ -94,6 +94,9 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 		"server a {\n x\n }":        "takes no block",
 		"storage bolt /x {\n y\n }": `unknown storage bolt option "y"`,
 		"storage bolt /x {\n one_commit_per_message yes\n }": "takes no value",
+		"storage bolt /x {\n max_keys\n }":                   "max_keys takes one number",
+		"storage bolt /x {\n max_keys 10\n }":                "at least 1000",
+		"storage bolt /x {\n max_keys lots\n }":              "at least 1000",
 		// Repeats would silently override: refused like Caddy's own directives do.
 		"storage bolt /a\nstorage nats nats://127.0.0.1:4222": "storage already specified",
 		"server a\nserver b":            "server already specified",
@@ -261,7 +264,8 @@ chat.example.com {
 	}
 }
 
-// The benchmark-only baseline switch adapts to JSON and back.
+// The bolt block's options (max_keys, and the benchmark-only baseline
+// switch) adapt to JSON and back.
 func TestAdaptOneCommitPerMessage(t *testing.T) {
 	cfg := adapt(t, `
 localhost {
@@ -269,20 +273,21 @@ localhost {
 		server localhost
 		storage bolt /tmp/kez-bench.db {
 			one_commit_per_message
+			max_keys 20000
 		}
 	}
 }`)
 	routes := cfg["apps"].(map[string]any)["http"].(map[string]any)["servers"].(map[string]any)["srv0"].(map[string]any)["routes"]
 	raw, _ := json.Marshal(findHandler(routes))
-	if !strings.Contains(string(raw), `"storage":{"bolt":{"one_commit_per_message":true,"path":"/tmp/kez-bench.db"}}`) {
+	if !strings.Contains(string(raw), `"storage":{"bolt":{"max_keys":20000,"one_commit_per_message":true,"path":"/tmp/kez-bench.db"}}`) {
 		t.Fatalf("JSON = %s", raw)
 	}
 	var h Handler
 	if err := json.Unmarshal(raw, &h); err != nil {
 		t.Fatal(err)
 	}
-	if got := h.boltOptions(); !got.OneCommitPerMessage {
-		t.Fatalf("boltOptions = %+v, want OneCommitPerMessage", got)
+	if got := h.boltOptions(); !got.OneCommitPerMessage || got.MaxKeys != 20000 {
+		t.Fatalf("boltOptions = %+v, want OneCommitPerMessage and MaxKeys 20000", got)
 	}
 }
 

@@ -62,6 +62,9 @@ func (c *StorageConfig) validate() error {
 	if c.Nats != nil {
 		return c.Nats.validate()
 	}
+	if c.Bolt != nil && c.Bolt.MaxKeys != 0 && c.Bolt.MaxKeys < 1000 {
+		return fmt.Errorf("kez_chat: storage bolt: max_keys %d must be at least 1000", c.Bolt.MaxKeys)
+	}
 	return nil
 }
 

@@ -69,12 +69,14 @@ package bolt
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -145,6 +147,9 @@ type Options struct {
 	OneCommitPerMessage bool
 	// MaxOnce bounds the single-use record kept by Once (0: DefaultMaxOnce).
 	MaxOnce int
+	// MaxKeys bounds the idempotency keys kept (0: DefaultMaxKeys); Expire
+	// forgets the oldest beyond it (idem.go).
+	MaxKeys int
 	// Server is the server name the handles belong to (alice@Server). The
 	// first Open that names one records it in the file; an Open naming
 	// another fails with ErrOtherServer, so two servers never mix their
@@ -168,6 +173,7 @@ type Store struct {
 	cache   logCache
 	records *recordCache // decoded records for Lookup (records.go)
 	index   *idemIndex   // where each idempotency key is in idem_times (idem.go)
+	maxKeys int          // Options.MaxKeys
 	keyMu   sync.Mutex   // guards logKey
 	logKey  string
 }
@@ -242,6 +248,7 @@ func Open(path string, opts Options) (*Store, error) {
 		queue: make(chan *appendReq, maxBatch), done: make(chan struct{}), records: newRecordCache(), index: index}
 	s.logSize.Store(size)
 	s.once.init(opts.MaxOnce)
+	s.maxKeys = cmp.Or(opts.MaxKeys, DefaultMaxKeys)
 	if opts.OneCommitPerMessage {
 		s.batch = 1
 	}
@@ -1366,7 +1373,18 @@ func (s *Store) Expire(ctx context.Context, cutoff time.Time) (int, error) {
 			return total, err
 		}
 	}
-	return total, chunks(func(w *writeTx) (int, error) { return w.forgetKeys(seqKey(limit), expireChunk) })
+	if err := chunks(func(w *writeTx) (int, error) { return w.forgetKeys(seqKey(limit), expireChunk) }); err != nil {
+		return total, err
+	}
+	// Beyond MaxKeys, the oldest keys go too, whatever their age. The index
+	// counts what has committed: each chunk sees the ones before it.
+	return total, chunks(func(w *writeTx) (int, error) {
+		over := s.index.size() - s.maxKeys
+		if over <= 0 {
+			return 0, nil
+		}
+		return w.forgetKeys(seqKey(math.MaxUint64), min(over, expireChunk))
+	})
 }
 
 // forgetKeys deletes up to max idempotency keys received before limitKey

@@ -23,6 +23,15 @@ import (
 // per key on disk: a million messages within retention take at most 40 MB,
 // and 0.36 s to load on Open (BenchmarkOpenWithKeys).
 
+// DefaultMaxKeys bounds the idempotency keys kept: 8 million, at most
+// 320 MB of index and some 550 MB on disk. Within retention a server keeps
+// a key per message stored or acknowledged, so the bound is what stops
+// senders who acknowledge and send again (to themselves, say) from growing
+// the index without end. Beyond it the oldest keys are forgotten before
+// their time: a resend of such an old message is stored again, and clients
+// drop it by its id (SPEC §3).
+const DefaultMaxKeys = 8 << 20
+
 // idemEntry is idem_times' key: received_at + idem.
 func idemEntry(at int64, idem [sha256.Size]byte) []byte {
 	k := make([]byte, 8+sha256.Size)

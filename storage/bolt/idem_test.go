@@ -1,12 +1,17 @@
 package bolt
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"runtime"
 	"testing"
 	"time"
+
+	"github.com/kezchat/kez/storage"
+	"github.com/kezchat/kez/storage/storagetest"
 )
 
 // Keys whose first 8 bytes are the same (a sender can grind for that) are
@@ -127,4 +132,42 @@ func BenchmarkOpenWithKeys(b *testing.B) {
 		s.Close()
 	}
 	b.ReportMetric(heap/keys, "heap-bytes/key")
+}
+
+// Beyond MaxKeys, Expire forgets the oldest keys before their time: the
+// newest still answer resends with their receipt, the oldest are stored
+// again, and disk and index agree.
+func TestMaxKeys(t *testing.T) {
+	ctx := context.Background()
+	s, err := Open(filepath.Join(t.TempDir(), "chat.db"), Options{Timeout: time.Second, MaxKeys: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	storagetest.Register(t, s, "alice", 1)
+	var sent []storage.Delivery
+	var receipts []storage.Message
+	for i := range 2*expireChunk + 25 { // more than one chunk to forget
+		d := storagetest.Delivery("alice", 2)
+		d.Sig = fmt.Sprintf("%0128x", i)
+		m, fresh, err := s.Append(ctx, d, storage.Limits{})
+		if err != nil || !fresh {
+			t.Fatalf("append %d: fresh=%v %v", i, fresh, err)
+		}
+		sent, receipts = append(sent, d), append(receipts, m)
+	}
+	if _, err := s.Expire(ctx, time.Now().Add(-time.Hour)); err != nil { // nothing is old
+		t.Fatal(err)
+	}
+	if n := s.index.size(); n != 10 {
+		t.Fatalf("%d keys after Expire, want MaxKeys = 10", n)
+	}
+	checkState(t, s)
+	last := len(sent) - 1
+	if m, fresh, err := s.Append(ctx, sent[last], storage.Limits{}); err != nil || fresh || m.Seq != receipts[last].Seq {
+		t.Errorf("resend of the newest: seq %d fresh=%v %v, want its receipt seq %d", m.Seq, fresh, err, receipts[last].Seq)
+	}
+	if m, fresh, err := s.Append(ctx, sent[0], storage.Limits{}); err != nil || !fresh || m.Seq == receipts[0].Seq {
+		t.Errorf("resend of the oldest, whose key was forgotten: seq %d fresh=%v %v, want stored again", m.Seq, fresh, err)
+	}
 }
