@@ -154,7 +154,11 @@ func (a *AuthVerifier) Verify(pub ed25519.PublicKey, msg, sig []byte) bool {
 // BatchAlways makes a wait for batch mates whatever the rate and however
 // many batches failed, so that tests can make batches of a few requests,
 // forgeries among them.
-func (a *AuthVerifier) BatchAlways() { a.alwaysBatch, a.pause = true, 0 }
+func (a *AuthVerifier) BatchAlways() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.alwaysBatch, a.pause = true, 0
+}
 
 // Batches is how many batches of signatures a has checked as one.
 func (a *AuthVerifier) Batches() int64 { return a.batches.Load() }

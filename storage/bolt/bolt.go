@@ -248,7 +248,7 @@ func Open(path string, opts Options) (*Store, error) {
 		queue: make(chan *appendReq, maxBatch), done: make(chan struct{}), records: newRecordCache(), index: index}
 	s.logSize.Store(size)
 	s.once.init(opts.MaxOnce)
-	s.maxKeys = cmp.Or(opts.MaxKeys, DefaultMaxKeys)
+	s.maxKeys = cmp.Or(max(opts.MaxKeys, 0), DefaultMaxKeys)
 	if opts.OneCommitPerMessage {
 		s.batch = 1
 	}
@@ -375,8 +375,12 @@ func (s *Store) update(fn func(w *writeTx) error) error {
 }
 
 // writeIn runs fn in a write transaction of db and applies its changes to
-// the key index once it has committed.
+// the key index once it has committed, before any other transaction that
+// goes through writeIn can begin (bbolt lets one writer in at a time, but
+// releases it before Update returns).
 func writeIn(db *bbolt.DB, index *idemIndex, fn func(w *writeTx) error) (*writeTx, error) {
+	index.commits.Lock()
+	defer index.commits.Unlock()
 	var w *writeTx
 	err := db.Update(func(tx *bbolt.Tx) error {
 		w = newWriteTx(tx, index)
@@ -916,8 +920,8 @@ func (w *writeTx) append(r *appendReq, now int64) error {
 	from := r.from[:]
 	// A key of a deleted inbox's message (seq up to the floor) is void: it
 	// is replaced if this one is stored.
-	keyAt, keySeq, void := w.keyAt(r.idem)
-	if void && u64(keySeq) > ix.floor {
+	keyAt, keySeq, found := w.keyAt(r.idem)
+	if found && u64(keySeq) > ix.floor {
 		r.msg = storage.Message{Seq: u64(keySeq), ReceivedAt: keyAt, From: d.From, FromAddr: d.FromAddr,
 			Request: ix.requests.Get(cat(from, keySeq)) != nil, Envelope: d.Envelope}
 		return nil
@@ -957,7 +961,7 @@ func (w *writeTx) append(r *appendReq, now int64) error {
 		return err
 	}
 	sk := seqKey(seq)
-	if void {
+	if found { // void: replaced by this one
 		if err := w.forget(keyAt, r.idem); err != nil {
 			return err
 		}

@@ -43,6 +43,11 @@ func idemEntry(at int64, idem [sha256.Size]byte) []byte {
 // idemIndex maps idempotency keys to their received_at. A map hit is only a
 // place to look: the entry in idem_times (at + the whole key) decides.
 type idemIndex struct {
+	// commits is held by writeIn across a write transaction and the
+	// application of its changes, so that the index takes the changes of
+	// transactions in the order they committed.
+	commits sync.Mutex
+
 	mu sync.Mutex
 	at map[uint64]int64 // idem's first 8 bytes → received_at
 	// clash holds the keys whose first 8 bytes another key in at already
@@ -80,18 +85,22 @@ func (x *idemIndex) lookup(idem [sha256.Size]byte) (int64, bool) {
 	return at, ok
 }
 
-// add records that idem's entry is at at. Called with mu held.
+// add records that idem's entry is at at. idem must not be in the index
+// already (a key replaced is removed first, see apply). Called with mu held.
 func (x *idemIndex) add(at int64, idem [sha256.Size]byte) {
 	p := prefix(idem)
 	if _, ok := x.clash[idem]; ok {
 		x.clash[idem] = at
 		return
 	}
-	if a, taken := x.at[p]; !taken || a == at {
-		x.at[p] = at // new, or the same entry again (a migration resumed)
+	if _, taken := x.at[p]; !taken {
+		x.at[p] = at
 		return
 	}
-	x.clash[idem] = at // another key's entry has the place
+	// Another key's entry has the place, even at the same time: each key
+	// has one place of its own, so that removing one never loses another
+	// and size counts every key.
+	x.clash[idem] = at
 }
 
 // remove forgets idem's entry at at, if the index still points there.

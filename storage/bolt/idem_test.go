@@ -171,3 +171,45 @@ func TestMaxKeys(t *testing.T) {
 		t.Errorf("resend of the oldest, whose key was forgotten: seq %d fresh=%v %v, want stored again", m.Seq, fresh, err)
 	}
 }
+
+// Two keys with the same first 8 bytes received in the same millisecond
+// share one place in the index: forgetting one (here beyond MaxKeys; also
+// when a void key is replaced) must keep the other found, or its resend
+// would be stored twice. (Found in review; a sender can grind for such a
+// pair.)
+func TestSamePrefixSameMillisecond(t *testing.T) {
+	s := openPath(t, filepath.Join(t.TempDir(), "chat.db"))
+	defer s.Close()
+	storagetest.Register(t, s, "alice", 1)
+	request := func(idem [32]byte) *appendReq {
+		d := storagetest.Delivery("alice", 2)
+		r := &appendReq{d: d, idem: idem, ready: make(chan struct{})}
+		var err error
+		if r.from, err = packPrimary(d.From); err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	var a, b, c [32]byte
+	for i := range 8 {
+		a[i], b[i] = 0xab, 0xab
+	}
+	a[31], b[31], c[31] = 1, 2, 3
+	ra, rb := request(a), request(b)
+	s.commit([]*appendReq{ra, rb}) // one commit: one received_at
+	if !ra.fresh || !rb.fresh || ra.msg.ReceivedAt != rb.msg.ReceivedAt {
+		t.Fatalf("a and b: fresh %v %v, at %d %d", ra.fresh, rb.fresh, ra.msg.ReceivedAt, rb.msg.ReceivedAt)
+	}
+	time.Sleep(2 * time.Millisecond)
+	s.commit([]*appendReq{request(c)})
+	s.maxKeys = 2 // forget the oldest one: a (a before b in idem_times)
+	if _, err := s.Expire(context.Background(), time.Now().Add(-time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	checkState(t, s) // the index holds b and c, as the disk does
+	again := request(b)
+	s.commit([]*appendReq{again})
+	if again.err != nil || again.fresh || again.msg.Seq != rb.msg.Seq {
+		t.Errorf("resend of b: seq %d fresh=%v %v, want its receipt seq %d", again.msg.Seq, again.fresh, again.err, rb.msg.Seq)
+	}
+}

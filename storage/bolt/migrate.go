@@ -295,8 +295,8 @@ func (w *writeTx) migrateMessage(ix *inbox, sk, v1 []byte, outOfLine bool) error
 	}
 	// v1 stored resends again: the first one keeps the key.
 	idem := idemKey(string(ix.name), from, env.Sig)
-	if _, seq, ok := w.keyAt(idem); ok && u64(seq) != u64(sk) {
-		return nil
+	if _, _, ok := w.keyAt(idem); ok {
+		return nil // this message's own key (a migration resumed) or an earlier copy's
 	}
 	return w.remember(idem, sk, int64(u64(at)))
 }
