@@ -381,7 +381,7 @@ func TestBodyContentType(t *testing.T) {
 func TestAuthBatchedWithForgeries(t *testing.T) {
 	e := newEnv(t, func(c *Config) { c.SenderRate = Rate{} })
 	e.users(alice, "alice", bob, "bob")
-	e.h.auth = kez.NewAuthVerifier(kez.NewKeyVerifier(0), 20*time.Millisecond)
+	e.h.auth = kez.NewAuthVerifier(0, 20*time.Millisecond)
 	e.h.auth.BatchAlways()
 	expect(t, "bob accepts alice", e.owner(bob, "PUT", "/v1/inbox/bob/contacts/"+alice.Primary(), ""), 204, "")
 	type result struct {

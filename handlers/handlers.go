@@ -242,7 +242,7 @@ func New(cfg Config, store storage.Store, h *hub.Hub, log *slog.Logger) *Handler
 		sendLimit:       newLimiter(cfg.SendRate, &cfg.RateState.send),
 		senderLimit:     newLimiter(cfg.SenderRate, &cfg.RateState.sender),
 		federationLimit: newLimiter(cfg.FederationRate, &cfg.RateState.federation),
-		streams:         streamSlots{perHandle: map[string]int{}}, auth: kez.NewAuthVerifier(kez.NewKeyVerifier(0), kez.DefaultAuthLinger)}
+		streams:         streamSlots{perHandle: map[string]int{}}, auth: kez.NewAuthVerifier(0, kez.DefaultAuthLinger)}
 }
 
 // Close ends every open stream of this handler; the store and hub stay open.

@@ -25,7 +25,7 @@ var zip215Rules = &voi.Options{Verify: voi.VerifyOptionsZIP_215}
 //
 // Only the server ever checks these signatures, so their rules are its
 // choice; what clients check too (registrations, rotations, deletions,
-// log entries, envelopes) keeps crypto/ed25519's rules (KeyVerifier). A
+// log entries, envelopes) keeps crypto/ed25519's rules. A
 // signature's answer never depends on the others in its batch: a batch
 // that fails is checked again one signature at a time under the same
 // rules, so the batch only decides how fast the answer comes.
@@ -37,7 +37,7 @@ var zip215Rules = &voi.Options{Verify: voi.VerifyOptionsZIP_215}
 // a batch failed, so that forgeries sent to fail every batch cost no more
 // than checking each signature alone. Safe for concurrent use.
 type AuthVerifier struct {
-	keys   *KeyVerifier
+	keys   *keyCache
 	linger time.Duration
 
 	alwaysBatch bool         // BatchAlways
@@ -80,10 +80,11 @@ type authJob struct {
 	ok       bool
 }
 
-// NewAuthVerifier returns an AuthVerifier that expands keys with keys and
-// lets a signature wait at most linger for batch mates (0: no batching).
-func NewAuthVerifier(keys *KeyVerifier, linger time.Duration) *AuthVerifier {
-	return &AuthVerifier{keys: keys, linger: linger, pause: authFailPause}
+// NewAuthVerifier returns an AuthVerifier that keeps at most maxKeys keys
+// expanded (DefaultAuthKeys when maxKeys <= 0) and lets a signature wait at
+// most linger for batch mates (0: no batching).
+func NewAuthVerifier(maxKeys int, linger time.Duration) *AuthVerifier {
+	return &AuthVerifier{keys: newKeyCache(maxKeys), linger: linger, pause: authFailPause}
 }
 
 // Verify reports whether sig is a valid ZIP-215 signature of msg by pub.

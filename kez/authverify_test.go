@@ -42,8 +42,8 @@ func zip215Reference(pub, msg, sig []byte) bool {
 	return P.Equal(edwards25519.NewIdentityPoint()) == 1
 }
 
-// AuthVerifier answers as ZIP-215 on every case of the KeyVerifier's
-// corpus, each checked in batches with random others (good and bad), so an
+// AuthVerifier answers as ZIP-215 on every case of the signature
+// corpus (signatureCases), each checked in batches with random others (good and bad), so an
 // answer never depends on its batch mates. ZIP-215 accepts everything
 // crypto/ed25519 accepts; what it accepts beyond that has a small-order
 // component or a non-canonical encoding (which only exist for y < 19,
@@ -72,7 +72,7 @@ func TestAuthVerifierIsZIP215(t *testing.T) {
 	}
 	t.Logf("accepted beyond crypto/ed25519: %v", beyond)
 
-	a := NewAuthVerifier(NewKeyVerifier(8), 2*time.Millisecond)
+	a := NewAuthVerifier(8, 2*time.Millisecond)
 	a.BatchAlways()
 	for round := range 2 {
 		order := mrand.Perm(len(cases))
@@ -100,8 +100,8 @@ func TestAuthVerifierIsZIP215(t *testing.T) {
 // A batch with one forgery in it: the forgery is refused, the others
 // accepted; and a quiet AuthVerifier checks at once, without waiting.
 func TestAuthVerifierBatchWithForgery(t *testing.T) {
-	a := NewAuthVerifier(NewKeyVerifier(0), time.Hour) // a batch starts when full
-	a.alwaysBatch = true                               // but a failed one pauses batching
+	a := NewAuthVerifier(0, time.Hour) // a batch starts when full
+	a.alwaysBatch = true               // but a failed one pauses batching
 	type sig struct {
 		pub, msg, sig []byte
 		good          bool
@@ -142,7 +142,7 @@ func TestAuthVerifierBatchWithForgery(t *testing.T) {
 		t.Fatal("after a failed batch, a signature still waited for batch mates")
 	}
 
-	quiet := NewAuthVerifier(NewKeyVerifier(0), time.Hour)
+	quiet := NewAuthVerifier(0, time.Hour)
 	done := make(chan bool)
 	go func() { done <- quiet.Verify(sigs[0].pub, sigs[0].msg, sigs[0].sig) }()
 	select {
@@ -167,7 +167,7 @@ func TestVerifyWithMatchesVerify(t *testing.T) {
 	req := Request{Server: "kez.test", Method: "POST", Path: "/v1/messages", Body: []byte(`{"to":"bob"}`)}
 	good := req.Sign(priv, now)
 	ts, sigHex, _ := strings.Cut(good, ":")
-	v := NewAuthVerifier(NewKeyVerifier(0), DefaultAuthLinger)
+	v := NewAuthVerifier(0, DefaultAuthLinger)
 	for _, c := range []struct {
 		name, value string
 		key         ed25519.PublicKey
@@ -196,7 +196,7 @@ func TestVerifyWithMatchesVerify(t *testing.T) {
 // BenchmarkAuthVerifier: the cost per signature of checking n at once
 // (n = 1: one at a time), the waiting for batch mates left out.
 func BenchmarkAuthVerifier(b *testing.B) {
-	keys := NewKeyVerifier(0)
+	keys := newKeyCache(0)
 	var jobs []*authJob
 	for i := range authBatchTarget {
 		pub, priv, _ := ed25519.GenerateKey(rand.Reader)

@@ -7,64 +7,35 @@ import (
 	voi "github.com/oasisprotocol/curve25519-voi/primitives/ed25519"
 )
 
-// stdlibRules are curve25519-voi's verification rules that reproduce
-// crypto/ed25519.Verify: the cofactorless equation [S]B - [k]A == R checked
-// on R's encoding (so a non-canonical R is refused), S below the group
-// order, and A decoded as Go decodes it (non-canonical and small-order
-// encodings are read, not refused). Batch verification cannot follow these
-// rules (it needs the cofactored equation), which is why a KeyVerifier checks
-// signatures one at a time; X-KEZ-Auth, which only servers check, uses
-// AuthVerifier and ZIP-215's rules instead.
-var stdlibRules = &voi.Options{Verify: voi.VerifyOptionsStdLib}
-
-// DefaultKeyVerifierKeys bounds the keys a KeyVerifier keeps expanded: about
+// DefaultAuthKeys bounds the keys an AuthVerifier keeps expanded: about
 // 1.5 KiB each.
-const DefaultKeyVerifierKeys = 1024
+const DefaultAuthKeys = 1024
 
-// KeyVerifier checks Ed25519 signatures with exactly the rules of
-// crypto/ed25519.Verify, in about half its time: it uses curve25519-voi
-// (vectorized point arithmetic) and keeps the public keys it has seen
-// recently in expanded form (decoded, with their table of multiples), so a
-// key that signs many requests is decoded once. A key is pure data: an
-// expanded key never goes stale, whatever happens to the user who holds it.
-// It is safe for concurrent use.
-type KeyVerifier struct {
+// keyCache keeps the public keys that signed recently in expanded form
+// (decoded, with their table of multiples), so that a key that signs many
+// requests is decoded once. A key is pure data: an expanded key never goes
+// stale, whatever happens to the user who holds it. Safe for concurrent use.
+type keyCache struct {
 	mu   sync.Mutex
 	keys map[string]*voi.ExpandedPublicKey // by the 32 key bytes
 	max  int
 }
 
-// NewKeyVerifier returns a KeyVerifier that keeps at most maxKeys expanded keys
-// (DefaultKeyVerifierKeys when maxKeys <= 0).
-func NewKeyVerifier(maxKeys int) *KeyVerifier {
+// newKeyCache returns a cache of at most maxKeys keys (DefaultAuthKeys
+// when maxKeys <= 0).
+func newKeyCache(maxKeys int) *keyCache {
 	if maxKeys <= 0 {
-		maxKeys = DefaultKeyVerifierKeys
+		maxKeys = DefaultAuthKeys
 	}
-	return &KeyVerifier{keys: make(map[string]*voi.ExpandedPublicKey), max: maxKeys}
-}
-
-// Verify reports whether sig is a valid signature of msg by pub, exactly as
-// ed25519.Verify(pub, msg, sig) would (a key of the wrong length is false
-// here, where ed25519.Verify panics).
-func (v *KeyVerifier) Verify(pub ed25519.PublicKey, msg, sig []byte) bool {
-	if len(pub) != ed25519.PublicKeySize {
-		return false
-	}
-	k := v.expanded(pub)
-	if k == nil {
-		// Not a curve point: refused by every rule set. Asked of the
-		// standard library all the same, so that nothing depends on it.
-		return ed25519.Verify(pub, msg, sig)
-	}
-	return voi.VerifyExpandedWithOptions(k, msg, sig, stdlibRules)
+	return &keyCache{keys: make(map[string]*voi.ExpandedPublicKey), max: maxKeys}
 }
 
 // expanded returns pub's expanded key, from the cache or made and kept;
 // nil when pub is not a point.
-func (v *KeyVerifier) expanded(pub ed25519.PublicKey) *voi.ExpandedPublicKey {
-	v.mu.Lock()
-	k := v.keys[string(pub)]
-	v.mu.Unlock()
+func (c *keyCache) expanded(pub ed25519.PublicKey) *voi.ExpandedPublicKey {
+	c.mu.Lock()
+	k := c.keys[string(pub)]
+	c.mu.Unlock()
 	if k != nil {
 		return k
 	}
@@ -72,16 +43,16 @@ func (v *KeyVerifier) expanded(pub ed25519.PublicKey) *voi.ExpandedPublicKey {
 	if err != nil {
 		return nil
 	}
-	v.mu.Lock()
-	if len(v.keys) >= v.max {
+	c.mu.Lock()
+	if len(c.keys) >= c.max {
 		// Full: forget some key (map order is random enough; a hot key
 		// that goes is expanded again on its next request).
-		for old := range v.keys {
-			delete(v.keys, old)
+		for old := range c.keys {
+			delete(c.keys, old)
 			break
 		}
 	}
-	v.keys[string(pub)] = k
-	v.mu.Unlock()
+	c.keys[string(pub)] = k
+	c.mu.Unlock()
 	return k
 }
