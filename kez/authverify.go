@@ -96,7 +96,6 @@ func (a *AuthVerifier) Verify(pub ed25519.PublicKey, msg, sig []byte) bool {
 	if key == nil {
 		return false // not a curve point
 	}
-	job := &authJob{key: key, msg: msg, sig: sig}
 	a.mu.Lock()
 	now := time.Now()
 	if now.Sub(a.slot) >= authRateSlot {
@@ -111,6 +110,7 @@ func (a *AuthVerifier) Verify(pub ed25519.PublicKey, msg, sig []byte) bool {
 		a.mu.Unlock()
 		return voi.VerifyExpandedWithOptions(key, msg, sig, zip215Rules)
 	}
+	job := &authJob{key: key, msg: msg, sig: sig}
 	if b := a.open; b != nil { // join the gathering batch
 		b.jobs = append(b.jobs, job)
 		if len(b.jobs) == authBatchTarget {

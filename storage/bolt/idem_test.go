@@ -145,17 +145,7 @@ func TestMaxKeys(t *testing.T) {
 	}
 	defer s.Close()
 	storagetest.Register(t, s, "alice", 1)
-	var sent []storage.Delivery
-	var receipts []storage.Message
-	for i := range 2*expireChunk + 25 { // more than one chunk to forget
-		d := storagetest.Delivery("alice", 2)
-		d.Sig = fmt.Sprintf("%0128x", i)
-		m, fresh, err := s.Append(ctx, d, storage.Limits{})
-		if err != nil || !fresh {
-			t.Fatalf("append %d: fresh=%v %v", i, fresh, err)
-		}
-		sent, receipts = append(sent, d), append(receipts, m)
-	}
+	sent, receipts := appendFresh(t, s, 2*expireChunk+25)                // more than one chunk to forget
 	if _, err := s.Expire(ctx, time.Now().Add(-time.Hour)); err != nil { // nothing is old
 		t.Fatal(err)
 	}
@@ -212,4 +202,22 @@ func TestSamePrefixSameMillisecond(t *testing.T) {
 	if again.err != nil || again.fresh || again.msg.Seq != rb.msg.Seq {
 		t.Errorf("resend of b: seq %d fresh=%v %v, want its receipt seq %d", again.msg.Seq, again.fresh, again.err, rb.msg.Seq)
 	}
+}
+
+// appendFresh appends n messages with distinct sigs from Primary(2) to
+// alice, checking each is stored, and returns them and their receipts.
+func appendFresh(t *testing.T, s *Store, n int) ([]storage.Delivery, []storage.Message) {
+	t.Helper()
+	var sent []storage.Delivery
+	var receipts []storage.Message
+	for i := range n {
+		d := storagetest.Delivery("alice", 2)
+		d.Sig = fmt.Sprintf("%0128x", i)
+		m, fresh, err := s.Append(context.Background(), d, storage.Limits{})
+		if err != nil || !fresh {
+			t.Fatalf("append %d: fresh=%v %v", i, fresh, err)
+		}
+		sent, receipts = append(sent, d), append(receipts, m)
+	}
+	return sent, receipts
 }

@@ -307,17 +307,7 @@ func TestMigrateV3(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "chat.db")
 	s := openPath(t, path)
 	storagetest.Register(t, s, "alice", 1)
-	var sent []storage.Delivery
-	var receipts []storage.Message
-	for i := range 2*migrateChunk + 10 {
-		d := storagetest.Delivery("alice", 2)
-		d.Sig = fmt.Sprintf("%0128x", i)
-		m, fresh, err := s.Append(ctx, d, storage.Limits{})
-		if err != nil || !fresh {
-			t.Fatalf("append %d: fresh=%v %v", i, fresh, err)
-		}
-		sent, receipts = append(sent, d), append(receipts, m)
-	}
+	sent, receipts := appendFresh(t, s, 2*migrateChunk+10)
 	if _, err := s.Ack(ctx, "alice", receipts[10].Seq); err != nil { // acknowledged keys stay
 		t.Fatal(err)
 	}
