@@ -192,6 +192,15 @@ type appendReq struct {
 	ready chan struct{}
 }
 
+// pageSize is the page size of a new database file (a file keeps the size
+// it was made with). 8 KiB instead of the usual 4: an inbox's leaf holds
+// seven 1 KiB messages instead of three, so its tree has half the leaves
+// and a branch above them half the keys, which bbolt reads into memory and
+// writes again on every commit that adds to the inbox. Per append, in
+// BenchmarkAppendConcurrent: 64 inboxes 3.26 -> 2.60 pages written and 50
+// -> 44 µs of CPU; one inbox 0.50 -> 0.29 pages, 13 -> 10 µs.
+const pageSize = 8192
+
 // initialMmapSize is 1 GiB where address space is plentiful (64-bit).
 const initialMmapSize = 1 << 30 * (strconv.IntSize / 64)
 
@@ -213,6 +222,7 @@ func Open(path string, opts Options) (*Store, error) {
 		// left unmapped and even reads fail until a restart. A fixed map
 		// also spares commits from waiting for open reads to remap.
 		InitialMmapSize: initialMmapSize,
+		PageSize:        pageSize,
 	})
 	if err != nil {
 		if errors.Is(err, bolterrors.ErrTimeout) {
