@@ -24,9 +24,13 @@ mkdir -p /tmp/kez-now-bin
 # v1's tool has no -pid and -admin: the same script without them.
 sed 's/ -pid $pid -admin 127.0.0.1:7419//' "$here/s1-cpu.sh" >/tmp/kez-s1-cpu-v1.sh
 out=$(mktemp)
+v1run() { bash /tmp/kez-s1-cpu-v1.sh /tmp/kez-v1-bin /tmp/kez-v1-src "v1-$1" | tee -a "$out"; }
+nowrun() { bash "$here/s1-cpu.sh" /tmp/kez-now-bin "$repo" "now-$1" | tee -a "$out"; }
+# The order turns every round (v1 now, now v1, ...): the rate drifts over
+# a campaign (the machine's other load, the host), and a fixed order would
+# give the drift of one run's distance to the same side every time.
 for i in $(seq "$rounds"); do
-	bash /tmp/kez-s1-cpu-v1.sh /tmp/kez-v1-bin /tmp/kez-v1-src "v1-$i" | tee -a "$out"
-	bash "$here/s1-cpu.sh" /tmp/kez-now-bin "$repo" "now-$i" | tee -a "$out"
+	if [ $((i % 2)) = 1 ]; then v1run "$i"; nowrun "$i"; else nowrun "$i"; v1run "$i"; fi
 done
 python3 - "$out" <<'PY'
 import re, statistics as st, sys
