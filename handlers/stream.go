@@ -124,10 +124,11 @@ type sseStream struct {
 	sub      *hub.Subscription
 	cursor   uint64 // the seq of the last event written
 
-	w   http.ResponseWriter
-	rc  *http.ResponseController
-	buf []byte
-	err error
+	w       http.ResponseWriter
+	rc      *http.ResponseController
+	buf     []byte
+	err     error
+	writeBy time.Time // the write deadline flush last set
 
 	stops  []func() bool // unregister the cuts
 	mu     sync.Mutex    // orders a cut and close's reset of the write deadline
@@ -299,7 +300,13 @@ func (s *sseStream) flush() bool {
 	if s.err != nil || s.ended() {
 		return false
 	}
-	_ = s.rc.SetWriteDeadline(time.Now().Add(streamWriteTimeout)) // unsupported writers just have none
+	// A deadline still at least half the timeout away stays: setting one
+	// is a timer update per event, and a reader that stops is still cut
+	// off within streamWriteTimeout. Writers without deadlines have none.
+	if now := time.Now(); s.writeBy.Sub(now) < streamWriteTimeout/2 {
+		s.writeBy = now.Add(streamWriteTimeout)
+		_ = s.rc.SetWriteDeadline(s.writeBy)
+	}
 	if len(s.buf) > 0 {
 		if _, s.err = s.w.Write(s.buf); s.err != nil {
 			return false
