@@ -2,6 +2,7 @@ package kez
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"unicode/utf8"
 )
@@ -30,16 +31,9 @@ func foldKey(s string) string {
 // it appears in data. An unknown member, a duplicate, or one that differs
 // from a known name only by case is an error.
 func ExactMembers(data []byte, required, optional []string) (map[string][]byte, error) {
-	known := make(map[string]string, len(required)+len(optional))
-	for _, n := range required {
-		known[foldKey(n)] = n
-	}
-	for _, n := range optional {
-		known[foldKey(n)] = n
-	}
-	out := make(map[string][]byte, len(known))
+	out := make(map[string][]byte, len(required)+len(optional))
 	err := ScanStrictObject(data, func(key string, value []byte, _ bool) error {
-		want, ok := known[foldKey(key)]
+		want, ok := memberName(key, required, optional)
 		switch {
 		case !ok:
 			return fmt.Errorf("unknown member %.40q", key)
@@ -61,6 +55,26 @@ func ExactMembers(data []byte, required, optional []string) (map[string][]byte, 
 		}
 	}
 	return out, nil
+}
+
+// memberName is the known name that key spells, exactly or up to case
+// (foldKey), and whether there is one. Names are compared as they are
+// first, so that a well-formed object folds nothing.
+func memberName(key string, lists ...[]string) (string, bool) {
+	for _, names := range lists {
+		if slices.Contains(names, key) {
+			return key, true
+		}
+	}
+	folded := foldKey(key)
+	for _, names := range lists {
+		for _, n := range names {
+			if foldKey(n) == folded {
+				return n, true
+			}
+		}
+	}
+	return "", false
 }
 
 // EnvelopeHeader is what the server reads of an envelope (SPEC §1, §2.5):

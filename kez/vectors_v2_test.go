@@ -236,3 +236,15 @@ func TestReadEnvelopeHeaderManyMembers(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkExactMembers: a stream message as the client reads it.
+func BenchmarkExactMembers(b *testing.B) {
+	msg := []byte(`{"seq":12345,"from":"ed25519:` + strings.Repeat("ab", 32) + `","from_addr":"bob@kez.test","request":false,"received_at":1764547200000,"envelope":{"v":2,"from":"x","to":"y","body":"` + strings.Repeat("A", 900) + `"}}`)
+	req, opt := []string{"seq", "from", "request", "envelope", "received_at"}, []string{"from_addr"}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := ExactMembers(msg, req, opt); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
