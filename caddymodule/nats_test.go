@@ -179,10 +179,11 @@ func natsInboxConfig(t *testing.T, b *natsBackend) streamLimits {
 // and the server works once NATS is up.
 func TestNatsUnreachableAtStart(t *testing.T) {
 	isolateCaddy(t)
-	natsPort := testcaddy.FreePort(t)
+	ports := testcaddy.FreePorts(t, 2) // NATS's, Caddy's
+	natsPort := ports[0]
 	storage := map[string]any{"nats": map[string]any{"urls": []string{"nats://127.0.0.1:" + strconv.Itoa(natsPort)}, "timeout": int64(2 * time.Second)}}
 	start := time.Now()
-	base := runCaddy(t, testcaddy.FreePort(t), map[string]any{"server": "kez.test", "storage": storage})
+	base := runCaddy(t, ports[1], map[string]any{"server": "kez.test", "storage": storage})
 	if d := time.Since(start); d > 3*time.Second {
 		t.Fatalf("provision took %s", d)
 	}

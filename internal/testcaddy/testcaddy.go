@@ -141,12 +141,24 @@ type Server struct {
 // FreePort returns a loopback port nobody listens on right now.
 func FreePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	return FreePorts(t, 1)[0]
+}
+
+// FreePorts returns n distinct loopback ports nobody listens on right now
+// (each picked while the others are still held: two FreePort calls in a
+// row can return the same port).
+func FreePorts(t testing.TB, n int) []int {
+	t.Helper()
+	ports := make([]int, n)
+	for i := range ports {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		ports[i] = l.Addr().(*net.TCPAddr).Port
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return ports
 }
 
 // Start runs Caddy with the kez_chat site on a free port and waits until
@@ -165,9 +177,10 @@ func Start(t testing.TB, opts Options) *Server {
 	// A port picked here can still be taken (by a parallel test's
 	// connection, say) before Caddy binds it: then start over on others.
 	for attempt := 1; ; attempt++ {
-		s.Port = FreePort(t)
+		ports := FreePorts(t, 2) // distinct: the admin API on the site's port would answer its requests
+		s.Port = ports[0]
 		s.URL = fmt.Sprintf("http://127.0.0.1:%d", s.Port)
-		s.AdminAddr = fmt.Sprintf("127.0.0.1:%d", FreePort(t))
+		s.AdminAddr = fmt.Sprintf("127.0.0.1:%d", ports[1])
 		err := s.launch(t, opts)
 		if err == nil {
 			return s

@@ -63,10 +63,7 @@ func runCluster(t testing.TB, n, port int) *Cluster {
 
 func tryCluster(t testing.TB, n, port int, dir string) (*Cluster, error) {
 	c := &Cluster{Servers: make([]*server.Server, n), opts: make([]*server.Options, n)}
-	routePorts := make([]int, n)
-	for i := range routePorts {
-		routePorts[i] = testcaddy.FreePort(t)
-	}
+	routePorts := testcaddy.FreePorts(t, n)
 	for i := range n {
 		o := &server.Options{
 			ServerName: fmt.Sprintf("n%d", i+1),
@@ -231,10 +228,11 @@ func RunProcesses(t testing.TB, n int) *Procs {
 		cmds: make([]*exec.Cmd, n), exit: make([]chan struct{}, n)}
 	routes := make([]string, n)
 	cluster := make([]int, n)
+	ports := testcaddy.FreePorts(t, 3*n) // distinct, all of them
 	for i := range n {
-		p.ports = append(p.ports, testcaddy.FreePort(t))
-		p.mon = append(p.mon, testcaddy.FreePort(t))
-		cluster[i] = testcaddy.FreePort(t)
+		p.ports = append(p.ports, ports[3*i])
+		p.mon = append(p.mon, ports[3*i+1])
+		cluster[i] = ports[3*i+2]
 		routes[i] = fmt.Sprintf("nats://127.0.0.1:%d", cluster[i])
 	}
 	for i := range n {
