@@ -373,8 +373,8 @@ func parseBoltStorage(d *caddyfile.Dispenser) (*BoltConfig, error) {
 				return nil, d.Errf("max_keys takes one number")
 			}
 			v, err := strconv.Atoi(n)
-			if err != nil || v < 1000 {
-				return nil, d.Errf("max_keys %q must be a whole number of at least 1000", n)
+			if err != nil || v < bolt.MinMaxKeys {
+				return nil, d.Errf("max_keys %q must be a whole number of at least %d", n, bolt.MinMaxKeys)
 			}
 			cfg.MaxKeys = v
 		default:

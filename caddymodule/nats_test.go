@@ -74,6 +74,8 @@ func TestUnmarshalCaddyfileNats(t *testing.T) {
 		{Nats: &NatsConfig{URLs: []string{"nats://a,nats://b"}}},
 		{Nats: &NatsConfig{URLs: []string{"nats://a"}, Stream: "a b"}},
 		{Nats: &NatsConfig{URLs: []string{"nats://a"}, Replicas: 9}},
+		{Bolt: &BoltConfig{MaxKeys: 999}}, // the JSON path, past the Caddyfile's check
+		{Bolt: &BoltConfig{MaxKeys: -1}},
 	} {
 		h := Handler{Server: "kez.lat", Storage: s}
 		if err := h.Validate(); err == nil {

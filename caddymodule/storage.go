@@ -8,6 +8,7 @@ import (
 
 	"github.com/kezchat/kez/hub"
 	"github.com/kezchat/kez/storage"
+	"github.com/kezchat/kez/storage/bolt"
 )
 
 // StorageConfig selects the storage backend.
@@ -62,8 +63,8 @@ func (c *StorageConfig) validate() error {
 	if c.Nats != nil {
 		return c.Nats.validate()
 	}
-	if c.Bolt != nil && c.Bolt.MaxKeys != 0 && c.Bolt.MaxKeys < 1000 {
-		return fmt.Errorf("kez_chat: storage bolt: max_keys %d must be at least 1000", c.Bolt.MaxKeys)
+	if c.Bolt != nil && c.Bolt.MaxKeys != 0 && c.Bolt.MaxKeys < bolt.MinMaxKeys {
+		return fmt.Errorf("kez_chat: storage bolt: max_keys %d must be at least %d", c.Bolt.MaxKeys, bolt.MinMaxKeys)
 	}
 	return nil
 }

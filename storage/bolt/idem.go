@@ -32,6 +32,10 @@ import (
 // drop it by its id (SPEC §3).
 const DefaultMaxKeys = 8 << 20
 
+// MinMaxKeys is the smallest MaxKeys a config may ask for: fewer keys
+// would forget resends within seconds on a busy server.
+const MinMaxKeys = 1000
+
 // idemEntry is idem_times' key: received_at + idem.
 func idemEntry(at int64, idem [sha256.Size]byte) []byte {
 	k := make([]byte, 8+sha256.Size)
